@@ -1,0 +1,27 @@
+# The one place commands live: CI and people call the same recipes.
+python := ".venv/bin/python"
+
+# Run the main job on the embedded default (today: the Socket.IO echo server).
+run *ARGS:
+    {{python}} -m urban_robot {{ARGS}}
+
+# Install the JavaScript test peer (socket.io-client from npm) and run every test.
+test *ARGS: js-deps
+    {{python}} -m pytest {{ARGS}}
+
+js-deps:
+    npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+
+# Lint and type-check.
+check:
+    {{python}} -m ruff check urban_robot tests scripts
+    {{python}} -m ruff format --check urban_robot tests scripts
+    {{python}} -m mypy
+
+# Every benchmark.
+bench: bench-socketio
+
+# Socket.IO server against python-socketio on uvicorn and aiohttp, same run.
+bench-socketio *ARGS:
+    {{python}} -m pip install -q -e '.[bench]'
+    {{python}} scripts/bench/socketio/run.py {{ARGS}}

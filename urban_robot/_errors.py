@@ -1,0 +1,27 @@
+"""The errors Urban Robot raises, in one tree.
+
+    UrbanRobotError            base of everything raised on purpose
+     └─ ProtocolError          a peer sent bytes that break Engine.IO v4 / Socket.IO v5
+                               (malformed packet, bad JSON, lying attachment count, ...)
+
+A codec never lets anything else escape for bad input: ``ValueError``,
+``UnicodeDecodeError``, ``RecursionError`` and friends are mapped to
+``ProtocolError`` at the boundary (``raise ProtocolError(...) from exc``).
+The server answers a ``ProtocolError`` by closing that one session, with the
+message in the log; other sessions carry on.
+"""
+
+from __future__ import annotations
+
+
+class UrbanRobotError(Exception):
+    """Base class of every error Urban Robot raises on purpose."""
+
+
+class ProtocolError(UrbanRobotError, ValueError):
+    """The remote peer sent something that is not valid Engine.IO / Socket.IO.
+
+    It is the peer's fault, never ours: the answer is to close the session
+    (``Server`` does) and log the message, which is safe to log (it never
+    contains the payload's secrets, only its shape).
+    """

@@ -1,0 +1,525 @@
+"""The trio Socket.IO v5 server, shaped like python-socketio's ``AsyncServer``.
+
+Layers: ``web._http`` parses HTTP and hands WebSocket upgrades over;
+``web._engine`` runs Engine.IO sessions (polling, WebSocket, upgrade, pings);
+this module runs Socket.IO on top: namespaces, handlers, acks, rooms.
+
+A client's handlers run in its Engine.IO session's nursery, so they are
+cancelled when the client goes; ``disconnect`` handlers run after that, in
+the server's nursery, so they always see the end.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import trio
+
+from .._errors import ProtocolError, UrbanRobotError
+from ..web._engine import EngineServer, Reason, Session
+from ..web._http import HttpApp, Limits, PeerWatch, Request, Response, Upgrade, serve_connection
+from ._namespace import Namespace
+from ._packets import Decoder, Packet, PacketType, encode
+
+log = logging.getLogger("urban_robot.socketio")
+
+Handler = Callable[..., Any]
+RouteHandler = Callable[[Request], Awaitable[Response]]
+
+
+class ConnectionRefusedError(ConnectionRefusedError):  # noqa: A001 - mirrors python-socketio's name
+    """Raise from a ``connect`` handler to refuse: ``ConnectionRefusedError(message[, data])``.
+
+    The builtin ``ConnectionRefusedError`` works the same way.
+    """
+
+
+class Disconnected(UrbanRobotError):
+    """``Server.call`` waited for an ack from a client that disconnected."""
+
+
+def _refusal(exc: BaseException | None) -> dict[str, Any]:
+    args = exc.args if exc is not None else ()
+    if not args:
+        return {"message": "Connection rejected by server"}
+    error: dict[str, Any] = {"message": str(args[0])}
+    if len(args) == 2:
+        error["data"] = args[1]
+    elif len(args) > 2:
+        error["data"] = list(args[1:])
+    return error
+
+
+def _arity(handler: Handler) -> int | None:
+    """How many positional arguments ``handler`` takes (None = any number)."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for param in params:
+        if param.kind is param.VAR_POSITIONAL:
+            return None
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
+async def _invoke(handler: Handler, *args: Any) -> Any:
+    result = handler(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class Socket:
+    """One client on one namespace."""
+
+    __slots__ = ("sid", "namespace", "client", "buffer", "acks", "ack_counter", "session", "gone")
+
+    def __init__(self, sid: str, namespace: str, client: Client) -> None:
+        self.sid = sid
+        self.namespace = namespace
+        self.client = client
+        self.buffer: list[list[str | bytes]] | None = []  # until the CONNECT is acknowledged
+        self.acks: dict[int, Callable[..., Any]] = {}
+        self.ack_counter = 0
+        self.session: dict[str, Any] = {}
+        self.gone = trio.Event()
+
+
+class Client:
+    """One Engine.IO session and the namespaces it joined."""
+
+    __slots__ = ("engine", "decoder", "sockets")
+
+    def __init__(self, engine: Session) -> None:
+        self.engine = engine
+        self.decoder = Decoder()
+        self.sockets: dict[str, Socket] = {}
+
+
+class Server:
+    """A Socket.IO server for trio.
+
+    ``port = await nursery.start(server.serve, "127.0.0.1", 0)`` starts it;
+    handlers are registered as with python-socketio's ``AsyncServer``.
+    """
+
+    reason = Reason
+
+    def __init__(
+        self,
+        *,
+        ping_interval: float = 25,
+        ping_timeout: float = 20,
+        max_payload: int = 1_000_000,
+        connect_timeout: float = 45,
+        cors_allowed_origins: str | list[str] | None = None,
+        namespaces: str | list[str] | None = None,
+        async_handlers: bool = True,
+        transports: Iterable[str] = ("polling", "websocket"),
+        path: str = "/socket.io/",
+        http_limits: Limits | None = None,
+    ) -> None:
+        for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout),
+                            ("connect_timeout", connect_timeout), ("max_payload", max_payload)):
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        transports = tuple(transports)
+        if not transports or set(transports) - {"polling", "websocket"}:
+            raise ValueError(f"transports must be 'polling' and/or 'websocket', got {transports!r}")
+        self.connect_timeout = connect_timeout
+        self.async_handlers = async_handlers
+        self.path = path if path.endswith("/") else path + "/"
+        self.namespaces = ["/"] if namespaces is None else namespaces
+        self.handlers: dict[str, dict[str, Handler]] = {}
+        self.namespace_handlers: dict[str, Namespace] = {}
+        self.sockets: dict[str, Socket] = {}
+        self._rooms: dict[str, dict[str, set[str]]] = {}
+        self._routes: dict[tuple[str, str], RouteHandler] = {}
+        self._limits = http_limits or Limits(max_body=max_payload + 16 * 1024)
+        self._engine = EngineServer(
+            self,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            max_payload=max_payload,
+            cors_allowed_origins=cors_allowed_origins,
+            transports=transports,
+        )
+        self._cancel_scope: trio.CancelScope | None = None
+
+    # ------------------------------------------------------------------ registration
+    def on(self, event: str, handler: Handler | None = None, namespace: str | None = None) -> Any:
+        """Register ``handler`` for ``event``; without ``handler``, a decorator."""
+        namespace = namespace or "/"
+
+        def register(func: Handler) -> Handler:
+            self.handlers.setdefault(namespace, {})[event] = func
+            return func
+
+        return register(handler) if handler is not None else register
+
+    def event(self, handler: Handler) -> Handler:
+        """Decorator registering ``handler`` under its own name (``@server.event``)."""
+        return self.on(handler.__name__, handler)  # type: ignore[no-any-return]
+
+    def register_namespace(self, namespace_handler: Namespace) -> None:
+        if not isinstance(namespace_handler, Namespace):
+            raise ValueError("register_namespace needs a Namespace instance")
+        namespace_handler._set_server(self)
+        self.namespace_handlers[namespace_handler.namespace] = namespace_handler
+
+    def add_route(self, method: str, path: str, handler: RouteHandler) -> None:
+        """Serve ``handler`` for ``METHOD path`` on the same port (status API, webhooks, ...)."""
+        self._routes[(method.upper(), path)] = handler
+
+    def _accepts(self, namespace: str) -> bool:
+        return (
+            self.namespaces == "*"
+            or namespace in self.namespaces
+            or namespace in self.handlers
+            or namespace in self.namespace_handlers
+        )
+
+    def _handler(self, namespace: str, event: str) -> Handler | None:
+        handler = self.handlers.get(namespace, {}).get(event)
+        if handler is None and namespace in self.namespace_handlers:
+            handler = self.namespace_handlers[namespace].handler_for(event)
+        return handler
+
+    # ------------------------------------------------------------------ serving
+    async def serve(self, host: str = "127.0.0.1", port: int = 0, *,
+                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``host:port`` until cancelled; ``started`` reports the bound port."""
+        with trio.CancelScope() as scope:
+            self._cancel_scope = scope
+            async with trio.open_nursery() as nursery:
+                self._engine.nursery = nursery
+                listeners = await trio.open_tcp_listeners(port, host=host)
+                bound = listeners[0].socket.getsockname()[1]
+
+                async def handle(stream: trio.SocketStream) -> None:
+                    await serve_connection(stream, self._http, self._limits)
+
+                await nursery.start(trio.serve_listeners, handle, listeners)
+                log.info("Socket.IO server listening on %s:%s", host, bound)
+                task_status.started(bound)
+
+    async def shutdown(self) -> None:
+        """Close every client (reason ``server shutdown``) and stop serving."""
+        for session in list(self._engine.sessions.values()):
+            session.close(Reason.SERVER_SHUTDOWN)
+        await trio.lowlevel.checkpoint()
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    @property
+    def _http(self) -> HttpApp:
+        return _Router(self)
+
+    # ------------------------------------------------------------------ Engine.IO callbacks
+    def engine_open(self, session: Session) -> None:
+        session.data = Client(session)
+        session.deadline = trio.current_time() + self.connect_timeout
+
+    async def engine_message(self, session: Session, message: str | bytes) -> None:
+        client: Client = session.data
+        try:
+            packet = client.decoder.feed(message)
+            if packet is not None:
+                await self._dispatch(client, packet)
+        except ProtocolError as exc:
+            log.info("client %s sent an invalid packet, closing: %s", session.sid, exc)
+            session.close(Reason.TRANSPORT_ERROR)
+
+    def engine_close(self, session: Session, reason: str) -> None:
+        client: Client = session.data
+        for socket in list(client.sockets.values()):
+            self._forget(socket, reason)
+
+    # ------------------------------------------------------------------ incoming packets
+    async def _dispatch(self, client: Client, packet: Packet) -> None:
+        ptype = packet.type
+        socket = client.sockets.get(packet.namespace)
+        if ptype is PacketType.EVENT:
+            if socket is not None and socket.buffer is None:
+                await self._start_event(socket, packet)
+        elif ptype is PacketType.ACK:
+            callback = socket.acks.pop(packet.id, None) if socket is not None else None  # type: ignore[arg-type]
+            if callback is not None:
+                await _invoke(callback, *packet.data)
+        elif ptype is PacketType.CONNECT:
+            await self._handle_connect(client, packet)
+        elif ptype is PacketType.DISCONNECT:
+            if socket is not None:
+                self._forget(socket, Reason.CLIENT_DISCONNECT)
+        else:
+            raise ProtocolError(f"a client may not send {ptype.name}")
+
+    async def _handle_connect(self, client: Client, packet: Packet) -> None:
+        namespace = packet.namespace
+        if namespace in client.sockets:
+            return  # already connected (or connecting): the reference servers ignore it too
+        if not self._accepts(namespace):
+            await self._send_raw(client, Packet(PacketType.CONNECT_ERROR, namespace, {"message": "Invalid namespace"}))
+            return
+        socket = Socket(secrets.token_urlsafe(15), namespace, client)
+        client.sockets[namespace] = socket
+        self.sockets[socket.sid] = socket
+        client.engine.nursery.start_soon(self._run_connect, socket, packet.data)
+
+    async def _run_connect(self, socket: Socket, auth: Any) -> None:
+        handler = self._handler(socket.namespace, "connect")
+        refusal: BaseException | None = None
+        accepted = True
+        if handler is not None:
+            args: tuple[Any, ...] = (socket.sid, socket.client.engine.environ, auth)
+            arity = _arity(handler)
+            if arity is not None and arity < 3:
+                args = args[:arity]
+            try:
+                accepted = await _invoke(handler, *args) is not False
+            except ConnectionRefusedError as exc:
+                accepted, refusal = False, exc
+            except Exception:
+                log.exception("connect handler for %s failed; refusing the client", socket.namespace)
+                accepted = False
+        client = socket.client
+        if not accepted:
+            self.sockets.pop(socket.sid, None)
+            client.sockets.pop(socket.namespace, None)
+            await self._send_raw(client, Packet(PacketType.CONNECT_ERROR, socket.namespace, _refusal(refusal)))
+            return
+        if socket.sid not in self.sockets:
+            return  # the client left while we decided
+        self._room_set(socket.namespace, socket.sid).add(socket.sid)
+        client.engine.deadline = float("inf")
+        buffered, socket.buffer = socket.buffer or [], None
+        messages = encode(Packet(PacketType.CONNECT, socket.namespace, {"sid": socket.sid}))
+        for extra in buffered:
+            messages.extend(extra)
+        await client.engine.send_messages(messages)
+
+    async def _start_event(self, socket: Socket, packet: Packet) -> None:
+        event, *args = packet.data
+        handler = self._handler(socket.namespace, event)
+        if handler is not None:
+            args.insert(0, socket.sid)
+        else:
+            handler = self._handler(socket.namespace, "*")
+            if handler is None:
+                log.debug("no handler for event %r on %s", event, socket.namespace)
+                return
+            args[:0] = [event, socket.sid]
+        if self.async_handlers:
+            socket.client.engine.nursery.start_soon(self._run_event, socket, handler, args, packet.id)
+        else:  # in arrival order, in the reader: a handler must not wait on this client
+            await self._run_event(socket, handler, args, packet.id)
+
+    async def _run_event(self, socket: Socket, handler: Handler, args: list[Any], ack_id: int | None) -> None:
+        try:
+            result = await _invoke(handler, *args)
+        except Exception:
+            log.exception("handler for an event on %s failed", socket.namespace)
+            return
+        if ack_id is None:
+            return
+        if result is None:
+            data: list[Any] = []
+        elif isinstance(result, tuple):
+            data = list(result)
+        else:
+            data = [result]
+        await self._send(socket, encode(Packet(PacketType.ACK, socket.namespace, data, ack_id)))
+
+    def _forget(self, socket: Socket, reason: str) -> None:
+        if self.sockets.pop(socket.sid, None) is None:
+            return
+        client = socket.client
+        client.sockets.pop(socket.namespace, None)
+        rooms = self._rooms.get(socket.namespace, {})
+        for room in [r for r, members in rooms.items() if socket.sid in members]:
+            rooms[room].discard(socket.sid)
+            if not rooms[room]:
+                del rooms[room]
+        socket.acks.clear()
+        socket.gone.set()
+        if not client.sockets and not client.engine.closed:
+            client.engine.deadline = trio.current_time() + self.connect_timeout
+        if socket.buffer is None:  # it was connected: tell its disconnect handler
+            handler = self._handler(socket.namespace, "disconnect")
+            if handler is not None:
+                args: tuple[Any, ...] = (socket.sid, reason)
+                arity = _arity(handler)
+                if arity is not None and arity < 2:
+                    args = args[:arity]
+                self._engine.nursery.start_soon(self._run_disconnect, handler, args)
+
+    @staticmethod
+    async def _run_disconnect(handler: Handler, args: tuple[Any, ...]) -> None:
+        try:
+            await _invoke(handler, *args)
+        except Exception:
+            log.exception("disconnect handler failed")
+
+    # ------------------------------------------------------------------ outgoing
+    async def _send_raw(self, client: Client, packet: Packet) -> None:
+        await client.engine.send_messages(encode(packet))
+
+    async def _send(self, socket: Socket, messages: list[str | bytes]) -> None:
+        if socket.buffer is not None:
+            socket.buffer.append(messages)
+        else:
+            await socket.client.engine.send_messages(messages)
+
+    def _room_set(self, namespace: str, room: str) -> set[str]:
+        return self._rooms.setdefault(namespace, {}).setdefault(room, set())
+
+    def _recipients(self, namespace: str, to: str | list[str] | None, skip_sid: Any) -> list[Socket]:
+        if to is None:
+            sids: Iterable[str] = [s.sid for s in self.sockets.values() if s.namespace == namespace]
+        else:
+            rooms = self._rooms.get(namespace, {})
+            wanted: set[str] = set()
+            for room in [to] if isinstance(to, str) else to:
+                wanted |= rooms.get(room, set())
+                if room in self.sockets and self.sockets[room].namespace == namespace:
+                    wanted.add(room)  # an sid still connecting is addressable too
+            sids = wanted
+        skip = set([skip_sid] if isinstance(skip_sid, str) else skip_sid or ())
+        return [self.sockets[sid] for sid in sids if sid not in skip and sid in self.sockets]
+
+    async def emit(self, event: str, data: Any = None, to: str | list[str] | None = None,
+                   room: str | list[str] | None = None, skip_sid: Any = None, namespace: str | None = None,
+                   callback: Callable[..., Any] | None = None) -> None:
+        """Send ``event`` to one client (``to=sid``), a room, or everyone on ``namespace``.
+
+        ``data`` as a tuple sends several arguments; ``None`` sends none.
+        """
+        namespace = namespace or "/"
+        if isinstance(data, tuple):
+            args = [event, *data]
+        elif data is not None:
+            args = [event, data]
+        else:
+            args = [event]
+        recipients = self._recipients(namespace, to if to is not None else room, skip_sid)
+        if callback is None:
+            messages = encode(Packet(PacketType.EVENT, namespace, args))
+            for socket in recipients:
+                await self._send(socket, messages)
+            return
+        for socket in recipients:
+            socket.ack_counter += 1
+            socket.acks[socket.ack_counter] = callback
+            await self._send(socket, encode(Packet(PacketType.EVENT, namespace, args, socket.ack_counter)))
+
+    async def send(self, data: Any, to: str | None = None, room: str | None = None, skip_sid: Any = None,
+                   namespace: str | None = None, callback: Callable[..., Any] | None = None) -> None:
+        """Emit the ``message`` event."""
+        await self.emit("message", data, to=to, room=room, skip_sid=skip_sid, namespace=namespace, callback=callback)
+
+    async def call(self, event: str, data: Any = None, to: str | None = None, sid: str | None = None,
+                   namespace: str | None = None, timeout: float = 60) -> Any:
+        """Emit to one client and wait for its ack; returns its argument (a tuple if several).
+
+        Raises ``TimeoutError`` after ``timeout`` seconds and ``Disconnected`` if the
+        client leaves first.
+        """
+        target = to or sid
+        socket = self.sockets.get(target) if target is not None else None
+        if socket is None or socket.namespace != (namespace or "/"):
+            raise Disconnected(f"no client {target!r} on namespace {namespace or '/'!r}")
+        done = trio.Event()
+        answer: list[Any] = []
+
+        def on_ack(*args: Any) -> None:
+            answer.extend(args)
+            done.set()
+
+        await self.emit(event, data, to=socket.sid, namespace=namespace, callback=on_ack)
+        with trio.move_on_after(timeout) as scope:
+            async with trio.open_nursery() as nursery:
+                async def cancel_when_gone() -> None:
+                    await socket.gone.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(cancel_when_gone)
+                await done.wait()
+                nursery.cancel_scope.cancel()
+        if not done.is_set():
+            if scope.cancelled_caught:
+                raise TimeoutError(f"no ack for {event!r} from {socket.sid} within {timeout}s")
+            raise Disconnected(f"client {socket.sid} disconnected before acknowledging {event!r}")
+        if not answer:
+            return None
+        return answer[0] if len(answer) == 1 else tuple(answer)
+
+    async def disconnect(self, sid: str, namespace: str | None = None, ignore_queue: bool = False) -> None:
+        """Disconnect ``sid`` from ``namespace``; the client is told, its handler runs."""
+        socket = self.sockets.get(sid)
+        if socket is None or socket.namespace != (namespace or "/"):
+            return
+        if socket.buffer is None:
+            await self._send(socket, encode(Packet(PacketType.DISCONNECT, socket.namespace)))
+        self._forget(socket, Reason.SERVER_DISCONNECT)
+
+    # ------------------------------------------------------------------ rooms and sessions
+    async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        if sid in self.sockets:
+            self._room_set(namespace or "/", room).add(sid)
+
+    async def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        members = self._rooms.get(namespace or "/", {}).get(room)
+        if members is not None:
+            members.discard(sid)
+            if not members:
+                del self._rooms[namespace or "/"][room]
+
+    async def close_room(self, room: str, namespace: str | None = None) -> None:
+        self._rooms.get(namespace or "/", {}).pop(room, None)
+
+    def rooms(self, sid: str, namespace: str | None = None) -> list[str]:
+        return [room for room, members in self._rooms.get(namespace or "/", {}).items() if sid in members]
+
+    async def get_session(self, sid: str, namespace: str | None = None) -> dict[str, Any]:
+        return self.sockets[sid].session
+
+    async def save_session(self, sid: str, session: dict[str, Any], namespace: str | None = None) -> None:
+        self.sockets[sid].session = session
+
+    def transport(self, sid: str, namespace: str | None = None) -> str:
+        return self.sockets[sid].client.engine.transport
+
+    def get_environ(self, sid: str, namespace: str | None = None) -> dict[str, Any] | None:
+        socket = self.sockets.get(sid)
+        return socket.client.engine.environ if socket is not None else None
+
+
+class _Router:
+    """Socket.IO requests to the Engine.IO server, anything else to ``add_route`` handlers."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+
+    async def handle_request(self, request: Request, peer: PeerWatch) -> Response:
+        server = self._server
+        if request.path == server.path or request.path + "/" == server.path:
+            return await server._engine.handle_request(request, peer)
+        handler = server._routes.get((request.method, request.path))
+        if handler is not None:
+            return await handler(request)
+        if any(path == request.path for _, path in server._routes):
+            return Response.text(405, "Method not allowed")
+        return Response.text(404, "Not found")
+
+    async def handle_websocket(self, request: Request, upgrade: Upgrade) -> Response | None:
+        server = self._server
+        if request.path == server.path or request.path + "/" == server.path:
+            return await server._engine.handle_websocket(request, upgrade)
+        return Response.text(404, "Not found")

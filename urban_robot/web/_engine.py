@@ -1,0 +1,407 @@
+"""The Engine.IO v4 server on trio: sessions over HTTP long-polling and WebSocket.
+
+Each session has one owner task in the server's nursery. It holds the
+session's nursery (where the layer above runs that client's handlers, so a
+client's work dies with its connection) and runs the ping/pong clock. A
+WebSocket's reader runs in its HTTP connection's task and feeds the session.
+
+Upgrade (polling → WebSocket), as the reference servers do it: the client opens
+a WebSocket with the session's sid and sends ``2probe``; we answer ``3probe``
+and answer the pending polling GET (and any later one) with NOOP; the client
+sends ``5`` on the WebSocket, and from then on everything goes there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from typing import Any, Protocol
+
+import trio
+
+from .._errors import ProtocolError
+from ..engineio import (
+    EngineError,
+    Packet,
+    PacketType,
+    decode_packet,
+    decode_payload,
+    encode_payload,
+    open_packet,
+    parse_query,
+)
+from ..engineio._handshake import EngineErrorCode
+from ._http import PeerWatch, Request, Response, Upgrade
+from ._websocket import WebSocket, WebSocketClosed
+
+log = logging.getLogger("urban_robot.engineio")
+
+PROBE_TIMEOUT = 10.0
+MAX_PAYLOAD_PACKETS = 1000
+
+
+class Reason:
+    """Why a session ended: the strings python-socketio uses."""
+
+    CLIENT_DISCONNECT = "client disconnect"
+    SERVER_DISCONNECT = "server disconnect"
+    SERVER_SHUTDOWN = "server shutdown"
+    PING_TIMEOUT = "ping timeout"
+    TRANSPORT_CLOSE = "transport close"
+    TRANSPORT_ERROR = "transport error"
+
+
+class EngineHandler(Protocol):
+    def engine_open(self, session: Session) -> None: ...
+
+    async def engine_message(self, session: Session, message: str | bytes) -> None: ...
+
+    def engine_close(self, session: Session, reason: str) -> None: ...
+
+
+class Session:
+    """One Engine.IO session (one client), whichever transport carries it."""
+
+    def __init__(self, server: EngineServer, sid: str, transport: str, environ: dict[str, Any]) -> None:
+        self.server = server
+        self.sid = sid
+        self.transport = transport
+        self.environ = environ
+        self.ws: WebSocket | None = None
+        self.queue: list[Packet] = []
+        self.wake = trio.Event()
+        self.polling_busy = False
+        self.upgrading = False
+        self.closed = False
+        self.close_reason = ""
+        self.closed_event = trio.Event()
+        self.pong = trio.Event()
+        self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by the owner task
+        # Closes the session unless cleared in time (Socket.IO's connect_timeout).
+        self.deadline = math.inf
+        self.data: Any = None  # for the layer above
+
+    # -- sending -----------------------------------------------------------
+    async def send_messages(self, messages: list[str | bytes]) -> None:
+        """Send Engine.IO MESSAGE packets; silently dropped once the session is closed."""
+        if self.closed:
+            return
+        ws = self.ws
+        if ws is not None:
+            try:
+                await ws.send_many(["4" + m if isinstance(m, str) else m for m in messages])
+            except WebSocketClosed:
+                self.close(Reason.TRANSPORT_CLOSE, notify_peer=False)
+            return
+        self.queue.extend(Packet(PacketType.MESSAGE, m) for m in messages)
+        self.wake.set()
+
+    async def _send_packet(self, packet: Packet) -> None:
+        ws = self.ws
+        if ws is not None:
+            try:
+                await ws.send(f"{packet.type.value}{packet.data}")
+            except WebSocketClosed:
+                self.close(Reason.TRANSPORT_CLOSE, notify_peer=False)
+        else:
+            self.queue.append(packet)
+            self.wake.set()
+
+    # -- closing -------------------------------------------------------------
+    def close(self, reason: str, *, notify_peer: bool = True) -> None:
+        """End the session now (idempotent); the owner task tells the peer and cleans up."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self.server.sessions.pop(self.sid, None)
+        if notify_peer and self.ws is None:
+            self.queue.append(Packet(PacketType.CLOSE))
+        self._notify_peer = notify_peer
+        self.wake.set()
+        self.closed_event.set()
+        self.server.handler.engine_close(self, reason)
+
+    # -- receiving -----------------------------------------------------------
+    async def receive_packet(self, packet: Packet) -> None:
+        ptype = packet.type
+        if ptype is PacketType.MESSAGE:
+            await self.server.handler.engine_message(self, packet.data)
+        elif ptype is PacketType.PONG:
+            self.pong.set()
+        elif ptype is PacketType.CLOSE:
+            self.close(Reason.CLIENT_DISCONNECT, notify_peer=False)
+        elif ptype is PacketType.PING:
+            await self._send_packet(Packet(PacketType.PONG, packet.data))
+        elif ptype is PacketType.NOOP:
+            pass
+        else:
+            raise ProtocolError(f"unexpected {ptype.name} packet from a client")
+
+    # -- the owner task --------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        server = self.server
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                task_status.started()
+                await self._clock(server.ping_interval, server.ping_timeout)
+                nursery.cancel_scope.cancel()
+        finally:
+            if self.ws is not None:
+                with trio.CancelScope(shield=True):
+                    if getattr(self, "_notify_peer", False):
+                        try:
+                            await self.ws.send("1")
+                        except WebSocketClosed:
+                            pass
+                    await self.ws.close()
+
+    async def _clock(self, interval: float, timeout: float) -> None:
+        next_ping = trio.current_time() + interval
+        while not self.closed:
+            with trio.move_on_at(min(next_ping, self.deadline)):
+                await self.closed_event.wait()
+                return
+            now = trio.current_time()
+            if now >= self.deadline:
+                log.info("session %s: no Socket.IO CONNECT in time, closing", self.sid)
+                self.close(Reason.TRANSPORT_CLOSE)
+                return
+            if now < next_ping:
+                continue
+            self.pong = trio.Event()
+            await self._send_packet(Packet(PacketType.PING))
+            with trio.move_on_after(timeout):
+                await self.pong.wait()
+            if self.closed:
+                return
+            if not self.pong.is_set():
+                log.info("session %s: no pong within %ss, closing", self.sid, timeout)
+                self.close(Reason.PING_TIMEOUT, notify_peer=False)
+                return
+            next_ping = trio.current_time() + interval
+
+
+class EngineServer:
+    def __init__(
+        self,
+        handler: EngineHandler,
+        *,
+        ping_interval: float,
+        ping_timeout: float,
+        max_payload: int,
+        cors_allowed_origins: str | list[str] | None,
+        transports: tuple[str, ...] = ("polling", "websocket"),
+    ) -> None:
+        self.handler = handler
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_payload = max_payload
+        self.cors_allowed_origins = cors_allowed_origins
+        self.transports = transports
+        self.sessions: dict[str, Session] = {}
+        self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by serve()
+
+    # -- plumbing ----------------------------------------------------------------
+    async def _open_session(self, transport: str, request: Request) -> Session:
+        sid = secrets.token_urlsafe(15)
+        session = Session(self, sid, transport, _environ(request))
+        self.sessions[sid] = session
+        await self.nursery.start(session.run)
+        self.handler.engine_open(session)
+        return session
+
+    def _handshake(self, session: Session) -> Packet:
+        upgrades = ["websocket"] if session.transport == "polling" and "websocket" in self.transports else []
+        return open_packet(
+            session.sid,
+            upgrades=upgrades,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            max_payload=self.max_payload,
+        )
+
+    def _cors_headers(self, request: Request) -> tuple[tuple[str, str], ...] | None:
+        """CORS answer headers, or ``None`` if the request's Origin is refused."""
+        origin = request.header("origin")
+        allowed = self.cors_allowed_origins
+        if origin is None or allowed == []:
+            return ()
+        if allowed == "*":
+            ok = True
+        elif allowed is None:
+            host = request.header("host", "")
+            ok = origin in (f"http://{host}", f"https://{host}")
+        else:
+            ok = origin in ([allowed] if isinstance(allowed, str) else allowed)
+        if not ok:
+            return None
+        return (("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true"))
+
+    # -- HTTP long-polling ------------------------------------------------------
+    async def handle_request(self, request: Request, peer: PeerWatch) -> Response:
+        cors = self._cors_headers(request)
+        if cors is None:
+            return Response.text(400, "Not an accepted origin.")
+        if request.method == "OPTIONS":
+            allow_headers = request.header("access-control-request-headers")
+            extra = (("Access-Control-Allow-Methods", "OPTIONS, GET, POST"),)
+            if allow_headers:
+                extra += (("Access-Control-Allow-Headers", allow_headers),)
+            return Response(204, headers=cors + extra)
+        try:
+            response = await self._polling(request, peer)
+        except EngineError as exc:
+            response = Response(exc.status, exc.body(), content_type="application/json")
+        return attrs_evolve_headers(response, cors)
+
+    async def _polling(self, request: Request, peer: PeerWatch) -> Response:
+        query = parse_query(request.query)
+        if query.transport != "polling" or "polling" not in self.transports:
+            raise EngineError(EngineErrorCode.UNKNOWN_TRANSPORT)
+        if request.method not in ("GET", "POST"):
+            raise EngineError(EngineErrorCode.BAD_HANDSHAKE_METHOD)
+        if query.sid is None:
+            if request.method != "GET":
+                raise EngineError(EngineErrorCode.BAD_HANDSHAKE_METHOD)
+            session = await self._open_session("polling", request)
+            return Response(200, encode_payload([self._handshake(session)]).encode())
+        session = self.sessions.get(query.sid)
+        if session is None or session.transport != "polling":
+            raise EngineError(EngineErrorCode.UNKNOWN_SID)
+        if request.method == "GET":
+            return await self._long_poll(session, peer)
+        return await self._post(session, request)
+
+    async def _long_poll(self, session: Session, peer: PeerWatch) -> Response:
+        if session.polling_busy:
+            # Two GETs at once for one session is a client bug the spec forbids.
+            session.close(Reason.TRANSPORT_ERROR)
+            raise EngineError(EngineErrorCode.BAD_REQUEST)
+        session.polling_busy = True
+        try:
+            if session.upgrading and not session.queue:
+                session.queue.append(Packet(PacketType.NOOP))
+            if not session.queue:
+                if not await peer.wait(session.wake):
+                    session.close(Reason.TRANSPORT_CLOSE, notify_peer=False)
+                    return Response(400)
+            packets, session.queue = session.queue, []
+            session.wake = trio.Event()
+            return Response(200, encode_payload(packets).encode())
+        finally:
+            session.polling_busy = False
+
+    async def _post(self, session: Session, request: Request) -> Response:
+        if len(request.body) > self.max_payload:
+            session.close(Reason.TRANSPORT_ERROR)
+            return Response.text(413, "Payload too large")
+        try:
+            packets = decode_payload(request.body, max_packets=MAX_PAYLOAD_PACKETS)
+            for packet in packets:
+                await session.receive_packet(packet)
+        except ProtocolError as exc:
+            log.info("session %s: invalid packet, closing: %s", session.sid, exc)
+            session.close(Reason.TRANSPORT_ERROR)
+            raise EngineError(EngineErrorCode.BAD_REQUEST) from exc
+        return Response(200, b"ok")
+
+    # -- WebSocket -------------------------------------------------------------------
+    async def handle_websocket(self, request: Request, upgrade: Upgrade) -> Response | None:
+        cors = self._cors_headers(request)
+        if cors is None:
+            return Response.text(400, "Not an accepted origin.")
+        try:
+            query = parse_query(request.query)
+            if query.transport != "websocket" or "websocket" not in self.transports:
+                raise EngineError(EngineErrorCode.UNKNOWN_TRANSPORT)
+            if request.method != "GET":
+                raise EngineError(EngineErrorCode.BAD_HANDSHAKE_METHOD)
+            session = None
+            if query.sid is not None:
+                session = self.sessions.get(query.sid)
+                if session is None or session.transport != "polling" or session.upgrading:
+                    raise EngineError(EngineErrorCode.UNKNOWN_SID if session is None else EngineErrorCode.BAD_REQUEST)
+        except EngineError as exc:
+            return Response(exc.status, exc.body(), content_type="application/json")
+        ws = await upgrade.accept(max_message=self.max_payload)
+        if session is None:
+            session = await self._open_session("websocket", request)
+            session.ws = ws
+            await session._send_packet(self._handshake(session))
+        elif not await self._upgrade(session, ws):
+            await ws.close()
+            return None
+        await self._read_websocket(session, ws)
+        return None
+
+    async def _upgrade(self, session: Session, ws: WebSocket) -> bool:
+        """Run the probe/upgrade exchange; True once the session moved to ``ws``."""
+        session.upgrading = True
+        try:
+            with trio.move_on_after(PROBE_TIMEOUT):
+                if await ws.receive() != "2probe":
+                    return False
+                await ws.send("3probe")
+                session.queue.append(Packet(PacketType.NOOP))
+                session.wake.set()
+                if await ws.receive() != "5":
+                    return False
+                if session.closed:
+                    return False
+                session.transport = "websocket"
+                session.ws = ws
+                queued, session.queue = session.queue, []
+                messages = [p for p in queued if p.type is not PacketType.NOOP]
+                if messages:
+                    await ws.send_many([p.data if isinstance(p.data, bytes) else f"{p.type.value}{p.data}" for p in messages])
+                return True
+            return False
+        except WebSocketClosed:
+            return False
+        finally:
+            session.upgrading = False
+
+    async def _read_websocket(self, session: Session, ws: WebSocket) -> None:
+        try:
+            while not session.closed:
+                frame = await ws.receive()
+                await session.receive_packet(decode_packet(frame))
+        except WebSocketClosed as exc:
+            reason = Reason.TRANSPORT_ERROR if exc.code == 1009 else Reason.TRANSPORT_CLOSE
+            session.close(reason, notify_peer=False)
+        except ProtocolError as exc:
+            log.info("session %s: invalid packet, closing: %s", session.sid, exc)
+            session.close(Reason.TRANSPORT_ERROR)
+        finally:
+            if not session.closed:
+                session.close(Reason.TRANSPORT_CLOSE, notify_peer=False)
+            with trio.CancelScope(shield=True):
+                await session.closed_event.wait()
+
+
+def attrs_evolve_headers(response: Response, extra: tuple[tuple[str, str], ...]) -> Response:
+    if not extra:
+        return response
+    return Response(response.status, response.body, response.content_type, response.headers + extra)
+
+
+def _environ(request: Request) -> dict[str, Any]:
+    """A WSGI-style environ, as python-socketio hands its ``connect`` handlers."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": request.method,
+        "PATH_INFO": request.path,
+        "QUERY_STRING": request.query,
+        "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
+        "REMOTE_ADDR": request.client[0] if request.client else "",
+        "REMOTE_PORT": str(request.client[1]) if request.client else "",
+        "urban_robot.request": request,
+    }
+    for name, value in request.headers.items():
+        key = "HTTP_" + name.upper().replace("-", "_")
+        environ[key] = value
+        if name == "content-type":
+            environ["CONTENT_TYPE"] = value
+    return environ

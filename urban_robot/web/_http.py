@@ -1,0 +1,267 @@
+"""The HTTP/1.1 front on one port: h11 parses requests, WebSocket upgrades go to wsproto.
+
+Why h11 rather than Hypercorn (see docs/design-decisions.md): fewer layers on
+the hot path (the Engine.IO session talks to the socket directly), one task
+per connection, and lower memory per idle connection; h11 and wsproto still
+do all HTTP and WebSocket parsing. Limits bound every peer: request head and
+body sizes, a time-out to send a request, and an idle keep-alive time-out.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import attrs
+import h11
+import trio
+from wsproto.utilities import generate_accept_token
+
+from ._websocket import RECEIVE_SIZE, WebSocket
+
+log = logging.getLogger("urban_robot.web")
+
+
+@attrs.frozen
+class Limits:
+    max_body: int = 1_000_000
+    max_head: int = 16 * 1024
+    request_timeout: float = 20.0  # to send one whole request (slowloris)
+    keepalive_timeout: float = 60.0  # between requests on one connection
+
+
+@attrs.frozen
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    client: tuple[str, int] | None
+    http_version: str = "1.1"
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name.lower(), default)
+
+    @property
+    def is_websocket(self) -> bool:
+        return (
+            self.header("upgrade", "").lower() == "websocket"  # type: ignore[union-attr]
+            and "upgrade" in self.header("connection", "").lower()  # type: ignore[union-attr]
+        )
+
+
+@attrs.frozen
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=UTF-8"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def text(cls, status: int, text: str, **kw: object) -> Response:
+        return cls(status, text.encode(), **kw)  # type: ignore[arg-type]
+
+
+class Upgrade(Protocol):
+    async def accept(self, *, max_message: int, headers: tuple[tuple[str, str], ...] = ()) -> WebSocket: ...
+
+
+class HttpApp(Protocol):
+    async def handle_request(self, request: Request, peer: PeerWatch) -> Response: ...
+
+    async def handle_websocket(self, request: Request, upgrade: Upgrade) -> Response | None: ...
+
+
+class PeerWatch:
+    """Lets a long-polling handler notice that its client went away."""
+
+    def __init__(self, conn: _HttpConnection) -> None:
+        self._conn = conn
+
+    async def wait(self, event: trio.Event) -> bool:
+        """Wait for ``event``; return ``False`` early if the peer closed the connection."""
+        return await self._conn.wait_event_or_eof(event)
+
+
+class _WebSocketUpgrade:
+    def __init__(self, conn: _HttpConnection, request: Request) -> None:
+        self._conn = conn
+        self._request = request
+
+    async def accept(self, *, max_message: int, headers: tuple[tuple[str, str], ...] = ()) -> WebSocket:
+        key = (self._request.header("sec-websocket-key") or "").encode()
+        response_headers = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", generate_accept_token(key).decode()),
+            *headers,
+        ]
+        await self._conn.send(h11.InformationalResponse(status_code=101, headers=response_headers))
+        trailing, _closed = self._conn.h11.trailing_data
+        self._conn.upgraded = True
+        return WebSocket(self._conn.stream, bytes(trailing), max_message=max_message)
+
+
+class _HttpConnection:
+    def __init__(self, stream: trio.abc.Stream, app: HttpApp, limits: Limits) -> None:
+        self.stream = stream
+        self.app = app
+        self.limits = limits
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
+        self.upgraded = False
+        self.client: tuple[str, int] | None = None
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            try:
+                peer = sock.getpeername()
+                self.client = (str(peer[0]), int(peer[1]))
+            except OSError:
+                self.client = None
+
+    async def send(self, event: h11._events.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def _receive_into_h11(self) -> None:
+        data = await self.stream.receive_some(RECEIVE_SIZE)
+        self.h11.receive_data(data)
+
+    async def next_event(self, timeout: float) -> h11._events.Event:
+        with trio.fail_after(timeout):
+            while True:
+                event = self.h11.next_event()
+                if event is not h11.NEED_DATA:
+                    return event  # type: ignore[return-value]
+                await self._receive_into_h11()
+
+    async def wait_event_or_eof(self, event: trio.Event) -> bool:
+        peer_alive = True
+
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal peer_alive
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if data:
+                    self.h11.receive_data(data)  # a pipelined request: keep it for later
+                    await trio.sleep_forever()
+                peer_alive = False
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            await event.wait()
+            nursery.cancel_scope.cancel()
+        return peer_alive
+
+    async def serve(self) -> None:
+        timeout = self.limits.keepalive_timeout
+        while True:
+            try:
+                event = await self.next_event(timeout)
+            except (trio.TooSlowError, h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                await self._refuse_quietly(exc)
+                return
+            timeout = self.limits.request_timeout
+            if isinstance(event, (h11.ConnectionClosed, h11.EndOfMessage)) or event is h11.PAUSED:
+                return
+            if not isinstance(event, h11.Request):
+                return
+            request = await self._read_request(event)
+            if request is None:
+                return
+            if request.is_websocket:
+                response = await self.app.handle_websocket(request, _WebSocketUpgrade(self, request))
+                if self.upgraded or response is None:
+                    return
+                await self._respond(response, close=True)
+                return
+            response = await self.app.handle_request(request, PeerWatch(self))
+            if not await self._respond(response):
+                return
+            timeout = self.limits.keepalive_timeout
+
+    async def _read_request(self, event: h11.Request) -> Request | None:
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers}
+        target = event.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body:
+            await self._respond(Response.text(413, "Payload too large"), close=True)
+            return None
+        body = bytearray()
+        try:
+            while True:
+                if self.h11.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+                    break
+                part = await self.next_event(self.limits.request_timeout)
+                if isinstance(part, h11.Data):
+                    body += part.data
+                    if len(body) > self.limits.max_body:
+                        await self._respond(Response.text(413, "Payload too large"), close=True)
+                        return None
+                elif isinstance(part, h11.EndOfMessage):
+                    break
+                elif part is h11.PAUSED:
+                    break
+                else:
+                    return None
+        except (trio.TooSlowError, h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._refuse_quietly(exc)
+            return None
+        return Request(
+            method=event.method.decode("ascii", "replace"),
+            path=path,
+            query=query,
+            headers=headers,
+            body=bytes(body),
+            client=self.client,
+            http_version=event.http_version.decode("ascii", "replace"),
+        )
+
+    async def _respond(self, response: Response, *, close: bool = False) -> bool:
+        """Send ``response``; return whether the connection can serve another request."""
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            *response.headers,
+        ]
+        if close:
+            headers.append(("Connection", "close"))
+        try:
+            await self.send(h11.Response(status_code=response.status, headers=headers))
+            await self.send(h11.Data(data=response.body))
+            await self.send(h11.EndOfMessage())
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
+            return False
+        if close or self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
+            return False
+        self.h11.start_next_cycle()
+        return True
+
+    async def _refuse_quietly(self, exc: BaseException) -> None:
+        """Answer a broken or too-slow request with 400/408 if we still can, then close."""
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        if isinstance(exc, h11.RemoteProtocolError):
+            status = exc.error_status_hint
+        elif isinstance(exc, trio.TooSlowError) and self.h11.their_state is not h11.IDLE:
+            status = 408
+        else:
+            return
+        log.debug("refusing HTTP request from %s: %s", self.client, exc)
+        with trio.move_on_after(1):
+            await self._respond(Response.text(status, "Bad request" if status == 400 else "Request timeout"), close=True)
+
+
+async def serve_connection(stream: trio.abc.Stream, app: HttpApp, limits: Limits) -> None:
+    """Serve HTTP requests (and at most one WebSocket) on one accepted connection."""
+    conn = _HttpConnection(stream, app, limits)
+    try:
+        await conn.serve()
+    finally:
+        await trio.aclose_forcefully(stream)

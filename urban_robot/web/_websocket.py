@@ -1,0 +1,116 @@
+"""A server-side WebSocket over a trio stream, framed by wsproto.
+
+Deliberately small: the handshake was already answered by the HTTP front
+(``_http.py``); this object only exchanges messages. One writer at a time
+(a ``StrictFIFOLock``), messages larger than ``max_message`` close the
+connection with 1009, pings are answered, and closing is bounded in time.
+"""
+
+from __future__ import annotations
+
+import trio
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.frame_protocol import CloseReason
+
+RECEIVE_SIZE = 65536
+CLOSE_TIMEOUT = 2.0
+
+
+class WebSocketClosed(Exception):
+    """The peer closed the WebSocket, or the connection broke."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"WebSocket closed ({code}{': ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason
+
+
+class WebSocket:
+    def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, *, max_message: int) -> None:
+        self._stream = stream
+        self._ws = Connection(ConnectionType.SERVER, trailing_data=trailing_data)
+        self._max_message = max_message
+        self._send_lock = trio.StrictFIFOLock()
+        self._parts: list[str | bytes] = []
+        self._size = 0
+        self.closed: WebSocketClosed | None = None
+
+    async def receive(self) -> str | bytes:
+        """The next whole message; raises ``WebSocketClosed`` when the connection ends."""
+        while True:
+            for event in self._ws.events():
+                message = await self._handle(event)
+                if message is not None:
+                    return message
+            if self.closed is not None:
+                raise self.closed
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.closed = WebSocketClosed(CloseReason.ABNORMAL_CLOSURE, "connection lost")
+                raise self.closed from exc
+            self._ws.receive_data(data or None)
+
+    async def _handle(self, event: object) -> str | bytes | None:
+        if isinstance(event, (TextMessage, BytesMessage)):
+            self._size += len(event.data)
+            if self._size > self._max_message:
+                await self.close(CloseReason.MESSAGE_TOO_BIG, "message too big")
+                raise WebSocketClosed(CloseReason.MESSAGE_TOO_BIG, "message too big")
+            if not event.message_finished:
+                self._parts.append(event.data)
+                return None
+            data: str | bytes = event.data
+            if self._parts:
+                self._parts.append(data)
+                data = "".join(self._parts) if isinstance(data, str) else b"".join(self._parts)  # type: ignore[arg-type]
+                self._parts = []
+            self._size = 0
+            return data if isinstance(data, str) else bytes(data)
+        if isinstance(event, Ping):
+            await self._send_raw(self._ws.send(event.response()))
+        elif isinstance(event, CloseConnection):
+            if self.closed is None:
+                self.closed = WebSocketClosed(event.code, event.reason or "")
+                await self._send_raw(self._ws.send(event.response()), ignore_errors=True)
+                await self._stream.aclose()
+        elif isinstance(event, Pong):
+            pass
+        return None
+
+    async def send(self, message: str | bytes) -> None:
+        await self.send_many([message])
+
+    async def send_many(self, messages: list[str | bytes]) -> None:
+        """Send messages in order with one write; raises ``WebSocketClosed`` if closed."""
+        if self.closed is not None:
+            raise self.closed
+        async with self._send_lock:
+            if self.closed is not None:
+                raise self.closed
+            data = b"".join(self._ws.send(Message(data=m)) for m in messages)
+            await self._send_raw(data)
+
+    async def _send_raw(self, data: bytes, *, ignore_errors: bool = False) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if self.closed is None:
+                self.closed = WebSocketClosed(CloseReason.ABNORMAL_CLOSURE, "connection lost")
+            if not ignore_errors:
+                raise self.closed from exc
+
+    async def close(self, code: int = CloseReason.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Send a close frame and drop the connection; time-limited, idempotent."""
+        if self.closed is not None:
+            return
+        self.closed = WebSocketClosed(code, reason)
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            scope.shield = True
+            try:
+                async with self._send_lock:
+                    await self._stream.send_all(self._ws.send(CloseConnection(code=code, reason=reason)))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+                pass
+        await trio.aclose_forcefully(self._stream)
