@@ -152,6 +152,7 @@ class Server:
             transports=transports,
         )
         self._cancel_scope: trio.CancelScope | None = None
+        self._router: HttpApp = _Router(self)
 
     # ------------------------------------------------------------------ registration
     def on(self, event: str, handler: Handler | None = None, namespace: str | None = None) -> Any:
@@ -194,17 +195,25 @@ class Server:
 
     # ------------------------------------------------------------------ serving
     async def serve(self, host: str = "127.0.0.1", port: int = 0, *,
-                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on ``host:port`` until cancelled; ``started`` reports the bound port."""
+                    listeners: list[trio.abc.Listener[Any]] | None = None,
+                    task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``host:port`` until cancelled; ``started`` reports the bound port.
+
+        ``listeners`` replaces the TCP listener (tests pass in-memory ones; the
+        reported port is then ``None``).
+        """
         with trio.CancelScope() as scope:
             self._cancel_scope = scope
             async with trio.open_nursery() as nursery:
                 self._engine.nursery = nursery
-                listeners = await trio.open_tcp_listeners(port, host=host)
-                bound = listeners[0].socket.getsockname()[1]
+                bound: int | None = None
+                if listeners is None:
+                    tcp = await trio.open_tcp_listeners(port, host=host)
+                    bound = tcp[0].socket.getsockname()[1]
+                    listeners = list(tcp)
 
-                async def handle(stream: trio.SocketStream) -> None:
-                    await serve_connection(stream, self._http, self._limits)
+                async def handle(stream: trio.abc.Stream) -> None:
+                    await serve_connection(stream, self._router, self._limits)
 
                 await nursery.start(trio.serve_listeners, handle, listeners)
                 log.info("Socket.IO server listening on %s:%s", host, bound)
@@ -218,9 +227,6 @@ class Server:
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
-    @property
-    def _http(self) -> HttpApp:
-        return _Router(self)
 
     # ------------------------------------------------------------------ Engine.IO callbacks
     def engine_open(self, session: Session) -> None:
@@ -228,14 +234,11 @@ class Server:
         session.deadline = trio.current_time() + self.connect_timeout
 
     async def engine_message(self, session: Session, message: str | bytes) -> None:
+        """Decode and dispatch; a ``ProtocolError`` propagates and the engine closes the session."""
         client: Client = session.data
-        try:
-            packet = client.decoder.feed(message)
-            if packet is not None:
-                await self._dispatch(client, packet)
-        except ProtocolError as exc:
-            log.info("client %s sent an invalid packet, closing: %s", session.sid, exc)
-            session.close(Reason.TRANSPORT_ERROR)
+        packet = client.decoder.feed(message)
+        if packet is not None:
+            await self._dispatch(client, packet)
 
     def engine_close(self, session: Session, reason: str) -> None:
         client: Client = session.data

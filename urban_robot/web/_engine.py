@@ -76,11 +76,25 @@ class Session:
         self.closed = False
         self.close_reason = ""
         self.closed_event = trio.Event()
+        self.finished = trio.Event()  # the owner task said goodbye to the peer
         self.pong = trio.Event()
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by the owner task
-        # Closes the session unless cleared in time (Socket.IO's connect_timeout).
-        self.deadline = math.inf
+        self._deadline = math.inf
+        self._next_ping = math.inf
+        self._wait_scope: trio.CancelScope | None = None
         self.data: Any = None  # for the layer above
+        self._notify_peer = False
+
+    @property
+    def deadline(self) -> float:
+        """When the session closes unless someone moves this (Socket.IO's connect_timeout)."""
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, when: float) -> None:
+        self._deadline = when
+        if self._wait_scope is not None:
+            self._wait_scope.deadline = min(self._next_ping, when)
 
     # -- sending -----------------------------------------------------------
     async def send_messages(self, messages: list[str | bytes]) -> None:
@@ -151,25 +165,27 @@ class Session:
         finally:
             if self.ws is not None:
                 with trio.CancelScope(shield=True):
-                    if getattr(self, "_notify_peer", False):
+                    if self._notify_peer:
                         try:
                             await self.ws.send("1")
                         except WebSocketClosed:
                             pass
                     await self.ws.close()
+            self.finished.set()
 
     async def _clock(self, interval: float, timeout: float) -> None:
-        next_ping = trio.current_time() + interval
+        self._next_ping = trio.current_time() + interval
         while not self.closed:
-            with trio.move_on_at(min(next_ping, self.deadline)):
+            with trio.move_on_at(min(self._next_ping, self._deadline)) as self._wait_scope:
                 await self.closed_event.wait()
                 return
+            self._wait_scope = None
             now = trio.current_time()
             if now >= self.deadline:
                 log.info("session %s: no Socket.IO CONNECT in time, closing", self.sid)
                 self.close(Reason.TRANSPORT_CLOSE)
                 return
-            if now < next_ping:
+            if now < self._next_ping:
                 continue
             self.pong = trio.Event()
             await self._send_packet(Packet(PacketType.PING))
@@ -181,7 +197,7 @@ class Session:
                 log.info("session %s: no pong within %ss, closing", self.sid, timeout)
                 self.close(Reason.PING_TIMEOUT, notify_peer=False)
                 return
-            next_ping = trio.current_time() + interval
+            self._next_ping = trio.current_time() + interval
 
 
 class EngineServer:
@@ -379,7 +395,7 @@ class EngineServer:
             if not session.closed:
                 session.close(Reason.TRANSPORT_CLOSE, notify_peer=False)
             with trio.CancelScope(shield=True):
-                await session.closed_event.wait()
+                await session.finished.wait()  # bounded: closing a WebSocket has a time-out
 
 
 def attrs_evolve_headers(response: Response, extra: tuple[tuple[str, str], ...]) -> Response:

@@ -129,12 +129,14 @@ class _HttpConnection:
         self.h11.receive_data(data)
 
     async def next_event(self, timeout: float) -> h11._events.Event:
-        with trio.fail_after(timeout):
+        """The next h11 event; once a request has begun it must finish within ``request_timeout``."""
+        with trio.fail_after(timeout) as scope:
             while True:
                 event = self.h11.next_event()
                 if event is not h11.NEED_DATA:
                     return event  # type: ignore[return-value]
                 await self._receive_into_h11()
+                scope.deadline = min(scope.deadline, trio.current_time() + self.limits.request_timeout)
 
     async def wait_event_or_eof(self, event: trio.Event) -> bool:
         peer_alive = True
@@ -249,7 +251,7 @@ class _HttpConnection:
             return
         if isinstance(exc, h11.RemoteProtocolError):
             status = exc.error_status_hint
-        elif isinstance(exc, trio.TooSlowError) and self.h11.their_state is not h11.IDLE:
+        elif isinstance(exc, trio.TooSlowError) and (self.h11.their_state is not h11.IDLE or self.h11.trailing_data[0]):
             status = 408
         else:
             return

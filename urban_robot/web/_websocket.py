@@ -69,12 +69,15 @@ class WebSocket:
             self._size = 0
             return data if isinstance(data, str) else bytes(data)
         if isinstance(event, Ping):
-            await self._send_raw(self._ws.send(event.response()))
+            async with self._send_lock:
+                await self._send_raw(self._ws.send(event.response()))
         elif isinstance(event, CloseConnection):
             if self.closed is None:
                 self.closed = WebSocketClosed(event.code, event.reason or "")
-                await self._send_raw(self._ws.send(event.response()), ignore_errors=True)
-                await self._stream.aclose()
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    async with self._send_lock:
+                        await self._send_raw(self._ws.send(event.response()), ignore_errors=True)
+                await trio.aclose_forcefully(self._stream)
         elif isinstance(event, Pong):
             pass
         return None
@@ -93,6 +96,7 @@ class WebSocket:
             await self._send_raw(data)
 
     async def _send_raw(self, data: bytes, *, ignore_errors: bool = False) -> None:
+        """Write ``data``; the caller holds ``_send_lock``."""
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
