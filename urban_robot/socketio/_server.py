@@ -79,7 +79,7 @@ async def _invoke(handler: Handler, *args: Any) -> Any:
 class Socket:
     """One client on one namespace."""
 
-    __slots__ = ("sid", "namespace", "client", "buffer", "acks", "ack_counter", "session", "gone")
+    __slots__ = ("sid", "namespace", "client", "buffer", "acks", "ack_counter", "session", "gone", "rooms")
 
     def __init__(self, sid: str, namespace: str, client: Client) -> None:
         self.sid = sid
@@ -90,6 +90,7 @@ class Socket:
         self.ack_counter = 0
         self.session: dict[str, Any] = {}
         self.gone = trio.Event()
+        self.rooms: set[str] = set()
 
 
 class Client:
@@ -300,7 +301,7 @@ class Server:
             return
         if socket.sid not in self.sockets:
             return  # the client left while we decided
-        self._room_set(socket.namespace, socket.sid).add(socket.sid)
+        self._enter(socket, socket.sid)
         client.engine.deadline = float("inf")
         buffered, socket.buffer = socket.buffer or [], None
         messages = encode(Packet(PacketType.CONNECT, socket.namespace, {"sid": socket.sid}))
@@ -345,11 +346,8 @@ class Server:
             return
         client = socket.client
         client.sockets.pop(socket.namespace, None)
-        rooms = self._rooms.get(socket.namespace, {})
-        for room in [r for r, members in rooms.items() if socket.sid in members]:
-            rooms[room].discard(socket.sid)
-            if not rooms[room]:
-                del rooms[room]
+        for room in list(socket.rooms):
+            self._leave(socket, room)
         socket.acks.clear()
         socket.gone.set()
         if not client.sockets and not client.engine.closed:
@@ -380,10 +378,24 @@ class Server:
         else:
             await socket.client.engine.send_messages(messages)
 
-    def _room_set(self, namespace: str, room: str) -> set[str]:
-        return self._rooms.setdefault(namespace, {}).setdefault(room, set())
+    def _enter(self, socket: Socket, room: str) -> None:
+        self._rooms.setdefault(socket.namespace, {}).setdefault(room, set()).add(socket.sid)
+        socket.rooms.add(room)
+
+    def _leave(self, socket: Socket, room: str) -> None:
+        socket.rooms.discard(room)
+        rooms = self._rooms.get(socket.namespace, {})
+        members = rooms.get(room)
+        if members is not None:
+            members.discard(socket.sid)
+            if not members:
+                del rooms[room]
 
     def _recipients(self, namespace: str, to: str | list[str] | None, skip_sid: Any) -> list[Socket]:
+        if isinstance(to, str) and skip_sid is None:
+            socket = self.sockets.get(to)
+            if socket is not None and socket.namespace == namespace:
+                return [socket]  # the common case: one client by sid
         if to is None:
             sids: Iterable[str] = [s.sid for s in self.sockets.values() if s.namespace == namespace]
         else:
@@ -468,27 +480,29 @@ class Server:
         socket = self.sockets.get(sid)
         if socket is None or socket.namespace != (namespace or "/"):
             return
-        if socket.buffer is None:
-            await self._send(socket, encode(Packet(PacketType.DISCONNECT, socket.namespace)))
-        self._forget(socket, Reason.SERVER_DISCONNECT)
+        was_connected = socket.buffer is None
+        self._forget(socket, Reason.SERVER_DISCONNECT)  # first: the client may answer before our send returns
+        if was_connected:
+            await socket.client.engine.send_messages(encode(Packet(PacketType.DISCONNECT, socket.namespace)))
 
     # ------------------------------------------------------------------ rooms and sessions
     async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
-        if sid in self.sockets:
-            self._room_set(namespace or "/", room).add(sid)
+        socket = self.sockets.get(sid)
+        if socket is not None and socket.namespace == (namespace or "/"):
+            self._enter(socket, room)
 
     async def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
-        members = self._rooms.get(namespace or "/", {}).get(room)
-        if members is not None:
-            members.discard(sid)
-            if not members:
-                del self._rooms[namespace or "/"][room]
+        socket = self.sockets.get(sid)
+        if socket is not None and socket.namespace == (namespace or "/"):
+            self._leave(socket, room)
 
     async def close_room(self, room: str, namespace: str | None = None) -> None:
-        self._rooms.get(namespace or "/", {}).pop(room, None)
+        for sid in list(self._rooms.get(namespace or "/", {}).get(room, ())):
+            await self.leave_room(sid, room, namespace)
 
     def rooms(self, sid: str, namespace: str | None = None) -> list[str]:
-        return [room for room, members in self._rooms.get(namespace or "/", {}).items() if sid in members]
+        socket = self.sockets.get(sid)
+        return sorted(socket.rooms) if socket is not None and socket.namespace == (namespace or "/") else []
 
     async def get_session(self, sid: str, namespace: str | None = None) -> dict[str, Any]:
         return self.sockets[sid].session
