@@ -11,6 +11,7 @@ the server's nursery, so they always see the end.
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import logging
 import secrets
@@ -288,7 +289,7 @@ class Server:
                 args = args[:arity]
             try:
                 accepted = await _invoke(handler, *args) is not False
-            except ConnectionRefusedError as exc:
+            except builtins.ConnectionRefusedError as exc:  # ours is a subclass
                 accepted, refusal = False, exc
             except Exception:
                 log.exception("connect handler for %s failed; refusing the client", socket.namespace)
