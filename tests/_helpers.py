@@ -68,7 +68,7 @@ class RawClient:
         await self.send("40" + prefix + (json.dumps(auth) if auth is not None else ""))
         reply = await self.receive()
         assert isinstance(reply, str) and reply.startswith("40" + prefix), reply
-        return str(json.loads(reply[2 + len(prefix):])["sid"])
+        return str(json.loads(reply[2 + len(prefix) :])["sid"])
 
 
 @asynccontextmanager

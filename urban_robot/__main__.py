@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except OSError as exc:
-        print(f"urban-robot: cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port", file=sys.stderr)
+        print(
+            f"urban-robot: cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

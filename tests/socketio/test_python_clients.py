@@ -134,8 +134,9 @@ def async_scenario(url: str, transports: list[str] | None) -> dict[str, Any]:
             result["shouted"] = [data]
             got_shout.set()
 
-        await client.connect(url, auth={"token": "abc"}, namespaces=["/", "/custom"], transports=transports,
-                             wait_timeout=5)
+        await client.connect(
+            url, auth={"token": "abc"}, namespaces=["/", "/custom"], transports=transports, wait_timeout=5
+        )
         try:
             await asyncio.wait_for(welcome.wait(), 5)
             result["echo"] = await client.call("echo", PAYLOAD, timeout=5)

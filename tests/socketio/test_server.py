@@ -63,7 +63,9 @@ async def test_rooms_broadcast_and_skip_sid(nursery: trio.Nursery, autojump_cloc
         assert server.rooms(sid_a) == sorted([sid_a, "red"])
 
 
-async def test_catch_all_handler_gets_unknown_events(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_catch_all_handler_gets_unknown_events(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     server = Server()
 
     @server.on("*")
@@ -180,7 +182,7 @@ async def test_namespace_class_helpers_default_to_their_namespace(
         await client.send('42/chat,["ask"]')
         question = await client.receive()
         assert isinstance(question, str) and question.startswith("42/chat,")
-        ack_id = question[len("42/chat,"):question.index("[")]
+        ack_id = question[len("42/chat,") : question.index("[")]
         await client.send(f'43/chat,{ack_id}["yes",2]')
         assert await client.receive() == '42/chat,["done"]'
     assert answers == [("yes", 2)]

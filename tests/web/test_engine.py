@@ -60,7 +60,9 @@ async def test_bad_requests_get_400_with_the_reference_error_code(
 ) -> None:
     url = await start_server(nursery, Server())
     async with httpx.AsyncClient() as http:
-        response = await http.request(method, f"{url}/socket.io/", params=params, content=b"" if method != "GET" else None)
+        response = await http.request(
+            method, f"{url}/socket.io/", params=params, content=b"" if method != "GET" else None
+        )
     assert response.status_code == 400
     assert response.json()["code"] == code
 
@@ -79,7 +81,9 @@ async def test_polling_handshake_and_connect(nursery: trio.Nursery) -> None:
         assert posted.text == "ok"
         got = await http.get(f"{url}/socket.io/", params=poll_params(sid))
         assert got.text.startswith('40{"sid":"')
-        posted = await http.post(f"{url}/socket.io/", params=poll_params(sid), content='421["echo",{"a":1}]\x1e421["nope"]')
+        posted = await http.post(
+            f"{url}/socket.io/", params=poll_params(sid), content='421["echo",{"a":1}]\x1e421["nope"]'
+        )
         got = await http.get(f"{url}/socket.io/", params=poll_params(sid))
         assert got.text == '431[{"a":1}]'
 
@@ -120,7 +124,7 @@ async def test_second_concurrent_get_is_refused_and_closes_the_session(nursery: 
 
 
 async def test_invalid_packet_in_post_closes_only_that_session(nursery: trio.Nursery) -> None:
-    server, gone, event = recording_server()
+    server, gone, _event = recording_server()
     url = await start_server(nursery, server)
     async with httpx.AsyncClient() as http, raw_client(url) as bystander:
         await bystander.connect_namespace()
@@ -137,7 +141,7 @@ async def test_invalid_packet_in_post_closes_only_that_session(nursery: trio.Nur
 
 
 async def test_oversize_post_is_refused_and_closes_the_session(nursery: trio.Nursery) -> None:
-    server, gone, event = recording_server(max_payload=1000)
+    server, _gone, _event = recording_server(max_payload=1000)
     url = await start_server(nursery, server)
     async with httpx.AsyncClient() as http, raw_client(url) as bystander:
         await bystander.connect_namespace()
@@ -242,8 +246,13 @@ async def test_cors(nursery: trio.Nursery, allowed: Any, origin: str, ok: bool) 
     async with httpx.AsyncClient() as http:
         params = {"EIO": "4", "transport": "polling"}
         preflight = await http.options(
-            f"{url}/socket.io/", params=params,
-            headers={"Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-a"},
+            f"{url}/socket.io/",
+            params=params,
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-a",
+            },
         )
         response = await http.get(f"{url}/socket.io/", params=params, headers={"Origin": origin})
     if ok:
@@ -263,8 +272,9 @@ async def test_same_origin_is_allowed_by_default(nursery: trio.Nursery) -> None:
     url = await start_server(nursery, Server())
     host = url.removeprefix("http://")
     async with httpx.AsyncClient() as http:
-        response = await http.get(f"{url}/socket.io/", params={"EIO": "4", "transport": "polling"},
-                                  headers={"Origin": f"http://{host}"})
+        response = await http.get(
+            f"{url}/socket.io/", params={"EIO": "4", "transport": "polling"}, headers={"Origin": f"http://{host}"}
+        )
     assert response.status_code == 200
 
 
@@ -308,7 +318,7 @@ async def test_client_that_stops_answering_pings_is_dropped_in_time(
 
 
 async def test_client_answering_pings_stays(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
-    server, gone, event = recording_server(ping_interval=25, ping_timeout=20)
+    server, gone, _event = recording_server(ping_interval=25, ping_timeout=20)
     listener = await serve_in_memory(nursery, server)
     async with raw_memory_client(listener) as client:
         await client.connect_namespace()

@@ -25,18 +25,43 @@ class Namespace:
     def handler_for(self, event: str) -> Any:
         return getattr(self, "on_" + event, None)
 
-    async def emit(self, event: str, data: Any = None, to: str | None = None, room: str | None = None,
-                   skip_sid: Any = None, namespace: str | None = None, callback: Any = None) -> None:
-        await self.server.emit(event, data, to=to, room=room, skip_sid=skip_sid,
-                               namespace=namespace or self.namespace, callback=callback)
+    async def emit(
+        self,
+        event: str,
+        data: Any = None,
+        to: str | None = None,
+        room: str | None = None,
+        skip_sid: Any = None,
+        namespace: str | None = None,
+        callback: Any = None,
+    ) -> None:
+        await self.server.emit(
+            event, data, to=to, room=room, skip_sid=skip_sid, namespace=namespace or self.namespace, callback=callback
+        )
 
-    async def send(self, data: Any, to: str | None = None, room: str | None = None,
-                   skip_sid: Any = None, namespace: str | None = None, callback: Any = None) -> None:
+    async def send(
+        self,
+        data: Any,
+        to: str | None = None,
+        room: str | None = None,
+        skip_sid: Any = None,
+        namespace: str | None = None,
+        callback: Any = None,
+    ) -> None:
         await self.emit("message", data, to=to, room=room, skip_sid=skip_sid, namespace=namespace, callback=callback)
 
-    async def call(self, event: str, data: Any = None, to: str | None = None, sid: str | None = None,
-                   namespace: str | None = None, timeout: float = 60) -> Any:
-        return await self.server.call(event, data, to=to, sid=sid, namespace=namespace or self.namespace, timeout=timeout)
+    async def call(
+        self,
+        event: str,
+        data: Any = None,
+        to: str | None = None,
+        sid: str | None = None,
+        namespace: str | None = None,
+        timeout: float = 60,
+    ) -> Any:
+        return await self.server.call(
+            event, data, to=to, sid=sid, namespace=namespace or self.namespace, timeout=timeout
+        )
 
     async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
         await self.server.enter_room(sid, room, namespace=namespace or self.namespace)

@@ -16,7 +16,7 @@ import inspect
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import trio
 
@@ -29,10 +29,11 @@ from ._packets import Decoder, Packet, PacketType, encode
 log = logging.getLogger("urban_robot.socketio")
 
 Handler = Callable[..., Any]
+H = TypeVar("H", bound=Handler)
 RouteHandler = Callable[[Request], Awaitable[Response]]
 
 
-class ConnectionRefusedError(ConnectionRefusedError):  # noqa: A001 - mirrors python-socketio's name
+class ConnectionRefusedError(builtins.ConnectionRefusedError):  # noqa: A001 - python-socketio's name
     """Raise from a ``connect`` handler to refuse: ``ConnectionRefusedError(message[, data])``.
 
     The builtin ``ConnectionRefusedError`` works the same way.
@@ -80,7 +81,7 @@ async def _invoke(handler: Handler, *args: Any) -> Any:
 class Socket:
     """One client on one namespace."""
 
-    __slots__ = ("sid", "namespace", "client", "buffer", "acks", "ack_counter", "session", "gone", "rooms")
+    __slots__ = ("ack_counter", "acks", "buffer", "client", "gone", "namespace", "rooms", "session", "sid")
 
     def __init__(self, sid: str, namespace: str, client: Client) -> None:
         self.sid = sid
@@ -97,7 +98,7 @@ class Socket:
 class Client:
     """One Engine.IO session and the namespaces it joined."""
 
-    __slots__ = ("engine", "decoder", "sockets")
+    __slots__ = ("decoder", "engine", "sockets")
 
     def __init__(self, engine: Session) -> None:
         self.engine = engine
@@ -128,8 +129,12 @@ class Server:
         path: str = "/socket.io/",
         http_limits: Limits | None = None,
     ) -> None:
-        for name, value in (("ping_interval", ping_interval), ("ping_timeout", ping_timeout),
-                            ("connect_timeout", connect_timeout), ("max_payload", max_payload)):
+        for name, value in (
+            ("ping_interval", ping_interval),
+            ("ping_timeout", ping_timeout),
+            ("connect_timeout", connect_timeout),
+            ("max_payload", max_payload),
+        ):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
         transports = tuple(transports)
@@ -157,19 +162,25 @@ class Server:
         self._router: HttpApp = _Router(self)
 
     # ------------------------------------------------------------------ registration
-    def on(self, event: str, handler: Handler | None = None, namespace: str | None = None) -> Any:
-        """Register ``handler`` for ``event``; without ``handler``, a decorator."""
-        namespace = namespace or "/"
+    @overload
+    def on(self, event: str, handler: None = None, namespace: str | None = None) -> Callable[[H], H]: ...
 
-        def register(func: Handler) -> Handler:
-            self.handlers.setdefault(namespace, {})[event] = func
+    @overload
+    def on(self, event: str, handler: H, namespace: str | None = None) -> H: ...
+
+    def on(self, event: str, handler: H | None = None, namespace: str | None = None) -> H | Callable[[H], H]:
+        """Register ``handler`` for ``event``; without ``handler``, a decorator."""
+        handlers = self.handlers.setdefault(namespace or "/", {})
+
+        def register(func: H) -> H:
+            handlers[event] = func
             return func
 
         return register(handler) if handler is not None else register
 
-    def event(self, handler: Handler) -> Handler:
+    def event(self, handler: H) -> H:
         """Decorator registering ``handler`` under its own name (``@server.event``)."""
-        return self.on(handler.__name__, handler)  # type: ignore[no-any-return]
+        return self.on(handler.__name__, handler)
 
     def register_namespace(self, namespace_handler: Namespace) -> None:
         if not isinstance(namespace_handler, Namespace):
@@ -196,9 +207,14 @@ class Server:
         return handler
 
     # ------------------------------------------------------------------ serving
-    async def serve(self, host: str = "127.0.0.1", port: int = 0, *,
-                    listeners: list[trio.abc.Listener[Any]] | None = None,
-                    task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        listeners: list[trio.abc.Listener[Any]] | None = None,
+        task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Listen on ``host:port`` until cancelled; ``started`` reports the bound port.
 
         ``listeners`` replaces the TCP listener (tests pass in-memory ones; the
@@ -228,7 +244,6 @@ class Server:
         await trio.lowlevel.checkpoint()
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
-
 
     # ------------------------------------------------------------------ Engine.IO callbacks
     def engine_open(self, session: Session) -> None:
@@ -410,9 +425,16 @@ class Server:
         skip = set([skip_sid] if isinstance(skip_sid, str) else skip_sid or ())
         return [self.sockets[sid] for sid in sids if sid not in skip and sid in self.sockets]
 
-    async def emit(self, event: str, data: Any = None, to: str | list[str] | None = None,
-                   room: str | list[str] | None = None, skip_sid: Any = None, namespace: str | None = None,
-                   callback: Callable[..., Any] | None = None) -> None:
+    async def emit(
+        self,
+        event: str,
+        data: Any = None,
+        to: str | list[str] | None = None,
+        room: str | list[str] | None = None,
+        skip_sid: Any = None,
+        namespace: str | None = None,
+        callback: Callable[..., Any] | None = None,
+    ) -> None:
         """Send ``event`` to one client (``to=sid``), a room, or everyone on ``namespace``.
 
         ``data`` as a tuple sends several arguments; ``None`` sends none.
@@ -435,13 +457,27 @@ class Server:
             socket.acks[socket.ack_counter] = callback
             await self._send(socket, encode(Packet(PacketType.EVENT, namespace, args, socket.ack_counter)))
 
-    async def send(self, data: Any, to: str | None = None, room: str | None = None, skip_sid: Any = None,
-                   namespace: str | None = None, callback: Callable[..., Any] | None = None) -> None:
+    async def send(
+        self,
+        data: Any,
+        to: str | None = None,
+        room: str | None = None,
+        skip_sid: Any = None,
+        namespace: str | None = None,
+        callback: Callable[..., Any] | None = None,
+    ) -> None:
         """Emit the ``message`` event."""
         await self.emit("message", data, to=to, room=room, skip_sid=skip_sid, namespace=namespace, callback=callback)
 
-    async def call(self, event: str, data: Any = None, to: str | None = None, sid: str | None = None,
-                   namespace: str | None = None, timeout: float = 60) -> Any:
+    async def call(
+        self,
+        event: str,
+        data: Any = None,
+        to: str | None = None,
+        sid: str | None = None,
+        namespace: str | None = None,
+        timeout: float = 60,
+    ) -> Any:
         """Emit to one client and wait for its ack; returns its argument (a tuple if several).
 
         Raises ``TimeoutError`` after ``timeout`` seconds and ``Disconnected`` if the
@@ -461,6 +497,7 @@ class Server:
         await self.emit(event, data, to=socket.sid, namespace=namespace, callback=on_ack)
         with trio.move_on_after(timeout) as scope:
             async with trio.open_nursery() as nursery:
+
                 async def cancel_when_gone() -> None:
                     await socket.gone.wait()
                     nursery.cancel_scope.cancel()

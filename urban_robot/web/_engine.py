@@ -27,6 +27,7 @@ from ..engineio import (
     PacketType,
     decode_packet,
     decode_payload,
+    encode_packet,
     encode_payload,
     open_packet,
     parse_query,
@@ -115,7 +116,7 @@ class Session:
         ws = self.ws
         if ws is not None:
             try:
-                await ws.send(f"{packet.type.value}{packet.data}")
+                await ws.send(encode_packet(packet))
             except WebSocketClosed:
                 self.close(Reason.TRANSPORT_CLOSE, notify_peer=False)
         else:
@@ -263,7 +264,7 @@ class EngineServer:
             return Response.text(400, "Not an accepted origin.")
         if request.method == "OPTIONS":
             allow_headers = request.header("access-control-request-headers")
-            extra = (("Access-Control-Allow-Methods", "OPTIONS, GET, POST"),)
+            extra: tuple[tuple[str, str], ...] = (("Access-Control-Allow-Methods", "OPTIONS, GET, POST"),)
             if allow_headers:
                 extra += (("Access-Control-Allow-Headers", allow_headers),)
             return Response(204, headers=cors + extra)
@@ -282,8 +283,8 @@ class EngineServer:
         if query.sid is None:
             if request.method != "GET":
                 raise EngineError(EngineErrorCode.BAD_HANDSHAKE_METHOD)
-            session = await self._open_session("polling", request)
-            return Response(200, encode_payload([self._handshake(session)]).encode())
+            opened = await self._open_session("polling", request)
+            return Response(200, encode_payload([self._handshake(opened)]).encode())
         session = self.sessions.get(query.sid)
         if session is None or session.transport != "polling":
             raise EngineError(EngineErrorCode.UNKNOWN_SID)
@@ -335,7 +336,7 @@ class EngineServer:
                 raise EngineError(EngineErrorCode.UNKNOWN_TRANSPORT)
             if request.method != "GET":
                 raise EngineError(EngineErrorCode.BAD_HANDSHAKE_METHOD)
-            session = None
+            session: Session | None = None
             if query.sid is not None:
                 session = self.sessions.get(query.sid)
                 if session is None or session.transport != "polling" or session.upgrading:
@@ -372,7 +373,7 @@ class EngineServer:
                 queued, session.queue = session.queue, []
                 messages = [p for p in queued if p.type is not PacketType.NOOP]
                 if messages:
-                    await ws.send_many([p.data if isinstance(p.data, bytes) else f"{p.type.value}{p.data}" for p in messages])
+                    await ws.send_many([encode_packet(p) for p in messages])
                 return True
             return False
         except WebSocketClosed:

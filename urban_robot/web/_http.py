@@ -73,6 +73,9 @@ class HttpApp(Protocol):
     async def handle_websocket(self, request: Request, upgrade: Upgrade) -> Response | None: ...
 
 
+_READ_ERRORS = (trio.TooSlowError, h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
 class PeerWatch:
     """Lets a long-polling handler notice that its client went away."""
 
@@ -119,22 +122,22 @@ class _HttpConnection:
             except OSError:
                 self.client = None
 
-    async def send(self, event: h11._events.Event) -> None:
+    async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
         if data:
             await self.stream.send_all(data)
 
     async def _receive_into_h11(self) -> None:
         data = await self.stream.receive_some(RECEIVE_SIZE)
-        self.h11.receive_data(data)
+        self.h11.receive_data(bytes(data))
 
-    async def next_event(self, timeout: float) -> h11._events.Event:
+    async def next_event(self, timeout: float) -> object:
         """The next h11 event; once a request has begun it must finish within ``request_timeout``."""
         with trio.fail_after(timeout) as scope:
             while True:
                 event = self.h11.next_event()
                 if event is not h11.NEED_DATA:
-                    return event  # type: ignore[return-value]
+                    return event
                 await self._receive_into_h11()
                 scope.deadline = min(scope.deadline, trio.current_time() + self.limits.request_timeout)
 
@@ -150,7 +153,7 @@ class _HttpConnection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if data:
-                    self.h11.receive_data(data)  # a pipelined request: keep it for later
+                    self.h11.receive_data(bytes(data))  # a pipelined request: keep it for later
                     await trio.sleep_forever()
                 peer_alive = False
                 nursery.cancel_scope.cancel()
@@ -165,14 +168,12 @@ class _HttpConnection:
         while True:
             try:
                 event = await self.next_event(timeout)
-            except (trio.TooSlowError, h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except _READ_ERRORS as exc:
                 await self._refuse_quietly(exc)
                 return
             timeout = self.limits.request_timeout
-            if isinstance(event, (h11.ConnectionClosed, h11.EndOfMessage)) or event is h11.PAUSED:
-                return
             if not isinstance(event, h11.Request):
-                return
+                return  # closed, paused or out of step: nothing more to serve here
             request = await self._read_request(event)
             if request is None:
                 return
@@ -198,21 +199,16 @@ class _HttpConnection:
         body = bytearray()
         try:
             while True:
-                if self.h11.their_state is h11.MIGHT_SWITCH_PROTOCOL:
-                    break
                 part = await self.next_event(self.limits.request_timeout)
-                if isinstance(part, h11.Data):
-                    body += part.data
-                    if len(body) > self.limits.max_body:
-                        await self._respond(Response.text(413, "Payload too large"), close=True)
-                        return None
-                elif isinstance(part, h11.EndOfMessage):
+                if isinstance(part, h11.EndOfMessage):
                     break
-                elif part is h11.PAUSED:
-                    break
-                else:
+                if not isinstance(part, h11.Data):
                     return None
-        except (trio.TooSlowError, h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                body += part.data
+                if len(body) > self.limits.max_body:
+                    await self._respond(Response.text(413, "Payload too large"), close=True)
+                    return None
+        except _READ_ERRORS as exc:
             await self._refuse_quietly(exc)
             return None
         return Request(
@@ -256,8 +252,9 @@ class _HttpConnection:
         else:
             return
         log.debug("refusing HTTP request from %s: %s", self.client, exc)
+        text = "Bad request" if status == 400 else "Request timeout"
         with trio.move_on_after(1):
-            await self._respond(Response.text(status, "Bad request" if status == 400 else "Request timeout"), close=True)
+            await self._respond(Response.text(status, text), close=True)
 
 
 async def serve_connection(stream: trio.abc.Stream, app: HttpApp, limits: Limits) -> None:

@@ -50,7 +50,7 @@ class WebSocket:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.closed = WebSocketClosed(CloseReason.ABNORMAL_CLOSURE, "connection lost")
                 raise self.closed from exc
-            self._ws.receive_data(data or None)
+            self._ws.receive_data(bytes(data) if data else None)
 
     async def _handle(self, event: object) -> str | bytes | None:
         if isinstance(event, (TextMessage, BytesMessage)):
@@ -58,10 +58,10 @@ class WebSocket:
             if self._size > self._max_message:
                 await self.close(CloseReason.MESSAGE_TOO_BIG, "message too big")
                 raise WebSocketClosed(CloseReason.MESSAGE_TOO_BIG, "message too big")
+            data: str | bytes = event.data if isinstance(event.data, str) else bytes(event.data)
             if not event.message_finished:
-                self._parts.append(event.data)
+                self._parts.append(data)
                 return None
-            data: str | bytes = event.data
             if self._parts:
                 self._parts.append(data)
                 data = "".join(self._parts) if isinstance(data, str) else b"".join(self._parts)  # type: ignore[arg-type]
@@ -92,7 +92,7 @@ class WebSocket:
         async with self._send_lock:
             if self.closed is not None:
                 raise self.closed
-            data = b"".join(self._ws.send(Message(data=m)) for m in messages)
+            data = b"".join(self._ws.send(Message(data=m)) for m in messages)  # type: ignore[type-var]
             await self._send_raw(data)
 
     async def _send_raw(self, data: bytes, *, ignore_errors: bool = False) -> None:
