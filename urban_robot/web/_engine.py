@@ -305,7 +305,8 @@ class EngineServer:
                 if not await peer.wait(session.wake):
                     session.close(Reason.TRANSPORT_CLOSE, notify_peer=False)
                     return Response(400)
-            packets, session.queue = session.queue, []
+            # An empty answer would read as an error packet to engine.io-client: say NOOP instead.
+            packets, session.queue = session.queue or [Packet(PacketType.NOOP)], []
             session.wake = trio.Event()
             return Response(200, encode_payload(packets).encode())
         finally:
