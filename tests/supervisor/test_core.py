@@ -1,0 +1,314 @@
+"""Table-level tests of the sans-IO supervisor core: events in, actions out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from urban_robot.supervisor import (
+    CacheSync,
+    Close,
+    ComaAck,
+    Connected,
+    Disconnected,
+    HealthReport,
+    Heartbeat,
+    HeartbeatSilence,
+    Identified,
+    Notify,
+    Persist,
+    PersistCache,
+    ProcessExited,
+    Ready,
+    Reply,
+    Role,
+    RollBack,
+    RollbackFinished,
+    Send,
+    Settings,
+    ShutdownAck,
+    Supervisor,
+    TimerFired,
+    TryAgain,
+    version_key,
+)
+
+HEALTHY = {"OK": True, "percent": 100, "cogs": {"modules.utilities": True, "modules.fun": True}}
+SETTINGS = Settings(token="secret-token", interval=10, grace=5, lease_margin=2, health_timeout=20, stop_timeout=8)
+
+
+class Driver:
+    """Feeds a Supervisor and keeps what it said, per worker."""
+
+    def __init__(self, settings: Settings = SETTINGS, **kwargs: Any) -> None:
+        self.core = Supervisor(settings, **kwargs)
+        self.now = 0.0
+        self.actions: list[Any] = []
+
+    def feed(self, event: Any, *, at: float | None = None) -> list[Any]:
+        if at is not None:
+            self.now = at
+        out = self.core.handle(event, self.now)
+        self.actions.extend(out)
+        return out
+
+    def cmds(self, out: list[Any], wid: str) -> list[str]:
+        return [a.data["t"] for a in out if isinstance(a, Send) and a.wid == wid and a.event == "cmd"]
+
+    def join(self, wid: str, version: str = "1.0", generation: int | None = None, report: Any = HEALTHY) -> list[Any]:
+        """Connect, identify, become ready and answer the health check."""
+        self.feed(Connected(wid, identity=f"id-{wid}"))
+        self.feed(Identified(wid, version=version, pid=100, generation=generation))
+        out = self.feed(Ready(wid))
+        assert self.cmds(out, wid) == ["health_check"]
+        return self.feed(HealthReport(wid, report))
+
+    def grant(self, out: list[Any], wid: str) -> dict[str, Any]:
+        [grant] = [a.data["d"] for a in out if isinstance(a, Send) and a.wid == wid and a.data.get("t") == "process_commands"]
+        return dict(grant)
+
+    def renew(self, wid: str, epoch: int | None) -> dict[str, Any]:
+        [reply] = [a for a in self.feed(Heartbeat(wid, epoch)) if isinstance(a, Reply)]
+        return dict(reply.data)
+
+
+def test_first_healthy_worker_runs_after_its_check_and_renewal() -> None:
+    d = Driver()
+    d.feed(Connected("a", identity="child-1"))
+    out = d.feed(Identified("a", version="1.0", pid=7))
+    hello = [a.data for a in out if isinstance(a, Send) and a.event == "hello"][0]
+    assert hello == {"token": "secret-token", "process_commands": False, "interval": 10, "lease": 15, "epoch": 0}
+    assert Reply(hello) in out
+    assert d.cmds(d.feed(Ready("a")), "a") == ["health_check"]
+    out = d.feed(HealthReport("a", HEALTHY))
+    assert d.grant(out, "a") == {"epoch": 1, "lease": 15, "reason": "no worker running"}
+    persist = [a for a in out if isinstance(a, Persist)]
+    assert persist and persist[0].state["epoch"] == 1
+    assert out.index(persist[0]) < next(i for i, a in enumerate(out) if isinstance(a, Send) and a.event == "cmd")
+    assert d.core.running_client == "a"
+    assert d.renew("a", 1) == {"epoch": 1, "lease": 15}
+    assert d.renew("a", 0) == {"epoch": 1, "lease": 0}  # a stale epoch is never renewed
+
+
+def test_token_is_not_in_the_settings_repr() -> None:
+    assert "secret-token" not in repr(SETTINGS)
+
+
+@pytest.mark.parametrize(
+    ("report", "reason"),
+    [
+        ({"OK": False, "percent": 100, "cogs": {"modules.utilities": False}}, "vital_cog_failed"),
+        ({"OK": True, "percent": 100, "cogs": {"modules.fun": True}}, "vital_cog_failed"),  # vital cog missing
+        ({"OK": False, "percent": 99.5, "cogs": {"modules.utilities": True}}, "health_check_failure"),
+        ({"OK": False, "cogs": {"modules.utilities": True}}, "health_check_failure"),
+        ({"OK": "yes"}, "health_check_malformed"),
+        ({"OK": False, "percent": 250, "cogs": {}}, "health_check_malformed"),
+        ("OK", "health_check_malformed"),
+    ],
+)
+def test_failed_health_check_shuts_the_candidate_down_and_asks_for_rollback(report: Any, reason: str) -> None:
+    d = Driver()
+    d.join("old", version="1.0")
+    d.renew("old", 1)
+    out = d.join("new", version="1.1", report=report)
+    assert d.cmds(out, "new") == ["shutdown"]
+    assert RollBack(reason, "1.1", None) in out
+    assert d.cmds(out, "old") == []  # the running worker keeps running throughout
+    assert d.core.running_client == "old"
+    assert d.core.clients["new"].role is Role.SHUTTING_DOWN
+
+
+def test_percentage_rule_uses_the_configured_threshold() -> None:
+    d = Driver(Settings(healthy_percentage=80))
+    out = d.join("a", report={"OK": False, "percent": 85, "cogs": {"modules.utilities": True, "x": False}})
+    assert d.cmds(out, "a") == ["process_commands"]
+
+
+def test_health_check_timeout_is_a_failure() -> None:
+    d = Driver()
+    d.feed(Connected("a", identity="child-1"))
+    d.feed(Identified("a", version="1.0"))
+    d.feed(Ready("a"))
+    assert d.core.next_deadline() == 20
+    out = d.feed(TimerFired(), at=20)
+    assert d.cmds(out, "a") == ["shutdown"]
+    assert any(isinstance(a, RollBack) and a.reason == "health_check_timeout" for a in out)
+
+
+def test_newer_version_takes_over_with_the_final_cache() -> None:
+    d = Driver()
+    d.join("old", version="0.0.9")
+    d.renew("old", 1)
+    d.feed(CacheSync("old", {"reminders": [1]}))
+    out = d.join("new", version="0.0.10")  # PEP 440: 0.0.10 is newer than 0.0.9
+    assert d.cmds(out, "old") == ["coma"]
+    coma = [a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.event == "cmd"][0]
+    assert coma["cache_sync"] is True
+    assert d.cmds(out, "new") == []  # not before the old one stopped
+    assert d.renew("old", 1)["lease"] == 0  # a stopping holder gets no renewal
+    out = d.feed(CacheSync("old", {"reminders": [1, 2]}))
+    assert Send("new", "cache_sync", {"cache": {"reminders": [1, 2]}}) in out
+    assert PersistCache({"reminders": [1, 2]}, 0.0) in out
+    out = d.feed(ComaAck("old", "newer version"))
+    assert d.grant(out, "new")["epoch"] == 2
+    assert not any(isinstance(a, Send) and a.event == "cache_sync" for a in out)  # it has the latest already
+    assert d.core.clients["old"].role is Role.STANDBY
+
+
+def test_cache_reaches_the_new_holder_before_process_commands() -> None:
+    d = Driver(cache={"restored": True})
+    out = d.join("a")
+    sends = [(a.event, a.data) for a in out if isinstance(a, Send) and a.wid == "a"]
+    assert sends[0] == ("cache_sync", {"cache": {"restored": True}})
+    assert sends[1][1]["t"] == "process_commands"
+
+
+def test_not_newer_stays_in_coma_or_is_shut_down_if_outdated() -> None:
+    d = Driver()
+    d.join("a", version="2.0")
+    d.renew("a", 1)
+    out = d.join("b", version="2.0")
+    assert d.cmds(out, "a") == [] and d.cmds(out, "b") == []
+    assert d.core.clients["b"].role is Role.STANDBY
+    d2 = Driver(Settings(shutdown_if_outdated=True))
+    d2.join("a", version="2.0")
+    d2.renew("a", 1)
+    out = d2.join("b", version="1.9")
+    assert d2.cmds(out, "b") == ["shutdown"]
+    assert d2.core.clients["b"].role is Role.SHUTTING_DOWN
+    assert d2.cmds(out, "a") == []
+    out = d2.join("c", version="2.0")  # equal is not outdated: a hot standby
+    assert d2.cmds(out, "c") == []
+
+
+def test_generation_beats_version() -> None:
+    d = Driver()
+    d.join("a", version="9.0", generation=1)
+    d.renew("a", 1)
+    out = d.join("b", version="1.0", generation=2)
+    assert d.cmds(out, "a") == ["coma"]
+
+
+def test_running_worker_killed_standby_promoted_at_once() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    d.feed(CacheSync("a", {"n": 1}))
+    out = d.feed(ProcessExited("id-a", -9), at=3)
+    assert d.grant(out, "b")["epoch"] == 2
+    assert Close("a", "process exited") in out
+
+
+def test_dropped_connection_alone_is_no_proof_wait_for_the_lease() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)  # at t=0: our lease runs to 0 + 15 + 2
+    d.join("b")
+    out = d.feed(Disconnected("a"), at=1)
+    assert d.cmds(out, "b") == []
+    assert d.core.next_deadline() == 17
+    assert d.cmds(d.feed(TimerFired(), at=16.9), "b") == []
+    out = d.feed(TimerFired(), at=17)
+    assert d.grant(out, "b")["epoch"] == 2
+
+
+def test_hung_worker_fenced_after_its_lease() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    out = d.feed(HeartbeatSilence("a"), at=15)
+    assert Close("a", "heartbeat silence") in out
+    assert d.cmds(out, "b") == []
+    out = d.feed(TimerFired(), at=17)
+    assert d.cmds(out, "b") == ["process_commands"]
+
+
+def test_reconnecting_holder_keeps_its_lease() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.feed(Disconnected("a"), at=1)
+    d.feed(Connected("a2", identity="id-a"), at=2)
+    out = d.feed(Identified("a2", version="1.0", epoch=1))
+    hello = [a.data for a in out if isinstance(a, Send) and a.event == "hello"][0]
+    assert hello["process_commands"] is True and hello["epoch"] == 1
+    assert d.renew("a2", 1) == {"epoch": 1, "lease": 15}
+    assert d.core.running_client == "a2"
+
+
+def test_restart_restores_epoch_sanity_and_waits_out_the_old_lease() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    state = [a for a in d.actions if isinstance(a, Persist)][-1].state
+    restarted = Driver(state=state, cache={"kept": 1}, now=100)
+    restarted.now = 100
+    out = restarted.join("b")
+    assert restarted.cmds(out, "b") == []  # the old holder may still process until 100 + 17
+    out = restarted.feed(TimerFired(), at=117)
+    grant = restarted.grant(out, "b")
+    assert grant["epoch"] == 2
+    assert Send("b", "cache_sync", {"cache": {"kept": 1}}) in out
+
+
+def test_cache_from_a_standby_is_refused() -> None:
+    d = Driver()
+    d.join("a")
+    d.join("b")
+    out = d.feed(CacheSync("b", {"evil": True}))
+    assert Reply({"accepted": False, "error": "only the running worker's cache is kept"}) in out
+    assert d.core.cache is None
+
+
+def test_cache_sync_fans_out_to_ready_standbys() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    d.join("c")
+    out = d.feed(CacheSync("a", [1]), at=5)
+    assert {a.wid for a in out if isinstance(a, Send) and a.event == "cache_sync"} == {"b", "c"}
+    assert d.core.cache_age == 5
+
+
+def test_try_again_is_admin_only_and_rollback_failure_makes_insane() -> None:
+    d = Driver()
+    d.join("a")
+    out = d.feed(RollbackFinished(False, "git reset failed"))
+    assert d.core.is_sane is False
+    assert any(isinstance(a, Notify) and a.level == "critical" for a in out)
+    out = d.feed(TryAgain("a"))
+    assert Reply({"error": "try_again needs the admin credential"}) in out
+    assert d.core.is_sane is False
+    d.feed(Connected("admin", identity="admin", admin=True))
+    d.feed(TryAgain("admin"))
+    assert d.core.is_sane is True
+
+
+def test_insane_stops_handover_to_newer_code_but_not_failover() -> None:
+    d = Driver()
+    d.join("a", version="1.0")
+    d.renew("a", 1)
+    d.feed(RollbackFinished(False, "broken"))
+    out = d.join("b", version="2.0")
+    assert d.cmds(out, "a") == []
+    out = d.feed(ShutdownAck("a", "bye"))
+    assert d.cmds(out, "b") == ["process_commands"]
+
+
+def test_out_of_order_messages_get_an_error_answer_not_a_crash() -> None:
+    d = Driver()
+    d.feed(Connected("a", identity="x"))
+    assert Reply({"error": "no health check was asked of this worker"}) in d.feed(HealthReport("a", HEALTHY))
+    out = d.feed(Ready("a"))  # ready before identify
+    assert isinstance(out[0], Reply) and "not allowed" in out[0].data["error"]
+    assert "not an identified" in d.feed(Heartbeat("ghost", 1))[0].data["error"]
+
+
+def test_version_order_is_pep440_not_string_order() -> None:
+    assert version_key("0.0.10") > version_key("0.0.9")
+    assert version_key("1.0rc1") < version_key("1.0")
+    assert version_key("not a version") < version_key("0.1")

@@ -1,0 +1,463 @@
+"""The supervisor's decisions, sans-IO: events in (with ``now``), actions out.
+
+State follows the seeds (``clients``, ``ready_clients``, ``running_client``,
+``cache``, ``cache_age``, ``is_sane``, ``last_known_good_hash``) and keeps the
+promises of DESIGN.md §1:
+
+P1  Processing is a lease (``Lease``) with a strictly increasing, persisted
+    epoch. A worker is promoted only when no lease is held: the holder
+    acknowledged coma/shutdown, its process exit was seen, or the lease
+    expired on our clock (granted ``lease`` + ``lease_margin`` after we last
+    answered its heartbeat; the worker counts ``lease`` from when it *sent*
+    that heartbeat, so its view ends first). A new holder starts processing
+    only after its first renewal, so a grant delivered late is never used.
+P2  Approved standbys (health-checked when they became ready) are promoted
+    the moment the lease is free.
+P3  The running worker's caches are kept (and persisted) as they arrive; its
+    final cache comes before its coma ack, and reaches the next holder before
+    ``process_commands``.
+P4  Only workers whose health check passed are promoted; a failed check asks
+    for a rollback; ``is_sane = False`` stops hand-overs to newer code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+from packaging.version import InvalidVersion, Version
+
+from ._events import (
+    Action,
+    CacheSync,
+    Close,
+    ComaAck,
+    Connected,
+    Disconnected,
+    Event,
+    HealthReport,
+    Heartbeat,
+    HeartbeatSilence,
+    Identified,
+    Notify,
+    Persist,
+    PersistCache,
+    ProcessExited,
+    Ready,
+    Reply,
+    RoleChanged,
+    RollBack,
+    RollbackFinished,
+    Send,
+    ShutdownAck,
+    Spawn,
+    TimerFired,
+    TryAgain,
+)
+from ._roles import Role, RoleError, Trigger, next_role
+
+STATE_VERSION = 1
+MAX_VERSION_LENGTH = 128
+
+
+@attrs.frozen
+class Settings:
+    token: str = attrs.field(default="", repr=False)  # never in a repr, never in a log
+    vital_cogs: tuple[str, ...] = ("modules.utilities",)
+    healthy_percentage: float = 100.0
+    shutdown_if_outdated: bool = False
+    interval: float = 30.0  # how often workers heartbeat
+    grace: float = 15.0  # silence past interval + grace = dead
+    lease_margin: float = 5.0  # our view of a lease outlives the worker's by this much
+    health_timeout: float = 30.0
+    stop_timeout: float = 30.0  # waiting for a coma/shutdown ack before relying on the lease
+    spawn_workers: bool = False  # ask for replacements (when a process manager is attached)
+
+    @property
+    def lease(self) -> float:
+        return self.interval + self.grace
+
+    @property
+    def silence_limit(self) -> float:
+        return self.interval + self.grace
+
+
+@attrs.define(eq=False)
+class Worker:
+    wid: str
+    identity: str
+    role: Role = Role.CONNECTED
+    version: str | None = None
+    pid: int | None = None
+    generation: int | None = None
+    approved: bool = False  # passed its health check
+    check_deadline: float = math.inf
+    cache_seq: int = 0  # which of our caches it has
+
+
+@attrs.define
+class Lease:
+    identity: str
+    wid: str | None  # None while the holder is not connected (it may still be processing)
+    epoch: int
+    expires: float
+    confirmed: bool = False  # the holder renewed at least once: it may be processing
+    stopping: bool = False
+    stop_deadline: float = math.inf
+    final_cache: bool = False
+
+
+def version_key(version: str | None) -> Version:
+    """PEP 440 order; anything unparsable sorts lowest (never compared as a string)."""
+    try:
+        return Version(version or "0")
+    except InvalidVersion:
+        return Version("0")
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, state: dict[str, Any] | None = None, cache: Any = None,
+                 now: float = 0.0) -> None:
+        self.settings = settings
+        self.clients: dict[str, Worker] = {}
+        self.admins: set[str] = set()
+        self.cache: Any = cache
+        self.cache_age: float | None = None
+        self.cache_seq = 1 if cache is not None else 0
+        self.epoch = 0
+        self.is_sane = True
+        self.last_known_good_hash: str | None = None
+        self.lease: Lease | None = None
+        if state:
+            self._restore(state, now)
+
+    # -- the seeds' views --------------------------------------------------------------
+    @property
+    def ready_clients(self) -> dict[str, Worker]:
+        ready = (Role.STANDBY, Role.CHECKING, Role.RUNNING, Role.STOPPING)
+        return {wid: w for wid, w in self.clients.items() if w.role in ready}
+
+    @property
+    def running_client(self) -> str | None:
+        return self.lease.wid if self.lease is not None else None
+
+    def state(self) -> dict[str, Any]:
+        lease = self.lease
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "is_sane": self.is_sane,
+            "last_known_good": self.last_known_good_hash,
+            "holder": {"identity": lease.identity, "epoch": lease.epoch} if lease is not None else None,
+        }
+
+    def _restore(self, state: dict[str, Any], now: float) -> None:
+        self.epoch = int(state.get("epoch", 0))
+        self.is_sane = bool(state.get("is_sane", True))
+        self.last_known_good_hash = state.get("last_known_good")
+        holder = state.get("holder")
+        if holder:
+            # We cannot know whether it still processes: give it a whole lease from now.
+            expires = now + self.settings.lease + self.settings.lease_margin
+            self.lease = Lease(str(holder["identity"]), None, int(holder["epoch"]), expires, confirmed=True)
+
+    # -- entry points ----------------------------------------------------------------------
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply ``event`` at time ``now``; the actions to carry out, in order."""
+        out: list[Action] = []
+        handler = getattr(self, "_on_" + type(event).__name__)
+        try:
+            handler(event, now, out)
+        except RoleError as exc:
+            out.append(Reply({"error": str(exc)}))
+            return out
+        self._reconcile(now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When to feed ``TimerFired`` next (None: nothing is timed)."""
+        deadlines = [w.check_deadline for w in self.clients.values() if w.role is Role.CHECKING]
+        if self.lease is not None:
+            deadlines.append(self.lease.expires)
+            if self.lease.stopping:
+                deadlines.append(self.lease.stop_deadline)
+        finite = [d for d in deadlines if d != math.inf]
+        return min(finite) if finite else None
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _move(self, w: Worker, trigger: Trigger, out: list[Action], reason: str = "") -> None:
+        new = next_role(w.role, trigger)
+        if new is not w.role:
+            epoch = self.lease.epoch if self.lease is not None and self.lease.wid == w.wid else None
+            out.append(RoleChanged(w.wid, w.role.value, new.value, epoch, reason))
+            w.role = new
+
+    def _worker(self, wid: str) -> Worker:
+        w = self.clients.get(wid)
+        if w is None:
+            raise RoleError("not an identified worker connection")
+        return w
+
+    def _cmd(self, w: Worker, name: str, data: dict[str, Any] | None = None) -> Send:
+        return Send(w.wid, "cmd", {"t": name, "d": data or {}})
+
+    def _newness(self, w: Worker) -> tuple[int, Version]:
+        return (w.generation if w.generation is not None else -1, version_key(w.version))
+
+    def _holds(self, w: Worker) -> bool:
+        return self.lease is not None and self.lease.wid == w.wid
+
+    def _forget(self, w: Worker, out: list[Action], reason: str) -> None:
+        was_leaving = w.role is Role.SHUTTING_DOWN
+        if w.role is not Role.GONE:
+            self._move(w, Trigger.LOST, out, reason)
+        del self.clients[w.wid]
+        if self._holds(w):
+            assert self.lease is not None
+            self.lease.wid = None  # unreachable, maybe still processing: the lease stands
+            out.append(Notify("warning", f"running worker {w.identity} lost ({reason}); failing over when its lease ends"))
+        if self.settings.spawn_workers and self.is_sane and not was_leaving:
+            out.append(Spawn(f"replace {w.identity}: {reason}"))
+
+    def _release(self, out: list[Action], why: str) -> None:
+        lease = self.lease
+        assert lease is not None
+        if lease.stopping and not lease.final_cache and self.cache is not None:
+            out.append(Notify("warning", f"{lease.identity} stopped without a final cache; using the last one"))
+        self.lease = None
+        out.append(Persist(self.state()))
+
+    # -- events from workers ----------------------------------------------------------------------
+    def _on_Connected(self, e: Connected, now: float, out: list[Action]) -> None:
+        if e.admin:
+            self.admins.add(e.wid)
+        else:
+            self.clients[e.wid] = Worker(e.wid, e.identity)
+
+    def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
+        w = self._worker(e.wid)
+        if not isinstance(e.version, str) or len(e.version) > MAX_VERSION_LENGTH:
+            raise RoleError("identify needs a version string")
+        lease = self.lease
+        adopt = (
+            lease is not None and lease.identity == w.identity and e.epoch == lease.epoch
+            and lease.expires > now and not lease.stopping and w.role is Role.CONNECTED
+        )
+        self._move(w, Trigger.IDENTIFY, out)
+        w.version, w.pid, w.generation = e.version, e.pid, e.generation
+        hello: dict[str, Any] = {
+            "token": self.settings.token,
+            "process_commands": False,
+            "interval": self.settings.interval,
+            "lease": self.settings.lease,
+            "epoch": self.epoch,
+        }
+        if adopt:
+            assert lease is not None
+            if lease.wid is not None and lease.wid in self.clients:
+                self._forget(self.clients[lease.wid], out, "replaced by its own reconnection")
+                out.append(Close(lease.wid, "replaced by a newer connection"))
+            lease.wid = w.wid
+            w.approved = True
+            self._move(w, Trigger.ADOPT, out, "reconnected lease holder")
+            hello["process_commands"] = True
+            hello["epoch"] = lease.epoch
+        out.append(Reply(hello))
+        out.append(Send(w.wid, "hello", hello))
+
+    def _on_Heartbeat(self, e: Heartbeat, now: float, out: list[Action]) -> None:
+        w = self._worker(e.wid)
+        lease = self.lease
+        if (lease is not None and lease.wid == w.wid and e.epoch == lease.epoch
+                and lease.expires > now and not lease.stopping):
+            lease.expires = now + self.settings.lease + self.settings.lease_margin
+            lease.confirmed = True
+            out.append(Reply({"epoch": lease.epoch, "lease": self.settings.lease}))
+        else:
+            out.append(Reply({"epoch": self.epoch, "lease": 0}))
+
+    def _on_Ready(self, e: Ready, now: float, out: list[Action]) -> None:
+        w = self._worker(e.wid)
+        self._move(w, Trigger.READY, out)
+        out.append(Reply({}))
+        if self._holds(w):
+            out.append(self._cmd(w, "ok"))
+        elif w.role is Role.STANDBY and not w.approved:
+            self._move(w, Trigger.CHECK, out)
+            w.check_deadline = now + self.settings.health_timeout
+            out.append(self._cmd(w, "health_check"))
+
+    def _on_HealthReport(self, e: HealthReport, now: float, out: list[Action]) -> None:
+        w = self._worker(e.wid)
+        if w.role is not Role.CHECKING:
+            raise RoleError("no health check was asked of this worker")
+        out.append(Reply({}))
+        failure = self._judge(e.report)
+        if failure is None:
+            w.approved = True
+            w.check_deadline = math.inf
+            self._move(w, Trigger.PASS, out, "health check passed")
+            if self.settings.shutdown_if_outdated and self._outdated(w):
+                self._shutdown(w, "outdated", out)
+        else:
+            self._fail_check(w, failure, out)
+
+    def _judge(self, report: Any) -> str | None:
+        """The Health Check Spec: None if healthy, else the shutdown reason."""
+        if not isinstance(report, dict) or type(report.get("OK")) is not bool:
+            return "health_check_malformed"
+        cogs = report.get("cogs", {})
+        if not isinstance(cogs, dict) or any(type(v) is not bool for v in cogs.values()):
+            return "health_check_malformed"
+        percent = report.get("percent")
+        if percent is not None and (type(percent) not in (int, float) or not 0 <= percent <= 100):
+            return "health_check_malformed"
+        if cogs or not report["OK"]:
+            if any(cogs.get(name) is not True for name in self.settings.vital_cogs):
+                return "vital_cog_failed"
+        if report["OK"]:
+            return None
+        if percent is None or percent < self.settings.healthy_percentage:
+            return "health_check_failure"
+        return None
+
+    def _fail_check(self, w: Worker, reason: str, out: list[Action]) -> None:
+        w.check_deadline = math.inf
+        self._move(w, Trigger.FAIL, out, reason)
+        out.append(self._cmd(w, "shutdown", {"reason": reason, "cache_sync": False}))
+        out.append(RollBack(reason, w.version, w.generation))
+        out.append(Notify("warning", f"{w.identity} (version {w.version}) failed its health check: {reason}"))
+
+    def _on_CacheSync(self, e: CacheSync, now: float, out: list[Action]) -> None:
+        w = self._worker(e.wid)
+        if not self._holds(w):
+            out.append(Reply({"accepted": False, "error": "only the running worker's cache is kept"}))
+            return
+        assert self.lease is not None
+        self.cache, self.cache_age = e.cache, now
+        self.cache_seq += 1
+        w.cache_seq = self.cache_seq
+        if self.lease.stopping:
+            self.lease.final_cache = True
+        out.append(Reply({"accepted": True}))
+        out.append(PersistCache(e.cache, now))
+        for other in self.clients.values():
+            if other.role in (Role.STANDBY, Role.CHECKING):
+                other.cache_seq = self.cache_seq
+                out.append(Send(other.wid, "cache_sync", {"cache": e.cache}))
+
+    def _on_ComaAck(self, e: ComaAck, now: float, out: list[Action]) -> None:
+        w = self._worker(e.wid)
+        self._move(w, Trigger.COMA_ACK, out, e.reason)
+        out.append(Reply({}))
+        if self._holds(w):
+            self._release(out, "coma acknowledged")
+            if self.settings.shutdown_if_outdated and self._outdated(w):
+                self._shutdown(w, "outdated", out)
+
+    def _on_ShutdownAck(self, e: ShutdownAck, now: float, out: list[Action]) -> None:
+        w = self._worker(e.wid)
+        self._move(w, Trigger.SHUTDOWN_ACK, out, e.reason)
+        out.append(Reply({}))
+        if self._holds(w):
+            self._release(out, "shutdown acknowledged")
+
+    def _on_Disconnected(self, e: Disconnected, now: float, out: list[Action]) -> None:
+        self.admins.discard(e.wid)
+        w = self.clients.get(e.wid)
+        if w is not None:
+            self._forget(w, out, "disconnected")
+
+    def _on_HeartbeatSilence(self, e: HeartbeatSilence, now: float, out: list[Action]) -> None:
+        w = self.clients.get(e.wid)
+        if w is not None:
+            self._forget(w, out, "heartbeat silence")
+            out.append(Close(w.wid, "heartbeat silence"))
+
+    def _on_ProcessExited(self, e: ProcessExited, now: float, out: list[Action]) -> None:
+        if self.lease is not None and self.lease.identity == e.identity:
+            self._release(out, "process exited")  # proof: nothing runs in a dead process
+        for w in [w for w in self.clients.values() if w.identity == e.identity]:
+            self._forget(w, out, f"process exited ({e.returncode})")
+            out.append(Close(w.wid, "process exited"))
+
+    def _on_TimerFired(self, e: TimerFired, now: float, out: list[Action]) -> None:
+        for w in list(self.clients.values()):
+            if w.role is Role.CHECKING and w.check_deadline <= now:
+                self._fail_check(w, "health_check_timeout", out)
+        lease = self.lease
+        if lease is not None and lease.stopping and lease.stop_deadline <= now:
+            lease.stop_deadline = math.inf
+            out.append(Notify("warning", f"{lease.identity} did not acknowledge coma; waiting for its lease to end"))
+
+    def _on_TryAgain(self, e: TryAgain, now: float, out: list[Action]) -> None:
+        if e.wid not in self.admins:
+            out.append(Reply({"error": "try_again needs the admin credential"}))
+            return
+        self.is_sane = True
+        out.append(Reply({"is_sane": True}))
+        out.append(Persist(self.state()))
+        out.append(Notify("info", "try_again: deploying and spawning resumed"))
+        if self.settings.spawn_workers:
+            out.append(Spawn("try_again"))
+
+    def _on_RollbackFinished(self, e: RollbackFinished, now: float, out: list[Action]) -> None:
+        if e.ok:
+            out.append(Notify("info", f"rolled back to {self.last_known_good_hash}: {e.detail}"))
+            return
+        self.is_sane = False
+        out.append(Persist(self.state()))
+        out.append(Notify("critical", f"rollback failed, deploying stopped until try_again: {e.detail}"))
+
+    # -- the decisions ----------------------------------------------------------------------------
+    def _outdated(self, w: Worker) -> bool:
+        holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
+        return holder is not None and holder is not w and self._newness(w) < self._newness(holder)
+
+    def _shutdown(self, w: Worker, reason: str, out: list[Action]) -> None:
+        self._move(w, Trigger.SHUTDOWN, out, reason)
+        out.append(self._cmd(w, "shutdown", {"reason": reason, "cache_sync": False}))
+
+    def _reconcile(self, now: float, out: list[Action]) -> None:
+        lease = self.lease
+        if lease is not None and lease.expires <= now:
+            if lease.wid is not None and lease.wid in self.clients:
+                # Connected yet not renewing in time (hung, or ignoring coma): fence it off for good.
+                holder = self.clients[lease.wid]
+                self._forget(holder, out, "lease expired")
+                out.append(Close(holder.wid, "lease expired"))
+            self._release(out, "lease expired")
+        candidates = [w for w in self.clients.values() if w.role is Role.STANDBY and w.approved]
+        if not candidates:
+            return
+        best = max(candidates, key=self._newness)
+        if self.lease is None:
+            self._promote(best, now, out, "no worker running")
+            return
+        lease = self.lease
+        holder = self.clients.get(lease.wid) if lease.wid is not None else None
+        if lease.stopping or holder is None or not self.is_sane:
+            return
+        if self._newness(best) > self._newness(holder):
+            self._stop_holder(holder, f"newer version {best.version} takes over", now, out)
+
+    def _stop_holder(self, holder: Worker, reason: str, now: float, out: list[Action]) -> None:
+        assert self.lease is not None
+        self.lease.stopping = True
+        self.lease.stop_deadline = now + self.settings.stop_timeout
+        self._move(holder, Trigger.STOP, out, reason)
+        name = "shutdown" if self.settings.shutdown_if_outdated else "coma"
+        out.append(self._cmd(holder, name, {"reason": reason, "cache_sync": True}))
+
+    def _promote(self, w: Worker, now: float, out: list[Action], reason: str) -> None:
+        self.epoch += 1
+        self.lease = Lease(w.identity, w.wid, self.epoch, now + self.settings.lease + self.settings.lease_margin)
+        self._move(w, Trigger.PROMOTE, out, reason)
+        out.append(Persist(self.state()))  # the epoch is on disk before anyone may use it
+        if self.cache is not None and w.cache_seq < self.cache_seq:
+            w.cache_seq = self.cache_seq
+            out.append(Send(w.wid, "cache_sync", {"cache": self.cache}))
+        grant = {"epoch": self.epoch, "lease": self.settings.lease, "reason": reason}
+        out.append(self._cmd(w, "process_commands", grant))
+        out.append(Notify("info", f"{w.identity} (version {w.version}) is running, epoch {self.epoch}: {reason}"))

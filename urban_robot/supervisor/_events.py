@@ -1,0 +1,188 @@
+"""What the supervisor core takes in (events) and gives back (actions). Plain frozen values.
+
+Events carry the worker's id ``wid``: one id per authenticated connection,
+chosen by the shell. Time is never read by the core: ``Supervisor.handle``
+receives ``now``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+# -- events ---------------------------------------------------------------------
+@attrs.frozen
+class Connected:
+    wid: str
+    identity: str  # who the secret says this is (stable across reconnects of one process)
+    admin: bool = False
+
+
+@attrs.frozen
+class Identified:
+    wid: str
+    version: str
+    pid: int | None = None
+    generation: int | None = None  # deploy generation, for children the supervisor spawned
+    epoch: int | None = None  # the lease epoch a reconnecting holder claims
+
+
+@attrs.frozen
+class Heartbeat:
+    wid: str
+    epoch: int | None = None
+
+
+@attrs.frozen
+class Ready:
+    wid: str
+
+
+@attrs.frozen
+class HealthReport:
+    wid: str
+    report: Any  # validated by the core: {"OK": bool, "percent": number, "cogs": {name: bool}}
+
+
+@attrs.frozen
+class CacheSync:
+    wid: str
+    cache: Any
+
+
+@attrs.frozen
+class ComaAck:
+    wid: str
+    reason: str = ""
+
+
+@attrs.frozen
+class ShutdownAck:
+    wid: str
+    reason: str = ""
+
+
+@attrs.frozen
+class Disconnected:
+    wid: str
+
+
+@attrs.frozen
+class HeartbeatSilence:
+    """The shell's watchdog heard nothing from ``wid`` for longer than the limit."""
+
+    wid: str
+
+
+@attrs.frozen
+class ProcessExited:
+    """The process of ``identity`` was seen to exit: proof it processes nothing any more."""
+
+    identity: str
+    returncode: int | None = None
+
+
+@attrs.frozen
+class TimerFired:
+    """``now`` reached ``Supervisor.next_deadline()``."""
+
+
+@attrs.frozen
+class TryAgain:
+    wid: str  # must be an admin connection
+
+
+@attrs.frozen
+class RollbackFinished:
+    ok: bool
+    detail: str = ""
+
+
+Event = (
+    Connected
+    | Identified
+    | Heartbeat
+    | Ready
+    | HealthReport
+    | CacheSync
+    | ComaAck
+    | ShutdownAck
+    | Disconnected
+    | HeartbeatSilence
+    | ProcessExited
+    | TimerFired
+    | TryAgain
+    | RollbackFinished
+)
+
+
+# -- actions ----------------------------------------------------------------------
+@attrs.frozen
+class Reply:
+    """The ack for the event being handled (Socket.IO ack)."""
+
+    data: Any
+
+
+@attrs.frozen
+class Send:
+    """Emit ``event`` with ``data`` to worker ``wid`` (``hello``, ``cmd``, ``cache_sync``)."""
+
+    wid: str
+    event: str
+    data: Any
+
+
+@attrs.frozen
+class Close:
+    wid: str
+    reason: str
+
+
+@attrs.frozen
+class Persist:
+    """Write ``state`` atomically before carrying out any later action."""
+
+    state: dict[str, Any]
+
+
+@attrs.frozen
+class PersistCache:
+    cache: Any
+    cache_age: float  # the ``now`` at which it was accepted
+
+
+@attrs.frozen
+class Spawn:
+    reason: str
+
+
+@attrs.frozen
+class RollBack:
+    """Ask the deployer to return to the last known good code."""
+
+    reason: str
+    version: str | None = None
+    generation: int | None = None
+
+
+@attrs.frozen
+class Notify:
+    level: str  # "info" | "warning" | "critical"
+    message: str
+
+
+@attrs.frozen
+class RoleChanged:
+    """For observers (logs, dashboard timeline, deployer)."""
+
+    wid: str
+    old: str
+    new: str
+    epoch: int | None = None
+    reason: str = ""
+
+
+Action = Reply | Send | Close | Persist | PersistCache | Spawn | RollBack | Notify | RoleChanged

@@ -1,0 +1,108 @@
+"""Worker roles: the one table that says how a worker's role may change.
+
+Everything that changes a worker's role goes through ``next_role``; a trigger
+missing from a role's row *is* the protocol error (the worker, or our own
+bookkeeping, asked for something out of order). This file does not know why
+a trigger happens: the core (``_core.py``) decides that.
+
+    connected ──identify──▶ identified ──ready──▶ standby ◀──pass── checking
+                                                   │  ▲  └──check──▶   │ fail
+                                          promote  │  │ coma_ack        ▼
+                                                   ▼  │            shutting_down ──stopped──▶ gone
+                                                 running ──stop──▶ stopping
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Role(enum.Enum):
+    CONNECTED = "connected"  # authenticated, has not identified yet
+    IDENTIFIED = "identified"  # has its hello (token), logging in to Discord
+    STANDBY = "standby"  # ready, in coma: not processing, cache warm
+    CHECKING = "checking"  # asked for a health check, answer pending
+    RUNNING = "running"  # holds the processing lease (or is being given it)
+    STOPPING = "stopping"  # asked to stop processing (coma/shutdown), ack pending
+    SHUTTING_DOWN = "shutting_down"  # asked to shut down, not processing
+    GONE = "gone"  # disconnected, dead or shut down
+
+
+class Trigger(enum.Enum):
+    IDENTIFY = "identify"
+    ADOPT = "adopt"  # a reconnecting lease holder takes its lease back
+    READY = "ready"
+    CHECK = "check"
+    PASS = "pass"
+    FAIL = "fail"
+    PROMOTE = "promote"
+    STOP = "stop"  # coma or shutdown requested from the running worker
+    COMA_ACK = "coma_ack"
+    SHUTDOWN = "shutdown"  # shutdown requested from a worker that is not running
+    SHUTDOWN_ACK = "shutdown_ack"
+    LOST = "lost"  # disconnected, silent past the limit, or its process exited
+
+
+class RoleError(Exception):
+    """A trigger that the worker's current role does not allow."""
+
+
+R, T = Role, Trigger
+
+TRANSITIONS: dict[Role, dict[Trigger, Role]] = {
+    R.CONNECTED: {T.IDENTIFY: R.IDENTIFIED, T.SHUTDOWN: R.SHUTTING_DOWN, T.LOST: R.GONE},
+    R.IDENTIFIED: {
+        T.READY: R.STANDBY,
+        T.ADOPT: R.RUNNING,
+        T.SHUTDOWN: R.SHUTTING_DOWN,
+        T.COMA_ACK: R.IDENTIFIED,
+        T.LOST: R.GONE,
+    },
+    R.STANDBY: {
+        T.READY: R.STANDBY,
+        T.CHECK: R.CHECKING,
+        T.PROMOTE: R.RUNNING,
+        T.COMA_ACK: R.STANDBY,
+        T.SHUTDOWN: R.SHUTTING_DOWN,
+        T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.LOST: R.GONE,
+    },
+    R.CHECKING: {
+        T.READY: R.CHECKING,
+        T.PASS: R.STANDBY,
+        T.FAIL: R.SHUTTING_DOWN,
+        T.COMA_ACK: R.CHECKING,
+        T.SHUTDOWN: R.SHUTTING_DOWN,
+        T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.LOST: R.GONE,
+    },
+    R.RUNNING: {
+        T.READY: R.RUNNING,
+        T.STOP: R.STOPPING,
+        T.COMA_ACK: R.STANDBY,  # it stopped by itself: proof enough
+        T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.LOST: R.GONE,
+    },
+    R.STOPPING: {
+        T.READY: R.STOPPING,
+        T.COMA_ACK: R.STANDBY,
+        T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.LOST: R.GONE,
+    },
+    R.SHUTTING_DOWN: {
+        T.READY: R.SHUTTING_DOWN,
+        T.COMA_ACK: R.SHUTTING_DOWN,
+        T.SHUTDOWN: R.SHUTTING_DOWN,
+        T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.LOST: R.GONE,
+    },
+    R.GONE: {},
+}
+
+
+def next_role(role: Role, trigger: Trigger) -> Role:
+    """The role after ``trigger``; ``RoleError`` if the table has no such move."""
+    try:
+        return TRANSITIONS[role][trigger]
+    except KeyError:
+        raise RoleError(f"{trigger.value!r} is not allowed for a worker that is {role.value}") from None
