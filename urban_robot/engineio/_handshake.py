@@ -75,8 +75,8 @@ def open_packet(
     body = {
         "sid": sid,
         "upgrades": upgrades,
-        "pingInterval": int(ping_interval * 1000),
-        "pingTimeout": int(ping_timeout * 1000),
+        "pingInterval": round(ping_interval * 1000),
+        "pingTimeout": round(ping_timeout * 1000),
         "maxPayload": max_payload,
     }
     return Packet(PacketType.OPEN, json.dumps(body, separators=(",", ":")))

@@ -57,6 +57,8 @@ def decode_packet(frame: str | bytes) -> Packet:
     """A packet from one WebSocket frame."""
     if isinstance(frame, (bytes, bytearray, memoryview)):
         return Packet(PacketType.MESSAGE, bytes(frame))
+    if not isinstance(frame, str):
+        raise ProtocolError("an Engine.IO packet must be text or binary")
     if not frame:
         raise ProtocolError("empty Engine.IO packet")
     ptype = _TYPES.get(frame[0])
@@ -78,11 +80,13 @@ def _encode_polling(packet: Packet) -> str:
 
 def decode_payload(body: str | bytes, *, max_packets: int | None = None) -> list[Packet]:
     """Packets from one HTTP long-polling body (a POST from the client)."""
-    if isinstance(body, (bytes, bytearray)):
+    if isinstance(body, (bytes, bytearray, memoryview)):
         try:
             body = bytes(body).decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ProtocolError("polling payload is not valid UTF-8") from exc
+    if not isinstance(body, str):
+        raise ProtocolError("a polling payload must be text or bytes")
     if not body:
         raise ProtocolError("empty polling payload")
     records = body.split(RECORD_SEPARATOR)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from typing import Any
 
 import attrs
@@ -66,7 +67,8 @@ def encode(packet: Packet) -> list[str | bytes]:
     if data is not None and ptype in (PacketType.EVENT, PacketType.ACK, *_BINARY):
         data = _deconstruct(data, attachments)
         if attachments:
-            ptype = PacketType.BINARY_EVENT if ptype in (PacketType.EVENT, PacketType.BINARY_EVENT) else PacketType.BINARY_ACK
+            is_event = ptype in (PacketType.EVENT, PacketType.BINARY_EVENT)
+            ptype = PacketType.BINARY_EVENT if is_event else PacketType.BINARY_ACK
         elif ptype in _BINARY:
             ptype = PacketType.EVENT if ptype is PacketType.BINARY_EVENT else PacketType.ACK
     head = str(ptype.value)
@@ -106,6 +108,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _parse_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # 1e400 overflows to inf, which no JSON encoder takes back
+        raise ValueError(f"{literal} is out of range")
+    return value
+
+
 def decode_text(text: str) -> tuple[Packet, int]:
     """Parse the text part of a packet: the packet (placeholders still in) and its attachment count."""
     if not isinstance(text, str):
@@ -142,7 +151,7 @@ def decode_text(text: str) -> tuple[Packet, int]:
     data = None
     if pos < length:
         try:
-            data = json.loads(text[pos:], parse_constant=_reject_constant)
+            data = json.loads(text[pos:], parse_constant=_reject_constant, parse_float=_parse_float)
         except (ValueError, RecursionError) as exc:
             raise ProtocolError("Socket.IO packet data is not valid JSON") from exc
     _validate(ptype, data, ack_id)
@@ -212,6 +221,8 @@ class Decoder:
             return None
         if isinstance(message, str):
             raise ProtocolError("text message while binary attachments were expected")
+        if not isinstance(message, (bytes, bytearray, memoryview)):
+            raise ProtocolError("a binary attachment must be bytes")
         self._attachments.append(bytes(message))
         if len(self._attachments) < self._expected:
             return None
@@ -222,7 +233,10 @@ class Decoder:
     @staticmethod
     def _finish(packet: Packet, attachments: list[bytes]) -> Packet:
         used: set[int] = set()
-        data = _reconstruct(packet.data, attachments, used)
+        try:
+            data = _reconstruct(packet.data, attachments, used)
+        except RecursionError as exc:  # JSON nested deeper than Python's stack allows
+            raise ProtocolError("binary packet data is nested too deeply") from exc
         if len(used) != len(attachments):
             raise ProtocolError("binary packet has attachments no placeholder refers to")
         ptype = PacketType.EVENT if packet.type is PacketType.BINARY_EVENT else PacketType.ACK

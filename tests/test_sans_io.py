@@ -1,0 +1,152 @@
+"""The codecs are sans-IO: they import no trio, directly or through another module of ours.
+
+Checked on the source, by parsing it: every module under ``urban_robot/engineio/`` and
+``urban_robot/socketio/_packets.py``, following their imports of our own modules.
+(Importing ``urban_robot.socketio._packets`` at runtime also runs the package's
+``__init__``, which holds the trio server: that is the package's business, not the codec's.)
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "urban_robot"
+CODECS = [*sorted((PACKAGE / "engineio").glob("*.py")), PACKAGE / "socketio" / "_packets.py"]
+DYNAMIC_IMPORTS = ("import_module", "__import__")
+
+
+def module_name(path: Path, root: Path) -> tuple[str, bool]:
+    """The dotted name of the module at ``path``, and whether it is a package's ``__init__``."""
+    parts = path.relative_to(root).with_suffix("").parts
+    if parts[-1] == "__init__":
+        return ".".join(parts[:-1]), True
+    return ".".join(parts), False
+
+
+def module_path(name: str, root: Path) -> Path | None:
+    base = root.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    if node.level == 0:
+        return node.module or ""
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    base = package[: len(package) - node.level + 1]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def dynamic_import(node: ast.AST) -> str | None:
+    """The module of ``importlib.import_module("x")`` or ``__import__("x")``, if ``node`` is one."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return None
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    return str(node.args[0].value) if name in DYNAMIC_IMPORTS else None
+
+
+def imported_names(tree: ast.Module, module: str, is_package: bool = False) -> set[str]:
+    """Absolute names of the modules ``tree`` imports, anywhere in it (functions, ``if`` blocks...)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = absolute(node, module, is_package)
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # ``from . import mod``
+        elif (name := dynamic_import(node)) is not None:
+            names.add(name)
+    return names
+
+
+def reachable_imports(path: Path, root: Path) -> set[str]:
+    """What ``path`` imports, plus what the modules of ``root`` it imports import, and so on."""
+    names: set[str] = set()
+    todo, seen = [path], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        found = imported_names(ast.parse(current.read_text("utf-8")), *module_name(current, root))
+        names |= found
+        todo.extend(p for name in found if (p := module_path(name, root)) is not None)
+    return names
+
+
+def is_trio(name: str) -> bool:
+    top = name.split(".")[0]
+    return top == "trio" or top.startswith("trio_")
+
+
+def test_the_codec_modules_are_all_there() -> None:
+    names = {str(path.relative_to(PACKAGE)) for path in CODECS}
+    assert {"engineio/__init__.py", "engineio/_packets.py", "engineio/_handshake.py"} <= names
+    assert "socketio/_packets.py" in names
+    assert all(path.is_file() for path in CODECS)
+
+
+@pytest.mark.parametrize("path", CODECS, ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_codec_imports_no_trio(path: Path) -> None:
+    names = reachable_imports(path, ROOT)
+    assert "urban_robot._errors" in names  # every codec raises ProtocolError: the walk did run
+    assert sorted(filter(is_trio, names)) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import trio",
+        "import trio.lowlevel as ll",
+        "from trio import open_nursery",
+        "from trio_websocket import serve_websocket",
+        "import os, trio",
+        "def f():\n    import trio\n",
+        "if TYPE_CHECKING:\n    from trio import Nursery\n",
+        "import importlib\nimportlib.import_module('trio')",
+        "__import__('trio')",
+    ],
+)
+def test_the_check_sees_every_form_of_import(source: str) -> None:
+    names = imported_names(ast.parse(source), "urban_robot.engineio._x")
+    assert any(map(is_trio, names))
+
+
+@pytest.mark.parametrize(
+    "source", ["import triangle", "from . import trio_like_name_in_our_package", "import json\nx = 'import trio'"]
+)
+def test_the_check_ignores_lookalikes(source: str) -> None:
+    names = imported_names(ast.parse(source), "urban_robot.engineio._x")
+    assert names
+    assert not any(map(is_trio, names))
+
+
+@pytest.mark.parametrize(
+    ("source", "module", "is_package", "expected"),
+    [
+        ("from .._errors import ProtocolError", "urban_robot.socketio._packets", False, "urban_robot._errors"),
+        ("from ._packets import Packet", "urban_robot.engineio", True, "urban_robot.engineio._packets"),
+        ("from . import _packets", "urban_robot.engineio._handshake", False, "urban_robot.engineio._packets"),
+        ("from ..web import _engine", "urban_robot.socketio._packets", False, "urban_robot.web._engine"),
+    ],
+)
+def test_relative_imports_are_resolved(source: str, module: str, is_package: bool, expected: str) -> None:
+    assert expected in imported_names(ast.parse(source), module, is_package)
+
+
+def test_trio_imported_through_one_of_our_modules_is_seen(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "codec.py").write_text("from ._helper import run\n")
+    (package / "_helper.py").write_text("from .deeper import run\n")
+    (package / "deeper.py").write_text("import trio\nrun = trio.run\n")
+    assert "trio" in reachable_imports(package / "codec.py", tmp_path)
