@@ -312,3 +312,17 @@ def test_version_order_is_pep440_not_string_order() -> None:
     assert version_key("0.0.10") > version_key("0.0.9")
     assert version_key("1.0rc1") < version_key("1.0")
     assert version_key("not a version") < version_key("0.1")
+
+
+def test_holder_that_never_acknowledges_coma_keeps_the_lease_until_it_ends() -> None:
+    d = Driver()
+    d.join("old", version="1.0")
+    d.renew("old", 1)  # lease to 0 + 15 + 2 on our clock
+    out = d.join("new", version="2.0")
+    assert d.cmds(out, "old") == ["coma"]
+    for t in (1, 8, 16.9):  # stop_timeout passes (t=8), but only the lease proves anything
+        assert d.cmds(d.feed(TimerFired(), at=t), "new") == []
+        assert d.cmds(d.feed(Heartbeat("new", None), at=t), "new") == []
+    out = d.feed(TimerFired(), at=17)
+    assert Close("old", "lease expired") in out
+    assert d.grant(out, "new")["epoch"] == 2

@@ -1,0 +1,359 @@
+"""The core under random interleavings: crashes, hangs, partitions, restarts, duplicates, clock jumps.
+
+A model of the worker processes stands around the core. Each simulated worker
+does what the protocol asks of a worker (it processes only after a renewal,
+counting its lease from when it *sent* the heartbeat; it stops before it
+acknowledges coma/shutdown) and the model records when each one may have been
+processing. After every step the promises are checked:
+
+- P1: no two workers' processing intervals overlap;
+- epochs only grow (in grants and in what is persisted, across restarts);
+- P3: a worker starting to process holds the newest cache the core accepted,
+  and every accepted cache was persisted before the answer;
+- P4: every grant goes to a worker whose health check passed (or to the
+  holder reconnecting with its own epoch).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import attrs
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from urban_robot.supervisor import (
+    CacheSync,
+    ComaAck,
+    Connected,
+    Disconnected,
+    HealthReport,
+    Heartbeat,
+    HeartbeatSilence,
+    Identified,
+    Persist,
+    PersistCache,
+    ProcessExited,
+    Ready,
+    Reply,
+    RollbackFinished,
+    Send,
+    Settings,
+    ShutdownAck,
+    Supervisor,
+    TimerFired,
+    TryAgain,
+)
+
+SETTINGS = Settings(token="t", interval=10, grace=5, lease_margin=2, health_timeout=20, stop_timeout=8)
+HEALTHY = {"OK": True, "percent": 100, "cogs": {"modules.utilities": True}}
+SICK = {"OK": False, "percent": 40, "cogs": {"modules.utilities": True}}
+
+
+@attrs.define(eq=False)
+class Proc:
+    identity: str
+    version: str
+    healthy: bool
+    alive: bool = True
+    hung: bool = False
+    wid: str | None = None
+    granted: int | None = None
+    passed: bool = False
+    cache: Any = None
+    intervals: list[list[float]] = attrs.Factory(list)
+    pending_heartbeats: list[tuple[float, int | None]] = attrs.Factory(list)
+    last_heard: float = 0.0
+
+    def processing(self, now: float) -> bool:
+        return self.alive and any(start <= now < end for start, end in self.intervals)
+
+    def stop(self, now: float) -> None:
+        for interval in self.intervals:
+            interval[1] = min(interval[1], max(now, interval[0]))
+
+
+class SupervisorWorld(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.core = Supervisor(SETTINGS)
+        self.now = 0.0
+        self.procs: list[Proc] = []
+        self.inbox: dict[str, list[Send]] = {}
+        self.ids = itertools.count()
+        self.last_grant = 0
+        self.last_persisted_epoch = 0
+        self.state: dict[str, Any] | None = None
+        self.persisted_cache: Any = None
+        self.accepted_cache: Any = None
+        self.cache_counter = itertools.count(1)
+        self.admin = "admin-0"
+        self.feed(Connected(self.admin, identity="admin", admin=True))
+
+    # -- plumbing -------------------------------------------------------------------------
+    def feed(self, event: Any) -> list[Any]:
+        out = self.core.handle(event, self.now)
+        for action in out:
+            if isinstance(action, Persist):
+                assert action.state["epoch"] >= self.last_persisted_epoch, "persisted epoch went back"
+                self.last_persisted_epoch = action.state["epoch"]
+                self.state = action.state
+            elif isinstance(action, PersistCache):
+                self.persisted_cache = action.cache
+            elif isinstance(action, Send):
+                self.check_send(action)
+                self.inbox.setdefault(action.wid, []).append(action)
+        return out
+
+    def check_send(self, action: Send) -> None:
+        if action.event == "cmd" and action.data["t"] == "process_commands":
+            epoch = action.data["d"]["epoch"]
+            assert epoch > self.last_grant, "epochs must strictly increase"
+            assert epoch <= self.last_persisted_epoch, "grant sent before its epoch was persisted"
+            self.last_grant = epoch
+            proc = self.proc_of(action.wid)
+            assert proc is not None and proc.passed, "promoted without a passed health check"
+
+    def proc_of(self, wid: str) -> Proc | None:
+        return next((p for p in self.procs if p.wid == wid), None)
+
+    def connected(self) -> list[Proc]:
+        return [p for p in self.procs if p.wid is not None and p.alive]
+
+    def start_processing(self, proc: Proc, sent_at: float, lease: float) -> None:
+        end = sent_at + lease
+        if end <= self.now:
+            return  # the renewal came too late to use
+        if not proc.processing(self.now) and self.accepted_cache is not None:
+            assert proc.cache == self.accepted_cache, "a worker began processing without the newest cache"
+        for other in self.procs:
+            if other is proc:
+                continue
+            for start, stop in other.intervals:
+                assert stop <= self.now or end <= start, (
+                    f"P1 violated: {proc.identity} and {other.identity} both processing at {self.now}"
+                )
+        proc.intervals.append([self.now, end])
+
+    def connect(self, proc: Proc) -> None:
+        proc.wid = f"w{next(self.ids)}"
+        proc.last_heard = self.now
+        self.feed(Connected(proc.wid, identity=proc.identity))
+        self.feed(Identified(proc.wid, version=proc.version, pid=1, epoch=proc.granted))
+
+    # -- workers arriving and talking ---------------------------------------------------------
+    @precondition(lambda self: len(self.procs) < 6)
+    @rule(version=st.sampled_from(["1.0", "1.1", "2.0"]), healthy=st.booleans())
+    def spawn(self, version: str, healthy: bool) -> None:
+        proc = Proc(identity=f"p{len(self.procs)}", version=version, healthy=healthy)
+        self.procs.append(proc)
+        self.connect(proc)
+        self.feed(Ready(proc.wid))  # type: ignore[arg-type]  # logging in to Discord is quick here
+
+    @precondition(lambda self: any(p.alive and p.wid is None for p in self.procs))
+    @rule(data=st.data())
+    def reconnect(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from([p for p in self.procs if p.alive and p.wid is None]))
+        self.connect(proc)
+        self.feed(Ready(proc.wid))  # type: ignore[arg-type]  # still logged in to Discord
+
+    @precondition(lambda self: bool(self.connected()))
+    @rule(data=st.data())
+    def ready(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from(self.connected()))
+        self.feed(Ready(proc.wid))  # type: ignore[arg-type]
+
+    @precondition(lambda self: any(self.inbox.get(p.wid or "") for p in self.connected() if not p.hung))
+    @rule(data=st.data())
+    def deliver(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from([p for p in self.connected() if self.inbox.get(p.wid or "") and not p.hung]))
+        self.deliver_one(proc)
+
+    @rule(order=st.randoms(use_true_random=False))
+    def settle(self, order: Any) -> None:
+        """Every responsive worker reads everything, then heartbeats once: the quiet path."""
+        for _ in range(50):
+            busy = [p for p in self.connected() if self.inbox.get(p.wid or "") and not p.hung]
+            if not busy:
+                break
+            order.shuffle(busy)
+            for proc in busy:
+                while proc.wid is not None and self.inbox.get(proc.wid) and not proc.hung:
+                    self.deliver_one(proc)
+        beating = [p for p in self.connected() if not p.hung]
+        order.shuffle(beating)
+        for proc in beating:
+            if proc.wid is not None:
+                proc.pending_heartbeats.append((self.now, proc.granted))
+                self.heartbeat_now(proc)
+
+    def deliver_one(self, proc: Proc) -> None:
+        message = self.inbox[proc.wid].pop(0)  # type: ignore[index]
+        if message.event == "hello" and message.data["process_commands"]:
+            proc.granted = message.data["epoch"]
+        elif message.event == "cache_sync":
+            proc.cache = message.data["cache"]
+        elif message.event == "cmd":
+            self.obey(proc, message.data["t"], message.data["d"])
+
+    def obey(self, proc: Proc, name: str, data: dict[str, Any]) -> None:
+        wid = proc.wid
+        assert wid is not None
+        if name == "health_check":
+            self.report(proc, HealthReport(wid, HEALTHY if proc.healthy else SICK), proc.healthy)
+        elif name == "process_commands":
+            proc.granted = data["epoch"]
+        elif name in ("coma", "shutdown"):
+            proc.stop(self.now)
+            proc.granted = None
+            if data.get("cache_sync"):
+                self.feed(CacheSync(wid, proc.cache))
+            self.feed(ComaAck(wid, "asked") if name == "coma" else ShutdownAck(wid, "asked"))
+
+    def report(self, proc: Proc, event: HealthReport, healthy: bool) -> None:
+        """The worker's health report; ``passed`` follows the report the core took."""
+        before, proc.passed = proc.passed, healthy
+        out = self.feed(event)
+        if any(isinstance(a, Reply) and "error" in a.data for a in out):
+            proc.passed = before
+
+    @precondition(lambda self: any(not p.hung for p in self.connected()))
+    @rule(data=st.data())
+    def send_heartbeat(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from([p for p in self.connected() if not p.hung]))
+        proc.pending_heartbeats.append((self.now, proc.granted))
+
+    @precondition(lambda self: any(p.pending_heartbeats for p in self.connected()))
+    @rule(data=st.data())
+    def deliver_heartbeat(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from([p for p in self.connected() if p.pending_heartbeats]))
+        self.heartbeat_now(proc)
+
+    def heartbeat_now(self, proc: Proc) -> None:
+        sent_at, epoch = proc.pending_heartbeats.pop(0)
+        proc.last_heard = self.now
+        replies = [a for a in self.feed(Heartbeat(proc.wid, epoch)) if isinstance(a, Reply)]  # type: ignore[arg-type]
+        lease = replies[0].data.get("lease", 0)
+        if lease and epoch == proc.granted and not proc.hung:
+            self.start_processing(proc, sent_at, lease)
+        elif not lease and epoch is not None:
+            proc.stop(self.now)  # refused renewal: the worker fences itself off
+            proc.granted = None
+
+    @precondition(lambda self: any(p.processing(self.now) and not p.hung for p in self.connected()))
+    @rule(data=st.data())
+    def write_cache(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from([p for p in self.connected() if p.processing(self.now) and not p.hung]))
+        proc.cache = {"write": next(self.cache_counter), "by": proc.identity}
+        out = self.feed(CacheSync(proc.wid, proc.cache))  # type: ignore[arg-type]
+        replies = [a for a in out if isinstance(a, Reply)]
+        if replies[0].data.get("accepted"):
+            self.accepted_cache = proc.cache
+            assert self.persisted_cache == proc.cache, "accepted cache not persisted"
+
+    @precondition(lambda self: bool(self.connected()))
+    @rule(data=st.data(), coma=st.booleans())
+    def volunteer_stop(self, data: st.DataObject, coma: bool) -> None:
+        proc = data.draw(st.sampled_from(self.connected()))
+        proc.stop(self.now)
+        proc.granted = None
+        self.feed(ComaAck(proc.wid, "by itself") if coma else ShutdownAck(proc.wid, "by itself"))  # type: ignore[arg-type]
+
+    @precondition(lambda self: bool(self.connected()))
+    @rule(data=st.data())
+    def duplicate_or_stale(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from(self.connected()))
+        wid = proc.wid
+        assert wid is not None
+        event = data.draw(st.sampled_from([
+            Ready(wid), HealthReport(wid, HEALTHY), Heartbeat(wid, 0), Heartbeat(wid, 99),
+            Identified(wid, version="9.9"), TryAgain(wid), CacheSync(wid, {"forged": True}),
+        ]))
+        if isinstance(event, HealthReport):
+            self.report(proc, event, True)
+            return
+        out = self.feed(event)
+        if isinstance(event, CacheSync) and any(isinstance(a, Reply) and a.data.get("accepted") for a in out):
+            assert proc.processing(self.now) or proc.granted is not None or self.core.running_client == wid
+            proc.cache = event.cache
+            self.accepted_cache = event.cache
+
+    # -- faults ------------------------------------------------------------------------------------
+    @precondition(lambda self: bool([p for p in self.procs if p.alive]))
+    @rule(data=st.data(), disconnect_first=st.booleans())
+    def crash(self, data: st.DataObject, disconnect_first: bool) -> None:
+        proc = data.draw(st.sampled_from([p for p in self.procs if p.alive]))
+        proc.stop(self.now)
+        proc.alive = False
+        if proc.wid is not None and disconnect_first:
+            self.feed(Disconnected(proc.wid))
+        self.feed(ProcessExited(proc.identity, -9))
+        if proc.wid is not None and not disconnect_first:
+            self.feed(Disconnected(proc.wid))
+        proc.wid = None
+
+    @precondition(lambda self: bool(self.connected()))
+    @rule(data=st.data())
+    def partition(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from(self.connected()))
+        self.feed(Disconnected(proc.wid))  # type: ignore[arg-type]
+        self.inbox.pop(proc.wid, None)  # type: ignore[arg-type]
+        proc.wid = None
+        proc.pending_heartbeats.clear()
+
+    @precondition(lambda self: bool(self.connected()))
+    @rule(data=st.data())
+    def hang_or_resume(self, data: st.DataObject) -> None:
+        proc = data.draw(st.sampled_from(self.connected()))
+        proc.hung = not proc.hung
+
+    @precondition(lambda self: any(self.now - p.last_heard >= SETTINGS.silence_limit for p in self.connected()))
+    @rule(data=st.data())
+    def watchdog(self, data: st.DataObject) -> None:
+        quiet = [p for p in self.connected() if self.now - p.last_heard >= SETTINGS.silence_limit]
+        proc = data.draw(st.sampled_from(quiet))
+        self.feed(HeartbeatSilence(proc.wid))  # type: ignore[arg-type]
+        self.inbox.pop(proc.wid, None)  # type: ignore[arg-type]
+        proc.wid = None
+        proc.pending_heartbeats.clear()
+
+    @rule(dt=st.sampled_from([0.5, 1, 3, 7, 16, 40]))
+    def tick(self, dt: float) -> None:
+        self.now += dt
+        deadline = self.core.next_deadline()
+        if deadline is not None and deadline <= self.now:
+            self.feed(TimerFired())
+
+    @rule(ok=st.booleans())
+    def rollback_result(self, ok: bool) -> None:
+        self.feed(RollbackFinished(ok, "simulated"))
+
+    @rule()
+    def operator_try_again(self) -> None:
+        self.feed(TryAgain(self.admin))
+
+    @rule()
+    def restart_supervisor(self) -> None:
+        """Our own crash: a new core from what was persisted; every connection drops."""
+        self.core = Supervisor(SETTINGS, state=self.state, cache=self.persisted_cache, now=self.now)
+        assert self.core.epoch == self.last_persisted_epoch
+        self.inbox.clear()
+        for proc in self.procs:
+            proc.wid = None
+            proc.pending_heartbeats.clear()
+        if self.persisted_cache is not None:
+            assert self.persisted_cache == self.accepted_cache, "a restart lost an accepted cache"
+        self.feed(Connected(self.admin, identity="admin", admin=True))
+
+    @invariant()
+    def at_most_one_processing_now(self) -> None:
+        busy = [p.identity for p in self.procs if p.processing(self.now)]
+        assert len(busy) <= 1, f"P1 violated at {self.now}: {busy}"
+
+
+TestSupervisorWorld = SupervisorWorld.TestCase
+TestSupervisorWorld.settings = settings(
+    max_examples=2000, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
