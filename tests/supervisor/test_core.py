@@ -65,7 +65,9 @@ class Driver:
         return self.feed(HealthReport(wid, report))
 
     def grant(self, out: list[Any], wid: str) -> dict[str, Any]:
-        [grant] = [a.data["d"] for a in out if isinstance(a, Send) and a.wid == wid and a.data.get("t") == "process_commands"]
+        [grant] = [
+            a.data["d"] for a in out if isinstance(a, Send) and a.wid == wid and a.data.get("t") == "process_commands"
+        ]
         return dict(grant)
 
     def renew(self, wid: str, epoch: int | None) -> dict[str, Any]:
@@ -77,7 +79,7 @@ def test_first_healthy_worker_runs_after_its_check_and_renewal() -> None:
     d = Driver()
     d.feed(Connected("a", identity="child-1"))
     out = d.feed(Identified("a", version="1.0", pid=7))
-    hello = [a.data for a in out if isinstance(a, Send) and a.event == "hello"][0]
+    hello = next(a.data for a in out if isinstance(a, Send) and a.event == "hello")
     assert hello == {"token": "secret-token", "process_commands": False, "interval": 10, "lease": 15, "epoch": 0}
     assert Reply(hello) in out
     assert d.cmds(d.feed(Ready("a")), "a") == ["health_check"]
@@ -143,7 +145,7 @@ def test_newer_version_takes_over_with_the_final_cache() -> None:
     d.feed(CacheSync("old", {"reminders": [1]}))
     out = d.join("new", version="0.0.10")  # PEP 440: 0.0.10 is newer than 0.0.9
     assert d.cmds(out, "old") == ["coma"]
-    coma = [a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.event == "cmd"][0]
+    coma = next(a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.event == "cmd")
     assert coma["cache_sync"] is True
     assert d.cmds(out, "new") == []  # not before the old one stopped
     assert d.renew("old", 1)["lease"] == 0  # a stopping holder gets no renewal
@@ -233,7 +235,7 @@ def test_reconnecting_holder_keeps_its_lease() -> None:
     d.feed(Disconnected("a"), at=1)
     d.feed(Connected("a2", identity="id-a"), at=2)
     out = d.feed(Identified("a2", version="1.0", epoch=1))
-    hello = [a.data for a in out if isinstance(a, Send) and a.event == "hello"][0]
+    hello = next(a.data for a in out if isinstance(a, Send) and a.event == "hello")
     assert hello["process_commands"] is True and hello["epoch"] == 1
     assert d.renew("a2", 1) == {"epoch": 1, "lease": 15}
     assert d.core.running_client == "a2"

@@ -267,10 +267,19 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from(self.connected()))
         wid = proc.wid
         assert wid is not None
-        event = data.draw(st.sampled_from([
-            Ready(wid), HealthReport(wid, HEALTHY), Heartbeat(wid, 0), Heartbeat(wid, 99),
-            Identified(wid, version="9.9"), TryAgain(wid), CacheSync(wid, {"forged": True}),
-        ]))
+        event = data.draw(
+            st.sampled_from(
+                [
+                    Ready(wid),
+                    HealthReport(wid, HEALTHY),
+                    Heartbeat(wid, 0),
+                    Heartbeat(wid, 99),
+                    Identified(wid, version="9.9"),
+                    TryAgain(wid),
+                    CacheSync(wid, {"forged": True}),
+                ]
+            )
+        )
         if isinstance(event, HealthReport):
             self.report(proc, event, True)
             return

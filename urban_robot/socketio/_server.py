@@ -28,6 +28,7 @@ from ._packets import Decoder, Packet, PacketType, encode
 
 log = logging.getLogger("urban_robot.socketio")
 
+MAX_EARLY_EVENTS = 100
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
 RouteHandler = Callable[[Request], Awaitable[Response]]
@@ -81,13 +82,14 @@ async def _invoke(handler: Handler, *args: Any) -> Any:
 class Socket:
     """One client on one namespace."""
 
-    __slots__ = ("ack_counter", "acks", "buffer", "client", "gone", "namespace", "rooms", "session", "sid")
+    __slots__ = ("ack_counter", "acks", "buffer", "client", "early", "gone", "namespace", "rooms", "session", "sid")
 
     def __init__(self, sid: str, namespace: str, client: Client) -> None:
         self.sid = sid
         self.namespace = namespace
         self.client = client
         self.buffer: list[list[str | bytes]] | None = []  # until the CONNECT is acknowledged
+        self.early: list[Packet] = []  # events that arrived while the connect handler ran
         self.acks: dict[int, Callable[..., Any]] = {}
         self.ack_counter = 0
         self.session: dict[str, Any] = {}
@@ -269,6 +271,8 @@ class Server:
         if ptype is PacketType.EVENT:
             if socket is not None and socket.buffer is None:
                 await self._start_event(socket, packet)
+            elif socket is not None and len(socket.early) < MAX_EARLY_EVENTS:
+                socket.early.append(packet)  # the client did not wait for our CONNECT ack
         elif ptype is PacketType.ACK:
             callback = socket.acks.pop(packet.id, None) if socket is not None else None  # type: ignore[arg-type]
             if callback is not None:
@@ -324,6 +328,9 @@ class Server:
         for extra in buffered:
             messages.extend(extra)
         await client.engine.send_messages(messages)
+        early, socket.early = socket.early, []
+        for packet in early:
+            await self._start_event(socket, packet)
 
     async def _start_event(self, socket: Socket, packet: Packet) -> None:
         event, *args = packet.data
@@ -554,6 +561,23 @@ class Server:
     def get_environ(self, sid: str, namespace: str | None = None) -> dict[str, Any] | None:
         socket = self.sockets.get(sid)
         return socket.client.engine.environ if socket is not None else None
+
+    def start_task(self, sid: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> bool:
+        """Run ``fn(*args)`` in ``sid``'s connection nursery: it is cancelled when the client goes.
+
+        Returns False (and starts nothing) if ``sid`` is not connected.
+        """
+        socket = self.sockets.get(sid)
+        if socket is None or socket.client.engine.closed:
+            return False
+        socket.client.engine.nursery.start_soon(fn, *args)
+        return True
+
+    def close(self, sid: str, reason: str = Reason.SERVER_DISCONNECT) -> None:
+        """Drop ``sid``'s whole connection now (every namespace), without waiting for the client."""
+        socket = self.sockets.get(sid)
+        if socket is not None:
+            socket.client.engine.close(reason)
 
 
 class _Router:

@@ -117,8 +117,9 @@ def version_key(version: str | None) -> Version:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, *, state: dict[str, Any] | None = None, cache: Any = None,
-                 now: float = 0.0) -> None:
+    def __init__(
+        self, settings: Settings, *, state: dict[str, Any] | None = None, cache: Any = None, now: float = 0.0
+    ) -> None:
         self.settings = settings
         self.clients: dict[str, Worker] = {}
         self.admins: set[str] = set()
@@ -216,7 +217,9 @@ class Supervisor:
         if self._holds(w):
             assert self.lease is not None
             self.lease.wid = None  # unreachable, maybe still processing: the lease stands
-            out.append(Notify("warning", f"running worker {w.identity} lost ({reason}); failing over when its lease ends"))
+            out.append(
+                Notify("warning", f"running worker {w.identity} lost ({reason}); failing over when its lease ends")
+            )
         if self.settings.spawn_workers and self.is_sane and not was_leaving:
             out.append(Spawn(f"replace {w.identity}: {reason}"))
 
@@ -241,8 +244,12 @@ class Supervisor:
             raise RoleError("identify needs a version string")
         lease = self.lease
         adopt = (
-            lease is not None and lease.identity == w.identity and e.epoch == lease.epoch
-            and lease.expires > now and not lease.stopping and w.role is Role.CONNECTED
+            lease is not None
+            and lease.identity == w.identity
+            and e.epoch == lease.epoch
+            and lease.expires > now
+            and not lease.stopping
+            and w.role is Role.CONNECTED
         )
         self._move(w, Trigger.IDENTIFY, out)
         w.version, w.pid, w.generation = e.version, e.pid, e.generation
@@ -269,8 +276,13 @@ class Supervisor:
     def _on_Heartbeat(self, e: Heartbeat, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
         lease = self.lease
-        if (lease is not None and lease.wid == w.wid and e.epoch == lease.epoch
-                and lease.expires > now and not lease.stopping):
+        if (
+            lease is not None
+            and lease.wid == w.wid
+            and e.epoch == lease.epoch
+            and lease.expires > now
+            and not lease.stopping
+        ):
             lease.expires = now + self.settings.lease + self.settings.lease_margin
             lease.confirmed = True
             out.append(Reply({"epoch": lease.epoch, "lease": self.settings.lease}))
@@ -424,9 +436,9 @@ class Supervisor:
         if lease is not None and lease.expires <= now:
             if lease.wid is not None and lease.wid in self.clients:
                 # Connected yet not renewing in time (hung, or ignoring coma): fence it off for good.
-                holder = self.clients[lease.wid]
-                self._forget(holder, out, "lease expired")
-                out.append(Close(holder.wid, "lease expired"))
+                hung = self.clients[lease.wid]
+                self._forget(hung, out, "lease expired")
+                out.append(Close(hung.wid, "lease expired"))
             self._release(out, "lease expired")
         candidates = [w for w in self.clients.values() if w.role is Role.STANDBY and w.approved]
         if not candidates:

@@ -1,0 +1,188 @@
+"""The supervisor service with simulated workers over real sockets, on a virtual clock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+from urban_robot.supervisor import Credentials, Persist, ProcessExited, Settings, StateStore, UrbanRobot
+from urban_robot.testing import SimulatedWorker
+
+SETTINGS = Settings(token="discord-token-xyz", interval=10, grace=5, lease_margin=2, health_timeout=20)
+SICK = {"OK": False, "percent": 50, "cogs": {"modules.utilities": True}}
+
+
+async def inline(fn: Any, *args: Any) -> Any:
+    """File writes without a thread: a thread's real time would let the virtual clock jump."""
+    return fn(*args)
+
+
+class Harness:
+    def __init__(self, nursery: trio.Nursery, state_dir: Path) -> None:
+        self.nursery = nursery
+        self.store = StateStore(state_dir)
+        self.store.prepare()
+        self.credentials = Credentials(self.store.secret_key(), admin_token="admin-secret")
+        self.robot: UrbanRobot | None = None
+        self.url = ""
+        self.scope = trio.CancelScope()
+        self.count = 0
+
+    async def start(self) -> UrbanRobot:
+        robot = UrbanRobot(SETTINGS, self.store, self.credentials, blocking_io=inline)
+
+        async def run(task_status: trio.TaskStatus[int]) -> None:
+            with self.scope:
+                await robot.run("127.0.0.1", 0, task_status=task_status)
+
+        self.scope = trio.CancelScope()
+        port = await self.nursery.start(run)
+        self.robot, self.url = robot, f"http://127.0.0.1:{port}"
+        return robot
+
+    def stop(self) -> None:
+        self.scope.cancel()
+
+    async def worker(self, version: str = "1.0", *, health: Any = None, identity: str | None = None) -> SimulatedWorker:
+        self.count += 1
+        identity = identity or f"child-{self.count}"
+        kwargs = {"health": health} if health is not None else {}
+        worker = SimulatedWorker(
+            self.url, self.credentials.child_secret(identity), version=version, name=identity, **kwargs
+        )
+        await self.nursery.start(worker.run)
+        return worker
+
+
+@pytest.fixture
+async def harness(nursery: trio.Nursery, tmp_path: Path) -> Harness:
+    h = Harness(nursery, tmp_path / "state")
+    await h.start()
+    return h
+
+
+async def test_first_worker_runs_after_check_and_renewal(harness: Harness, autojump_clock: Any) -> None:
+    a = await harness.worker()
+    await a.wait_for("processing")
+    assert a.token == "discord-token-xyz"
+    assert [name for _, name, _ in a.log][:4] == ["hello", "cmd:health_check", "cmd:process_commands", "processing"]
+    assert harness.robot is not None and harness.robot.status()["epoch"] == 1
+    state = json.loads(harness.store.state_path.read_text())
+    assert state["epoch"] == 1 and state["holder"]["identity"] == "child-1"
+    await trio.sleep(100)  # heartbeats keep the lease
+    assert a.processing
+
+
+async def test_newer_version_takes_over_with_the_cache(harness: Harness, autojump_clock: Any) -> None:
+    old = await harness.worker("1.0")
+    await old.wait_for("processing")
+    assert await old.write("reminder", "tea at 5")
+    new = await harness.worker("1.1")
+    started, _ = await new.wait_for("processing")
+    stopped, _ = await old.wait_for("stopped")
+    assert stopped <= started
+    assert not old.processing
+    assert new.cache == {"reminder": "tea at 5"}
+    cache_at, cache = await new.wait_for("cache_received")
+    assert cache == {"reminder": "tea at 5"} and cache_at <= started
+    assert harness.robot is not None and harness.robot.status()["epoch"] == 2
+
+
+async def test_failed_check_keeps_the_old_one_running(harness: Harness, autojump_clock: Any) -> None:
+    old = await harness.worker("1.0")
+    await old.wait_for("processing")
+    bad = await harness.worker("2.0", health=SICK)
+    _, data = await bad.wait_for("cmd:shutdown")
+    assert data["reason"] == "health_check_failure"
+    await trio.sleep(60)
+    assert old.processing and not bad.processing
+    assert [name for _, name, _ in old.log if name.startswith("cmd:")] == ["cmd:health_check", "cmd:process_commands"]
+
+
+async def test_killed_worker_fails_over_to_the_standby_at_once(harness: Harness, autojump_clock: Any) -> None:
+    a = await harness.worker()
+    await a.wait_for("processing")
+    b = await harness.worker()
+    await b.wait_for("cmd:health_check")
+    await trio.testing.wait_all_tasks_blocked()
+    assert await a.write("k", 1)
+    killed_at = trio.current_time()
+    await a.drop()  # the process is gone: the process manager reports it
+    assert harness.robot is not None
+    await harness.robot.submit(ProcessExited("child-1", -9))
+    started, _ = await b.wait_for("processing")
+    assert started - killed_at < 0.001
+    assert b.cache == {"k": 1}
+
+
+async def test_hung_worker_is_replaced_only_after_its_lease(harness: Harness, autojump_clock: Any) -> None:
+    a = await harness.worker()
+    await a.wait_for("processing")
+    b = await harness.worker()
+    await b.wait_for("cmd:health_check")
+    await trio.testing.wait_all_tasks_blocked()
+    hung_at = trio.current_time()
+    a.hang()
+    started, _ = await b.wait_for("processing")
+    # a's own view of its lease ended by then: it counted from its last heartbeat's sending
+    assert a.processing_until <= started
+    assert started - hung_at <= SETTINGS.lease + SETTINGS.lease_margin + SETTINGS.interval
+
+
+async def test_restart_restores_cache_epoch_and_sanity(
+    harness: Harness, autojump_clock: Any, nursery: trio.Nursery
+) -> None:
+    a = await harness.worker()
+    await a.wait_for("processing")
+    assert await a.write("kept", [1, 2, b"\x00bin"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert harness.robot is not None
+    harness.robot.core.is_sane = False
+    await harness.robot._persist(Persist(harness.robot.core.state()))
+    harness.stop()
+    await a.drop()
+    await trio.sleep(1)
+    robot = await harness.start()
+    assert robot.core.epoch == 1 and robot.core.is_sane is False
+    assert robot.core.cache == {"kept": [1, 2, b"\x00bin"]}
+    b = await harness.worker()
+    restarted_at = trio.current_time()
+    started, _ = await b.wait_for("processing")
+    assert started - restarted_at >= SETTINGS.lease + SETTINGS.lease_margin - 1  # the old holder's lease first
+    assert b.cache == {"kept": [1, 2, b"\x00bin"]}
+    assert robot.core.epoch == 2
+
+
+async def test_unauthenticated_client_gets_nothing(harness: Harness, autojump_clock: Any) -> None:
+    ws_url = harness.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    received: list[str | bytes] = []
+    async with trio_websocket.open_websocket_url(ws_url) as ws:
+        received.append(await ws.get_message())
+        await ws.send_message('40{"secret":"child-9.forged"}')
+        received.append(await ws.get_message())
+        await ws.send_message('42["identify",{"version":"1.0"}]')
+        with trio.move_on_after(5):
+            while True:
+                message = await ws.get_message()
+                if message != "2":
+                    received.append(message)
+    assert received[1] == '44{"message":"authentication failed"}'
+    assert not any("discord-token-xyz" in str(m) for m in received)
+    assert len(received) == 2
+
+
+async def test_malformed_and_unknown_events_get_errors_not_crashes(harness: Harness, autojump_clock: Any) -> None:
+    a = await harness.worker()
+    await a.wait_for("processing")
+    assert await a._emit("heartbeat", {"epoch": "one"}) == {"error": "epoch must be an integer"}
+    assert await a._emit("identify", "not an object") == {"error": "the payload must be an object"}
+    assert await a._emit("launch_missiles", {}) == {"error": "unknown event 'launch_missiles'"}
+    assert await a._emit("health_check", {"OK": True}) == {"error": "no health check was asked of this worker"}
+    await trio.sleep(30)
+    assert a.processing

@@ -1,0 +1,368 @@
+"""The trio shell around the core: Socket.IO wiring, watchdogs, timers, persistence.
+
+One task (``_loop``) feeds the core, one event at a time, and carries out the
+actions it returns, in order: that single sequence is what makes the core's
+decisions the system's. Everything that could block sits elsewhere: each
+worker has a sender task (its bounded outbox) and a heartbeat watchdog, both
+started in its connection's nursery, so they end when the connection does;
+the cache is written by its own task (latest wins). The state (epoch!) is
+written before any later action of the same event is carried out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ..socketio import ConnectionRefusedError, Namespace, Server
+from ._auth import Credentials, Identity
+from ._core import Settings, Supervisor
+from ._events import (
+    Action,
+    CacheSync,
+    Close,
+    ComaAck,
+    Connected,
+    Disconnected,
+    Event,
+    HealthReport,
+    Heartbeat,
+    HeartbeatSilence,
+    Identified,
+    Notify,
+    Persist,
+    PersistCache,
+    Ready,
+    Reply,
+    RoleChanged,
+    RollBack,
+    Send,
+    ShutdownAck,
+    Spawn,
+    TimerFired,
+    TryAgain,
+)
+from ._store import StateStore
+
+log = logging.getLogger("urban_robot.supervisor")
+
+OUTBOX_SIZE = 1024
+NOTIFY_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
+
+
+@attrs.define(eq=False)
+class _Slot:
+    done: trio.Event = attrs.Factory(trio.Event)
+    value: Any = None
+
+
+@attrs.define(eq=False)
+class _Conn:
+    sid: str
+    identity: Identity
+    outbox: trio.MemorySendChannel[tuple[str, Any]]
+    inbox: trio.MemoryReceiveChannel[tuple[str, Any]]
+    beat: trio.Event = attrs.Factory(trio.Event)
+
+
+def _optional_int(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is not None and type(value) is not int:
+        raise ValueError(f"{key} must be an integer")
+    return value
+
+
+class UrbanRobot:
+    """The supervisor service: ``port = await nursery.start(robot.run, host, port)``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        credentials: Credentials,
+        *,
+        server: Server | None = None,
+        spawner: Callable[[str], None] | None = None,
+        roll_back: Callable[[RollBack], None] | None = None,
+        notify: Callable[[Notify], None] | None = None,
+        blocking_io: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.credentials = credentials
+        self.server = server or Server(async_handlers=False)
+        self.spawner = spawner
+        self.roll_back = roll_back
+        self.notify = notify
+        self.blocking_io = blocking_io  # file writes; tests on a virtual clock run them inline
+        self.core: Supervisor = Supervisor(settings)
+        self.conns: dict[str, _Conn] = {}
+        self.observers: list[Callable[[Action], None]] = []
+        self._send_events, self._events = trio.open_memory_channel[tuple[Event, _Slot | None]](OUTBOX_SIZE)
+        self._timer_scope = trio.CancelScope()
+        self._cache_pending: list[Any] = []
+        self._cache_wake = trio.Event()
+        self.server.register_namespace(_WorkerNamespace(self))
+        self.server.on("*", self._unknown_event)
+
+    # -- running -------------------------------------------------------------------------------------
+    async def run(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[int | None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        self.restore()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._loop)
+            nursery.start_soon(self._timer)
+            nursery.start_soon(self._cache_writer)
+            bound = await nursery.start(self.server.serve, host, port)
+            task_status.started(bound)
+
+    def restore(self) -> None:
+        """Load the state directory: epoch, sanity, the lease holder, the cache."""
+        self.store.prepare()
+        state = self.store.load_state()
+        cache, saved_at = self.store.load_cache()
+        now = trio.current_time()
+        self.core = Supervisor(self.settings, state=state, cache=cache, now=now)
+        if saved_at is not None:
+            self.core.cache_age = now - max(0.0, time.time() - saved_at)
+        if state:
+            log.info("restored state: epoch %s, is_sane %s", self.core.epoch, self.core.is_sane)
+
+    async def submit(self, event: Event) -> Any:
+        """Feed ``event`` to the core (in order with all others); the reply it produced."""
+        slot = _Slot()
+        await self._send_events.send((event, slot))
+        await slot.done.wait()
+        return slot.value
+
+    async def _loop(self) -> None:
+        async for event, slot in self._events:
+            actions = self.core.handle(event, trio.current_time())
+            reply = await self._carry_out(actions)
+            if slot is not None:
+                slot.value = reply
+                slot.done.set()
+            self._timer_scope.cancel()  # the next deadline may have moved
+
+    async def _carry_out(self, actions: list[Action]) -> Any:
+        reply = None
+        for action in actions:
+            for observer in self.observers:
+                observer(action)
+            if isinstance(action, Reply):
+                reply = action.data
+            elif isinstance(action, Send):
+                self._send(action)
+            elif isinstance(action, Persist):
+                if not await self._persist(action):
+                    return reply  # never hand out an epoch that is not on disk
+            else:
+                self._side_effect(action)
+        return reply
+
+    async def _persist(self, action: Persist) -> bool:
+        try:
+            await self.blocking_io(self.store.save_state, action.state)
+        except OSError as exc:
+            message = f"cannot write {self.store.state_path}: {exc.strerror}; promotions wait until it can"
+            log.critical(message)
+            self._side_effect(Notify("critical", message))
+            return False
+        return True
+
+    def _send(self, action: Send) -> None:
+        conn = self.conns.get(action.wid)
+        if conn is None:
+            return
+        try:
+            conn.outbox.send_nowait((action.event, action.data))
+        except trio.WouldBlock:
+            log.warning("worker %s is not reading its messages; closing its connection", conn.identity.name)
+            self.server.close(action.wid, "outbox full")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _side_effect(self, action: Action) -> None:
+        if isinstance(action, Close):
+            self.server.close(action.wid, action.reason)
+        elif isinstance(action, PersistCache):
+            self._cache_pending[:] = [action.cache]
+            self._cache_wake.set()
+        elif isinstance(action, RoleChanged):
+            name = self.conns[action.wid].identity.name if action.wid in self.conns else action.wid
+            epoch = f" (epoch {action.epoch})" if action.epoch is not None else ""
+            log.info(
+                "worker %s: %s -> %s%s%s",
+                name,
+                action.old,
+                action.new,
+                epoch,
+                f": {action.reason}" if action.reason else "",
+            )
+        elif isinstance(action, Notify):
+            log.log(NOTIFY_LEVELS.get(action.level, logging.INFO), "%s", action.message)
+            if self.notify is not None:
+                self.notify(action)
+        elif isinstance(action, Spawn):
+            if self.spawner is not None:
+                self.spawner(action.reason)
+        elif isinstance(action, RollBack):
+            if self.roll_back is not None:
+                self.roll_back(action)
+            else:
+                log.warning(
+                    "a health check failed (%s) and no deployer is attached: nothing to roll back", action.reason
+                )
+
+    async def _timer(self) -> None:
+        while True:
+            deadline = self.core.next_deadline()
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as self._timer_scope:
+                await trio.sleep_forever()
+            if deadline is not None and trio.current_time() >= deadline:
+                await self.submit(TimerFired())
+
+    async def _cache_writer(self) -> None:
+        while True:
+            await self._cache_wake.wait()
+            self._cache_wake = trio.Event()
+            cache = self._cache_pending.pop()
+            try:
+                await self.blocking_io(self.store.save_cache, cache)
+            except OSError as exc:
+                log.critical("cannot write %s: %s", self.store.cache_path, exc.strerror)
+
+    # -- per connection ------------------------------------------------------------------------------
+    async def _sender(self, conn: _Conn) -> None:
+        async with conn.inbox:
+            async for event, data in conn.inbox:
+                await self.server.emit(event, data, to=conn.sid)
+
+    async def _watchdog(self, conn: _Conn) -> None:
+        """Silence past ``silence_limit`` is death: the core fences the worker off."""
+        while True:
+            with trio.move_on_after(self.settings.silence_limit):
+                await conn.beat.wait()
+                conn.beat = trio.Event()
+                continue
+            log.warning("worker %s silent for %ss", conn.identity.name, self.settings.silence_limit)
+            await self.submit(HeartbeatSilence(conn.sid))
+            return
+
+    async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, str]:
+        log.info("unknown event %r from %s ignored", event, self.conns[sid].identity.name if sid in self.conns else sid)
+        return {"error": f"unknown event {event!r}"}
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        now = trio.current_time()
+        return {
+            "running": core.running_client,
+            "epoch": core.epoch,
+            "is_sane": core.is_sane,
+            "last_known_good": core.last_known_good_hash,
+            "cache_age": None if core.cache_age is None else now - core.cache_age,
+            "workers": [
+                {
+                    "id": w.wid,
+                    "identity": w.identity,
+                    "pid": w.pid,
+                    "role": w.role.value,
+                    "version": w.version,
+                    "generation": w.generation,
+                    "epoch": core.lease.epoch if core.lease is not None and core.lease.wid == w.wid else None,
+                }
+                for w in core.clients.values()
+            ],
+        }
+
+
+class _WorkerNamespace(Namespace):
+    """The Urban Robot v1 protocol on "/": each event becomes a core event."""
+
+    def __init__(self, robot: UrbanRobot) -> None:
+        super().__init__("/")
+        self.robot = robot
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
+        identity = self.robot.credentials.verify(auth)
+        if identity is None:
+            log.warning("refused a connection from %s: bad or missing secret", environ.get("REMOTE_ADDR", "?"))
+            raise ConnectionRefusedError("authentication failed")
+        outbox, inbox = trio.open_memory_channel[tuple[str, Any]](OUTBOX_SIZE)
+        conn = _Conn(sid, identity, outbox, inbox)
+        self.robot.conns[sid] = conn
+        self.server.start_task(sid, self.robot._sender, conn)
+        if not identity.admin:
+            self.server.start_task(sid, self.robot._watchdog, conn)
+        await self.robot.submit(Connected(sid, identity.name, admin=identity.admin))
+
+    async def on_disconnect(self, sid: str, reason: str) -> None:
+        conn = self.robot.conns.pop(sid, None)
+        if conn is not None:
+            conn.outbox.close()
+            await self.robot.submit(Disconnected(sid))
+
+    async def _event(self, sid: str, make: Callable[[dict[str, Any]], Event], args: tuple[Any, ...]) -> Any:
+        conn = self.robot.conns.get(sid)
+        if conn is None:
+            return {"error": "not connected"}
+        conn.beat.set()
+        data = args[0] if args else {}
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            return {"error": "the payload must be an object"}
+        try:
+            event = make(data)
+        except (ValueError, TypeError) as exc:
+            return {"error": str(exc)}
+        return await self.robot.submit(event)
+
+    async def on_identify(self, sid: str, *args: Any) -> Any:
+        def make(d: dict[str, Any]) -> Event:
+            version = d.get("version")
+            if not isinstance(version, str):
+                raise ValueError("identify needs a version string")
+            return Identified(
+                sid, version, _optional_int(d, "pid"), _optional_int(d, "generation"), _optional_int(d, "epoch")
+            )
+
+        return await self._event(sid, make, args)
+
+    async def on_heartbeat(self, sid: str, *args: Any) -> Any:
+        return await self._event(sid, lambda d: Heartbeat(sid, _optional_int(d, "epoch")), args)
+
+    async def on_ready(self, sid: str, *args: Any) -> Any:
+        return await self._event(sid, lambda d: Ready(sid), args)
+
+    async def on_health_check(self, sid: str, *args: Any) -> Any:
+        return await self._event(sid, lambda d: HealthReport(sid, d), args)
+
+    async def on_cache_sync(self, sid: str, *args: Any) -> Any:
+        def make(d: dict[str, Any]) -> Event:
+            if "cache" not in d:
+                raise ValueError("cache_sync needs {cache: ...}")
+            return CacheSync(sid, d["cache"])
+
+        return await self._event(sid, make, args)
+
+    async def on_coma(self, sid: str, *args: Any) -> Any:
+        return await self._event(sid, lambda d: ComaAck(sid, str(d.get("reason", ""))[:200]), args)
+
+    async def on_shutdown(self, sid: str, *args: Any) -> Any:
+        return await self._event(sid, lambda d: ShutdownAck(sid, str(d.get("reason", ""))[:200]), args)
+
+    async def on_try_again(self, sid: str, *args: Any) -> Any:
+        return await self._event(sid, lambda d: TryAgain(sid), args)

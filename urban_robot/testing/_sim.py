@@ -1,0 +1,221 @@
+"""A simulated Helium worker speaking the Urban Robot v1 protocol, for tests and benchmarks.
+
+It does what a well-behaved worker must (DESIGN.md §1, docs/protocol.md):
+identify → hello → ready; answer health checks; process only after a lease
+renewal, counting the lease from when it *sent* the heartbeat that earned it;
+stop before acknowledging coma/shutdown, sending its final cache first.
+Faults can be switched on: ``hang()`` (stops answering, like SIGSTOP) and
+``drop()`` (the connection vanishes, the worker keeps its lease view).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import trio
+import trio_websocket
+
+from ..engineio import PacketType, decode_packet
+from ..socketio import Decoder, Packet, encode
+from ..socketio import PacketType as SioType
+
+log = logging.getLogger("urban_robot.testing")
+
+HEALTHY = {"OK": True, "percent": 100, "cogs": {"modules.utilities": True}}
+
+
+class SimulatedWorker:
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        *,
+        version: str = "1.0",
+        generation: int | None = None,
+        health: Any = HEALTHY,
+        name: str = "worker",
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.secret = secret
+        self.version = version
+        self.generation = generation
+        self.health = health
+        self.name = name
+        self.cache: Any = None
+        self.token: str | None = None
+        self.interval = 30.0
+        self.granted: int | None = None
+        self.processing_until = -math.inf
+        self.hung = False
+        self.log: list[tuple[float, str, Any]] = []
+        self.changed = trio.Event()  # set (and replaced) on every logged step
+        self.done = trio.Event()
+        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._acks: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._ids = itertools.count(1)
+        self._decoder = Decoder()
+        self._connected = trio.Event()
+
+    # -- what tests look at ------------------------------------------------------------------------
+    @property
+    def processing(self) -> bool:
+        return self.granted is not None and trio.current_time() < self.processing_until
+
+    def _note(self, what: str, data: Any = None) -> None:
+        self.log.append((trio.current_time(), what, data))
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, what: str) -> tuple[float, Any]:
+        """The first logged step called ``what`` (waiting for it if need be)."""
+        while True:
+            for at, name, data in self.log:
+                if name == what:
+                    return at, data
+            await self.changed.wait()
+
+    # -- faults ------------------------------------------------------------------------------------
+    def hang(self) -> None:
+        self.hung = True
+        self._note("hung")
+
+    async def drop(self) -> None:
+        if self._ws is not None:
+            await self._ws.aclose()
+
+    # -- running -------------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ws_url = self.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+        async with trio_websocket.open_websocket_url(ws_url, max_message_size=64 * 1024 * 1024) as ws:
+            self._ws = ws
+            opened = await ws.get_message()
+            assert isinstance(opened, str) and opened.startswith("0")
+            await ws.send_message("40" + json.dumps({"secret": self.secret}))
+            self._connected = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reader, nursery)
+                task_status.started()
+                await self._connected.wait()
+                await self._emit(
+                    "identify",
+                    {"version": self.version, "pid": os.getpid(), "generation": self.generation, "epoch": self.granted},
+                )
+                await self._emit("ready", {})
+                nursery.start_soon(self._heartbeats)
+        self.done.set()
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        assert self._ws is not None
+        try:
+            while True:
+                frame = await self._ws.get_message()
+                if self.hung:
+                    continue
+                packet = decode_packet(frame)
+                if packet.type is PacketType.PING:
+                    await self._ws.send_message("3")
+                elif packet.type is PacketType.MESSAGE:
+                    sio = self._decoder.feed(packet.data)
+                    if sio is not None:
+                        await self._on_packet(sio, nursery)
+                elif packet.type is PacketType.CLOSE:
+                    break
+        except trio_websocket.ConnectionClosed:
+            pass
+        self._note("disconnected")
+        nursery.cancel_scope.cancel()
+
+    async def _on_packet(self, packet: Packet, nursery: trio.Nursery) -> None:
+        if packet.type is SioType.CONNECT:
+            self._connected.set()
+        elif packet.type is SioType.CONNECT_ERROR:
+            self._note("refused", packet.data)
+            nursery.cancel_scope.cancel()
+        elif packet.type is SioType.ACK and packet.id in self._acks:
+            done, answer = self._acks.pop(packet.id)
+            answer.extend(packet.data)
+            done.set()
+        elif packet.type is SioType.EVENT:
+            event, *args = packet.data
+            nursery.start_soon(self._on_event, event, args[0] if args else None)
+
+    async def _on_event(self, event: str, data: Any) -> None:
+        if event == "hello":
+            self.token = data["token"]
+            self.interval = data["interval"]
+            self._note("hello", {k: v for k, v in data.items() if k != "token"})
+            if data.get("process_commands"):
+                self.granted = data["epoch"]
+                await self.heartbeat()
+        elif event == "cache_sync":
+            self.cache = data["cache"]
+            self._note("cache_received", data["cache"])
+        elif event == "cmd":
+            await self._on_cmd(data["t"], data.get("d") or {})
+
+    async def _on_cmd(self, name: str, data: dict[str, Any]) -> None:
+        self._note("cmd:" + name, data)
+        if name == "health_check":
+            await self._emit("health_check", self.health)
+        elif name == "process_commands":
+            self.granted = data["epoch"]
+            await self.heartbeat()  # the grant is used only once renewed
+        elif name in ("coma", "shutdown"):
+            self.granted = None
+            self.processing_until = -math.inf
+            self._note("stopped", name)
+            if data.get("cache_sync"):
+                await self._emit("cache_sync", {"cache": self.cache})
+            await self._emit(name, {"reason": data.get("reason", "")})
+            if name == "shutdown":
+                await self.drop()
+
+    async def heartbeat(self) -> None:
+        sent_at = trio.current_time()
+        epoch = self.granted
+        reply = await self._emit("heartbeat", {"epoch": epoch})
+        if not isinstance(reply, dict):
+            return
+        if reply.get("lease") and epoch is not None and epoch == self.granted:
+            was = self.processing
+            self.processing_until = sent_at + reply["lease"]
+            if not was and self.processing:
+                self._note("processing", epoch)
+        elif epoch is not None and self.granted == epoch:
+            self.granted = None
+            self.processing_until = -math.inf
+            self._note("fenced", reply)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await trio.sleep(self.interval)
+            if not self.hung:
+                await self.heartbeat()
+
+    async def write(self, key: str, value: Any) -> bool:
+        """A cache write while processing: kept locally, synced to the supervisor."""
+        if not self.processing:
+            return False
+        self.cache = {**(self.cache or {}), key: value}
+        reply = await self._emit("cache_sync", {"cache": self.cache})
+        return bool(isinstance(reply, dict) and reply.get("accepted"))
+
+    async def _emit(self, event: str, data: Any) -> Any:
+        """Emit with an ack and wait for it; None if the connection went first."""
+        if self._ws is None or self.hung:
+            return None
+        ack_id = next(self._ids)
+        done, answer = trio.Event(), list[Any]()
+        self._acks[ack_id] = (done, answer)
+        try:
+            for message in encode(Packet(SioType.EVENT, "/", [event, data], ack_id)):
+                await self._ws.send_message("4" + message if isinstance(message, str) else message)
+        except trio_websocket.ConnectionClosed:
+            return None
+        await done.wait()
+        return answer[0] if answer else None
