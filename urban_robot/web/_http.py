@@ -262,5 +262,8 @@ async def serve_connection(stream: trio.abc.Stream, app: HttpApp, limits: Limits
     conn = _HttpConnection(stream, app, limits)
     try:
         await conn.serve()
+    except Exception:
+        # A bug met by one connection must not take the server (and the supervisor) down.
+        log.exception("internal error while serving %s; connection closed", conn.client)
     finally:
         await trio.aclose_forcefully(stream)

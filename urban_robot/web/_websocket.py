@@ -9,7 +9,7 @@ connection with 1009, pings are answered, and closing is bounded in time.
 from __future__ import annotations
 
 import trio
-from wsproto.connection import Connection, ConnectionType
+from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 
@@ -74,9 +74,10 @@ class WebSocket:
         elif isinstance(event, CloseConnection):
             if self.closed is None:
                 self.closed = WebSocketClosed(event.code, event.reason or "")
-                with trio.move_on_after(CLOSE_TIMEOUT):
-                    async with self._send_lock:
-                        await self._send_raw(self._ws.send(event.response()), ignore_errors=True)
+                if self._ws.state is ConnectionState.REMOTE_CLOSING:  # a close frame, not a lost line
+                    with trio.move_on_after(CLOSE_TIMEOUT):
+                        async with self._send_lock:
+                            await self._send_raw(self._ws.send(event.response()), ignore_errors=True)
                 await trio.aclose_forcefully(self._stream)
         elif isinstance(event, Pong):
             pass
