@@ -232,3 +232,26 @@ def test_bad_configuration_is_refused_with_a_clear_message() -> None:
         Server(ping_interval=0)
     with pytest.raises(ValueError, match="transports"):
         Server(transports=["carrier-pigeon"])
+
+
+@pytest.mark.parametrize("event", ["connect", "disconnect", "connect_error"])
+async def test_clients_cannot_fire_lifecycle_handlers(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, event: str
+) -> None:
+    server = Server()
+    calls: list[str] = []
+
+    @server.on("connect")
+    async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
+        calls.append("connect")
+
+    @server.on("disconnect")
+    async def disconnect(sid: str, reason: str) -> None:
+        calls.append(reason)
+
+    listener = await serve(nursery, server)
+    async with raw_memory_client(listener) as client:
+        await client.connect_namespace(auth={"secret": "x"})
+        await client.send(f'42["{event}",{{"secret":"admin"}}]')
+        assert await client.receive() == "1"  # a protocol error: the session is closed
+    assert calls == ["connect", "transport error"]

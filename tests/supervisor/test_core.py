@@ -28,6 +28,7 @@ from urban_robot.supervisor import (
     Send,
     Settings,
     ShutdownAck,
+    Spawn,
     Supervisor,
     TimerFired,
     TryAgain,
@@ -42,7 +43,8 @@ class Driver:
     """Feeds a Supervisor and keeps what it said, per worker."""
 
     def __init__(self, settings: Settings = SETTINGS, **kwargs: Any) -> None:
-        self.core = Supervisor(settings, **kwargs)
+        tokens = (f"token-{n}" for n in range(1, 1000))
+        self.core = Supervisor(settings, new_token=lambda: next(tokens), **kwargs)
         self.now = 0.0
         self.actions: list[Any] = []
 
@@ -80,11 +82,18 @@ def test_first_healthy_worker_runs_after_its_check_and_renewal() -> None:
     d.feed(Connected("a", identity="child-1"))
     out = d.feed(Identified("a", version="1.0", pid=7))
     hello = next(a.data for a in out if isinstance(a, Send) and a.event == "hello")
-    assert hello == {"token": "secret-token", "process_commands": False, "interval": 10, "lease": 15, "epoch": 0}
+    assert hello == {
+        "protocol": 1,
+        "token": "secret-token",
+        "process_commands": False,
+        "interval": 10,
+        "lease": 15,
+        "epoch": 0,
+    }
     assert Reply(hello) in out
     assert d.cmds(d.feed(Ready("a")), "a") == ["health_check"]
     out = d.feed(HealthReport("a", HEALTHY))
-    assert d.grant(out, "a") == {"epoch": 1, "lease": 15, "reason": "no worker running"}
+    assert d.grant(out, "a") == {"epoch": 1, "lease": 15, "lease_token": "token-1", "reason": "no worker running"}
     persist = [a for a in out if isinstance(a, Persist)]
     assert persist and persist[0].state["epoch"] == 1
     assert out.index(persist[0]) < next(i for i, a in enumerate(out) if isinstance(a, Send) and a.event == "cmd")
@@ -233,8 +242,11 @@ def test_reconnecting_holder_keeps_its_lease() -> None:
     d.join("a")
     d.renew("a", 1)
     d.feed(Disconnected("a"), at=1)
+    d.feed(Connected("impostor", identity="id-a"), at=2)  # same identity, epoch guessed, no token
+    out = d.feed(Identified("impostor", version="1.0", epoch=1))
+    assert next(a.data for a in out if isinstance(a, Send) and a.event == "hello")["process_commands"] is False
     d.feed(Connected("a2", identity="id-a"), at=2)
-    out = d.feed(Identified("a2", version="1.0", epoch=1))
+    out = d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
     hello = next(a.data for a in out if isinstance(a, Send) and a.event == "hello")
     assert hello["process_commands"] is True and hello["epoch"] == 1
     assert d.renew("a2", 1) == {"epoch": 1, "lease": 15}
@@ -328,3 +340,26 @@ def test_holder_that_never_acknowledges_coma_keeps_the_lease_until_it_ends() -> 
     out = d.feed(TimerFired(), at=17)
     assert Close("old", "lease expired") in out
     assert d.grant(out, "new")["epoch"] == 2
+
+
+def test_crash_loop_stops_spawning_until_try_again() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=3, crash_loop_window=60))
+    spawns = 0
+    for i in range(3):
+        d.join(f"w{i}")
+        out = d.feed(ProcessExited(f"id-w{i}", 1), at=10.0 * i)
+        spawns += sum(isinstance(a, Spawn) for a in out)
+    assert d.core.is_sane is False
+    assert spawns == 2  # the third loss is the crash loop: no replacement
+    assert any(isinstance(a, Notify) and a.level == "critical" and "crash loop" in a.message for a in d.actions)
+    d.feed(Connected("admin", identity="admin", admin=True))
+    out = d.feed(TryAgain("admin"), at=40)
+    assert d.core.is_sane is True and any(isinstance(a, Spawn) for a in out)
+
+
+def test_losses_outside_the_window_are_no_crash_loop() -> None:
+    d = Driver(Settings(crash_loop_losses=3, crash_loop_window=60))
+    for i in range(5):
+        d.join(f"w{i}")
+        d.feed(Disconnected(f"w{i}"), at=100.0 * i)
+    assert d.core.is_sane is True

@@ -61,6 +61,7 @@ class Proc:
     hung: bool = False
     wid: str | None = None
     granted: int | None = None
+    token: str | None = None
     passed: bool = False
     cache: Any = None
     intervals: list[list[float]] = attrs.Factory(list)
@@ -141,7 +142,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc.wid = f"w{next(self.ids)}"
         proc.last_heard = self.now
         self.feed(Connected(proc.wid, identity=proc.identity))
-        self.feed(Identified(proc.wid, version=proc.version, pid=1, epoch=proc.granted))
+        self.feed(Identified(proc.wid, version=proc.version, pid=1, epoch=proc.granted, lease_token=proc.token))
 
     # -- workers arriving and talking ---------------------------------------------------------
     @precondition(lambda self: len(self.procs) < 6)
@@ -205,6 +206,7 @@ class SupervisorWorld(RuleBasedStateMachine):
             self.report(proc, HealthReport(wid, HEALTHY if proc.healthy else SICK), proc.healthy)
         elif name == "process_commands":
             proc.granted = data["epoch"]
+            proc.token = data["lease_token"]
         elif name in ("coma", "shutdown"):
             proc.stop(self.now)
             proc.granted = None

@@ -29,6 +29,9 @@ from ._packets import Decoder, Packet, PacketType, encode
 log = logging.getLogger("urban_robot.socketio")
 
 MAX_EARLY_EVENTS = 100
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
 RouteHandler = Callable[[Request], Awaitable[Response]]
@@ -334,6 +337,9 @@ class Server:
 
     async def _start_event(self, socket: Socket, packet: Packet) -> None:
         event, *args = packet.data
+        if event in RESERVED_EVENTS:
+            # A client must not fire our lifecycle handlers (re-authenticate, fake a leave...).
+            raise ProtocolError(f"{event!r} is a reserved event name")
         handler = self._handler(socket.namespace, event)
         if handler is not None:
             args.insert(0, socket.sid)

@@ -23,6 +23,8 @@ P4  Only workers whose health check passed are promoted; a failed check asks
 from __future__ import annotations
 
 import math
+import secrets
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -58,6 +60,7 @@ from ._events import (
 from ._roles import Role, RoleError, Trigger, next_role
 
 STATE_VERSION = 1
+PROTOCOL_VERSION = 1
 MAX_VERSION_LENGTH = 128
 
 
@@ -73,6 +76,9 @@ class Settings:
     health_timeout: float = 30.0
     stop_timeout: float = 30.0  # waiting for a coma/shutdown ack before relying on the lease
     spawn_workers: bool = False  # ask for replacements (when a process manager is attached)
+    crash_loop_losses: int = 5  # this many unexpected worker losses ...
+    crash_loop_window: float = 300.0  # ... within this many seconds = crash loop: is_sane = False
+    max_message: int = 64 * 1024 * 1024  # largest Socket.IO message (a cache) a worker may send
 
     @property
     def lease(self) -> float:
@@ -106,6 +112,7 @@ class Lease:
     stopping: bool = False
     stop_deadline: float = math.inf
     final_cache: bool = False
+    token: str | None = attrs.field(default=None, repr=False)  # proves a reconnecting holder is the same process
 
 
 def version_key(version: str | None) -> Version:
@@ -118,9 +125,16 @@ def version_key(version: str | None) -> Version:
 
 class Supervisor:
     def __init__(
-        self, settings: Settings, *, state: dict[str, Any] | None = None, cache: Any = None, now: float = 0.0
+        self,
+        settings: Settings,
+        *,
+        state: dict[str, Any] | None = None,
+        cache: Any = None,
+        now: float = 0.0,
+        new_token: Callable[[], str] = lambda: secrets.token_hex(16),
     ) -> None:
         self.settings = settings
+        self._new_token = new_token
         self.clients: dict[str, Worker] = {}
         self.admins: set[str] = set()
         self.cache: Any = cache
@@ -130,6 +144,7 @@ class Supervisor:
         self.is_sane = True
         self.last_known_good_hash: str | None = None
         self.lease: Lease | None = None
+        self.losses: list[float] = []  # when workers were lost unexpectedly (crash-loop detection)
         if state:
             self._restore(state, now)
 
@@ -150,7 +165,9 @@ class Supervisor:
             "epoch": self.epoch,
             "is_sane": self.is_sane,
             "last_known_good": self.last_known_good_hash,
-            "holder": {"identity": lease.identity, "epoch": lease.epoch} if lease is not None else None,
+            "holder": None
+            if lease is None
+            else {"identity": lease.identity, "epoch": lease.epoch, "token": lease.token},
         }
 
     def _restore(self, state: dict[str, Any], now: float) -> None:
@@ -161,7 +178,10 @@ class Supervisor:
         if holder:
             # We cannot know whether it still processes: give it a whole lease from now.
             expires = now + self.settings.lease + self.settings.lease_margin
-            self.lease = Lease(str(holder["identity"]), None, int(holder["epoch"]), expires, confirmed=True)
+            token = holder.get("token")
+            self.lease = Lease(
+                str(holder["identity"]), None, int(holder["epoch"]), expires, confirmed=True, token=token
+            )
 
     # -- entry points ----------------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Action]:
@@ -209,19 +229,37 @@ class Supervisor:
     def _holds(self, w: Worker) -> bool:
         return self.lease is not None and self.lease.wid == w.wid
 
-    def _forget(self, w: Worker, out: list[Action], reason: str) -> None:
+    def _forget(self, w: Worker, out: list[Action], reason: str, now: float, *, crash: bool = False) -> None:
         was_leaving = w.role is Role.SHUTTING_DOWN
+        if crash and not was_leaving:
+            self._count_loss(now, out)
         if w.role is not Role.GONE:
             self._move(w, Trigger.LOST, out, reason)
         del self.clients[w.wid]
         if self._holds(w):
             assert self.lease is not None
-            self.lease.wid = None  # unreachable, maybe still processing: the lease stands
-            out.append(
-                Notify("warning", f"running worker {w.identity} lost ({reason}); failing over when its lease ends")
-            )
+            if not self.lease.confirmed:
+                self._release(out, "never renewed, so never processed")
+            else:
+                self.lease.wid = None  # unreachable, maybe still processing: the lease stands
+                message = f"running worker {w.identity} lost ({reason}); failing over when its lease ends"
+                out.append(Notify("warning", message))
         if self.settings.spawn_workers and self.is_sane and not was_leaving:
             out.append(Spawn(f"replace {w.identity}: {reason}"))
+
+    def _count_loss(self, now: float, out: list[Action]) -> None:
+        window = self.settings.crash_loop_window
+        self.losses = [t for t in self.losses if t > now - window] + [now]
+        if len(self.losses) >= self.settings.crash_loop_losses and self.is_sane:
+            self.is_sane = False
+            out.append(Persist(self.state()))
+            out.append(
+                Notify(
+                    "critical",
+                    f"crash loop: {len(self.losses)} workers lost within {window:g}s; "
+                    "no more spawns or deploys until an operator says try_again",
+                )
+            )
 
     def _release(self, out: list[Action], why: str) -> None:
         lease = self.lease
@@ -247,6 +285,8 @@ class Supervisor:
             lease is not None
             and lease.identity == w.identity
             and e.epoch == lease.epoch
+            and e.lease_token is not None
+            and e.lease_token == lease.token
             and lease.expires > now
             and not lease.stopping
             and w.role is Role.CONNECTED
@@ -254,6 +294,7 @@ class Supervisor:
         self._move(w, Trigger.IDENTIFY, out)
         w.version, w.pid, w.generation = e.version, e.pid, e.generation
         hello: dict[str, Any] = {
+            "protocol": PROTOCOL_VERSION,
             "token": self.settings.token,
             "process_commands": False,
             "interval": self.settings.interval,
@@ -263,8 +304,9 @@ class Supervisor:
         if adopt:
             assert lease is not None
             if lease.wid is not None and lease.wid in self.clients:
-                self._forget(self.clients[lease.wid], out, "replaced by its own reconnection")
-                out.append(Close(lease.wid, "replaced by a newer connection"))
+                stale = self.clients.pop(lease.wid)  # its own earlier connection: no loss, no alarm
+                out.append(RoleChanged(stale.wid, stale.role.value, Role.GONE.value, None, "replaced"))
+                out.append(Close(stale.wid, "replaced by a newer connection"))
             lease.wid = w.wid
             w.approved = True
             self._move(w, Trigger.ADOPT, out, "reconnected lease holder")
@@ -293,7 +335,7 @@ class Supervisor:
         w = self._worker(e.wid)
         self._move(w, Trigger.READY, out)
         out.append(Reply({}))
-        if self._holds(w):
+        if self._holds(w) and w.role is Role.RUNNING:
             out.append(self._cmd(w, "ok"))
         elif w.role is Role.STANDBY and not w.approved:
             self._move(w, Trigger.CHECK, out)
@@ -338,8 +380,10 @@ class Supervisor:
         w.check_deadline = math.inf
         self._move(w, Trigger.FAIL, out, reason)
         out.append(self._cmd(w, "shutdown", {"reason": reason, "cache_sync": False}))
-        out.append(RollBack(reason, w.version, w.generation))
         out.append(Notify("warning", f"{w.identity} (version {w.version}) failed its health check: {reason}"))
+        holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
+        if holder is None or self._newness(w) > self._newness(holder):
+            out.append(RollBack(reason, w.version, w.generation))  # new code failed: go back
 
     def _on_CacheSync(self, e: CacheSync, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -365,8 +409,6 @@ class Supervisor:
         out.append(Reply({}))
         if self._holds(w):
             self._release(out, "coma acknowledged")
-            if self.settings.shutdown_if_outdated and self._outdated(w):
-                self._shutdown(w, "outdated", out)
 
     def _on_ShutdownAck(self, e: ShutdownAck, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -379,19 +421,19 @@ class Supervisor:
         self.admins.discard(e.wid)
         w = self.clients.get(e.wid)
         if w is not None:
-            self._forget(w, out, "disconnected")
+            self._forget(w, out, "disconnected", now)
 
     def _on_HeartbeatSilence(self, e: HeartbeatSilence, now: float, out: list[Action]) -> None:
         w = self.clients.get(e.wid)
         if w is not None:
-            self._forget(w, out, "heartbeat silence")
+            self._forget(w, out, "heartbeat silence", now)
             out.append(Close(w.wid, "heartbeat silence"))
 
     def _on_ProcessExited(self, e: ProcessExited, now: float, out: list[Action]) -> None:
         if self.lease is not None and self.lease.identity == e.identity:
             self._release(out, "process exited")  # proof: nothing runs in a dead process
         for w in [w for w in self.clients.values() if w.identity == e.identity]:
-            self._forget(w, out, f"process exited ({e.returncode})")
+            self._forget(w, out, f"process exited ({e.returncode})", now, crash=True)
             out.append(Close(w.wid, "process exited"))
 
     def _on_TimerFired(self, e: TimerFired, now: float, out: list[Action]) -> None:
@@ -408,6 +450,7 @@ class Supervisor:
             out.append(Reply({"error": "try_again needs the admin credential"}))
             return
         self.is_sane = True
+        self.losses = []
         out.append(Reply({"is_sane": True}))
         out.append(Persist(self.state()))
         out.append(Notify("info", "try_again: deploying and spawning resumed"))
@@ -437,9 +480,10 @@ class Supervisor:
             if lease.wid is not None and lease.wid in self.clients:
                 # Connected yet not renewing in time (hung, or ignoring coma): fence it off for good.
                 hung = self.clients[lease.wid]
-                self._forget(hung, out, "lease expired")
+                self._forget(hung, out, "lease expired", now)
                 out.append(Close(hung.wid, "lease expired"))
-            self._release(out, "lease expired")
+            if self.lease is not None:  # forgetting an unconfirmed holder released it already
+                self._release(out, "lease expired")
         candidates = [w for w in self.clients.values() if w.role is Role.STANDBY and w.approved]
         if not candidates:
             return
@@ -464,12 +508,13 @@ class Supervisor:
 
     def _promote(self, w: Worker, now: float, out: list[Action], reason: str) -> None:
         self.epoch += 1
-        self.lease = Lease(w.identity, w.wid, self.epoch, now + self.settings.lease + self.settings.lease_margin)
+        expires = now + self.settings.lease + self.settings.lease_margin
+        self.lease = Lease(w.identity, w.wid, self.epoch, expires, token=self._new_token())
         self._move(w, Trigger.PROMOTE, out, reason)
         out.append(Persist(self.state()))  # the epoch is on disk before anyone may use it
         if self.cache is not None and w.cache_seq < self.cache_seq:
             w.cache_seq = self.cache_seq
             out.append(Send(w.wid, "cache_sync", {"cache": self.cache}))
-        grant = {"epoch": self.epoch, "lease": self.settings.lease, "reason": reason}
+        grant = {"epoch": self.epoch, "lease": self.settings.lease, "lease_token": self.lease.token, "reason": reason}
         out.append(self._cmd(w, "process_commands", grant))
         out.append(Notify("info", f"{w.identity} (version {w.version}) is running, epoch {self.epoch}: {reason}"))

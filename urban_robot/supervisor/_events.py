@@ -26,7 +26,8 @@ class Identified:
     version: str
     pid: int | None = None
     generation: int | None = None  # deploy generation, for children the supervisor spawned
-    epoch: int | None = None  # the lease epoch a reconnecting holder claims
+    epoch: int | None = None  # the lease epoch a reconnecting holder claims ...
+    lease_token: str | None = attrs.field(default=None, repr=False)  # ... and the token that came with it
 
 
 @attrs.frozen

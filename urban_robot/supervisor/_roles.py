@@ -50,11 +50,17 @@ class RoleError(Exception):
 R, T = Role, Trigger
 
 TRANSITIONS: dict[Role, dict[Trigger, Role]] = {
-    R.CONNECTED: {T.IDENTIFY: R.IDENTIFIED, T.SHUTDOWN: R.SHUTTING_DOWN, T.LOST: R.GONE},
+    R.CONNECTED: {
+        T.IDENTIFY: R.IDENTIFIED,
+        T.SHUTDOWN: R.SHUTTING_DOWN,
+        T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.LOST: R.GONE,
+    },
     R.IDENTIFIED: {
         T.READY: R.STANDBY,
         T.ADOPT: R.RUNNING,
         T.SHUTDOWN: R.SHUTTING_DOWN,
+        T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
         T.COMA_ACK: R.IDENTIFIED,
         T.LOST: R.GONE,
     },
@@ -100,9 +106,14 @@ TRANSITIONS: dict[Role, dict[Trigger, Role]] = {
 }
 
 
+# What a worker sent, for error messages: the wire's names, not ours.
+WIRE_NAMES = {T.IDENTIFY: "identify", T.READY: "ready", T.COMA_ACK: "coma", T.SHUTDOWN_ACK: "shutdown"}
+
+
 def next_role(role: Role, trigger: Trigger) -> Role:
     """The role after ``trigger``; ``RoleError`` if the table has no such move."""
     try:
         return TRANSITIONS[role][trigger]
     except KeyError:
-        raise RoleError(f"{trigger.value!r} is not allowed for a worker that is {role.value}") from None
+        name = WIRE_NAMES.get(trigger, trigger.value)
+        raise RoleError(f"{name!r} is not allowed for a worker that is {role.value}") from None

@@ -96,7 +96,7 @@ class UrbanRobot:
         self.settings = settings
         self.store = store
         self.credentials = credentials
-        self.server = server or Server(async_handlers=False)
+        self.server = server or Server(async_handlers=False, max_payload=settings.max_message)
         self.spawner = spawner
         self.roll_back = roll_back
         self.notify = notify
@@ -258,6 +258,7 @@ class UrbanRobot:
                 continue
             log.warning("worker %s silent for %ss", conn.identity.name, self.settings.silence_limit)
             await self.submit(HeartbeatSilence(conn.sid))
+            self.server.close(conn.sid, "heartbeat silence")  # whatever the core made of it
             return
 
     async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, str]:
@@ -335,9 +336,11 @@ class _WorkerNamespace(Namespace):
             version = d.get("version")
             if not isinstance(version, str):
                 raise ValueError("identify needs a version string")
-            return Identified(
-                sid, version, _optional_int(d, "pid"), _optional_int(d, "generation"), _optional_int(d, "epoch")
-            )
+            token = d.get("lease_token")
+            if token is not None and not isinstance(token, str):
+                raise ValueError("lease_token must be a string")
+            pid, generation, epoch = (_optional_int(d, key) for key in ("pid", "generation", "epoch"))
+            return Identified(sid, version, pid, generation, epoch, token)
 
         return await self._event(sid, make, args)
 

@@ -50,6 +50,7 @@ class SimulatedWorker:
         self.token: str | None = None
         self.interval = 30.0
         self.granted: int | None = None
+        self.lease_token: str | None = None
         self.processing_until = -math.inf
         self.hung = False
         self.log: list[tuple[float, str, Any]] = []
@@ -103,7 +104,13 @@ class SimulatedWorker:
                 await self._connected.wait()
                 await self._emit(
                     "identify",
-                    {"version": self.version, "pid": os.getpid(), "generation": self.generation, "epoch": self.granted},
+                    {
+                        "version": self.version,
+                        "pid": os.getpid(),
+                        "generation": self.generation,
+                        "epoch": self.granted,
+                        "lease_token": self.lease_token,
+                    },
                 )
                 await self._emit("ready", {})
                 nursery.start_soon(self._heartbeats)
@@ -164,6 +171,7 @@ class SimulatedWorker:
             await self._emit("health_check", self.health)
         elif name == "process_commands":
             self.granted = data["epoch"]
+            self.lease_token = data.get("lease_token")
             await self.heartbeat()  # the grant is used only once renewed
         elif name in ("coma", "shutdown"):
             self.granted = None

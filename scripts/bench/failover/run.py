@@ -1,0 +1,169 @@
+"""Failover benchmark: real worker processes, a hot standby, the running one SIGKILLed N times.
+
+Measured in the supervisor's process, on one clock:
+- crash failover: from SIGKILL of the running worker to the standby's
+  ``process_commands`` (and to the answer of its first renewal, after which it
+  processes);
+- planned hand-over with a large cache: from sending ``coma`` to the running
+  worker to answering the new holder's first renewal. The real gap (old stops
+  → new starts) lies inside this window, so the figure is an upper bound.
+
+The last line printed is one JSON object:
+{"failover_p50_ms", "failover_p99_ms", "handover_10mb_gap_ms", "runs", ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from urban_robot.supervisor import Credentials, Role, Send, Settings, StateStore, UrbanRobot
+from urban_robot.supervisor._children import Children
+from urban_robot.supervisor._events import Action, Reply
+
+WORKER = [sys.executable, "-m", "urban_robot.testing.worker"]
+# The kills are deliberate: crash-loop detection would (rightly) stop respawning after five.
+SETTINGS = Settings(
+    token="bench-token", interval=2, grace=2, lease_margin=1, spawn_workers=True, crash_loop_losses=1_000_000
+)
+
+
+class Recorder:
+    """Timestamps of the core's actions, and an event to wait on for the next one."""
+
+    def __init__(self) -> None:
+        self.actions: list[tuple[float, Action]] = []
+        self.changed = trio.Event()
+
+    def __call__(self, action: Action) -> None:
+        self.actions.append((trio.current_time(), action))
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, predicate: Any, since: int) -> tuple[float, Action]:
+        while True:
+            for at, action in self.actions[since:]:
+                if predicate(action):
+                    return at, action
+            await self.changed.wait()
+
+
+def is_grant(action: Action) -> bool:
+    return isinstance(action, Send) and action.event == "cmd" and action.data["t"] == "process_commands"
+
+
+def renewal_of(epoch: int) -> Any:
+    return lambda a: isinstance(a, Reply) and a.data.get("epoch") == epoch and a.data.get("lease", 0) > 0
+
+
+async def setup(
+    nursery: trio.Nursery, state_dir: Path, command: list[str], count: int
+) -> tuple[UrbanRobot, Children, Recorder]:
+    store = StateStore(state_dir)
+    store.prepare()
+    robot = UrbanRobot(SETTINGS, store, Credentials(store.secret_key()))
+    recorder = Recorder()
+    robot.observers.append(recorder)
+    port = await nursery.start(robot.run, "127.0.0.1", 0)
+    children = Children(robot, command, cwd=Path.cwd(), url=f"http://127.0.0.1:{port}", log_dir=state_dir / "log")
+    robot.spawner = children.spawn
+    await nursery.start(children.run, count)
+    return robot, children, recorder
+
+
+async def standby_ready(robot: UrbanRobot, recorder: Recorder) -> None:
+    """Wait until one worker holds a renewed lease and another is an approved standby."""
+    while True:
+        core = robot.core
+        standby = [w for w in core.clients.values() if w.role is Role.STANDBY and w.approved]
+        if core.lease is not None and core.lease.confirmed and core.lease.wid is not None and standby:
+            return
+        await recorder.changed.wait()
+
+
+async def crash_failover(kills: int, state_dir: Path) -> tuple[list[float], list[float]]:
+    to_grant, to_processing = [], []
+    async with trio.open_nursery() as nursery:
+        robot, children, recorder = await setup(nursery, state_dir, WORKER, 2)
+        for _ in range(kills):
+            await standby_ready(robot, recorder)
+            lease = robot.core.lease
+            assert lease is not None
+            pid = children.processes[lease.identity].pid
+            mark = len(recorder.actions)
+            killed_at = trio.current_time()
+            os.kill(pid, signal.SIGKILL)
+            granted_at, grant = await recorder.wait_for(is_grant, mark)
+            renewed_at, _ = await recorder.wait_for(renewal_of(grant.data["d"]["epoch"]), mark)  # type: ignore[union-attr]
+            to_grant.append((granted_at - killed_at) * 1000)
+            to_processing.append((renewed_at - killed_at) * 1000)
+        nursery.cancel_scope.cancel()
+    return to_grant, to_processing
+
+
+async def planned_handover(cache_bytes: int, state_dir: Path) -> float:
+    command = [*WORKER, "--cache-bytes", str(cache_bytes)]
+    async with trio.open_nursery() as nursery:
+        robot, children, recorder = await setup(nursery, state_dir, command, 1)
+        while robot.core.cache is None or not robot.core.lease or not robot.core.lease.confirmed:
+            await recorder.changed.wait()
+        mark = len(recorder.actions)
+        children.spawn("new version", generation=2)
+        coma_at, _ = await recorder.wait_for(
+            lambda a: isinstance(a, Send) and a.event == "cmd" and a.data["t"] == "coma", mark
+        )
+        _, grant = await recorder.wait_for(is_grant, mark)
+        renewed_at, _ = await recorder.wait_for(renewal_of(grant.data["d"]["epoch"]), mark)  # type: ignore[union-attr]
+        nursery.cancel_scope.cancel()
+    return (renewed_at - coma_at) * 1000
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def main(kills: int, cache_mb: float, handovers: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        to_grant, to_processing = await crash_failover(kills, Path(tmp) / "failover")
+        gaps = [
+            await planned_handover(int(cache_mb * 1_000_000), Path(tmp) / f"handover-{i}") for i in range(handovers)
+        ]
+    return {
+        "failover_p50_ms": round(statistics.median(to_grant), 2),
+        "failover_p99_ms": round(percentile(to_grant, 99), 2),
+        "failover_to_processing_p50_ms": round(statistics.median(to_processing), 2),
+        "failover_to_processing_p99_ms": round(percentile(to_processing, 99), 2),
+        "handover_10mb_gap_ms": round(statistics.median(gaps), 1),
+        "handover_gaps_ms": [round(g, 1) for g in gaps],
+        "runs": kills,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--cache-mb", type=float, default=10)
+    parser.add_argument("--handovers", type=int, default=3)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    result = trio.run(main, args.kills, args.cache_mb, args.handovers)
+    print(
+        f"crash failover, {result['runs']} SIGKILLs: death -> process_commands p50 {result['failover_p50_ms']} ms, "
+        f"p99 {result['failover_p99_ms']} ms; death -> first renewal p50 {result['failover_to_processing_p50_ms']} ms"
+    )
+    print(
+        f"planned hand-over with a {args.cache_mb:g} MB cache: coma -> new holder renewed, median of "
+        f"{args.handovers}: {result['handover_10mb_gap_ms']} ms"
+    )
+    print(json.dumps(result))
