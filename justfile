@@ -19,9 +19,13 @@ check:
     {{python}} -m mypy
 
 # Every benchmark.
-bench: bench-socketio
+bench: bench-socketio bench-failover
 
 # Socket.IO server against python-socketio on uvicorn and aiohttp, same run.
 bench-socketio *ARGS:
     {{python}} -m pip install -q -e '.[bench]'
     {{python}} scripts/bench/socketio/run.py {{ARGS}}
+
+# Crash failover and planned hand-over with real worker processes.
+bench-failover *ARGS:
+    {{python}} scripts/bench/failover/run.py {{ARGS}}

@@ -255,3 +255,31 @@ async def test_clients_cannot_fire_lifecycle_handlers(
         await client.send(f'42["{event}",{{"secret":"admin"}}]')
         assert await client.receive() == "1"  # a protocol error: the session is closed
     assert calls == ["connect", "transport error"]
+
+
+async def test_reserved_event_sent_before_the_connect_ack_closes_only_that_client(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = Server()
+    gate = trio.Event()
+
+    @server.on("connect")
+    async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
+        await gate.wait()  # the client's next packets arrive while we decide
+
+    @server.on("echo")
+    async def echo(sid: str, data: Any) -> Any:
+        return data
+
+    listener = await serve(nursery, server)
+    async with raw_memory_client(listener) as rude:
+        await rude.send("40")
+        await rude.send('42["disconnect"]')
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+        frames = [await rude.receive(), await rude.receive()]
+        assert frames[0].startswith("40") and frames[1] == "1"  # type: ignore[union-attr]
+    async with raw_memory_client(listener) as polite:  # the server is still serving
+        await polite.connect_namespace()
+        await polite.send('421["echo","ok"]')
+        assert await polite.receive() == '431["ok"]'

@@ -363,3 +363,21 @@ def test_losses_outside_the_window_are_no_crash_loop() -> None:
         d.join(f"w{i}")
         d.feed(Disconnected(f"w{i}"), at=100.0 * i)
     assert d.core.is_sane is True
+
+
+def test_crash_loop_counts_exits_even_when_the_disconnect_came_first() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=3, crash_loop_window=60))
+    for i in range(3):
+        d.join(f"w{i}")
+        d.feed(Disconnected(f"w{i}"), at=float(i))
+        d.feed(ProcessExited(f"id-w{i}", -9), at=float(i))
+    assert d.core.is_sane is False
+
+
+def test_exit_after_an_asked_shutdown_is_no_crash() -> None:
+    d = Driver(Settings(crash_loop_losses=2, crash_loop_window=60))
+    for i in range(3):
+        d.join(f"w{i}", report={"OK": False, "percent": 0, "cogs": {"modules.utilities": True}})  # shut down
+        d.feed(ShutdownAck(f"w{i}", "bye"))
+        d.feed(ProcessExited(f"id-w{i}", 0))
+    assert d.core.is_sane is True

@@ -115,16 +115,20 @@ def _parse_float(literal: str) -> float:
     return value
 
 
-def decode_text(text: str) -> tuple[Packet, int]:
-    """Parse the text part of a packet: the packet (placeholders still in) and its attachment count."""
+def decode_text(text: str, start: int = 0) -> tuple[Packet, int]:
+    """Parse the text part of a packet: the packet (placeholders still in) and its attachment count.
+
+    The packet begins at ``text[start]`` (the server passes a WebSocket frame
+    whole, past its Engine.IO type digit, to save copying large messages).
+    """
     if not isinstance(text, str):
         raise ProtocolError("a Socket.IO packet must start with a text message")
-    if not text:
+    if len(text) <= start:
         raise ProtocolError("empty Socket.IO packet")
-    ptype = _TYPES.get(text[0])
+    ptype = _TYPES.get(text[start])
     if ptype is None:
-        raise ProtocolError(f"unknown Socket.IO packet type {text[0]!r}")
-    pos = 1
+        raise ProtocolError(f"unknown Socket.IO packet type {text[start]!r}")
+    pos = start + 1
     length = len(text)
     attachments = 0
     if ptype in _BINARY:
@@ -149,11 +153,15 @@ def decode_text(text: str) -> tuple[Packet, int]:
             raise ProtocolError("ack id out of range")
         ack_id = int(text[start:pos])
     data = None
+    while pos < length and text[pos] in _JSON_SPACE:
+        pos += 1
     if pos < length:
         try:
-            data = json.loads(text[pos:], parse_constant=_reject_constant, parse_float=_parse_float)
+            data, end = _JSON.raw_decode(text, pos)  # no copy of a large payload
         except (ValueError, RecursionError) as exc:
             raise ProtocolError("Socket.IO packet data is not valid JSON") from exc
+        if text[end:].strip(_JSON_SPACE):
+            raise ProtocolError("Socket.IO packet data is not valid JSON")
     _validate(ptype, data, ack_id)
     return Packet(ptype, namespace, data, ack_id), attachments
 
@@ -206,11 +214,12 @@ class Decoder:
     def waiting(self) -> bool:
         return self._pending is not None
 
-    def feed(self, message: str | bytes) -> Packet | None:
+    def feed(self, message: str | bytes, start: int = 0) -> Packet | None:
+        """``start``: where the packet begins in a text ``message`` (see ``decode_text``)."""
         if self._pending is None:
             if not isinstance(message, str):
                 raise ProtocolError("binary message without a binary packet announcing it")
-            packet, count = decode_text(message)
+            packet, count = decode_text(message, start)
             if packet.type not in _BINARY:
                 return packet
             if count > self._max_attachments:
@@ -241,3 +250,7 @@ class Decoder:
             raise ProtocolError("binary packet has attachments no placeholder refers to")
         ptype = PacketType.EVENT if packet.type is PacketType.BINARY_EVENT else PacketType.ACK
         return Packet(ptype, packet.namespace, data, packet.id)
+
+
+_JSON_SPACE = " \t\n\r"
+_JSON = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)

@@ -255,10 +255,10 @@ class Server:
         session.data = Client(session)
         session.deadline = trio.current_time() + self.connect_timeout
 
-    async def engine_message(self, session: Session, message: str | bytes) -> None:
+    async def engine_message(self, session: Session, message: str | bytes, start: int = 0) -> None:
         """Decode and dispatch; a ``ProtocolError`` propagates and the engine closes the session."""
         client: Client = session.data
-        packet = client.decoder.feed(message)
+        packet = client.decoder.feed(message, start)
         if packet is not None:
             await self._dispatch(client, packet)
 
@@ -332,8 +332,12 @@ class Server:
             messages.extend(extra)
         await client.engine.send_messages(messages)
         early, socket.early = socket.early, []
-        for packet in early:
-            await self._start_event(socket, packet)
+        try:
+            for packet in early:
+                await self._start_event(socket, packet)
+        except ProtocolError as exc:
+            log.info("client %s sent an invalid packet, closing: %s", client.engine.sid, exc)
+            client.engine.close(Reason.TRANSPORT_ERROR)
 
     async def _start_event(self, socket: Socket, packet: Packet) -> None:
         event, *args = packet.data

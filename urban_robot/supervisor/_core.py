@@ -144,7 +144,8 @@ class Supervisor:
         self.is_sane = True
         self.last_known_good_hash: str | None = None
         self.lease: Lease | None = None
-        self.losses: list[float] = []  # when workers were lost unexpectedly (crash-loop detection)
+        self.losses: list[float] = []  # when worker processes exited unasked (crash-loop detection)
+        self.leaving: set[str] = set()  # identities asked to shut down: their exit is no crash
         if state:
             self._restore(state, now)
 
@@ -209,6 +210,8 @@ class Supervisor:
     # -- helpers -------------------------------------------------------------------------------
     def _move(self, w: Worker, trigger: Trigger, out: list[Action], reason: str = "") -> None:
         new = next_role(w.role, trigger)
+        if new is Role.SHUTTING_DOWN:
+            self.leaving.add(w.identity)
         if new is not w.role:
             epoch = self.lease.epoch if self.lease is not None and self.lease.wid == w.wid else None
             out.append(RoleChanged(w.wid, w.role.value, new.value, epoch, reason))
@@ -229,10 +232,8 @@ class Supervisor:
     def _holds(self, w: Worker) -> bool:
         return self.lease is not None and self.lease.wid == w.wid
 
-    def _forget(self, w: Worker, out: list[Action], reason: str, now: float, *, crash: bool = False) -> None:
+    def _forget(self, w: Worker, out: list[Action], reason: str, now: float) -> None:
         was_leaving = w.role is Role.SHUTTING_DOWN
-        if crash and not was_leaving:
-            self._count_loss(now, out)
         if w.role is not Role.GONE:
             self._move(w, Trigger.LOST, out, reason)
         del self.clients[w.wid]
@@ -430,10 +431,15 @@ class Supervisor:
             out.append(Close(w.wid, "heartbeat silence"))
 
     def _on_ProcessExited(self, e: ProcessExited, now: float, out: list[Action]) -> None:
+        # Counted whether or not its connection is still known (the disconnect often comes first).
+        if e.identity in self.leaving:
+            self.leaving.discard(e.identity)
+        else:
+            self._count_loss(now, out)
         if self.lease is not None and self.lease.identity == e.identity:
             self._release(out, "process exited")  # proof: nothing runs in a dead process
         for w in [w for w in self.clients.values() if w.identity == e.identity]:
-            self._forget(w, out, f"process exited ({e.returncode})", now, crash=True)
+            self._forget(w, out, f"process exited ({e.returncode})", now)
             out.append(Close(w.wid, "process exited"))
 
     def _on_TimerFired(self, e: TimerFired, now: float, out: list[Action]) -> None:

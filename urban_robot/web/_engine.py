@@ -56,7 +56,7 @@ class Reason:
 class EngineHandler(Protocol):
     def engine_open(self, session: Session) -> None: ...
 
-    async def engine_message(self, session: Session, message: str | bytes) -> None: ...
+    async def engine_message(self, session: Session, message: str | bytes, start: int = 0) -> None: ...
 
     def engine_close(self, session: Session, reason: str) -> None: ...
 
@@ -105,7 +105,7 @@ class Session:
         ws = self.ws
         if ws is not None:
             try:
-                await ws.send_many(["4" + m if isinstance(m, str) else m for m in messages])
+                await ws.send_many(messages, text_prefix="4")
             except WebSocketClosed:
                 self.close(Reason.TRANSPORT_CLOSE, notify_peer=False)
             return
@@ -163,6 +163,10 @@ class Session:
                 task_status.started()
                 await self._clock(server.ping_interval, server.ping_timeout)
                 nursery.cancel_scope.cancel()
+        except Exception:
+            # A bug in one client's tasks ends that client, never the server.
+            log.exception("session %s: internal error, closing it", self.sid)
+            self.close(Reason.TRANSPORT_ERROR)
         finally:
             if self.ws is not None:
                 with trio.CancelScope(shield=True):
@@ -272,7 +276,7 @@ class EngineServer:
             response = await self._polling(request, peer)
         except EngineError as exc:
             response = Response(exc.status, exc.body(), content_type="application/json")
-        return attrs_evolve_headers(response, cors)
+        return _with_headers(response, cors)
 
     async def _polling(self, request: Request, peer: PeerWatch) -> Response:
         query = parse_query(request.query)
@@ -386,7 +390,12 @@ class EngineServer:
         try:
             while not session.closed:
                 frame = await ws.receive()
-                await session.receive_packet(decode_packet(frame))
+                if type(frame) is str and frame[:1] == "4":
+                    # The hot path: hand the frame over whole (no copy of a large message).
+                    await self.handler.engine_message(session, frame, 1)
+                else:
+                    await session.receive_packet(decode_packet(frame))
+                del frame  # do not hold the last message while waiting for the next
         except WebSocketClosed as exc:
             reason = Reason.TRANSPORT_ERROR if exc.code == 1009 else Reason.TRANSPORT_CLOSE
             session.close(reason, notify_peer=False)
@@ -400,7 +409,7 @@ class EngineServer:
                 await session.finished.wait()  # bounded: closing a WebSocket has a time-out
 
 
-def attrs_evolve_headers(response: Response, extra: tuple[tuple[str, str], ...]) -> Response:
+def _with_headers(response: Response, extra: tuple[tuple[str, str], ...]) -> Response:
     if not extra:
         return response
     return Response(response.status, response.body, response.content_type, response.headers + extra)

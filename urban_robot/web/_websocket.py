@@ -8,13 +8,41 @@ connection with 1009, pings are answered, and closing is bounded in time.
 
 from __future__ import annotations
 
+import struct
+
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 
 RECEIVE_SIZE = 65536
 CLOSE_TIMEOUT = 2.0
+
+
+LARGE = 64 * 1024
+
+
+def _frame(message: str | bytes, text_prefix: str) -> list[bytes]:
+    """A whole unfragmented server frame (servers never mask): header, then payload parts.
+
+    wsproto's sender copies a payload several times over; for messages of
+    megabytes (a bot's cache) that is most of the memory a send needs, so
+    data frames are laid out here and only the parsing is left to wsproto.
+    """
+    if isinstance(message, str):
+        opcode, head, body = 0x1, text_prefix.encode(), message.encode()
+    else:
+        opcode, head, body = 0x2, b"", bytes(message)
+    length = len(head) + len(body)
+    if length < 126:
+        header = struct.pack("!BB", 0x80 | opcode, length)
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, length)
+    if len(body) < LARGE:
+        return [header + head + body]
+    return [header + head, body]
 
 
 class WebSocketClosed(Exception):
@@ -86,15 +114,30 @@ class WebSocket:
     async def send(self, message: str | bytes) -> None:
         await self.send_many([message])
 
-    async def send_many(self, messages: list[str | bytes]) -> None:
-        """Send messages in order with one write; raises ``WebSocketClosed`` if closed."""
+    async def send_many(self, messages: list[str | bytes], *, text_prefix: str = "") -> None:
+        """Send messages in order; raises ``WebSocketClosed`` if closed.
+
+        ``text_prefix`` goes in front of every text message without copying it
+        (Engine.IO's "4"). Small frames leave in one write; a large payload is
+        written straight from its encoded bytes, never joined into a copy.
+        """
         if self.closed is not None:
             raise self.closed
         async with self._send_lock:
             if self.closed is not None:
                 raise self.closed
-            data = b"".join(self._ws.send(Message(data=m)) for m in messages)  # type: ignore[type-var]
-            await self._send_raw(data)
+            small: list[bytes] = []
+            for message in messages:
+                for part in _frame(message, text_prefix):
+                    if len(part) < LARGE:
+                        small.append(part)
+                        continue
+                    if small:
+                        await self._send_raw(b"".join(small))
+                        small = []
+                    await self._send_raw(part)
+            if small:
+                await self._send_raw(b"".join(small))
 
     async def _send_raw(self, data: bytes, *, ignore_errors: bool = False) -> None:
         """Write ``data``; the caller holds ``_send_lock``."""

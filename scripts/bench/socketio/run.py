@@ -399,7 +399,7 @@ def table(med: dict[str, dict[str, float]], p: Params) -> str:
 
 # ---------------------------------------------------------------------- docs/benchmarks.md
 def versions() -> str:
-    names = ("trio", "python-socketio", "python-engineio", "uvicorn", "aiohttp", "wsproto")
+    names = ("trio", "python-socketio", "python-engineio", "uvicorn", "uvloop", "websockets", "aiohttp", "wsproto")
     found = []
     for name in names:
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -421,8 +421,9 @@ METHOD = """\
 Three servers, each in its own process, each answering the `echo` event with its
 argument as the ack, all configured for 20 MB messages (ping interval 25 s, timeout 20 s):
 Urban Robot's `urban_robot.socketio.Server` (trio, h11 + wsproto), python-socketio's
-`AsyncServer` on uvicorn (ASGI; the `bench` extra installs plain uvicorn, so asyncio's
-default loop, h11 and wsproto) and python-socketio's `AsyncServer` on aiohttp.
+`AsyncServer` on uvicorn (ASGI; the `bench` extra installs `uvicorn[standard]`, as it is
+usually deployed: uvloop, httptools and the C-accelerated `websockets`) and python-socketio's
+`AsyncServer` on aiohttp.
 The server is pinned to CPU {server_cpu} and the load generator to CPU {loadgen_cpu}.
 Every measurement starts a fresh server process; servers alternate within each run
 and the table gives the median of {runs} runs. All traffic is WebSocket transport.
