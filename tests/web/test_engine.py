@@ -39,6 +39,14 @@ async def polling_handshake(http: httpx.AsyncClient, url: str) -> str:
     return str(json.loads(response.text[1:])["sid"])
 
 
+async def polling_connect(http: httpx.AsyncClient, url: str) -> str:
+    """Open a polling session and join "/" (reading away the CONNECT ack); its Engine.IO sid."""
+    sid = await polling_handshake(http, url)
+    await http.post(f"{url}/socket.io/", params=poll_params(sid), content="40")
+    await http.get(f"{url}/socket.io/", params=poll_params(sid))
+    return sid
+
+
 def poll_params(sid: str) -> dict[str, str]:
     return {"EIO": "4", "transport": "polling", "sid": sid}
 
@@ -91,9 +99,7 @@ async def test_polling_handshake_and_connect(nursery: trio.Nursery) -> None:
 async def test_binary_over_polling_is_base64(nursery: trio.Nursery) -> None:
     url = await start_server(nursery, recording_server()[0])
     async with httpx.AsyncClient() as http:
-        sid = await polling_handshake(http, url)
-        await http.post(f"{url}/socket.io/", params=poll_params(sid), content="40")
-        await http.get(f"{url}/socket.io/", params=poll_params(sid))
+        sid = await polling_connect(http, url)
         body = '451-7["echo",{"_placeholder":true,"num":0}]\x1ebAAH/'
         await http.post(f"{url}/socket.io/", params=poll_params(sid), content=body)
         got = await http.get(f"{url}/socket.io/", params=poll_params(sid))
@@ -104,9 +110,7 @@ async def test_second_concurrent_get_is_refused_and_closes_the_session(nursery: 
     server, gone, event = recording_server()
     url = await start_server(nursery, server)
     async with httpx.AsyncClient() as http:
-        sid = await polling_handshake(http, url)
-        await http.post(f"{url}/socket.io/", params=poll_params(sid), content="40")
-        await http.get(f"{url}/socket.io/", params=poll_params(sid))
+        sid = await polling_connect(http, url)
         first: list[httpx.Response] = []
 
         async def long_poll() -> None:
@@ -128,9 +132,7 @@ async def test_invalid_packet_in_post_closes_only_that_session(nursery: trio.Nur
     url = await start_server(nursery, server)
     async with httpx.AsyncClient() as http, raw_client(url) as bystander:
         await bystander.connect_namespace()
-        sid = await polling_handshake(http, url)
-        await http.post(f"{url}/socket.io/", params=poll_params(sid), content="40")
-        await http.get(f"{url}/socket.io/", params=poll_params(sid))
+        sid = await polling_connect(http, url)
         bad = await http.post(f"{url}/socket.io/", params=poll_params(sid), content='42["echo", nonsense')
         assert bad.status_code == 400
         after = await http.get(f"{url}/socket.io/", params=poll_params(sid))
@@ -145,9 +147,7 @@ async def test_oversize_post_is_refused_and_closes_the_session(nursery: trio.Nur
     url = await start_server(nursery, server)
     async with httpx.AsyncClient() as http, raw_client(url) as bystander:
         await bystander.connect_namespace()
-        sid = await polling_handshake(http, url)
-        await http.post(f"{url}/socket.io/", params=poll_params(sid), content="40")
-        await http.get(f"{url}/socket.io/", params=poll_params(sid))
+        sid = await polling_connect(http, url)
         big = await http.post(f"{url}/socket.io/", params=poll_params(sid), content='42["echo","' + "x" * 2000 + '"]')
         assert big.status_code == 413
         assert (await http.get(f"{url}/socket.io/", params=poll_params(sid))).status_code == 400
@@ -185,9 +185,7 @@ async def test_invalid_websocket_packet_closes_the_session(nursery: trio.Nursery
 async def test_upgrade_answers_pending_get_with_noop_then_moves_to_websocket(nursery: trio.Nursery) -> None:
     url = await start_server(nursery, recording_server()[0])
     async with httpx.AsyncClient() as http:
-        sid = await polling_handshake(http, url)
-        await http.post(f"{url}/socket.io/", params=poll_params(sid), content="40")
-        await http.get(f"{url}/socket.io/", params=poll_params(sid))
+        sid = await polling_connect(http, url)
         pending: list[httpx.Response] = []
 
         async def long_poll() -> None:
@@ -220,9 +218,7 @@ async def test_client_vanishing_during_long_poll_closes_the_session(nursery: tri
     url = await start_server(nursery, server)
     port = int(url.rsplit(":", 1)[1])
     async with httpx.AsyncClient() as http:
-        sid = await polling_handshake(http, url)
-        await http.post(f"{url}/socket.io/", params=poll_params(sid), content="40")
-        await http.get(f"{url}/socket.io/", params=poll_params(sid))
+        sid = await polling_connect(http, url)
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     await trio.testing.wait_all_tasks_blocked()
