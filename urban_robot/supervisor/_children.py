@@ -2,78 +2,148 @@
 
 One task per child, owned by the manager's nursery. A child runs in its own
 session (a supervisor crash does not take it down) with ``URBAN_ROBOT_URL``,
-``URBAN_ROBOT_SECRET`` (derived from the state key, valid across restarts) and
-``URBAN_ROBOT_GENERATION`` in its environment, its output in
-``log/helium-YYYY-MM-DD-HH-MM-SS.log``. Its exit is reported the moment it is
-seen: that is what makes failover after a crash fast (a dropped socket proves
-nothing; an exited process does).
+``URBAN_ROBOT_SECRET`` (derived from the state key, so still valid after a
+supervisor restart) and ``URBAN_ROBOT_GENERATION`` in its environment, its
+output in ``log/helium-YYYY-MM-DD-HH-MM-SS.log`` (old logs pruned by count and
+total size). Its exit is reported the moment it is seen: that is what makes
+failover after a crash fast (a dropped socket proves nothing; an exited
+process does).
 
-Restart backoff, crash-loop detection, log pruning and adoption after a
-supervisor restart are the process manager's next steps (issue #4).
+Restarts wait an exponential backoff with jitter after quick deaths, reset
+once a child has lived ``stable_uptime``; how many children there should be is
+the core's call (it asks for a ``Spawn`` per loss, and stops asking in a crash
+loop). Children are recorded in ``children.json`` in the state directory; a
+restarted supervisor adopts the ones still alive (same pid *and* start time)
+and watches them through a pidfd although they are not its children.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
+import random
 import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import attrs
 import trio
 
 from ._events import ProcessExited
-from ._service import UrbanRobot
+from ._store import atomic_write
 
 log = logging.getLogger("urban_robot.children")
+
+
+class Robot(Protocol):
+    """What the manager needs of the supervisor service."""
+
+    credentials: Any
+
+    async def submit(self, event: Any) -> Any: ...
+
+
+@attrs.frozen
+class ChildPolicy:
+    term_timeout: float = 10.0  # after asking a child to shut down, before SIGTERM
+    kill_timeout: float = 10.0  # after SIGTERM, before SIGKILL
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    jitter: float = 0.5  # up to this fraction added to each backoff, so restarts do not march in step
+    stable_uptime: float = 60.0  # a child that lived this long resets the backoff
+    log_keep: int = 20
+    log_max_bytes: int = 100 * 1024 * 1024
+
+
+@attrs.define(eq=False)
+class Child:
+    identity: str
+    pid: int
+    generation: int
+    started: float  # trio clock
+    start_ticks: int | None  # /proc/<pid>/stat starttime: tells a reused pid from ours
+    process: trio.Process | None = None  # None once adopted from an earlier supervisor
+
+
+def start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the command name
+
+
+Launch = Callable[..., Awaitable[Any]]
 
 
 class Children:
     def __init__(
         self,
-        robot: UrbanRobot,
+        robot: Robot,
         command: Sequence[str],
         *,
         cwd: Path,
         url: str,
         log_dir: Path | None = None,
+        registry: Path | None = None,
         generation: int = 1,
-        term_timeout: float = 10.0,
+        policy: ChildPolicy = ChildPolicy(),
+        launch: Launch = trio.lowlevel.open_process,
+        rng: random.Random | None = None,
     ) -> None:
         self.robot = robot
         self.command = list(command)
         self.cwd = cwd
         self.url = url
         self.log_dir = log_dir
+        self.registry = registry
         self.generation = generation
-        self.term_timeout = term_timeout
-        self.processes: dict[str, trio.Process] = {}
+        self.policy = policy
+        self.launch = launch
+        self.rng = rng or random.Random()
+        self.children: dict[str, Child] = {}
+        self.quick_deaths = 0  # consecutive children that died before stable_uptime
         self._numbers = itertools.count(1)
         # Unique across supervisor restarts: a new child must never share a surviving child's identity.
         self._boot = secrets.token_hex(3)
         self._nursery: trio.Nursery | None = None
 
+    @property
+    def processes(self) -> dict[str, Child]:
+        return self.children
+
+    # -- running ------------------------------------------------------------------------------
     async def run(self, count: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start ``count`` children and keep managing them until cancelled (then stop them)."""
+        """Adopt surviving children, start more up to ``count``, then manage them until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for _ in range(count):
+            adopted = self._adopt_survivors()
+            for _ in range(max(0, count - adopted)):
                 self.spawn("start-up")
             task_status.started()
             await trio.sleep_forever()
 
     def spawn(self, reason: str, *, generation: int | None = None) -> str:
-        """Start one more child now; returns its identity."""
+        """Start one more child (after the current backoff); returns its identity."""
         assert self._nursery is not None, "Children.run is not running"
         identity = f"child-{self._boot}-{next(self._numbers)}"
-        log.info("spawning %s (%s)", identity, reason)
-        self._nursery.start_soon(self._child, identity, generation or self.generation)
+        delay = self.backoff()
+        log.info("spawning %s (%s)%s", identity, reason, f" in {delay:.1f}s" if delay else "")
+        self._nursery.start_soon(self._child, identity, generation or self.generation, delay)
         return identity
+
+    def backoff(self) -> float:
+        if self.quick_deaths == 0:
+            return 0.0
+        p = self.policy
+        base = min(p.backoff_cap, p.backoff_base * 2 ** (self.quick_deaths - 1))
+        return float(base * (1 + p.jitter * self.rng.random()))
 
     def environment(self, identity: str, generation: int) -> dict[str, str]:
         env = dict(os.environ)
@@ -86,23 +156,11 @@ class Children:
         )
         return env
 
-    def _log_file(self) -> Any:
-        if self.log_dir is None:
-            return subprocess.DEVNULL
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
-        for n in itertools.count():
-            path = self.log_dir / (f"helium-{stamp}.log" if n == 0 else f"helium-{stamp}.{n}.log")
-            try:
-                return open(path, "xb")
-            except FileExistsError:
-                continue
-        raise AssertionError("unreachable")
-
-    async def _child(self, identity: str, generation: int) -> None:
+    async def _child(self, identity: str, generation: int, delay: float) -> None:
+        await trio.sleep(delay)
         output = self._log_file()
         try:
-            process = await trio.lowlevel.open_process(
+            process = await self.launch(
                 self.command,
                 cwd=self.cwd,
                 env=self.environment(identity, generation),
@@ -112,27 +170,156 @@ class Children:
                 start_new_session=True,
             )
         except OSError as exc:
-            log.error("cannot start %s: %s", " ".join(self.command), exc.strerror)
+            log.error("cannot start %s in %s: %s", " ".join(self.command), self.cwd, exc.strerror or exc)
+            self.quick_deaths += 1
             return
         finally:
             if output is not subprocess.DEVNULL:
                 output.close()
-        self.processes[identity] = process
+        child = Child(identity, process.pid, generation, trio.current_time(), start_ticks(process.pid), process)
+        self._record(child)
         try:
             returncode = await process.wait()
         finally:
             with trio.CancelScope(shield=True):
                 if process.returncode is None:
-                    await self._stop(process)
-            self.processes.pop(identity, None)
-        log.info("%s (pid %s) exited with %s", identity, process.pid, returncode)
-        await self.robot.submit(ProcessExited(identity, returncode))
+                    await self._terminate(child)
+        await self._exited(child, returncode)
 
-    async def _stop(self, process: trio.Process) -> None:
-        """SIGTERM, then SIGKILL after ``term_timeout``."""
-        process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(self.term_timeout):
-            await process.wait()
+    async def _exited(self, child: Child, returncode: int | None) -> None:
+        self._forget(child)
+        uptime = trio.current_time() - child.started
+        self.quick_deaths = self.quick_deaths + 1 if uptime < self.policy.stable_uptime else 0
+        log.info("%s (pid %s) exited with %s after %.1fs", child.identity, child.pid, returncode, uptime)
+        await self.robot.submit(ProcessExited(child.identity, returncode))
+
+    # -- stopping ---------------------------------------------------------------------------------
+    async def stop(self, identity: str, ask: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Stop one child politely: ``ask`` (the shutdown cmd), then SIGTERM, then SIGKILL."""
+        child = self.children.get(identity)
+        if child is None:
             return
-        process.kill()
-        await process.wait()
+        if ask is not None:
+            await ask()
+            if await self._wait_gone(child, self.policy.term_timeout):
+                return
+        await self._terminate(child)
+
+    async def _terminate(self, child: Child) -> None:
+        self._signal(child, signal.SIGTERM)
+        if await self._wait_gone(child, self.policy.kill_timeout):
+            return
+        log.warning("%s ignored SIGTERM for %ss: killing it", child.identity, self.policy.kill_timeout)
+        self._signal(child, signal.SIGKILL)
+        await self._wait_gone(child, self.policy.kill_timeout)
+
+    def _signal(self, child: Child, sig: int) -> None:
+        try:
+            if child.process is not None:
+                child.process.send_signal(sig)
+            elif start_ticks(child.pid) == child.start_ticks:
+                os.kill(child.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    async def _wait_gone(self, child: Child, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            if child.process is not None:
+                await child.process.wait()
+            else:
+                await _wait_pid(child.pid)
+            return True
+        return False
+
+    # -- adoption after a supervisor restart --------------------------------------------------------
+    def _adopt_survivors(self) -> int:
+        adopted = 0
+        for identity, info in self._load_registry().items():
+            pid, ticks = int(info["pid"]), info.get("start_ticks")
+            if ticks is None or start_ticks(pid) != ticks:
+                continue  # gone, or the pid now belongs to someone else
+            child = Child(identity, pid, int(info.get("generation", self.generation)), trio.current_time(), ticks)
+            self.children[identity] = child
+            assert self._nursery is not None
+            self._nursery.start_soon(self._watch_adopted, child)
+            log.info("adopted %s (pid %s) from an earlier supervisor", identity, pid)
+            adopted += 1
+        self._save_registry()
+        return adopted
+
+    async def _watch_adopted(self, child: Child) -> None:
+        try:
+            await _wait_pid(child.pid)
+        finally:
+            with trio.CancelScope(shield=True):
+                if start_ticks(child.pid) == child.start_ticks:
+                    await self._terminate(child)
+        await self._exited(child, None)  # not our child: its exit status is not ours to read
+
+    # -- bookkeeping ----------------------------------------------------------------------------------
+    def _record(self, child: Child) -> None:
+        self.children[child.identity] = child
+        self._save_registry()
+
+    def _forget(self, child: Child) -> None:
+        self.children.pop(child.identity, None)
+        self._save_registry()
+
+    def _load_registry(self) -> dict[str, dict[str, Any]]:
+        if self.registry is None:
+            return {}
+        try:
+            data = json.loads(self.registry.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save_registry(self) -> None:
+        if self.registry is None:
+            return
+        data = {
+            c.identity: {"pid": c.pid, "generation": c.generation, "start_ticks": c.start_ticks}
+            for c in self.children.values()
+        }
+        atomic_write(self.registry, json.dumps(data, sort_keys=True).encode())
+
+    def _log_file(self) -> Any:
+        if self.log_dir is None:
+            return subprocess.DEVNULL
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        prune_logs(self.log_dir, keep=self.policy.log_keep - 1, max_bytes=self.policy.log_max_bytes)
+        stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
+        for n in itertools.count():
+            path = self.log_dir / (f"helium-{stamp}.log" if n == 0 else f"helium-{stamp}.{n}.log")
+            try:
+                return open(path, "xb")
+            except FileExistsError:
+                continue
+        raise AssertionError("unreachable")
+
+
+def prune_logs(log_dir: Path, *, keep: int, max_bytes: int) -> list[Path]:
+    """Delete the oldest ``helium-*.log`` beyond ``keep`` files or ``max_bytes`` in all; the deleted ones."""
+    logs = sorted(log_dir.glob("helium-*.log"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+    kept_bytes, removed = 0, []
+    for index, path in enumerate(logs):
+        size = path.stat().st_size
+        if index >= keep or kept_bytes + size > max_bytes:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        else:
+            kept_bytes += size
+    return removed
+
+
+async def _wait_pid(pid: int) -> None:
+    """Wait for any process (child or not) to exit, through a pidfd."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)

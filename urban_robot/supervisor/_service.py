@@ -265,6 +265,13 @@ class UrbanRobot:
         log.info("unknown event %r from %s ignored", event, self.conns[sid].identity.name if sid in self.conns else sid)
         return {"error": f"unknown event {event!r}"}
 
+    async def ask_shutdown(self, identity: str, reason: str) -> None:
+        """Ask the worker(s) of ``identity`` to shut down (the polite first step of stopping a child)."""
+        for conn in list(self.conns.values()):
+            if conn.identity.name == identity:
+                self._send(Send(conn.sid, "cmd", {"t": "shutdown", "d": {"reason": reason, "cache_sync": False}}))
+        await trio.lowlevel.checkpoint()
+
     def status(self) -> dict[str, Any]:
         core = self.core
         now = trio.current_time()

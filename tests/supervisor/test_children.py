@@ -1,0 +1,208 @@
+"""The process manager: real child processes for what a process does, a fake launcher for timing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from urban_robot.supervisor import Credentials, ProcessExited
+from urban_robot.supervisor._children import ChildPolicy, Children, prune_logs
+
+
+@attrs.define
+class FakeRobot:
+    credentials: Credentials = attrs.Factory(lambda: Credentials(b"k" * 32))
+    events: list[Any] = attrs.Factory(list)
+    changed: trio.Event = attrs.Factory(trio.Event)
+
+    async def submit(self, event: Any) -> None:
+        self.events.append(event)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def exits(self, count: int) -> list[ProcessExited]:
+        while len([e for e in self.events if isinstance(e, ProcessExited)]) < count:
+            await self.changed.wait()
+        return [e for e in self.events if isinstance(e, ProcessExited)]
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+@pytest.mark.slow
+async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    robot = FakeRobot()
+    code = (
+        "import os; e = os.environ; print(e['URBAN_ROBOT_URL'], e['URBAN_ROBOT_GENERATION'], os.getsid(0) == os.getpid())"
+        "; print(e['URBAN_ROBOT_SECRET'].split('.')[0]); raise SystemExit(3)"
+    )
+    children = Children(
+        robot,
+        python(code),
+        cwd=tmp_path,
+        url="http://127.0.0.1:1",
+        log_dir=tmp_path / "log",
+        registry=tmp_path / "children.json",
+        generation=7,
+    )
+    with trio.fail_after(20):
+        await nursery.start(children.run, 1)
+        [exited] = await robot.exits(1)
+    assert exited.returncode == 3
+    [log_file] = list((tmp_path / "log").glob("helium-*.log"))
+    assert log_file.name[len("helium-") : -len(".log")].count("-") == 5  # YYYY-MM-DD-HH-MM-SS
+    url, generation, own_session, identity = log_file.read_text().split()
+    assert (url, generation, own_session) == ("http://127.0.0.1:1", "7", "True")
+    assert identity == exited.identity
+    assert robot.credentials.verify({"secret": robot.credentials.child_secret(identity)}) is not None
+    assert children.children == {}
+
+
+@pytest.mark.slow
+async def test_sigterm_then_sigkill_for_a_child_that_ignores_sigterm(nursery: trio.Nursery, tmp_path: Path) -> None:
+    robot = FakeRobot()
+    ready = tmp_path / "ready"
+    code = (
+        "import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    )
+    children = Children(robot, python(code), cwd=tmp_path, url="u", policy=ChildPolicy(kill_timeout=0.5))
+    await nursery.start(children.run, 1)
+    with trio.fail_after(20):
+        while not ready.exists():
+            await trio.sleep(0.01)  # a real process starting: nothing to wait on but the file
+        [identity] = children.children
+        start = trio.current_time()
+        await children.stop(identity)
+        [exited] = await robot.exits(1)
+    assert exited.returncode == -signal.SIGKILL
+    assert trio.current_time() - start >= 0.5
+
+
+@attrs.define
+class FakeProcess:
+    pid: int
+    returncode: int | None = None
+    exit: trio.Event = attrs.Factory(trio.Event)
+
+    async def wait(self) -> int:
+        await self.exit.wait()
+        return self.returncode or 0
+
+    def send_signal(self, sig: int) -> None:
+        self.returncode = -sig
+        self.exit.set()
+
+
+class FakeLauncher:
+    """Starts nothing: records when it was asked, and lets the test end each 'process'."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[float, FakeProcess]] = []
+        self.changed = trio.Event()
+
+    async def __call__(self, command: list[str], **kwargs: Any) -> FakeProcess:
+        process = FakeProcess(pid=os.getpid())  # a live pid, never signalled for real
+        self.started.append((trio.current_time(), process))
+        self.changed.set()
+        self.changed = trio.Event()
+        return process
+
+    async def nth(self, n: int) -> tuple[float, FakeProcess]:
+        while len(self.started) <= n:
+            await self.changed.wait()
+        return self.started[n]
+
+
+async def test_backoff_doubles_after_quick_deaths_and_resets_after_stable_uptime(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    launcher = FakeLauncher()
+    policy = ChildPolicy(backoff_base=1, backoff_cap=8, jitter=0, stable_uptime=30)
+    children = Children(FakeRobot(), ["bot"], cwd=Path("."), url="u", policy=policy, launch=launcher)
+    await nursery.start(children.run, 1)
+    gaps = []
+    previous_death = 0.0
+    for n in range(6):
+        at, process = await launcher.nth(n)
+        if n:
+            gaps.append(round(at - previous_death, 3))
+        process.returncode = 1
+        process.exit.set()  # dies at once
+        await trio.testing.wait_all_tasks_blocked()
+        previous_death = trio.current_time()
+        children.spawn("replace")
+    assert gaps == [1, 2, 4, 8, 8]  # doubling, capped
+    at, process = await launcher.nth(6)
+    await trio.sleep(31)  # this one lives long enough
+    process.exit.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert children.quick_deaths == 0
+    assert children.backoff() == 0
+
+
+async def test_jitter_stays_within_its_fraction(autojump_clock: trio.testing.MockClock) -> None:
+    children = Children(FakeRobot(), ["bot"], cwd=Path("."), url="u", policy=ChildPolicy(backoff_base=2, jitter=0.5))
+    children.quick_deaths = 2
+    delays = {children.backoff() for _ in range(200)}
+    assert min(delays) >= 4 and max(delays) <= 6 and len(delays) > 100
+
+
+def test_logs_pruned_by_count_and_total_size(tmp_path: Path) -> None:
+    for i in range(10):
+        path = tmp_path / f"helium-2026-01-01-00-00-{i:02d}.log"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 + i, 1000 + i))
+    (tmp_path / "other.txt").write_text("not a log")
+    removed = prune_logs(tmp_path, keep=5, max_bytes=10_000)
+    assert sorted(p.name[-6:-4] for p in removed) == ["00", "01", "02", "03", "04"]
+    removed = prune_logs(tmp_path, keep=5, max_bytes=250)
+    assert len(list(tmp_path.glob("helium-*.log"))) == 2  # newest two fit in 250 bytes
+    assert (tmp_path / "other.txt").exists()
+
+
+@pytest.mark.slow
+async def test_a_restarted_supervisor_adopts_surviving_children_and_sees_them_exit(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    registry = tmp_path / "children.json"
+    ready = tmp_path / "ready"
+    code = f"import pathlib, time; pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    first = Children(FakeRobot(), python(code), cwd=tmp_path, url="u", registry=registry)
+    scope = trio.CancelScope()
+
+    async def first_supervisor(task_status: trio.TaskStatus[None]) -> None:
+        with scope:
+            await first.run(1, task_status=task_status)
+
+    await nursery.start(first_supervisor)
+    with trio.fail_after(20):
+        while not ready.exists():
+            await trio.sleep(0.01)
+    [(identity, child)] = first.children.items()
+    pid = child.pid
+    # The first supervisor "crashes": its tasks vanish without stopping the child.
+    first._terminate = lambda child: trio.lowlevel.checkpoint()  # type: ignore[method-assign,assignment]
+    scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    assert os.kill(pid, 0) is None  # still alive, in its own session
+    robot = FakeRobot()
+    second = Children(robot, python(code), cwd=tmp_path, url="u", registry=registry)
+    await nursery.start(second.run, 1)
+    assert list(second.children) == [identity] and second.children[identity].process is None
+    os.kill(pid, signal.SIGKILL)
+    with trio.fail_after(20):
+        [exited] = await robot.exits(1)
+    assert exited == ProcessExited(identity, None)
+    os.waitpid(pid, 0)  # reap it: in this test it is still our own process's child
