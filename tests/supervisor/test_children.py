@@ -45,7 +45,8 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
     robot = FakeRobot()
     code = (
         "import os; e = os.environ; "
-        "print(e['URBAN_ROBOT_URL'], e['URBAN_ROBOT_GENERATION'], os.getsid(0) == os.getpid()); print(e['URBAN_ROBOT_SECRET'].split('.')[0]); raise SystemExit(3)"
+        "print(e['URBAN_ROBOT_URL'], e['URBAN_ROBOT_GENERATION'], os.getsid(0) == os.getpid()); "
+        "print(e['URBAN_ROBOT_SECRET'].split('.')[0]); raise SystemExit(3)"
     )
     children = Children(
         robot,
