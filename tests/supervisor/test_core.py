@@ -11,6 +11,7 @@ from urban_robot.supervisor import (
     Close,
     ComaAck,
     Connected,
+    DeployConfirmed,
     Disconnected,
     HealthReport,
     Heartbeat,
@@ -381,3 +382,12 @@ def test_exit_after_an_asked_shutdown_is_no_crash() -> None:
         d.feed(ShutdownAck(f"w{i}", "bye"))
         d.feed(ProcessExited(f"id-w{i}", 0))
     assert d.core.is_sane is True
+
+
+def test_confirmed_deploy_becomes_last_known_good_and_is_persisted() -> None:
+    d = Driver()
+    out = d.feed(DeployConfirmed("abc123" * 6))
+    assert d.core.last_known_good_hash == "abc123" * 6
+    assert [a.state["last_known_good"] for a in out if isinstance(a, Persist)] == ["abc123" * 6]
+    restored = Supervisor(SETTINGS, state=d.core.state())
+    assert restored.last_known_good_hash == "abc123" * 6

@@ -108,6 +108,7 @@ class Children:
         self.launch = launch
         self.rng = rng or random.Random()
         self.children: dict[str, Child] = {}
+        self.exit_observers: list[Callable[[str, int | None], None]] = []
         self.quick_deaths = 0  # consecutive children that died before stable_uptime
         self._numbers = itertools.count(1)
         # Unique across supervisor restarts: a new child must never share a surviving child's identity.
@@ -129,13 +130,16 @@ class Children:
             task_status.started()
             await trio.sleep_forever()
 
-    def spawn(self, reason: str, *, generation: int | None = None) -> str:
-        """Start one more child (after the current backoff); returns its identity."""
+    def spawn(self, reason: str, *, generation: int | None = None, cwd: Path | None = None) -> str:
+        """Start one more child (after the current backoff); returns its identity.
+
+        ``cwd`` runs it from another directory (a deploy's release) than the usual one.
+        """
         assert self._nursery is not None, "Children.run is not running"
         identity = f"child-{self._boot}-{next(self._numbers)}"
         delay = self.backoff()
         log.info("spawning %s (%s)%s", identity, reason, f" in {delay:.1f}s" if delay else "")
-        self._nursery.start_soon(self._child, identity, generation or self.generation, delay)
+        self._nursery.start_soon(self._child, identity, generation or self.generation, delay, cwd or self.cwd)
         return identity
 
     def backoff(self) -> float:
@@ -156,13 +160,13 @@ class Children:
         )
         return env
 
-    async def _child(self, identity: str, generation: int, delay: float) -> None:
+    async def _child(self, identity: str, generation: int, delay: float, cwd: Path) -> None:
         await trio.sleep(delay)
         output = self._log_file()
         try:
             process = await self.launch(
                 self.command,
-                cwd=self.cwd,
+                cwd=cwd,
                 env=self.environment(identity, generation),
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -170,8 +174,10 @@ class Children:
                 start_new_session=True,
             )
         except OSError as exc:
-            log.error("cannot start %s in %s: %s", " ".join(self.command), self.cwd, exc.strerror or exc)
+            log.error("cannot start %s in %s: %s", " ".join(self.command), cwd, exc.strerror or exc)
             self.quick_deaths += 1
+            for observer in self.exit_observers:
+                observer(identity, None)
             return
         finally:
             if output is not subprocess.DEVNULL:
@@ -191,6 +197,8 @@ class Children:
         uptime = trio.current_time() - child.started
         self.quick_deaths = self.quick_deaths + 1 if uptime < self.policy.stable_uptime else 0
         log.info("%s (pid %s) exited with %s after %.1fs", child.identity, child.pid, returncode, uptime)
+        for observer in self.exit_observers:
+            observer(child.identity, returncode)
         await self.robot.submit(ProcessExited(child.identity, returncode))
 
     # -- stopping ---------------------------------------------------------------------------------

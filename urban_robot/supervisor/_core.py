@@ -36,6 +36,7 @@ from ._events import (
     Close,
     ComaAck,
     Connected,
+    DeployConfirmed,
     Disconnected,
     Event,
     HealthReport,
@@ -462,6 +463,11 @@ class Supervisor:
         out.append(Notify("info", "try_again: deploying and spawning resumed"))
         if self.settings.spawn_workers:
             out.append(Spawn("try_again"))
+
+    def _on_DeployConfirmed(self, e: DeployConfirmed, now: float, out: list[Action]) -> None:
+        self.last_known_good_hash = e.commit
+        out.append(Persist(self.state()))
+        out.append(Notify("info", f"deployed {e.commit[:12]}: it is the last known good commit now"))
 
     def _on_RollbackFinished(self, e: RollbackFinished, now: float, out: list[Action]) -> None:
         if e.ok:

@@ -96,6 +96,13 @@ class TryAgain:
 
 
 @attrs.frozen
+class DeployConfirmed:
+    """The deployer saw the new commit's worker promoted: it is the last known good code now."""
+
+    commit: str
+
+
+@attrs.frozen
 class RollbackFinished:
     ok: bool
     detail: str = ""
@@ -115,6 +122,7 @@ Event = (
     | ProcessExited
     | TimerFired
     | TryAgain
+    | DeployConfirmed
     | RollbackFinished
 )
 

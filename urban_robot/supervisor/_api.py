@@ -1,0 +1,38 @@
+"""Admin HTTP actions on the supervisor's port (more arrive with the operator CLI, issue #6).
+
+Every action needs the admin credential as ``Authorization: Bearer <token>``,
+compared in constant time; without it the answer is 401 and nothing happens.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+
+from ..web import Request, Response
+
+RouteHandler = Callable[[Request], Awaitable[Response]]
+
+
+def _json(status: int, body: dict[str, object]) -> Response:
+    return Response(status, json.dumps(body).encode(), content_type="application/json")
+
+
+def authorized(request: Request, admin_token: str | None) -> bool:
+    header = request.header("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    if not admin_token or scheme.lower() != "bearer" or not token:
+        return False
+    return hmac.compare_digest(token.strip().encode(), admin_token.encode())
+
+
+def admin_route(admin_token: str | None, action: Callable[[], dict[str, object]]) -> RouteHandler:
+    """A POST route that runs ``action`` (sync, quick) for an authorized caller."""
+
+    async def handle(request: Request) -> Response:
+        if not authorized(request, admin_token):
+            return _json(401, {"error": "admin credential missing or wrong: send Authorization: Bearer <admin token>"})
+        return _json(202, action())
+
+    return handle
