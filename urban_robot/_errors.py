@@ -1,8 +1,12 @@
 """The errors Urban Robot raises, in one tree.
 
     UrbanRobotError            base of everything raised on purpose
-     └─ ProtocolError          a peer sent bytes that break Engine.IO v4 / Socket.IO v5
-                               (malformed packet, bad JSON, lying attachment count, ...)
+     ├─ ProtocolError          a peer sent bytes that break Engine.IO v4 / Socket.IO v5
+     │                         (malformed packet, bad JSON, lying attachment count, ...)
+     ├─ StateError             the state directory cannot be used (supervisor/_store.py)
+     ├─ GitError               a git command failed or timed out (supervisor/_git.py)
+     ├─ NotifyError            Discord refused or could not take a message (supervisor/_notify.py)
+     └─ Disconnected           Server.call's client left before acknowledging (socketio/_server.py)
 
 A codec never lets anything else escape for bad input: ``ValueError``,
 ``UnicodeDecodeError``, ``RecursionError`` and friends are mapped to

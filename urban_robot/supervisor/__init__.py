@@ -25,3 +25,13 @@ from ._roles import Trigger as Trigger
 from ._service import UrbanRobot as UrbanRobot
 from ._store import StateError as StateError
 from ._store import StateStore as StateStore
+from ._children import ChildPolicy as ChildPolicy, Children as Children
+from ._deploy import Deployer as Deployer
+from ._git import Git as Git, GitError as GitError
+from ._notify import (
+    DiscordLogHandler as DiscordLogHandler,
+    Notifier as Notifier,
+    NotifyError as NotifyError,
+    discord_send as discord_send,
+)
+from ._webhook import WebhookConfig as WebhookConfig, WebhookGate as WebhookGate, webhook_route as webhook_route

@@ -48,6 +48,7 @@ from ._events import (
     TimerFired,
     TryAgain,
 )
+from ._notify import ALREADY_NOTIFIED
 from ._store import StateStore
 
 log = logging.getLogger("urban_robot.supervisor")
@@ -211,7 +212,8 @@ class UrbanRobot:
                 f": {action.reason}" if action.reason else "",
             )
         elif isinstance(action, Notify):
-            log.log(NOTIFY_LEVELS.get(action.level, logging.INFO), "%s", action.message)
+            # Marked so the Discord log bridge does not post what the notifier posts already.
+            log.log(NOTIFY_LEVELS.get(action.level, logging.INFO), "%s", action.message, extra=ALREADY_NOTIFIED)
             if self.notify is not None:
                 self.notify(action)
         elif isinstance(action, Spawn):

@@ -1,0 +1,202 @@
+"""Deploys end to end: a real git repository, a tiny bot as real processes, the webhook, rollback.
+
+The bot (``main.py`` in the managed repository) is a simulated Helium worker
+whose version, health report and misbehaviour come from ``bot.json`` in the
+same commit, so each commit is a different bot: good, failing its vital cog,
+failing the percentage, crashing at import, hanging before it is ready.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from urban_robot.supervisor import Credentials, Notify, Settings, StateStore, UrbanRobot
+from urban_robot.supervisor._children import ChildPolicy, Children
+from urban_robot.supervisor._deploy import Deployer
+from urban_robot.supervisor._git import Git
+from urban_robot.supervisor._webhook import WebhookConfig, WebhookGate, sign, webhook_route
+
+pytestmark = pytest.mark.slow
+
+BOT = """
+import json, os, sys, time
+import trio
+config = json.load(open("bot.json"))
+if config.get("crash"):
+    raise SystemExit("crashing at import, as told")
+if config.get("hang"):
+    time.sleep(3600)
+from urban_robot.testing import SimulatedWorker
+async def main():
+    worker = SimulatedWorker(os.environ["URBAN_ROBOT_URL"], os.environ["URBAN_ROBOT_SECRET"],
+                             version=config["version"], health=config["health"],
+                             generation=int(os.environ["URBAN_ROBOT_GENERATION"]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        await worker.done.wait()
+        nursery.cancel_scope.cancel()
+trio.run(main)
+"""
+HEALTHY = {"OK": True, "percent": 100, "cogs": {"modules.utilities": True}}
+SECRET = b"webhook-secret"
+SETTINGS = Settings(token="bot-token", interval=1, grace=1, lease_margin=0.5, health_timeout=5, spawn_workers=True)
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.upstream = tmp / "upstream.git"
+        self.work = tmp / "work"  # where the bot's developer pushes from
+        self.repo = tmp / "helium"  # the checkout Urban Robot manages
+        git(tmp, "init", "--bare", "-b", "main", str(self.upstream))
+        git(tmp, "clone", str(self.upstream), str(self.work))
+        for key, value in (("user.name", "dev"), ("user.email", "dev@example.invalid")):
+            git(self.work, "config", key, value)
+        self.notes: list[Notify] = []
+
+    def commit(self, message: str, **bot: Any) -> str:
+        config = {"version": "1.0", "health": HEALTHY, **bot}
+        (self.work / "main.py").write_text(BOT)
+        (self.work / "bot.json").write_text(json.dumps(config))
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-q", "-m", message)
+        git(self.work, "push", "-q", "origin", "HEAD:main")
+        return git(self.work, "rev-parse", "HEAD")
+
+
+async def start(nursery: trio.Nursery, world: World, tmp: Path) -> tuple[UrbanRobot, Children, Deployer, str]:
+    git(tmp, "clone", "-q", str(world.upstream), str(world.repo))
+    store = StateStore(tmp / "state")
+    store.prepare()
+    robot = UrbanRobot(SETTINGS, store, Credentials(store.secret_key()), notify=world.notes.append)
+    port = await nursery.start(robot.run, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}"
+    children = Children(
+        robot,
+        [sys.executable, "main.py"],
+        cwd=world.repo,
+        url=url,
+        log_dir=tmp / "log",
+        policy=ChildPolicy(kill_timeout=2, term_timeout=0.5),
+    )
+    robot.spawner = children.spawn
+    deployer = Deployer(robot, children, Git(world.repo), releases_dir=tmp / "releases", verdict_timeout=3)
+    gate = WebhookGate(WebhookConfig(secret=SECRET, branch="main"))
+    robot.server.add_route("POST", "/webhook/github", webhook_route(gate, lambda commit: deployer.request("webhook")))
+    await nursery.start(children.run, 1)
+    await nursery.start(deployer.run)
+    return robot, children, deployer, url
+
+
+async def push_webhook(url: str, commit: str, delivery: str, *, secret: bytes = SECRET) -> httpx.Response:
+    body = json.dumps(
+        {"ref": "refs/heads/main", "after": commit, "head_commit": {"id": commit, "message": "update"}}
+    ).encode()
+    headers = {
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": sign(secret, body),
+        "Content-Type": "application/json",
+    }
+    async with httpx.AsyncClient() as http:
+        return await http.post(f"{url}/webhook/github", content=body, headers=headers)
+
+
+async def running_identity(robot: UrbanRobot) -> str:
+    while robot.core.lease is None or not robot.core.lease.confirmed:
+        await trio.sleep(0.05)  # real processes starting; the core has no event to wait on from here
+    return robot.core.lease.identity
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ({"health": {"OK": False, "percent": 100, "cogs": {"modules.utilities": False}}}, "vital_cog_failed"),
+        ({"health": {"OK": False, "percent": 60, "cogs": {"modules.utilities": True}}}, "health_check_failure"),
+        ({"crash": True}, "exited"),
+        ({"hang": True}, "no verdict in time"),
+    ],
+)
+async def test_bad_commit_is_rolled_back_and_the_old_worker_keeps_running(
+    nursery: trio.Nursery, tmp_path: Path, bad: dict[str, Any], why: str
+) -> None:
+    world = World(tmp_path)
+    good = world.commit("good", version="1.0")
+    with trio.fail_after(60):
+        robot, _children, deployer, url = await start(nursery, world, tmp_path)
+        await running_identity(robot)
+        deployer.request("first deploy")
+        await deployer.wait_idle()
+        assert robot.core.last_known_good_hash == good
+        first, epoch = await running_identity(robot), robot.core.epoch
+        broken = world.commit("broken", version="2.0", **bad)
+        forged = await push_webhook(url, broken, "d-forged", secret=b"wrong")
+        assert forged.status_code == 401
+        accepted = await push_webhook(url, broken, "d-1")
+        assert accepted.status_code == 202
+        await trio.sleep(0.1)
+        await deployer.wait_idle()
+    assert deployer.history[-1] == (broken, "failed")
+    assert robot.core.lease is not None and robot.core.lease.identity == first and robot.core.epoch == epoch
+    assert robot.core.last_known_good_hash == good
+    assert git(world.repo, "rev-parse", "HEAD") == good
+    assert broken in deployer.bad_commits
+    assert any(why in n.message or "failed" in n.message for n in world.notes)
+    replay = await push_webhook(url, broken, "d-1")
+    assert replay.status_code == 200  # a replayed delivery is ignored
+
+
+async def test_good_commit_is_deployed_with_a_handover(nursery: trio.Nursery, tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.commit("v1", version="1.0")
+    with trio.fail_after(60):
+        robot, _children, deployer, url = await start(nursery, world, tmp_path)
+        await running_identity(robot)
+        deployer.request("first deploy")
+        await deployer.wait_idle()
+        v2 = world.commit("v2", version="2.0")
+        assert (await push_webhook(url, v2, "d-2")).status_code == 202
+        await trio.sleep(0.1)
+        await deployer.wait_idle()
+    assert deployer.history[-1] == (v2, "deployed")
+    assert robot.core.last_known_good_hash == v2
+    assert git(world.repo, "rev-parse", "HEAD") == v2
+    holder = robot.core.clients[robot.core.lease.wid]  # type: ignore[union-attr,index]
+    assert holder.version == "2.0" and holder.generation == 3  # start-up 1, first deploy 2, v2 3
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["last_known_good"] == v2
+
+
+async def test_failed_rollback_makes_the_supervisor_insane_until_try_again(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = World(tmp_path)
+    good = world.commit("good")
+    with trio.fail_after(60):
+        robot, _children, deployer, url = await start(nursery, world, tmp_path)
+        await running_identity(robot)
+        deployer.request("first deploy")
+        await deployer.wait_idle()
+        (world.repo / ".git" / "index.lock").touch()  # a real reason for git reset to fail
+        broken = world.commit("broken", version="2.0", crash=True)
+        assert (await push_webhook(url, broken, "d-3")).status_code == 202
+        await trio.sleep(0.1)
+        await deployer.wait_idle()
+        assert robot.core.is_sane is False
+        assert any(n.level == "critical" and "rollback failed" in n.message for n in world.notes)
+        newer = world.commit("newer", version="3.0")
+        assert (await push_webhook(url, newer, "d-4")).status_code == 202
+        await trio.sleep(0.1)
+        await deployer.wait_idle()
+    assert deployer.history[-1] == ("-", "insane")  # nothing deploys until an operator says try_again
+    assert robot.core.last_known_good_hash == good
