@@ -109,6 +109,8 @@ class Children:
         self.rng = rng or random.Random()
         self.children: dict[str, Child] = {}
         self.exit_observers: list[Callable[[str, int | None], None]] = []
+        # When this manager stops: stop the children (default), or leave them to the next supervisor.
+        self.keep_running = False
         self.quick_deaths = 0  # consecutive children that died before stable_uptime
         self._numbers = itertools.count(1)
         # Unique across supervisor restarts: a new child must never share a surviving child's identity.
@@ -139,7 +141,10 @@ class Children:
         identity = f"child-{self._boot}-{next(self._numbers)}"
         delay = self.backoff()
         log.info("spawning %s (%s)%s", identity, reason, f" in {delay:.1f}s" if delay else "")
-        self._nursery.start_soon(self._child, identity, generation or self.generation, delay, cwd or self.cwd)
+        try:
+            self._nursery.start_soon(self._child, identity, generation or self.generation, delay, cwd or self.cwd)
+        except RuntimeError:  # the manager is shutting down: nothing new starts
+            log.info("not spawning %s: shutting down", identity)
         return identity
 
     def backoff(self) -> float:
@@ -188,7 +193,7 @@ class Children:
             returncode = await process.wait()
         finally:
             with trio.CancelScope(shield=True):
-                if process.returncode is None:
+                if process.returncode is None and not self.keep_running:
                     await self._terminate(child)
         await self._exited(child, returncode)
 
@@ -260,7 +265,7 @@ class Children:
             await _wait_pid(child.pid)
         finally:
             with trio.CancelScope(shield=True):
-                if start_ticks(child.pid) == child.start_ticks:
+                if start_ticks(child.pid) == child.start_ticks and not self.keep_running:
                     await self._terminate(child)
         await self._exited(child, None)  # not our child: its exit status is not ours to read
 

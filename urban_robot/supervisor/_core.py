@@ -453,7 +453,7 @@ class Supervisor:
             out.append(Notify("warning", f"{lease.identity} did not acknowledge coma; waiting for its lease to end"))
 
     def _on_TryAgain(self, e: TryAgain, now: float, out: list[Action]) -> None:
-        if e.wid not in self.admins:
+        if e.wid is not None and e.wid not in self.admins:
             out.append(Reply({"error": "try_again needs the admin credential"}))
             return
         self.is_sane = True

@@ -92,7 +92,7 @@ class TimerFired:
 
 @attrs.frozen
 class TryAgain:
-    wid: str  # must be an admin connection
+    wid: str | None  # an admin connection, or None when the HTTP API checked the credential
 
 
 @attrs.frozen

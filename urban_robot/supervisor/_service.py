@@ -89,7 +89,7 @@ class UrbanRobot:
         credentials: Credentials,
         *,
         server: Server | None = None,
-        spawner: Callable[[str], None] | None = None,
+        spawner: Callable[[str], object] | None = None,
         roll_back: Callable[[RollBack], None] | None = None,
         notify: Callable[[Notify], None] | None = None,
         blocking_io: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
@@ -139,6 +139,10 @@ class UrbanRobot:
             self.core.cache_age = now - max(0.0, time.time() - saved_at)
         if state:
             log.info("restored state: epoch %s, is_sane %s", self.core.epoch, self.core.is_sane)
+
+    def submit_nowait(self, event: Event) -> None:
+        """Queue ``event`` for the core without waiting for it (HTTP routes, other threads of work)."""
+        self._send_events.send_nowait((event, None))
 
     async def submit(self, event: Event) -> Any:
         """Feed ``event`` to the core (in order with all others); the reply it produced."""

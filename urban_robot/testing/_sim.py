@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import trio
@@ -39,6 +40,7 @@ class SimulatedWorker:
         generation: int | None = None,
         health: Any = HEALTHY,
         name: str = "worker",
+        echo: bool = False,
     ) -> None:
         self.url = url.rstrip("/")
         self.secret = secret
@@ -46,6 +48,7 @@ class SimulatedWorker:
         self.generation = generation
         self.health = health
         self.name = name
+        self.echo = echo  # print each step on stdout (a child's log file)
         self.cache: Any = None
         self.token: str | None = None
         self.interval = 30.0
@@ -53,6 +56,7 @@ class SimulatedWorker:
         self.lease_token: str | None = None
         self.processing_until = -math.inf
         self.hung = False
+        self.shut_down = False
         self.log: list[tuple[float, str, Any]] = []
         self.changed = trio.Event()  # set (and replaced) on every logged step
         self.done = trio.Event()
@@ -69,6 +73,8 @@ class SimulatedWorker:
 
     def _note(self, what: str, data: Any = None) -> None:
         self.log.append((trio.current_time(), what, data))
+        if self.echo:
+            print(f"{time.monotonic():.6f} {self.name} {what}", flush=True)
         self.changed.set()
         self.changed = trio.Event()
 
@@ -90,7 +96,29 @@ class SimulatedWorker:
             await self._ws.aclose()
 
     # -- running -------------------------------------------------------------------------------------
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, reconnect: bool = False, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve one connection; with ``reconnect``, come back (0.05 s → 2 s backoff) until shut down.
+
+        A reconnecting holder presents its epoch and lease token, and keeps
+        processing on its own lease view while away (P1: that view ends first).
+        """
+        delay = 0.05
+        while True:
+            try:
+                await self._session(task_status)
+                delay = 0.05
+            except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
+                pass
+            task_status = trio.TASK_STATUS_IGNORED
+            if not reconnect or self.shut_down:
+                break
+            await trio.sleep(delay)
+            delay = min(2.0, delay * 2)
+        self.done.set()
+
+    async def _session(self, task_status: trio.TaskStatus[None]) -> None:
         ws_url = self.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
         async with trio_websocket.open_websocket_url(ws_url, max_message_size=64 * 1024 * 1024) as ws:
             self._ws = ws
@@ -98,23 +126,21 @@ class SimulatedWorker:
             assert isinstance(opened, str) and opened.startswith("0")
             await ws.send_message("40" + json.dumps({"secret": self.secret}))
             self._connected = trio.Event()
+            self._decoder = Decoder()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, nursery)
                 task_status.started()
                 await self._connected.wait()
-                await self._emit(
-                    "identify",
-                    {
-                        "version": self.version,
-                        "pid": os.getpid(),
-                        "generation": self.generation,
-                        "epoch": self.granted,
-                        "lease_token": self.lease_token,
-                    },
-                )
+                identity = {
+                    "version": self.version,
+                    "pid": os.getpid(),
+                    "generation": self.generation,
+                    "epoch": self.granted,
+                    "lease_token": self.lease_token,
+                }
+                await self._emit("identify", identity)
                 await self._emit("ready", {})
                 nursery.start_soon(self._heartbeats)
-        self.done.set()
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         assert self._ws is not None
@@ -181,6 +207,7 @@ class SimulatedWorker:
                 await self._emit("cache_sync", {"cache": self.cache})
             await self._emit(name, {"reason": data.get("reason", "")})
             if name == "shutdown":
+                self.shut_down = True
                 await self.drop()
 
     async def heartbeat(self) -> None:

@@ -22,9 +22,11 @@ async def main(version: str, cache_bytes: int) -> None:
         os.environ["URBAN_ROBOT_SECRET"],
         version=version,
         generation=int(os.environ.get("URBAN_ROBOT_GENERATION", "0")) or None,
+        name=os.environ["URBAN_ROBOT_SECRET"].rpartition(".")[0],
+        echo=True,
     )
     async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run)
+        await nursery.start(lambda task_status: worker.run(reconnect=True, task_status=task_status))
         if cache_bytes:
             await worker.wait_for("processing")
             await worker.write("blob", os.urandom(cache_bytes))

@@ -1,0 +1,88 @@
+"""The assembled supervisor (serve(Options)) with real worker processes: restarts and the admin API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import attrs
+import httpx
+import pytest
+import trio
+
+from urban_robot.supervisor import Settings
+from urban_robot.supervisor._app import App, Options, serve
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = Settings(token="bot-token", interval=2, grace=2, lease_margin=0.5, health_timeout=10, spawn_workers=True)
+WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
+
+
+async def start(nursery: trio.Nursery, options: Options) -> tuple[App, trio.CancelScope]:
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[App]) -> None:
+        with scope:
+            await serve(options, task_status=task_status)
+
+    return await nursery.start(run), scope
+
+
+async def settled(app: App) -> tuple[str, int]:
+    """The lease holder (renewed) and its epoch, once a hot standby is ready too."""
+    core = app.robot.core
+    while not (
+        core.lease
+        and core.lease.confirmed
+        and core.lease.wid
+        and any(w.approved and w.role.value == "standby" for w in core.clients.values())
+    ):
+        await trio.sleep(0.05)  # real processes: nothing inside this process to wait on
+    return core.lease.identity, core.lease.epoch
+
+
+async def test_supervisor_restart_adopts_children_and_the_holder_keeps_processing(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    (tmp_path / "bot").mkdir()
+    options = Options(
+        helium_path=tmp_path / "bot", settings=SETTINGS, command=WORKER, state_dir=tmp_path / "state", port=0
+    )
+    with trio.fail_after(60):
+        app, scope = await start(nursery, options)
+        holder, epoch = await settled(app)
+        pids = {identity: child.pid for identity, child in app.children.children.items()}
+        app.children.keep_running = True  # as if the supervisor process died: children live on
+        scope.cancel()
+        await trio.sleep(0.3)
+        port = int(app.url.rsplit(":", 1)[1])
+        app2, _ = await start(nursery, attrs.evolve(options, port=port))
+        assert {i: c.pid for i, c in app2.children.children.items()} == pids  # adopted, none spawned
+        holder2, epoch2 = await settled(app2)
+    assert (holder2, epoch2) == (holder, epoch)  # same holder, same lease: no failover happened
+    logs = "\n".join(p.read_text() for p in (tmp_path / "bot" / "log").glob("helium-*.log"))
+    holder_lines = [line.split()[2] for line in logs.splitlines() if f" {holder} " in line]
+    assert "fenced" not in holder_lines and holder_lines.count("processing") == 1  # never stopped
+
+
+async def test_admin_api_deploy_needs_the_credential(nursery: trio.Nursery, tmp_path: Path) -> None:
+    (tmp_path / "bot").mkdir()
+    options = Options(
+        helium_path=tmp_path / "bot",
+        settings=SETTINGS,
+        command=WORKER,
+        state_dir=tmp_path / "state",
+        port=0,
+        admin_token="admin-secret",
+        standbys=0,
+    )
+    with trio.fail_after(30):
+        app, _ = await start(nursery, options)
+        async with httpx.AsyncClient() as http:
+            refused = await http.post(f"{app.url}/api/deploy")
+            accepted = await http.post(f"{app.url}/api/try-again", headers={"Authorization": "Bearer admin-secret"})
+        await app.deployer.wait_idle()
+    assert refused.status_code == 401
+    assert accepted.status_code == 202
+    assert app.deployer.history[-1] == ("-", "error")  # no git repository here: a clear error, nothing started

@@ -1,0 +1,131 @@
+"""Everything wired together: supervisor service, children, deployer, webhook, admin API, Discord.
+
+``serve(options)`` runs one supervisor until cancelled. The operator CLI
+(issue #6) builds ``Options`` from flags, environment and a config file; tests
+and library users build it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import httpx
+import trio
+
+from ._api import admin_route
+from ._auth import Credentials
+from ._children import ChildPolicy, Children
+from ._core import Settings
+from ._deploy import Deployer
+from ._events import TryAgain
+from ._git import Git
+from ._notify import DiscordLogHandler, Notifier
+from ._service import UrbanRobot
+from ._store import StateStore
+from ._webhook import WebhookConfig, WebhookGate, webhook_route
+
+log = logging.getLogger("urban_robot")
+
+
+@attrs.frozen
+class Options:
+    helium_path: Path  # the bot's git checkout
+    settings: Settings = attrs.field(factory=Settings)
+    command: Sequence[str] = (sys.executable, "main.py")
+    state_dir: Path = Path(".urban-robot")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    standbys: int = 1
+    branch: str = "main"
+    webhook_secret: bytes | None = attrs.field(default=None, repr=False)
+    require_deploy_tag: bool = False  # the original's "[DEPLOY]" commit-message rule
+    poll_interval: float | None = None  # periodic fetch, seconds
+    install: Sequence[str] | None = None  # run in each new release before its candidate starts
+    admin_token: str | None = attrs.field(default=None, repr=False)
+    discord_token: str | None = attrs.field(default=None, repr=False)  # for notifications
+    notify_destination: str | None = None  # a channel id, or a user id with notify_dm
+    notify_dm: bool = False
+    discord_log_level: int = logging.WARNING
+    policy: ChildPolicy = attrs.field(factory=ChildPolicy)
+
+
+@attrs.define(eq=False)
+class App:
+    """The running parts, for tests and the CLI to look at."""
+
+    robot: UrbanRobot
+    children: Children
+    deployer: Deployer
+    notifier: Notifier | None
+    url: str
+
+
+async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
+    store = StateStore(options.state_dir)
+    store.prepare()
+    credentials = Credentials(store.secret_key(), admin_token=options.admin_token)
+    async with httpx.AsyncClient(timeout=15) as http, trio.open_nursery() as nursery:
+        notifier = await _start_notifier(nursery, http, options)
+        robot = UrbanRobot(options.settings, store, credentials, notify=notifier.notify if notifier else None)
+        port = await nursery.start(robot.run, options.host, options.port)
+        url = f"http://{options.host}:{port}"
+        children = Children(
+            robot,
+            options.command,
+            cwd=options.helium_path,
+            url=url,
+            log_dir=options.helium_path / "log",
+            registry=options.state_dir / "children.json",
+            policy=options.policy,
+        )
+        robot.spawner = children.spawn
+        deployer = Deployer(
+            robot,
+            children,
+            Git(options.helium_path),
+            branch=options.branch,
+            releases_dir=options.state_dir / "releases",
+            install=options.install,
+        )
+        _routes(robot, deployer, options)
+        await nursery.start(children.run, 1 + options.standbys)
+        await nursery.start(
+            lambda task_status: deployer.run(poll_interval=options.poll_interval, task_status=task_status)
+        )
+        log.info("supervising %s from %s", " ".join(options.command), options.helium_path)
+        task_status.started(App(robot, children, deployer, notifier, url))
+
+
+async def _start_notifier(nursery: trio.Nursery, http: httpx.AsyncClient, options: Options) -> Notifier | None:
+    if not (options.discord_token and options.notify_destination):
+        return None
+    notifier = Notifier(http, options.discord_token, options.notify_destination, dm=options.notify_dm)
+    await nursery.start(notifier.run)
+    logging.getLogger().addHandler(DiscordLogHandler(notifier, options.discord_log_level))
+    return notifier
+
+
+def _routes(robot: UrbanRobot, deployer: Deployer, options: Options) -> None:
+    gate = WebhookGate(
+        WebhookConfig(
+            secret=options.webhook_secret, branch=options.branch, require_deploy_tag=options.require_deploy_tag
+        )
+    )
+    robot.server.add_route("POST", "/webhook/github", webhook_route(gate, lambda commit: deployer.request("webhook")))
+
+    def deploy() -> dict[str, object]:
+        deployer.request("admin API")
+        return {"deploy": "requested"}
+
+    def try_again() -> dict[str, object]:
+        deployer.bad_commits.clear()
+        robot.submit_nowait(TryAgain(None))
+        deployer.request("try_again")
+        return {"try_again": "requested"}
+
+    robot.server.add_route("POST", "/api/deploy", admin_route(options.admin_token, deploy))
+    robot.server.add_route("POST", "/api/try-again", admin_route(options.admin_token, try_again))
