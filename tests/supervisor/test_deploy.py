@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from urban_robot.supervisor import Credentials, Notify, Settings, StateStore, UrbanRobot
+from urban_robot.supervisor import Credentials, Notifier, Notify, Settings, StateStore, UrbanRobot
 from urban_robot.supervisor._children import ChildPolicy, Children
 from urban_robot.supervisor._deploy import Deployer
 from urban_robot.supervisor._git import Git
@@ -75,11 +75,13 @@ class World:
         return git(self.work, "rev-parse", "HEAD")
 
 
-async def start(nursery: trio.Nursery, world: World, tmp: Path) -> tuple[UrbanRobot, Children, Deployer, str]:
+async def start(
+    nursery: trio.Nursery, world: World, tmp: Path, notify: Any = None
+) -> tuple[UrbanRobot, Children, Deployer, str]:
     git(tmp, "clone", "-q", str(world.upstream), str(world.repo))
     store = StateStore(tmp / "state")
     store.prepare()
-    robot = UrbanRobot(SETTINGS, store, Credentials(store.secret_key()), notify=world.notes.append)
+    robot = UrbanRobot(SETTINGS, store, Credentials(store.secret_key()), notify=notify or world.notes.append)
     port = await nursery.start(robot.run, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}"
     children = Children(
@@ -200,3 +202,34 @@ async def test_failed_rollback_makes_the_supervisor_insane_until_try_again(
         await deployer.wait_idle()
     assert deployer.history[-1] == ("-", "insane")  # nothing deploys until an operator says try_again
     assert robot.core.last_known_good_hash == good
+
+
+async def test_operator_hears_of_a_failed_deploy_on_discord_despite_a_429(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    posted: list[dict[str, Any]] = []
+    limited: list[int] = []
+
+    def fake_discord(request: httpx.Request) -> httpx.Response:
+        if not limited:
+            limited.append(1)
+            return httpx.Response(429, json={"message": "slow down", "retry_after": 0.05, "global": False})
+        posted.append(json.loads(request.content))
+        return httpx.Response(200, json={"id": str(len(posted))})
+
+    world = World(tmp_path)
+    world.commit("good")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(fake_discord)) as http:
+        notifier = Notifier(http, "discord-bot-token.abc.def", "123456789012345678")
+        await nursery.start(notifier.run)
+        with trio.fail_after(60):
+            robot, _children, deployer, url = await start(nursery, world, tmp_path, notify=notifier.notify)
+            await running_identity(robot)
+            broken = world.commit("broken", version="2.0", health={"OK": False, "percent": 0, "cogs": {}})
+            deployer.request("test")
+            await deployer.wait_idle()
+            while not any("failed its health check" in p["content"] for p in posted):
+                await trio.sleep(0.05)  # the notifier's queue drains in its own time, by design
+    assert limited == [1]
+    assert deployer.history[-1] == (broken, "failed")
+    assert all("discord-bot-token" not in p["content"] for p in posted)
