@@ -223,7 +223,7 @@ async def test_operator_hears_of_a_failed_deploy_on_discord_despite_a_429(
         notifier = Notifier(http, "discord-bot-token.abc.def", "123456789012345678")
         await nursery.start(notifier.run)
         with trio.fail_after(60):
-            robot, _children, deployer, url = await start(nursery, world, tmp_path, notify=notifier.notify)
+            robot, _children, deployer, _url = await start(nursery, world, tmp_path, notify=notifier.notify)
             await running_identity(robot)
             broken = world.commit("broken", version="2.0", health={"OK": False, "percent": 0, "cogs": {}})
             deployer.request("test")
