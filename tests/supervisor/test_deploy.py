@@ -233,3 +233,18 @@ async def test_operator_hears_of_a_failed_deploy_on_discord_despite_a_429(
     assert limited == [1]
     assert deployer.history[-1] == (broken, "failed")
     assert all("discord-bot-token" not in p["content"] for p in posted)
+
+
+async def test_install_step_failure_is_a_failed_deploy(nursery: trio.Nursery, tmp_path: Path) -> None:
+    world = World(tmp_path)
+    world.commit("good")
+    with trio.fail_after(60):
+        robot, _children, deployer, _url = await start(nursery, world, tmp_path)
+        await running_identity(robot)
+        deployer.install = [sys.executable, "-c", "import sys; sys.exit('no such requirement: discord.py==0.0')"]
+        newer = world.commit("needs a package", version="2.0")
+        deployer.request("test")
+        await deployer.wait_idle()
+    assert deployer.history[-1] == (newer, "failed")
+    assert newer in deployer.bad_commits
+    assert robot.core.epoch == 1  # no candidate ever started
