@@ -1,7 +1,7 @@
 # The one place commands live: CI and people call the same recipes.
 python := ".venv/bin/python"
 
-# Run the main job on the embedded default (today: the Socket.IO echo server).
+# Run the main job on the embedded default: the supervisor with two simulated workers.
 run *ARGS:
     {{python}} -m urban_robot {{ARGS}}
 

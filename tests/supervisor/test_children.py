@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from urban_robot.supervisor import Credentials, ProcessExited
+from urban_robot.supervisor import Close, Credentials, ProcessExited
 from urban_robot.supervisor._children import ChildPolicy, Children, prune_logs
 
 
@@ -207,3 +207,17 @@ async def test_a_restarted_supervisor_adopts_surviving_children_and_sees_them_ex
         [exited] = await robot.exits(1)
     assert exited == ProcessExited(identity, None)
     os.waitpid(pid, 0)  # reap it: in this test it is still our own process's child
+
+
+async def test_a_child_fenced_off_as_hung_is_stopped(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    launcher = FakeLauncher()
+    robot = FakeRobot()
+    children = Children(robot, ["bot"], cwd=Path("."), url="u", launch=launcher)
+    await nursery.start(children.run, 1)
+    _, process = await launcher.nth(0)
+    [identity] = children.children
+    children.on_action(Close("wid", "heartbeat silence", identity, hung=True))
+    [exited] = await robot.exits(1)
+    assert exited.identity == identity and process.returncode == -signal.SIGTERM

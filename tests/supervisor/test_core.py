@@ -210,7 +210,7 @@ def test_running_worker_killed_standby_promoted_at_once() -> None:
     d.feed(CacheSync("a", {"n": 1}))
     out = d.feed(ProcessExited("id-a", -9), at=3)
     assert d.grant(out, "b")["epoch"] == 2
-    assert Close("a", "process exited") in out
+    assert Close("a", "process exited", "id-a") in out
 
 
 def test_dropped_connection_alone_is_no_proof_wait_for_the_lease() -> None:
@@ -232,7 +232,7 @@ def test_hung_worker_fenced_after_its_lease() -> None:
     d.renew("a", 1)
     d.join("b")
     out = d.feed(HeartbeatSilence("a"), at=15)
-    assert Close("a", "heartbeat silence") in out
+    assert Close("a", "heartbeat silence", "id-a", hung=True) in out
     assert d.cmds(out, "b") == []
     out = d.feed(TimerFired(), at=17)
     assert d.cmds(out, "b") == ["process_commands"]
@@ -339,7 +339,7 @@ def test_holder_that_never_acknowledges_coma_keeps_the_lease_until_it_ends() -> 
         assert d.cmds(d.feed(TimerFired(), at=t), "new") == []
         assert d.cmds(d.feed(Heartbeat("new", None), at=t), "new") == []
     out = d.feed(TimerFired(), at=17)
-    assert Close("old", "lease expired") in out
+    assert Close("old", "lease expired", "id-old", hung=True) in out
     assert d.grant(out, "new")["epoch"] == 2
 
 
@@ -391,3 +391,13 @@ def test_confirmed_deploy_becomes_last_known_good_and_is_persisted() -> None:
     assert [a.state["last_known_good"] for a in out if isinstance(a, Persist)] == ["abc123" * 6]
     restored = Supervisor(SETTINGS, state=d.core.state())
     assert restored.last_known_good_hash == "abc123" * 6
+
+
+def test_only_an_exit_asks_for_a_replacement() -> None:
+    d = Driver(Settings(spawn_workers=True))
+    d.join("a")
+    assert not any(isinstance(a, Spawn) for a in d.feed(Disconnected("a")))  # it may come back
+    out = d.feed(ProcessExited("id-a", 1))
+    assert [a.reason for a in out if isinstance(a, Spawn)] == ["replace id-a: exited (1)"]
+    out = d.feed(ProcessExited("child-never-connected", 1))  # died before it ever connected
+    assert any(isinstance(a, Spawn) for a in out)

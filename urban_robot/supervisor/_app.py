@@ -83,6 +83,7 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             policy=options.policy,
         )
         robot.spawner = children.spawn
+        robot.observers.append(children.on_action)
         deployer = Deployer(
             robot,
             children,

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._events import ProcessExited
+from ._events import Close, ProcessExited
 from ._store import atomic_write
 
 log = logging.getLogger("urban_robot.children")
@@ -205,6 +205,13 @@ class Children:
         for observer in self.exit_observers:
             observer(child.identity, returncode)
         await self.robot.submit(ProcessExited(child.identity, returncode))
+
+    def on_action(self, action: Any) -> None:
+        """A supervisor observer: a child the core fenced off as hung is stopped (then replaced)."""
+        if isinstance(action, Close) and action.hung and action.identity in self.children:
+            assert self._nursery is not None
+            log.warning("%s is hung (%s): stopping it", action.identity, action.reason)
+            self._nursery.start_soon(self.stop, action.identity)
 
     # -- stopping ---------------------------------------------------------------------------------
     async def stop(self, identity: str, ask: Callable[[], Awaitable[None]] | None = None) -> None:

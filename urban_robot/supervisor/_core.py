@@ -234,7 +234,6 @@ class Supervisor:
         return self.lease is not None and self.lease.wid == w.wid
 
     def _forget(self, w: Worker, out: list[Action], reason: str, now: float) -> None:
-        was_leaving = w.role is Role.SHUTTING_DOWN
         if w.role is not Role.GONE:
             self._move(w, Trigger.LOST, out, reason)
         del self.clients[w.wid]
@@ -246,8 +245,6 @@ class Supervisor:
                 self.lease.wid = None  # unreachable, maybe still processing: the lease stands
                 message = f"running worker {w.identity} lost ({reason}); failing over when its lease ends"
                 out.append(Notify("warning", message))
-        if self.settings.spawn_workers and self.is_sane and not was_leaving:
-            out.append(Spawn(f"replace {w.identity}: {reason}"))
 
     def _count_loss(self, now: float, out: list[Action]) -> None:
         window = self.settings.crash_loop_window
@@ -429,19 +426,23 @@ class Supervisor:
         w = self.clients.get(e.wid)
         if w is not None:
             self._forget(w, out, "heartbeat silence", now)
-            out.append(Close(w.wid, "heartbeat silence"))
+            out.append(Close(w.wid, "heartbeat silence", w.identity, hung=True))
 
     def _on_ProcessExited(self, e: ProcessExited, now: float, out: list[Action]) -> None:
-        # Counted whether or not its connection is still known (the disconnect often comes first).
-        if e.identity in self.leaving:
-            self.leaving.discard(e.identity)
-        else:
+        # Counted (and replaced) whether or not its connection is still known: the disconnect often
+        # comes first, and a child can die before it ever connects. Only an exit is a reason to
+        # replace: a lost connection may come back, and a hung child is killed first (Close ... hung).
+        asked = e.identity in self.leaving
+        self.leaving.discard(e.identity)
+        if not asked:
             self._count_loss(now, out)
+            if self.settings.spawn_workers and self.is_sane:
+                out.append(Spawn(f"replace {e.identity}: exited ({e.returncode})"))
         if self.lease is not None and self.lease.identity == e.identity:
             self._release(out, "process exited")  # proof: nothing runs in a dead process
         for w in [w for w in self.clients.values() if w.identity == e.identity]:
             self._forget(w, out, f"process exited ({e.returncode})", now)
-            out.append(Close(w.wid, "process exited"))
+            out.append(Close(w.wid, "process exited", w.identity))
 
     def _on_TimerFired(self, e: TimerFired, now: float, out: list[Action]) -> None:
         for w in list(self.clients.values()):
@@ -493,7 +494,7 @@ class Supervisor:
                 # Connected yet not renewing in time (hung, or ignoring coma): fence it off for good.
                 hung = self.clients[lease.wid]
                 self._forget(hung, out, "lease expired", now)
-                out.append(Close(hung.wid, "lease expired"))
+                out.append(Close(hung.wid, "lease expired", hung.identity, hung=True))
             if self.lease is not None:  # forgetting an unconfirmed holder released it already
                 self._release(out, "lease expired")
         candidates = [w for w in self.clients.values() if w.role is Role.STANDBY and w.approved]

@@ -148,6 +148,8 @@ class Send:
 class Close:
     wid: str
     reason: str
+    identity: str | None = None
+    hung: bool = False  # alive but unresponsive: a process manager should stop its process
 
 
 @attrs.frozen

@@ -77,6 +77,7 @@ async def setup(
     port = await nursery.start(robot.run, "127.0.0.1", 0)
     children = Children(robot, command, cwd=Path.cwd(), url=f"http://127.0.0.1:{port}", log_dir=state_dir / "log")
     robot.spawner = children.spawn
+    robot.observers.append(children.on_action)
     await nursery.start(children.run, count)
     return robot, children, recorder
 

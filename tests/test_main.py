@@ -1,0 +1,35 @@
+"""The README's first command: ``python -m urban_robot`` runs the demo and stops cleanly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+
+@pytest.mark.slow
+async def test_demo_supervises_two_workers_and_stops_them_on_sigterm(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "urban_robot", "--port", "0", "--state-dir", str(tmp_path / "state")]
+    proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        with trio.fail_after(30):
+            while b"Workers: child-" not in seen or b"is running, epoch 1" not in seen:
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, seen.decode(errors="replace")
+                seen += chunk
+            listed = seen.split(b"Workers: ")[1].split(b". Kill")[0].replace(b",", b" ").split()
+            pids = [int(p) for p in listed if p.isdigit()]
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert len(pids) == 2
+    for pid in pids:  # the children were stopped with it, not orphaned
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
