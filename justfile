@@ -19,7 +19,7 @@ check:
     {{python}} -m mypy
 
 # Every benchmark.
-bench: bench-socketio bench-failover
+bench: bench-socketio bench-failover bench-deploy
 
 # Socket.IO server against python-socketio on uvicorn and aiohttp, same run.
 bench-socketio *ARGS:
@@ -29,3 +29,7 @@ bench-socketio *ARGS:
 # Crash failover and planned hand-over with real worker processes.
 bench-failover *ARGS:
     {{python}} scripts/bench/failover/run.py {{ARGS}}
+
+# Webhook-to-processing time and the hand-over gap of a deploy, with real git and processes.
+bench-deploy *ARGS:
+    {{python}} scripts/bench/deploy/run.py {{ARGS}}

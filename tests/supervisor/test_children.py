@@ -221,3 +221,28 @@ async def test_a_child_fenced_off_as_hung_is_stopped(
     children.on_action(Close("wid", "heartbeat silence", identity, hung=True))
     [exited] = await robot.exits(1)
     assert exited.identity == identity and process.returncode == -signal.SIGTERM
+
+
+async def test_asked_stops_and_deploy_candidates_do_not_back_off(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    launcher = FakeLauncher()
+    children = Children(
+        FakeRobot(),
+        ["bot"],
+        cwd=Path("."),
+        url="u",
+        launch=launcher,
+        policy=ChildPolicy(backoff_base=1, jitter=0, stable_uptime=30),
+    )
+    await nursery.start(children.run, 1)
+    await launcher.nth(0)
+    [identity] = children.children
+    await children.stop(identity)  # we stopped it: not a crash
+    assert children.quick_deaths == 0
+    children.quick_deaths = 3
+    children.spawn("deploy candidate", backoff=False)
+    at, _ = await launcher.nth(1)
+    assert at == trio.current_time()  # at once, whatever the restart backoff says
+    await trio.sleep(31)  # a child lived stable_uptime: the backoff is over
+    assert children.backoff() == 0 and children.quick_deaths == 0

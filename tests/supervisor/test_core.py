@@ -23,6 +23,7 @@ from urban_robot.supervisor import (
     ProcessExited,
     Ready,
     Reply,
+    RetireOlder,
     Role,
     RollBack,
     RollbackFinished,
@@ -401,3 +402,18 @@ def test_only_an_exit_asks_for_a_replacement() -> None:
     assert [a.reason for a in out if isinstance(a, Spawn)] == ["replace id-a: exited (1)"]
     out = d.feed(ProcessExited("child-never-connected", 1))  # died before it ever connected
     assert any(isinstance(a, Spawn) for a in out)
+
+
+def test_older_standbys_retire_after_a_deploy_and_are_replaced() -> None:
+    d = Driver(Settings(spawn_workers=True))
+    d.join("old-a", generation=1)
+    d.renew("old-a", 1)
+    d.join("old-b", generation=1)
+    d.join("new", generation=2)
+    d.feed(ComaAck("old-a", "newer version"))
+    out = d.feed(RetireOlder(2))
+    assert d.cmds(out, "old-a") == ["shutdown"] and d.cmds(out, "old-b") == ["shutdown"]
+    assert d.cmds(out, "new") == []
+    assert sum(isinstance(a, Spawn) for a in out) == 2
+    out = d.feed(ProcessExited("id-old-a", 0))
+    assert not any(isinstance(a, Spawn) for a in out) and d.core.losses == []  # asked to go: no crash

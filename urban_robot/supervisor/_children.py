@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._events import Close, ProcessExited
+from ._events import Close, ProcessExited, Send
 from ._store import atomic_write
 
 log = logging.getLogger("urban_robot.children")
@@ -109,6 +109,7 @@ class Children:
         self.rng = rng or random.Random()
         self.children: dict[str, Child] = {}
         self.exit_observers: list[Callable[[str, int | None], None]] = []
+        self.asked: set[str] = set()  # children asked to stop: their exit is no crash
         # When this manager stops: stop the children (default), or leave them to the next supervisor.
         self.keep_running = False
         self.quick_deaths = 0  # consecutive children that died before stable_uptime
@@ -132,14 +133,17 @@ class Children:
             task_status.started()
             await trio.sleep_forever()
 
-    def spawn(self, reason: str, *, generation: int | None = None, cwd: Path | None = None) -> str:
+    def spawn(
+        self, reason: str, *, generation: int | None = None, cwd: Path | None = None, backoff: bool = True
+    ) -> str:
         """Start one more child (after the current backoff); returns its identity.
 
-        ``cwd`` runs it from another directory (a deploy's release) than the usual one.
+        ``cwd`` runs it from another directory (a deploy's release) than the usual one;
+        ``backoff=False`` starts it at once (a deploy's candidate is no restart).
         """
         assert self._nursery is not None, "Children.run is not running"
         identity = f"child-{self._boot}-{next(self._numbers)}"
-        delay = self.backoff()
+        delay = self.backoff() if backoff else 0.0
         log.info("spawning %s (%s)%s", identity, reason, f" in {delay:.1f}s" if delay else "")
         try:
             self._nursery.start_soon(self._child, identity, generation or self.generation, delay, cwd or self.cwd)
@@ -148,6 +152,9 @@ class Children:
         return identity
 
     def backoff(self) -> float:
+        now = trio.current_time()
+        if any(now - child.started >= self.policy.stable_uptime for child in self.children.values()):
+            self.quick_deaths = 0  # a child has lived long enough: the code is not crash-looping
         if self.quick_deaths == 0:
             return 0.0
         p = self.policy
@@ -200,7 +207,10 @@ class Children:
     async def _exited(self, child: Child, returncode: int | None) -> None:
         self._forget(child)
         uptime = trio.current_time() - child.started
-        self.quick_deaths = self.quick_deaths + 1 if uptime < self.policy.stable_uptime else 0
+        if child.identity in self.asked:
+            self.asked.discard(child.identity)  # we stopped it: no crash, no backoff
+        else:
+            self.quick_deaths = self.quick_deaths + 1 if uptime < self.policy.stable_uptime else 0
         log.info("%s (pid %s) exited with %s after %.1fs", child.identity, child.pid, returncode, uptime)
         for observer in self.exit_observers:
             observer(child.identity, returncode)
@@ -208,6 +218,11 @@ class Children:
 
     def on_action(self, action: Any) -> None:
         """A supervisor observer: a child the core fenced off as hung is stopped (then replaced)."""
+        if isinstance(action, Send) and action.event == "cmd" and action.data.get("t") == "shutdown":
+            core = getattr(self.robot, "core", None)
+            worker = core.clients.get(action.wid) if core is not None else None
+            if worker is not None:
+                self.asked.add(worker.identity)  # the supervisor asked it to go
         if isinstance(action, Close) and action.hung and action.identity in self.children:
             assert self._nursery is not None
             log.warning("%s is hung (%s): stopping it", action.identity, action.reason)
@@ -219,6 +234,7 @@ class Children:
         child = self.children.get(identity)
         if child is None:
             return
+        self.asked.add(identity)
         if ask is not None:
             await ask()
             if await self._wait_gone(child, self.policy.term_timeout):
@@ -262,6 +278,7 @@ class Children:
             self.children[identity] = child
             assert self._nursery is not None
             self._nursery.start_soon(self._watch_adopted, child)
+            self.generation = max(self.generation, child.generation)  # a deploy must beat what runs
             log.info("adopted %s (pid %s) from an earlier supervisor", identity, pid)
             adopted += 1
         self._save_registry()

@@ -37,6 +37,7 @@ from ._events import (
     ComaAck,
     Connected,
     DeployConfirmed,
+    RetireOlder,
     Disconnected,
     Event,
     HealthReport,
@@ -462,13 +463,21 @@ class Supervisor:
         out.append(Reply({"is_sane": True}))
         out.append(Persist(self.state()))
         out.append(Notify("info", "try_again: deploying and spawning resumed"))
-        if self.settings.spawn_workers:
-            out.append(Spawn("try_again"))
+        if self.settings.spawn_workers and not self.clients:
+            out.append(Spawn("try_again: no worker is left"))  # otherwise replacements follow exits
 
     def _on_DeployConfirmed(self, e: DeployConfirmed, now: float, out: list[Action]) -> None:
         self.last_known_good_hash = e.commit
         out.append(Persist(self.state()))
         out.append(Notify("info", f"deployed {e.commit[:12]}: it is the last known good commit now"))
+
+    def _on_RetireOlder(self, e: RetireOlder, now: float, out: list[Action]) -> None:
+        waiting = (Role.CONNECTED, Role.IDENTIFIED, Role.STANDBY, Role.CHECKING)
+        for w in list(self.clients.values()):
+            if w.generation is not None and w.generation < e.generation and w.role in waiting:
+                self._shutdown(w, f"outdated: generation {e.generation} runs now", out)
+                if self.settings.spawn_workers and self.is_sane:
+                    out.append(Spawn(f"replace outdated {w.identity}"))
 
     def _on_RollbackFinished(self, e: RollbackFinished, now: float, out: list[Action]) -> None:
         if e.ok:

@@ -28,7 +28,7 @@ import trio
 
 from .._errors import UrbanRobotError
 from ._children import Children
-from ._events import Action, DeployConfirmed, RoleChanged, RollBack, RollbackFinished
+from ._events import Action, DeployConfirmed, RetireOlder, RoleChanged, RollBack, RollbackFinished
 from ._service import UrbanRobot
 
 log = logging.getLogger("urban_robot.deploy")
@@ -183,7 +183,9 @@ class Deployer:
         verdict = _Verdict(self.children.generation + 1)
         self._verdict = verdict
         try:
-            verdict.identity = self.children.spawn(f"deploy {target[:12]}", generation=verdict.generation, cwd=release)
+            verdict.identity = self.children.spawn(
+                f"deploy {target[:12]}", generation=verdict.generation, cwd=release, backoff=False
+            )
             with trio.move_on_after(self.verdict_timeout):
                 await verdict.done.wait()
             verdict.settle("no verdict in time")
@@ -197,6 +199,7 @@ class Deployer:
         self.children.generation += 1
         self.children.cwd = release  # replacements run the new code
         await self.robot.submit(DeployConfirmed(target))
+        await self.robot.submit(RetireOlder(self.children.generation))  # standbys of old code make way
         try:
             await self.git.reset_to(target)  # the repository's checkout follows what runs
             await self.git.prune_releases({target})

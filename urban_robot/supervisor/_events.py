@@ -103,6 +103,13 @@ class DeployConfirmed:
 
 
 @attrs.frozen
+class RetireOlder:
+    """Generation ``generation`` runs now: shut down (and replace) standbys of older code."""
+
+    generation: int
+
+
+@attrs.frozen
 class RollbackFinished:
     ok: bool
     detail: str = ""
@@ -123,6 +130,7 @@ Event = (
     | TimerFired
     | TryAgain
     | DeployConfirmed
+    | RetireOlder
     | RollbackFinished
 )
 
