@@ -404,7 +404,7 @@ def test_only_an_exit_asks_for_a_replacement() -> None:
     assert any(isinstance(a, Spawn) for a in out)
 
 
-def test_older_standbys_retire_after_a_deploy_and_are_replaced() -> None:
+def test_older_standbys_retire_after_a_deploy() -> None:
     d = Driver(Settings(spawn_workers=True))
     d.join("old-a", generation=1)
     d.renew("old-a", 1)
@@ -414,6 +414,6 @@ def test_older_standbys_retire_after_a_deploy_and_are_replaced() -> None:
     out = d.feed(RetireOlder(2))
     assert d.cmds(out, "old-a") == ["shutdown"] and d.cmds(out, "old-b") == ["shutdown"]
     assert d.cmds(out, "new") == []
-    assert sum(isinstance(a, Spawn) for a in out) == 2
+    assert not any(isinstance(a, Spawn) for a in out)  # the process manager tops up to its count
     out = d.feed(ProcessExited("id-old-a", 0))
     assert not any(isinstance(a, Spawn) for a in out) and d.core.losses == []  # asked to go: no crash

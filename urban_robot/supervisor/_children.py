@@ -110,6 +110,7 @@ class Children:
         self.children: dict[str, Child] = {}
         self.exit_observers: list[Callable[[str, int | None], None]] = []
         self.asked: set[str] = set()  # children asked to stop: their exit is no crash
+        self.target = 0  # how many children run() keeps (one running + the hot standbys)
         # When this manager stops: stop the children (default), or leave them to the next supervisor.
         self.keep_running = False
         self.quick_deaths = 0  # consecutive children that died before stable_uptime
@@ -127,6 +128,7 @@ class Children:
         """Adopt surviving children, start more up to ``count``, then manage them until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.target = count
             adopted = self._adopt_survivors()
             for _ in range(max(0, count - adopted)):
                 self.spawn("start-up")
@@ -150,6 +152,12 @@ class Children:
         except RuntimeError:  # the manager is shutting down: nothing new starts
             log.info("not spawning %s: shutting down", identity)
         return identity
+
+    def top_up(self, reason: str) -> None:
+        """Spawn children of the current generation until there are ``target`` of it."""
+        current = sum(1 for child in self.children.values() if child.generation == self.generation)
+        for _ in range(self.target - current):
+            self.spawn(reason)
 
     def backoff(self) -> float:
         now = trio.current_time()

@@ -37,7 +37,6 @@ from ._events import (
     ComaAck,
     Connected,
     DeployConfirmed,
-    RetireOlder,
     Disconnected,
     Event,
     HealthReport,
@@ -50,6 +49,7 @@ from ._events import (
     ProcessExited,
     Ready,
     Reply,
+    RetireOlder,
     RoleChanged,
     RollBack,
     RollbackFinished,
@@ -476,8 +476,7 @@ class Supervisor:
         for w in list(self.clients.values()):
             if w.generation is not None and w.generation < e.generation and w.role in waiting:
                 self._shutdown(w, f"outdated: generation {e.generation} runs now", out)
-                if self.settings.spawn_workers and self.is_sane:
-                    out.append(Spawn(f"replace outdated {w.identity}"))
+        # How many new ones replace them is the process manager's count, not ours.
 
     def _on_RollbackFinished(self, e: RollbackFinished, now: float, out: list[Action]) -> None:
         if e.ok:

@@ -200,6 +200,7 @@ class Deployer:
         self.children.cwd = release  # replacements run the new code
         await self.robot.submit(DeployConfirmed(target))
         await self.robot.submit(RetireOlder(self.children.generation))  # standbys of old code make way
+        self.children.top_up("standby of the new release")
         try:
             await self.git.reset_to(target)  # the repository's checkout follows what runs
             await self.git.prune_releases({target})
