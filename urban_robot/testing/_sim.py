@@ -49,6 +49,7 @@ class SimulatedWorker:
         self.health = health
         self.name = name
         self.echo = echo  # print each step on stdout (a child's log file)
+        self.slow = 0.0  # seconds to wait before answering each command
         self.cache: Any = None
         self.token: str | None = None
         self.interval = 30.0
@@ -94,6 +95,11 @@ class SimulatedWorker:
     async def drop(self) -> None:
         if self._ws is not None:
             await self._ws.aclose()
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        """Put any frame on the wire (a bad message, a forged event): the supervisor must survive it."""
+        if self._ws is not None:
+            await self._ws.send_message(frame)
 
     # -- running -------------------------------------------------------------------------------------
     async def run(
@@ -193,6 +199,8 @@ class SimulatedWorker:
 
     async def _on_cmd(self, name: str, data: dict[str, Any]) -> None:
         self._note("cmd:" + name, data)
+        if self.slow:
+            await trio.sleep(self.slow)  # a slow worker: every answer to a command comes late
         if name == "health_check":
             await self._emit("health_check", self.health)
         elif name == "process_commands":
