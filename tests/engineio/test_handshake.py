@@ -9,8 +9,7 @@ import json
 from urllib.parse import urlencode
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from urban_robot.engineio import EngineError, EngineQuery, PacketType, encode_packet, open_packet, parse_query
 from urban_robot.engineio._handshake import TRANSPORTS, EngineErrorCode

@@ -12,8 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from urban_robot import ProtocolError
 from urban_robot.socketio import Decoder, Packet, PacketType, decode_text, encode

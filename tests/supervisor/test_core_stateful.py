@@ -20,8 +20,7 @@ import itertools
 from typing import Any
 
 import attrs
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from urban_robot.supervisor import (

@@ -13,8 +13,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from urban_robot.supervisor import Notify
 from urban_robot.supervisor._notify import (

@@ -12,8 +12,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from tests._helpers import start_server
 from urban_robot.socketio import Server

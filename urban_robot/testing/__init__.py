@@ -1,4 +1,3 @@
 """Test helpers for bots and for Urban Robot itself: simulated workers (more in later releases)."""
 
-from ._sim import HEALTHY as HEALTHY
-from ._sim import SimulatedWorker as SimulatedWorker
+from ._sim import HEALTHY as HEALTHY, SimulatedWorker as SimulatedWorker

@@ -22,8 +22,7 @@ import trio
 import trio_websocket
 
 from ..engineio import PacketType, decode_packet
-from ..socketio import Decoder, Packet, encode
-from ..socketio import PacketType as SioType
+from ..socketio import Decoder, Packet, PacketType as SioType, encode
 
 log = logging.getLogger("urban_robot.testing")
 
