@@ -1,0 +1,227 @@
+"""The Worker against the real supervisor, over real loopback sockets, on a virtual clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from urban_robot.client import Worker
+
+from ._harness import SETTINGS, Harness
+
+
+async def test_first_worker_runs(harness: Harness, autojump_clock: Any) -> None:
+    worker, rec = await harness.started()
+    await worker.processing_started.wait()
+    assert worker.processing and worker.token == "discord-token-xyz"
+    assert "discord-token-xyz" not in repr(worker.hello) and "discord-token-xyz" not in repr(worker)
+    assert worker.lease.grant is not None and worker.lease.grant.epoch == 1
+    assert [name for _, name, _ in rec.events] == ["hello", "start"]
+    await trio.sleep(100)  # heartbeats keep the lease
+    assert worker.processing
+    assert harness.robot is not None and harness.robot.status()["running"] is not None
+
+
+async def test_reconnect_delivers_messages_queued_while_away_once_in_order(
+    harness: Harness, autojump_clock: Any
+) -> None:
+    assert harness.robot is not None
+    seen: list[Any] = []
+
+    async def note(sid: str, data: Any) -> dict[str, bool]:
+        seen.append(data["n"])
+        return {"noted": True}
+
+    harness.robot.server.on("note", note)
+    worker, rec = await harness.started()
+    await worker.processing_started.wait()
+    first = worker.emit("note", {"n": 0})
+    assert await first.wait() == {"noted": True} and first.state == "acked"
+    harness.robot.server.close(harness.sid_of(worker))
+    await worker.connected.off.wait()
+    deliveries = [worker.emit("note", {"n": n}) for n in (1, 2, 3)]
+    assert all(d.state == "queued" for d in deliveries) and len(worker.outbox) == 3
+    await worker.connected.on.wait()
+    assert [await d.wait() for d in deliveries] == [{"noted": True}] * 3
+    assert seen == [0, 1, 2, 3]
+    # the reconnecting holder claimed its grant and was adopted: it never stopped processing
+    assert worker.sessions == 2 and worker.processing
+    assert rec.times("stop") == [] and harness.robot.status()["epoch"] == 1
+    await trio.sleep(60)
+    assert seen == [0, 1, 2, 3]
+
+
+async def test_self_fences_when_renewals_stop(harness: Harness, autojump_clock: Any) -> None:
+    """Processing stops exactly when the lease counted from the last renewed heartbeat's sending ends."""
+    assert harness.robot is not None
+    robot = harness.robot
+    beats: list[float] = []
+    real_message = robot.server.engine_message
+
+    async def tap(session: Any, message: str | bytes, start: int = 0) -> None:
+        if isinstance(message, str) and '"heartbeat"' in message:
+            beats.append(trio.current_time())
+        await real_message(session, message, start)
+
+    robot.server.engine_message = tap  # type: ignore[method-assign]
+    worker, rec = await harness.started()
+    await worker.processing_started.wait()
+    await trio.sleep(25)  # a few renewals
+    await trio.testing.wait_all_tasks_blocked()
+
+    async def silent(sid: str, *args: Any) -> None:
+        return None  # an empty ack: no renewal
+
+    robot.server.on("heartbeat", silent)
+    last_renewed = beats[-1]
+    assert worker.lease.until == pytest.approx(last_renewed + SETTINGS.lease, abs=1e-6)
+    await worker.processing_stopped.wait()
+    (stopped_at,) = rec.times("stop")
+    assert stopped_at == pytest.approx(last_renewed + SETTINGS.lease, abs=1e-6)
+    assert rec.events[-1][2] == "lease ran out"
+    assert len(beats) > 1 + 25 // SETTINGS.interval  # it kept beating; nothing came back
+
+
+async def test_keeps_processing_only_until_its_view_ends_when_the_supervisor_dies(
+    harness: Harness, autojump_clock: Any
+) -> None:
+    worker, rec = await harness.started()
+    await worker.processing_started.wait()
+    await trio.sleep(12)
+    until = worker.lease.until
+    harness.stop()  # the supervisor vanishes: its sockets close, reconnects are refused
+    await worker.connected.off.wait()
+    assert worker.processing  # still within its own view
+    await worker.processing_stopped.wait()
+    assert rec.times("stop") == [pytest.approx(until, abs=1e-6)]
+    assert not worker.processing
+
+
+class Tap:
+    """Every WebSocket message the server receives, as it came off the wire."""
+
+    def __init__(self, harness: Harness) -> None:
+        assert harness.robot is not None
+        self.frames: list[str | bytes] = []
+        server = harness.robot.server
+        self._real = server.engine_message
+        server.engine_message = self  # type: ignore[method-assign]
+
+    async def __call__(self, session: Any, message: str | bytes, start: int = 0) -> None:
+        self.frames.append(message)
+        await self._real(session, message, start)
+
+
+async def test_dry_run_frames_are_byte_equal_to_the_wire(harness: Harness, autojump_clock: Any) -> None:
+    tap = Tap(harness)
+    worker, _ = await harness.started()
+    await worker.processing_started.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    predicted = await worker.heartbeat(dry_run=True)
+    before = len(tap.frames)
+    assert (await worker.heartbeat())["lease"] == SETTINGS.lease
+    assert tap.frames[before:] == predicted
+    assert predicted[0].startswith("42") and '["heartbeat",{"epoch":1}]' in predicted[0]
+
+    cache = {"blob": b"\x00\x01binary", "list": [1, "two"]}
+    predicted = worker.sync_cache(cache, dry_run=True)
+    assert len(predicted) == 2 and predicted[1] == b"\x00\x01binary"
+    before = len(tap.frames)
+    assert await worker.sync_cache(cache).wait() == {"accepted": True}
+    assert tap.frames[before:] == predicted
+    assert harness.robot is not None
+    await trio.testing.wait_all_tasks_blocked()
+    assert harness.robot.core.cache == cache
+
+    predicted = await worker.ready(dry_run=True)
+    before = len(tap.frames)
+    await worker.ready()
+    assert tap.frames[before:] == predicted
+
+
+async def test_malformed_server_messages_are_logged_not_fatal(
+    harness: Harness, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert harness.robot is not None
+    worker, _ = await harness.started()
+    await worker.processing_started.wait()
+    sid = harness.sid_of(worker)
+    garbage: list[Any] = [
+        ("cmd", {"t": "process_commands", "d": {"epoch": "one", "lease": 5, "lease_token": "very-secret-tok"}}),
+        ("cmd", "not an object"),
+        ("cmd", {"t": "coma", "d": {"cache_sync": "yes"}}),
+        ("cache_sync", {"no cache": 1}),
+        ("hello", {"token": "leaked-token", "protocol": "1"}),
+        ("cmd", {"t": "launch_missiles", "d": {}}),
+        ("weird_event", {"x": 1}),
+    ]
+    for event, data in garbage:
+        await harness.robot.server.emit(event, data, to=sid)
+    await trio.sleep(30)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" and r.name == "urban_robot.client"]
+    assert len(errors) == 5, errors
+    assert all("malformed" in e for e in errors)
+    assert not any("very-secret-tok" in r.getMessage() or "leaked-token" in r.getMessage() for r in caplog.records)
+    assert "<redacted>" in errors[0] and "'one'" in errors[0]
+    assert worker.processing and worker.sessions == 1 and worker.lease.grant is not None
+
+
+async def test_hand_over_moves_the_cache(harness: Harness, autojump_clock: Any) -> None:
+    old, old_rec = await harness.started("1.0", get_cache=lambda: {"reminder": "tea at 5"})
+    await old.processing_started.wait()
+    new, new_rec = await harness.started("1.1")
+    await new.processing_started.wait()
+    (stopped,) = old_rec.times("stop")
+    (started,) = new_rec.times("start")
+    assert stopped <= started and not old.processing
+    assert new_rec.cache == {"reminder": "tea at 5"}
+    assert new_rec.times("set_cache")[0] <= started
+    assert old.connected and not old.shut_down and old.lease.grant is None  # a standby now
+    assert harness.robot is not None and harness.robot.status()["epoch"] == 2
+
+
+async def test_failing_vital_cog_gets_shut_down(harness: Harness, autojump_clock: Any) -> None:
+    async def music() -> bool:
+        return True
+
+    def broken() -> bool:
+        raise RuntimeError("cog crashed")
+
+    checks = {"modules.utilities": broken, "modules.music": music}
+    worker, rec = harness.worker(health_checks=checks)
+    with trio.fail_after(60):
+        await worker.run()  # returns once shut down
+    assert worker.shut_down and not worker.processing and rec.times("start") == []
+    assert harness.robot is not None
+    await trio.testing.wait_all_tasks_blocked()
+    assert harness.robot.conns == {}
+
+
+async def test_hung_connection_is_dropped_and_redone(harness: Harness, autojump_clock: Any) -> None:
+    assert harness.robot is not None
+    worker, _ = await harness.started()
+    await worker.processing_started.wait()
+    release = trio.Event()
+
+    async def stuck(sid: str, *args: Any) -> Any:
+        harness.robot.server.handlers["/"].pop("heartbeat")  # type: ignore[union-attr]
+        await release.wait()  # the supervisor stops answering this connection
+
+    harness.robot.server.on("heartbeat", stuck)
+    hung_at = trio.current_time()
+    await worker.connected.off.wait()
+    assert trio.current_time() - hung_at <= SETTINGS.interval + worker.timeouts.ack + 0.01
+    release.set()
+    await worker.connected.on.wait()
+    assert worker.sessions == 2
+
+
+async def test_authentication_failure_is_raised_not_retried(harness: Harness, autojump_clock: Any) -> None:
+    from urban_robot.client import AuthenticationFailed
+
+    worker = Worker(harness.url, "child-9.forged", version="1.0")
+    with pytest.raises(AuthenticationFailed):
+        await worker.run()

@@ -1,0 +1,48 @@
+"""The worker client's errors.
+
+UrbanRobotError             (urban_robot._errors)
+ └─ WorkerError             base of what the worker client raises on purpose
+     ├─ ConfigError         URL, secret or generation missing or malformed (one-line message)
+     ├─ AuthenticationFailed  the supervisor refused the secret (CONNECT_ERROR): not retried
+     ├─ OutboxFull          the outbound queue is full: the message was NOT queued
+     ├─ MessageTooLarge     a frame would exceed the supervisor's maxPayload: not sent
+     ├─ MalformedMessage    a message that breaks docs/protocol.md (also a ValueError)
+     └─ ConnectionLost      the connection is gone or hung; the worker drops it and reconnects
+         └─ AckTimeout      no ack within the ack time-out
+"""
+
+from __future__ import annotations
+
+from .._errors import UrbanRobotError
+
+
+class WorkerError(UrbanRobotError):
+    """Base class of the worker client's errors."""
+
+
+class ConfigError(WorkerError):
+    """The worker's configuration is missing or malformed."""
+
+
+class AuthenticationFailed(WorkerError):
+    """The supervisor answered CONNECT with ``authentication failed``: a configuration error."""
+
+
+class OutboxFull(WorkerError):
+    """The outbound queue holds ``outbox_size`` messages already; this one was not queued."""
+
+
+class MessageTooLarge(WorkerError):
+    """A frame is larger than the ``maxPayload`` the supervisor announced."""
+
+
+class MalformedMessage(WorkerError, ValueError):
+    """A message that does not follow the protocol. Its text never contains a token."""
+
+
+class ConnectionLost(WorkerError):
+    """The current connection closed, broke or stopped answering."""
+
+
+class AckTimeout(ConnectionLost):
+    """An event's ack did not come in time: the connection is considered hung."""
