@@ -33,3 +33,46 @@ async def test_demo_supervises_two_workers_and_stops_them_on_sigterm(tmp_path: P
     assert len(pids) == 2
     for pid in pids:  # the children were stopped with it, not orphaned
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+@pytest.mark.slow
+async def test_a_second_supervisor_on_the_same_state_is_refused_in_one_line(tmp_path: Path) -> None:
+    state = ["--state-dir", str(tmp_path / "state")]
+    first = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "urban_robot", "--port", "0", *state], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        assert first.stdout is not None
+        seen = b""
+        with trio.fail_after(30):
+            while b"Urban Robot demo on" not in seen:
+                chunk = await first.stdout.receive_some(65536)
+                assert chunk, seen.decode(errors="replace")
+                seen += chunk
+            second = await trio.run_process(
+                [sys.executable, "-m", "urban_robot", "--port", "0", *state], capture_stderr=True, check=False
+            )
+    finally:
+        first.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            await first.wait()
+    assert second.returncode == 1
+    lines = second.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "another supervisor" in lines[0] and "Traceback" not in lines[0], lines
+
+
+@pytest.mark.slow
+async def test_a_busy_port_is_one_line_too(tmp_path: Path) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    with listener, trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "urban_robot", "--port", str(port), "--state-dir", str(tmp_path / "s")],
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 1
+    [line] = result.stderr.decode().strip().splitlines()
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "pick another --port" in line

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from .supervisor import Settings
+from .supervisor import Settings, StateError
 from .supervisor._app import App, Options, serve
 
 DEMO_WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
@@ -74,13 +74,28 @@ def main(argv: list[str] | None = None) -> int:
         trio.run(_main, demo_options(args.host, args.port, args.state_dir))
     except KeyboardInterrupt:
         return 0
-    except OSError as exc:
-        print(
-            f"urban-robot: cannot listen on {args.host}:{args.port}: {exc.strerror}; pick another --port",
-            file=sys.stderr,
-        )
+    except BaseException as exc:
+        message = _explain(exc, f"{args.host}:{args.port}")
+        if message is None:
+            raise
+        print(f"urban-robot: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _explain(exc: BaseException, address: str) -> str | None:
+    """One line for the errors a user can cause (found inside trio's exception groups), else None."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _explain(inner, address)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, StateError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot listen on {address}: {exc.strerror}; pick another --port"
+    return None
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ class App:
 async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
     store = StateStore(options.state_dir)
     store.prepare()
+    store.lock()
     credentials = Credentials(store.secret_key(), admin_token=options.admin_token)
     async with httpx.AsyncClient(timeout=15) as http, trio.open_nursery() as nursery:
         notifier = await _start_notifier(nursery, http, options)
@@ -99,6 +100,10 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
         )
         log.info("supervising %s from %s", " ".join(options.command), options.helium_path)
         task_status.started(App(robot, children, deployer, notifier, url))
+        try:
+            await trio.sleep_forever()
+        finally:
+            store.unlock()
 
 
 async def _start_notifier(nursery: trio.Nursery, http: httpx.AsyncClient, options: Options) -> Notifier | None:

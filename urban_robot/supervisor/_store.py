@@ -12,6 +12,7 @@ the old file or the new one, never half of either. Files are private (0600).
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import secrets
@@ -75,6 +76,7 @@ class StateStore:
         self.state_path = self.directory / "state.json"
         self.cache_path = self.directory / "cache.json"
         self.key_path = self.directory / "secret.key"
+        self._lock_fd: int | None = None
 
     def prepare(self) -> None:
         try:
@@ -83,6 +85,29 @@ class StateStore:
             raise StateError(f"cannot create state directory {self.directory}: {exc.strerror}") from exc
         if not os.access(self.directory, os.W_OK):
             raise StateError(f"state directory {self.directory} is not writable: fix its permissions or pick another")
+
+    def lock(self) -> None:
+        """Hold the state directory for this process: two supervisors on one state would fight over leases."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StateError(
+                f"another supervisor (pid {holder}) is using state directory {self.directory}: "
+                "stop it first, or give this one its own --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd  # held (and so locked) until this process exits or unlock()
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def load_state(self) -> dict[str, Any] | None:
         try:
