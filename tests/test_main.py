@@ -76,3 +76,15 @@ async def test_a_busy_port_is_one_line_too(tmp_path: Path) -> None:
     assert result.returncode == 1
     [line] = result.stderr.decode().strip().splitlines()
     assert f"cannot listen on 127.0.0.1:{port}" in line and "pick another --port" in line
+
+
+@pytest.mark.slow
+async def test_a_bad_configuration_is_refused_with_one_line_per_problem(tmp_path: Path) -> None:
+    (tmp_path / "urban-robot.toml").write_text('port = "eighty"\nhelium_path = "/nonexistent"\ntypo = 1\n')
+    result = await trio.run_process(
+        [sys.executable, "-m", "urban_robot"], cwd=tmp_path, capture_stderr=True, check=False
+    )
+    assert result.returncode == 2
+    lines = result.stderr.decode().strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("urban-robot: configuration: ") for line in lines)
+    assert {line.split(": ")[2] for line in lines} == {"port", "helium_path", "typo"}

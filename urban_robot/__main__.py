@@ -1,5 +1,8 @@
 """``python -m urban_robot``: with no configuration, a demo — the supervisor with two simulated workers.
 
+With a configuration (``urban-robot.toml``, environment, ``.env``: docs/configuration.md) naming the
+bot's checkout (``helium_path``), it supervises the real bot.
+
 One worker runs, one stands by warm. Kill the running one (``kill <pid>``) and
 watch the standby take over within milliseconds; a replacement is spawned
 and health-checked. No Discord, no token needed. (Supervising a real bot from a
@@ -11,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 import trio
 
+from .config import ConfigError, load_config
 from .supervisor import Settings, StateError
 from .supervisor._app import App, Options, serve
 
@@ -47,10 +52,16 @@ async def _stop_on_signal(cancel_scope: trio.CancelScope) -> None:
             return
 
 
-async def _main(options: Options) -> None:
+async def _main(options: Options, demo: bool) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         app: App = await nursery.start(serve, options)
+        if not demo:
+            print(
+                f"Urban Robot on {app.url} — supervising {' '.join(options.command)} in {options.helium_path}",
+                flush=True,
+            )
+            return
         print(
             f"Urban Robot demo on {app.url} — supervising two simulated workers (state in {options.state_dir}).",
             flush=True,
@@ -64,18 +75,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="urban-robot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--state-dir", type=Path, default=Path(".urban-robot"))
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--config", type=Path, help="urban-robot.toml (default: $URBAN_ROBOT_CONFIG or ./urban-robot.toml)"
+    )
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--state-dir", type=Path)
+    parser.add_argument("--helium-path", type=Path, help="the bot's git checkout (without one: the demo)")
+    parser.add_argument("--log-level")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "state_dir": args.state_dir,
+        "helium_path": args.helium_path,
+        "log_level": args.log_level,
+    }
     try:
-        trio.run(_main, demo_options(args.host, args.port, args.state_dir))
+        config = load_config(flags, os.environ, args.config, Path.cwd())
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"urban-robot: configuration: {problem}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = config.options or demo_options(config.host, config.port, config.state_dir)
+    try:
+        trio.run(_main, options, config.options is None)
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:
-        message = _explain(exc, f"{args.host}:{args.port}")
+        message = _explain(exc, f"{config.host}:{config.port}")
         if message is None:
             raise
         print(f"urban-robot: {message}", file=sys.stderr)

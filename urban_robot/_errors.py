@@ -3,6 +3,7 @@
     UrbanRobotError            base of everything raised on purpose
      ├─ ProtocolError          a peer sent bytes that break Engine.IO v4 / Socket.IO v5
      │                         (malformed packet, bad JSON, lying attachment count, ...)
+     ├─ ConfigError            the configuration has problems, one line each (config.py)
      ├─ StateError             the state directory cannot be used (supervisor/_store.py)
      ├─ GitError               a git command failed or timed out (supervisor/_git.py)
      ├─ NotifyError            Discord refused or could not take a message (supervisor/_notify.py)

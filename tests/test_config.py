@@ -1,0 +1,412 @@
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from urban_robot._errors import UrbanRobotError
+from urban_robot.config import KEYS, Config, ConfigError, load_config, read_dotenv
+from urban_robot.supervisor._app import Options
+
+TOKEN = "MTIz.bot-token-SECRET"
+WEBHOOK = "webhook-SECRET"
+ADMIN = "admin-SECRET"
+DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
+
+
+@pytest.fixture
+def bot(tmp_path: Path) -> Path:
+    path = tmp_path / "helium"
+    path.mkdir()
+    return path
+
+
+def load(
+    cwd: Path, flags: dict[str, Any] | None = None, env: dict[str, str] | None = None, config: Path | None = None
+) -> Config:
+    return load_config(flags or {}, env or {}, config, cwd)
+
+
+def options(
+    cwd: Path, flags: dict[str, Any] | None = None, env: dict[str, str] | None = None, config: Path | None = None
+) -> Options:
+    result = load(cwd, flags, env, config).options
+    assert result is not None
+    return result
+
+
+def problems(cwd: Path, flags: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load(cwd, flags, env)
+    assert list(caught.value.problems) == str(caught.value).splitlines()
+    return str(caught.value).splitlines()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ---- defaults and demo mode ----
+
+
+def test_nothing_configured_is_demo_mode_with_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    assert config.demo and config.options is None
+    assert (config.host, config.port, config.state_dir) == ("127.0.0.1", 8080, tmp_path / ".urban-robot")
+    assert config.log_level == logging.INFO
+    assert config.files == ()
+
+
+def test_a_real_configuration_gets_the_defaults(tmp_path: Path, bot: Path) -> None:
+    config = load(tmp_path, env={"HELIUM_PATH": str(bot), "BOT_TOKEN": TOKEN})
+    assert not config.demo
+    got = config.options
+    assert got is not None
+    assert got.helium_path == bot
+    assert got.command == (sys.executable, "main.py")
+    assert (got.host, got.port, got.state_dir) == ("127.0.0.1", 8080, tmp_path / ".urban-robot")
+    assert (got.standbys, got.branch, got.poll_interval, got.install) == (1, "main", None, None)
+    assert got.settings.token == got.discord_token == TOKEN
+    assert got.settings.spawn_workers
+    assert (got.webhook_secret, got.admin_token, got.notify_destination) == (None, None, None)
+    assert got.discord_log_level == logging.WARNING
+
+
+# ---- precedence: flag > environment > urban-robot.toml > .env > default ----
+
+
+def test_precedence_for_several_keys(tmp_path: Path, bot: Path) -> None:
+    write(
+        tmp_path / ".env", f"BOT_TOKEN={TOKEN}\nHELIUM_PATH={bot}\nURBAN_ROBOT_PORT=1001\nURBAN_ROBOT_BRANCH=dotenv\n"
+    )
+    write(tmp_path / ".env", (tmp_path / ".env").read_text() + "URBAN_ROBOT_HOST=0.0.0.1\nURBAN_ROBOT_STANDBYS=4\n")
+    write(tmp_path / "urban-robot.toml", 'port = 1002\nbranch = "toml"\nhost = "0.0.0.2"\n')
+    env = {"URBAN_ROBOT_PORT": "1003", "URBAN_ROBOT_BRANCH": "environment"}
+    got = options(tmp_path, {"port": 1004}, env)
+    assert got.port == 1004  # flag beats all
+    assert got.branch == "environment"  # environment beats file and .env
+    assert got.host == "0.0.0.2"  # file beats .env
+    assert got.standbys == 4  # .env beats the default
+    assert got.state_dir == tmp_path / ".urban-robot"  # the default
+
+
+def test_each_layer_alone_sets_a_worker_setting(tmp_path: Path, bot: Path) -> None:
+    base = {"HELIUM_PATH": str(bot), "BOT_TOKEN": TOKEN}
+    assert options(tmp_path, env=base).settings.interval == 30.0
+    write(tmp_path / ".env", "URBAN_ROBOT_WORKERS_INTERVAL=11\n")
+    assert options(tmp_path, env=base).settings.interval == 11.0
+    write(tmp_path / "urban-robot.toml", "[workers]\ninterval = 12\n")
+    assert options(tmp_path, env=base).settings.interval == 12.0
+    assert options(tmp_path, env={**base, "URBAN_ROBOT_WORKERS_INTERVAL": "13"}).settings.interval == 13.0
+    flags = {"workers.interval": 14.0}
+    assert options(tmp_path, flags, {**base, "URBAN_ROBOT_WORKERS_INTERVAL": "13"}).settings.interval == 14.0
+
+
+def test_flags_given_as_none_count_as_not_given(tmp_path: Path) -> None:
+    assert load(tmp_path, {"port": None, "host": None}, {"URBAN_ROBOT_PORT": "9000"}).port == 9000
+
+
+def test_empty_environment_variables_count_as_unset(tmp_path: Path) -> None:
+    write(tmp_path / ".env", "URBAN_ROBOT_PORT=9001\n")
+    assert load(tmp_path, env={"URBAN_ROBOT_PORT": ""}).port == 9001
+
+
+def test_config_file_from_flag_then_environment_then_cwd(tmp_path: Path) -> None:
+    write(tmp_path / "urban-robot.toml", "port = 2001\n")
+    named = write(tmp_path / "named.toml", "port = 2002\n")
+    flagged = write(tmp_path / "flagged.toml", "port = 2003\n")
+    assert load(tmp_path).port == 2001
+    assert load(tmp_path, env={"URBAN_ROBOT_CONFIG": "named.toml"}).port == 2002
+    config = load(tmp_path, env={"URBAN_ROBOT_CONFIG": str(named)}, config=flagged)
+    assert (config.port, config.files) == (2003, (flagged,))
+
+
+def test_the_full_toml_schema(tmp_path: Path, bot: Path) -> None:
+    write(
+        tmp_path / "urban-robot.toml",
+        f"""
+helium_path = "{bot}"
+command = "python3 -m helium --flag 'two words'"
+host = "0.0.0.0"
+port = 9090
+state_dir = "state"
+standbys = 2
+branch = "production"
+poll_interval = 60
+install = ["pip", "install", "-r", "requirements.txt"]
+require_deploy_tag = true
+log_level = "debug"
+
+[workers]
+interval = 10
+grace = 5.5
+lease_margin = 2
+health_timeout = 45
+vital_cogs = ["modules.utilities", "modules.music"]
+healthy_percentage = 90
+shutdown_if_outdated = true
+
+[secrets]
+bot_token = "{TOKEN}"
+webhook_secret = "{WEBHOOK}"
+admin_token = "{ADMIN}"
+
+[notify]
+dm = 1234567890
+level = "ERROR"
+""",
+    )
+    config = load(tmp_path)
+    got = config.options
+    assert got is not None and config.log_level == logging.DEBUG
+    assert got.command == ("python3", "-m", "helium", "--flag", "two words")
+    assert (got.host, got.port, got.state_dir, got.standbys, got.branch) == (
+        "0.0.0.0",
+        9090,
+        tmp_path / "state",
+        2,
+        "production",
+    )
+    assert (got.poll_interval, got.install, got.require_deploy_tag) == (
+        60.0,
+        ("pip", "install", "-r", "requirements.txt"),
+        True,
+    )
+    s = got.settings
+    assert (s.interval, s.grace, s.lease_margin, s.health_timeout) == (10.0, 5.5, 2.0, 45.0)
+    assert (s.vital_cogs, s.healthy_percentage, s.shutdown_if_outdated) == (
+        ("modules.utilities", "modules.music"),
+        90.0,
+        True,
+    )
+    assert (s.token, got.webhook_secret, got.admin_token) == (TOKEN, WEBHOOK.encode(), ADMIN)
+    assert (got.notify_destination, got.notify_dm, got.discord_log_level) == ("1234567890", True, logging.ERROR)
+
+
+# ---- the original bot's variables ----
+
+
+def test_the_original_bots_variables(tmp_path: Path, bot: Path) -> None:
+    env = {
+        "BOT_TOKEN": TOKEN,
+        "LOGGING_CHANNEL": "987654321",
+        "LOG_LEVEL": "WARNING",
+        "DISCORD_LOG_LEVEL": "info",
+        "HELIUM_PATH": str(bot),
+    }
+    config = load(tmp_path, env=env)
+    got = config.options
+    assert got is not None
+    assert got.helium_path == bot
+    assert got.settings.token == got.discord_token == TOKEN
+    assert (got.notify_destination, got.notify_dm) == ("987654321", False)
+    assert (config.log_level, got.discord_log_level) == (logging.WARNING, logging.INFO)
+
+
+def test_the_original_bots_dotenv_file(tmp_path: Path, bot: Path) -> None:
+    write(
+        tmp_path / ".env",
+        f"""# the original bot's .env
+BOT_TOKEN="{TOKEN}"
+export LOGGING_CHANNEL='42'   # trailing comment
+HELIUM_PATH = {bot}  # spaces around =
+LOG_LEVEL=DEBUG #inline
+SOMETHING_THE_BOT_USES=ignored
+
+""",
+    )
+    config = load(tmp_path, env={"LOG_LEVEL": "ERROR"})
+    assert config.options is not None
+    assert config.options.settings.token == TOKEN
+    assert config.options.notify_destination == "42"
+    assert config.log_level == logging.ERROR  # the environment wins over .env
+
+
+def test_read_dotenv_keeps_quoted_hashes_and_reports_bad_lines(tmp_path: Path) -> None:
+    path = write(tmp_path / ".env", f"A='x # y'\nB=\"{TOKEN}\nnot a variable\n=x\nC='a' b\n")
+    found: list[str] = []
+    assert read_dotenv(path, found) == {"A": "x # y"}
+    assert found == [
+        f'{path}:2: unclosed " quote',
+        f"{path}:3: expected KEY=VALUE",
+        f"{path}:4: expected KEY=VALUE",
+        f"{path}:5: unexpected text after the closing quote",
+    ]
+    assert TOKEN not in "".join(found)
+
+
+# ---- validation: every problem, one line each ----
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"URBAN_ROBOT_PORT": "eighty"}, "port: expected an integer 0-65535, got 'eighty' (from URBAN_ROBOT_PORT)"),
+        ({"URBAN_ROBOT_PORT": "70000"}, "port: expected an integer 0-65535, got '70000' (from URBAN_ROBOT_PORT)"),
+        ({"URBAN_ROBOT_STANDBYS": "-1"}, "standbys: expected an integer >= 0, got '-1' (from URBAN_ROBOT_STANDBYS)"),
+        ({"URBAN_ROBOT_HOST": "  "}, "host: expected a non-empty string, got '  ' (from URBAN_ROBOT_HOST)"),
+        (
+            {"URBAN_ROBOT_REQUIRE_DEPLOY_TAG": "maybe"},
+            "require_deploy_tag: expected true or false, got 'maybe' (from URBAN_ROBOT_REQUIRE_DEPLOY_TAG)",
+        ),
+        (
+            {"URBAN_ROBOT_POLL_INTERVAL": "-5"},
+            "poll_interval: expected a number of seconds >= 0 (0 = off), got '-5' (from URBAN_ROBOT_POLL_INTERVAL)",
+        ),
+        (
+            {"URBAN_ROBOT_WORKERS_INTERVAL": "0"},
+            "workers.interval: expected a number of seconds > 0, got '0' (from URBAN_ROBOT_WORKERS_INTERVAL)",
+        ),
+        (
+            {"URBAN_ROBOT_WORKERS_GRACE": "nan"},
+            "workers.grace: expected a number of seconds >= 0, got 'nan' (from URBAN_ROBOT_WORKERS_GRACE)",
+        ),
+        (
+            {"URBAN_ROBOT_WORKERS_HEALTHY_PERCENTAGE": "101"},
+            "workers.healthy_percentage: expected a number 0-100, got '101'"
+            " (from URBAN_ROBOT_WORKERS_HEALTHY_PERCENTAGE)",
+        ),
+        (
+            {"LOG_LEVEL": "LOUD"},
+            "log_level: expected a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL), got 'LOUD' (from LOG_LEVEL)",
+        ),
+        (
+            {"LOGGING_CHANNEL": "#general"},
+            "notify.channel: expected a Discord id (a number), got '#general' (from LOGGING_CHANNEL)",
+        ),
+        (
+            {"URBAN_ROBOT_COMMAND": "python 'main.py"},
+            'command: expected a command line (a string or a list of strings), got "python \'main.py"'
+            " (from URBAN_ROBOT_COMMAND)",
+        ),
+        (
+            {"BOT_TOKEN": "has a space"},
+            "secrets.bot_token: expected printable ASCII without spaces (value hidden) (from BOT_TOKEN)",
+        ),
+        (
+            {"LOGGING_CHANNEL": "1", "URBAN_ROBOT_NOTIFY_DM": "2"},
+            "notify: set channel (LOGGING_CHANNEL) or dm (URBAN_ROBOT_NOTIFY_DM), not both",
+        ),
+    ],
+)
+def test_each_bad_value_is_one_line(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    assert problems(tmp_path, env=env) == [message]
+
+
+def test_helium_path_must_be_an_existing_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    assert problems(tmp_path, env={"HELIUM_PATH": str(missing), "BOT_TOKEN": TOKEN}) == [
+        f"helium_path: {missing} does not exist (from HELIUM_PATH)"
+    ]
+    afile = write(tmp_path / "file", "")
+    assert problems(tmp_path, {"helium_path": "file"}, {"BOT_TOKEN": TOKEN}) == [
+        f"helium_path: {afile} is not a directory (from --helium-path)"
+    ]
+
+
+def test_bot_token_is_required_with_a_helium_path(tmp_path: Path, bot: Path) -> None:
+    assert problems(tmp_path, env={"HELIUM_PATH": str(bot)}) == [
+        "secrets.bot_token: required to supervise helium_path; set BOT_TOKEN (environment or .env)"
+    ]
+
+
+def test_wrong_types_in_the_toml_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "urban-robot.toml", 'port = "eighty"\nstandbys = true\nworkers = 3\ncommand = [1]\n')
+    assert problems(tmp_path) == [
+        f"workers: expected a table [workers], got 3 (from {path})",
+        f"command: expected a command line (a string or a list of strings), got [1] (from {path})",
+        f"port: expected an integer 0-65535, got 'eighty' (from {path})",
+        f"standbys: expected an integer >= 0, got True (from {path})",
+    ]
+
+
+def test_unknown_keys_in_the_toml_file_are_problems(tmp_path: Path) -> None:
+    path = write(tmp_path / "urban-robot.toml", "prot = 1\n[workers]\nintreval = 2\n[worker]\ninterval = 3\n")
+    assert problems(tmp_path) == [
+        f"prot: unknown key (in {path}); see docs/configuration.md",
+        f"workers.intreval: unknown key (in {path}); see docs/configuration.md",
+        f"worker: unknown key (in {path}); see docs/configuration.md",
+    ]
+
+
+def test_unknown_flag_keys_are_problems(tmp_path: Path) -> None:
+    assert problems(tmp_path, {"prot": 1}) == ["prot: unknown key (from the command line)"]
+
+
+def test_a_toml_syntax_error_is_one_line_with_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "urban-robot.toml", f'port = 1\n[secrets]\nbot_token = "{TOKEN}\n')
+    (line,) = problems(tmp_path)
+    assert re.fullmatch(rf"{re.escape(str(path))}: invalid TOML: .+ \(at line 3, column \d+\)", line)
+    assert TOKEN not in line
+
+
+def test_a_named_config_file_must_exist(tmp_path: Path) -> None:
+    assert problems(tmp_path, env={"URBAN_ROBOT_CONFIG": "gone.toml"}) == [
+        f"config: {tmp_path / 'gone.toml'} does not exist"
+    ]
+    with pytest.raises(ConfigError, match=r"^config: /nowhere/x\.toml does not exist$"):
+        load(tmp_path, config=Path("/nowhere/x.toml"))
+
+
+def test_all_problems_are_reported_together(tmp_path: Path, bot: Path) -> None:
+    write(tmp_path / ".env", "oops\n")
+    toml = write(tmp_path / "urban-robot.toml", f'helium_path = "{bot}"\ntypo = 1\n[notify]\nlevel = "LOUD"\n')
+    found = problems(tmp_path, {"port": "eighty"}, {"URBAN_ROBOT_STANDBYS": "many"})
+    assert found == [
+        f"{tmp_path / '.env'}:1: expected KEY=VALUE",
+        f"typo: unknown key (in {toml}); see docs/configuration.md",
+        "port: expected an integer 0-65535, got 'eighty' (from --port)",
+        "standbys: expected an integer >= 0, got 'many' (from URBAN_ROBOT_STANDBYS)",
+        f"notify.level: expected a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL), got 'LOUD' (from {toml})",
+        "secrets.bot_token: required to supervise helium_path; set BOT_TOKEN (environment or .env)",
+    ]
+
+
+def test_config_error_is_an_urban_robot_error(tmp_path: Path) -> None:
+    with pytest.raises(UrbanRobotError):
+        load(tmp_path, {"port": -1})
+
+
+# ---- secrets stay secret ----
+
+
+def test_secrets_never_in_a_repr(tmp_path: Path, bot: Path) -> None:
+    env = {
+        "HELIUM_PATH": str(bot),
+        "BOT_TOKEN": TOKEN,
+        "URBAN_ROBOT_WEBHOOK_SECRET": WEBHOOK,
+        "URBAN_ROBOT_ADMIN_TOKEN": ADMIN,
+    }
+    config = load(tmp_path, env=env)
+    for text in (repr(config), repr(config.options), str(config.options)):
+        assert "SECRET" not in text
+    assert config.options is not None and config.options.admin_token == ADMIN
+
+
+def test_secrets_never_in_error_messages(tmp_path: Path) -> None:
+    bad = "bad token hunter2"
+    write(tmp_path / "urban-robot.toml", f'[secrets]\nbot_token = "{bad}"\nwebhook_secret = ""\nadmin_token = 5\n')
+    env = {"URBAN_ROBOT_WEBHOOK_SECRET": "x\thunter2", "HELIUM_PATH": str(tmp_path / "gone")}
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, env=env)
+    message = str(caught.value)
+    assert "hunter2" not in message and "5" not in message.replace(str(tmp_path), "")
+    assert len(message.splitlines()) == 4
+    assert "secrets.admin_token: expected a non-empty string (value hidden)" in message
+
+
+# ---- documentation ----
+
+
+def test_every_key_is_documented() -> None:
+    docs = DOCS.read_text()
+    for key in KEYS:
+        row = next((line for line in docs.splitlines() if line.startswith(f"| `{key.name}`")), None)
+        assert row is not None, key.name
+        assert f"`{key.env}`" in row, key.name
+        assert (f"`{key.flag}`" if key.flag else "never a flag") in row, key.name

@@ -1,0 +1,534 @@
+"""The supervisor's configuration: flags > environment > ``urban-robot.toml`` > ``.env`` > defaults.
+
+``load_config(flags, os.environ, config_path, Path.cwd())`` reads every source,
+checks every value, and either returns a ``Config`` or raises one ``ConfigError``
+whose message has one line per problem (``port: expected an integer 0-65535,
+got 'eighty' (from URBAN_ROBOT_PORT)``): an operator fixes them all in one go.
+
+``KEYS`` is the one table of what can be configured; docs/configuration.md
+lists the same keys for people. Secrets (the bot token, the webhook secret, the
+admin token) never appear in a repr or an error message.
+
+No ``helium_path`` means demo mode: ``Config.options`` is ``None`` and
+``Config.demo`` is true; the CLI then runs its simulated workers on
+``Config.host``/``port``/``state_dir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._errors import UrbanRobotError
+from .supervisor._app import Options
+from .supervisor._core import Settings
+
+__all__ = ["KEYS", "Config", "ConfigError", "Key", "load_config", "read_dotenv"]
+
+CONFIG_FILE = "urban-robot.toml"
+DOTENV_FILE = ".env"
+CONFIG_ENV = "URBAN_ROBOT_CONFIG"
+TABLES = ("workers", "notify", "secrets")
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(UrbanRobotError):
+    """The configuration has problems; ``str(error)`` is one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = tuple(problems)
+
+
+class _Invalid(Exception):
+    """A parser's complaint: the text after ``key: ``."""
+
+
+@attrs.frozen
+class Key:
+    name: str  # "port", or "workers.interval" for a key in the [workers] table
+    env: str  # the environment (and .env) variable
+    parse: Callable[[Any, Path], Any] = attrs.field(repr=False)  # (raw value, cwd) -> value; raises _Invalid
+    default: Any
+    meaning: str
+    secret: bool = False  # never a flag, never printed
+
+    @property
+    def flag(self) -> str | None:
+        return None if self.secret else "--" + self.name.replace(".", "-").replace("_", "-")
+
+
+@attrs.frozen
+class Config:
+    options: Options | None  # None: no helium_path, demo mode
+    host: str
+    port: int
+    state_dir: Path
+    log_level: int
+    files: tuple[Path, ...] = ()  # the files read, for "configured from ..." in the log
+
+    @property
+    def demo(self) -> bool:
+        return self.options is None
+
+
+# ---- parsers: each takes the raw value (a TOML value, or a string from the environment) ----
+
+
+def _got(value: object) -> str:
+    return f"got {value!r}"
+
+
+def _string(value: Any, cwd: Path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"expected a non-empty string, {_got(value)}")
+    return value.strip()
+
+
+def _integer(low: int, high: int | None) -> Callable[[Any, Path], int]:
+    expected = f"an integer {low}-{high}" if high is not None else f"an integer >= {low}"
+
+    def parse(value: Any, cwd: Path) -> int:
+        number: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            number = int(value)
+        if number is None or number < low or (high is not None and number > high):
+            raise _Invalid(f"expected {expected}, {_got(value)}")
+        return number
+
+    return parse
+
+
+def _number(low: float, high: float | None, *, low_open: bool, expected: str) -> Callable[[Any, Path], float]:
+    def parse(value: Any, cwd: Path) -> float:
+        number: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if number is None or not math.isfinite(number) or number < low or (low_open and number == low):
+            raise _Invalid(f"expected {expected}, {_got(value)}")
+        if high is not None and number > high:
+            raise _Invalid(f"expected {expected}, {_got(value)}")
+        return number
+
+    return parse
+
+
+_seconds = _number(0.0, None, low_open=True, expected="a number of seconds > 0")
+_non_negative_seconds = _number(0.0, None, low_open=False, expected="a number of seconds >= 0")
+
+
+def _poll_interval(value: Any, cwd: Path) -> float | None:
+    seconds = _number(0.0, None, low_open=False, expected="a number of seconds >= 0 (0 = off)")(value, cwd)
+    return seconds or None
+
+
+def _boolean(value: Any, cwd: Path) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise _Invalid(f"expected true or false, {_got(value)}")
+
+
+def _level(value: Any, cwd: Path) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().upper() in LEVELS:
+        return int(logging.getLevelName(value.strip().upper()))
+    raise _Invalid(f"expected a log level ({', '.join(LEVELS)}), {_got(value)}")
+
+
+def _command_line(value: Any, cwd: Path) -> tuple[str, ...]:
+    expected = f"expected a command line (a string or a list of strings), {_got(value)}"
+    if isinstance(value, str):
+        try:
+            words = shlex.split(value)
+        except ValueError:
+            raise _Invalid(expected) from None
+    elif isinstance(value, list | tuple) and all(isinstance(word, str) for word in value):
+        words = list(value)
+    else:
+        raise _Invalid(expected)
+    if not words or not all(words):
+        raise _Invalid(expected)
+    return tuple(words)
+
+
+def _names(value: Any, cwd: Path) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    if isinstance(value, list | tuple) and all(isinstance(name, str) and name.strip() for name in value):
+        return tuple(name.strip() for name in value)
+    raise _Invalid(f"expected a list of module names (or one comma-separated string), {_got(value)}")
+
+
+def _snowflake(value: Any, cwd: Path) -> str:
+    text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not (text.isascii() and text.isdigit()):
+        raise _Invalid(f"expected a Discord id (a number), {_got(value)}")
+    return text
+
+
+def _path(value: Any, cwd: Path) -> Path:
+    if not isinstance(value, str | Path) or not str(value).strip():
+        raise _Invalid(f"expected a path, {_got(value)}")
+    path = Path(str(value).strip()).expanduser()
+    return path if path.is_absolute() else cwd / path
+
+
+def _directory(value: Any, cwd: Path) -> Path:
+    path = _path(value, cwd)
+    if not path.exists():
+        raise _Invalid(f"{path} does not exist")
+    if not path.is_dir():
+        raise _Invalid(f"{path} is not a directory")
+    return path
+
+
+def _secret(value: Any, cwd: Path) -> str:
+    """A token or secret: printable ASCII without spaces, as any header value must be. Never echoed."""
+    if not isinstance(value, str) or not value:
+        raise _Invalid("expected a non-empty string (value hidden)")
+    if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
+        raise _Invalid("expected printable ASCII without spaces (value hidden)")
+    return value
+
+
+_DEFAULTS = Settings()
+
+KEYS: tuple[Key, ...] = (
+    Key("helium_path", "HELIUM_PATH", _directory, None, "the bot's git checkout; unset = demo mode"),
+    Key(
+        "command",
+        "URBAN_ROBOT_COMMAND",
+        _command_line,
+        (sys.executable, "main.py"),
+        "how to start one worker, run in helium_path",
+    ),
+    Key("host", "URBAN_ROBOT_HOST", _string, "127.0.0.1", "address the supervisor listens on"),
+    Key("port", "URBAN_ROBOT_PORT", _integer(0, 65535), 8080, "port the supervisor listens on (0: any free port)"),
+    Key("state_dir", "URBAN_ROBOT_STATE_DIR", _path, None, "where state, releases and logs are kept"),
+    Key("standbys", "URBAN_ROBOT_STANDBYS", _integer(0, None), 1, "warm standby workers besides the running one"),
+    Key("branch", "URBAN_ROBOT_BRANCH", _string, "main", "the git branch that is deployed"),
+    Key(
+        "poll_interval",
+        "URBAN_ROBOT_POLL_INTERVAL",
+        _poll_interval,
+        None,
+        "fetch the branch every this many seconds; 0 or unset = only on webhook/admin request",
+    ),
+    Key(
+        "install",
+        "URBAN_ROBOT_INSTALL",
+        _command_line,
+        None,
+        "command run in each new release before its candidate starts",
+    ),
+    Key(
+        "require_deploy_tag",
+        "URBAN_ROBOT_REQUIRE_DEPLOY_TAG",
+        _boolean,
+        False,
+        "deploy on webhook only commits whose message contains [DEPLOY]",
+    ),
+    Key("log_level", "LOG_LEVEL", _level, logging.INFO, "the supervisor's log level"),
+    Key(
+        "workers.interval",
+        "URBAN_ROBOT_WORKERS_INTERVAL",
+        _seconds,
+        _DEFAULTS.interval,
+        "seconds between worker heartbeats",
+    ),
+    Key(
+        "workers.grace",
+        "URBAN_ROBOT_WORKERS_GRACE",
+        _non_negative_seconds,
+        _DEFAULTS.grace,
+        "silence past interval + grace = the worker is dead",
+    ),
+    Key(
+        "workers.lease_margin",
+        "URBAN_ROBOT_WORKERS_LEASE_MARGIN",
+        _non_negative_seconds,
+        _DEFAULTS.lease_margin,
+        "how much longer our view of a lease lasts than the worker's",
+    ),
+    Key(
+        "workers.health_timeout",
+        "URBAN_ROBOT_WORKERS_HEALTH_TIMEOUT",
+        _seconds,
+        _DEFAULTS.health_timeout,
+        "seconds a new worker has to pass its health check",
+    ),
+    Key(
+        "workers.vital_cogs",
+        "URBAN_ROBOT_WORKERS_VITAL_COGS",
+        _names,
+        _DEFAULTS.vital_cogs,
+        "cogs that must load for a worker to be healthy (comma-separated in the environment)",
+    ),
+    Key(
+        "workers.healthy_percentage",
+        "URBAN_ROBOT_WORKERS_HEALTHY_PERCENTAGE",
+        _number(0.0, 100.0, low_open=False, expected="a number 0-100"),
+        _DEFAULTS.healthy_percentage,
+        "percentage of cogs that must load for a worker to be healthy",
+    ),
+    Key(
+        "workers.shutdown_if_outdated",
+        "URBAN_ROBOT_WORKERS_SHUTDOWN_IF_OUTDATED",
+        _boolean,
+        _DEFAULTS.shutdown_if_outdated,
+        "shut outdated workers down instead of keeping them in a coma",
+    ),
+    Key("notify.channel", "LOGGING_CHANNEL", _snowflake, None, "Discord channel id for notifications"),
+    Key(
+        "notify.dm",
+        "URBAN_ROBOT_NOTIFY_DM",
+        _snowflake,
+        None,
+        "Discord user id to send notifications to by DM instead of a channel",
+    ),
+    Key("notify.level", "DISCORD_LOG_LEVEL", _level, logging.WARNING, "log records at this level go to Discord too"),
+    Key(
+        "secrets.bot_token",
+        "BOT_TOKEN",
+        _secret,
+        None,
+        "Discord bot token, for the workers and for notifications; required with helium_path",
+        secret=True,
+    ),
+    Key(
+        "secrets.webhook_secret",
+        "URBAN_ROBOT_WEBHOOK_SECRET",
+        _secret,
+        None,
+        "GitHub webhook secret; unset = the webhook is refused (403)",
+        secret=True,
+    ),
+    Key(
+        "secrets.admin_token",
+        "URBAN_ROBOT_ADMIN_TOKEN",
+        _secret,
+        None,
+        "bearer token for the admin API; unset = the admin API is refused",
+        secret=True,
+    ),
+)
+_BY_NAME = {key.name: key for key in KEYS}
+_BY_ENV = {key.env: key for key in KEYS}
+
+
+# ---- sources ----
+
+
+def read_dotenv(path: Path, problems: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``export`` allowed), ``#`` comments, optional single or double quotes."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}")
+        return {}
+    variables: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        parsed = _dotenv_line(line.strip())
+        if isinstance(parsed, str):
+            problems.append(f"{path}:{number}: {parsed}")  # never the line itself: it may hold a secret
+        elif parsed is not None:
+            variables[parsed[0]] = parsed[1]
+    return variables
+
+
+def _dotenv_line(line: str) -> tuple[str, str] | str | None:
+    if not line or line.startswith("#"):
+        return None
+    name, equals, value = line.removeprefix("export ").partition("=")
+    name, value = name.strip(), value.strip()
+    if not equals or not name.replace("_", "a").isalnum() or name[0].isdigit():
+        return "expected KEY=VALUE"
+    if value[:1] in ("'", '"'):
+        end = value.find(value[0], 1)
+        if end == -1:
+            return f"unclosed {value[0]} quote"
+        rest = value[end + 1 :].strip()
+        if rest and not rest.startswith("#"):
+            return "unexpected text after the closing quote"
+        return name, value[1:end]
+    return name, value.split(" #", 1)[0].strip()
+
+
+def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror}")
+        return {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: invalid TOML: {exc}")  # tomllib's message ends "(at line L, column C)"
+        return {}
+    return _flatten(document, path, problems)
+
+
+def _flatten(document: dict[str, Any], path: Path, problems: list[str]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in document.items():
+        if name in TABLES:
+            if not isinstance(value, dict):
+                problems.append(f"{name}: expected a table [{name}], {_got(value)} (from {path})")
+                continue
+            flat.update({f"{name}.{inner}": inner_value for inner, inner_value in value.items()})
+        else:
+            flat[name] = value
+    for name in [name for name in flat if name not in _BY_NAME]:
+        problems.append(f"{name}: unknown key (in {path}); see docs/configuration.md")
+        del flat[name]
+    return flat
+
+
+def _config_file(
+    config_path: Path | None, environ: Mapping[str, str], dotenv: Mapping[str, str], cwd: Path, problems: list[str]
+) -> Path | None:
+    named = str(config_path) if config_path is not None else environ.get(CONFIG_ENV) or dotenv.get(CONFIG_ENV)
+    if named:
+        path = _path(named, cwd)
+        if not path.is_file():
+            problems.append(f"config: {path} does not exist")
+            return None
+        return path
+    default = cwd / CONFIG_FILE
+    return default if default.is_file() else None
+
+
+# ---- putting it together ----
+
+
+def load_config(
+    argv_overrides: Mapping[str, Any], environ: Mapping[str, str], config_path: Path | None, cwd: Path
+) -> Config:
+    """Build the configuration from every source, or raise ``ConfigError`` listing every problem.
+
+    ``argv_overrides`` maps config keys (``"port"``, ``"workers.interval"``) to the
+    values of flags the operator gave; ``None`` values count as not given.
+    """
+    problems: list[str] = []
+    files: list[Path] = []
+    dotenv: dict[str, str] = {}
+    if (cwd / DOTENV_FILE).is_file():
+        dotenv = read_dotenv(cwd / DOTENV_FILE, problems)
+        files.append(cwd / DOTENV_FILE)
+    toml: dict[str, Any] = {}
+    config_file = _config_file(config_path, environ, dotenv, cwd, problems)
+    if config_file is not None:
+        toml = _read_toml(config_file, problems)
+        files.append(config_file)
+    layers = _layers(argv_overrides, environ, toml, config_file, dotenv, cwd, problems)
+    values = {key.name: _value(key, layers, cwd, problems) for key in KEYS}
+    _check_together(values, problems)
+    if problems:
+        raise ConfigError(problems)
+    return _build(values, cwd, tuple(files))
+
+
+Layer = tuple[Mapping[str, Any], Callable[[Key], str]]  # values by key name, and how to name their source
+
+
+def _layers(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    toml: Mapping[str, Any],
+    config_file: Path | None,
+    dotenv: Mapping[str, str],
+    cwd: Path,
+    problems: list[str],
+) -> list[Layer]:
+    for name in flags:
+        if name not in _BY_NAME:
+            problems.append(f"{name}: unknown key (from the command line)")
+    given = {name: value for name, value in flags.items() if name in _BY_NAME and value is not None}
+
+    def from_environment(variables: Mapping[str, str]) -> dict[str, str]:
+        # An empty variable counts as unset, as in the original bot's .env ("LOGGING_CHANNEL=").
+        return {key.name: variables[key.env] for key in KEYS if variables.get(key.env, "")}
+
+    return [
+        (given, lambda key: f"{key.flag}" if key.flag else "the command line"),
+        (from_environment(environ), lambda key: key.env),
+        (toml, lambda key: str(config_file)),
+        (from_environment(dotenv), lambda key: f"{key.env} in {cwd / DOTENV_FILE}"),
+    ]
+
+
+def _value(key: Key, layers: list[Layer], cwd: Path, problems: list[str]) -> Any:
+    for values, source in layers:
+        if key.name in values:
+            try:
+                return key.parse(values[key.name], cwd)
+            except _Invalid as exc:
+                problems.append(f"{key.name}: {exc} (from {source(key)})")
+                return key.default
+    return key.default
+
+
+def _check_together(values: Mapping[str, Any], problems: list[str]) -> None:
+    if values["helium_path"] is not None and values["secrets.bot_token"] is None:
+        problems.append("secrets.bot_token: required to supervise helium_path; set BOT_TOKEN (environment or .env)")
+    if values["notify.channel"] is not None and values["notify.dm"] is not None:
+        problems.append("notify: set channel (LOGGING_CHANNEL) or dm (URBAN_ROBOT_NOTIFY_DM), not both")
+
+
+def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Config:
+    state_dir = values["state_dir"] or cwd / ".urban-robot"
+    config = Config(None, values["host"], values["port"], state_dir, values["log_level"], files)
+    if values["helium_path"] is None:
+        return config
+    token = values["secrets.bot_token"]
+    settings = Settings(
+        token=token,
+        vital_cogs=values["workers.vital_cogs"],
+        healthy_percentage=values["workers.healthy_percentage"],
+        shutdown_if_outdated=values["workers.shutdown_if_outdated"],
+        interval=values["workers.interval"],
+        grace=values["workers.grace"],
+        lease_margin=values["workers.lease_margin"],
+        health_timeout=values["workers.health_timeout"],
+        spawn_workers=True,  # serve() always attaches a process manager
+    )
+    secret = values["secrets.webhook_secret"]
+    options = Options(
+        helium_path=values["helium_path"],
+        settings=settings,
+        command=values["command"],
+        state_dir=state_dir,
+        host=values["host"],
+        port=values["port"],
+        standbys=values["standbys"],
+        branch=values["branch"],
+        webhook_secret=secret.encode() if secret is not None else None,
+        require_deploy_tag=values["require_deploy_tag"],
+        poll_interval=values["poll_interval"],
+        install=values["install"],
+        admin_token=values["secrets.admin_token"],
+        discord_token=token,
+        notify_destination=values["notify.dm"] or values["notify.channel"],
+        notify_dm=values["notify.dm"] is not None,
+        discord_log_level=values["notify.level"],
+    )
+    return attrs.evolve(config, options=options)
