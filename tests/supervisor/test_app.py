@@ -82,7 +82,11 @@ async def test_admin_api_deploy_needs_the_credential(nursery: trio.Nursery, tmp_
         async with httpx.AsyncClient() as http:
             refused = await http.post(f"{app.url}/api/deploy")
             accepted = await http.post(f"{app.url}/api/try-again", headers={"Authorization": "Bearer admin-secret"})
+            status = await http.get(f"{app.url}/api/status", headers={"Authorization": "Bearer admin-secret"})
+            metrics = await http.get(f"{app.url}/metrics", headers={"Authorization": "Bearer admin-secret"})
         await app.deployer.wait_idle()
     assert refused.status_code == 401
     assert accepted.status_code == 202
+    assert status.status_code == 200 and status.json()["is_sane"] is True
+    assert metrics.status_code == 200 and "urban_robot_epoch" in metrics.text
     assert app.deployer.history[-1] == ("-", "error")  # no git repository here: a clear error, nothing started

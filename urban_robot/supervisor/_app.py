@@ -25,6 +25,7 @@ from ._events import TryAgain
 from ._git import Git
 from ._notify import DiscordLogHandler, Notifier
 from ._service import UrbanRobot
+from ._status import install_status_routes
 from ._store import StateStore
 from ._webhook import WebhookConfig, WebhookGate, webhook_route
 
@@ -92,6 +93,9 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             branch=options.branch,
             releases_dir=options.state_dir / "releases",
             install=options.install,
+        )
+        install_status_routes(
+            robot, admin_token=options.admin_token, deployer=deployer, children=children, notifier=notifier
         )
         _routes(robot, deployer, options)
         await nursery.start(children.run, 1 + options.standbys)

@@ -1,0 +1,333 @@
+"""Read-only views of a running supervisor: ``GET /api/status`` (JSON) and ``GET /metrics`` (Prometheus).
+
+``install_status_routes(robot, admin_token=...)`` adds both routes to ``robot.server``. Both need the admin
+credential (``Authorization: Bearer <token>``, as the admin POST routes do): they name workers and pids.
+``public_metrics=True`` serves ``/metrics`` without it (a scraper on a trusted network).
+
+``GET /api/status`` answers ``200`` with::
+
+    {
+      "running": wid | null,            # the connected lease holder's connection id
+      "epoch": int,                     # the last lease epoch handed out
+      "is_sane": bool,                  # false: no spawns, deploys or hand-overs until try_again
+      "last_known_good": str | null,    # the last deployed commit confirmed by a promotion
+      "cache_age": float | null,        # seconds since the running worker's cache was accepted
+      "lease": null | {"identity": str, "epoch": int, "connected": bool, "confirmed": bool,
+                       "stopping": bool, "expires_in": float},
+      "workers": [{"id": wid, "identity": str, "pid": int | null, "role": str, "version": str | null,
+                   "generation": int | null, "heartbeat_age": float | null, "epoch": int | null}],
+      "promotions": int, "failovers": int,   # since this supervisor process started
+      "deploys": [{"commit": str, "outcome": str}],             # with a deployer: the last 10, oldest first
+      "children": [{"identity": str, "pid": int, "generation": int}],  # with a process manager
+      "notifications": {"queued": int, "dropped": int, "failed": int}  # with a Discord notifier
+    }
+
+``heartbeat_age`` is the time since the worker's last message of any kind (heartbeats are most of
+them), ``null`` before the first. ``epoch`` in a worker is the lease epoch it holds, if it holds it.
+
+The tracker learns when each worker was last heard from without a change to the service: it wraps
+``robot.submit`` (through which every message a worker sends reaches the core) and notes the time of
+each event that carries a worker's connection id; it also observes the core's actions
+(``robot.observers``) to count promotions, failovers and replacement spawns. Observers alone cannot
+see heartbeats: a heartbeat's only action is its ``Reply``, which names no worker.
+
+Definitions behind the metrics (all times on the supervisor's trio clock):
+
+- a *promotion* is a worker moving ``standby -> running`` (a new lease epoch). A holder that
+  reconnects and takes its own lease back (``identified -> running``) is no promotion.
+- a *failover* is a promotion whose previous lease did not end with the holder acknowledging a stop
+  (coma or shutdown ack): the holder was lost (disconnected, silent, exited, lease expired), or the
+  lease was restored from disk and ran out. A deploy's hand-over to newer code is no failover, and
+  neither is the very first promotion (epoch 1).
+- a *restart* is a ``Spawn`` the core asked for: a replacement for a worker process that exited
+  unasked, or ``try_again`` with no worker left.
+- ``urban_robot_cache_bytes`` is the size of the cache file on disk (JSON, as last persisted).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from ..web import Request, Response
+from ._api import RouteHandler, authorized
+from ._events import (
+    Action,
+    CacheSync,
+    ComaAck,
+    Connected,
+    Disconnected,
+    HealthReport,
+    Heartbeat,
+    Identified,
+    Ready,
+    RoleChanged,
+    ShutdownAck,
+    Spawn,
+)
+from ._roles import Role
+from ._service import UrbanRobot
+
+# What a worker sends (through ``_WorkerNamespace``): each is proof of life of connection ``wid``.
+WORKER_MESSAGES = (Connected, Identified, Heartbeat, Ready, HealthReport, CacheSync, ComaAck, ShutdownAck)
+DEPLOY_HISTORY_SHOWN = 10
+
+
+class _DeployerLike(Protocol):
+    history: list[tuple[str, str]]
+
+
+class _ChildrenLike(Protocol):
+    @property
+    def children(self) -> dict[str, Any]: ...
+
+
+class _NotifierLike(Protocol):
+    dropped: int
+    failed: int
+
+
+class StatusTracker:
+    """Counts and clocks the supervisor's public views depend on; ``attach`` it once per ``UrbanRobot``."""
+
+    def __init__(self, robot: UrbanRobot) -> None:
+        self.robot = robot
+        self.last_seen: dict[str, float] = {}  # wid -> trio time of its last message
+        self.promotions = 0
+        self.failovers = 0
+        self.restarts = 0
+        self._clean_release = False  # the last lease ended with the holder's ack
+
+    def attach(self) -> StatusTracker:
+        robot = self.robot
+        robot.observers.append(self.observe)
+        submit = robot.submit
+
+        async def submit_noting_worker_messages(event: Any) -> Any:
+            self.note(event)
+            return await submit(event)
+
+        # Every worker message reaches the core through ``submit``: wrap it on this instance.
+        setattr(robot, "submit", submit_noting_worker_messages)  # noqa: B010 - mypy refuses method assignment
+        return self
+
+    def note(self, event: Any) -> None:
+        if isinstance(event, WORKER_MESSAGES):
+            self.last_seen[event.wid] = trio.current_time()
+        elif isinstance(event, Disconnected):
+            self.last_seen.pop(event.wid, None)
+
+    def observe(self, action: Action) -> None:
+        if isinstance(action, RoleChanged):
+            if action.old == Role.STANDBY.value and action.new == Role.RUNNING.value:
+                self.promotions += 1
+                if (action.epoch or 0) > 1 and not self._clean_release:
+                    self.failovers += 1
+                self._clean_release = False
+            elif action.old in (Role.RUNNING.value, Role.STOPPING.value) and action.new in (
+                Role.STANDBY.value,
+                Role.SHUTTING_DOWN.value,
+            ):
+                self._clean_release = True  # only the holder runs or stops: it acknowledged
+        elif isinstance(action, Spawn):
+            self.restarts += 1
+
+    def heartbeat_age(self, wid: str, now: float) -> float | None:
+        seen = self.last_seen.get(wid)
+        return None if seen is None else max(0.0, now - seen)
+
+
+def status(
+    tracker: StatusTracker,
+    *,
+    deployer: _DeployerLike | None = None,
+    children: _ChildrenLike | None = None,
+    notifier: _NotifierLike | None = None,
+) -> dict[str, Any]:
+    """The body of ``GET /api/status`` (see the module docstring)."""
+    robot = tracker.robot
+    now = trio.current_time()
+    body = robot.status()
+    for worker in body["workers"]:
+        worker["heartbeat_age"] = tracker.heartbeat_age(worker["id"], now)
+    lease = robot.core.lease
+    body["lease"] = (
+        None
+        if lease is None
+        else {
+            "identity": lease.identity,
+            "epoch": lease.epoch,
+            "connected": lease.wid is not None,
+            "confirmed": lease.confirmed,
+            "stopping": lease.stopping,
+            "expires_in": max(0.0, lease.expires - now),
+        }
+    )
+    body["promotions"] = tracker.promotions
+    body["failovers"] = tracker.failovers
+    if deployer is not None:
+        shown = deployer.history[-DEPLOY_HISTORY_SHOWN:]
+        body["deploys"] = [{"commit": commit, "outcome": outcome} for commit, outcome in shown]
+    if children is not None:
+        body["children"] = [
+            {"identity": child.identity, "pid": child.pid, "generation": child.generation}
+            for child in children.children.values()
+        ]
+    if notifier is not None:
+        body["notifications"] = _notifications(notifier)
+    return body
+
+
+def _notifications(notifier: _NotifierLike) -> dict[str, int]:
+    queue = getattr(notifier, "_queue", ())
+    return {"queued": len(queue), "dropped": notifier.dropped, "failed": notifier.failed}
+
+
+class MetricsCollector(Collector):
+    """Reads the supervisor at scrape time; registered in a private ``CollectorRegistry``."""
+
+    def __init__(
+        self,
+        tracker: StatusTracker,
+        *,
+        deployer: _DeployerLike | None = None,
+        children: _ChildrenLike | None = None,
+        notifier: _NotifierLike | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self.deployer = deployer
+        self.children = children
+        self.notifier = notifier
+
+    def collect(self) -> Iterator[Metric]:
+        robot = self.tracker.robot
+        core = robot.core
+        now = trio.current_time()
+
+        workers = GaugeMetricFamily("urban_robot_workers", "Connected workers by role.", labels=["role"])
+        roles = collections.Counter(w.role.value for w in core.clients.values())
+        for role in Role:
+            workers.add_metric([role.value], roles.get(role.value, 0))
+        yield workers
+        yield GaugeMetricFamily("urban_robot_epoch", "The last lease epoch handed out.", value=core.epoch)
+        yield GaugeMetricFamily(
+            "urban_robot_is_sane", "1 while spawns, deploys and hand-overs are allowed.", value=int(core.is_sane)
+        )
+        yield CounterMetricFamily(
+            "urban_robot_promotions_total", "Workers promoted standby -> running.", value=self.tracker.promotions
+        )
+        yield CounterMetricFamily(
+            "urban_robot_failovers_total",
+            "Promotions after a lease holder was lost (not a hand-over it acknowledged).",
+            value=self.tracker.failovers,
+        )
+        yield CounterMetricFamily(
+            "urban_robot_restarts_total", "Replacement spawns the supervisor asked for.", value=self.tracker.restarts
+        )
+
+        ages: dict[str, float] = {}
+        for w in core.clients.values():
+            age = self.tracker.heartbeat_age(w.wid, now)
+            if age is not None:
+                ages[w.identity] = min(age, ages.get(w.identity, math.inf))  # one series per worker identity
+        heartbeat = GaugeMetricFamily(
+            "urban_robot_heartbeat_age_seconds", "Seconds since the worker's last message.", labels=["worker"]
+        )
+        for identity, age in sorted(ages.items()):
+            heartbeat.add_metric([identity], age)
+        yield heartbeat
+
+        if core.cache_age is not None:
+            yield GaugeMetricFamily(
+                "urban_robot_cache_age_seconds",
+                "Seconds since the kept cache was accepted.",
+                value=now - core.cache_age,
+            )
+        try:
+            size = robot.store.cache_path.stat().st_size
+        except OSError:
+            size = None
+        if size is not None:
+            yield GaugeMetricFamily("urban_robot_cache_bytes", "Size of the persisted cache file (JSON).", value=size)
+
+        if self.deployer is not None:
+            deploys = CounterMetricFamily("urban_robot_deploys", "Deploy attempts by outcome.", labels=["outcome"])
+            for outcome, count in sorted(collections.Counter(o for _, o in self.deployer.history).items()):
+                deploys.add_metric([outcome], count)
+            yield deploys
+        if self.children is not None:
+            yield GaugeMetricFamily(
+                "urban_robot_children", "Worker processes the supervisor manages.", value=len(self.children.children)
+            )
+        if self.notifier is not None:
+            counts = _notifications(self.notifier)
+            yield GaugeMetricFamily(
+                "urban_robot_notifications_queued", "Notifications waiting to be sent.", value=counts["queued"]
+            )
+            yield GaugeMetricFamily(
+                "urban_robot_notifications_dropped",
+                "Notifications dropped (queue full) and not yet reported on Discord.",
+                value=counts["dropped"],
+            )
+            yield GaugeMetricFamily(
+                "urban_robot_notifications_failed",
+                "Notifications that failed to send and are not yet reported on Discord.",
+                value=counts["failed"],
+            )
+
+
+def _json(status_code: int, body: dict[str, Any]) -> Response:
+    return Response(status_code, json.dumps(body).encode(), content_type="application/json")
+
+
+UNAUTHORIZED = {"error": "admin credential missing or wrong: send Authorization: Bearer <admin token>"}
+
+
+def _guarded(admin_token: str | None, public: bool, view: Callable[[], Response]) -> RouteHandler:
+    async def handle(request: Request) -> Response:
+        if not public and not authorized(request, admin_token):
+            return _json(401, UNAUTHORIZED)
+        await trio.lowlevel.checkpoint()
+        return view()
+
+    return handle
+
+
+def install_status_routes(
+    robot: UrbanRobot,
+    *,
+    admin_token: str | None,
+    deployer: _DeployerLike | None = None,
+    children: _ChildrenLike | None = None,
+    notifier: _NotifierLike | None = None,
+    public_metrics: bool = False,
+) -> StatusTracker:
+    """Serve ``GET /api/status`` and ``GET /metrics`` on the supervisor's port; the tracker behind them.
+
+    Call it once, before workers connect (their heartbeat ages are learnt from then on).
+    """
+    tracker = StatusTracker(robot).attach()
+    registry = CollectorRegistry(auto_describe=False)  # private: never the process-global default registry
+    registry.register(MetricsCollector(tracker, deployer=deployer, children=children, notifier=notifier))
+
+    def status_view() -> Response:
+        return _json(200, status(tracker, deployer=deployer, children=children, notifier=notifier))
+
+    def metrics_view() -> Response:
+        return Response(200, generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    robot.server.add_route("GET", "/api/status", _guarded(admin_token, False, status_view))
+    robot.server.add_route("GET", "/metrics", _guarded(admin_token, public_metrics, metrics_view))
+    return tracker
+
+
+__all__ = ["MetricsCollector", "StatusTracker", "install_status_routes", "status"]
