@@ -74,8 +74,10 @@ async def test_a_busy_port_is_one_line_too(tmp_path: Path) -> None:
             check=False,
         )
     assert result.returncode == 1
-    [line] = result.stderr.decode().strip().splitlines()
-    assert f"cannot listen on 127.0.0.1:{port}" in line and "pick another --port" in line
+    stderr = result.stderr.decode()
+    line = stderr.strip().splitlines()[-1]  # after the start-up log lines
+    assert line == f"urban-robot: cannot listen on 127.0.0.1:{port}: Address already in use; pick another --port"
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.slow
@@ -88,3 +90,47 @@ async def test_a_bad_configuration_is_refused_with_one_line_per_problem(tmp_path
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("urban-robot: configuration: ") for line in lines)
     assert {line.split(": ")[2] for line in lines} == {"port", "helium_path", "typo"}
+
+
+@pytest.mark.slow
+async def test_systemd_notify_and_json_logs(tmp_path: Path) -> None:
+    import json
+    import os
+
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
+    await sock.bind(str(tmp_path / "notify"))
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"))
+    command = [
+        sys.executable,
+        "-m",
+        "urban_robot",
+        "--port",
+        "0",
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--log-format",
+        "json",
+    ]
+    proc = await trio.lowlevel.open_process(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        with trio.fail_after(30):
+            ready = await sock.recv(4096)
+            assert ready.startswith(b"READY=1")
+            assert proc.stderr is not None
+            err = b""
+            while b"is running, epoch 1" not in err:
+                chunk = await proc.stderr.receive_some(65536)
+                assert chunk, err.decode(errors="replace")
+                err += chunk
+            proc.send_signal(signal.SIGTERM)
+            assert (await sock.recv(4096)).startswith(b"STOPPING=1")
+            while chunk := await proc.stderr.receive_some(65536):
+                err += chunk
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        sock.close()
+    records = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
+    assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)
+    assert any("is running, epoch 1" in r["message"] for r in records)

@@ -19,11 +19,16 @@ import signal
 import sys
 from pathlib import Path
 
+import attrs
 import trio
 
+from .cli import SUBCOMMANDS, ensure_admin_token, read_admin_token, run_subcommand, supervisor_url
 from .config import ConfigError, load_config
+from .logs import FORMATS, configure_logging
 from .supervisor import Settings, StateError
 from .supervisor._app import App, Options, serve
+from .supervisor._events import TimerFired
+from .systemd import Liveness, SdNotify, run_watchdog, watchdog_interval
 
 DEMO_WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
 
@@ -43,19 +48,34 @@ def demo_options(host: str, port: int, state_dir: Path) -> Options:
     )
 
 
-async def _stop_on_signal(cancel_scope: trio.CancelScope) -> None:
+async def _stop_on_signal(cancel_scope: trio.CancelScope, notify: SdNotify) -> None:
     """SIGTERM/SIGINT end the supervisor in order: its children are stopped, not orphaned."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             logging.getLogger("urban_robot").info("%s: stopping", signal.Signals(signum).name)
+            await notify.stopping(f"{signal.Signals(signum).name}: stopping")
             cancel_scope.cancel()
             return
 
 
 async def _main(options: Options, demo: bool) -> None:
+    notify = SdNotify.from_environ()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope, notify)
         app: App = await nursery.start(serve, options)
+        interval = watchdog_interval()
+        if notify.enabled and interval is not None:
+            # Healthy while the core's event loop answers (TimerFired only acts on expired deadlines):
+            # a hung loop stops the pings, and systemd restarts the supervisor.
+            liveness = Liveness(lambda: app.robot.submit(TimerFired()), every=interval / 2, stale_after=interval * 1.5)
+            await nursery.start(liveness.run)
+            nursery.start_soon(run_watchdog, notify, liveness, interval)
+        await notify.ready(f"supervising on {app.url}")
+        print(
+            f"Admin API on {app.url}/api/ (credential in {options.state_dir / 'admin.token'} unless configured);"
+            " try: python -m urban_robot --port <port> status",
+            flush=True,
+        )
         if not demo:
             print(
                 f"Urban Robot on {app.url} — supervising {' '.join(options.command)} in {options.helium_path}",
@@ -83,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path)
     parser.add_argument("--helium-path", type=Path, help="the bot's git checkout (without one: the demo)")
     parser.add_argument("--log-level")
+    commands = parser.add_subparsers(dest="subcommand", metavar="{status,try-again,deploy}")
+    for name, help_text in (
+        ("status", "show the running supervisor's workers and state"),
+        ("try-again", "forget known-bad commits, set is_sane again, and deploy"),
+        ("deploy", "deploy the branch head now"),
+    ):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--url", help="the supervisor's address (default: from --host/--port and the configuration)")
+        sub.add_argument("--json", action="store_true", help="print the supervisor's JSON answer as it is")
+    parser.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json lines")
     args = parser.parse_args(argv)
     flags = {
         "host": args.host,
@@ -97,8 +127,24 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"urban-robot: configuration: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configured_token = config.options.admin_token if config.options else None
+    if args.subcommand in SUBCOMMANDS:  # before logging is set up: httpx would log every request
+        return run_subcommand(
+            args.subcommand,
+            url=args.url or supervisor_url(config.host, config.port),
+            token=read_admin_token(config.state_dir, configured_token),
+            out=sys.stdout,
+            json=args.json,
+            state_dir=config.state_dir,
+        )
     options = config.options or demo_options(config.host, config.port, config.state_dir)
+    try:
+        options = attrs.evolve(options, admin_token=ensure_admin_token(options.state_dir, options.admin_token))
+    except StateError as exc:
+        print(f"urban-robot: {exc}", file=sys.stderr)
+        return 1
+    secrets = (options.settings.token, options.discord_token, options.admin_token, options.webhook_secret)
+    configure_logging(config.log_level, args.log_format, secrets)
     try:
         trio.run(_main, options, config.options is None)
     except KeyboardInterrupt:

@@ -1,0 +1,181 @@
+"""The operator subcommands against a real supervisor, and the admin credential file."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from urban_robot.cli import (
+    dashboard_url,
+    ensure_admin_token,
+    format_status,
+    read_admin_token,
+    run_subcommand,
+    supervisor_url,
+)
+from urban_robot.supervisor import App, Options, Settings, serve
+
+SETTINGS = Settings(token="bot-token", interval=2, grace=2, lease_margin=0.5, health_timeout=10, spawn_workers=True)
+WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
+
+
+async def cli(name: str, url: str, token: str | None, **kwargs: object) -> tuple[int, str, str]:
+    """Run a subcommand in a thread (it uses sync httpx): exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    call = functools.partial(run_subcommand, name, url=url, token=token, out=out, err=err, **kwargs)  # type: ignore[arg-type]
+    code = await trio.to_thread.run_sync(call)
+    return code, out.getvalue(), err.getvalue()
+
+
+async def running_supervisor(nursery: trio.Nursery, tmp_path: Path, token: str) -> tuple[App, str]:
+    """A supervisor with one running worker (and a standby); the running worker's identity."""
+    (tmp_path / "bot").mkdir()
+    options = Options(
+        helium_path=tmp_path / "bot",
+        settings=SETTINGS,
+        command=WORKER,
+        state_dir=tmp_path / "state",
+        port=0,
+        admin_token=token,
+        standbys=1,
+    )
+    app: App = await nursery.start(serve, options)
+    core = app.robot.core
+    while not (core.lease and core.lease.confirmed and core.lease.wid):
+        await trio.sleep(0.05)  # real processes
+    return app, core.lease.identity
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.slow
+async def test_subcommands_against_a_running_supervisor(nursery: trio.Nursery, tmp_path: Path) -> None:
+    token = ensure_admin_token(tmp_path / "state", None)
+    with trio.fail_after(60):
+        app, holder = await running_supervisor(nursery, tmp_path, token)
+
+        code, out, err = await cli("status", app.url, token)
+        assert (code, err) == (0, "")
+        [row] = [line for line in out.splitlines() if line.startswith(holder)]
+        assert row.split()[1] == "running"
+        assert "is_sane:         true" in out and "last_known_good:" in out and "cache age:" in out
+        assert token not in out
+
+        code, out, err = await cli("status", app.url, token, json=True)
+        body = json.loads(out)
+        assert code == 0 and err == ""
+        assert any(w["identity"] == holder and w["role"] == "running" for w in body["workers"])
+
+        for name, answer in (("try-again", "try again requested"), ("deploy", "deploy requested")):
+            code, out, err = await cli(name, app.url, token)
+            assert (code, err) == (0, "") and answer in out
+
+        for name in ("status", "try-again", "deploy"):
+            for wrong in ("wrong-token", None):
+                code, out, err = await cli(name, app.url, wrong, state_dir=tmp_path / "state")
+                assert code == 1 and out == "" and "wrong-token" not in err and token not in err
+                [line] = err.splitlines()
+                assert line == (
+                    "urban-robot: the supervisor refused the admin credential: "
+                    f"check {tmp_path / 'state' / 'admin.token'} or URBAN_ROBOT_ADMIN_TOKEN"
+                )
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_supervisor_is_one_line() -> None:
+    url = closed_port_url()
+    for name in ("status", "try-again", "deploy"):
+        code, out, err = await cli(name, url, "anything")
+        assert code == 1 and out == ""
+        assert err.splitlines() == [
+            f"urban-robot: no supervisor answers at {url}: is it running? (start it with python -m urban_robot)"
+        ]
+
+
+async def test_credential_error_names_a_placeholder_without_a_state_dir() -> None:
+    async def refuse(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        body = b'{"error": "admin credential missing or wrong"}'
+        await stream.send_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await stream.aclose()
+
+    async def fail(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        body = b'{"error": "boom"}'
+        await stream.send_all(b"HTTP/1.1 500 Oops\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await stream.aclose()
+
+    for handler, expected in (
+        (refuse, "check <state-dir>/admin.token or URBAN_ROBOT_ADMIN_TOKEN"),
+        (fail, "the supervisor answered 500 to POST /api/deploy: boom"),
+    ):
+        async with trio.open_nursery() as nursery:
+            [listener] = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+            port = listener.socket.getsockname()[1]
+            code, out, err = await cli("deploy", f"http://127.0.0.1:{port}", "t")
+            nursery.cancel_scope.cancel()
+        assert code == 1 and out == ""
+        [line] = err.splitlines()
+        assert line.startswith("urban-robot: ") and line.endswith(expected)
+
+
+def test_unknown_subcommand_is_a_usage_error() -> None:
+    err = io.StringIO()
+    assert run_subcommand("nope", url="http://127.0.0.1:1", token=None, out=io.StringIO(), err=err) == 2
+    assert "unknown subcommand" in err.getvalue()
+
+
+def test_admin_token_created_0600_then_reused_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = tmp_path / "new" / "state"
+    with caplog.at_level(logging.DEBUG):
+        first = ensure_admin_token(state, None)
+        second = ensure_admin_token(state, None)
+    path = state / "admin.token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert len(first) >= 32 and first == second == path.read_text().strip()
+    assert read_admin_token(state, None) == first
+    assert [p.name for p in state.iterdir()] == ["admin.token"]  # no temporary left behind
+    assert first not in caplog.text and "admin.token" in caplog.text
+
+
+def test_a_configured_token_wins_and_writes_nothing(tmp_path: Path) -> None:
+    assert ensure_admin_token(tmp_path / "s", "  configured  ") == "configured"
+    assert not (tmp_path / "s").exists()
+    assert read_admin_token(tmp_path / "s", None) is None
+    assert read_admin_token(tmp_path / "s", "configured") == "configured"
+    assert ensure_admin_token(tmp_path / "s", "") != ""  # empty means unset: one is generated
+
+
+def test_an_empty_token_file_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "admin.token").write_text("\n")
+    token = ensure_admin_token(tmp_path, None)
+    assert token and (tmp_path / "admin.token").read_text().strip() == token
+    assert stat.S_IMODE((tmp_path / "admin.token").stat().st_mode) == 0o600
+
+
+def test_format_status_without_workers() -> None:
+    text = format_status({"workers": [], "is_sane": False, "cache_age": None, "last_known_good": None})
+    assert text.splitlines()[0] == "no workers connected"
+    assert "is_sane:         false (fix, then: try-again)" in text and "cache age:       -" in text
+
+
+def test_addresses() -> None:
+    assert supervisor_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
+    assert supervisor_url("::", 80) == "http://[::1]:80"
+    assert supervisor_url("example.org", 1) == "http://example.org:1"
+    assert dashboard_url("http://127.0.0.1:8080/", "a/b+c") == "http://127.0.0.1:8080/?token=a%2Fb%2Bc"

@@ -1,0 +1,260 @@
+"""The operator's subcommands against a *running* supervisor, and the admin credential file.
+
+``run_subcommand("status" | "try-again" | "deploy", url=..., token=..., out=...)`` talks to the
+supervisor's HTTP API (docs/api.md) with the admin credential and returns an exit code: 0 done,
+1 with one line on ``err`` (no traceback) when the supervisor is not running, refuses the
+credential, or answers an error.
+
+The admin credential: ``URBAN_ROBOT_ADMIN_TOKEN`` (``[secrets] admin_token``) when configured, else
+``<state-dir>/admin.token``, which ``ensure_admin_token`` creates (mode 0600) the first time a
+supervisor starts without one and reuses after; ``read_admin_token`` is the subcommands' side. The
+token itself is never logged.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import httpx
+
+from .supervisor._store import StateError
+
+__all__ = [
+    "ADMIN_TOKEN_FILE",
+    "SUBCOMMANDS",
+    "dashboard_url",
+    "ensure_admin_token",
+    "format_status",
+    "read_admin_token",
+    "run_subcommand",
+    "supervisor_url",
+]
+
+log = logging.getLogger("urban_robot")
+
+ADMIN_TOKEN_FILE = "admin.token"
+ADMIN_TOKEN_ENV = "URBAN_ROBOT_ADMIN_TOKEN"
+TIMEOUT = 10.0  # seconds; the admin routes answer at once
+
+
+# ---- the admin credential ----
+
+
+def _configured(configured: str | None) -> str | None:
+    return configured.strip() or None if configured else None
+
+
+def read_admin_token(state_dir: Path, configured: str | None) -> str | None:
+    """The credential a subcommand sends: the configured one, else ``<state-dir>/admin.token``, else None."""
+    token = _configured(configured)
+    if token is not None:
+        return token
+    try:
+        return (state_dir / ADMIN_TOKEN_FILE).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None  # the 401 that follows names the file to check
+
+
+def ensure_admin_token(state_dir: Path, configured: str | None) -> str:
+    """The supervisor's admin credential: the configured one, else ``<state-dir>/admin.token`` (created if absent).
+
+    A new token is ``secrets.token_urlsafe(32)``, written to a 0600 temporary file and linked into
+    place, so the file never exists half-written or readable by others, and two processes starting
+    at once agree on one token. Raises ``StateError`` (one line, no token in it) if it cannot be done.
+    """
+    token = _configured(configured)
+    if token is not None:
+        return token
+    path = state_dir / ADMIN_TOKEN_FILE
+    existing = _read_existing(path)
+    if existing is not None:
+        return existing
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create state directory {state_dir}: {exc.strerror}") from exc
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and never replaces a token another process just wrote
+        except FileExistsError:
+            existing = _read_existing(path)
+            if existing is not None:
+                return existing  # another process was first: its token
+            os.replace(tmp, path)  # an empty file holds no credential: replace it
+    except OSError as exc:
+        raise StateError(f"cannot write the admin credential {path}: {exc.strerror}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("created the admin credential in %s (mode 0600)", path)
+    return token
+
+
+def _read_existing(path: Path) -> str | None:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not text"
+        raise StateError(f"cannot read the admin credential {path}: {reason}") from exc
+    if not token:
+        return None
+    if path.stat().st_mode & 0o077:
+        log.warning("%s is readable by other users: chmod 600 it", path)
+    return token
+
+
+# ---- addresses ----
+
+
+def supervisor_url(host: str, port: int) -> str:
+    """Where a local subcommand reaches the supervisor that listens on ``host``:``port``."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def dashboard_url(url: str, token: str) -> str:
+    """``url`` with the credential in the query, as Jupyter prints it: for the operator's terminal only."""
+    return f"{url.rstrip('/')}/?token={quote(token, safe='')}"
+
+
+# ---- the subcommands ----
+
+
+class _Failed(Exception):
+    """One line for the operator; the subcommand exits 1."""
+
+
+def _request(method: str, url: str, path: str, token: str | None, state_dir: Path | None) -> Any:
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        with httpx.Client(timeout=TIMEOUT) as client:
+            response = client.request(method, url + path, headers=headers)
+    except httpx.ConnectError:
+        raise _Failed(f"no supervisor answers at {url}: is it running? (start it with python -m urban_robot)") from None
+    except httpx.TimeoutException:
+        raise _Failed(f"the supervisor at {url} did not answer within {TIMEOUT:g}s") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _Failed(f"cannot reach the supervisor at {url}: {exc or type(exc).__name__}") from None
+    except UnicodeEncodeError:
+        raise _Failed("the admin credential has characters an HTTP header cannot carry: check it") from None
+    if response.status_code == 401:
+        where = str(state_dir / ADMIN_TOKEN_FILE) if state_dir is not None else f"<state-dir>/{ADMIN_TOKEN_FILE}"
+        raise _Failed(f"the supervisor refused the admin credential: check {where} or {ADMIN_TOKEN_ENV}")
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not response.is_success:
+        detail = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(detail, str):
+            detail = " ".join(response.text.split())[:200] or "no details"
+        raise _Failed(f"the supervisor answered {response.status_code} to {method} {path}: {detail}")
+    if not isinstance(body, dict):
+        raise _Failed(f"the supervisor answered {method} {path} with something other than a JSON object")
+    return body
+
+
+def _seconds(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:.1f}s"
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_status(body: dict[str, Any]) -> str:
+    """The human view of ``GET /api/status``: a table of workers, then the supervisor's state."""
+    header = ("WORKER", "ROLE", "VERSION", "GENERATION", "PID", "HEARTBEAT AGE", "EPOCH")
+    rows = [
+        (
+            _cell(w.get("identity")),
+            _cell(w.get("role")),
+            _cell(w.get("version")),
+            _cell(w.get("generation")),
+            _cell(w.get("pid")),
+            _seconds(w.get("heartbeat_age")),
+            _cell(w.get("epoch")),
+        )
+        for w in body.get("workers") or []
+        if isinstance(w, dict)
+    ]
+    lines: list[str] = []
+    if rows:
+        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+        for row in (header, *rows):
+            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    else:
+        lines.append("no workers connected")
+    lines.append("")
+    sane = body.get("is_sane")
+    lines.append(f"cache age:       {_seconds(body.get('cache_age'))}")
+    lines.append(f"is_sane:         {_cell(sane).lower()}" + ("" if sane is not False else " (fix, then: try-again)"))
+    lines.append(f"last_known_good: {_cell(body.get('last_known_good'))}")
+    return "\n".join(lines)
+
+
+def _acknowledged(what: str) -> Callable[[dict[str, Any]], str]:
+    return lambda body: what
+
+
+SUBCOMMANDS: dict[str, tuple[str, str, Callable[[dict[str, Any]], str]]] = {
+    "status": ("GET", "/api/status", format_status),
+    "try-again": (
+        "POST",
+        "/api/try-again",
+        _acknowledged("try again requested: known-bad commits forgotten, is_sane set, deploy requested"),
+    ),
+    "deploy": ("POST", "/api/deploy", _acknowledged("deploy requested")),
+}
+
+
+def run_subcommand(
+    name: str,
+    *,
+    url: str,
+    token: str | None,
+    out: TextIO,
+    json: bool = False,
+    err: TextIO | None = None,
+    state_dir: Path | None = None,
+) -> int:
+    """Run subcommand ``name`` against the supervisor at ``url``; the exit code (0 done, 1 failed).
+
+    ``json``: print the supervisor's answer as it came. ``err`` (default stderr) gets the one-line
+    error; ``state_dir`` names the credential file in it.
+    """
+    err = sys.stderr if err is None else err
+    if name not in SUBCOMMANDS:
+        print(f"urban-robot: unknown subcommand {name!r} (one of {', '.join(SUBCOMMANDS)})", file=err)
+        return 2
+    method, path, render = SUBCOMMANDS[name]
+    try:
+        body = _request(method, url.rstrip("/"), path, token, state_dir)
+    except _Failed as exc:
+        print(f"urban-robot: {exc}", file=err)
+        return 1
+    print(jsonlib.dumps(body, indent=2) if json else render(body), file=out, flush=True)
+    return 0

@@ -1,0 +1,132 @@
+"""Logging set-up for the supervisor: text for a terminal, JSON lines for journald or a log shipper.
+
+Every record goes through a redaction step that replaces each configured secret (the Discord token, the
+admin token, the webhook secret) with ``[redacted]`` in the message, the exception text and the extra
+fields, so a secret that slips into an error message or a traceback never reaches the log.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from collections.abc import Iterable
+from typing import Any, Literal, TextIO
+
+REDACTED = "[redacted]"
+LogFormat = Literal["text", "json"]
+FORMATS: tuple[LogFormat, ...] = ("text", "json")
+
+# The attributes every LogRecord has: anything else on a record came from ``extra=``.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_HANDLER_MARK = "_urban_robot_handler"
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {key: value for key, value in vars(record).items() if key not in _STANDARD and not key.startswith("_")}
+
+
+class Redactor(logging.Filter):
+    """Replace each secret with ``[redacted]`` in a record's message, exception text and extra fields.
+
+    As a handler filter it rewrites the record in place (so later handlers see the redacted text too);
+    :meth:`redact` is also applied to each formatter's final output, catching anything rendered late.
+    """
+
+    def __init__(self, secrets: Iterable[str | bytes | None]) -> None:
+        super().__init__()
+        found = {s.decode(errors="replace") if isinstance(s, bytes) else s for s in secrets if s}
+        self.secrets = sorted(found, key=len, reverse=True)  # longest first: one secret may contain another
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        record.msg = self.redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
+        for key, value in _extras(record).items():
+            if isinstance(value, str):
+                setattr(record, key, self.redact(value))
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """``2024-05-01 12:00:00,123 INFO urban_robot: message key=value``: extra fields appended."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = _extras(record)
+        if extras:
+            first, newline, rest = text.partition("\n")
+            fields = " ".join(f"{key}={value}" for key, value in extras.items())
+            text = f"{first} {fields}{newline}{rest}"
+        return self.redactor.redact(text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``ts`` (UTC, ISO 8601), ``level``, ``logger``, ``message``, extras, ``exception``."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, Any] = {
+            "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in _extras(record).items():
+            entry.setdefault(key, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return self.redactor.redact(json.dumps(entry, default=str, ensure_ascii=False))
+
+
+def configure_logging(
+    level: int | str,
+    fmt: LogFormat = "text",
+    secrets: Iterable[str | bytes | None] = (),
+    stream: TextIO | None = None,
+) -> logging.Handler:
+    """Log to ``stream`` (stderr) at ``level`` in ``fmt``, redacting ``secrets``; the handler installed.
+
+    Replaces a handler installed by an earlier call (so it can run twice, e.g. in tests), and leaves other
+    handlers alone. Secrets that are None or empty are ignored.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    redactor = Redactor(secrets)
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(JsonFormatter(redactor) if fmt == "json" else TextFormatter(redactor))
+    handler.addFilter(redactor)
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, _HANDLER_MARK, False):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler
