@@ -134,3 +134,33 @@ async def test_systemd_notify_and_json_logs(tmp_path: Path) -> None:
     records = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
     assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)
     assert any("is running, epoch 1" in r["message"] for r in records)
+
+
+@pytest.mark.slow
+async def test_stop_subcommand_stops_the_supervisor_and_its_workers(tmp_path: Path) -> None:
+    state = ["--state-dir", str(tmp_path / "state")]
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "urban_robot", "--port", "0", *state], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        with trio.fail_after(30):
+            while b"Workers: child-" not in seen:
+                chunk = await proc.stdout.receive_some(65536)
+                assert chunk, seen.decode(errors="replace")
+                seen += chunk
+            url = seen.split(b"Urban Robot demo on ")[1].split()[0].decode()
+            port = url.rsplit(":", 1)[1]
+            listed = seen.split(b"Workers: ")[1].split(b". Kill")[0].replace(b",", b" ").split()
+            pids = [int(p) for p in listed if p.isdigit()]
+            stop = await trio.run_process(
+                [sys.executable, "-m", "urban_robot", "--port", port, *state, "stop"], capture_stdout=True, check=False
+            )
+            assert stop.returncode == 0 and b"stop requested" in stop.stdout
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]

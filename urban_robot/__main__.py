@@ -58,11 +58,20 @@ async def _stop_on_signal(cancel_scope: trio.CancelScope, notify: SdNotify) -> N
             return
 
 
+async def _serve_until_stopped(
+    options: Options, cancel_scope: trio.CancelScope, notify: SdNotify, *, task_status: trio.TaskStatus[App]
+) -> None:
+    """Serve; when the supervisor stops by itself (``POST /api/stop``), end everything else too."""
+    await serve(options, task_status=task_status)
+    await notify.stopping("stop requested through the admin API")
+    cancel_scope.cancel()
+
+
 async def _main(options: Options, demo: bool) -> None:
     notify = SdNotify.from_environ()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope, notify)
-        app: App = await nursery.start(serve, options)
+        app: App = await nursery.start(_serve_until_stopped, options, nursery.cancel_scope, notify)
         interval = watchdog_interval()
         if notify.enabled and interval is not None:
             # Healthy while the core's event loop answers (TimerFired only acts on expired deadlines):
@@ -103,11 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path)
     parser.add_argument("--helium-path", type=Path, help="the bot's git checkout (without one: the demo)")
     parser.add_argument("--log-level")
-    commands = parser.add_subparsers(dest="subcommand", metavar="{status,try-again,deploy}")
+    commands = parser.add_subparsers(dest="subcommand", metavar="{status,try-again,deploy,stop}")
     for name, help_text in (
         ("status", "show the running supervisor's workers and state"),
         ("try-again", "forget known-bad commits, set is_sane again, and deploy"),
         ("deploy", "deploy the branch head now"),
+        ("stop", "stop the supervisor and its workers"),
     ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--url", help="the supervisor's address (default: from --host/--port and the configuration)")

@@ -228,6 +228,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, Callable[[dict[str, Any]], str]]] = {
         _acknowledged("try again requested: known-bad commits forgotten, is_sane set, deploy requested"),
     ),
     "deploy": ("POST", "/api/deploy", _acknowledged("deploy requested")),
+    "stop": ("POST", "/api/stop", _acknowledged("stop requested: the supervisor stops its workers and exits")),
 }
 
 

@@ -63,6 +63,11 @@ class App:
     deployer: Deployer
     notifier: Notifier | None
     url: str
+    stopped: trio.Event = attrs.Factory(trio.Event)  # set: serve() stops its children and returns
+
+    def stop(self) -> None:
+        """Stop this supervisor in order (children asked, then signalled), as SIGTERM does."""
+        self.stopped.set()
 
 
 async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
@@ -97,15 +102,18 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
         install_status_routes(
             robot, admin_token=options.admin_token, deployer=deployer, children=children, notifier=notifier
         )
-        _routes(robot, deployer, options)
+        app = App(robot, children, deployer, notifier, url)
+        _routes(robot, deployer, options, app)
         await nursery.start(children.run, 1 + options.standbys)
         await nursery.start(
             lambda task_status: deployer.run(poll_interval=options.poll_interval, task_status=task_status)
         )
         log.info("supervising %s from %s", " ".join(options.command), options.helium_path)
-        task_status.started(App(robot, children, deployer, notifier, url))
+        task_status.started(app)
         try:
-            await trio.sleep_forever()
+            await app.stopped.wait()
+            log.info("stop requested through the admin API: stopping")
+            nursery.cancel_scope.cancel()
         finally:
             store.unlock()
 
@@ -119,7 +127,7 @@ async def _start_notifier(nursery: trio.Nursery, http: httpx.AsyncClient, option
     return notifier
 
 
-def _routes(robot: UrbanRobot, deployer: Deployer, options: Options) -> None:
+def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -> None:
     gate = WebhookGate(
         WebhookConfig(
             secret=options.webhook_secret, branch=options.branch, require_deploy_tag=options.require_deploy_tag
@@ -139,3 +147,9 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options) -> None:
 
     robot.server.add_route("POST", "/api/deploy", admin_route(options.admin_token, deploy))
     robot.server.add_route("POST", "/api/try-again", admin_route(options.admin_token, try_again))
+
+    def stop() -> dict[str, object]:
+        app.stop()
+        return {"stop": "requested"}
+
+    robot.server.add_route("POST", "/api/stop", admin_route(options.admin_token, stop))
