@@ -179,3 +179,43 @@ def test_addresses() -> None:
     assert supervisor_url("::", 80) == "http://[::1]:80"
     assert supervisor_url("example.org", 1) == "http://example.org:1"
     assert dashboard_url("http://127.0.0.1:8080/", "a/b+c") == "http://127.0.0.1:8080/?token=a%2Fb%2Bc"
+
+
+def test_logs_print_a_workers_log_and_follow_it(tmp_path: Path) -> None:
+    import io
+    import json
+    import os
+
+    from urban_robot.cli import worker_logs
+
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    (log_dir / "helium-a.log").write_text("old worker line\n")
+    (log_dir / "helium-b.log").write_text("new worker line\n")
+    os.utime(log_dir / "helium-a.log", (1, 1))
+    registry = {
+        "child-x-1": {"pid": 1, "log": str(log_dir / "helium-a.log")},
+        "child-x-2": {"pid": 2, "log": str(log_dir / "helium-b.log")},
+    }
+    (tmp_path / "children.json").write_text(json.dumps(registry))
+    out, err = io.StringIO(), io.StringIO()
+    assert worker_logs(tmp_path, None, out, err=err) == 0
+    assert out.getvalue() == "new worker line\n"  # the newest by default
+    out = io.StringIO()
+    assert worker_logs(tmp_path, "child-x-1", out, err=err) == 0 and out.getvalue() == "old worker line\n"
+    rounds = iter(range(3))
+
+    def grow_then_stop() -> bool:
+        n = next(rounds, None)
+        if n is None:
+            return True
+        with open(log_dir / "helium-a.log", "a") as f:
+            f.write(f"line {n}\n")
+        return False
+
+    out = io.StringIO()
+    assert worker_logs(tmp_path, "child-x-1", out, follow=True, poll=0, stop=grow_then_stop, err=err) == 0
+    assert out.getvalue() == "old worker line\nline 0\nline 1\nline 2\n"
+    assert worker_logs(tmp_path, "child-nope", io.StringIO(), err=err) == 1
+    assert "no log for worker 'child-nope'" in err.getvalue()
+    assert worker_logs(tmp_path / "elsewhere", None, io.StringIO(), err=err) == 1

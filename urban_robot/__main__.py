@@ -22,7 +22,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from .cli import SUBCOMMANDS, ensure_admin_token, read_admin_token, run_subcommand, supervisor_url
+from .cli import SUBCOMMANDS, ensure_admin_token, read_admin_token, run_subcommand, supervisor_url, worker_logs
 from .config import ConfigError, load_config
 from .logs import FORMATS, configure_logging
 from .supervisor import Settings, StateError
@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path)
     parser.add_argument("--helium-path", type=Path, help="the bot's git checkout (without one: the demo)")
     parser.add_argument("--log-level")
-    commands = parser.add_subparsers(dest="subcommand", metavar="{status,try-again,deploy,stop}")
+    commands = parser.add_subparsers(dest="subcommand", metavar="{status,try-again,deploy,stop,logs}")
+    logs = commands.add_parser("logs", help="print a worker's log (the newest worker's by default)")
+    logs.add_argument("worker", nargs="?", help="the worker's identity, e.g. child-3f2a1c-2 (see status)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows (Ctrl+C stops)")
     for name, help_text in (
         ("status", "show the running supervisor's workers and state"),
         ("try-again", "forget known-bad commits, set is_sane again, and deploy"),
@@ -138,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"urban-robot: configuration: {problem}", file=sys.stderr)
         return 2
     configured_token = config.options.admin_token if config.options else None
+    if args.subcommand == "logs":
+        try:
+            return worker_logs(config.state_dir, args.worker, sys.stdout, follow=args.follow)
+        except KeyboardInterrupt:
+            return 0
     if args.subcommand in SUBCOMMANDS:  # before logging is set up: httpx would log every request
         return run_subcommand(
             args.subcommand,

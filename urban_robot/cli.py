@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,6 +37,7 @@ __all__ = [
     "read_admin_token",
     "run_subcommand",
     "supervisor_url",
+    "worker_logs",
 ]
 
 log = logging.getLogger("urban_robot")
@@ -258,4 +260,46 @@ def run_subcommand(
         print(f"urban-robot: {exc}", file=err)
         return 1
     print(jsonlib.dumps(body, indent=2) if json else render(body), file=out, flush=True)
+    return 0
+
+
+def worker_logs(
+    state_dir: Path,
+    identity: str | None,
+    out: TextIO,
+    *,
+    follow: bool = False,
+    err: TextIO | None = None,
+    poll: float = 0.5,
+    stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Print a worker's log (the newest worker's without ``identity``); ``follow`` keeps printing as it grows.
+
+    Read from the machine the supervisor runs on: the children registry in the state directory names
+    each running worker's log file.
+    """
+    err = err or sys.stderr
+    try:
+        registry = jsonlib.loads((state_dir / "children.json").read_text())
+    except (OSError, ValueError):
+        print(
+            f"urban-robot: no workers recorded in {state_dir}: is a supervisor running with this --state-dir?", file=err
+        )
+        return 1
+    logs: dict[str, str] = {
+        name: str(info["log"]) for name, info in registry.items() if isinstance(info, dict) and info.get("log")
+    }
+    if identity is None and logs:
+        identity = max(logs, key=lambda name: Path(logs[name]).stat().st_mtime if Path(logs[name]).exists() else 0)
+    if identity not in logs:
+        known = ", ".join(sorted(logs)) or "none"
+        print(f"urban-robot: no log for worker {identity!r} (running workers: {known})", file=err)
+        return 1
+    with open(logs[identity], errors="replace") as file:
+        out.write(file.read())
+        out.flush()
+        while follow and not stop():
+            time.sleep(poll)
+            out.write(file.read())
+            out.flush()
     return 0

@@ -69,6 +69,7 @@ class Child:
     started: float  # trio clock
     start_ticks: int | None  # /proc/<pid>/stat starttime: tells a reused pid from ours
     process: trio.Process | None = None  # None once adopted from an earlier supervisor
+    log: str | None = None  # its log file, for `urban-robot logs`
 
 
 def start_ticks(pid: int) -> int | None:
@@ -202,7 +203,15 @@ class Children:
         finally:
             if output is not subprocess.DEVNULL:
                 output.close()
-        child = Child(identity, process.pid, generation, trio.current_time(), start_ticks(process.pid), process)
+        child = Child(
+            identity,
+            process.pid,
+            generation,
+            trio.current_time(),
+            start_ticks(process.pid),
+            process,
+            getattr(output, "name", None),
+        )
         self._record(child)
         try:
             returncode = await process.wait()
@@ -282,7 +291,14 @@ class Children:
             pid, ticks = int(info["pid"]), info.get("start_ticks")
             if ticks is None or start_ticks(pid) != ticks:
                 continue  # gone, or the pid now belongs to someone else
-            child = Child(identity, pid, int(info.get("generation", self.generation)), trio.current_time(), ticks)
+            child = Child(
+                identity,
+                pid,
+                int(info.get("generation", self.generation)),
+                trio.current_time(),
+                ticks,
+                log=info.get("log"),
+            )
             self.children[identity] = child
             assert self._nursery is not None
             self._nursery.start_soon(self._watch_adopted, child)
@@ -323,7 +339,7 @@ class Children:
         if self.registry is None:
             return
         data = {
-            c.identity: {"pid": c.pid, "generation": c.generation, "start_ticks": c.start_ticks}
+            c.identity: {"pid": c.pid, "generation": c.generation, "start_ticks": c.start_ticks, "log": c.log}
             for c in self.children.values()
         }
         atomic_write(self.registry, json.dumps(data, sort_keys=True).encode())
