@@ -155,9 +155,12 @@ async def test_stop_subcommand_stops_the_supervisor_and_its_workers(tmp_path: Pa
             listed = seen.split(b"Workers: ")[1].split(b". Kill")[0].replace(b",", b" ").split()
             pids = [int(p) for p in listed if p.isdigit()]
             stop = await trio.run_process(
-                [sys.executable, "-m", "urban_robot", "--port", port, *state, "stop"], capture_stdout=True, check=False
+                [sys.executable, "-m", "urban_robot", "--port", port, *state, "stop"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
             )
-            assert stop.returncode == 0 and b"stop requested" in stop.stdout
+            assert stop.returncode == 0 and b"stop requested" in stop.stdout, stop.stderr
             assert await proc.wait() == 0
     finally:
         if proc.returncode is None:

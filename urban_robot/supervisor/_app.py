@@ -112,10 +112,24 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
         task_status.started(app)
         try:
             await app.stopped.wait()
-            log.info("stop requested through the admin API: stopping")
+            log.info("stop requested through the admin API: stopping the workers")
+            await _stop_children(robot, children)
             nursery.cancel_scope.cancel()
         finally:
             store.unlock()
+
+
+async def _stop_children(robot: UrbanRobot, children: Children) -> None:
+    """Ask every child to shut down (then signal it), in parallel; the stop request's answer leaves meanwhile."""
+    robot.spawner = None  # their exits are no reason to start others now
+    async with trio.open_nursery() as nursery:
+        for identity in list(children.children):
+
+            async def ask(identity: str = identity) -> None:
+                await robot.ask_shutdown(identity, "the supervisor stops")
+
+            nursery.start_soon(children.stop, identity, ask)
+    await trio.sleep(0.1)  # a short grace for the HTTP answer to the stop request, if no child was left
 
 
 async def _start_notifier(nursery: trio.Nursery, http: httpx.AsyncClient, options: Options) -> Notifier | None:
