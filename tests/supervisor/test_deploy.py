@@ -23,28 +23,11 @@ from urban_robot.supervisor._children import ChildPolicy, Children
 from urban_robot.supervisor._deploy import Deployer
 from urban_robot.supervisor._git import Git
 from urban_robot.supervisor._webhook import WebhookConfig, WebhookGate, sign, webhook_route
+from urban_robot.testing.bot import MAIN_PY
 
 pytestmark = pytest.mark.slow
 
-BOT = """
-import json, os, sys, time
-import trio
-config = json.load(open("bot.json"))
-if config.get("crash"):
-    raise SystemExit("crashing at import, as told")
-if config.get("hang"):
-    time.sleep(3600)
-from urban_robot.testing import SimulatedWorker
-async def main():
-    worker = SimulatedWorker(os.environ["URBAN_ROBOT_URL"], os.environ["URBAN_ROBOT_SECRET"],
-                             version=config["version"], health=config["health"],
-                             generation=int(os.environ["URBAN_ROBOT_GENERATION"]))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run)
-        await worker.done.wait()
-        nursery.cancel_scope.cancel()
-trio.run(main)
-"""
+BOT = MAIN_PY  # the stand-in bot of urban_robot.testing.bot, driven by bot.json
 HEALTHY = {"OK": True, "percent": 100, "cogs": {"modules.utilities": True}}
 SECRET = b"webhook-secret"
 SETTINGS = Settings(token="bot-token", interval=1, grace=1, lease_margin=0.5, health_timeout=5, spawn_workers=True)

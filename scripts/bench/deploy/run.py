@@ -27,8 +27,9 @@ Times are taken in the supervisor's process on one clock, from an observer on
 ``handle`` that attributes heartbeat answers to the lease holder (an action
 does not say whom it answers). Medians over the rounds are reported, and the
 largest failed-deploy gap. ``--fresh`` is a diagnostic: before each deploy it
-stops the standbys earlier deploys left behind and resets the children's
-restart backoff, two effects that otherwise grow from round to round.
+stops every standby but the holder and resets the children's restart backoff
+(two effects that grew from round to round before deploys retired older
+standbys and candidates skipped the backoff).
 
 The last line printed is one JSON object:
 {"deploy_to_processing_s", "handover_gap_ms", "failed_deploy_gap_ms", "rounds", ...}
@@ -56,25 +57,9 @@ from urban_robot.supervisor._app import App, Options, serve
 from urban_robot.supervisor._children import ChildPolicy
 from urban_robot.supervisor._events import Action, Event, Heartbeat, PersistCache, Reply, RoleChanged, Send
 from urban_robot.supervisor._webhook import sign
+from urban_robot.testing.bot import MAIN_PY
 
-BOT = """
-import json, os
-import trio
-config = json.load(open("bot.json"))
-from urban_robot.testing import SimulatedWorker
-async def main():
-    worker = SimulatedWorker(os.environ["URBAN_ROBOT_URL"], os.environ["URBAN_ROBOT_SECRET"],
-                             version=config["version"], health=config["health"],
-                             generation=int(os.environ["URBAN_ROBOT_GENERATION"]))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run)
-        if config.get("cache_bytes"):
-            await worker.wait_for("processing")
-            await worker.write("blob", os.urandom(config["cache_bytes"]))
-        await worker.done.wait()
-        nursery.cancel_scope.cancel()
-trio.run(main)
-"""
+BOT = MAIN_PY  # the stand-in bot of urban_robot.testing.bot, driven by bot.json
 HEALTHY = {"OK": True, "percent": 100, "cogs": {"modules.utilities": True}}
 VITAL_COG_FAILED = {"OK": False, "percent": 100, "cogs": {"modules.utilities": False}}
 SECRET = b"bench-webhook-secret"

@@ -1,0 +1,50 @@
+"""A configurable stand-in bot for deploy tests and benchmarks: one commit, one behaviour.
+
+A test repository's ``main.py`` is just ``from urban_robot.testing.bot import main; main()``; what the
+bot does comes from ``bot.json`` in the same commit, so each commit is a different bot:
+
+    {"version": "1.1", "health": {...}, "crash": false, "hang": false, "cache_bytes": 0}
+
+``crash`` exits at start (a broken import), ``hang`` never connects (stuck before ready),
+``cache_bytes`` writes a cache that large once it processes (hand-over benchmarks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._sim import HEALTHY, SimulatedWorker
+
+MAIN_PY = "from urban_robot.testing.bot import main\n\nmain()\n"
+
+
+async def _run(config: dict[str, Any]) -> None:
+    worker = SimulatedWorker(
+        os.environ["URBAN_ROBOT_URL"],
+        os.environ["URBAN_ROBOT_SECRET"],
+        version=config.get("version", "1.0"),
+        health=config.get("health", HEALTHY),
+        generation=int(os.environ.get("URBAN_ROBOT_GENERATION", "0")) or None,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        if config.get("cache_bytes"):
+            await worker.wait_for("processing")
+            await worker.write("blob", os.urandom(int(config["cache_bytes"])))
+        await worker.done.wait()
+        nursery.cancel_scope.cancel()
+
+
+def main(config_file: Path = Path("bot.json")) -> None:
+    config = json.loads(config_file.read_text())
+    if config.get("crash"):
+        raise SystemExit("crashing at start, as bot.json says")
+    if config.get("hang"):
+        time.sleep(3600)
+    trio.run(_run, config)
