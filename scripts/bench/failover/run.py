@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from urban_robot.supervisor import Credentials, Role, Send, Settings, StateStore, UrbanRobot
-from urban_robot.supervisor._children import Children
+from urban_robot.supervisor._children import ChildPolicy, Children
 from urban_robot.supervisor._events import Action, Reply
 
 WORKER = [sys.executable, "-m", "urban_robot.testing.worker"]
@@ -75,7 +75,15 @@ async def setup(
     recorder = Recorder()
     robot.observers.append(recorder)
     port = await nursery.start(robot.run, "127.0.0.1", 0)
-    children = Children(robot, command, cwd=Path.cwd(), url=f"http://127.0.0.1:{port}", log_dir=state_dir / "log")
+    # Every kill is a "quick death": without this the restart backoff would double up to a minute.
+    children = Children(
+        robot,
+        command,
+        cwd=Path.cwd(),
+        url=f"http://127.0.0.1:{port}",
+        log_dir=state_dir / "log",
+        policy=ChildPolicy(backoff_base=0.0),
+    )
     robot.spawner = children.spawn
     robot.observers.append(children.on_action)
     await nursery.start(children.run, count)
