@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -12,6 +13,7 @@ import trio.testing
 import trio_websocket
 
 from urban_robot.socketio import Server
+from urban_robot.supervisor import Credentials, Settings, StateStore, UrbanRobot
 
 
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
@@ -93,3 +95,47 @@ async def raw_memory_client(listener: MemoryListener, *, query: str = "") -> Asy
             yield client
         finally:
             await ws.aclose()
+
+
+async def inline(fn: Any, *args: Any) -> Any:
+    """File writes without a thread: a thread's real time would let the virtual clock jump."""
+    return fn(*args)
+
+
+class RestartableSupervisor:
+    """A real supervisor in a test's nursery that can be stopped and started again on the same state."""
+
+    def __init__(self, nursery: trio.Nursery, state_dir: Path, settings: Settings) -> None:
+        self.nursery = nursery
+        self.settings = settings
+        self.store = StateStore(state_dir)
+        self.store.prepare()
+        self.credentials = Credentials(self.store.secret_key(), admin_token="admin-secret")
+        self.robot: UrbanRobot | None = None
+        self.url = ""
+        self.scope = trio.CancelScope()
+        self.count = 0
+
+    async def start(self, port: int = 0) -> UrbanRobot:
+        robot = UrbanRobot(self.settings, self.store, self.credentials, blocking_io=inline)
+
+        async def run(task_status: trio.TaskStatus[int | None]) -> None:
+            with self.scope:
+                await robot.run("127.0.0.1", port, task_status=task_status)
+
+        self.scope = trio.CancelScope()
+        bound = await self.nursery.start(run)
+        self.robot, self.url = robot, f"http://127.0.0.1:{bound}"
+        return robot
+
+    def stop(self) -> None:
+        self.scope.cancel()
+
+
+async def read_until(stream: trio.abc.ReceiveStream, *markers: bytes, seen: bytes = b"") -> bytes:
+    """Read a child's output until every marker has appeared; fails with what was seen if it ends first."""
+    while not all(marker in seen for marker in markers):
+        chunk = await stream.receive_some(65536)
+        assert chunk, seen.decode(errors="replace")
+        seen += chunk
+    return seen

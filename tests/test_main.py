@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests._helpers import read_until
+
 
 @pytest.mark.slow
 async def test_demo_supervises_two_workers_and_stops_them_on_sigterm(tmp_path: Path) -> None:
@@ -19,10 +21,7 @@ async def test_demo_supervises_two_workers_and_stops_them_on_sigterm(tmp_path: P
         assert proc.stdout is not None
         seen = b""
         with trio.fail_after(30):
-            while b"Workers: child-" not in seen or b"is running, epoch 1" not in seen:
-                chunk = await proc.stdout.receive_some(65536)
-                assert chunk, seen.decode(errors="replace")
-                seen += chunk
+            seen = await read_until(proc.stdout, b"Workers: child-", b"is running, epoch 1", seen=seen)
             listed = seen.split(b"Workers: ")[1].split(b". Kill")[0].replace(b",", b" ").split()
             pids = [int(p) for p in listed if p.isdigit()]
             proc.send_signal(signal.SIGTERM)
@@ -45,10 +44,7 @@ async def test_a_second_supervisor_on_the_same_state_is_refused_in_one_line(tmp_
         assert first.stdout is not None
         seen = b""
         with trio.fail_after(30):
-            while b"Urban Robot demo on" not in seen:
-                chunk = await first.stdout.receive_some(65536)
-                assert chunk, seen.decode(errors="replace")
-                seen += chunk
+            seen = await read_until(first.stdout, b"Urban Robot demo on", seen=seen)
             second = await trio.run_process(
                 [sys.executable, "-m", "urban_robot", "--port", "0", *state], capture_stderr=True, check=False
             )
@@ -118,10 +114,7 @@ async def test_systemd_notify_and_json_logs(tmp_path: Path) -> None:
             assert ready.startswith(b"READY=1")
             assert proc.stderr is not None
             err = b""
-            while b"is running, epoch 1" not in err:
-                chunk = await proc.stderr.receive_some(65536)
-                assert chunk, err.decode(errors="replace")
-                err += chunk
+            err = await read_until(proc.stderr, b"is running, epoch 1", seen=err)
             proc.send_signal(signal.SIGTERM)
             assert (await sock.recv(4096)).startswith(b"STOPPING=1")
             while chunk := await proc.stderr.receive_some(65536):
@@ -146,10 +139,7 @@ async def test_stop_subcommand_stops_the_supervisor_and_its_workers(tmp_path: Pa
         assert proc.stdout is not None
         seen = b""
         with trio.fail_after(30):
-            while b"Workers: child-" not in seen:
-                chunk = await proc.stdout.receive_some(65536)
-                assert chunk, seen.decode(errors="replace")
-                seen += chunk
+            seen = await read_until(proc.stdout, b"Workers: child-", seen=seen)
             url = seen.split(b"Urban Robot demo on ")[1].split()[0].decode()
             port = url.rsplit(":", 1)[1]
             listed = seen.split(b"Workers: ")[1].split(b". Kill")[0].replace(b",", b" ").split()

@@ -7,16 +7,12 @@ from typing import Any
 
 import trio
 
+from tests._helpers import RestartableSupervisor
 from urban_robot.client import Backoff, Worker
-from urban_robot.supervisor import Credentials, Settings, StateStore, UrbanRobot
+from urban_robot.supervisor import Settings
 
 SETTINGS = Settings(token="discord-token-xyz", interval=10, grace=5, lease_margin=2, health_timeout=20)
 UTILITIES_OK = {"modules.utilities": lambda: True}
-
-
-async def inline(fn: Any, *args: Any) -> Any:
-    """File writes without a thread: a thread's real time would let the virtual clock jump."""
-    return fn(*args)
 
 
 class Recorder:
@@ -37,31 +33,9 @@ class Recorder:
         self.note("set_cache", cache)
 
 
-class Harness:
+class Harness(RestartableSupervisor):
     def __init__(self, nursery: trio.Nursery, state_dir: Path) -> None:
-        self.nursery = nursery
-        self.store = StateStore(state_dir)
-        self.store.prepare()
-        self.credentials = Credentials(self.store.secret_key(), admin_token="admin-secret")
-        self.robot: UrbanRobot | None = None
-        self.url = ""
-        self.scope = trio.CancelScope()
-        self.count = 0
-
-    async def start(self, port: int = 0) -> UrbanRobot:
-        robot = UrbanRobot(SETTINGS, self.store, self.credentials, blocking_io=inline)
-
-        async def run(task_status: trio.TaskStatus[int | None]) -> None:
-            with self.scope:
-                await robot.run("127.0.0.1", port, task_status=task_status)
-
-        self.scope = trio.CancelScope()
-        bound = await self.nursery.start(run)
-        self.robot, self.url = robot, f"http://127.0.0.1:{bound}"
-        return robot
-
-    def stop(self) -> None:
-        self.scope.cancel()
+        super().__init__(nursery, state_dir, SETTINGS)
 
     def worker(self, version: str = "1.0", *, identity: str | None = None, **kwargs: Any) -> tuple[Worker, Recorder]:
         self.count += 1

@@ -11,43 +11,17 @@ import trio
 import trio.testing
 import trio_websocket
 
-from urban_robot.supervisor import Credentials, Persist, ProcessExited, Settings, StateStore, UrbanRobot
+from tests._helpers import RestartableSupervisor
+from urban_robot.supervisor import Persist, ProcessExited, Settings
 from urban_robot.testing import SimulatedWorker
 
 SETTINGS = Settings(token="discord-token-xyz", interval=10, grace=5, lease_margin=2, health_timeout=20)
 SICK = {"OK": False, "percent": 50, "cogs": {"modules.utilities": True}}
 
 
-async def inline(fn: Any, *args: Any) -> Any:
-    """File writes without a thread: a thread's real time would let the virtual clock jump."""
-    return fn(*args)
-
-
-class Harness:
+class Harness(RestartableSupervisor):
     def __init__(self, nursery: trio.Nursery, state_dir: Path) -> None:
-        self.nursery = nursery
-        self.store = StateStore(state_dir)
-        self.store.prepare()
-        self.credentials = Credentials(self.store.secret_key(), admin_token="admin-secret")
-        self.robot: UrbanRobot | None = None
-        self.url = ""
-        self.scope = trio.CancelScope()
-        self.count = 0
-
-    async def start(self) -> UrbanRobot:
-        robot = UrbanRobot(SETTINGS, self.store, self.credentials, blocking_io=inline)
-
-        async def run(task_status: trio.TaskStatus[int]) -> None:
-            with self.scope:
-                await robot.run("127.0.0.1", 0, task_status=task_status)
-
-        self.scope = trio.CancelScope()
-        port = await self.nursery.start(run)
-        self.robot, self.url = robot, f"http://127.0.0.1:{port}"
-        return robot
-
-    def stop(self) -> None:
-        self.scope.cancel()
+        super().__init__(nursery, state_dir, SETTINGS)
 
     async def worker(self, version: str = "1.0", *, health: Any = None, identity: str | None = None) -> SimulatedWorker:
         self.count += 1
