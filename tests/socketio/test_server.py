@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from tests._helpers import MemoryListener, raw_memory_client
-from urban_robot.socketio import Disconnected, Namespace, Server
+from urban_robot.socketio import Disconnected, Later, Namespace, Server
 
 
 async def serve(nursery: trio.Nursery, server: Server) -> MemoryListener:
@@ -283,3 +283,31 @@ async def test_reserved_event_sent_before_the_connect_ack_closes_only_that_clien
         await polite.connect_namespace()
         await polite.send('421["echo","ok"]')
         assert await polite.receive() == '431["ok"]'
+
+
+async def test_a_later_answer_does_not_hold_up_the_clients_next_events(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = Server(async_handlers=False)  # in arrival order: a slow handler would block the next ones
+    slow_done = trio.Event()
+
+    @server.on("slow")
+    async def slow(sid: str) -> Later:
+        async def answer() -> str:
+            await slow_done.wait()
+            return "slow answer"
+
+        return Later(answer)
+
+    @server.on("quick")
+    async def quick(sid: str) -> str:
+        return "quick answer"
+
+    listener = await serve(nursery, server)
+    async with raw_memory_client(listener) as client:
+        await client.connect_namespace()
+        await client.send('421["slow"]')
+        await client.send('422["quick"]')
+        assert await client.receive() == '432["quick answer"]'  # answered while "slow" still waits
+        slow_done.set()
+        assert await client.receive() == '431["slow answer"]'

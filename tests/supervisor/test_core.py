@@ -162,7 +162,7 @@ def test_newer_version_takes_over_with_the_final_cache() -> None:
     assert d.renew("old", 1)["lease"] == 0  # a stopping holder gets no renewal
     out = d.feed(CacheSync("old", {"reminders": [1, 2]}))
     assert Send("new", "cache_sync", {"cache": {"reminders": [1, 2]}}) in out
-    assert PersistCache({"reminders": [1, 2]}, 0.0) in out
+    assert PersistCache({"reminders": [1, 2]}, 0.0, final=True) in out
     out = d.feed(ComaAck("old", "newer version"))
     assert d.grant(out, "new")["epoch"] == 2
     assert not any(isinstance(a, Send) and a.event == "cache_sync" for a in out)  # it has the latest already

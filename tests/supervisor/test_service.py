@@ -160,3 +160,36 @@ async def test_malformed_and_unknown_events_get_errors_not_crashes(harness: Harn
     assert await a._emit("health_check", {"OK": True}) == {"error": "no health check was asked of this worker"}
     await trio.sleep(30)
     assert a.processing
+
+
+async def test_a_cache_is_acknowledged_only_once_it_is_on_disk(harness: Harness, autojump_clock: Any) -> None:
+    """An ack means kept: a supervisor killed right after acknowledging still has the cache on restart."""
+    robot = harness.robot
+    assert robot is not None
+    a = await harness.worker()
+    await a.wait_for("processing")
+    disk_free = trio.Event()
+    written: list[Any] = []
+
+    async def stalled_disk(fn: Any, *args: Any) -> Any:
+        if fn == harness.store.save_cache:
+            await disk_free.wait()
+            written.append(args[0])
+        return fn(*args)
+
+    robot.blocking_io = stalled_disk
+    acked = trio.Event()
+
+    async def write() -> None:
+        assert await a.write("reminder", "tea at 5")
+        acked.set()
+
+    harness.nursery.start_soon(write)
+    await trio.sleep(SETTINGS.interval * 3)  # several heartbeats while the disk stalls
+    assert not acked.is_set() and written == []
+    assert a.processing  # the stalled write held up the ack, not the worker's heartbeats (lease renewed)
+    disk_free.set()
+    await acked.wait()
+    assert written == [{"reminder": "tea at 5"}]
+    cache, _ = harness.store.load_cache()
+    assert cache == {"reminder": "tea at 5"}

@@ -16,6 +16,7 @@ from ._packets import (
 from ._server import (
     ConnectionRefusedError as ConnectionRefusedError,
     Disconnected as Disconnected,
+    Later as Later,
     Server as Server,
 )
 

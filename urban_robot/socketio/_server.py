@@ -75,6 +75,20 @@ def _arity(handler: Handler) -> int | None:
     return count
 
 
+class Later:
+    """Return ``Later(wait)`` from an event handler to acknowledge when ``await wait()`` returns its answer.
+
+    The client's next events are handled meanwhile (handlers run in arrival order in the reader): a
+    handler that must not answer before something slow is done (a file on disk) need not hold up the
+    client's heartbeats. The wait runs in the connection's nursery and ends with it.
+    """
+
+    __slots__ = ("wait",)
+
+    def __init__(self, wait: Callable[[], Awaitable[Any]]) -> None:
+        self.wait = wait
+
+
 async def _invoke(handler: Handler, *args: Any) -> Any:
     result = handler(*args)
     if inspect.isawaitable(result):
@@ -366,6 +380,21 @@ class Server:
             return
         if ack_id is None:
             return
+        if isinstance(result, Later):
+            socket.client.engine.nursery.start_soon(self._ack_later, socket, result, ack_id)
+            return
+        await self._ack(socket, result, ack_id)
+
+    async def _ack_later(self, socket: Socket, later: Later, ack_id: int) -> None:
+        try:
+            result = await later.wait()
+        except Exception:
+            log.exception("a deferred answer on %s failed", socket.namespace)
+            return
+        if not socket.gone.is_set():
+            await self._ack(socket, result, ack_id)
+
+    async def _ack(self, socket: Socket, result: Any, ack_id: int) -> None:
         if result is None:
             data: list[Any] = []
         elif isinstance(result, tuple):

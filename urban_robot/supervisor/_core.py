@@ -397,7 +397,7 @@ class Supervisor:
         if self.lease.stopping:
             self.lease.final_cache = True
         out.append(Reply({"accepted": True}))
-        out.append(PersistCache(e.cache, now))
+        out.append(PersistCache(e.cache, now, final=self.lease.stopping))
         for other in self.clients.values():
             if other.role in (Role.STANDBY, Role.CHECKING):
                 other.cache_seq = self.cache_seq

@@ -171,6 +171,9 @@ class Persist:
 class PersistCache:
     cache: Any
     cache_age: float  # the ``now`` at which it was accepted
+    # A hand-over's final cache is acknowledged at once: it also goes to the successor before it processes.
+    # Any other accepted cache is acknowledged only once it is on disk (or writing it failed, loudly).
+    final: bool = False
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..socketio import ConnectionRefusedError, Namespace, Server
+from ..socketio import ConnectionRefusedError, Later, Namespace, Server
 from ._auth import Credentials, Identity
 from ._core import Settings, Supervisor
 from ._events import (
@@ -61,6 +61,7 @@ NOTIFY_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": l
 class _Slot:
     done: trio.Event = attrs.Factory(trio.Event)
     value: Any = None
+    write: int | None = None  # the cache write its answer must wait for (an ack means the cache is kept)
 
 
 @attrs.define(eq=False)
@@ -104,11 +105,17 @@ class UrbanRobot:
         self.blocking_io = blocking_io  # file writes; tests on a virtual clock run them inline
         self.core: Supervisor = Supervisor(settings)
         self.conns: dict[str, _Conn] = {}
-        self.observers: list[Callable[[Action], None]] = []
+        self.observers: list[Callable[[Action], None]] = []  # see each action as it is carried out
+        self.event_observers: list[Callable[[Event], None]] = []  # see each event as it is submitted
+        self.handled_observers: list[Callable[[Event], None]] = []  # ... and once its actions are carried out
         self._send_events, self._events = trio.open_memory_channel[tuple[Event, _Slot | None]](OUTBOX_SIZE)
         self._timer_scope = trio.CancelScope()
-        self._cache_pending: list[Any] = []
+        self._cache_pending: list[tuple[int, Any]] = []  # (write number, cache): the latest only
         self._cache_wake = trio.Event()
+        self._cache_queued = 0  # caches handed to the writer
+        self._cache_written = 0  # the newest of them on disk (or given up on, loudly)
+        self._cache_progress = trio.Event()
+        self._ack_after: int | None = None  # the write the current event's reply waits for
         self.server.register_namespace(_WorkerNamespace(self))
         self.server.on("*", self._unknown_event)
 
@@ -142,23 +149,38 @@ class UrbanRobot:
 
     def submit_nowait(self, event: Event) -> None:
         """Queue ``event`` for the core without waiting for it (HTTP routes, other threads of work)."""
+        for observe in self.event_observers:
+            observe(event)
         self._send_events.send_nowait((event, None))
 
     async def submit(self, event: Event) -> Any:
         """Feed ``event`` to the core (in order with all others); the reply it produced."""
+        return (await self._submit(event)).value
+
+    async def _submit(self, event: Event) -> _Slot:
+        for observe in self.event_observers:
+            observe(event)
         slot = _Slot()
         await self._send_events.send((event, slot))
         await slot.done.wait()
-        return slot.value
+        return slot
 
     async def _loop(self) -> None:
         async for event, slot in self._events:
             actions = self.core.handle(event, trio.current_time())
+            self._ack_after = None
             reply = await self._carry_out(actions)
+            for observe in self.handled_observers:
+                observe(event)
             if slot is not None:
-                slot.value = reply
+                slot.value, slot.write = reply, self._ack_after
                 slot.done.set()
             self._timer_scope.cancel()  # the next deadline may have moved
+
+    async def cache_written(self, write: int) -> None:
+        """Return once cache write number ``write`` (or a newer one that replaced it) is done."""
+        while self._cache_written < write:
+            await self._cache_progress.wait()
 
     async def _carry_out(self, actions: list[Action]) -> Any:
         reply = None
@@ -202,8 +224,11 @@ class UrbanRobot:
         if isinstance(action, Close):
             self.server.close(action.wid, action.reason)
         elif isinstance(action, PersistCache):
-            self._cache_pending[:] = [action.cache]
+            self._cache_queued += 1
+            self._cache_pending[:] = [(self._cache_queued, action.cache)]  # a newer cache replaces an unwritten one
             self._cache_wake.set()
+            if not action.final:
+                self._ack_after = self._cache_queued
         elif isinstance(action, RoleChanged):
             name = self.conns[action.wid].identity.name if action.wid in self.conns else action.wid
             epoch = f" (epoch {action.epoch})" if action.epoch is not None else ""
@@ -243,11 +268,14 @@ class UrbanRobot:
         while True:
             await self._cache_wake.wait()
             self._cache_wake = trio.Event()
-            cache = self._cache_pending.pop()
+            write, cache = self._cache_pending.pop()
             try:
                 await self.blocking_io(self.store.save_cache, cache)
             except OSError as exc:
                 log.critical("cannot write %s: %s", self.store.cache_path, exc.strerror)
+            self._cache_written = write  # also every older write it replaced
+            self._cache_progress.set()
+            self._cache_progress = trio.Event()
 
     # -- per connection ------------------------------------------------------------------------------
     async def _sender(self, conn: _Conn) -> None:
@@ -342,7 +370,16 @@ class _WorkerNamespace(Namespace):
             event = make(data)
         except (ValueError, TypeError) as exc:
             return {"error": str(exc)}
-        return await self.robot.submit(event)
+        slot = await self.robot._submit(event)
+        write = slot.write
+        if write is None:
+            return slot.value
+
+        async def answer_once_written() -> Any:  # an accepted cache is acknowledged once it is on disk
+            await self.robot.cache_written(write)
+            return slot.value
+
+        return Later(answer_once_written)
 
     async def on_identify(self, sid: str, *args: Any) -> Any:
         def make(d: dict[str, Any]) -> Event:

@@ -19,17 +19,29 @@ credential (``Authorization: Bearer <token>``, as the admin POST routes do): the
       "promotions": int, "failovers": int,   # since this supervisor process started
       "deploys": [{"commit": str, "outcome": str}],             # with a deployer: the last 10, oldest first
       "children": [{"identity": str, "pid": int, "generation": int}],  # with a process manager
-      "notifications": {"queued": int, "dropped": int, "failed": int}  # with a Discord notifier
+      "notifications": {"queued": int, "dropped": int, "failed": int},  # with a Discord notifier
+      "timeline": [{"at": float, "kind": str, "level": str, "worker": str | null, "text": str}]
     }
 
 ``heartbeat_age`` is the time since the worker's last message of any kind (heartbeats are most of
 them), ``null`` before the first. ``epoch`` in a worker is the lease epoch it holds, if it holds it.
 
-The tracker learns when each worker was last heard from without a change to the service: it wraps
-``robot.submit`` (through which every message a worker sends reaches the core) and notes the time of
-each event that carries a worker's connection id; it also observes the core's actions
+The tracker learns when each worker was last heard from through ``robot.event_observers`` (every
+message a worker sends reaches the core as an event): it notes the time of each event that carries a
+worker's connection id; it also observes the core's actions
 (``robot.observers``) to count promotions, failovers and replacement spawns. Observers alone cannot
 see heartbeats: a heartbeat's only action is its ``Reply``, which names no worker.
+
+``timeline`` is what happened lately, oldest first, at most ``TIMELINE_SIZE`` entries (a ring: the
+oldest go first): ``at`` is wall-clock Unix time; ``kind`` one of ``role`` (a worker's role changed;
+not the steps every start takes, to ``identified`` and ``checking``),
+``worker`` (connected, disconnected, process exited, spawn asked for), ``deploy`` (a deploy's outcome),
+``rollback`` (asked for, finished), ``sanity`` (``is_sane`` changed, ``try_again``), ``notice`` (a warning
+the core raised: failed health check, crash loop...); ``level`` is ``info``, ``warning`` or ``critical``.
+It is fed by the same taps (and ``submit_nowait``, the HTTP routes' way in) and by wrapping the
+deployer's ``deploy`` (its history has no clock); repeated no-op deploy outcomes (``up to date``,
+``known bad``, ``insane``: a periodic fetch) are noted once.
+``listeners`` are called after anything the views show may have changed (the dashboard pushes then).
 
 Definitions behind the metrics (all times on the supervisor's trio clock):
 
@@ -49,6 +61,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -69,10 +82,16 @@ from ._events import (
     HealthReport,
     Heartbeat,
     Identified,
+    Notify,
+    ProcessExited,
     Ready,
+    Reply,
     RoleChanged,
+    RollBack,
+    RollbackFinished,
     ShutdownAck,
     Spawn,
+    TryAgain,
 )
 from ._roles import Role
 from ._service import UrbanRobot
@@ -80,10 +99,25 @@ from ._service import UrbanRobot
 # What a worker sends (through ``_WorkerNamespace``): each is proof of life of connection ``wid``.
 WORKER_MESSAGES = (Connected, Identified, Heartbeat, Ready, HealthReport, CacheSync, ComaAck, ShutdownAck)
 DEPLOY_HISTORY_SHOWN = 10
+TIMELINE_SIZE = 200
+QUIET_DEPLOY_OUTCOMES = frozenset({"up to date", "known bad", "insane"})  # noted once, not at every poll
+QUIET_ROLES = frozenset({Role.IDENTIFIED.value, Role.CHECKING.value})  # steps of every start: not timeline news
+DEPLOY_LEVELS = {"deployed": "info", "failed": "warning", "error": "warning", "insane": "warning"}
 
 
 class _DeployerLike(Protocol):
     history: list[tuple[str, str]]
+
+
+class Timeline:
+    """The last ``size`` things that happened, oldest first, each stamped with wall-clock time."""
+
+    def __init__(self, size: int = TIMELINE_SIZE, *, clock: Callable[[], float] = time.time) -> None:
+        self.entries: collections.deque[dict[str, Any]] = collections.deque(maxlen=size)
+        self.clock = clock
+
+    def add(self, kind: str, text: str, *, level: str = "info", worker: str | None = None) -> None:
+        self.entries.append({"at": self.clock(), "kind": kind, "level": level, "worker": worker, "text": text})
 
 
 class _ChildrenLike(Protocol):
@@ -99,32 +133,81 @@ class _NotifierLike(Protocol):
 class StatusTracker:
     """Counts and clocks the supervisor's public views depend on; ``attach`` it once per ``UrbanRobot``."""
 
-    def __init__(self, robot: UrbanRobot) -> None:
+    def __init__(self, robot: UrbanRobot, *, wall_clock: Callable[[], float] = time.time) -> None:
         self.robot = robot
         self.last_seen: dict[str, float] = {}  # wid -> trio time of its last message
         self.promotions = 0
         self.failovers = 0
         self.restarts = 0
+        self.timeline = Timeline(clock=wall_clock)
+        self.listeners: list[Callable[[], None]] = []  # called when what the views show may have changed
         self._clean_release = False  # the last lease ended with the holder's ack
+        self._names: dict[str, str] = {}  # wid -> identity, while connected (RoleChanged names only the wid)
+        self._sane: bool | None = None
+        self._deploys_seen = 0
+        self._deployer: _DeployerLike | None = None
 
     def attach(self) -> StatusTracker:
-        robot = self.robot
-        robot.observers.append(self.observe)
-        submit = robot.submit
-
-        async def submit_noting_worker_messages(event: Any) -> Any:
-            self.note(event)
-            return await submit(event)
-
-        # Every worker message reaches the core through ``submit``: wrap it on this instance.
-        setattr(robot, "submit", submit_noting_worker_messages)  # noqa: B010 - mypy refuses method assignment
+        self.robot.observers.append(self.observe)
+        self.robot.event_observers.append(self.note)  # every worker message reaches the core as an event
+        self.robot.handled_observers.append(self.noted)
         return self
+
+    def follow(self, deployer: _DeployerLike) -> None:
+        """Note each deploy's outcome in the timeline when it ends (the deployer's history has no clock)."""
+        self._deployer = deployer
+        deploy = getattr(deployer, "deploy", None)
+        if deploy is None:
+            return
+
+        async def deploy_noting_outcome(reason: str) -> str:
+            try:
+                return str(await deploy(reason))
+            finally:
+                self.sync_deploys()
+
+        setattr(deployer, "deploy", deploy_noting_outcome)  # noqa: B010 - on this instance only
+
+    def sync_deploys(self) -> None:
+        """Add the deploy outcomes not yet in the timeline; a repeated no-op outcome only once."""
+        deployer = self._deployer
+        if deployer is None:
+            return
+        history = deployer.history
+        for index in range(self._deploys_seen, len(history)):
+            commit, outcome = history[index]
+            if outcome in QUIET_DEPLOY_OUTCOMES and index > 0 and history[index - 1] == (commit, outcome):
+                continue
+            what = "deploy" if commit == "-" else f"deploy of {commit[:12]}"
+            self.timeline.add("deploy", f"{what}: {outcome}", level=DEPLOY_LEVELS.get(outcome, "info"))
+            self._changed()
+        self._deploys_seen = len(history)
 
     def note(self, event: Any) -> None:
         if isinstance(event, WORKER_MESSAGES):
             self.last_seen[event.wid] = trio.current_time()
         elif isinstance(event, Disconnected):
             self.last_seen.pop(event.wid, None)
+        if isinstance(event, Connected):
+            self._names[event.wid] = event.identity
+            self._add("worker", f"{event.identity} connected", event.identity)
+        elif isinstance(event, Disconnected) and event.wid in self._names:
+            self._add("worker", f"{self._names[event.wid]} disconnected", self._names[event.wid])
+        elif isinstance(event, ProcessExited):
+            code = "" if event.returncode is None else f" with code {event.returncode}"
+            self._add("worker", f"{event.identity} exited{code}", event.identity)
+        elif isinstance(event, TryAgain):
+            self._add("sanity", "try_again: an operator asked to resume")
+        elif isinstance(event, RollbackFinished):
+            text = f"rollback {'finished' if event.ok else 'FAILED'}: {event.detail}"
+            self.timeline.add("rollback", text, level="info" if event.ok else "critical")
+            self._changed()
+
+    def noted(self, event: Any) -> None:
+        """After the core handled ``event``: forget a gone connection's name; note an ``is_sane`` change."""
+        if isinstance(event, Disconnected):
+            self._names.pop(event.wid, None)
+        self._check_sanity()
 
     def observe(self, action: Action) -> None:
         if isinstance(action, RoleChanged):
@@ -138,12 +221,48 @@ class StatusTracker:
                 Role.SHUTTING_DOWN.value,
             ):
                 self._clean_release = True  # only the holder runs or stops: it acknowledged
+            self._note_role(action)
         elif isinstance(action, Spawn):
             self.restarts += 1
+            self._add("worker", f"spawn: {action.reason}")
+        elif isinstance(action, RollBack):
+            self.timeline.add("rollback", f"rollback asked for: {action.version} {action.reason}", level="warning")
+        elif isinstance(action, Notify) and action.level != "info":  # info ones repeat other entries
+            self.timeline.add("notice", action.message, level=action.level)
+        if not isinstance(action, Reply):  # a Reply alone (a heartbeat's renewal) changes nothing shown
+            self._check_sanity()
+            self._changed()
 
     def heartbeat_age(self, wid: str, now: float) -> float | None:
         seen = self.last_seen.get(wid)
         return None if seen is None else max(0.0, now - seen)
+
+    def _note_role(self, action: RoleChanged) -> None:
+        if action.new in QUIET_ROLES:
+            return
+        name = self._names.get(action.wid, action.wid)
+        epoch = f" (epoch {action.epoch})" if action.epoch is not None else ""
+        reason = f": {action.reason}" if action.reason else ""
+        level = "warning" if action.new == Role.GONE.value and action.old == Role.RUNNING.value else "info"
+        self.timeline.add("role", f"{name}: {action.old} → {action.new}{epoch}{reason}", level=level, worker=name)
+
+    def _check_sanity(self) -> None:
+        sane = self.robot.core.is_sane
+        if sane == self._sane:
+            return
+        if self._sane is not None or not sane:  # the first look notes only an unhealthy start
+            text = "is_sane: true (spawns and deploys resume)" if sane else "is_sane: false (until try_again)"
+            self.timeline.add("sanity", text, level="info" if sane else "critical")
+        self._sane = sane
+        self._changed()
+
+    def _add(self, kind: str, text: str, worker: str | None = None) -> None:
+        self.timeline.add(kind, text, worker=worker)
+        self._changed()
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
 
 def status(
@@ -184,6 +303,8 @@ def status(
         ]
     if notifier is not None:
         body["notifications"] = _notifications(notifier)
+    tracker.sync_deploys()
+    body["timeline"] = list(tracker.timeline.entries)
     return body
 
 
@@ -316,6 +437,8 @@ def install_status_routes(
     Call it once, before workers connect (their heartbeat ages are learnt from then on).
     """
     tracker = StatusTracker(robot).attach()
+    if deployer is not None:
+        tracker.follow(deployer)
     registry = CollectorRegistry(auto_describe=False)  # private: never the process-global default registry
     registry.register(MetricsCollector(tracker, deployer=deployer, children=children, notifier=notifier))
 
@@ -330,4 +453,4 @@ def install_status_routes(
     return tracker
 
 
-__all__ = ["MetricsCollector", "StatusTracker", "install_status_routes", "status"]
+__all__ = ["MetricsCollector", "StatusTracker", "Timeline", "install_status_routes", "status"]
