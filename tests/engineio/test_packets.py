@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
+from tests._fuzz import examples
 from urban_robot import ProtocolError
 from urban_robot.engineio import (
     RECORD_SEPARATOR,
@@ -214,13 +215,13 @@ def decodes_or_refuses(body: Any, **kwargs: Any) -> list[Packet] | None:
     return result
 
 
-@settings(max_examples=1000)
+@examples(1000)
 @given(packets)
 def test_packet_round_trip(packet: Packet) -> None:
     assert decode_packet(encode_packet(packet)) == packet
 
 
-@settings(max_examples=1000)
+@examples(1000)
 @given(st.lists(payload_packets, min_size=1, max_size=8))
 def test_payload_round_trip(items: list[Packet]) -> None:
     wire = encode_payload(items)
@@ -228,7 +229,7 @@ def test_payload_round_trip(items: list[Packet]) -> None:
     assert decode_payload(wire.encode("utf-8")) == items
 
 
-@settings(max_examples=1000)
+@examples(1000)
 @given(st.text())
 def test_any_text_frame_decodes_canonically_or_is_refused(frame: str) -> None:
     try:
@@ -240,20 +241,20 @@ def test_any_text_frame_decodes_canonically_or_is_refused(frame: str) -> None:
     assert encode_packet(packet) == frame
 
 
-@settings(max_examples=300)
+@examples(300)
 @given(st.binary())
 def test_any_binary_frame_is_a_message(frame: bytes) -> None:
     assert decode_packet(frame) == Packet(PacketType.MESSAGE, frame)
 
 
-@settings(max_examples=1000)
+@examples(1000)
 @given(st.text() | st.binary() | near_payloads, st.none() | st.integers(0, 6))
 def test_any_payload_decodes_or_is_refused(body: str | bytes, max_packets: int | None) -> None:
     result = decodes_or_refuses(body, max_packets=max_packets)
     assert result is None or max_packets is None or len(result) <= max_packets
 
 
-@settings(max_examples=500)
+@examples(500)
 @given(st.lists(payload_packets, min_size=1, max_size=4))
 def test_truncated_payload_decodes_or_is_refused(items: list[Packet]) -> None:
     wire = encode_payload(items).encode("utf-8")
@@ -261,7 +262,7 @@ def test_truncated_payload_decodes_or_is_refused(items: list[Packet]) -> None:
     assert outcomes[0] is None  # the empty body
 
 
-@settings(max_examples=300)
+@examples(300)
 @given(junk_types)
 def test_wrong_python_types_are_refused(value: Any) -> None:
     with pytest.raises(ProtocolError):

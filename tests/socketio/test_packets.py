@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, strategies as st
 
+from tests._fuzz import examples
 from urban_robot import ProtocolError
 from urban_robot.socketio import Decoder, Packet, PacketType, decode_text, encode
 from urban_robot.socketio._packets import MAX_ACK_ID
@@ -366,7 +367,7 @@ followers = st.lists(st.binary(max_size=4) | st.text(max_size=6), max_size=4)
 # -- round trips ---------------------------------------------------------------------------------
 
 
-@settings(max_examples=600)
+@examples(600)
 @given(valid_packets)
 def test_any_valid_packet_round_trips_through_the_decoder(packet: Packet) -> None:
     messages = encode(packet)
@@ -375,7 +376,7 @@ def test_any_valid_packet_round_trips_through_the_decoder(packet: Packet) -> Non
     assert feed_all(Decoder(), messages) == [None] * (len(messages) - 1) + [packet]
 
 
-@settings(max_examples=300)
+@examples(300)
 @given(st.lists(valid_packets | binary_packets, max_size=6))
 def test_a_stream_of_packets_decodes_in_order(packets: list[Packet]) -> None:
     decoder = Decoder()
@@ -384,7 +385,7 @@ def test_a_stream_of_packets_decodes_in_order(packets: list[Packet]) -> None:
     assert not decoder.waiting
 
 
-@settings(max_examples=500)
+@examples(500)
 @given(st.integers(0, 10**30), namespaces)
 def test_ack_ids_past_2_53_are_refused(ack: int, namespace: str) -> None:
     text = encode(Packet(EVENT, namespace, ["e"], ack))[0]
@@ -399,21 +400,21 @@ def test_ack_ids_past_2_53_are_refused(ack: int, namespace: str) -> None:
 # -- malformed input, fuzzed ---------------------------------------------------------------------
 
 
-@settings(max_examples=1000)
+@examples(1000)
 @given(st.text())
 def test_any_text_is_decoded_or_refused(text: str) -> None:
     outcome = decode_or_refuse(text)
     assert outcome is None or len(outcome) == 1
 
 
-@settings(max_examples=800)
+@examples(800)
 @given(near_texts, followers)
 def test_near_valid_packets_are_decoded_or_refused(text: str, more: list[str | bytes]) -> None:
     outcome = decode_or_refuse(text, *more)
     assert outcome is None or len(outcome) == 1 + len(more)
 
 
-@settings(max_examples=300)
+@examples(300)
 @given(valid_packets | binary_packets)
 def test_truncated_packets_are_decoded_or_refused(packet: Packet) -> None:
     text, *attachments = encode(packet)
@@ -437,7 +438,7 @@ ACCEPTS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-@settings(max_examples=500)
+@examples(500)
 @given(st.sampled_from(sorted(ACCEPTS)), plain)
 def test_wrong_payload_types_are_refused_for_every_packet_type(head: str, data: Any) -> None:
     text = head + json.dumps(data)
@@ -448,7 +449,7 @@ def test_wrong_payload_types_are_refused_for_every_packet_type(head: str, data: 
             decode_text(text)
 
 
-@settings(max_examples=500)
+@examples(500)
 @given(st.sampled_from(NON_FINITE), st.integers(0, 30), st.booleans(), namespaces, st.none() | ack_ids)
 def test_nan_and_infinity_are_refused(literal: str, depth: int, in_object: bool, ns: str, ack: int | None) -> None:
     value = "[" * depth + literal + "]" * depth
@@ -459,7 +460,7 @@ def test_nan_and_infinity_are_refused(literal: str, depth: int, in_object: bool,
         decode_text(text[:-1] + "," + value + "]")
 
 
-@settings(max_examples=100)
+@examples(100)
 @given(st.integers(1, 5000), st.booleans())
 def test_deep_nesting_is_decoded_or_refused(depth: int, binary: bool) -> None:
     inner = wire("#0") if binary else ""
@@ -472,7 +473,7 @@ def test_deep_nesting_is_decoded_or_refused(depth: int, binary: bool) -> None:
     assert nesting(packet.data[1]) == (depth, b"x" if binary else [])
 
 
-@settings(max_examples=300)
+@examples(300)
 @given(binary_packets, st.integers(0, 12))
 def test_lying_attachment_counts_are_refused(packet: Packet, claimed: int) -> None:
     text, *attachments = encode(packet)
@@ -484,7 +485,7 @@ def test_lying_attachment_counts_are_refused(packet: Packet, claimed: int) -> No
         feed_all(Decoder(), [lie, *blobs])
 
 
-@settings(max_examples=500)
+@examples(500)
 @given(st.integers(0, 4), st.lists(st.integers(-2, 5) | st.sampled_from(["0", 0.0, 1.5, True, None, [0]]), max_size=5))
 def test_lying_placeholder_nums_are_refused(count: int, nums: list[Any]) -> None:
     blobs = [bytes([n]) for n in range(count)]
@@ -497,7 +498,7 @@ def test_lying_placeholder_nums_are_refused(count: int, nums: list[Any]) -> None
             feed_all(Decoder(), [text, *blobs])
 
 
-@settings(max_examples=300)
+@examples(300)
 @given(st.lists(valid_packets, max_size=2), st.binary(), st.sampled_from([bytes, bytearray, memoryview]))
 def test_attachments_without_a_binary_packet_are_refused(before: list[Packet], blob: bytes, kind: type) -> None:
     decoder = Decoder()
@@ -507,7 +508,7 @@ def test_attachments_without_a_binary_packet_are_refused(before: list[Packet], b
         decoder.feed(kind(blob))
 
 
-@settings(max_examples=300)
+@examples(300)
 @given(binary_packets, st.data(), st.text())
 def test_text_while_attachments_are_expected_is_refused(packet: Packet, data: st.DataObject, intruder: str) -> None:
     text, *attachments = encode(packet)
@@ -519,7 +520,7 @@ def test_text_while_attachments_are_expected_is_refused(packet: Packet, data: st
         decoder.feed(intruder)
 
 
-@settings(max_examples=300)
+@examples(300)
 @given(junk, binary_packets)
 def test_wrong_python_types_are_refused(value: Any, packet: Packet) -> None:
     with pytest.raises(ProtocolError):

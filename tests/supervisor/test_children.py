@@ -40,13 +40,19 @@ def python(code: str) -> list[str]:
 
 @pytest.mark.slow
 async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     robot = FakeRobot()
+    monkeypatch.setenv("URBAN_ROBOT_ADMIN_TOKEN", "admin-token-of-the-supervisor")
+    monkeypatch.setenv("URBAN_ROBOT_WEBHOOK_SECRET", "webhook-secret-of-the-supervisor")
+    monkeypatch.setenv("HELIUM_OWN_SETTING", "kept")
     code = (
         "import os; e = os.environ; "
         "print(e['URBAN_ROBOT_URL'], e['URBAN_ROBOT_GENERATION'], os.getsid(0) == os.getpid()); "
-        "print(e['URBAN_ROBOT_SECRET'].split('.')[0]); raise SystemExit(3)"
+        "print(e['URBAN_ROBOT_SECRET'].split('.')[0]); "
+        "print(e.get('URBAN_ROBOT_ADMIN_TOKEN', '-'), e.get('URBAN_ROBOT_WEBHOOK_SECRET', '-')); "
+        "print(e['HELIUM_OWN_SETTING']); "
+        "raise SystemExit(3)"
     )
     children = Children(
         robot,
@@ -63,8 +69,9 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
     assert exited.returncode == 3
     [log_file] = list((tmp_path / "log").glob("helium-*.log"))
     assert log_file.name[len("helium-") : -len(".log")].count("-") == 5  # YYYY-MM-DD-HH-MM-SS
-    url, generation, own_session, identity = log_file.read_text().split()
+    url, generation, own_session, identity, admin, webhook, own = log_file.read_text().split()
     assert (url, generation, own_session) == ("http://127.0.0.1:1", "7", "True")
+    assert (admin, webhook, own) == ("-", "-", "kept")  # the supervisor's secrets stay with it
     assert identity == exited.identity
     assert robot.credentials.verify({"secret": robot.credentials.child_secret(identity)}) is not None
     assert children.children == {}

@@ -204,11 +204,13 @@ class Decoder:
     binary packet still waits for attachments.
     """
 
-    def __init__(self, *, max_attachments: int = 10_000) -> None:
+    def __init__(self, *, max_attachments: int = 10_000, max_attachment_bytes: int | None = None) -> None:
         self._max_attachments = max_attachments
+        self._max_bytes = max_attachment_bytes  # all attachments of one packet together
         self._pending: Packet | None = None
         self._expected = 0
         self._attachments: list[bytes] = []
+        self._size = 0
 
     @property
     def waiting(self) -> bool:
@@ -226,17 +228,21 @@ class Decoder:
                 raise ProtocolError("binary packet announces too many attachments")
             if count == 0:
                 return self._finish(packet, [])
-            self._pending, self._expected, self._attachments = packet, count, []
+            self._pending, self._expected, self._attachments, self._size = packet, count, [], 0
             return None
         if isinstance(message, str):
             raise ProtocolError("text message while binary attachments were expected")
         if not isinstance(message, (bytes, bytearray, memoryview)):
             raise ProtocolError("a binary attachment must be bytes")
+        self._size += len(message)
+        if self._max_bytes is not None and self._size > self._max_bytes:
+            # Without this bound a peer announcing many attachments could make us hold any amount.
+            raise ProtocolError(f"binary attachments of one packet exceed {self._max_bytes} bytes")
         self._attachments.append(bytes(message))
         if len(self._attachments) < self._expected:
             return None
         packet, attachments = self._pending, self._attachments
-        self._pending, self._expected, self._attachments = None, 0, []
+        self._pending, self._expected, self._attachments, self._size = None, 0, [], 0
         return self._finish(packet, attachments)
 
     @staticmethod

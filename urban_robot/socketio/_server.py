@@ -22,7 +22,7 @@ import trio
 
 from .._errors import ProtocolError, UrbanRobotError
 from ..web._engine import EngineServer, Reason, Session
-from ..web._http import HttpApp, Limits, PeerWatch, Request, Response, Upgrade, serve_connection
+from ..web._http import ConnectionGate, HttpApp, Limits, PeerWatch, Request, Response, Upgrade
 from ._namespace import Namespace
 from ._packets import Decoder, Packet, PacketType, encode
 
@@ -121,7 +121,8 @@ class Client:
 
     def __init__(self, engine: Session) -> None:
         self.engine = engine
-        self.decoder = Decoder()
+        # One packet's attachments together fit in max_payload, as each message alone does.
+        self.decoder = Decoder(max_attachment_bytes=engine.server.max_payload)
         self.sockets: dict[str, Socket] = {}
 
 
@@ -179,6 +180,7 @@ class Server:
         )
         self._cancel_scope: trio.CancelScope | None = None
         self._router: HttpApp = _Router(self)
+        self.connections = ConnectionGate(self._router, self._limits)  # open HTTP connections, bounded
 
     # ------------------------------------------------------------------ registration
     @overload
@@ -249,10 +251,7 @@ class Server:
                     bound = tcp[0].socket.getsockname()[1]
                     listeners = list(tcp)
 
-                async def handle(stream: trio.abc.Stream) -> None:
-                    await serve_connection(stream, self._router, self._limits)
-
-                await nursery.start(trio.serve_listeners, handle, listeners)
+                await nursery.start(trio.serve_listeners, self.connections.handle, listeners)
                 log.info("Socket.IO server listening on %s:%s", host, bound)
                 task_status.started(bound)
 
@@ -337,7 +336,10 @@ class Server:
             await self._send_raw(client, Packet(PacketType.CONNECT_ERROR, socket.namespace, _refusal(refusal)))
             return
         if socket.sid not in self.sockets:
-            return  # the client left while we decided
+            # The client left while the handler decided. It accepted, so whatever it set up for this
+            # client must be undone as for any other leave: its disconnect handler runs too.
+            self._call_disconnect_handler(socket, client.engine.close_reason or Reason.TRANSPORT_CLOSE)
+            return
         self._enter(socket, socket.sid)
         client.engine.deadline = float("inf")
         buffered, socket.buffer = socket.buffer or [], None
@@ -415,13 +417,16 @@ class Server:
         if not client.sockets and not client.engine.closed:
             client.engine.deadline = trio.current_time() + self.connect_timeout
         if socket.buffer is None:  # it was connected: tell its disconnect handler
-            handler = self._handler(socket.namespace, "disconnect")
-            if handler is not None:
-                args: tuple[Any, ...] = (socket.sid, reason)
-                arity = _arity(handler)
-                if arity is not None and arity < 2:
-                    args = args[:arity]
-                self._engine.nursery.start_soon(self._run_disconnect, handler, args)
+            self._call_disconnect_handler(socket, reason)
+
+    def _call_disconnect_handler(self, socket: Socket, reason: str) -> None:
+        handler = self._handler(socket.namespace, "disconnect")
+        if handler is not None:
+            args: tuple[Any, ...] = (socket.sid, reason)
+            arity = _arity(handler)
+            if arity is not None and arity < 2:
+                args = args[:arity]
+            self._engine.nursery.start_soon(self._run_disconnect, handler, args)
 
     @staticmethod
     async def _run_disconnect(handler: Handler, args: tuple[Any, ...]) -> None:

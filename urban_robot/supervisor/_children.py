@@ -39,6 +39,8 @@ from ._events import Close, ProcessExited, Send
 from ._store import atomic_write
 
 log = logging.getLogger("urban_robot.children")
+# Never handed to a worker: a compromised bot must not be able to deploy, stop or forge webhooks.
+SUPERVISOR_SECRETS = frozenset({"URBAN_ROBOT_ADMIN_TOKEN", "URBAN_ROBOT_WEBHOOK_SECRET"})
 
 
 class Robot(Protocol):
@@ -171,7 +173,8 @@ class Children:
         return float(base * (1 + p.jitter * self.rng.random()))
 
     def environment(self, identity: str, generation: int) -> dict[str, str]:
-        env = dict(os.environ)
+        """The supervisor's environment minus its own secrets, plus what the worker needs to connect."""
+        env = {name: value for name, value in os.environ.items() if name not in SUPERVISOR_SECRETS}
         env.update(
             {
                 "URBAN_ROBOT_URL": self.url,

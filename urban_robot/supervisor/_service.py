@@ -11,6 +11,7 @@ written before any later action of the same event is carried out.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -54,6 +55,7 @@ from ._store import StateStore
 log = logging.getLogger("urban_robot.supervisor")
 
 OUTBOX_SIZE = 1024
+MAX_CACHE_DEPTH = 100  # lists and dicts within lists and dicts; a bot's cache needs a handful
 NOTIFY_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
 
 
@@ -71,6 +73,24 @@ class _Conn:
     outbox: trio.MemorySendChannel[tuple[str, Any]]
     inbox: trio.MemoryReceiveChannel[tuple[str, Any]]
     beat: trio.Event = attrs.Factory(trio.Event)
+
+
+def _nested_within(data: Any, limit: int) -> bool:
+    """Whether ``data`` (decoded JSON) nests lists and dicts at most ``limit`` deep; iterative, never recursing.
+
+    The JSON decoder takes nesting up to Python's recursion limit, but a cache is later walked by
+    recursive code (the store's encoder, the fan-out to standbys): too deep a cache would crash them.
+    """
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        values = item.values() if type(item) is dict else item if type(item) is list else ()
+        for value in values:
+            if type(value) is dict or type(value) is list:
+                if depth >= limit:
+                    return False
+                stack.append((value, depth + 1))
+    return True
 
 
 def _optional_int(data: dict[str, Any], key: str) -> int | None:
@@ -296,7 +316,8 @@ class UrbanRobot:
             return
 
     async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, str]:
-        log.info("unknown event %r from %s ignored", event, self.conns[sid].identity.name if sid in self.conns else sid)
+        name = self.conns[sid].identity.name if sid in self.conns else sid
+        log.info("unknown event %r from %s ignored", event[:80], name)  # a name can be megabytes long
         return {"error": f"unknown event {event!r}"}
 
     async def ask_shutdown(self, identity: str, reason: str) -> None:
@@ -340,7 +361,8 @@ class _WorkerNamespace(Namespace):
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         identity = self.robot.credentials.verify(auth)
         if identity is None:
-            log.warning("refused a connection from %s: bad or missing secret", environ.get("REMOTE_ADDR", "?"))
+            # INFO, as for webhooks: anyone can knock, and the Discord log bridge must not relay a stranger's flood.
+            log.info("refused a connection from %s: bad or missing secret", environ.get("REMOTE_ADDR", "?"))
             raise ConnectionRefusedError("authentication failed")
         outbox, inbox = trio.open_memory_channel[tuple[str, Any]](OUTBOX_SIZE)
         conn = _Conn(sid, identity, outbox, inbox)
@@ -348,7 +370,16 @@ class _WorkerNamespace(Namespace):
         self.server.start_task(sid, self.robot._sender, conn)
         if not identity.admin:
             self.server.start_task(sid, self.robot._watchdog, conn)
-        await self.robot.submit(Connected(sid, identity.name, admin=identity.admin))
+        try:
+            await self.robot.submit(Connected(sid, identity.name, admin=identity.admin))
+        except BaseException:
+            # Cancelled: the connection closed while it was being registered. No disconnect handler
+            # will run for it, so undo here, or it stays in the core as a ghost worker for good.
+            self.robot.conns.pop(sid, None)
+            outbox.close()
+            with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                self.robot.submit_nowait(Disconnected(sid))  # after Connected, if that was queued
+            raise
 
     async def on_disconnect(self, sid: str, reason: str) -> None:
         conn = self.robot.conns.pop(sid, None)
@@ -407,6 +438,8 @@ class _WorkerNamespace(Namespace):
         def make(d: dict[str, Any]) -> Event:
             if "cache" not in d:
                 raise ValueError("cache_sync needs {cache: ...}")
+            if not _nested_within(d["cache"], MAX_CACHE_DEPTH):
+                raise ValueError(f"cache nested deeper than {MAX_CACHE_DEPTH} levels")
             return CacheSync(sid, d["cache"])
 
         return await self._event(sid, make, args)

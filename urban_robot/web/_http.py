@@ -4,12 +4,16 @@ Why h11 rather than Hypercorn (see docs/design-decisions.md): fewer layers on
 the hot path (the Engine.IO session talks to the socket directly), one task
 per connection, and lower memory per idle connection; h11 and wsproto still
 do all HTTP and WebSocket parsing. Limits bound every peer: request head and
-body sizes, a time-out to send a request, and an idle keep-alive time-out.
+body sizes, a time-out to send a request, and an idle keep-alive time-out; and
+they bound all peers together: past ``max_connections`` open connections a new
+one is closed at once (a flood must not exhaust file descriptors or memory,
+and the connections already open, the workers' among them, keep being served).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Protocol
 
 import attrs
@@ -28,6 +32,7 @@ class Limits:
     max_head: int = 16 * 1024
     request_timeout: float = 20.0  # to send one whole request (slowloris)
     keepalive_timeout: float = 60.0  # between requests on one connection
+    max_connections: int = 512  # open at once (WebSockets included); more are closed on arrival
 
 
 @attrs.frozen
@@ -255,6 +260,47 @@ class _HttpConnection:
         text = "Bad request" if status == 400 else "Request timeout"
         with trio.move_on_after(1):
             await self._respond(Response.text(status, text), close=True)
+
+
+LIMIT_LOG_EVERY = 60.0  # seconds between "connection limit reached" lines while a flood lasts
+
+
+class ConnectionGate:
+    """Serves each accepted connection unless ``limits.max_connections`` are open already.
+
+    A refused connection is closed before anything is read from it. The refusal is logged as one
+    warning when the limit is first reached, then at most once a minute with the count refused since.
+    """
+
+    def __init__(self, app: HttpApp, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+        self.open = 0
+        self.refused = 0  # since the last log line
+        self._logged_at = -math.inf
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        if self.open >= self.limits.max_connections:
+            self._note_refusal()
+            await trio.aclose_forcefully(stream)
+            return
+        self.open += 1
+        try:
+            await serve_connection(stream, self.app, self.limits)
+        finally:
+            self.open -= 1
+
+    def _note_refusal(self) -> None:
+        self.refused += 1
+        now = trio.current_time()
+        if now - self._logged_at < LIMIT_LOG_EVERY:
+            return
+        log.warning(
+            "connection limit reached: %d connections open (max_connections); closed %d new connection(s)",
+            self.open,
+            self.refused,
+        )
+        self._logged_at, self.refused = now, 0
 
 
 async def serve_connection(stream: trio.abc.Stream, app: HttpApp, limits: Limits) -> None:
