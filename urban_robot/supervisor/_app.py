@@ -1,7 +1,7 @@
-"""Everything wired together: supervisor service, children, deployer, webhook, admin API, Discord.
+"""Everything wired together: supervisor service, children, deployer, webhook, admin API, dashboard, Discord.
 
 ``serve(options)`` runs one supervisor until cancelled. The operator CLI
-(issue #6) builds ``Options`` from flags, environment and a config file; tests
+(``urban_robot.config``) builds ``Options`` from flags, environment and a config file; tests
 and library users build it directly.
 """
 
@@ -20,10 +20,11 @@ from ._api import admin_route
 from ._auth import Credentials
 from ._children import ChildPolicy, Children
 from ._core import Settings
+from ._dashboard import install_dashboard
 from ._deploy import Deployer
 from ._events import TryAgain
 from ._git import Git
-from ._notify import DiscordLogHandler, Notifier
+from ._notify import DISCORD_API, DiscordLogHandler, Notifier
 from ._service import UrbanRobot
 from ._status import install_status_routes
 from ._store import StateStore
@@ -51,6 +52,7 @@ class Options:
     notify_destination: str | None = None  # a channel id, or a user id with notify_dm
     notify_dm: bool = False
     discord_log_level: int = logging.WARNING
+    discord_api_url: str = DISCORD_API  # notify.api_url: Discord's REST API, or a stand-in for it
     policy: ChildPolicy = attrs.field(factory=ChildPolicy)
 
 
@@ -99,8 +101,11 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             releases_dir=options.state_dir / "releases",
             install=options.install,
         )
-        install_status_routes(
+        tracker = install_status_routes(
             robot, admin_token=options.admin_token, deployer=deployer, children=children, notifier=notifier
+        )
+        install_dashboard(
+            robot, tracker, admin_token=options.admin_token, deployer=deployer, children=children, notifier=notifier
         )
         app = App(robot, children, deployer, notifier, url)
         _routes(robot, deployer, options, app)
@@ -135,7 +140,9 @@ async def _stop_children(robot: UrbanRobot, children: Children) -> None:
 async def _start_notifier(nursery: trio.Nursery, http: httpx.AsyncClient, options: Options) -> Notifier | None:
     if not (options.discord_token and options.notify_destination):
         return None
-    notifier = Notifier(http, options.discord_token, options.notify_destination, dm=options.notify_dm)
+    notifier = Notifier(
+        http, options.discord_token, options.notify_destination, dm=options.notify_dm, base_url=options.discord_api_url
+    )
     await nursery.start(notifier.run)
     logging.getLogger().addHandler(DiscordLogHandler(notifier, options.discord_log_level))
     return notifier
