@@ -33,3 +33,12 @@ bench-failover *ARGS:
 # Webhook-to-processing time and the hand-over gap of a deploy, with real git and processes.
 bench-deploy *ARGS:
     {{python}} scripts/bench/deploy/run.py {{ARGS}}
+
+# Chaos soak (real supervisor and workers under random faults, promises checked; default 10 min), then `fuzz`.
+chaos SECONDS="600":
+    {{python}} scripts/chaos/run.py --seconds {{SECONDS}}
+    {{just_executable()}} fuzz
+
+# Fuzz the codecs and the HTTP/WebSocket edge with URBAN_ROBOT_FUZZ_SCALE (20) times CI's example counts.
+fuzz:
+    HYPOTHESIS_PROFILE=chaos {{python}} -m pytest -q -p no:cacheprovider tests/web/test_fuzz_edge.py tests/engineio/test_packets.py tests/socketio/test_packets.py

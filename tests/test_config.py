@@ -410,3 +410,12 @@ def test_every_key_is_documented() -> None:
         assert row is not None, key.name
         assert f"`{key.env}`" in row, key.name
         assert (f"`{key.flag}`" if key.flag else "never a flag") in row, key.name
+
+
+def test_the_discord_api_url_reaches_the_notifier_options(tmp_path: Path, bot: Path) -> None:
+    env = {"BOT_TOKEN": TOKEN, "HELIUM_PATH": str(bot)}
+    assert options(tmp_path, env=env).discord_api_url == "https://discord.com/api/v10"
+    env["URBAN_ROBOT_DISCORD_API_URL"] = "http://127.0.0.1:9999/api/v10/"
+    assert options(tmp_path, env=env).discord_api_url == "http://127.0.0.1:9999/api/v10"
+    with pytest.raises(ConfigError, match=r"notify.api_url: expected an http:// or https:// URL"):
+        options(tmp_path, env={**env, "URBAN_ROBOT_DISCORD_API_URL": "discord.com"})

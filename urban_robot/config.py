@@ -30,6 +30,7 @@ import attrs
 from ._errors import UrbanRobotError
 from .supervisor._app import Options
 from .supervisor._core import Settings
+from .supervisor._notify import DISCORD_API
 
 __all__ = ["KEYS", "Config", "ConfigError", "Key", "load_config", "read_dotenv"]
 
@@ -202,6 +203,13 @@ def _directory(value: Any, cwd: Path) -> Path:
     return path
 
 
+def _http_url(value: Any, cwd: Path) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    if not text.startswith(("http://", "https://")) or any(c.isspace() for c in text):
+        raise _Invalid(f"expected an http:// or https:// URL, {_got(value)}")
+    return text.rstrip("/")
+
+
 def _secret(value: Any, cwd: Path) -> str:
     """A token or secret: printable ASCII without spaces, as any header value must be. Never echoed."""
     if not isinstance(value, str) or not value:
@@ -308,6 +316,13 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("notify.level", "DISCORD_LOG_LEVEL", _level, logging.WARNING, "log records at this level go to Discord too"),
     Key(
+        "notify.api_url",
+        "URBAN_ROBOT_DISCORD_API_URL",
+        _http_url,
+        DISCORD_API,
+        "base URL of Discord's REST API for notifications (a test double or a proxy; default Discord's v10)",
+    ),
+    Key(
         "secrets.bot_token",
         "BOT_TOKEN",
         _secret,
@@ -328,7 +343,7 @@ KEYS: tuple[Key, ...] = (
         "URBAN_ROBOT_ADMIN_TOKEN",
         _secret,
         None,
-        "bearer token for the admin API; unset = the admin API is refused",
+        "bearer token for the admin API; unset = generated into <state_dir>/admin.token at first start",
         secret=True,
     ),
 )
@@ -530,5 +545,6 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         notify_destination=values["notify.dm"] or values["notify.channel"],
         notify_dm=values["notify.dm"] is not None,
         discord_log_level=values["notify.level"],
+        discord_api_url=values["notify.api_url"],
     )
     return attrs.evolve(config, options=options)

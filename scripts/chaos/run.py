@@ -1,0 +1,624 @@
+"""Chaos soak: a real supervisor, real workers, a real git repository, and a fault injector.
+
+The supervisor is its own process (``scripts/chaos/supervisor.py``: ``python -m urban_robot`` with
+the soak's urban-robot.toml), so it can be SIGKILLed and restarted; its children live in their own
+sessions and the restarted supervisor adopts them. Its workers (``--workers``: one running, the
+rest hot standbys) run the bot of the commit they were spawned from (``worker.py``): each journals
+the commands it processes and the cache writes the supervisor acknowledged, on one monotonic clock,
+to one shared file. They reach the supervisor through a TCP proxy (``proxy.py``); notifications go
+to a fake Discord (``fake_discord.py``).
+
+For ``--seconds``, on a schedule fixed by ``--seed``:
+
+- good and bad commits are pushed to the bot's upstream repository and announced by a signed
+  GitHub webhook: bad ones fail their health check (vital cog false), crash at start, or hang
+  before ``ready``; every commit has a version of its own;
+- faults, each kind once per round in a shuffled order: SIGKILL a worker; SIGSTOP one, SIGCONT it
+  later (a hang); partition one from the supervisor at the proxy, heal it later (the process keeps
+  running and must fence itself); delay the proxy's traffic; drop a worker's connections; SIGKILL
+  the supervisor and start it again; answer every notification with 429 for a while.
+
+Then the faults are undone, the system settles, the final holder dumps its cache, the supervisor
+is stopped, every process it ever ran is killed, and ``checker.py`` judges the journal (P1 no
+overlapping processing, P2 time without a processor, P3 no acknowledged write lost, P4 no bad
+commit processed, epochs only increasing, also across supervisor restarts in state.json).
+
+The last line printed is one JSON object:
+{"duration_s", "faults": {kind: count}, "overlaps", "no_processor_total_s", "no_processor_longest_s",
+ "no_processor_p99_s", "writes_checked", "writes_lost", "bad_commits_processed", ...}
+Exit status 1 on any violation (each is printed), 2 if the soak itself could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+SCRIPTS = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(SCRIPTS))
+
+from bench.deploy.run import SECRET, Repos, git, push_webhook  # noqa: E402
+from chaos import checker  # noqa: E402
+from chaos.fake_discord import FakeDiscord  # noqa: E402
+from chaos.proxy import Proxy  # noqa: E402
+from chaos.worker import start_ticks  # noqa: E402
+
+FAULTS = ("kill_worker", "hang_worker", "partition", "delay", "drop", "kill_supervisor", "notify_429")
+BAD_KINDS = ("bad_health", "crash", "hang")
+MAIN_PY = "from chaos.worker import main\n\nmain()\n"
+STARTUP_TIMEOUT = 60.0
+SETTLE_TIMEOUT = 60.0
+
+
+class ChaosRepos(Repos):
+    """The deploy benchmark's repositories, holding the chaos bot instead of the stand-in bot."""
+
+    async def commit(self, message: str, **bot: Any) -> str:
+        (self.work / "main.py").write_text(MAIN_PY)
+        (self.work / "bot.json").write_text(json.dumps(bot))
+        await git(self.work, "add", "-A")
+        await git(self.work, "commit", "-q", "-m", message)
+        await git(self.work, "push", "-q", "origin", "HEAD:main")
+        return await git(self.work, "rev-parse", "HEAD")
+
+
+# -- the schedule: every random choice about *what* happens *when* comes from --seed ----------------------------
+def fault_schedule(seconds: float, rng: random.Random) -> list[tuple[float, str, dict[str, Any]]]:
+    """Rounds of every fault kind in a shuffled order, 2.5-5.5 s apart, with their parameters."""
+    out: list[tuple[float, str, dict[str, Any]]] = []
+    at = rng.uniform(2, 4)
+    while True:
+        for kind in rng.sample(FAULTS, len(FAULTS)):
+            if at >= seconds - 3:
+                return out
+            params = {
+                "holder": rng.random() < 0.6,  # aim at the lease holder, else at another worker
+                "duration": {
+                    "hang_worker": rng.uniform(0.3, 4.0),
+                    "partition": rng.uniform(1.0, 5.0),
+                    "delay": rng.uniform(2.0, 6.0),
+                    "kill_supervisor": rng.uniform(0.2, 2.0),
+                    "notify_429": rng.uniform(3.0, 10.0),
+                }.get(kind, 0.0),
+                "latency": rng.uniform(0.02, 0.3),
+                "everyone": rng.random() < 0.5,  # a delay for every worker, else for one
+            }
+            out.append((at, kind, params))
+            at += rng.uniform(2.5, 5.5)
+
+
+def commit_schedule(seconds: float, rng: random.Random) -> list[tuple[float, str]]:
+    """A good commit, then a bad one, and so on (each bad kind once per round), 6-10 s apart."""
+    out: list[tuple[float, str]] = []
+    at = rng.uniform(3, 5)
+    while True:
+        for bad in rng.sample(BAD_KINDS, len(BAD_KINDS)):
+            for kind in ("good", bad):
+                if at >= seconds - 5:
+                    return out
+                out.append((at, kind))
+                at += rng.uniform(6, 10)
+
+
+# -- processes -----------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def alive(pid: int, ticks: int | None) -> bool:
+    return ticks is not None and start_ticks(pid) == ticks
+
+
+def signal_pid(pid: int, ticks: int | None, sig: int) -> bool:
+    """Signal ``pid`` only if it is still the process we mean (not a reused pid)."""
+    if not alive(pid, ticks):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+        return True
+    return False
+
+
+class Supervisor:
+    """The supervisor process: start, SIGKILL, restart, stop."""
+
+    def __init__(self, tmp: Path, config: Path, env: dict[str, str], port: int) -> None:
+        self.argv = [sys.executable, str(SCRIPTS / "chaos" / "supervisor.py"), "--config", str(config)]
+        self.env = env
+        self.port = port
+        self.log = tmp / "supervisor.log"
+        self.process: trio.Process | None = None
+        self.starts = 0
+        self.lock = trio.Lock()
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = await trio.lowlevel.open_process(
+                self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+        self.starts += 1
+        with trio.fail_after(30):
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the supervisor exited with {self.process.returncode}: see {self.log}")
+                try:
+                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                except OSError:
+                    await trio.sleep(0.05)
+                    continue
+                await stream.aclose()
+                return
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(20):
+            await self.process.wait()
+            return
+        await self.kill()
+
+
+# -- what the injector reads about the system ----------------------------------------------------------------
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.rng = random.Random(args.seed)  # the schedule
+        self.pick = random.Random(args.seed + 1)  # choices among whatever runs at that moment
+        self.repos = ChaosRepos(tmp)
+        self.state_dir = tmp / "state"
+        self.journal = tmp / "journal.jsonl"
+        self.dumps = tmp / "dumps"
+        self.sup_port = free_port()
+        self.proxy = Proxy(self.sup_port)
+        self.discord = FakeDiscord()
+        self.faults: Counter[str] = Counter()
+        self.commits: Counter[str] = Counter()
+        self.bad_versions: set[str] = set()
+        self.webhooks_missed = 0
+        self.epochs: list[tuple[float, int]] = []  # (monotonic, epoch) from state.json
+        self.state_epoch_problems: list[str] = []
+        self.stopped: dict[int, int | None] = {}  # SIGSTOPped pids, to SIGCONT whatever happens
+        self.supervisor: Supervisor | None = None
+        self.notes: list[str] = []
+
+    # -- set-up --------------------------------------------------------------------------------------------
+    async def set_up(self) -> None:
+        self.dumps.mkdir()
+        await self.repos.create()
+        await self.repos.commit("first", version="1.0", kind="good")
+        await git(self.tmp, "clone", "-q", str(self.repos.upstream), str(self.repos.managed))
+        config = self.tmp / "urban-robot.toml"
+        config.write_text(
+            f"""
+helium_path = "{self.repos.managed}"
+command = ["{sys.executable}", "main.py"]
+port = {self.sup_port}
+state_dir = "{self.state_dir}"
+standbys = {self.args.workers - 1}
+branch = "main"
+log_level = "INFO"
+
+[workers]
+interval = 1
+grace = 1
+lease_margin = 0.5
+health_timeout = 5
+
+[notify]
+channel = 123456789
+level = "WARNING"
+api_url = "{self.discord.url}"
+
+[secrets]
+bot_token = "chaos-bot-token"
+webhook_secret = "{SECRET.decode()}"
+admin_token = "chaos-admin-token"
+"""
+        )
+        env = dict(os.environ)
+        env.update(
+            {
+                "CHAOS_JOURNAL": str(self.journal),
+                "CHAOS_DIR": str(self.dumps),
+                "CHAOS_PROXY_CONTROL": str(self.proxy.control_port),
+                "CHAOS_UNSAFE_BOT": "1" if self.args.unsafe_bot else "0",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), env.get("PYTHONPATH")])),
+            }
+        )
+        for name in ("BOT_TOKEN", "HELIUM_PATH", "LOGGING_CHANNEL", "URBAN_ROBOT_CONFIG"):
+            env.pop(name, None)  # the soak's toml decides
+        self.supervisor = Supervisor(self.tmp, config, env, self.sup_port)
+        await self.supervisor.start()
+
+    # -- the journal ---------------------------------------------------------------------------------------
+    def events(self) -> list[dict[str, Any]]:
+        return checker.read_journal(self.journal) if self.journal.exists() else []
+
+    def journal_end(self) -> int:
+        return self.journal.stat().st_size if self.journal.exists() else 0
+
+    async def wait_journal(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, offset: int | None = None
+    ) -> dict[str, Any]:
+        """The first journal line from ``offset`` (default: now) on that matches (read as the file grows)."""
+        offset = self.journal_end() if offset is None else offset
+        with trio.fail_after(timeout):
+            while True:
+                await trio.sleep(0.05)
+                if not self.journal.exists():
+                    continue
+                with self.journal.open("rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+                complete = data[: data.rfind(b"\n") + 1]
+                offset += len(complete)
+                for line in complete.splitlines():
+                    event = json.loads(line)
+                    if predicate(event):
+                        return event
+
+    # -- targets -------------------------------------------------------------------------------------------
+    def workers(self) -> dict[str, tuple[int, int | None]]:
+        """Identity -> (pid, start ticks) of the supervisor's children that are alive now."""
+        registry = read_json(self.state_dir / "children.json") or {}
+        return {
+            identity: (int(info["pid"]), info.get("start_ticks"))
+            for identity, info in registry.items()
+            if alive(int(info["pid"]), info.get("start_ticks"))
+        }
+
+    def holder(self) -> str | None:
+        state = read_json(self.state_dir / "state.json") or {}
+        holder = state.get("holder") or {}
+        return holder.get("identity") if isinstance(holder, dict) else None
+
+    async def target(self, want_holder: bool, routed: bool = False) -> tuple[str, int, int | None] | None:
+        """A worker to hurt: the holder or another one (routed: one that has a proxy route)."""
+        with trio.move_on_after(3):
+            while True:
+                workers = self.workers()
+                if routed:
+                    workers = {i: w for i, w in workers.items() if i in self.proxy.routes}
+                holder = self.holder()
+                if want_holder and holder in workers:
+                    assert holder is not None
+                    return (holder, *workers[holder])
+                others = sorted(i for i in workers if i != holder)
+                if others:
+                    identity = self.pick.choice(others)
+                    return (identity, *workers[identity])
+                await trio.sleep(0.1)
+        return None
+
+    # -- faults --------------------------------------------------------------------------------------------
+    async def inject(self, kind: str, params: dict[str, Any]) -> None:
+        action = getattr(self, f"_{kind}")
+        if await action(params):
+            self.faults[kind] += 1
+        else:
+            self.notes.append(f"{kind}: no target found")
+
+    async def _kill_worker(self, params: dict[str, Any]) -> bool:
+        target = await self.target(params["holder"])
+        return target is not None and signal_pid(target[1], target[2], signal.SIGKILL)
+
+    async def _hang_worker(self, params: dict[str, Any]) -> bool:
+        target = await self.target(params["holder"])
+        if target is None or not signal_pid(target[1], target[2], signal.SIGSTOP):
+            return False
+        self.stopped[target[1]] = target[2]
+        try:
+            await trio.sleep(params["duration"])
+        finally:
+            signal_pid(target[1], target[2], signal.SIGCONT)
+            self.stopped.pop(target[1], None)
+        return True
+
+    async def _partition(self, params: dict[str, Any]) -> bool:
+        target = await self.target(params["holder"], routed=True)
+        if target is None or not self.proxy.partition(target[0]):
+            return False
+        try:
+            await trio.sleep(params["duration"])
+        finally:
+            self.proxy.heal(target[0])
+        return True
+
+    async def _delay(self, params: dict[str, Any]) -> bool:
+        identity = None
+        if not params["everyone"]:
+            target = await self.target(params["holder"], routed=True)
+            if target is None:
+                return False
+            identity = target[0]
+        self.proxy.set_delay(identity, params["latency"])
+        try:
+            await trio.sleep(params["duration"])
+        finally:
+            self.proxy.set_delay(identity, 0.0)
+        return True
+
+    async def _drop(self, params: dict[str, Any]) -> bool:
+        with trio.move_on_after(3):
+            while True:  # a worker between two connections has nothing to drop: try again shortly
+                target = await self.target(params["holder"], routed=True)
+                if target is not None and self.proxy.drop(target[0]) > 0:
+                    return True
+                await trio.sleep(0.1)
+        return False
+
+    async def _kill_supervisor(self, params: dict[str, Any]) -> bool:
+        assert self.supervisor is not None
+        async with self.supervisor.lock:
+            await self.supervisor.kill()
+            try:
+                await trio.sleep(params["duration"])
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.supervisor.start()
+        return True
+
+    async def _notify_429(self, params: dict[str, Any]) -> bool:
+        self.discord.flood(params["duration"])
+        return True
+
+    # -- commits ---------------------------------------------------------------------------------------------
+    async def push(self, http: httpx.AsyncClient, n: int, kind: str) -> None:
+        version = f"{n + 1}.0"
+        if kind != "good":
+            self.bad_versions.add(version)
+        commit = await self.repos.commit(f"{kind} {n}", version=version, kind=kind)
+        self.commits[kind] += 1
+        with trio.move_on_after(15):
+            while True:
+                try:
+                    status = await push_webhook(http, f"http://127.0.0.1:{self.sup_port}", commit, f"chaos-{n}")
+                    if status == 202:
+                        return
+                except httpx.HTTPError:
+                    pass  # the supervisor is down right now: GitHub would redeliver, so do we
+                await trio.sleep(0.5)
+        self.webhooks_missed += 1
+
+    # -- watchers --------------------------------------------------------------------------------------------
+    async def watch_state(self) -> None:
+        """state.json's epoch, sampled: it never goes down, across supervisor restarts too."""
+        while True:
+            state = read_json(self.state_dir / "state.json")
+            if isinstance(state, dict) and isinstance(state.get("epoch"), int):
+                epoch = state["epoch"]
+                if self.epochs and epoch < self.epochs[-1][1]:
+                    self.state_epoch_problems.append(f"state.json epoch went from {self.epochs[-1][1]} to {epoch}")
+                if not self.epochs or epoch != self.epochs[-1][1]:
+                    self.epochs.append((time.monotonic(), epoch))
+            await trio.sleep(0.2)
+
+    # -- the run ---------------------------------------------------------------------------------------------
+    async def chaos(self, http: httpx.AsyncClient) -> None:
+        seconds = self.args.seconds
+        faults = fault_schedule(seconds, self.rng)
+        commits = commit_schedule(seconds, self.rng)
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for at, kind, params in faults:
+
+                async def fault(at: float = at, kind: str = kind, params: dict[str, Any] = params) -> None:
+                    await trio.sleep_until(start + at)
+                    await self.inject(kind, params)
+
+                nursery.start_soon(fault)
+            for n, (at, kind) in enumerate(commits, 1):
+
+                async def commit(at: float = at, kind: str = kind, n: int = n) -> None:
+                    await trio.sleep_until(start + at)
+                    await self.push(http, n, kind)
+
+                nursery.start_soon(commit)
+            await trio.sleep_until(start + seconds)
+            nursery.cancel_scope.cancel()  # faults still running end now; their finally blocks undo them
+
+    def undo_everything(self) -> None:
+        self.proxy.heal_all()
+        self.discord.rate_limited_until = 0.0
+        for pid, ticks in list(self.stopped.items()):
+            signal_pid(pid, ticks, signal.SIGCONT)
+        self.stopped.clear()
+
+    async def final_dump(self) -> tuple[str, set[str]]:
+        """Let the system settle, then have the final holder dump its cache; (identity, keys)."""
+        settled = time.monotonic()
+        await self.wait_journal(lambda e: e["e"] == "write" and e["t"] > settled, SETTLE_TIMEOUT)
+        for _ in range(5):
+            last = await self.wait_journal(lambda e: e["e"] == "cmd", 10)
+            asked, offset = time.monotonic(), self.journal_end()
+            if not signal_pid(last["pid"], start_ticks(last["pid"]), signal.SIGUSR1):
+                continue
+            dump = await self.wait_journal(lambda e, pid=last["pid"]: e["e"] == "dump" and e["pid"] == pid, 10, offset)
+            others = [
+                e for e in self.events() if e["e"] == "cmd" and e["id"] != last["id"] and asked <= e["t"] <= dump["t"]
+            ]
+            if not others:  # nobody else took over while it dumped: it is the final holder
+                data = json.loads((self.dumps / f"dump-{last['pid']}.json").read_text())
+                return last["id"], set(data["keys"])
+        raise RuntimeError("no stable holder to dump the final cache from")
+
+    async def run(self) -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=5) as http, trio.open_nursery() as nursery:
+            await nursery.start(self.proxy.run)
+            self.discord.start()
+            await self.set_up()
+            nursery.start_soon(self.watch_state)
+            first = await self.wait_journal(lambda e: e["e"] == "cmd", STARTUP_TIMEOUT)
+            print(
+                f"soak: {first['id']} processes; chaos for {self.args.seconds:g} s (seed {self.args.seed})", flush=True
+            )
+            since = time.monotonic()
+            await self.chaos(http)
+            until = time.monotonic()
+            self.undo_everything()
+            assert self.supervisor is not None
+            holder, dump = await self.final_dump()
+            supervisor_cache = await self.supervisor_cache(dump)
+            await self.supervisor.stop()
+            nursery.cancel_scope.cancel()
+        return self.report(since, until, holder, dump, supervisor_cache)
+
+    async def supervisor_cache(self, dump: set[str]) -> set[str] | None:
+        """The supervisor's persisted cache.json, once it holds the final holder's cache (or after 5 s)."""
+        keys: set[str] | None = None
+        with trio.move_on_after(5):
+            while True:
+                stored = read_json(self.state_dir / "cache.json")
+                cache = stored.get("cache") if isinstance(stored, dict) else None
+                keys = set(cache) if isinstance(cache, dict) else None
+                if keys is not None and dump <= keys:
+                    break
+                await trio.sleep(0.1)
+        return keys
+
+    def report(
+        self, since: float, until: float, holder: str, dump: set[str], persisted: set[str] | None
+    ) -> dict[str, Any]:
+        events = self.events()
+        verdict = checker.check(events, dump, self.bad_versions, since, until)
+        written = {e["key"] for e in events if e["e"] == "write"}
+        idle = verdict.idle
+        violations = verdict.violations + [f"state.json: {p}" for p in self.state_epoch_problems]
+        result = {
+            "duration_s": round(until - since, 1),
+            "faults": dict(sorted(self.faults.items())),
+            "overlaps": len(verdict.overlaps),
+            "no_processor_total_s": round(sum(idle), 3),
+            "no_processor_longest_s": round(max(idle, default=0.0), 3),
+            "no_processor_p99_s": round(checker.percentile(idle, 99), 3),
+            "no_processor_stretches": len(idle),
+            "writes_checked": verdict.writes_checked,
+            "writes_lost": len(verdict.writes_lost),
+            "bad_commits_processed": len(verdict.bad_commands),
+            "epoch_violations": len(verdict.epoch_problems) + len(self.state_epoch_problems),
+            "commits": dict(sorted(self.commits.items())),
+            "webhooks_missed": self.webhooks_missed,
+            "commands": verdict.commands,
+            "processing_segments": verdict.segments,
+            "epochs_granted": self.epochs[-1][1] if self.epochs else None,
+            "supervisor_starts": self.supervisor.starts if self.supervisor else 0,
+            "worker_processes": len({e["id"] for e in events if e["e"] == "boot"}),
+            "notifications": dict(self.discord.counts),
+            "final_holder": holder,
+            "writes_missing_from_supervisor_cache": len(written - persisted) if persisted is not None else None,
+            "seed": self.args.seed,
+            "violations": violations,
+        }
+        return result
+
+    # -- cleaning up ---------------------------------------------------------------------------------------
+    def kill_everything(self) -> None:
+        """SIGKILL the supervisor and every worker process it ever ran (each is its own process group)."""
+        if self.supervisor is not None and self.supervisor.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.supervisor.process.pid, signal.SIGKILL)
+        for event in self.events():
+            if event["e"] == "boot" and alive(event["pid"], event.get("ticks")):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(event["pid"], signal.SIGKILL)
+        for pid, ticks in self.workers().values():
+            signal_pid(pid, ticks, signal.SIGKILL)
+
+
+def summary(result: dict[str, Any]) -> str:
+    faults = ", ".join(f"{kind} {n}" for kind, n in result["faults"].items())
+    commits = ", ".join(f"{kind} {n}" for kind, n in result["commits"].items())
+    lines = [
+        f"chaos soak: {result['duration_s']} s, seed {result['seed']}; faults: {faults}; commits: {commits}",
+        f"  P1 overlapping processing intervals: {result['overlaps']}"
+        f" ({result['commands']} commands in {result['processing_segments']} segments);"
+        f" epoch violations: {result['epoch_violations']} (last epoch {result['epochs_granted']})",
+        f"  P2 no processor: {result['no_processor_total_s']} s in all, longest {result['no_processor_longest_s']} s,"
+        f" p99 {result['no_processor_p99_s']} s over {result['no_processor_stretches']} stretches",
+        f"  P3 acknowledged cache writes checked: {result['writes_checked']}, lost: {result['writes_lost']}"
+        f" (final holder {result['final_holder']}; missing from the supervisor's cache.json:"
+        f" {result['writes_missing_from_supervisor_cache']})",
+        f"  P4 bad commits that processed: {result['bad_commits_processed']}",
+        f"  supervisor starts {result['supervisor_starts']}, worker processes {result['worker_processes']},"
+        f" notifications {result['notifications']}",
+    ]
+    lines += [f"VIOLATION {v}" for v in result["violations"]]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=600, help="how long faults are injected (default 600)")
+    parser.add_argument("--seed", type=int, default=7, help="fixes the schedule of faults and commits")
+    parser.add_argument("--workers", type=int, default=3, help="worker processes: one running, the rest standbys")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (journal, logs)")
+    parser.add_argument(
+        "--unsafe-bot",
+        action="store_true",
+        help="self-test: workers process without asking the SDK (the soak must then fail)",
+    )
+    args = parser.parse_args()
+    if args.workers < 2:
+        parser.error("--workers must be at least 2 (a holder and a standby)")
+    tmp = Path(tempfile.mkdtemp(prefix="urban-robot-chaos-"))
+    soak = Soak(args, tmp)
+    result: dict[str, Any] | None = None
+    try:
+        result = trio.run(soak.run)
+    except KeyboardInterrupt:
+        print("soak: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the soak could not run: say why, keep the evidence
+        print(f"soak: could not finish: {type(exc).__name__}: {exc} (files in {tmp})", file=sys.stderr)
+        args.keep = True
+        return 2
+    finally:
+        soak.kill_everything()
+        soak.discord.close()
+        if result is not None and result["violations"] and not args.unsafe_bot:
+            args.keep = True  # the evidence (the self-test's violations are expected: not kept)
+        if args.keep:
+            print(f"soak: journal and logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(summary(result))
+    violations = result.pop("violations")
+    print(json.dumps(result))
+    return 1 if violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The chaos soak (scripts/chaos): its checks on hand-made journals, and a one-minute soak of the real thing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+from chaos import checker  # noqa: E402
+from chaos.run import FAULTS, commit_schedule, fault_schedule  # noqa: E402
+
+
+def cmd(t: float, who: str, epoch: int | None, ver: str = "1.0") -> dict[str, Any]:
+    return {"e": "cmd", "t": t, "id": who, "pid": ord(who[0]), "ver": ver, "epoch": epoch}
+
+
+def mark(kind: str, t: float, who: str, epoch: int | None = None) -> dict[str, Any]:
+    return {"e": kind, "t": t, "id": who, "pid": ord(who[0]), "ver": "1.0", "epoch": epoch}
+
+
+def commands(who: str, epoch: int, start: float, end: float, step: float = 0.01) -> list[dict[str, Any]]:
+    count = round((end - start) / step) + 1
+    return [cmd(start + i * step, who, epoch) for i in range(count)]
+
+
+def test_a_clean_hand_over_passes_and_its_gap_is_measured() -> None:
+    events = [
+        mark("start", 0.0, "a", 1),
+        *commands("a", 1, 0.0, 1.0),
+        mark("stop", 1.01, "a", 1),
+        mark("start", 1.2, "b", 2),
+        *commands("b", 2, 1.2, 2.0),
+        {"e": "write", "t": 0.5, "id": "a", "pid": 1, "ver": "1.0", "key": "a:1"},
+    ]
+    verdict = checker.check(sorted(events, key=lambda e: e["t"]), {"a:1"}, set(), 0.0, 2.0)
+    assert verdict.violations == []
+    assert (verdict.writes_checked, verdict.segments) == (1, 2)
+    assert verdict.idle == pytest.approx([0.2])
+
+
+def test_a_woken_holder_that_processes_after_its_successor_started_is_an_overlap() -> None:
+    # "a" was SIGSTOPped at 1.0 holding epoch 1, "b" got epoch 2 at 3.0, "a" woke at 3.5 and processed.
+    events = sorted([*commands("a", 1, 0.0, 1.0), *commands("a", 1, 3.5, 3.6), *commands("b", 2, 3.0, 4.0)],
+                    key=lambda e: e["t"])  # fmt: skip
+    verdict = checker.check(events, set(), set(), 0.0, 4.0)
+    assert len(verdict.overlaps) == 1 and "a" in verdict.overlaps[0] and "b" in verdict.overlaps[0]
+    assert verdict.epoch_problems  # epoch 1 after epoch 2
+    assert any(v.startswith("P1") for v in verdict.violations)
+
+
+def test_a_stale_epoch_between_two_segments_is_caught_without_an_overlap() -> None:
+    # "a" processes epoch 1, stops, "b" processes epoch 2, "a" comes back under epoch 1: no shared instant.
+    events = [
+        *commands("a", 1, 0.0, 1.0),
+        mark("stop", 1.05, "a", 1),
+        *commands("b", 2, 1.1, 2.0),
+        mark("stop", 2.05, "b", 2),
+        *commands("a", 1, 2.1, 3.0),
+    ]
+    verdict = checker.check(events, set(), set(), 0.0, 3.0)
+    assert verdict.overlaps == []
+    assert len(verdict.epoch_problems) == 1 and "epoch 1" in verdict.epoch_problems[0]
+
+
+def test_a_frozen_holder_counts_as_no_processor_although_its_segment_goes_on() -> None:
+    events = [*commands("a", 1, 0.0, 1.0), *commands("a", 1, 1.5, 2.0)]
+    verdict = checker.check(events, set(), set(), 0.0, 2.0)
+    assert verdict.violations == []
+    assert verdict.idle == pytest.approx([0.5])
+
+
+def test_lost_writes_and_bad_commits_are_violations() -> None:
+    events = [
+        *commands("a", 1, 0.0, 0.1),
+        cmd(0.2, "a", 1, ver="9.0"),
+        {"e": "write", "t": 0.05, "id": "a", "pid": 1, "ver": "1.0", "key": "a:1"},
+        {"e": "write", "t": 0.06, "id": "a", "pid": 1, "ver": "1.0", "key": "a:2"},
+    ]
+    verdict = checker.check(sorted(events, key=lambda e: e["t"]), {"a:1"}, {"9.0"}, 0.0, 0.2)
+    assert verdict.writes_lost == ["a:2"]
+    assert verdict.bad_commands == ["a v9.0: 1 commands"]
+    assert [v[:3] for v in verdict.violations] == ["P3:", "P4:"]
+
+
+def test_the_schedule_is_fixed_by_the_seed_and_a_minute_holds_every_fault_kind() -> None:
+    import random
+
+    first = fault_schedule(60, random.Random(3)), commit_schedule(60, random.Random(3))
+    again = fault_schedule(60, random.Random(3)), commit_schedule(60, random.Random(3))
+    assert first == again
+    for seed in range(50):
+        kinds = {kind for _, kind, _ in fault_schedule(60, random.Random(seed))}
+        assert kinds == set(FAULTS), seed
+
+
+def soak(*args: str) -> tuple[int, str, dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "chaos" / "run.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert lines, done.stderr[-3000:]
+    return done.returncode, done.stdout + done.stderr, json.loads(lines[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_one_minute_of_chaos_breaks_no_promise() -> None:
+    returncode, output, result = soak("--seconds", "60")
+    assert returncode == 0, output[-4000:]
+    assert (result["overlaps"], result["writes_lost"], result["bad_commits_processed"]) == (0, 0, 0), output
+    assert result["epoch_violations"] == 0
+    assert result["writes_checked"] > 0 and result["commands"] > 0
+    assert {kind for kind, count in result["faults"].items() if count >= 1} == set(FAULTS), result["faults"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_soak_fails_a_bot_that_ignores_its_lease() -> None:
+    returncode, output, result = soak("--seconds", "8", "--unsafe-bot")
+    assert returncode == 1, output[-4000:]
+    assert result["overlaps"] > 0
+    assert "VIOLATION P1" in output
