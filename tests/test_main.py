@@ -88,6 +88,25 @@ async def test_a_bad_configuration_is_refused_with_one_line_per_problem(tmp_path
     assert {line.split(": ")[2] for line in lines} == {"port", "helium_path", "typo"}
 
 
+def test_every_documented_flag_is_a_flag_and_wins_over_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from urban_robot.__main__ import main
+    from urban_robot.config import KEYS
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "urban-robot.toml").write_text("standbys = 1\n[workers]\ninterval = 30\n")
+    assert main(["--standbys", "many", "--workers-interval", "-3", "--require-deploy-tag", "maybe"]) == 2
+    problems = capsys.readouterr().err.strip().splitlines()
+    assert sorted(line.split(": ")[2] for line in problems) == ["require_deploy_tag", "standbys", "workers.interval"]
+    assert all("(from --" in line for line in problems)  # the flag's value, not the file's, was judged
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    usage = capsys.readouterr().out
+    assert all(key.flag in usage for key in KEYS if key.flag), "docs/configuration.md lists flags the CLI lacks"
+    assert not any(key.secret and key.env.lower().replace("_", "-") in usage for key in KEYS)
+
+
 @pytest.mark.slow
 async def test_systemd_notify_and_json_logs(tmp_path: Path) -> None:
     import json

@@ -1,13 +1,12 @@
 """``python -m urban_robot``: with no configuration, a demo — the supervisor with two simulated workers.
 
 With a configuration (``urban-robot.toml``, environment, ``.env``: docs/configuration.md) naming the
-bot's checkout (``helium_path``), it supervises the real bot.
+bot's checkout (``helium_path``), it supervises the real bot. It prints the dashboard's address.
 
-One worker runs, one stands by warm. Kill the running one (``kill <pid>``) and
-watch the standby take over within milliseconds; a replacement is spawned
-and health-checked. No Discord, no token needed. (Supervising a real bot from a
-config file is the operator CLI's job: docs/deploying.md shows the library way
-until then.)
+In the demo one worker runs, one stands by warm. Kill the running one (``kill <pid>``) and watch
+the standby take over within milliseconds; a replacement is spawned and health-checked. No
+Discord, no token needed. The subcommands talk to a running supervisor; ``dev PATH`` hot-swaps
+each saved change of a bot's source tree through the health gate.
 """
 
 from __future__ import annotations
@@ -22,8 +21,16 @@ from pathlib import Path
 import attrs
 import trio
 
-from .cli import SUBCOMMANDS, ensure_admin_token, read_admin_token, run_subcommand, supervisor_url, worker_logs
-from .config import ConfigError, load_config
+from .cli import (
+    SUBCOMMANDS,
+    dashboard_url,
+    ensure_admin_token,
+    read_admin_token,
+    run_subcommand,
+    supervisor_url,
+    worker_logs,
+)
+from .config import KEYS, ConfigError, load_config
 from .logs import FORMATS, configure_logging
 from .supervisor import Settings, StateError
 from .supervisor._app import App, Options, serve
@@ -31,6 +38,8 @@ from .supervisor._events import TimerFired
 from .systemd import Liveness, SdNotify, run_watchdog, watchdog_interval
 
 DEMO_WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
+EXPLICIT_FLAGS = {"host", "port", "state_dir", "helium_path", "log_level"}  # typed flags of their own
+FLAG_DEST = "setting:"  # argparse destination prefix of the generic --<key> flags
 
 
 def demo_options(host: str, port: int, state_dir: Path) -> Options:
@@ -80,6 +89,14 @@ async def _main(options: Options, demo: bool) -> None:
             await nursery.start(liveness.run)
             nursery.start_soon(run_watchdog, notify, liveness, interval)
         await notify.ready(f"supervising on {app.url}")
+        # The token goes into the clickable URL on a terminal only; a log (journal, file) gets where to find it.
+        token_file = options.state_dir / "admin.token"
+        dashboard = (
+            dashboard_url(app.url, options.admin_token)
+            if options.admin_token and sys.stdout.isatty()
+            else f"{app.url}/ (add ?token=<the admin token, in {token_file} unless configured>)"
+        )
+        print(f"Dashboard: {dashboard}", flush=True)
         print(
             f"Admin API on {app.url}/api/ (credential in {options.state_dir / 'admin.token'} unless configured);"
             " try: python -m urban_robot --port <port> status",
@@ -112,7 +129,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path)
     parser.add_argument("--helium-path", type=Path, help="the bot's git checkout (without one: the demo)")
     parser.add_argument("--log-level")
-    commands = parser.add_subparsers(dest="subcommand", metavar="{status,try-again,deploy,stop,logs}")
+    settings = parser.add_argument_group("every other setting (docs/configuration.md; flags win over all else)")
+    for key in KEYS:
+        if key.flag is not None and key.name not in EXPLICIT_FLAGS:
+            settings.add_argument(
+                key.flag, dest=FLAG_DEST + key.name, metavar="VALUE", help=f"{key.meaning} [{key.env}]"
+            )
+    commands = parser.add_subparsers(dest="subcommand", metavar="{status,try-again,deploy,stop,logs,dev}")
+    dev = commands.add_parser(
+        "dev",
+        help="watch a bot's source tree; health-check each change and hot-swap it in (docs/deploying.md)",
+        description="Watch PATH; on each change run a copy of it as a candidate through the health gate and "
+        "hot-swap it in with the cache. A broken change leaves the running worker alone and says why.",
+    )
+    dev.add_argument("path", type=Path, help="the bot's source tree (need not be a git repository)")
+    dev.add_argument("--command", help='how to start one worker, run in a copy of PATH (default: "python main.py")')
+    dev.add_argument("--port", type=int, default=argparse.SUPPRESS, help="port of the supervisor (0: any free port)")
+    dev.add_argument(
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="dev mode's own state (default: PATH/.urban-robot-dev)",
+    )
+    dev.add_argument("--ignore", action="append", default=[], metavar="PATTERN", help="glob of paths not to watch/copy")
     logs = commands.add_parser("logs", help="print a worker's log (the newest worker's by default)")
     logs.add_argument("worker", nargs="?", help="the worker's identity, e.g. child-3f2a1c-2 (see status)")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows (Ctrl+C stops)")
@@ -127,6 +166,20 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--json", action="store_true", help="print the supervisor's JSON answer as it is")
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json lines")
     args = parser.parse_args(argv)
+    if args.subcommand == "dev":
+        from . import dev as dev_mode  # watchfiles is loaded only for dev mode
+
+        return dev_mode.main(
+            args.path,
+            command=args.command,
+            host=args.host,
+            port=args.port,
+            state_dir=args.state_dir,
+            ignore=args.ignore,
+            config_path=args.config,
+            log_level=args.log_level,
+            log_format=args.log_format,
+        )
     flags = {
         "host": args.host,
         "port": args.port,
@@ -134,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "helium_path": args.helium_path,
         "log_level": args.log_level,
     }
+    flags.update({name[len(FLAG_DEST) :]: value for name, value in vars(args).items() if name.startswith(FLAG_DEST)})
     try:
         config = load_config(flags, os.environ, args.config, Path.cwd())
     except ConfigError as exc:

@@ -1,4 +1,4 @@
-"""Admin HTTP actions on the supervisor's port (more arrive with the operator CLI, issue #6).
+"""Admin HTTP actions on the supervisor's port (the CLI's subcommands call them: docs/api.md).
 
 Every action needs the admin credential as ``Authorization: Bearer <token>``,
 compared in constant time; without it the answer is 401 and nothing happens.

@@ -15,6 +15,11 @@ health-checks it and, if it passes, hands over to it with the cache. Then:
   and says so loudly; nothing more is deployed until ``try_again``.
 
 Requests that arrive during a deploy coalesce into one more deploy after it.
+
+Dev mode (``urban_robot.dev``) puts a snapshot of a working tree through the same gate with
+``try_tree``: no git, no ``last_known_good``, no rollback. A rejected tree's candidate is
+stopped; the worker it was meant to replace was never displaced (the core promotes only a
+candidate that passed), so it simply keeps running.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import attrs
 import trio
 
 from .._errors import UrbanRobotError
@@ -61,6 +67,19 @@ class _Verdict:
             self.done.set()
 
 
+@attrs.frozen
+class TreeOutcome:
+    """What ``try_tree`` made of a tree: ``outcome`` is ``"promoted"`` or why not."""
+
+    outcome: str
+    identity: str | None  # the candidate's, if one was started
+    generation: int  # the candidate's generation (current once promoted)
+
+    @property
+    def promoted(self) -> bool:
+        return self.outcome == "promoted"
+
+
 class Deployer:
     def __init__(
         self,
@@ -90,6 +109,7 @@ class Deployer:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        self._one_at_a_time = trio.Lock()  # deploys and dev-mode trees share the one candidate slot
         robot.observers.append(self._observe)
         robot.roll_back = self.on_rollback
         children.exit_observers.append(self._child_exited)
@@ -136,7 +156,8 @@ class Deployer:
     async def deploy(self, reason: str) -> str:
         """Deploy the branch's head now; the outcome in a word (also kept in ``history``)."""
         try:
-            commit, outcome = await self._deploy(reason)
+            async with self._one_at_a_time:
+                commit, outcome = await self._deploy(reason)
         except UrbanRobotError as exc:  # fetch or release failed: nothing was started
             log.error("deploy (%s) failed before starting anything: %s", reason, exc)
             commit, outcome = "-", "error"
@@ -180,39 +201,69 @@ class Deployer:
         return False
 
     async def _try_candidate(self, target: str, release: Path) -> str:
+        verdict = await self._run_candidate(f"deploy {target[:12]}", release)
+        if verdict.outcome != "promoted":
+            await self._failed(target, verdict.identity, verdict.outcome or "failed")
+        return verdict.outcome or "failed"
+
+    async def _run_candidate(self, reason: str, cwd: Path) -> _Verdict:
+        """Spawn the code in ``cwd`` at generation + 1 and wait for the core's verdict on it."""
         verdict = _Verdict(self.children.generation + 1)
         self._verdict = verdict
         try:
-            verdict.identity = self.children.spawn(
-                f"deploy {target[:12]}", generation=verdict.generation, cwd=release, backoff=False
-            )
+            verdict.identity = self.children.spawn(reason, generation=verdict.generation, cwd=cwd, backoff=False)
             with trio.move_on_after(self.verdict_timeout):
                 await verdict.done.wait()
             verdict.settle("no verdict in time")
         finally:
             self._verdict = None
-        if verdict.outcome != "promoted":
-            await self._failed(target, verdict.identity, verdict.outcome or "failed")
-        return verdict.outcome or "failed"
+        return verdict
 
     async def _succeeded(self, target: str, release: Path) -> None:
-        self.children.generation += 1
-        self.children.cwd = release  # replacements run the new code
-        await self.robot.submit(DeployConfirmed(target))
-        await self.robot.submit(RetireOlder(self.children.generation))  # standbys of old code make way
-        self.children.top_up("standby of the new release")
+        await self._adopt(release, "standby of the new release", confirmed=target)
         try:
             await self.git.reset_to(target)  # the repository's checkout follows what runs
             await self.git.prune_releases({target})
         except UrbanRobotError as exc:
             log.warning("deployed %s, but tidying the repository failed: %s", target[:12], exc)
 
+    async def _adopt(self, cwd: Path, reason: str, *, confirmed: str | None = None) -> None:
+        """The candidate runs: its generation is the current one, and replacements start from ``cwd``."""
+        self.children.generation += 1
+        self.children.cwd = cwd  # replacements run the new code
+        if confirmed is not None:
+            await self.robot.submit(DeployConfirmed(confirmed))
+        await self.robot.submit(RetireOlder(self.children.generation))  # standbys of old code make way
+        self.children.top_up(reason)
+
     async def _failed(self, target: str, identity: str | None, why: str) -> None:
         log.warning("deploy of %s failed: %s; rolling back", target[:12], why)
         self.bad_commits.add(target)
-        if identity is not None and identity in self.children.children:
-            await self.children.stop(identity, ask=lambda: self.robot.ask_shutdown(identity, "deploy failed"))
+        await self._stop_candidate(identity, "deploy failed")
         await self.roll_back(f"{target[:12]} failed: {why}")
+
+    async def _stop_candidate(self, identity: str | None, reason: str) -> None:
+        if identity is not None and identity in self.children.children:
+            await self.children.stop(identity, ask=lambda: self.robot.ask_shutdown(identity, reason))
+
+    # -- dev mode -------------------------------------------------------------------------------------
+    async def try_tree(self, tree: Path, label: str) -> TreeOutcome:
+        """Put the code in ``tree`` (a snapshot nobody edits) through the health gate; adopt it if promoted.
+
+        Promoted: replacements and standbys start from ``tree`` from now on. Anything else: the
+        candidate is stopped and nothing else changes — no commit is marked bad, nothing rolls back.
+        """
+        async with self._one_at_a_time:
+            if not self.robot.core.is_sane:
+                return TreeOutcome("is_sane is false: say try_again first", None, self.children.generation + 1)
+            verdict = await self._run_candidate(label, tree)
+            outcome = verdict.outcome or "failed"
+            if outcome == "promoted":
+                await self._adopt(tree, f"standby of {label}")
+            else:
+                log.info("%s rejected: %s", label, outcome)
+                await self._stop_candidate(verdict.identity, f"{label} rejected")
+            return TreeOutcome(outcome, verdict.identity, verdict.generation)
 
     async def roll_back(self, why: str) -> None:
         good = self.robot.core.last_known_good_hash
