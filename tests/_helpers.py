@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,7 +14,18 @@ import trio.testing
 import trio_websocket
 
 from urban_robot.socketio import Server
-from urban_robot.supervisor import Credentials, Settings, StateStore, UrbanRobot
+from urban_robot.supervisor import Credentials, Options, Settings, StateStore, UrbanRobot
+
+# Real worker processes (python -m urban_robot.testing.worker) on a quick clock, for serve(Options) tests.
+WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
+QUICK = Settings(token="bot-token", interval=2, grace=2, lease_margin=0.5, health_timeout=10, spawn_workers=True)
+
+
+def worker_options(tmp_path: Path, settings: Settings = QUICK, **overrides: Any) -> Options:
+    """``Options`` for a supervisor of real ``WORKER`` processes in ``tmp_path`` (bot/, state/), any free port."""
+    (tmp_path / "bot").mkdir(exist_ok=True)
+    fields: dict[str, Any] = {"helium_path": tmp_path / "bot", "state_dir": tmp_path / "state", "port": 0}
+    return Options(settings=settings, command=WORKER, **(fields | overrides))
 
 
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):

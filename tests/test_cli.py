@@ -8,12 +8,12 @@ import json
 import logging
 import socket
 import stat
-import sys
 from pathlib import Path
 
 import pytest
 import trio
 
+from tests._helpers import worker_options
 from urban_robot.cli import (
     dashboard_url,
     ensure_admin_token,
@@ -22,10 +22,7 @@ from urban_robot.cli import (
     run_subcommand,
     supervisor_url,
 )
-from urban_robot.supervisor import App, Options, Settings, serve
-
-SETTINGS = Settings(token="bot-token", interval=2, grace=2, lease_margin=0.5, health_timeout=10, spawn_workers=True)
-WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
+from urban_robot.supervisor import App, serve
 
 
 async def cli(name: str, url: str, token: str | None, **kwargs: object) -> tuple[int, str, str]:
@@ -38,16 +35,7 @@ async def cli(name: str, url: str, token: str | None, **kwargs: object) -> tuple
 
 async def running_supervisor(nursery: trio.Nursery, tmp_path: Path, token: str) -> tuple[App, str]:
     """A supervisor with one running worker (and a standby); the running worker's identity."""
-    (tmp_path / "bot").mkdir()
-    options = Options(
-        helium_path=tmp_path / "bot",
-        settings=SETTINGS,
-        command=WORKER,
-        state_dir=tmp_path / "state",
-        port=0,
-        admin_token=token,
-        standbys=1,
-    )
+    options = worker_options(tmp_path, admin_token=token, standbys=1)
     app: App = await nursery.start(serve, options)
     core = app.robot.core
     while not (core.lease and core.lease.confirmed and core.lease.wid):

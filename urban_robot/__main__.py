@@ -25,6 +25,7 @@ from .cli import (
     SUBCOMMANDS,
     dashboard_url,
     ensure_admin_token,
+    explain_error,
     read_admin_token,
     run_subcommand,
     supervisor_url,
@@ -222,27 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:
-        message = _explain(exc, f"{config.host}:{config.port}")
+        message = explain_error(exc, f"{config.host}:{config.port}")
         if message is None:
             raise
         print(f"urban-robot: {message}", file=sys.stderr)
         return 1
     return 0
-
-
-def _explain(exc: BaseException, address: str) -> str | None:
-    """One line for the errors a user can cause (found inside trio's exception groups), else None."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _explain(inner, address)
-            if found is not None:
-                return found
-        return None
-    if isinstance(exc, StateError):
-        return str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"cannot listen on {address}: {exc.strerror}; pick another --port"
-    return None
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ __all__ = [
     "SUBCOMMANDS",
     "dashboard_url",
     "ensure_admin_token",
+    "explain_error",
     "format_status",
     "read_admin_token",
     "run_subcommand",
@@ -119,6 +120,21 @@ def _read_existing(path: Path) -> str | None:
     if path.stat().st_mode & 0o077:
         log.warning("%s is readable by other users: chmod 600 it", path)
     return token
+
+
+def explain_error(exc: BaseException, address: str) -> str | None:
+    """One line for the errors a user can cause (found inside trio's exception groups), else None."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = explain_error(inner, address)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, StateError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot listen on {address}: {exc.strerror}; pick another --port"
+    return None
 
 
 # ---- addresses ----

@@ -41,7 +41,7 @@ import attrs
 import trio
 import watchfiles
 
-from .cli import dashboard_url, ensure_admin_token
+from .cli import dashboard_url, ensure_admin_token, explain_error
 from .config import Config, ConfigError, load_config
 from .logs import LogFormat, configure_logging
 from .supervisor import Settings, StateError
@@ -476,7 +476,7 @@ def main(
     except KeyboardInterrupt:  # before the signal handler was in place
         return 0
     except BaseException as exc:
-        message = _explain(exc, f"{options.host}:{options.port}")
+        message = explain_error(exc, f"{options.host}:{options.port}")
         if message is None:
             raise
         print(f"urban-robot: {message}", file=sys.stderr)
@@ -514,18 +514,3 @@ async def _stop_on_signal(signals: AsyncIterator[int], dev: DevMode) -> None:
             dev.say(f"{signal.Signals(signum).name}: stopping the workers")
             dev.stop()
             break
-
-
-def _explain(exc: BaseException, address: str) -> str | None:
-    """One line for the errors a user can cause (found inside trio's exception groups), else None."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _explain(inner, address)
-            if found is not None:
-                return found
-        return None
-    if isinstance(exc, StateError):
-        return str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"cannot listen on {address}: {exc.strerror}; pick another --port"
-    return None

@@ -25,10 +25,10 @@ import httpx
 import pytest
 import trio
 
+from tests._helpers import QUICK, worker_options
 from urban_robot.cli import run_subcommand
 from urban_robot.config import load_config
 from urban_robot.logs import JsonFormatter, Redactor, configure_logging
-from urban_robot.supervisor import Settings
 from urban_robot.supervisor._app import App, Options, serve
 from urban_robot.supervisor._webhook import sign
 
@@ -40,8 +40,7 @@ BOT_TOKEN = "bot-token-Zq8x7Wv"
 ADMIN = "admin-token-Lk4j3Hn"
 WEBHOOK = b"webhook-secret-Pp0o9Iu"
 DISCORD = "discord-notify-token-Mm5n6Bb"
-WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
-SETTINGS = Settings(token=BOT_TOKEN, interval=2, grace=2, lease_margin=0.5, health_timeout=10, spawn_workers=True)
+SETTINGS = attrs.evolve(QUICK, token=BOT_TOKEN)
 ADMIN_ROUTES = [
     ("POST", "/api/deploy"),
     ("POST", "/api/try-again"),
@@ -75,13 +74,9 @@ class Running:
 
 @pytest.fixture
 async def running(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Running]:
-    (tmp_path / "bot").mkdir()
-    options = Options(
-        helium_path=tmp_path / "bot",
-        settings=SETTINGS,
-        command=WORKER,
-        state_dir=tmp_path / "state",
-        port=0,
+    options = worker_options(
+        tmp_path,
+        SETTINGS,
         standbys=0,
         admin_token=ADMIN,
         webhook_secret=WEBHOOK,

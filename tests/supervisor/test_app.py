@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import attrs
@@ -10,13 +9,10 @@ import httpx
 import pytest
 import trio
 
-from urban_robot.supervisor import Settings
+from tests._helpers import worker_options
 from urban_robot.supervisor._app import App, Options, serve
 
 pytestmark = pytest.mark.slow
-
-SETTINGS = Settings(token="bot-token", interval=2, grace=2, lease_margin=0.5, health_timeout=10, spawn_workers=True)
-WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
 
 
 async def start(nursery: trio.Nursery, options: Options) -> tuple[App, trio.CancelScope]:
@@ -45,10 +41,7 @@ async def settled(app: App) -> tuple[str, int]:
 async def test_supervisor_restart_adopts_children_and_the_holder_keeps_processing(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    (tmp_path / "bot").mkdir()
-    options = Options(
-        helium_path=tmp_path / "bot", settings=SETTINGS, command=WORKER, state_dir=tmp_path / "state", port=0
-    )
+    options = worker_options(tmp_path)
     with trio.fail_after(60):
         app, scope = await start(nursery, options)
         holder, epoch = await settled(app)
@@ -67,16 +60,7 @@ async def test_supervisor_restart_adopts_children_and_the_holder_keeps_processin
 
 
 async def test_admin_api_deploy_needs_the_credential(nursery: trio.Nursery, tmp_path: Path) -> None:
-    (tmp_path / "bot").mkdir()
-    options = Options(
-        helium_path=tmp_path / "bot",
-        settings=SETTINGS,
-        command=WORKER,
-        state_dir=tmp_path / "state",
-        port=0,
-        admin_token="admin-secret",
-        standbys=0,
-    )
+    options = worker_options(tmp_path, admin_token="admin-secret", standbys=0)
     with trio.fail_after(30):
         app, _ = await start(nursery, options)
         async with httpx.AsyncClient() as http:

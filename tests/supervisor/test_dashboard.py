@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import struct
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,16 +27,13 @@ import trio
 import trio.testing
 
 from tests._browser import Page, chromium_or_skip, open_browser
-from tests._helpers import MemoryListener, raw_memory_client
+from tests._helpers import MemoryListener, raw_memory_client, worker_options
 from urban_robot.socketio import Server
-from urban_robot.supervisor import Settings
-from urban_robot.supervisor._app import App, Options, serve
+from urban_robot.supervisor._app import App, serve
 from urban_robot.supervisor._dashboard import NAMESPACE, DashboardNamespace, page_response
 from urban_robot.supervisor._events import Action, RoleChanged
 from urban_robot.supervisor._status import StatusTracker
 
-SETTINGS = Settings(token="bot-token", interval=2, grace=2, lease_margin=0.5, health_timeout=10, spawn_workers=True)
-WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
 ADMIN = "admin-secret-for-the-dashboard"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,15 +79,7 @@ def chromium() -> str:
 
 @pytest.fixture
 async def live(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Live]:
-    (tmp_path / "bot").mkdir()
-    options = Options(
-        helium_path=tmp_path / "bot",
-        settings=SETTINGS,
-        command=WORKER,
-        state_dir=tmp_path / "state",
-        port=0,
-        admin_token=ADMIN,
-    )
+    options = worker_options(tmp_path, admin_token=ADMIN)
     with trio.fail_after(30):
         app: App = await nursery.start(serve, options)
     supervised = Live(app)
