@@ -404,6 +404,16 @@ def test_only_an_exit_asks_for_a_replacement() -> None:
     assert any(isinstance(a, Spawn) for a in out)
 
 
+def test_a_failed_deploy_candidate_is_neither_replaced_nor_counted_as_a_loss() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=2))
+    d.join("a")
+    for n in range(5):  # five bad commits in a row, each crashing at start
+        out = d.feed(ProcessExited(f"candidate-{n}", 1, candidate=True))
+        assert not any(isinstance(a, Spawn) for a in out)  # the standbys are complete: a spare would pile up
+    assert d.core.is_sane  # new code failing is the deployer's to roll back, not a crash loop of what runs
+    assert any(isinstance(a, Spawn) for a in d.feed(ProcessExited("id-a", 1)))  # the running code's own exit is
+
+
 def test_older_standbys_retire_after_a_deploy() -> None:
     d = Driver(Settings(spawn_workers=True))
     d.join("old-a", generation=1)

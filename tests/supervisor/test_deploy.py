@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from urban_robot.supervisor import Credentials, Notifier, Notify, Settings, StateStore, UrbanRobot
+from urban_robot.supervisor import Credentials, Notifier, Notify, Settings, Spawn, StateStore, UrbanRobot
 from urban_robot.supervisor._children import ChildPolicy, Children
 from urban_robot.supervisor._deploy import Deployer
 from urban_robot.supervisor._git import Git
@@ -125,6 +125,8 @@ async def test_bad_commit_is_rolled_back_and_the_old_worker_keeps_running(
         await deployer.wait_idle()
         assert robot.core.last_known_good_hash == good
         first, epoch = await running_identity(robot), robot.core.epoch
+        spawns: list[Spawn] = []
+        robot.observers.append(lambda action: spawns.append(action) if isinstance(action, Spawn) else None)
         broken = world.commit("broken", version="2.0", **bad)
         forged = await push_webhook(url, broken, "d-forged", secret=b"wrong")
         assert forged.status_code == 401
@@ -137,6 +139,8 @@ async def test_bad_commit_is_rolled_back_and_the_old_worker_keeps_running(
     assert robot.core.last_known_good_hash == good
     assert git(world.repo, "rev-parse", "HEAD") == good
     assert broken in deployer.bad_commits
+    assert spawns == []  # a failed candidate is no lost worker: no spare of the old code piles up
+    assert robot.core.is_sane and robot.core.losses == []
     assert any(why in n.message or "failed" in n.message for n in world.notes)
     replay = await push_webhook(url, broken, "d-1")
     assert replay.status_code == 200  # a replayed delivery is ignored

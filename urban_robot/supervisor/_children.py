@@ -227,14 +227,15 @@ class Children:
     async def _exited(self, child: Child, returncode: int | None) -> None:
         self._forget(child)
         uptime = trio.current_time() - child.started
+        candidate = child.generation > self.generation  # a deploy's candidate, never confirmed
         if child.identity in self.asked:
             self.asked.discard(child.identity)  # we stopped it: no crash, no backoff
-        else:
+        elif not candidate:  # a failed candidate is new code failing, not the running code crashing
             self.quick_deaths = self.quick_deaths + 1 if uptime < self.policy.stable_uptime else 0
         log.info("%s (pid %s) exited with %s after %.1fs", child.identity, child.pid, returncode, uptime)
         for observer in self.exit_observers:
             observer(child.identity, returncode)
-        await self.robot.submit(ProcessExited(child.identity, returncode))
+        await self.robot.submit(ProcessExited(child.identity, returncode, candidate=candidate))
 
     def on_action(self, action: Any) -> None:
         """A supervisor observer: a child the core fenced off as hung is stopped (then replaced)."""

@@ -435,7 +435,7 @@ class Supervisor:
         # replace: a lost connection may come back, and a hung child is killed first (Close ... hung).
         asked = e.identity in self.leaving
         self.leaving.discard(e.identity)
-        if not asked:
+        if not asked and not e.candidate:
             self._count_loss(now, out)
             if self.settings.spawn_workers and self.is_sane:
                 out.append(Spawn(f"replace {e.identity}: exited ({e.returncode})"))

@@ -83,6 +83,9 @@ class ProcessExited:
 
     identity: str
     returncode: int | None = None
+    # A newer generation than the one confirmed (a deploy's or dev mode's candidate) that exited: the
+    # deploy failed, and the deployer rolls back. No loss of the running code: not counted, not replaced.
+    candidate: bool = False
 
 
 @attrs.frozen
