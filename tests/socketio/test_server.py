@@ -311,3 +311,23 @@ async def test_a_later_answer_does_not_hold_up_the_clients_next_events(
         assert await client.receive() == '432["quick answer"]'  # answered while "slow" still waits
         slow_done.set()
         assert await client.receive() == '431["slow answer"]'
+
+
+async def test_an_event_named_star_reaches_the_catch_all_as_an_event(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Found by the chaos-scale fuzzing: "*" was dispatched to the catch-all without its event name."""
+    server = Server()
+    seen: list[tuple[Any, ...]] = []
+
+    @server.on("*")
+    async def anything(event: str, sid: str, *args: Any) -> str:
+        seen.append((event, sid, *args))
+        return "caught"
+
+    listener = await serve(nursery, server)
+    async with raw_memory_client(listener) as client:
+        sid = await client.connect_namespace()
+        await client.send('421["*",{"x":[1]}]')
+        assert await client.receive() == '431["caught"]'
+    assert seen == [("*", sid, {"x": [1]})]

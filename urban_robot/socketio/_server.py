@@ -360,7 +360,8 @@ class Server:
         if event in RESERVED_EVENTS:
             # A client must not fire our lifecycle handlers (re-authenticate, fake a leave...).
             raise ProtocolError(f"{event!r} is a reserved event name")
-        handler = self._handler(socket.namespace, event)
+        # An event named "*" must not call the catch-all as if it were its own handler (shifted arguments).
+        handler = self._handler(socket.namespace, event) if event != "*" else None
         if handler is not None:
             args.insert(0, socket.sid)
         else:
