@@ -141,6 +141,8 @@ poll_interval = 60
 install = ["pip", "install", "-r", "requirements.txt"]
 require_deploy_tag = true
 log_level = "debug"
+deploy_timeout = 30
+install_timeout = 120.5
 
 [workers]
 interval = 10
@@ -150,6 +152,11 @@ health_timeout = 45
 vital_cogs = ["modules.utilities", "modules.music"]
 healthy_percentage = 90
 shutdown_if_outdated = true
+crash_loop_losses = 0
+crash_loop_window = 60
+restart_backoff = 0.2
+restart_backoff_max = 2
+stop_timeout = 3
 
 [secrets]
 bot_token = "{TOKEN}"
@@ -184,6 +191,9 @@ level = "ERROR"
         90.0,
         True,
     )
+    assert (s.crash_loop_losses, s.crash_loop_window, got.deploy_timeout, got.install_timeout) == (0, 60.0, 30.0, 120.5)
+    p = got.policy
+    assert (p.backoff_base, p.backoff_cap, p.term_timeout, p.kill_timeout) == (0.2, 2.0, 3.0, 3.0)
     assert (s.token, got.webhook_secret, got.admin_token) == (TOKEN, WEBHOOK.encode(), ADMIN)
     assert (got.notify_destination, got.notify_dm, got.discord_log_level) == ("1234567890", True, logging.ERROR)
 

@@ -29,6 +29,7 @@ import attrs
 
 from ._errors import UrbanRobotError
 from .supervisor._app import Options
+from .supervisor._children import ChildPolicy
 from .supervisor._core import Settings
 from .supervisor._notify import DISCORD_API
 
@@ -220,6 +221,11 @@ def _secret(value: Any, cwd: Path) -> str:
 
 
 _DEFAULTS = Settings()
+_POLICY = ChildPolicy()
+_DEPLOY_TIMEOUT, _INSTALL_TIMEOUT = (
+    attrs.fields(Options).deploy_timeout.default,
+    attrs.fields(Options).install_timeout.default,
+)
 
 KEYS: tuple[Key, ...] = (
     Key("helium_path", "HELIUM_PATH", _directory, None, "the bot's git checkout; unset = demo mode"),
@@ -305,6 +311,55 @@ KEYS: tuple[Key, ...] = (
         _boolean,
         _DEFAULTS.shutdown_if_outdated,
         "shut outdated workers down instead of keeping them in a coma",
+    ),
+    Key(
+        "workers.crash_loop_losses",
+        "URBAN_ROBOT_WORKERS_CRASH_LOOP_LOSSES",
+        _integer(0, None),
+        _DEFAULTS.crash_loop_losses,
+        "this many unexpected worker exits within crash_loop_window = a crash loop: is_sane false (0: never)",
+    ),
+    Key(
+        "workers.crash_loop_window",
+        "URBAN_ROBOT_WORKERS_CRASH_LOOP_WINDOW",
+        _seconds,
+        _DEFAULTS.crash_loop_window,
+        "seconds within which crash_loop_losses exits make a crash loop",
+    ),
+    Key(
+        "workers.restart_backoff",
+        "URBAN_ROBOT_WORKERS_RESTART_BACKOFF",
+        _non_negative_seconds,
+        _POLICY.backoff_base,
+        "seconds before restarting a worker that died young; doubles per quick death up to restart_backoff_max",
+    ),
+    Key(
+        "workers.restart_backoff_max",
+        "URBAN_ROBOT_WORKERS_RESTART_BACKOFF_MAX",
+        _non_negative_seconds,
+        _POLICY.backoff_cap,
+        "the longest restart back-off (seconds)",
+    ),
+    Key(
+        "workers.stop_timeout",
+        "URBAN_ROBOT_WORKERS_STOP_TIMEOUT",
+        _seconds,
+        _POLICY.term_timeout,
+        "seconds a worker asked to shut down has before SIGTERM, and again before SIGKILL",
+    ),
+    Key(
+        "deploy_timeout",
+        "URBAN_ROBOT_DEPLOY_TIMEOUT",
+        _seconds,
+        _DEPLOY_TIMEOUT,
+        "seconds a deploy's new worker has to start, pass its health check and take over; else it is rolled back",
+    ),
+    Key(
+        "install_timeout",
+        "URBAN_ROBOT_INSTALL_TIMEOUT",
+        _seconds,
+        _INSTALL_TIMEOUT,
+        "seconds the install step may take in a new release",
     ),
     Key("notify.channel", "LOGGING_CHANNEL", _snowflake, None, "Discord channel id for notifications"),
     Key(
@@ -524,7 +579,16 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         grace=values["workers.grace"],
         lease_margin=values["workers.lease_margin"],
         health_timeout=values["workers.health_timeout"],
+        crash_loop_losses=values["workers.crash_loop_losses"],
+        crash_loop_window=values["workers.crash_loop_window"],
         spawn_workers=True,  # serve() always attaches a process manager
+    )
+    stop = values["workers.stop_timeout"]
+    policy = ChildPolicy(
+        term_timeout=stop,
+        kill_timeout=stop,
+        backoff_base=values["workers.restart_backoff"],
+        backoff_cap=max(values["workers.restart_backoff"], values["workers.restart_backoff_max"]),
     )
     secret = values["secrets.webhook_secret"]
     options = Options(
@@ -546,5 +610,8 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         notify_dm=values["notify.dm"] is not None,
         discord_log_level=values["notify.level"],
         discord_api_url=values["notify.api_url"],
+        policy=policy,
+        deploy_timeout=values["deploy_timeout"],
+        install_timeout=values["install_timeout"],
     )
     return attrs.evolve(config, options=options)

@@ -1,8 +1,8 @@
 """Chaos soak: a real supervisor, real workers, a real git repository, and a fault injector.
 
-The supervisor is its own process (``scripts/chaos/supervisor.py``: ``python -m urban_robot`` with
-the soak's urban-robot.toml), so it can be SIGKILLed and restarted; its children live in their own
-sessions and the restarted supervisor adopts them. Its workers (``--workers``: one running, the
+The supervisor is its own process (``python -m urban_robot`` with the soak's urban-robot.toml), so
+it can be SIGKILLed and restarted; its children live in their own sessions and the restarted
+supervisor adopts them. Its workers (``--workers``: one running, the
 rest hot standbys) run the bot of the commit they were spawned from (``worker.py``): each journals
 the commands it processes and the cache writes the supervisor acknowledged, on one monotonic clock,
 to one shared file. They reach the supervisor through a TCP proxy (``proxy.py``); notifications go
@@ -142,7 +142,7 @@ class Supervisor:
     """The supervisor process: start, SIGKILL, restart, stop."""
 
     def __init__(self, tmp: Path, config: Path, env: dict[str, str], port: int) -> None:
-        self.argv = [sys.executable, str(SCRIPTS / "chaos" / "supervisor.py"), "--config", str(config)]
+        self.argv = [sys.executable, "-m", "urban_robot", "--config", str(config)]
         self.env = env
         self.port = port
         self.log = tmp / "supervisor.log"
@@ -230,12 +230,17 @@ state_dir = "{self.state_dir}"
 standbys = {self.args.workers - 1}
 branch = "main"
 log_level = "INFO"
+deploy_timeout = 10  # a commit that hangs before ready must not hold up a one-minute soak for 180 s
 
 [workers]
 interval = 1
 grace = 1
 lease_margin = 0.5
 health_timeout = 5
+crash_loop_losses = 0  # off: the soak kills workers on purpose
+restart_backoff = 0.2
+restart_backoff_max = 2
+stop_timeout = 2
 
 [notify]
 channel = 123456789

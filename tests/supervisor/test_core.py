@@ -359,6 +359,15 @@ def test_crash_loop_stops_spawning_until_try_again() -> None:
     assert d.core.is_sane is True and any(isinstance(a, Spawn) for a in out)
 
 
+def test_crash_loop_detection_can_be_turned_off() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=0))
+    for i in range(20):
+        d.join(f"w{i}")
+        out = d.feed(ProcessExited(f"id-w{i}", 1), at=float(i))
+        assert any(isinstance(a, Spawn) for a in out)  # replaced every time
+    assert d.core.is_sane
+
+
 def test_losses_outside_the_window_are_no_crash_loop() -> None:
     d = Driver(Settings(crash_loop_losses=3, crash_loop_window=60))
     for i in range(5):

@@ -47,6 +47,8 @@ class Options:
     require_deploy_tag: bool = False  # the original's "[DEPLOY]" commit-message rule
     poll_interval: float | None = None  # periodic fetch, seconds
     install: Sequence[str] | None = None  # run in each new release before its candidate starts
+    install_timeout: float = 600.0
+    deploy_timeout: float = 180.0  # a candidate not running by then is rolled back ("no verdict in time")
     admin_token: str | None = attrs.field(default=None, repr=False)
     discord_token: str | None = attrs.field(default=None, repr=False)  # for notifications
     notify_destination: str | None = None  # a channel id, or a user id with notify_dm
@@ -100,6 +102,8 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             branch=options.branch,
             releases_dir=options.state_dir / "releases",
             install=options.install,
+            verdict_timeout=options.deploy_timeout,
+            install_timeout=options.install_timeout,
         )
         tracker = install_status_routes(
             robot, admin_token=options.admin_token, deployer=deployer, children=children, notifier=notifier

@@ -78,7 +78,7 @@ class Settings:
     health_timeout: float = 30.0
     stop_timeout: float = 30.0  # waiting for a coma/shutdown ack before relying on the lease
     spawn_workers: bool = False  # ask for replacements (when a process manager is attached)
-    crash_loop_losses: int = 5  # this many unexpected worker losses ...
+    crash_loop_losses: int = 5  # this many unexpected worker losses ... (0: never a crash loop)
     crash_loop_window: float = 300.0  # ... within this many seconds = crash loop: is_sane = False
     max_message: int = 64 * 1024 * 1024  # largest Socket.IO message (a cache) a worker may send
 
@@ -248,6 +248,8 @@ class Supervisor:
                 out.append(Notify("warning", message))
 
     def _count_loss(self, now: float, out: list[Action]) -> None:
+        if not self.settings.crash_loop_losses:
+            return  # crash-loop detection off
         window = self.settings.crash_loop_window
         self.losses = [t for t in self.losses if t > now - window] + [now]
         if len(self.losses) >= self.settings.crash_loop_losses and self.is_sane:
