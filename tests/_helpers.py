@@ -25,7 +25,7 @@ def worker_options(tmp_path: Path, settings: Settings = QUICK, **overrides: Any)
     """``Options`` for a supervisor of real ``WORKER`` processes in ``tmp_path`` (bot/, state/), any free port."""
     (tmp_path / "bot").mkdir(exist_ok=True)
     fields: dict[str, Any] = {"helium_path": tmp_path / "bot", "state_dir": tmp_path / "state", "port": 0}
-    return Options(settings=settings, command=WORKER, **(fields | overrides))
+    return Options(**({"settings": settings, "command": WORKER} | fields | overrides))
 
 
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):

@@ -9,8 +9,9 @@ import httpx
 import pytest
 import trio
 
-from tests._helpers import worker_options
+from tests._helpers import WORKER, worker_options
 from urban_robot.supervisor._app import App, Options, serve
+from urban_robot.supervisor._children import ChildPolicy
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +75,22 @@ async def test_admin_api_deploy_needs_the_credential(nursery: trio.Nursery, tmp_
     assert status.status_code == 200 and status.json()["is_sane"] is True
     assert metrics.status_code == 200 and "urban_robot_epoch" in metrics.text
     assert app.deployer.history[-1] == ("-", "error")  # no git repository here: a clear error, nothing started
+
+
+async def test_a_standby_of_the_cache_writing_test_worker_stops_when_asked(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The benchmarks' --cache-bytes worker used to wait to process before it would hear of a shutdown."""
+    options = worker_options(
+        tmp_path,
+        command=(*WORKER, "--cache-bytes", "1000"),
+        policy=ChildPolicy(term_timeout=60, kill_timeout=60),  # a shutdown ignored would show as a hang
+    )
+    exits: list[tuple[str, int | None]] = []
+    with trio.fail_after(30):
+        app, _ = await start(nursery, options)
+        app.children.exit_observers.append(lambda identity, code: exits.append((identity, code)))
+        holder, _ = await settled(app)
+        [standby] = [identity for identity in app.children.children if identity != holder]
+        await app.children.stop(standby, ask=lambda: app.robot.ask_shutdown(standby, "test"))
+    assert exits == [(standby, 0)]  # it ended by itself, at once, when asked

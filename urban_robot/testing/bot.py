@@ -24,6 +24,12 @@ from ._sim import HEALTHY, SimulatedWorker
 MAIN_PY = "from urban_robot.testing.bot import main\n\nmain()\n"
 
 
+async def write_cache_once_processing(worker: SimulatedWorker, size: int) -> None:
+    """Write a ``size``-byte cache as soon as ``worker`` processes (hand-over benchmarks)."""
+    await worker.wait_for("processing")
+    await worker.write("blob", os.urandom(size))
+
+
 async def _run(config: dict[str, Any]) -> None:
     worker = SimulatedWorker(
         os.environ["URBAN_ROBOT_URL"],
@@ -34,9 +40,8 @@ async def _run(config: dict[str, Any]) -> None:
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
-        if config.get("cache_bytes"):
-            await worker.wait_for("processing")
-            await worker.write("blob", os.urandom(int(config["cache_bytes"])))
+        if config.get("cache_bytes"):  # aside: a standby that never processes must still end when told
+            nursery.start_soon(write_cache_once_processing, worker, int(config["cache_bytes"]))
         await worker.done.wait()
         nursery.cancel_scope.cancel()
 

@@ -14,6 +14,7 @@ import sys
 import trio
 
 from ._sim import SimulatedWorker
+from .bot import write_cache_once_processing
 
 
 async def main(version: str, cache_bytes: int) -> None:
@@ -27,9 +28,8 @@ async def main(version: str, cache_bytes: int) -> None:
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: worker.run(reconnect=True, task_status=task_status))
-        if cache_bytes:
-            await worker.wait_for("processing")
-            await worker.write("blob", os.urandom(cache_bytes))
+        if cache_bytes:  # aside: a standby that never processes must still end when told
+            nursery.start_soon(write_cache_once_processing, worker, cache_bytes)
         await worker.done.wait()
         nursery.cancel_scope.cancel()
 
