@@ -10,6 +10,7 @@ The screenshot lands in ``$URBAN_ROBOT_ARTIFACTS`` if set, else ``<repo>/test-ar
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import struct
@@ -285,12 +286,15 @@ def dashboard_client(url: str, auth: Any) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-async def test_the_namespace_pushes_status_to_the_admin_only(live: Live) -> None:
+async def test_the_namespace_pushes_status_to_the_admin_only(live: Live, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="urban_robot.dashboard")
     url = live.app.url
     clients_before = set(live.app.robot.core.clients)
     for auth in (None, {}, {"token": "wrong"}, {"secret": ADMIN}, {"token": ["x"]}, "text"):
         got = await trio.to_thread.run_sync(dashboard_client, url, auth)
         assert "refused" in got and got["status"] == [], auth
+    refusals = [r for r in caplog.records if r.getMessage().startswith("refused a dashboard")]
+    assert refusals and all(r.levelno < logging.WARNING for r in refusals)  # never to Discord
     got = await trio.to_thread.run_sync(dashboard_client, url, {"token": ADMIN})
     assert "refused" not in got
     body = got["status"][0]

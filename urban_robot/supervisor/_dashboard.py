@@ -111,7 +111,8 @@ class DashboardNamespace(Namespace):
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         if not token_matches(auth, self.admin_token):
-            log.warning("refused a dashboard from %s: bad or missing admin token", environ.get("REMOTE_ADDR", "?"))
+            # INFO, as for refused workers: a stranger must not be able to fill Discord through the log bridge.
+            log.info("refused a dashboard from %s: bad or missing admin token", environ.get("REMOTE_ADDR", "?"))
             raise ConnectionRefusedError(REFUSED)
         self.server.start_task(sid, self._push, sid)
 
