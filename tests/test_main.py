@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pty
 import signal
 import subprocess
 import sys
@@ -30,8 +33,36 @@ async def test_demo_supervises_two_workers_and_stops_them_on_sigterm(tmp_path: P
         if proc.returncode is None:
             proc.kill()
     assert len(pids) == 2
+    token = (tmp_path / "state" / "admin.token").read_text().strip()
+    [line] = [line for line in seen.decode().splitlines() if line.startswith("Dashboard: http://127.0.0.1:")]
+    assert token not in seen.decode() and "admin.token" in line  # not a terminal: where the token is, not it
     for pid in pids:  # the children were stopped with it, not orphaned
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+@pytest.mark.slow
+async def test_on_a_terminal_the_dashboard_line_carries_the_token(tmp_path: Path) -> None:
+    """As Jupyter does: the operator clicks the printed link and is in."""
+    main_end, terminal = pty.openpty()
+    command = [sys.executable, "-m", "urban_robot", "--port", "0", "--state-dir", str(tmp_path / "state")]
+    proc = await trio.lowlevel.open_process(command, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    terminal_output = trio.lowlevel.FdStream(main_end)
+    try:
+        with trio.fail_after(30):
+            seen = await read_until(terminal_output, b"Dashboard: ", b"Admin API on")
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(trio.BrokenResourceError):  # EIO once the last writer is gone
+                while await terminal_output.receive_some(65536):  # a terminal is read to the end
+                    pass
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await terminal_output.aclose()
+    token = (tmp_path / "state" / "admin.token").read_text().strip()
+    [line] = [line for line in seen.decode().splitlines() if line.startswith("Dashboard: ")]
+    assert line.endswith(f"/?token={token}") and line.startswith("Dashboard: http://127.0.0.1:")
 
 
 @pytest.mark.slow
