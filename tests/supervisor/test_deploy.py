@@ -76,7 +76,14 @@ async def start(
         policy=ChildPolicy(kill_timeout=2, term_timeout=0.5),
     )
     robot.spawner = children.spawn
-    deployer = Deployer(robot, children, Git(world.repo), releases_dir=tmp / "releases", verdict_timeout=3)
+    deployer = Deployer(
+        robot,
+        children,
+        Git(world.repo),
+        releases_dir=tmp / "releases",
+        verdict_timeout=3,
+        bad_commits_file=tmp / "state" / "bad_commits.json",
+    )
     gate = WebhookGate(WebhookConfig(secret=SECRET, branch="main"))
     robot.server.add_route("POST", "/webhook/github", webhook_route(gate, lambda commit: deployer.request("webhook")))
     await nursery.start(children.run, 1)
@@ -144,6 +151,39 @@ async def test_bad_commit_is_rolled_back_and_the_old_worker_keeps_running(
     assert any(why in n.message or "failed" in n.message for n in world.notes)
     replay = await push_webhook(url, broken, "d-1")
     assert replay.status_code == 200  # a replayed delivery is ignored
+
+
+async def test_a_restarted_supervisor_remembers_the_failed_commit_until_try_again(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    world = World(tmp_path)
+    world.commit("good", version="1.0")
+    with trio.fail_after(60):
+        robot, children, deployer, _url = await start(nursery, world, tmp_path)
+        await running_identity(robot)
+        assert await deployer.deploy("first deploy") == "deployed"
+        broken = world.commit("broken", version="2.0", crash=True)
+        assert await deployer.deploy("webhook") == "failed"
+    assert deployer.bad_commits_file is not None
+    # What the next supervisor process reads at start: the broken head is not tried (and rolled back) again.
+    again = Deployer(
+        robot, children, Git(world.repo), releases_dir=tmp_path / "r2", bad_commits_file=deployer.bad_commits_file
+    )
+    assert again.bad_commits == {broken}
+    deployer.forget_bad_commits()  # try_again
+    assert (
+        Deployer(
+            robot, children, Git(world.repo), releases_dir=tmp_path / "r3", bad_commits_file=deployer.bad_commits_file
+        ).bad_commits
+        == set()
+    )
+    deployer.bad_commits_file.write_text("{not json")
+    assert (
+        Deployer(
+            robot, children, Git(world.repo), releases_dir=tmp_path / "r4", bad_commits_file=deployer.bad_commits_file
+        ).bad_commits
+        == set()
+    )
 
 
 async def test_good_commit_is_deployed_with_a_handover(nursery: trio.Nursery, tmp_path: Path) -> None:

@@ -101,6 +101,7 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             Git(options.helium_path),
             branch=options.branch,
             releases_dir=options.state_dir / "releases",
+            bad_commits_file=options.state_dir / "bad_commits.json",
             install=options.install,
             verdict_timeout=options.deploy_timeout,
             install_timeout=options.install_timeout,
@@ -165,7 +166,7 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
         return {"deploy": "requested"}
 
     def try_again() -> dict[str, object]:
-        deployer.bad_commits.clear()
+        deployer.forget_bad_commits()
         robot.submit_nowait(TryAgain(None))
         deployer.request("try_again")
         return {"try_again": "requested"}

@@ -24,6 +24,7 @@ candidate that passed), so it simply keeps running.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from .._errors import UrbanRobotError
 from ._children import Children
 from ._events import Action, DeployConfirmed, RetireOlder, RoleChanged, RollBack, RollbackFinished
 from ._service import UrbanRobot
+from ._store import atomic_write
 
 log = logging.getLogger("urban_robot.deploy")
 
@@ -92,6 +94,7 @@ class Deployer:
         install: Sequence[str] | None = None,
         verdict_timeout: float = 180.0,
         install_timeout: float = 600.0,
+        bad_commits_file: Path | None = None,
     ) -> None:
         self.robot = robot
         self.children = children
@@ -101,7 +104,10 @@ class Deployer:
         self.install = list(install) if install else None
         self.verdict_timeout = verdict_timeout
         self.install_timeout = install_timeout
-        self.bad_commits: set[str] = set()
+        # Commits that failed: skipped until a newer one or try_again. Kept in ``bad_commits_file`` so that a
+        # restarted supervisor does not try (and roll back) the same broken head again at its first poll.
+        self.bad_commits_file = bad_commits_file
+        self.bad_commits: set[str] = self._load_bad_commits()
         self.history: list[tuple[str, str]] = []  # (commit or "-", outcome), newest last
         self._verdict: _Verdict | None = None
         self._pending: str | None = None
@@ -239,8 +245,35 @@ class Deployer:
     async def _failed(self, target: str, identity: str | None, why: str) -> None:
         log.warning("deploy of %s failed: %s; rolling back", target[:12], why)
         self.bad_commits.add(target)
+        await trio.to_thread.run_sync(self._save_bad_commits)
         await self._stop_candidate(identity, "deploy failed")
         await self.roll_back(f"{target[:12]} failed: {why}")
+
+    def forget_bad_commits(self) -> None:
+        """``try_again``: every commit may be tried again (a tiny file: written at once)."""
+        self.bad_commits.clear()
+        self._save_bad_commits()
+
+    def _load_bad_commits(self) -> set[str]:
+        if self.bad_commits_file is None:
+            return set()
+        try:
+            data = json.loads(self.bad_commits_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring %s (%s): failed commits will be tried again", self.bad_commits_file, exc)
+            return set()
+        commits = data.get("bad_commits") if isinstance(data, dict) else None
+        return {c for c in commits if isinstance(c, str)} if isinstance(commits, list) else set()
+
+    def _save_bad_commits(self) -> None:
+        if self.bad_commits_file is None:
+            return
+        try:
+            atomic_write(self.bad_commits_file, json.dumps({"bad_commits": sorted(self.bad_commits)}).encode())
+        except OSError as exc:
+            log.warning("cannot write %s: %s; a restart will forget the failed commits", self.bad_commits_file, exc)
 
     async def _stop_candidate(self, identity: str | None, reason: str) -> None:
         if identity is not None and identity in self.children.children:
