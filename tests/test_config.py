@@ -143,6 +143,7 @@ require_deploy_tag = true
 log_level = "debug"
 deploy_timeout = 30
 install_timeout = 120.5
+max_connections = 64
 
 [workers]
 interval = 10
@@ -192,6 +193,7 @@ level = "ERROR"
         True,
     )
     assert (s.crash_loop_losses, s.crash_loop_window, got.deploy_timeout, got.install_timeout) == (0, 60.0, 30.0, 120.5)
+    assert s.max_connections == 64
     p = got.policy
     assert (p.backoff_base, p.backoff_cap, p.term_timeout, p.kill_timeout) == (0.2, 2.0, 3.0, 3.0)
     assert (s.token, got.webhook_secret, got.admin_token) == (TOKEN, WEBHOOK.encode(), ADMIN)

@@ -239,6 +239,13 @@ KEYS: tuple[Key, ...] = (
     Key("host", "URBAN_ROBOT_HOST", _string, "127.0.0.1", "address the supervisor listens on"),
     Key("port", "URBAN_ROBOT_PORT", _integer(0, 65535), 8080, "port the supervisor listens on (0: any free port)"),
     Key("state_dir", "URBAN_ROBOT_STATE_DIR", _path, None, "where state, releases and logs are kept"),
+    Key(
+        "max_connections",
+        "URBAN_ROBOT_MAX_CONNECTIONS",
+        _integer(8, None),
+        _DEFAULTS.max_connections,
+        "HTTP connections open at once on the port; more are closed on arrival",
+    ),
     Key("standbys", "URBAN_ROBOT_STANDBYS", _integer(0, None), 1, "warm standby workers besides the running one"),
     Key("branch", "URBAN_ROBOT_BRANCH", _string, "main", "the git branch that is deployed"),
     Key(
@@ -581,6 +588,7 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         health_timeout=values["workers.health_timeout"],
         crash_loop_losses=values["workers.crash_loop_losses"],
         crash_loop_window=values["workers.crash_loop_window"],
+        max_connections=values["max_connections"],
         spawn_workers=True,  # serve() always attaches a process manager
     )
     stop = values["workers.stop_timeout"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -193,3 +194,18 @@ async def test_a_cache_is_acknowledged_only_once_it_is_on_disk(harness: Harness,
     assert written == [{"reminder": "tea at 5"}]
     cache, _ = harness.store.load_cache()
     assert cache == {"reminder": "tea at 5"}
+
+
+async def test_the_connection_limit_comes_from_the_settings(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """``max_connections`` (configuration) bounds the supervisor's port: one more is closed on arrival."""
+    harness = RestartableSupervisor(nursery, tmp_path / "state", attrs.evolve(SETTINGS, max_connections=8))
+    await harness.start()
+    port = int(harness.url.rsplit(":", 1)[1])
+    held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(8)]
+    with trio.fail_after(10):
+        while harness.robot is not None and harness.robot.server.connections.open < 8:
+            await trio.sleep(0.01)  # the server accepts them on its own time
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await extra.receive_some(100) == b""  # closed before anything was read
+    for stream in held:
+        await stream.aclose()

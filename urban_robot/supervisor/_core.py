@@ -81,6 +81,7 @@ class Settings:
     crash_loop_losses: int = 5  # this many unexpected worker losses ... (0: never a crash loop)
     crash_loop_window: float = 300.0  # ... within this many seconds = crash loop: is_sane = False
     max_message: int = 64 * 1024 * 1024  # largest Socket.IO message (a cache) a worker may send
+    max_connections: int = 512  # HTTP connections open at once on the port (workers, dashboards, API, webhooks)
 
     @property
     def lease(self) -> float:

@@ -22,6 +22,7 @@ import attrs
 import trio
 
 from ..socketio import ConnectionRefusedError, Later, Namespace, Server
+from ..web import Limits
 from ._auth import Credentials, Identity
 from ._core import Settings, Supervisor
 from ._events import (
@@ -118,7 +119,11 @@ class UrbanRobot:
         self.settings = settings
         self.store = store
         self.credentials = credentials
-        self.server = server or Server(async_handlers=False, max_payload=settings.max_message)
+        self.server = server or Server(
+            async_handlers=False,
+            max_payload=settings.max_message,
+            http_limits=Limits(max_body=settings.max_message + 16 * 1024, max_connections=settings.max_connections),
+        )
         self.spawner = spawner
         self.roll_back = roll_back
         self.notify = notify
