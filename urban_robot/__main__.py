@@ -25,8 +25,8 @@ from .cli import (
     SUBCOMMANDS,
     dashboard_url,
     ensure_admin_token,
-    explain_error,
     read_admin_token,
+    run_command,
     run_subcommand,
     supervisor_url,
     worker_logs,
@@ -218,17 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     secrets = (options.settings.token, options.discord_token, options.admin_token, options.webhook_secret)
     configure_logging(config.log_level, args.log_format, secrets)
-    try:
-        trio.run(_main, options, config.options is None)
-    except KeyboardInterrupt:
-        return 0
-    except BaseException as exc:
-        message = explain_error(exc, f"{config.host}:{config.port}")
-        if message is None:
-            raise
-        print(f"urban-robot: {message}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(_main, options, config.options is None, address=f"{config.host}:{config.port}")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
 import httpx
+import trio
 
 from .supervisor._store import StateError
 
@@ -36,6 +37,7 @@ __all__ = [
     "explain_error",
     "format_status",
     "read_admin_token",
+    "run_command",
     "run_subcommand",
     "supervisor_url",
     "worker_logs",
@@ -135,6 +137,22 @@ def explain_error(exc: BaseException, address: str) -> str | None:
     if isinstance(exc, OSError) and exc.strerror:
         return f"cannot listen on {address}: {exc.strerror}; pick another --port"
     return None
+
+
+def run_command(main: Callable[..., Awaitable[object]], *args: Any, address: str) -> int:
+    """``trio.run(main, *args)`` as a command's exit code: 0 when it ends (or on Ctrl+C before the signal
+    handler is in place), 1 with one line on stderr for an error a user can cause, else the traceback."""
+    try:
+        trio.run(main, *args)
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as exc:
+        message = explain_error(exc, address)
+        if message is None:
+            raise
+        print(f"urban-robot: {message}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---- addresses ----

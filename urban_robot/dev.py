@@ -41,7 +41,7 @@ import attrs
 import trio
 import watchfiles
 
-from .cli import dashboard_url, ensure_admin_token, explain_error
+from .cli import dashboard_url, ensure_admin_token, run_command
 from .config import Config, ConfigError, load_config
 from .logs import LogFormat, configure_logging
 from .supervisor import Settings, StateError
@@ -471,17 +471,7 @@ def main(
         return 1
     secrets = (options.settings.token, options.discord_token, options.admin_token)
     configure_logging(config.log_level if log_level is not None else logging.WARNING, log_format, secrets)
-    try:
-        trio.run(_run, path, options, list(ignore))
-    except KeyboardInterrupt:  # before the signal handler was in place
-        return 0
-    except BaseException as exc:
-        message = explain_error(exc, f"{options.host}:{options.port}")
-        if message is None:
-            raise
-        print(f"urban-robot: {message}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(_run, path, options, list(ignore), address=f"{options.host}:{options.port}")
 
 
 def _load_config(flags: dict[str, Any], config_path: Path | None) -> Config:
