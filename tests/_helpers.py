@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import socketio
 import trio
 import trio.testing
 import trio_websocket
 
 from urban_robot.socketio import Server
 from urban_robot.supervisor import Credentials, Options, Settings, StateStore, UrbanRobot
+from urban_robot.supervisor._dashboard import NAMESPACE as DASHBOARD
 
 # Real worker processes (python -m urban_robot.testing.worker) on a quick clock, for serve(Options) tests.
 WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
@@ -151,3 +154,28 @@ async def read_until(stream: trio.abc.ReceiveStream, *markers: bytes, seen: byte
         assert chunk, seen.decode(errors="replace")
         seen += chunk
     return seen
+
+
+def dashboard_client(url: str, auth: Any) -> dict[str, Any]:
+    """Connect a python-socketio client to /dashboard; what it got (in a thread: it is a threads program)."""
+    client = socketio.Client(reconnection=False)
+    got: dict[str, Any] = {"status": []}
+    first = threading.Event()
+
+    @client.on("status", namespace=DASHBOARD)
+    def on_status(body: Any) -> None:
+        got["status"].append(body)
+        first.set()
+
+    try:
+        client.connect(url, namespaces=[DASHBOARD], auth=auth, transports=["websocket"], wait_timeout=5)
+    except socketio.exceptions.ConnectionError as exc:
+        got["refused"] = str(exc)
+        return got
+    try:
+        first.wait(5)
+        client.emit("try_again", {}, namespace=DASHBOARD)  # a dashboard cannot act: nothing handles it
+        client.emit("identify", {"version": "9"}, namespace=DASHBOARD)
+    finally:
+        client.disconnect()
+    return got

@@ -25,7 +25,7 @@ import httpx
 import pytest
 import trio
 
-from tests._helpers import QUICK, worker_options
+from tests._helpers import QUICK, dashboard_client, worker_options
 from urban_robot.cli import run_subcommand
 from urban_robot.config import load_config
 from urban_robot.logs import JsonFormatter, Redactor, configure_logging
@@ -206,6 +206,9 @@ async def test_no_secret_in_logs_answers_or_cli_output(running: Running, tmp_pat
         ]:
             answer = await http.request(method, path, headers=headers, content=content)
             seen.append(f"{answer.status_code} {answer.headers} {answer.text}")
+    pushed = await trio.to_thread.run_sync(dashboard_client, app.url, {"token": ADMIN})  # the dashboard's feed
+    assert pushed["status"], pushed
+    seen.append(json.dumps(pushed))
     for name in ("status", "deploy", "try-again"):
         for token in (ADMIN, "wrong-token", None):
             out, err = io.StringIO(), io.StringIO()

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import struct
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -23,12 +22,11 @@ from typing import Any
 import attrs
 import httpx
 import pytest
-import socketio
 import trio
 import trio.testing
 
 from tests._browser import Page, chromium_or_skip, open_browser
-from tests._helpers import MemoryListener, raw_memory_client, worker_options
+from tests._helpers import MemoryListener, dashboard_client, raw_memory_client, worker_options
 from urban_robot.socketio import Server
 from urban_robot.supervisor._app import App, serve
 from urban_robot.supervisor._dashboard import NAMESPACE, DashboardNamespace, page_response
@@ -258,31 +256,6 @@ def test_the_policy_allows_exactly_the_inline_script_and_style() -> None:
 
 
 # -- the /dashboard namespace with python-socketio's client -----------------------------------------------
-
-
-def dashboard_client(url: str, auth: Any) -> dict[str, Any]:
-    """Connect a python-socketio client to /dashboard; what it got (in a thread: it is a threads program)."""
-    client = socketio.Client(reconnection=False)
-    got: dict[str, Any] = {"status": []}
-    first = threading.Event()
-
-    @client.on("status", namespace=NAMESPACE)
-    def on_status(body: Any) -> None:
-        got["status"].append(body)
-        first.set()
-
-    try:
-        client.connect(url, namespaces=[NAMESPACE], auth=auth, transports=["websocket"], wait_timeout=5)
-    except socketio.exceptions.ConnectionError as exc:
-        got["refused"] = str(exc)
-        return got
-    try:
-        first.wait(5)
-        client.emit("try_again", {}, namespace=NAMESPACE)  # a dashboard cannot act: nothing handles it
-        client.emit("identify", {"version": "9"}, namespace=NAMESPACE)
-    finally:
-        client.disconnect()
-    return got
 
 
 @pytest.mark.slow
