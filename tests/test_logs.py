@@ -106,3 +106,16 @@ def test_configure_twice_replaces_its_own_handler_only() -> None:
 def test_unknown_format_refused() -> None:
     with pytest.raises(ValueError, match="text, json"):
         configure_logging(logging.INFO, "xml")  # type: ignore[arg-type]
+
+
+def test_the_already_notified_marker_is_not_shown() -> None:
+    """The Discord bridge's internal marker is no field for the operator (it read ``already_notified=True``)."""
+    from urban_robot.supervisor._notify import ALREADY_NOTIFIED
+
+    stream = io.StringIO()
+    handler = configure_logging(logging.INFO, "text", [], stream=stream)
+    try:
+        logging.getLogger("urban_robot.supervisor").info("child-1 is running, epoch 1", extra=ALREADY_NOTIFIED)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert stream.getvalue().rstrip().endswith("child-1 is running, epoch 1")

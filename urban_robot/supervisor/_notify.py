@@ -50,7 +50,7 @@ LEVELS = {
 }
 PREFIX = {"warning": "⚠️ ", "error": "❌ ", "critical": "🚨 "}  # the level shows in a phone's preview
 
-ALREADY_NOTIFIED = {"already_notified": True}
+ALREADY_NOTIFIED = {"_already_notified": True}  # "_": a marker, not a field the log shows
 """``extra=`` for log calls whose message was handed to the Notifier directly: the bridge skips them."""
 
 # Set in the Notifier's task: whatever is logged while sending (httpx, our own warnings) is not fed back.
@@ -419,7 +419,7 @@ class DiscordLogHandler(logging.Handler):
         return cls(notifier, parse_log_level(env.get("DISCORD_LOG_LEVEL", "WARNING")))
 
     def emit(self, record: logging.LogRecord) -> None:
-        if _SENDING.get() or getattr(record, "already_notified", False) or _is_own(record.name):
+        if _SENDING.get() or getattr(record, "_already_notified", False) or _is_own(record.name):
             return
         try:
             text = redact(self.format(record), self.notifier.token)
