@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pty
 import signal
@@ -38,6 +39,35 @@ async def test_demo_supervises_two_workers_and_stops_them_on_sigterm(tmp_path: P
     assert token not in seen.decode() and "admin.token" in line  # not a terminal: where the token is, not it
     for pid in pids:  # the children were stopped with it, not orphaned
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+@pytest.mark.slow
+async def test_a_second_sigterm_while_stopping_does_not_cut_the_stop_short(tmp_path: Path) -> None:
+    """A bot that takes its time to stop, a second SIGTERM (an operator's kill after systemctl stop): the stop
+    still ends in order and nothing is orphaned. (A second Ctrl+C was already safe: trio defers it.)"""
+    (tmp_path / "bot").mkdir()
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+    command = [sys.executable, "-m", "urban_robot", "--port", "0", "--state-dir", str(tmp_path / "state")]
+    command += ["--helium-path", str(tmp_path / "bot"), "--standbys", "0", "--workers-stop-timeout", "1"]
+    command += ["--command", f"{sys.executable} -c '{stubborn}'"]
+    env = {**os.environ, "BOT_TOKEN": "bot-token"}
+    proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    registry = tmp_path / "state" / "children.json"
+    try:
+        assert proc.stdout is not None
+        with trio.fail_after(30):
+            await read_until(proc.stdout, b"Urban Robot on ")
+            while not (registry.exists() and json.loads(registry.read_text())):
+                await trio.sleep(0.05)  # another process's file: nothing to wait on but itself
+            [pid] = [child["pid"] for child in json.loads(registry.read_text()).values()]
+            proc.send_signal(signal.SIGTERM)
+            await read_until(proc.stdout, b"SIGTERM: stopping")  # its worker ignores SIGTERM: ~1 s to stop it
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0  # was: killed by the second SIGTERM (-15), the worker left running
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
@@ -58,14 +59,21 @@ def demo_options(host: str, port: int, state_dir: Path) -> Options:
     )
 
 
-async def _stop_on_signal(cancel_scope: trio.CancelScope, notify: SdNotify) -> None:
-    """SIGTERM/SIGINT end the supervisor in order: its children are stopped, not orphaned."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            logging.getLogger("urban_robot").info("%s: stopping", signal.Signals(signum).name)
-            await notify.stopping(f"{signal.Signals(signum).name}: stopping")
-            cancel_scope.cancel()
-            return
+async def _stop_on_signals(signals: AsyncIterator[int], supervising: trio.CancelScope, notify: SdNotify) -> None:
+    """SIGTERM/SIGINT end the supervisor in order: its children are stopped, not orphaned.
+
+    Later signals, while the workers are being stopped, are taken too (and said so): left to their
+    default action, a second SIGTERM would kill the supervisor halfway and orphan the workers.
+    """
+    log = logging.getLogger("urban_robot")
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if supervising.cancel_called:
+            log.warning("%s: already stopping the workers in order; kill -9 %d forces", name, os.getpid())
+            continue
+        log.info("%s: stopping", name)
+        await notify.stopping(f"{name}: stopping")
+        supervising.cancel()
 
 
 async def _serve_until_stopped(
@@ -79,9 +87,18 @@ async def _serve_until_stopped(
 
 async def _main(options: Options, demo: bool) -> None:
     notify = SdNotify.from_environ()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as listening:
+            supervising = trio.CancelScope()
+            listening.start_soon(_stop_on_signals, signals, supervising, notify)
+            with supervising:
+                await _supervise(options, demo, supervising, notify)
+            listening.cancel_scope.cancel()  # everything has stopped: no signal is left waiting to be re-raised
+
+
+async def _supervise(options: Options, demo: bool, supervising: trio.CancelScope, notify: SdNotify) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, nursery.cancel_scope, notify)
-        app: App = await nursery.start(_serve_until_stopped, options, nursery.cancel_scope, notify)
+        app: App = await nursery.start(_serve_until_stopped, options, supervising, notify)
         interval = watchdog_interval()
         if notify.enabled and interval is not None:
             # Healthy while the core's event loop answers (TimerFired only acts on expired deadlines):
