@@ -500,7 +500,10 @@ async def _stop_on_signal(signals: AsyncIterator[int], dev: DevMode) -> None:
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(until_stopped)
-        async for signum in signals:
-            dev.say(f"{signal.Signals(signum).name}: stopping the workers")
-            dev.stop()
-            break
+        stopping = False
+        async for signum in signals:  # later signals are taken too: by default a second SIGTERM would kill us halfway
+            name = signal.Signals(signum).name
+            dev.say(f"{name}: already stopping the workers" if stopping else f"{name}: stopping the workers")
+            if not stopping:
+                dev.stop()
+            stopping = True
