@@ -9,7 +9,10 @@ import pty
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -17,11 +20,30 @@ import trio
 from tests._helpers import read_until
 
 
+def urban_robot(tmp_path: Path, *args: str) -> list[str]:
+    """``python -m urban_robot`` on any free port with its state in ``tmp_path/state``."""
+    return [sys.executable, "-m", "urban_robot", "--port", "0", "--state-dir", str(tmp_path / "state"), *args]
+
+
+@asynccontextmanager
+async def supervisor(command: list[str], **kwargs: Any) -> AsyncIterator[trio.Process]:
+    """The supervisor process of one test; killed at the end if the test did not stop it."""
+    proc = await trio.lowlevel.open_process(command, **kwargs)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+
+
+def gone(pid: int) -> bool:
+    """``pid`` has exited (a zombie not yet reaped by its session counts): stopped, not orphaned."""
+    return not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
 @pytest.mark.slow
 async def test_demo_supervises_two_workers_and_stops_them_on_sigterm(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "urban_robot", "--port", "0", "--state-dir", str(tmp_path / "state")]
-    proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
+    async with supervisor(urban_robot(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         assert proc.stdout is not None
         seen = b""
         with trio.fail_after(30):
@@ -30,15 +52,12 @@ async def test_demo_supervises_two_workers_and_stops_them_on_sigterm(tmp_path: P
             pids = [int(p) for p in listed if p.isdigit()]
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
     assert len(pids) == 2
     token = (tmp_path / "state" / "admin.token").read_text().strip()
     [line] = [line for line in seen.decode().splitlines() if line.startswith("Dashboard: http://127.0.0.1:")]
     assert token not in seen.decode() and "admin.token" in line  # not a terminal: where the token is, not it
     for pid in pids:  # the children were stopped with it, not orphaned
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert gone(pid)
 
 
 @pytest.mark.slow
@@ -47,13 +66,13 @@ async def test_a_second_sigterm_while_stopping_does_not_cut_the_stop_short(tmp_p
     still ends in order and nothing is orphaned. (A second Ctrl+C was already safe: trio defers it.)"""
     (tmp_path / "bot").mkdir()
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
-    command = [sys.executable, "-m", "urban_robot", "--port", "0", "--state-dir", str(tmp_path / "state")]
-    command += ["--helium-path", str(tmp_path / "bot"), "--standbys", "0", "--workers-stop-timeout", "1"]
+    command = urban_robot(
+        tmp_path, "--helium-path", str(tmp_path / "bot"), "--standbys", "0", "--workers-stop-timeout", "1"
+    )
     command += ["--command", f"{sys.executable} -c '{stubborn}'"]
     env = {**os.environ, "BOT_TOKEN": "bot-token"}
-    proc = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     registry = tmp_path / "state" / "children.json"
-    try:
+    async with supervisor(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as proc:
         assert proc.stdout is not None
         with trio.fail_after(30):
             await read_until(proc.stdout, b"Urban Robot on ")
@@ -64,18 +83,14 @@ async def test_a_second_sigterm_while_stopping_does_not_cut_the_stop_short(tmp_p
             await read_until(proc.stdout, b"SIGTERM: stopping")  # its worker ignores SIGTERM: ~1 s to stop it
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0  # was: killed by the second SIGTERM (-15), the worker left running
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert gone(pid)
 
 
 @pytest.mark.slow
 async def test_on_a_terminal_the_dashboard_line_carries_the_token(tmp_path: Path) -> None:
     """As Jupyter does: the operator clicks the printed link and is in."""
     main_end, terminal = pty.openpty()
-    command = [sys.executable, "-m", "urban_robot", "--port", "0", "--state-dir", str(tmp_path / "state")]
-    proc = await trio.lowlevel.open_process(command, stdout=terminal, stderr=terminal)
+    proc = await trio.lowlevel.open_process(urban_robot(tmp_path), stdout=terminal, stderr=terminal)
     os.close(terminal)
     terminal_output = trio.lowlevel.FdStream(main_end)
     try:
@@ -212,10 +227,7 @@ async def test_systemd_notify_and_json_logs(tmp_path: Path) -> None:
 @pytest.mark.slow
 async def test_stop_subcommand_stops_the_supervisor_and_its_workers(tmp_path: Path) -> None:
     state = ["--state-dir", str(tmp_path / "state")]
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "urban_robot", "--port", "0", *state], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
+    async with supervisor(urban_robot(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         assert proc.stdout is not None
         seen = b""
         with trio.fail_after(30):
@@ -232,8 +244,5 @@ async def test_stop_subcommand_stops_the_supervisor_and_its_workers(tmp_path: Pa
             )
             assert stop.returncode == 0 and b"stop requested" in stop.stdout, stop.stderr
             assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
     for pid in pids:
-        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        assert gone(pid)
