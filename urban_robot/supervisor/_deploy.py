@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -109,6 +109,7 @@ class Deployer:
         self.bad_commits_file = bad_commits_file
         self.bad_commits: set[str] = self._load_bad_commits()
         self.history: list[tuple[str, str]] = []  # (commit or "-", outcome), newest last
+        self.outcome_observers: list[Callable[[str, str], None]] = []  # (commit, outcome) as each deploy ends
         self._verdict: _Verdict | None = None
         self._pending: str | None = None
         self._wake = trio.Event()
@@ -168,6 +169,8 @@ class Deployer:
             log.error("deploy (%s) failed before starting anything: %s", reason, exc)
             commit, outcome = "-", "error"
         self.history.append((commit, outcome))
+        for observe in self.outcome_observers:
+            observe(commit, outcome)
         return outcome
 
     async def _deploy(self, reason: str) -> tuple[str, str]:

@@ -38,8 +38,8 @@ not the steps every start takes, to ``identified`` and ``checking``),
 ``worker`` (connected, disconnected, process exited, spawn asked for), ``deploy`` (a deploy's outcome),
 ``rollback`` (asked for, finished), ``sanity`` (``is_sane`` changed, ``try_again``), ``notice`` (a warning
 the core raised: failed health check, crash loop...); ``level`` is ``info``, ``warning`` or ``critical``.
-It is fed by the same taps (and ``submit_nowait``, the HTTP routes' way in) and by wrapping the
-deployer's ``deploy`` (its history has no clock); repeated no-op deploy outcomes (``up to date``,
+It is fed by the same taps (and ``submit_nowait``, the HTTP routes' way in) and by the deployer's
+``outcome_observers`` (its history has no clock); repeated no-op deploy outcomes (``up to date``,
 ``known bad``, ``insane``: a periodic fetch) are noted once.
 ``listeners`` are called after anything the views show may have changed (the dashboard pushes then).
 
@@ -156,17 +156,9 @@ class StatusTracker:
     def follow(self, deployer: _DeployerLike) -> None:
         """Note each deploy's outcome in the timeline when it ends (the deployer's history has no clock)."""
         self._deployer = deployer
-        deploy = getattr(deployer, "deploy", None)
-        if deploy is None:
-            return
-
-        async def deploy_noting_outcome(reason: str) -> str:
-            try:
-                return str(await deploy(reason))
-            finally:
-                self.sync_deploys()
-
-        setattr(deployer, "deploy", deploy_noting_outcome)  # noqa: B010 - on this instance only
+        observers = getattr(deployer, "outcome_observers", None)
+        if observers is not None:
+            observers.append(lambda commit, outcome: self.sync_deploys())
 
     def sync_deploys(self) -> None:
         """Add the deploy outcomes not yet in the timeline; a repeated no-op outcome only once."""
