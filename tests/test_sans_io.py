@@ -1,7 +1,8 @@
-"""The codecs are sans-IO: they import no trio, directly or through another module of ours.
+"""The sans-IO parts import no I/O library (trio, asyncio, sockets, HTTP clients), directly or through ours.
 
-Checked on the source, by parsing it: every module under ``urban_robot/engineio/`` and
-``urban_robot/socketio/_packets.py``, following their imports of our own modules.
+Checked on the source, by parsing it: the codecs (every module under ``urban_robot/engineio/`` and
+``urban_robot/socketio/_packets.py``), the worker protocol (``urban_robot/protocol/``) and the
+supervisor's core (``_core.py``, its events and roles), following their imports of our own modules.
 (Importing ``urban_robot.socketio._packets`` at runtime also runs the package's
 ``__init__``, which holds the trio server: that is the package's business, not the codec's.)
 """
@@ -16,6 +17,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "urban_robot"
 CODECS = [*sorted((PACKAGE / "engineio").glob("*.py")), PACKAGE / "socketio" / "_packets.py"]
+PROTOCOL = sorted((PACKAGE / "protocol").glob("*.py"))
+CORE = [PACKAGE / "supervisor" / name for name in ("_core.py", "_events.py", "_roles.py")]
+SANS_IO = [*CODECS, *PROTOCOL, *CORE]
+IO_LIBRARIES = {"asyncio", "socket", "selectors", "subprocess", "threading", "httpx", "aiohttp", "socketio", "h11"}
 DYNAMIC_IMPORTS = ("import_module", "__import__")
 
 
@@ -87,6 +92,10 @@ def is_trio(name: str) -> bool:
     return top == "trio" or top.startswith("trio_")
 
 
+def is_io(name: str) -> bool:
+    return is_trio(name) or name.split(".")[0] in IO_LIBRARIES
+
+
 def test_the_codec_modules_are_all_there() -> None:
     names = {str(path.relative_to(PACKAGE)) for path in CODECS}
     assert {"engineio/__init__.py", "engineio/_packets.py", "engineio/_handshake.py"} <= names
@@ -94,11 +103,26 @@ def test_the_codec_modules_are_all_there() -> None:
     assert all(path.is_file() for path in CODECS)
 
 
-@pytest.mark.parametrize("path", CODECS, ids=lambda path: str(path.relative_to(PACKAGE)))
-def test_codec_imports_no_trio(path: Path) -> None:
+def test_the_protocol_and_core_modules_are_all_there() -> None:
+    names = {str(path.relative_to(PACKAGE)) for path in PROTOCOL}
+    assert {"protocol/__init__.py", "protocol/_messages.py", "protocol/_lease.py", "protocol/_worker.py"} <= names
+    assert all(path.is_file() for path in CORE)
+
+
+@pytest.mark.parametrize("path", SANS_IO, ids=lambda path: str(path.relative_to(PACKAGE)))
+def test_sans_io_module_imports_no_io_library(path: Path) -> None:
     names = reachable_imports(path, ROOT)
-    assert "urban_robot._errors" in names  # every codec raises ProtocolError: the walk did run
-    assert sorted(filter(is_trio, names)) == []
+    assert names  # the walk did run
+    assert sorted(filter(is_io, names)) == []
+
+
+def test_the_walk_follows_our_imports() -> None:
+    assert "urban_robot._errors" in reachable_imports(PACKAGE / "protocol" / "__init__.py", ROOT)
+    assert "urban_robot.protocol" in reachable_imports(PACKAGE / "supervisor" / "_core.py", ROOT)
+
+
+def test_python_socketio_is_told_from_ours() -> None:
+    assert is_io("socketio") and not is_io("urban_robot.socketio._packets")
 
 
 @pytest.mark.parametrize(

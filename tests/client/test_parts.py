@@ -23,8 +23,8 @@ from urban_robot.client import (
     event_frames,
     health_report,
 )
-from urban_robot.client._messages import Renewal, Stop, parse_push
 from urban_robot.client._outbox import Outbox
+from urban_robot.protocol import Renewal, Stop, parse_push
 
 
 def test_exports() -> None:

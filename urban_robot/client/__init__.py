@@ -10,31 +10,31 @@ async with trio.open_nursery() as nursery:
     await worker.ready()
 """
 
-from ._config import Backoff as Backoff, Endpoint as Endpoint, Timeouts as Timeouts
-from ._connection import event_frames as event_frames
-from ._errors import (
+from ..protocol import (
     AckTimeout as AckTimeout,
     AuthenticationFailed as AuthenticationFailed,
-    ConfigError as ConfigError,
-    ConnectionLost as ConnectionLost,
-    MalformedMessage as MalformedMessage,
-    MessageTooLarge as MessageTooLarge,
-    OutboxFull as OutboxFull,
-    WorkerError as WorkerError,
-)
-from ._health import health_report as health_report
-from ._lease import LeaseView as LeaseView
-from ._messages import (
+    Backoff as Backoff,
     CacheSync as CacheSync,
     Coma as Coma,
+    ConfigError as ConfigError,
+    ConnectionLost as ConnectionLost,
     Custom as Custom,
+    Endpoint as Endpoint,
     HealthReport as HealthReport,
     Heartbeat as Heartbeat,
     Hello as Hello,
     Identify as Identify,
+    LeaseView as LeaseView,
+    MalformedMessage as MalformedMessage,
+    MessageTooLarge as MessageTooLarge,
+    OutboxFull as OutboxFull,
     Ready as Ready,
     Shutdown as Shutdown,
+    Timeouts as Timeouts,
+    WorkerError as WorkerError,
 )
+from ._connection import event_frames as event_frames
+from ._health import health_report as health_report
 from ._outbox import Delivery as Delivery
 from ._worker import Worker as Worker
 

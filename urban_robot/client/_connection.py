@@ -19,9 +19,8 @@ import trio_websocket
 
 from .._errors import ProtocolError
 from ..engineio import PacketType as EioType, decode_packet
+from ..protocol import AckTimeout, AuthenticationFailed, ConnectionLost, MessageTooLarge, Timeouts
 from ..socketio import Decoder, Packet, PacketType as SioType, encode
-from ._config import Timeouts
-from ._errors import AckTimeout, AuthenticationFailed, ConnectionLost, MessageTooLarge
 
 log = logging.getLogger("urban_robot.client")
 

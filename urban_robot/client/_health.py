@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
+from ..protocol import HealthReport
 from ._callbacks import call_user
-from ._messages import HealthReport
 
 Check = Callable[[], bool | Awaitable[bool]]
 

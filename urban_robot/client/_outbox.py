@@ -19,8 +19,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import OutboxFull
-from ._messages import Message
+from ..protocol import Message, OutboxFull
 
 
 @attrs.define(eq=False)

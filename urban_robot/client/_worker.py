@@ -1,16 +1,21 @@
-"""The worker: a long-lived client of the Urban Robot supervisor (docs/protocol.md §15).
+"""The worker: a trio shell around :class:`urban_robot.protocol.WorkerProtocol` (docs/protocol.md §15).
 
-One :class:`Worker` outlives its connections. Each connection (a *session*) runs four tasks in its
-own nursery: the reader, the dispatcher of pushes (``hello``/``cmd``/``cache_sync``, in arrival
-order), the heartbeat loop and the outbox drain. Any of them finding the connection broken or hung
-cancels the session; :meth:`Worker.run` then reconnects after a back-off. The lease view and the
-fence timer belong to the worker, not to a session: a worker that loses its supervisor stops
-processing when its own view ends, connected or not (§8.1 rule 3).
+The protocol object decides everything — what to send, when the lease ends, when a connection is
+hung, how long to back off. This shell owns the sockets, the clock and the user's callbacks:
+
+- ``run`` connects, reconnects after the back-off the protocol chose, and ends when it says so;
+- per connection (a *session*, its own nursery): the reader, the dispatcher of pushes, the outbox
+  drain, and one task per answer awaited;
+- for the worker's whole life: the timer (feeds ``timer(now)`` at ``next_deadline()``) and two
+  executors — the *wire* executor writes messages in order; the *user* executor runs callbacks in
+  order (a cache push is applied before processing starts; a coma's drain ends before its ack is
+  written: an effect batch that holds any user effect runs there as a whole, in order).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,44 +23,47 @@ from typing import Any
 
 import trio
 
-from ._callbacks import call_user
-from ._config import Backoff, Endpoint, Timeouts
-from ._connection import WIRE_ERRORS, AckIds, Connection, Frame, event_frames, open_connection
-from ._errors import AuthenticationFailed, ConnectionLost, MalformedMessage, MessageTooLarge
-from ._health import Check, health_report
-from ._lease import HeartbeatSent, LeaseView
-from ._messages import (
-    CachePush,
+from ..protocol import (
+    ApplyCache,
+    AuthenticationFailed,
+    Backoff,
     CacheSync,
+    CollectCache,
     Coma,
+    ConnectionLost,
     Custom,
-    HealthCheck,
+    DropConnection,
+    Effect,
+    Endpoint,
+    Finish,
     Heartbeat,
     Hello,
     Identify,
+    LeaseView,
+    Link,
+    Log,
     Message,
-    Ok,
-    ProcessCommands,
-    Push,
+    MessageTooLarge,
     Ready,
+    Reconnect,
+    RunHealthCheck,
+    Send,
     Shutdown,
-    Stop,
-    UnknownCommand,
-    parse_hello,
-    parse_push,
-    parse_renewal,
-    redact,
+    StartProcessing,
+    StopProcessing,
+    Timeouts,
+    WorkerProtocol,
 )
+from ._callbacks import call_user
+from ._connection import WIRE_ERRORS, AckIds, Connection, Frame, event_frames, open_connection
+from ._health import Check, health_report
 from ._outbox import Delivery, Outbox
 from ._signals import Flag
 
 log = logging.getLogger("urban_robot.client")
 
 Callback = Callable[..., Any | Awaitable[Any]]
-
-
-def _error_of(answer: Any) -> str | None:
-    return answer["error"] if isinstance(answer, dict) and isinstance(answer.get("error"), str) else None
+_WIRE = (Send, Log, DropConnection)
 
 
 class Worker:
@@ -89,41 +97,66 @@ class Worker:
         pid: int | None = None,
     ) -> None:
         self.endpoint = Endpoint.resolve(url, secret, generation)
-        self.identity = Identify(version, pid if pid is not None else os.getpid(), self.endpoint.generation)
+        identity = Identify(version, pid if pid is not None else os.getpid(), self.endpoint.generation)
+        self.timeouts = timeouts or Timeouts()
+        self.protocol = WorkerProtocol(identity, self.timeouts, backoff or Backoff(), rng or random.Random())
+        self.protocol.discord_ready = auto_ready
         self.health_checks = dict(health_checks or {})
         self.extra_checks = dict(extra_checks or {})
         self.get_cache, self.set_cache, self.on_hello = get_cache, set_cache, on_hello
         self.on_start_processing, self.on_stop_processing = on_start_processing, on_stop_processing
-        self.auto_ready = auto_ready
-        self.timeouts, self.backoff = timeouts or Timeouts(), backoff or Backoff()
-        self.rng = rng or random.Random()
         self.outbox = Outbox(outbox_size)
-        self.lease = LeaseView()
-        self.hello: Hello | None = None
-        self.shut_down = False
         self.connected = Flag()
         self.processing_flag = Flag()
-        self.sessions = 0  # connections that got as far as hello
+        self.error: str | None = None  # why the worker ended, when it ended as a failure
         self._ack_ids = AckIds()
         self._conn: Connection | None = None
-        self._session_scope: trio.CancelScope | None = None
+        self._session: trio.Nursery | None = None
+        self._served = trio.Event()
         self._run_scope = trio.CancelScope()
-        self._beat_now = trio.Event()
-        self._discord_ready = False
+        self._deadline_moved = trio.Event()
+        self._wire, self._wire_queue = trio.open_memory_channel[list[Effect | _HelloArrived]](math.inf)
+        self._user, self._user_queue = trio.open_memory_channel[list[Effect | _HelloArrived]](math.inf)
+        self._waiters: dict[int, trio.Event] = {}
+        self._answers: dict[int, Any] = {}
+        self._reconnect = 0.0
+        self._refused: AuthenticationFailed | None = None
+        self._finished = trio.Event()
 
     def __repr__(self) -> str:
         return f"<Worker {self.identity.version} {self.endpoint.url} processing={self.processing}>"
 
     # -- what the bot looks at -------------------------------------------------------------------------
     @property
+    def identity(self) -> Identify:
+        return self.protocol.identity
+
+    @property
+    def lease(self) -> LeaseView:
+        return self.protocol.lease
+
+    @property
+    def hello(self) -> Hello | None:
+        return self.protocol.hello
+
+    @property
     def token(self) -> str | None:
         """The Discord token from the last ``hello`` (never logged)."""
         return self.hello.token if self.hello is not None else None
 
     @property
+    def shut_down(self) -> bool:
+        return self.protocol.finished
+
+    @property
+    def sessions(self) -> int:
+        """Connections that got as far as ``hello``."""
+        return self.protocol.sessions_served
+
+    @property
     def processing(self) -> bool:
         """May the bot act on user commands right now (a renewed lease that has not run out)?"""
-        return bool(self.processing_flag) and self.lease.processing(trio.current_time())
+        return bool(self.processing_flag) and self.protocol.processing(trio.current_time())
 
     @property
     def processing_started(self) -> trio.Event:
@@ -141,49 +174,53 @@ class Worker:
 
         ``task_status.started()`` comes with the first ``hello``. An authentication failure is raised.
         """
-        refused: AuthenticationFailed | None = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._fence)
+                nursery.start_soon(self._timer)
+                nursery.start_soon(self._execute, self._wire_queue)
+                nursery.start_soon(self._execute, self._user_queue)
                 with self._run_scope:
-                    try:
-                        await self._connect_forever(task_status)
-                    except AuthenticationFailed as exc:
-                        refused = exc  # raised bare, not in an exception group
+                    await self._connect_forever(task_status)
                 nursery.cancel_scope.cancel()
-            if refused is not None:
-                raise refused
         finally:
             with trio.CancelScope(shield=True):
-                self.lease.drop()
+                self.protocol.lease.drop()
                 await self._stop_processing("the worker stopped")
+        if self._refused is not None:
+            raise self._refused
 
     async def _connect_forever(self, task_status: trio.TaskStatus[None]) -> None:
-        attempt = 0
-        while not self.shut_down:
-            before = self.sessions
+        while not self.protocol.finished:
+            why = "connection closed"
             try:
-                await self._session(task_status)
+                await self._session_run(task_status)
+            except AuthenticationFailed as exc:
+                self._refused = exc
+                self._feed(self.protocol.refused(trio.current_time(), str(exc)))
+                return
             except ConnectionLost as exc:
-                log.warning("connection to the supervisor lost: %s", exc)
-            if self.sessions > before:
-                task_status, attempt = trio.TASK_STATUS_IGNORED, 0
-            if not self.shut_down:
-                delay = self.backoff.delay(attempt, self.rng)
-                log.info("reconnecting in %.2f s", delay)
-                await trio.sleep(delay)
-                attempt += 1
+                why = str(exc)
+            if self.protocol.sessions_served:
+                task_status = trio.TASK_STATUS_IGNORED  # started() was called with the first hello
+            self._feed(self.protocol.disconnected(trio.current_time(), why))
+            if not self.protocol.finished:
+                await trio.sleep(self._reconnect)
 
-    async def _session(self, task_status: trio.TaskStatus[None]) -> None:
+    async def _session_run(self, task_status: trio.TaskStatus[None]) -> None:
         async with open_connection(self.endpoint.ws_url, self.endpoint.secret, self._ack_ids, self.timeouts) as conn:
             pushes, incoming = trio.open_memory_channel[tuple[str, Any]](1024)
             try:
                 async with trio.open_nursery() as nursery:
-                    self._conn, self._session_scope = conn, nursery.cancel_scope
+                    self._conn, self._session = conn, nursery
                     nursery.start_soon(self._guard, conn.read, pushes)
-                    await self._guard(self._greet, conn, nursery, incoming, task_status)
+                    nursery.start_soon(self._guard, self._dispatch, incoming)
+                    self._feed(self.protocol.connected(trio.current_time()))
+                    await self._served.wait()
+                    task_status.started()
+                    task_status = trio.TASK_STATUS_IGNORED
+                    nursery.start_soon(self._guard, self._drain, conn)
             finally:
-                self._conn, self._session_scope = None, None
+                self._conn, self._session, self._served = None, None, trio.Event()
                 self.connected.set(False)
 
     async def _guard(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
@@ -194,204 +231,172 @@ class Worker:
             log.warning("dropping the connection: %s", exc)
             self._drop_connection()
 
+    def _start_in_session(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> bool:
+        """Start ``fn`` in the current connection's nursery; False if there is none (or it is closing)."""
+        if self._session is None:
+            return False
+        try:
+            self._session.start_soon(fn, *args)
+        except RuntimeError:  # the nursery is closing: its connection is gone
+            return False
+        return True
+
     def _drop_connection(self) -> None:
-        if self._session_scope is not None:
-            self._session_scope.cancel()
+        if self._session is not None:
+            self._session.cancel_scope.cancel()
 
-    async def _greet(
-        self,
-        conn: Connection,
-        nursery: trio.Nursery,
-        incoming: trio.MemoryReceiveChannel[tuple[str, Any]],
-        task_status: trio.TaskStatus[None],
-    ) -> None:
-        hello = await self._identify(conn)
-        self.connected.set(True)
-        self.sessions += 1
-        nursery.start_soon(self._guard, self._dispatch, conn, incoming)
-        nursery.start_soon(self._guard, self._heartbeats, conn, hello.interval)
-        nursery.start_soon(self._guard, self._drain, conn)
-        task_status.started()
-        if self._discord_ready or self.auto_ready:
-            await self._call(Ready(), conn)
-
-    async def _identify(self, conn: Connection) -> Hello:
-        grant = self.lease.grant
-        claim = {"epoch": grant.epoch, "lease_token": grant.lease_token} if grant else {}
-        identify = Identify(**{**self.identity.payload(), **claim})
-        answer = await self._call(identify, conn)
-        try:
-            hello = parse_hello(answer)
-        except MalformedMessage as exc:
-            raise ConnectionLost(f"identify answered with {redact(answer)!r}: {exc}") from None
-        await self._on_hello(hello)
-        return hello
-
-    async def _on_hello(self, hello: Hello) -> None:
-        self.hello = hello
-        log.info("hello: protocol %d, interval %s s, lease %s s, epoch %d", hello.protocol, hello.interval,
-                 hello.lease, hello.epoch)  # fmt: skip
-        grant = self.lease.grant
-        if grant is not None and hello.process_commands and hello.epoch == grant.epoch:
-            self._beat_now.set()  # adopted: renew at once
-        elif grant is not None:
-            log.warning("the supervisor did not adopt epoch %d: dropping it", grant.epoch)
-            self.lease.drop()
-            await self._stop_processing("grant not adopted")
-        await call_user(self.on_hello, hello, what="on_hello")
-
-    # -- pushes ---------------------------------------------------------------------------------------
-    async def _dispatch(self, conn: Connection, incoming: trio.MemoryReceiveChannel[tuple[str, Any]]) -> None:
+    async def _dispatch(self, incoming: trio.MemoryReceiveChannel[tuple[str, Any]]) -> None:
         async for event, data in incoming:
-            try:
-                push = parse_push(event, data)
-            except MalformedMessage as exc:
-                log.error("ignored a malformed message from the supervisor: %s", exc)
-                continue
-            if push is None:
-                log.info("ignored unknown event %r from the supervisor", event)
-                continue
-            await self._handle_safely(conn, push)
+            self._feed(self.protocol.pushed(event, data, trio.current_time()))
 
-    async def _handle_safely(self, conn: Connection, push: Push) -> None:
-        try:
-            await self._handle(conn, push)
-        except (ConnectionLost, *WIRE_ERRORS):
-            raise
-        except Exception:
-            log.exception("handling %r failed", push)
-
-    async def _handle(self, conn: Connection, push: Push) -> None:
-        if isinstance(push, CachePush):
-            await call_user(self.set_cache, push.cache, what="set_cache")
-        elif isinstance(push, HealthCheck):
-            await self.report_health(conn=conn)
-        elif isinstance(push, ProcessCommands):
-            log.info("granted epoch %d (%s)", push.epoch, push.reason)
-            self.lease.take(push.epoch, push.lease_token)
-            self._beat_now.set()  # the grant means nothing until renewed
-        elif isinstance(push, Stop):
-            await self._stop_for(conn, push)
-        elif isinstance(push, UnknownCommand):
-            log.info("ignored unknown cmd %r", push.name)
-        elif not isinstance(push, (Ok, Hello)):  # ok grants nothing; a hello after the ack is its twin
-            log.warning("unexpected %r", push)
-
-    async def _stop_for(self, conn: Connection, stop: Stop) -> None:
-        """Stop first, then the final cache, then the acknowledgement (§8.1 rule 5)."""
-        kind = "shutdown" if stop.shutdown else "coma"
-        log.info("asked for %s: %s", kind, stop.reason)
-        self.lease.drop()
-        await self._stop_processing(kind)
-        if stop.cache_sync:
-            await self._final_cache(conn)
-        await self._call(Shutdown(stop.reason) if stop.shutdown else Coma(stop.reason), conn)
-        if stop.shutdown:
-            self._finish()
-
-    async def _final_cache(self, conn: Connection) -> None:
-        cache = await call_user(self.get_cache, what="get_cache")
-        answer = await self._call(CacheSync(cache), conn)
-        if not (isinstance(answer, dict) and answer.get("accepted") is True):
-            log.warning("final cache not accepted: %r", redact(answer))
-
-    def _finish(self) -> None:
-        self.shut_down = True
-        self._run_scope.cancel()
-
-    # -- the lease ------------------------------------------------------------------------------------
-    async def _heartbeats(self, conn: Connection, interval: float) -> None:
+    async def _timer(self) -> None:
         while True:
-            with trio.move_on_after(interval):
-                await self._beat_now.wait()
-            self._beat_now = trio.Event()
-            await self.heartbeat(conn=conn)
+            deadline = self.protocol.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._deadline_moved.wait()
+                self._deadline_moved = trio.Event()
+                continue
+            self._feed(self.protocol.timer(trio.current_time()))
 
-    async def _renewed(self, sent: HeartbeatSent, answer: Any) -> None:
-        try:
-            renewal = parse_renewal(answer)
-        except MalformedMessage:
-            if sent.grant is not None:
-                log.warning("heartbeat for epoch %d not renewed: %r", sent.grant.epoch, redact(answer))
+    # -- carrying out the protocol's effects -----------------------------------------------------------
+    def _feed(self, effects: list[Effect]) -> None:
+        """Queue one input's effects, after noting what the shell itself must know at once."""
+        batch: list[Effect | _HelloArrived] = list(effects)
+        if self.protocol.link is Link.SERVING and self._conn is not None and not self._served.is_set():
+            self._served.set()
+            self.connected.set(True)
+            batch.insert(0, _HelloArrived())
+        for effect in batch:
+            if isinstance(effect, Reconnect):
+                self._reconnect = effect.delay
+        if not batch:
             return
-        outcome = self.lease.answer(sent, renewal, trio.current_time())
-        if outcome == "renewed":
-            await self._start_processing()
-        elif outcome == "fenced":
-            log.warning("fenced off: the supervisor answered %r", renewal)
-            await self._stop_processing("fenced off")
-        elif outcome == "late":
-            log.warning("a renewal came after the lease it granted had ended")
+        if all(isinstance(e, (*_WIRE, Reconnect)) for e in batch):
+            self._wire.send_nowait(batch)
+        else:
+            self._user.send_nowait(batch)
+        self._deadline_moved.set()
 
-    async def _start_processing(self) -> None:
-        if self.processing_flag.set(True):
-            log.info("processing under epoch %s", self.lease.grant.epoch if self.lease.grant else None)
-            await call_user(self.on_start_processing, what="on_start_processing")
+    async def _execute(self, queue: trio.MemoryReceiveChannel[list[Effect | _HelloArrived]]) -> None:
+        async for effects in queue:
+            for effect in effects:
+                await self._carry_out(effect)
+
+    async def _carry_out(self, effect: Effect | _HelloArrived) -> None:
+        if isinstance(effect, Send):
+            await self._write(effect)
+        elif isinstance(effect, Log):
+            log.log(effect.level, "%s", effect.message)
+        elif isinstance(effect, _HelloArrived):
+            await call_user(self.on_hello, self.protocol.hello, what="on_hello")
+        elif isinstance(effect, StartProcessing):
+            if self.processing_flag.set(True):
+                await call_user(self.on_start_processing, what="on_start_processing")
+        elif isinstance(effect, StopProcessing):
+            await self._stop_processing(effect.reason)
+        elif isinstance(effect, ApplyCache):
+            await call_user(self.set_cache, effect.cache, what="set_cache")
+        elif isinstance(effect, CollectCache):
+            cache = await call_user(self.get_cache, what="get_cache")
+            self._feed(self.protocol.cache_collected(cache, trio.current_time()))
+        elif isinstance(effect, RunHealthCheck):
+            self._start_in_session(self._health_check)
+        elif isinstance(effect, DropConnection):
+            log.warning("dropping the connection: %s", effect.reason)
+            self._drop_connection()
+        elif isinstance(effect, Finish):
+            self.error = effect.error
+            self._finished.set()
+            self._run_scope.cancel()
+        # Login: the trio client leaves logging in to on_hello (hello.token); Reconnect: read by _feed
+
+    async def _write(self, send: Send) -> None:
+        request, conn = send.request, self._conn
+        if conn is None or request.session != self.protocol.session:
+            self._settle(request.id, None)
+            return  # its connection is gone; the protocol forgot it already
+        try:
+            ack_id, _ = await conn.send(request.message.event, request.message.payload())
+        except MessageTooLarge as exc:
+            log.error("dropped %r: %s", request.message.event, exc)
+            self._feed(self.protocol.answered(request.id, {"error": str(exc)}, trio.current_time()))
+            self._settle(request.id, None)
+            return
+        except (ConnectionLost, *WIRE_ERRORS) as exc:
+            log.warning("dropping the connection: %s", exc)
+            self._drop_connection()
+            self._settle(request.id, None)
+            return
+        if not self._start_in_session(self._guard, self._await_answer, conn, ack_id, request.id):
+            self._settle(request.id, None)
+
+    async def _await_answer(self, conn: Connection, ack_id: int, request_id: int) -> None:
+        try:
+            answer = await conn.answer(ack_id)
+        except BaseException:
+            self._settle(request_id, None)
+            raise
+        self._feed(self.protocol.answered(request_id, answer, trio.current_time()))
+        self._settle(request_id, answer)
+
+    def _settle(self, request_id: int, answer: Any) -> None:
+        waiter = self._waiters.pop(request_id, None)
+        if waiter is not None:
+            self._answers[request_id] = answer
+            waiter.set()
+
+    async def _health_check(self) -> None:
+        report = await health_report(self.health_checks, self.extra_checks, self.timeouts.health)
+        log.info("health report: %r", report)
+        self._feed(self.protocol.health_collected(report, trio.current_time()))
 
     async def _stop_processing(self, reason: str) -> None:
         if self.processing_flag.set(False):
             log.info("stopped processing: %s", reason)
             await call_user(self.on_stop_processing, reason, what="on_stop_processing")
 
-    async def _fence(self) -> None:
-        """Stop processing the instant the lease view ends, whatever the connection does."""
-        while True:
-            await self.processing_flag.on.wait()
-            await trio.sleep_until(self.lease.until)
-            if self.processing_flag and not self.lease.processing(trio.current_time()):
-                await self._stop_processing("lease ran out")
-
-    # -- sending ---------------------------------------------------------------------------------------
+    # -- what the bot can call -----------------------------------------------------------------------
     def frames(self, message: Message) -> list[Frame]:
         """The frames ``message`` would be written as, were it the next message on the wire."""
         return event_frames(message.event, message.payload(), self._ack_ids.peek())
 
-    async def _call(self, message: Message, conn: Connection | None = None) -> Any:
-        """Send on the live connection and wait for the ack; error answers are logged."""
-        conn = conn or self._conn
-        if conn is None:
-            raise ConnectionLost(f"not connected: {message.event!r} not sent")
-        try:
-            answer = await conn.call(message.event, message.payload())
-        except ConnectionLost:
-            if conn is self._conn:
-                self._drop_connection()  # hung: redo it, whoever noticed
-            raise
-        if (error := _error_of(answer)) is not None:
-            log.error("the supervisor refused %r: %s", message.event, error)
-        return answer
+    async def _request(self, effects: list[Effect], kind: type) -> Any:
+        """Feed ``effects`` and wait for the answer to the request of type ``kind`` among them (None if lost)."""
+        sends = [e for e in effects if isinstance(e, Send) and isinstance(e.request.message, kind)]
+        waiter = trio.Event()
+        if sends:
+            self._waiters[sends[-1].request.id] = waiter
+        self._feed(effects)
+        if not sends:
+            return None
+        await waiter.wait()
+        return self._answers.pop(sends[-1].request.id, None)
 
-    async def heartbeat(self, *, dry_run: bool = False, conn: Connection | None = None) -> Any:
-        """One heartbeat for the current grant, its answer applied to the lease view."""
-        grant = self.lease.grant
-        message = Heartbeat(grant.epoch if grant else None)
+    async def heartbeat(self, *, dry_run: bool = False) -> Any:
+        """One heartbeat now, for the grant held; its answer is applied to the lease view and returned."""
         if dry_run:
-            return self.frames(message)
-        sent = self.lease.sent(trio.current_time())  # taken before the write (§8.1)
-        answer = await self._call(message, conn)
-        await self._renewed(sent, answer)
-        return answer
+            grant = self.lease.grant
+            return self.frames(Heartbeat(grant.epoch if grant else None, self.protocol.gateway))
+        return await self._request(self.protocol.beat(trio.current_time()), Heartbeat)
 
     async def ready(self, *, dry_run: bool = False) -> Any:
         """Tell the supervisor Discord is READY (again after every reconnection, by itself)."""
         if dry_run:
             return self.frames(Ready())
-        self._discord_ready = True
-        if self._conn is None or not self.connected:
-            return None  # sent after the next hello
-        try:
-            return await self._call(Ready())
-        except (ConnectionLost, *WIRE_ERRORS) as exc:
-            log.warning("ready not delivered (%s): it is sent again after reconnecting", exc)
-            return None
+        return await self._request(self.protocol.discord_is_ready(trio.current_time()), Ready)
 
-    async def report_health(self, *, dry_run: bool = False, conn: Connection | None = None) -> Any:
+    async def gateway(self, up: bool) -> None:
+        """The bot's Discord Gateway connection went up or down (a holder without one may be replaced)."""
+        self._feed(self.protocol.gateway_changed(up, trio.current_time()))
+        await trio.lowlevel.checkpoint()
+
+    async def report_health(self, *, dry_run: bool = False) -> Any:
         """Run the health checks and send the report (§9)."""
         report = await health_report(self.health_checks, self.extra_checks, self.timeouts.health)
         if dry_run:
             return self.frames(report)
         log.info("health report: %r", report)
-        return await self._call(report, conn)
+        return await self._request(self.protocol.health_collected(report, trio.current_time()), type(report))
 
     def emit(self, event: str, data: dict[str, Any] | None = None, *, dry_run: bool = False) -> Any:
         """Queue an event (delivered once, in order, across reconnects): a :class:`Delivery`."""
@@ -412,23 +417,28 @@ class Worker:
         """Stop processing by ourselves, then tell the supervisor (releases the lease)."""
         if dry_run:
             return self.frames(Coma(reason))
-        self.lease.drop()
-        await self._stop_processing("coma")
-        return await self._call(Coma(reason))
+        return await self._request(self.protocol.coma(reason, trio.current_time()), Coma)
 
     async def shutdown(self, reason: str = "", *, dry_run: bool = False) -> Any:
         """Stop processing, send the final cache if we held the lease, say ``shutdown`` and end :meth:`run`."""
         if dry_run:
             return self.frames(Shutdown(reason))
-        held = self.lease.grant is not None
-        self.lease.drop()
-        await self._stop_processing("shutdown")
-        try:
-            if held and self.get_cache is not None and self._conn is not None:
-                await self._final_cache(self._conn)
-            return await self._call(Shutdown(reason)) if self._conn is not None else None
-        finally:
-            self._finish()
+        effects = self.protocol.shutdown(reason, trio.current_time())
+        if any(isinstance(e, CollectCache) for e in effects):
+            self._feed(effects)  # the shutdown goes out after the final cache; run ends after its answer
+            await self._run_done_or_finished()
+            return None
+        return await self._request(effects, Shutdown)
+
+    async def fail(self, reason: str, hint: str = "") -> None:
+        """The bot cannot work (Discord refused it for good): tell the supervisor why, then end :meth:`run`."""
+        self._feed(self.protocol.fail(reason, hint, trio.current_time()))
+        await self._run_done_or_finished()
+
+    async def _run_done_or_finished(self) -> None:
+        """Wait for the Finish effect (after the supervisor's answer, or a lost connection); at once if not running."""
+        if self._conn is not None:
+            await self._finished.wait()
 
     async def _drain(self, conn: Connection) -> None:
         while True:
@@ -451,5 +461,9 @@ class Worker:
             delivery.settle("lost")  # written, maybe handled: not resent
             raise
         delivery.settle("acked", answer)
-        if (error := _error_of(answer)) is not None:
-            log.error("the supervisor refused %r: %s", message.event, error)
+        if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+            log.error("the supervisor refused %r: %s", message.event, answer["error"])
+
+
+class _HelloArrived:
+    """Internal: run ``on_hello`` in order with the user's other callbacks."""

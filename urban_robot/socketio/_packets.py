@@ -25,6 +25,10 @@ import attrs
 from .._errors import ProtocolError
 
 MAX_ACK_ID = 2**53 - 1  # what a JavaScript peer can represent exactly
+#: Event names Socket.IO keeps for itself: a peer must never emit one (it could re-run ``connect``).
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
 
 
 class PacketType(enum.IntEnum):

@@ -24,14 +24,11 @@ from .._errors import ProtocolError, UrbanRobotError
 from ..web._engine import EngineServer, Reason, Session
 from ..web._http import ConnectionGate, HttpApp, Limits, PeerWatch, Request, Response, Upgrade
 from ._namespace import Namespace
-from ._packets import Decoder, Packet, PacketType, encode
+from ._packets import RESERVED_EVENTS, Decoder, Packet, PacketType, encode
 
 log = logging.getLogger("urban_robot.socketio")
 
 MAX_EARLY_EVENTS = 100
-RESERVED_EVENTS = frozenset(
-    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
-)
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
 RouteHandler = Callable[[Request], Awaitable[Response]]

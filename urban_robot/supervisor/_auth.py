@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 import attrs
 
+from ..protocol import MAX_SECRET_LENGTH
+
 ADMIN = "admin"
 
 
@@ -38,7 +40,7 @@ class Credentials:
         if not isinstance(auth, dict):
             return None
         secret = auth.get("secret")
-        if not isinstance(secret, str) or not secret or len(secret) > 512:
+        if not isinstance(secret, str) or not secret or len(secret) > MAX_SECRET_LENGTH:
             return None
         if self.admin_token and hmac.compare_digest(secret.encode(), self.admin_token.encode()):
             return Identity(ADMIN, admin=True)

@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 from packaging.version import InvalidVersion, Version
 
+from ..protocol import MAX_VERSION_LENGTH, PROTOCOL_VERSION
 from ._events import (
     Action,
     CacheSync,
@@ -62,8 +63,6 @@ from ._events import (
 from ._roles import Role, RoleError, Trigger, next_role
 
 STATE_VERSION = 1
-PROTOCOL_VERSION = 1
-MAX_VERSION_LENGTH = 128
 
 
 @attrs.frozen

@@ -34,6 +34,7 @@ class Identified:
 class Heartbeat:
     wid: str
     epoch: int | None = None
+    gateway: bool | None = None  # the worker's Discord Gateway: up, down, or not reported
 
 
 @attrs.frozen

@@ -21,6 +21,8 @@ from typing import Any
 import attrs
 import trio
 
+from .. import protocol
+from ..protocol import MalformedMessage, parse_request
 from ..socketio import ConnectionRefusedError, Later, Namespace, Server
 from ..web import Limits
 from ._auth import Credentials, Identity
@@ -56,7 +58,6 @@ from ._store import StateStore
 log = logging.getLogger("urban_robot.supervisor")
 
 OUTBOX_SIZE = 1024
-MAX_CACHE_DEPTH = 100  # lists and dicts within lists and dicts; a bot's cache needs a handful
 NOTIFY_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
 
 
@@ -74,31 +75,6 @@ class _Conn:
     outbox: trio.MemorySendChannel[tuple[str, Any]]
     inbox: trio.MemoryReceiveChannel[tuple[str, Any]]
     beat: trio.Event = attrs.Factory(trio.Event)
-
-
-def _nested_within(data: Any, limit: int) -> bool:
-    """Whether ``data`` (decoded JSON) nests lists and dicts at most ``limit`` deep; iterative, never recursing.
-
-    The JSON decoder takes nesting up to Python's recursion limit, but a cache is later walked by
-    recursive code (the store's encoder, the fan-out to standbys): too deep a cache would crash them.
-    """
-    stack = [(data, 1)]
-    while stack:
-        item, depth = stack.pop()
-        values = item.values() if type(item) is dict else item if type(item) is list else ()
-        for value in values:
-            if type(value) is dict or type(value) is list:
-                if depth >= limit:
-                    return False
-                stack.append((value, depth + 1))
-    return True
-
-
-def _optional_int(data: dict[str, Any], key: str) -> int | None:
-    value = data.get(key)
-    if value is not None and type(value) is not int:
-        raise ValueError(f"{key} must be an integer")
-    return value
 
 
 class UrbanRobot:
@@ -392,19 +368,15 @@ class _WorkerNamespace(Namespace):
             conn.outbox.close()
             await self.robot.submit(Disconnected(sid))
 
-    async def _event(self, sid: str, make: Callable[[dict[str, Any]], Event], args: tuple[Any, ...]) -> Any:
+    async def _event(self, sid: str, name: str, args: tuple[Any, ...], make: Callable[[Any], Event]) -> Any:
+        """Parse a worker's ``name`` event with the protocol's vocabulary, feed it to the core, answer."""
         conn = self.robot.conns.get(sid)
         if conn is None:
             return {"error": "not connected"}
         conn.beat.set()
-        data = args[0] if args else {}
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            return {"error": "the payload must be an object"}
         try:
-            event = make(data)
-        except (ValueError, TypeError) as exc:
+            event = make(parse_request(name, args[0] if args else None))
+        except MalformedMessage as exc:
             return {"error": str(exc)}
         slot = await self.robot._submit(event)
         write = slot.write
@@ -418,42 +390,28 @@ class _WorkerNamespace(Namespace):
         return Later(answer_once_written)
 
     async def on_identify(self, sid: str, *args: Any) -> Any:
-        def make(d: dict[str, Any]) -> Event:
-            version = d.get("version")
-            if not isinstance(version, str):
-                raise ValueError("identify needs a version string")
-            token = d.get("lease_token")
-            if token is not None and not isinstance(token, str):
-                raise ValueError("lease_token must be a string")
-            pid, generation, epoch = (_optional_int(d, key) for key in ("pid", "generation", "epoch"))
-            return Identified(sid, version, pid, generation, epoch, token)
+        def make(m: protocol.Identify) -> Event:
+            return Identified(sid, m.version, m.pid, m.generation, m.epoch, m.lease_token)
 
-        return await self._event(sid, make, args)
+        return await self._event(sid, "identify", args, make)
 
     async def on_heartbeat(self, sid: str, *args: Any) -> Any:
-        return await self._event(sid, lambda d: Heartbeat(sid, _optional_int(d, "epoch")), args)
+        return await self._event(sid, "heartbeat", args, lambda m: Heartbeat(sid, m.epoch, m.gateway))
 
     async def on_ready(self, sid: str, *args: Any) -> Any:
-        return await self._event(sid, lambda d: Ready(sid), args)
+        return await self._event(sid, "ready", args, lambda m: Ready(sid))
 
     async def on_health_check(self, sid: str, *args: Any) -> Any:
-        return await self._event(sid, lambda d: HealthReport(sid, d), args)
+        return await self._event(sid, "health_check", args, lambda report: HealthReport(sid, report))
 
     async def on_cache_sync(self, sid: str, *args: Any) -> Any:
-        def make(d: dict[str, Any]) -> Event:
-            if "cache" not in d:
-                raise ValueError("cache_sync needs {cache: ...}")
-            if not _nested_within(d["cache"], MAX_CACHE_DEPTH):
-                raise ValueError(f"cache nested deeper than {MAX_CACHE_DEPTH} levels")
-            return CacheSync(sid, d["cache"])
-
-        return await self._event(sid, make, args)
+        return await self._event(sid, "cache_sync", args, lambda m: CacheSync(sid, m.cache))
 
     async def on_coma(self, sid: str, *args: Any) -> Any:
-        return await self._event(sid, lambda d: ComaAck(sid, str(d.get("reason", ""))[:200]), args)
+        return await self._event(sid, "coma", args, lambda m: ComaAck(sid, m.reason))
 
     async def on_shutdown(self, sid: str, *args: Any) -> Any:
-        return await self._event(sid, lambda d: ShutdownAck(sid, str(d.get("reason", ""))[:200]), args)
+        return await self._event(sid, "shutdown", args, lambda m: ShutdownAck(sid, m.reason))
 
     async def on_try_again(self, sid: str, *args: Any) -> Any:
-        return await self._event(sid, lambda d: TryAgain(sid), args)
+        return await self._event(sid, "try_again", args, lambda m: TryAgain(sid))

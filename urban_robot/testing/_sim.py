@@ -22,6 +22,7 @@ import trio
 import trio_websocket
 
 from ..engineio import PacketType, decode_packet
+from ..protocol import CacheSync, Coma, Heartbeat, Identify, Message, Ready, Shutdown
 from ..socketio import Decoder, Packet, PacketType as SioType, encode
 
 log = logging.getLogger("urban_robot.testing")
@@ -136,15 +137,8 @@ class SimulatedWorker:
                 nursery.start_soon(self._reader, nursery)
                 task_status.started()
                 await self._connected.wait()
-                identity = {
-                    "version": self.version,
-                    "pid": os.getpid(),
-                    "generation": self.generation,
-                    "epoch": self.granted,
-                    "lease_token": self.lease_token,
-                }
-                await self._emit("identify", identity)
-                await self._emit("ready", {})
+                await self._send(Identify(self.version, os.getpid(), self.generation, self.granted, self.lease_token))
+                await self._send(Ready())
                 nursery.start_soon(self._heartbeats)
 
     async def _reader(self, nursery: trio.Nursery) -> None:
@@ -211,8 +205,9 @@ class SimulatedWorker:
             self.processing_until = -math.inf
             self._note("stopped", name)
             if data.get("cache_sync"):
-                await self._emit("cache_sync", {"cache": self.cache})
-            await self._emit(name, {"reason": data.get("reason", "")})
+                await self._send(CacheSync(self.cache))
+            reason = str(data.get("reason", ""))
+            await self._send(Shutdown(reason) if name == "shutdown" else Coma(reason))
             if name == "shutdown":
                 self.shut_down = True
                 await self.drop()
@@ -220,7 +215,7 @@ class SimulatedWorker:
     async def heartbeat(self) -> None:
         sent_at = trio.current_time()
         epoch = self.granted
-        reply = await self._emit("heartbeat", {"epoch": epoch})
+        reply = await self._send(Heartbeat(epoch))
         if not isinstance(reply, dict):
             return
         if reply.get("lease") and epoch is not None and epoch == self.granted:
@@ -244,8 +239,11 @@ class SimulatedWorker:
         if not self.processing:
             return False
         self.cache = {**(self.cache or {}), key: value}
-        reply = await self._emit("cache_sync", {"cache": self.cache})
+        reply = await self._send(CacheSync(self.cache))
         return bool(isinstance(reply, dict) and reply.get("accepted"))
+
+    async def _send(self, message: Message) -> Any:
+        return await self._emit(message.event, message.payload())
 
     async def _emit(self, event: str, data: Any) -> Any:
         """Emit with an ack and wait for it; None if the connection went first."""

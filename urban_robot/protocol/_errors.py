@@ -1,12 +1,13 @@
-"""The worker client's errors.
+"""The worker protocol's errors, on both sides (part of the tree drawn in ``urban_robot._errors``).
 
 UrbanRobotError             (urban_robot._errors)
- └─ WorkerError             base of what the worker client raises on purpose
+ └─ WorkerError             base of what the worker protocol and its SDKs raise on purpose
      ├─ ConfigError         URL, secret or generation missing or malformed (one-line message)
      ├─ AuthenticationFailed  the supervisor refused the secret (CONNECT_ERROR): not retried
      ├─ OutboxFull          the outbound queue is full: the message was NOT queued
      ├─ MessageTooLarge     a frame would exceed the supervisor's maxPayload: not sent
-     ├─ MalformedMessage    a message that breaks docs/protocol.md (also a ValueError)
+     ├─ MalformedMessage    a message that breaks docs/protocol.md (also a ValueError); the supervisor
+     │                      answers a worker's with the text as its error (§7)
      └─ ConnectionLost      the connection is gone or hung; the worker drops it and reconnects
          └─ AckTimeout      no ack within the ack time-out
 """
@@ -17,7 +18,7 @@ from .._errors import UrbanRobotError
 
 
 class WorkerError(UrbanRobotError):
-    """Base class of the worker client's errors."""
+    """Base class of the worker protocol's errors."""
 
 
 class ConfigError(WorkerError):

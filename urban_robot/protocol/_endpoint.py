@@ -1,4 +1,4 @@
-"""Where to connect, with what, and how long to wait: values, read from the environment once."""
+"""Where a worker connects, with what, how long it waits, how it backs off: values, read from the environment once."""
 
 from __future__ import annotations
 

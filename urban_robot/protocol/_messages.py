@@ -1,8 +1,12 @@
-"""The Urban Robot v1 messages as values, validated when built (outbound) and when parsed (inbound).
+"""The Urban Robot v1 vocabulary (docs/protocol.md §5–§6): every message of both directions, once.
 
-Outbound classes know their wire ``event`` name and ``payload()``. Inbound ones are made with
-``parse_*`` functions, which raise :class:`MalformedMessage` whose text is the message minus its
-tokens (``redact``), so it can go straight to a log.
+Each message is a frozen value, validated when it is built, whoever builds it: the worker SDKs when
+they send, the supervisor when it parses what a worker sent (:func:`parse_request`), the worker
+SDKs when they parse what the supervisor pushed (:func:`parse_push`, :func:`parse_hello`,
+:func:`parse_renewal`). A value that breaks the protocol raises :class:`MalformedMessage`, whose text
+is what the supervisor answers (docs/protocol.md §7) and never contains a token (``redact``).
+
+Worker → supervisor messages know their wire ``event`` name and ``payload()``.
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ from typing import Any, ClassVar
 
 import attrs
 
+from ..socketio._packets import (
+    RESERVED_EVENTS as RESERVED_EVENTS,  # Socket.IO's own names: emitting one closes the connection (§2.1)
+)
 from ._errors import MalformedMessage
 
-RESERVED_EVENTS = frozenset(
-    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
-)
+MAX_VERSION_LENGTH = 128  # identify.version
+MAX_REASON_LENGTH = 200  # coma/shutdown/failed reasons are cut to this for logs
+MAX_SECRET_LENGTH = 512  # CONNECT auth.secret
+MAX_CACHE_DEPTH = 100  # lists and dicts within lists and dicts in a cache
+PROTOCOL_VERSION = 1
 _SECRET_KEYS = frozenset({"token", "lease_token", "secret"})
 
 
@@ -29,7 +38,8 @@ def redact(value: Any) -> Any:
     return value
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """A JSON integer: not a bool, not a float."""
     return type(value) is int
 
 
@@ -38,12 +48,12 @@ def _is_number(value: Any) -> bool:
 
 
 def _optional_int(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not _is_int(value):
-        raise MalformedMessage(f"{attribute.name} must be an integer or None")
+    if value is not None and not is_int(value):
+        raise MalformedMessage(f"{attribute.name} must be an integer")
 
 
 def _int(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not _is_int(value):
+    if not is_int(value):
         raise MalformedMessage(f"{attribute.name} must be an integer")
 
 
@@ -59,12 +69,36 @@ def _string(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 def _optional_string(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not isinstance(value, str):
-        raise MalformedMessage(f"{attribute.name} must be a string or None")
+        raise MalformedMessage(f"{attribute.name} must be a string")
+
+
+def _optional_bool(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and type(value) is not bool:
+        raise MalformedMessage(f"{attribute.name} must be a bool")
 
 
 def _bool(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not bool:
         raise MalformedMessage(f"{attribute.name} must be a bool")
+
+
+def _reason(value: Any) -> str:
+    """A free-text reason as the supervisor keeps it: a string, cut for logs."""
+    return str(value if value is not None else "")[:MAX_REASON_LENGTH]
+
+
+def nested_within(data: Any, limit: int = MAX_CACHE_DEPTH) -> bool:
+    """Whether ``data`` (decoded JSON) nests lists and dicts at most ``limit`` deep; iterative, never recursing."""
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        values = item.values() if type(item) is dict else item if type(item) is list else ()
+        for value in values:
+            if type(value) is dict or type(value) is list:
+                if depth >= limit:
+                    return False
+                stack.append((value, depth + 1))
+    return True
 
 
 # -- worker → supervisor ---------------------------------------------------------------------------
@@ -76,12 +110,14 @@ class Outbound:
 
 
 def _version(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, str) or not value or len(value) > 128:
-        raise MalformedMessage("version must be a non-empty string of at most 128 characters")
+    if not isinstance(value, str) or not value or len(value) > MAX_VERSION_LENGTH:
+        raise MalformedMessage("identify needs a version string")
 
 
 @attrs.frozen
 class Identify(Outbound):
+    """§5.1: who the worker is, and the grant it claims after a reconnection (§8.5)."""
+
     event: ClassVar[str] = "identify"
     version: str = attrs.field(validator=_version)
     pid: int | None = attrs.field(default=None, validator=_optional_int)
@@ -92,12 +128,23 @@ class Identify(Outbound):
 
 @attrs.frozen
 class Heartbeat(Outbound):
+    """§5.2: ``epoch`` of the grant held (None: none); ``gateway``: is the bot's Discord Gateway up (None: unknown)."""
+
     event: ClassVar[str] = "heartbeat"
     epoch: int | None = attrs.field(default=None, validator=_optional_int)
+    gateway: bool | None = attrs.field(default=None, validator=_optional_bool)
+
+    def payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"epoch": self.epoch}
+        if self.gateway is not None:
+            body["gateway"] = self.gateway
+        return body
 
 
 @attrs.frozen
 class Ready(Outbound):
+    """§5.3: logged in to Discord."""
+
     event: ClassVar[str] = "ready"
 
 
@@ -123,20 +170,45 @@ class HealthReport(Outbound):
 
 @attrs.frozen
 class CacheSync(Outbound):
+    """§5.5: the holder's whole cache."""
+
     event: ClassVar[str] = "cache_sync"
     cache: Any = None
 
 
 @attrs.frozen
 class Coma(Outbound):
+    """§5.6: stopped processing (asked, or by itself)."""
+
     event: ClassVar[str] = "coma"
     reason: str = attrs.field(default="", validator=_string)
 
 
 @attrs.frozen
 class Shutdown(Outbound):
+    """§5.7: stopped processing and leaving; not to be replaced."""
+
     event: ClassVar[str] = "shutdown"
     reason: str = attrs.field(default="", validator=_string)
+
+
+@attrs.frozen
+class Failed(Outbound):
+    """§5.9: the worker cannot work (Discord refused its login for good) and exits as a crash.
+
+    ``hint`` tells the operator what to do ("enable the Message Content intent…").
+    """
+
+    event: ClassVar[str] = "failed"
+    reason: str = attrs.field(validator=_string)
+    hint: str = attrs.field(default="", validator=_string)
+
+
+@attrs.frozen
+class TryAgain(Outbound):
+    """§5.8: an operator says the cause of ``is_sane = false`` is fixed (admin connections only)."""
+
+    event: ClassVar[str] = "try_again"
 
 
 def _event_name(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -154,7 +226,7 @@ class Custom:
     @data.validator
     def _check(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         if not isinstance(value, dict):
-            raise MalformedMessage("an event payload must be a JSON object")
+            raise MalformedMessage("the payload must be an object")
 
     @property
     def event(self) -> str:
@@ -165,11 +237,15 @@ class Custom:
 
 
 Message = Outbound | Custom
+Request = Identify | Heartbeat | Ready | HealthReport | CacheSync | Coma | Shutdown | Failed | TryAgain
 
 
 # -- supervisor → worker ---------------------------------------------------------------------------
 @attrs.frozen
 class Hello:
+    """§6.1: the answer to ``identify`` (its ack, and a push)."""
+
+    event: ClassVar[str] = "hello"
     protocol: int = attrs.field(validator=_int)
     token: str = attrs.field(validator=_string, repr=False)
     process_commands: bool = attrs.field(validator=_bool)
@@ -182,6 +258,9 @@ class Hello:
         if value <= 0:
             raise MalformedMessage("interval must be > 0")
 
+    def payload(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
 
 @attrs.frozen
 class Renewal:
@@ -193,16 +272,17 @@ class Renewal:
 
 @attrs.frozen
 class Ok:
-    pass
+    name: ClassVar[str] = "ok"
 
 
 @attrs.frozen
 class HealthCheck:
-    pass
+    name: ClassVar[str] = "health_check"
 
 
 @attrs.frozen
 class ProcessCommands:
+    name: ClassVar[str] = "process_commands"
     epoch: int = attrs.field(validator=_int)
     lease: float = attrs.field(validator=_number)
     lease_token: str = attrs.field(validator=_string, repr=False)
@@ -217,6 +297,10 @@ class Stop:
     reason: str = attrs.field(default="", validator=_string)
     cache_sync: bool = attrs.field(default=False, validator=_bool)
 
+    @property
+    def name(self) -> str:
+        return "shutdown" if self.shutdown else "coma"
+
 
 @attrs.frozen
 class UnknownCommand:
@@ -225,6 +309,7 @@ class UnknownCommand:
 
 @attrs.frozen
 class CachePush:
+    event: ClassVar[str] = "cache_sync"
     cache: Any
 
 
@@ -232,9 +317,16 @@ Command = Ok | HealthCheck | ProcessCommands | Stop | UnknownCommand
 Push = Hello | CachePush | Command
 
 
+def command_payload(command: Ok | HealthCheck | ProcessCommands | Stop) -> dict[str, Any]:
+    """The ``cmd`` event's payload ``{"t": name, "d": data}`` for ``command``."""
+    data = attrs.asdict(command)
+    data.pop("shutdown", None)
+    return {"t": command.name, "d": data}
+
+
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """Only the keys ``cls`` knows (a v1 peer ignores the others)."""
-    names = {a.name for a in attrs.fields(cls)}
+    names = {a.name for a in attrs.fields(cls) if a.init}
     return {k: v for k, v in data.items() if k in names}
 
 
@@ -288,3 +380,54 @@ def parse_push(event: str, data: Any) -> Push | None:
     except MalformedMessage as exc:
         raise MalformedMessage(f"malformed {event!r} {redact(data)!r}: {exc}") from None
     return None
+
+
+# -- the supervisor's side: parsing what a worker sent ----------------------------------------------
+def _identify(d: dict[str, Any]) -> Identify:
+    version: Any = d.get("version")  # checked by Identify's validator
+    return Identify(version, d.get("pid"), d.get("generation"), d.get("epoch"), d.get("lease_token"))
+
+
+def _cache_sync(d: dict[str, Any]) -> CacheSync:
+    if "cache" not in d:
+        raise MalformedMessage("cache_sync needs {cache: ...}")
+    if not nested_within(d["cache"]):
+        raise MalformedMessage(f"cache nested deeper than {MAX_CACHE_DEPTH} levels")
+    return CacheSync(d["cache"])
+
+
+_PARSERS: dict[str, Any] = {
+    "identify": _identify,
+    "heartbeat": lambda d: Heartbeat(d.get("epoch"), d.get("gateway")),
+    "ready": lambda d: Ready(),
+    "cache_sync": _cache_sync,
+    "coma": lambda d: Coma(_reason(d.get("reason"))),
+    "shutdown": lambda d: Shutdown(_reason(d.get("reason"))),
+    "failed": lambda d: Failed(_reason(d.get("reason")), str(d.get("hint") or "")[: MAX_REASON_LENGTH * 2]),
+    "try_again": lambda d: TryAgain(),
+}
+#: Every event a worker (or an admin) may send: the names of §5.
+REQUEST_EVENTS = frozenset({*_PARSERS, "health_check"})
+
+
+def parse_request(event: str, data: Any) -> Request | dict[str, Any]:
+    """What a worker sent, as a value; for ``health_check`` the report object itself (the core judges it, §9).
+
+    Raises :class:`MalformedMessage` with the answer the worker gets (docs/protocol.md §7).
+    """
+    if data is None:
+        data = {}
+    if event == "health_check":
+        if not isinstance(data, dict):
+            raise MalformedMessage(
+                'health_check needs the report object {"OK": bool, "percent": number, "cogs": {name: bool}}, '
+                f"not {type(data).__name__} {redact(data)!r}"[:300]
+            )
+        return data
+    parser = _PARSERS.get(event)
+    if parser is None:
+        raise MalformedMessage(f"unknown event {event[:80]!r}")
+    if not isinstance(data, dict):
+        raise MalformedMessage("the payload must be an object")
+    request: Request = parser(data)
+    return request

@@ -1,0 +1,76 @@
+"""Urban Robot protocol v1, sans-IO: the vocabulary of both directions, the worker's lease view,
+its endpoint and back-off, and :class:`WorkerProtocol`, the worker's side as a state machine.
+
+No sockets, no clocks, no event loop: the supervisor (trio), the trio worker client and the asyncio
+discord.py integration are shells around these values. docs/protocol.md is the normative text.
+"""
+
+from ._endpoint import Backoff as Backoff, Endpoint as Endpoint, Timeouts as Timeouts
+from ._errors import (
+    AckTimeout as AckTimeout,
+    AuthenticationFailed as AuthenticationFailed,
+    ConfigError as ConfigError,
+    ConnectionLost as ConnectionLost,
+    MalformedMessage as MalformedMessage,
+    MessageTooLarge as MessageTooLarge,
+    OutboxFull as OutboxFull,
+    WorkerError as WorkerError,
+)
+from ._lease import Grant as Grant, HeartbeatSent as HeartbeatSent, LeaseView as LeaseView
+from ._messages import (
+    MAX_CACHE_DEPTH as MAX_CACHE_DEPTH,
+    MAX_REASON_LENGTH as MAX_REASON_LENGTH,
+    MAX_SECRET_LENGTH as MAX_SECRET_LENGTH,
+    MAX_VERSION_LENGTH as MAX_VERSION_LENGTH,
+    PROTOCOL_VERSION as PROTOCOL_VERSION,
+    REQUEST_EVENTS as REQUEST_EVENTS,
+    RESERVED_EVENTS as RESERVED_EVENTS,
+    CachePush as CachePush,
+    CacheSync as CacheSync,
+    Coma as Coma,
+    Command as Command,
+    Custom as Custom,
+    Failed as Failed,
+    HealthCheck as HealthCheck,
+    HealthReport as HealthReport,
+    Heartbeat as Heartbeat,
+    Hello as Hello,
+    Identify as Identify,
+    Message as Message,
+    Ok as Ok,
+    ProcessCommands as ProcessCommands,
+    Push as Push,
+    Ready as Ready,
+    Renewal as Renewal,
+    Request as Request,
+    Shutdown as Shutdown,
+    Stop as Stop,
+    TryAgain as TryAgain,
+    UnknownCommand as UnknownCommand,
+    command_payload as command_payload,
+    is_int as is_int,
+    nested_within as nested_within,
+    parse_command as parse_command,
+    parse_hello as parse_hello,
+    parse_push as parse_push,
+    parse_renewal as parse_renewal,
+    parse_request as parse_request,
+    redact as redact,
+)
+from ._worker import (
+    ApplyCache as ApplyCache,
+    CollectCache as CollectCache,
+    DropConnection as DropConnection,
+    Effect as Effect,
+    Finish as Finish,
+    Link as Link,
+    Log as Log,
+    Login as Login,
+    Outgoing as Outgoing,
+    Reconnect as Reconnect,
+    RunHealthCheck as RunHealthCheck,
+    Send as Send,
+    StartProcessing as StartProcessing,
+    StopProcessing as StopProcessing,
+    WorkerProtocol as WorkerProtocol,
+)

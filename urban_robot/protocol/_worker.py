@@ -1,0 +1,492 @@
+"""The worker's side of protocol v1 as a state machine, sans-IO, in h11's manner.
+
+Inputs are method calls carrying ``now`` (a monotonic clock of the shell's choosing); each returns
+the *effects* the shell must carry out, in order. The shell calls :meth:`WorkerProtocol.timer` when
+``now`` reaches :meth:`WorkerProtocol.next_deadline`. Nothing here reads a clock, touches a socket or
+calls user code, so every decision — when a lease ends, when a worker fences itself, when a
+connection counts as hung, how long to back off — is made once, here, for the trio client and the
+asyncio discord.py integration alike, and is tested on a fake clock.
+
+The connection, as this machine sees it::
+
+    DISCONNECTED ──connected()──▶ IDENTIFYING ──hello──▶ SERVING ──disconnected()──▶ DISCONNECTED
+          ▲  └──refused()──▶ FINISHED                        │                          (Reconnect after back-off)
+          └──────────────────────────────────────────────────┘
+    any ──(shutdown acknowledged, or failed)──▶ FINISHED
+
+Processing (docs/protocol.md §8.1) is a property of the lease view, not of the connection: it holds
+while a grant has been renewed and the renewal's ``sent_at + lease`` has not passed, connected or not.
+``cmd coma``/``cmd shutdown`` drop the grant at once; the :class:`StopProcessing` effect (drain the
+user's work in flight) is carried out *before* the final cache and the acknowledgement are sent, so
+the acknowledgement is the supervisor's proof that the worker stopped (§8.1 rule 5).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from typing import Any
+
+import attrs
+
+from ._endpoint import Backoff, Timeouts
+from ._errors import MalformedMessage
+from ._lease import HeartbeatSent, LeaseView
+from ._messages import (
+    CachePush,
+    CacheSync,
+    Coma,
+    Failed,
+    HealthCheck,
+    HealthReport,
+    Heartbeat,
+    Hello,
+    Identify,
+    Message,
+    Ok,
+    ProcessCommands,
+    Ready,
+    Shutdown,
+    Stop,
+    UnknownCommand,
+    parse_hello,
+    parse_push,
+    parse_renewal,
+    redact,
+)
+
+
+class Link(enum.Enum):
+    DISCONNECTED = "disconnected"
+    IDENTIFYING = "identifying"
+    SERVING = "serving"
+    FINISHED = "finished"
+
+
+# -- effects: what the shell must do -------------------------------------------------------------
+@attrs.frozen
+class Outgoing:
+    """One message sent with an ack id; the shell feeds its answer to :meth:`WorkerProtocol.answered`."""
+
+    id: int
+    message: Message
+    session: int  # the connection it belongs to: never written on another one
+    sent_at: float  # taken before the write: a heartbeat's lease counts from here (§8.1)
+    deadline: float  # no answer by then: the connection is hung
+    beat: HeartbeatSent | None = None  # for heartbeats: the grant it was sent under
+
+
+@attrs.frozen
+class Send:
+    request: Outgoing
+
+
+@attrs.frozen
+class Login:
+    """The first ``hello``: log the bot in to Discord with ``token`` (never log it)."""
+
+    token: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class StartProcessing:
+    epoch: int
+
+
+@attrs.frozen
+class StopProcessing:
+    """Stop acting for users. ``drain``: let work in flight finish (bounded) before the next effect; else cancel it."""
+
+    reason: str
+    drain: bool
+
+
+@attrs.frozen
+class CollectCache:
+    """Call the bot's ``get_cache`` and feed the value to :meth:`WorkerProtocol.cache_collected`."""
+
+
+@attrs.frozen
+class ApplyCache:
+    """Give ``cache`` (a push from the supervisor) to the bot's ``set_cache``."""
+
+    cache: Any = attrs.field(repr=False)
+
+
+@attrs.frozen
+class RunHealthCheck:
+    """Run the health checks and feed the report to :meth:`WorkerProtocol.health_collected`."""
+
+
+@attrs.frozen
+class DropConnection:
+    """The connection is broken or hung: close it (``disconnected`` follows)."""
+
+    reason: str
+
+
+@attrs.frozen
+class Reconnect:
+    delay: float
+
+
+@attrs.frozen
+class Finish:
+    """End the worker. ``error`` set: it ends as a failure (the supervisor refused it, or Discord did)."""
+
+    reason: str
+    error: str | None = None
+
+
+@attrs.frozen
+class Log:
+    level: int
+    message: str
+
+
+Effect = (
+    Send
+    | Login
+    | StartProcessing
+    | StopProcessing
+    | CollectCache
+    | ApplyCache
+    | RunHealthCheck
+    | DropConnection
+    | Reconnect
+    | Finish
+    | Log
+)
+
+
+def _error_of(answer: Any) -> str | None:
+    return answer["error"] if isinstance(answer, dict) and isinstance(answer.get("error"), str) else None
+
+
+@attrs.define(eq=False)
+class WorkerProtocol:
+    """One worker's protocol state, for the whole life of the process (connections come and go)."""
+
+    identity: Identify
+    timeouts: Timeouts = attrs.Factory(Timeouts)
+    backoff: Backoff = attrs.Factory(Backoff)
+    rng: random.Random = attrs.Factory(random.Random)
+    lease: LeaseView = attrs.Factory(LeaseView)
+    link: Link = Link.DISCONNECTED
+    hello: Hello | None = None
+    session: int = 0  # connections that got as far as connected()
+    sessions_served: int = 0  # connections that got a hello
+    discord_ready: bool = False
+    gateway: bool | None = None  # the bot's Discord Gateway: up, down, or not reported
+    interval: float = 30.0
+    _announced: bool = False  # StartProcessing said, StopProcessing not yet
+    _logged_in: bool = False
+    _attempt: int = 0
+    _hello_this_session: bool = False
+    _next_beat: float = float("inf")
+    _pending: dict[int, Outgoing] = attrs.Factory(dict)
+    _ids: int = 0
+    # A coma/shutdown/failed waiting for the final cache: what to send once the cache is answered, and
+    # whether to finish after that.
+    _after_cache: tuple[Message, Finish | None] | None = None
+    _final_cache_request: int | None = None
+    _finishing: Finish | None = None  # finish once request _finish_after is answered (or the connection goes)
+    _finish_after: int | None = None
+
+    # -- what the shell asks ------------------------------------------------------------------------
+    def processing(self, now: float) -> bool:
+        """May the bot act for users now? A renewed grant whose view has not ended (§8.1)."""
+        return self.link is not Link.FINISHED and self.lease.processing(now)
+
+    @property
+    def finished(self) -> bool:
+        return self.link is Link.FINISHED
+
+    def next_deadline(self) -> float | None:
+        """When to call :meth:`timer` next (None: nothing is timed)."""
+        deadlines = [r.deadline for r in self._pending.values()]
+        if self.link is Link.SERVING:
+            deadlines.append(self._next_beat)
+        if self._announced:
+            deadlines.append(self.lease.until)
+        finite = [d for d in deadlines if d != float("inf")]
+        return min(finite) if finite else None
+
+    # -- the connection -------------------------------------------------------------------------------
+    def connected(self, now: float) -> list[Effect]:
+        """The Socket.IO CONNECT was acknowledged: identify, with a claim on the grant held (§8.5)."""
+        if self.link is Link.FINISHED:
+            return [DropConnection("the worker has finished")]
+        self.session += 1
+        self.link = Link.IDENTIFYING
+        self._hello_this_session = False
+        grant = self.lease.grant
+        claim = {"epoch": grant.epoch, "lease_token": grant.lease_token} if grant is not None else {}
+        identify = Identify(**{**self.identity.payload(), **claim})
+        return [self._send(identify, now)]
+
+    def refused(self, now: float, message: str) -> list[Effect]:
+        """CONNECT_ERROR: the secret was refused. A configuration error: not retried."""
+        self.link = Link.FINISHED
+        error = f"the supervisor refused this worker's secret ({message}): check URBAN_ROBOT_SECRET"
+        return [*self._stop("refused by the supervisor", drain=False), Finish("refused", error)]
+
+    def disconnected(self, now: float, why: str = "connection lost") -> list[Effect]:
+        """The connection ended (or could not be made). Processing goes on until the lease view ends (§8.1 rule 3)."""
+        self._pending.clear()  # their answers will never come: no renewal from them
+        self._next_beat = float("inf")
+        if self.link is Link.FINISHED:
+            return []
+        if self._finishing is not None:  # a shutdown in progress: the supervisor knows, or will see the exit
+            finish, self._finishing = self._finishing, None
+            self.link = Link.FINISHED
+            return [*self._stop(finish.reason, drain=False), finish]
+        if self._after_cache is not None and self._after_cache[1] is not None:  # leaving, the cache not yet sent
+            finish = self._after_cache[1]
+            self._after_cache, self.link = None, Link.FINISHED
+            return [*self._stop(finish.reason, drain=False), finish]
+        self._after_cache, self._final_cache_request = None, None
+        self.link = Link.DISCONNECTED
+        if self._hello_this_session:
+            self._attempt = 0
+        self._hello_this_session = False
+        delay = self.backoff.delay(self._attempt, self.rng)
+        self._attempt += 1
+        return [Log(logging.WARNING, f"connection to the supervisor lost ({why}); reconnecting in {delay:.2f} s"),
+                Reconnect(delay)]  # fmt: skip
+
+    # -- what comes in --------------------------------------------------------------------------------
+    def answered(self, request_id: int, answer: Any, now: float) -> list[Effect]:
+        """The ack of a request we sent (None: an empty ack)."""
+        request = self._pending.pop(request_id, None)
+        if request is None or request.session != self.session:
+            return []  # from a connection since gone, or timed out already
+        out: list[Effect] = []
+        message = request.message
+        if isinstance(message, Identify):
+            return self._on_identify_answer(answer, now)
+        if isinstance(message, Heartbeat):
+            self._on_renewal(request, answer, now, out)
+        elif (error := _error_of(answer)) is not None:
+            out.append(Log(logging.ERROR, f"the supervisor refused {message.event!r}: {error}"))
+        if request_id == self._final_cache_request and self._after_cache is not None:
+            (final, finish), self._after_cache, self._final_cache_request = self._after_cache, None, None
+            out.append(self._send_final(final, finish, now))
+        if self._finish_after == request_id and self._finishing is not None:
+            finish, self._finishing = self._finishing, None
+            self.link = Link.FINISHED
+            out.append(finish)
+        return out
+
+    def pushed(self, event: str, data: Any, now: float) -> list[Effect]:
+        """A push from the supervisor: ``hello``, ``cmd`` or ``cache_sync``, in arrival order."""
+        try:
+            push = parse_push(event, data)
+        except MalformedMessage as exc:
+            return [Log(logging.ERROR, f"ignored a malformed message from the supervisor: {exc}")]
+        if push is None:
+            return [Log(logging.INFO, f"ignored unknown event {event[:80]!r} from the supervisor")]
+        out: list[Effect] = []
+        if isinstance(push, Hello):
+            if self.link is Link.IDENTIFYING:  # the push twin came before the ack: act on the first (§5.1)
+                self._drop_pending(Identify)
+                self._on_hello(push, now, out)
+        elif isinstance(push, CachePush):
+            out.append(ApplyCache(push.cache))
+        elif isinstance(push, HealthCheck):
+            out.append(RunHealthCheck())
+        elif isinstance(push, ProcessCommands):
+            out.append(Log(logging.INFO, f"granted epoch {push.epoch} ({push.reason})"))
+            self.lease.take(push.epoch, push.lease_token)
+            out.append(self._beat(now))  # the grant means nothing until renewed (§8.1 rule 1)
+        elif isinstance(push, Stop):
+            self._on_stop(push, now, out)
+        elif isinstance(push, UnknownCommand):
+            out.append(Log(logging.INFO, f"ignored unknown cmd {push.name[:80]!r}"))
+        elif not isinstance(push, Ok):  # ok grants nothing (§6)
+            out.append(Log(logging.WARNING, f"unexpected {push!r}"))
+        return out
+
+    def timer(self, now: float) -> list[Effect]:
+        """``now`` reached :meth:`next_deadline`."""
+        out: list[Effect] = []
+        late = [r for r in self._pending.values() if r.deadline <= now]
+        if late:
+            first = min(late, key=lambda r: r.deadline)
+            self._pending.clear()
+            out.append(
+                DropConnection(f"no answer to {first.message.event!r} within {first.deadline - first.sent_at:g} s")
+            )
+        if self._announced and not self.lease.processing(now):
+            out.append(Log(logging.WARNING, "the lease ran out without a renewal: stopped processing"))
+            out.extend(self._stop("lease ran out", drain=False))
+        if self.link is Link.SERVING and now >= self._next_beat and not late:
+            out.append(self._beat(now))
+        return out
+
+    # -- what the bot says ----------------------------------------------------------------------------
+    def discord_is_ready(self, now: float) -> list[Effect]:
+        """The bot is logged in to Discord (READY): tell the supervisor, now and after every reconnection."""
+        self.discord_ready = True
+        self.gateway = True if self.gateway is None else self.gateway
+        return [self._send(Ready(), now)] if self.link is Link.SERVING else []
+
+    def gateway_changed(self, up: bool, now: float) -> list[Effect]:
+        """The bot's Gateway connection went up or down: a heartbeat says so at once (a holder may be replaced)."""
+        if self.gateway is up:
+            return []
+        self.gateway = up
+        return [self._beat(now)] if self.link is Link.SERVING else []
+
+    def health_collected(self, report: HealthReport, now: float) -> list[Effect]:
+        return [self._send(report, now)] if self.link is Link.SERVING else []
+
+    def cache_collected(self, cache: Any, now: float) -> list[Effect]:
+        """The bot's cache, asked for by :class:`CollectCache` (the final cache of a coma/shutdown)."""
+        if self._after_cache is None or self.link is not Link.SERVING:
+            return []
+        send = self._send(CacheSync(cache), now)
+        self._final_cache_request = send.request.id
+        return [send]
+
+    def send(self, message: Message, now: float) -> list[Effect]:
+        """A message the bot sends by itself (a cache update, a custom event): sent now if connected."""
+        return [self._send(message, now)] if self.link is Link.SERVING else []
+
+    def beat(self, now: float) -> list[Effect]:
+        """A heartbeat now, for the grant held (also what the timer does every ``interval``)."""
+        return [self._beat(now)] if self.link is Link.SERVING else []
+
+    def coma(self, reason: str, now: float) -> list[Effect]:
+        """Stop processing by ourselves, then tell the supervisor (releases the lease)."""
+        self.lease.drop()
+        out = self._stop("coma", drain=True)
+        if self.link is Link.SERVING:  # unasked: no final cache (§5.6)
+            out.append(self._send(Coma(reason), now))
+        return out
+
+    def shutdown(self, reason: str, now: float) -> list[Effect]:
+        """Stop processing; the final cache if we held the lease; ``shutdown``; then finish."""
+        return self._leave(Shutdown(reason), Finish(reason), now)
+
+    def fail(self, reason: str, hint: str, now: float) -> list[Effect]:
+        """The bot cannot work (Discord refused its login for good): say why (§5.9), then end as a failure."""
+        error = f"{reason}: {hint}" if hint else reason
+        return self._leave(Failed(reason, hint), Finish(reason, error), now)
+
+    # -- inside -----------------------------------------------------------------------------------------
+    def _send(self, message: Message, now: float) -> Send:
+        self._ids += 1
+        beat = self.lease.sent(now) if isinstance(message, Heartbeat) else None
+        timeout = self.timeouts.health if isinstance(message, HealthReport) else self.timeouts.ack
+        request = Outgoing(self._ids, message, self.session, now, now + timeout, beat)
+        self._pending[request.id] = request
+        return Send(request)
+
+    def _beat(self, now: float) -> Send:
+        self._next_beat = now + self.interval
+        grant = self.lease.grant
+        return self._send(Heartbeat(grant.epoch if grant is not None else None, self.gateway), now)
+
+    def _drop_pending(self, kind: type) -> None:
+        for request_id in [i for i, r in self._pending.items() if isinstance(r.message, kind)]:
+            del self._pending[request_id]
+
+    def _on_identify_answer(self, answer: Any, now: float) -> list[Effect]:
+        if self.link is not Link.IDENTIFYING:
+            return []
+        try:
+            hello = parse_hello(answer)
+        except MalformedMessage as exc:
+            return [DropConnection(f"identify answered with {redact(answer)!r}: {exc}")]
+        out: list[Effect] = []
+        self._on_hello(hello, now, out)
+        return out
+
+    def _on_hello(self, hello: Hello, now: float, out: list[Effect]) -> None:
+        self.hello, self.link, self.interval = hello, Link.SERVING, hello.interval
+        self._hello_this_session = True
+        self.sessions_served += 1
+        out.append(Log(logging.INFO, f"hello: protocol {hello.protocol}, interval {hello.interval:g} s, "
+                                     f"lease {hello.lease:g} s, epoch {hello.epoch}"))  # fmt: skip
+        grant = self.lease.grant
+        beat_now = False
+        if grant is not None and hello.process_commands and hello.epoch == grant.epoch:
+            beat_now = True  # adopted: renew at once (§8.5)
+        elif grant is not None:
+            out.append(Log(logging.WARNING, f"the supervisor did not adopt epoch {grant.epoch}: dropping it"))
+            self.lease.drop()
+            out.extend(self._stop("grant not adopted", drain=False))
+        if not self._logged_in:
+            self._logged_in = True
+            out.append(Login(hello.token))
+        if beat_now:
+            out.append(self._beat(now))
+        else:
+            self._next_beat = now + self.interval
+        if self.discord_ready:
+            out.append(self._send(Ready(), now))  # again after each reconnection (§5.3)
+
+    def _on_renewal(self, request: Outgoing, answer: Any, now: float, out: list[Effect]) -> None:
+        sent = request.beat
+        assert sent is not None
+        try:
+            renewal = parse_renewal(answer)
+        except MalformedMessage:
+            if sent.grant is not None:
+                out.append(
+                    Log(logging.WARNING, f"heartbeat for epoch {sent.grant.epoch} not renewed: {redact(answer)!r}")
+                )
+            return
+        outcome = self.lease.answer(sent, renewal, now)
+        if outcome == "renewed" and not self._announced:
+            grant = self.lease.grant
+            assert grant is not None
+            self._announced = True
+            out.append(Log(logging.INFO, f"processing under epoch {grant.epoch}"))
+            out.append(StartProcessing(grant.epoch))
+        elif outcome == "fenced":
+            out.append(Log(logging.WARNING, f"fenced off: the supervisor answered {renewal!r}"))
+            out.extend(self._stop("fenced off", drain=False))
+        elif outcome == "late":
+            out.append(Log(logging.WARNING, "a renewal came after the lease it granted had ended"))
+
+    def _on_stop(self, stop: Stop, now: float, out: list[Effect]) -> None:
+        out.append(Log(logging.INFO, f"asked for {stop.name}: {stop.reason}"))
+        self.lease.drop()  # first: no new work from this instant
+        out.extend(self._stop(stop.name, drain=True))  # carried out before anything below is sent (§8.1 rule 5)
+        final: Coma | Shutdown = Shutdown(stop.reason) if stop.shutdown else Coma(stop.reason)
+        finish = Finish(stop.reason) if stop.shutdown else None
+        if stop.cache_sync:
+            self._after_cache = (final, finish)
+            out.append(CollectCache())
+        else:
+            out.append(self._send_final(final, finish, now))
+
+    def _send_final(self, message: Message, finish: Finish | None, now: float) -> Send:
+        send = self._send(message, now)
+        if finish is not None:
+            self._finishing, self._finish_after = finish, send.request.id
+        return send
+
+    def _leave(self, message: Shutdown | Failed, finish: Finish, now: float) -> list[Effect]:
+        held = self.lease.grant is not None
+        self.lease.drop()
+        out = self._stop(message.reason, drain=True)
+        if self.link is not Link.SERVING:
+            self.link = Link.FINISHED
+            return [*out, finish]
+        if held:  # our cache is the newest there is: hand it over first
+            self._after_cache = (message, finish)
+            out.append(CollectCache())
+        else:
+            out.append(self._send_final(message, finish, now))
+        return out
+
+    def _stop(self, reason: str, *, drain: bool) -> list[Effect]:
+        """The edge of processing: said once, and only when it was said to have started."""
+        if not self._announced:
+            return []
+        self._announced = False
+        return [StopProcessing(reason, drain)]
