@@ -119,3 +119,107 @@ async def test_login_ready_and_a_prefix_command(fake: FakeDiscord, tmp_path: Pat
     assert session.client == "bot" and session.token == "token"
     assert [c.login for c in fake.connections] == ["identify"]
     assert fake.unknown_routes == []
+
+
+async def test_without_message_content_the_bot_sees_a_blank_message(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with bot(fake, tmp_path, "blind", intents=""):
+        await wait_report(fake, "ready", "blind")
+        message_id = fake.send_message("!ping")
+        (seen,) = await wait_report(fake, f"seen id={message_id}")
+        assert seen.content == f"seen id={message_id} content=''"  # delivered, but blank: no command ran
+        mentioned = fake.send_message("hello bot", mention_bot=True)
+        (seen_mention,) = await wait_report(fake, f"seen id={mentioned}")
+        assert "hello bot" in seen_mention.content  # a mention carries its content, as on Discord
+    assert [p for p in fake.posted if p.content == "pong"] == []
+
+
+async def test_interactions_reach_their_callbacks(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with bot(fake, tmp_path, "bot", sync=True):
+        await wait_report(fake, "ready", "bot")
+        assert sorted(c["name"] for c in fake.core.commands[None]) == ["echo", "feedback"]
+
+        command = fake.run_command("echo", {"text": "hi", "times": 2})
+        (callback,) = await fake.wait_for_callbacks(command)
+        assert (callback.type, callback.outcome, callback.client, callback.data["content"]) == (
+            4,
+            "ok",
+            "bot",
+            "echo hi echo hi",
+        )
+        answer = await fake.wait_for_post(lambda post: post.interaction_id == command.id)
+        assert answer.route == "interaction_callback"
+
+        click = fake.click("persistent:hello", user="bob")
+        (callback,) = await fake.wait_for_callbacks(click)
+        assert (callback.outcome, callback.data["content"]) == ("ok", "hello clicked by bob")
+
+        choice = fake.select("persistent:colour", ["green", "blue"])
+        (callback,) = await fake.wait_for_callbacks(choice)
+        assert (callback.outcome, callback.data["content"]) == ("ok", "chose green,blue")
+
+        form = fake.run_command("feedback")
+        (callback,) = await fake.wait_for_callbacks(form)
+        assert (callback.type, callback.data["custom_id"]) == (9, "feedback-modal")  # a modal, shown to alice
+        (row,) = callback.data["components"]
+        field = row["components"][0] if row["type"] == 1 else row["component"]
+        submit = fake.submit_modal("feedback-modal", {field["custom_id"]: "great fake"})
+        (callback,) = await fake.wait_for_callbacks(submit)
+        assert (callback.outcome, callback.data["content"]) == ("ok", "thanks for great fake")
+
+        newcomer = fake.member_join("carol")
+        (joined,) = await wait_report(fake, "joined")
+        assert joined.content == "joined name=carol guild=Fake Guild"
+        assert newcomer.id in fake.world.guild.members
+
+        fake.react(answer.id, "🎉")
+        (reaction,) = await wait_report(fake, "reaction")
+        assert reaction.content == f"reaction emoji=🎉 message={answer.id}"
+    assert all(c.outcome == "ok" for c in fake.callbacks)
+    assert report(fake, "http_error") == []
+    assert fake.unknown_routes == []
+
+
+async def test_two_processes_on_one_token_both_get_everything(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with bot(fake, tmp_path, "first"), bot(fake, tmp_path, "second"):
+        await wait_report(fake, "ready", "first")
+        await wait_report(fake, "ready", "second")
+        message_id = fake.send_message("!ping")
+        await fake.wait_for(lambda: len([p for p in fake.posted if p.reply_to == message_id]) == 2)
+        assert sorted(p.client for p in fake.posted if p.reply_to == message_id) == ["first", "second"]
+
+        command = fake.run_command("echo", {"text": "once"})
+        callbacks = await fake.wait_for_callbacks(command, 2)
+        assert sorted(c.outcome for c in callbacks) == ["already_acknowledged", "ok"]
+        assert {c.client for c in callbacks} == {"first", "second"}
+        loser = next(c.client for c in callbacks if c.outcome == "already_acknowledged")
+        (error,) = await wait_report(fake, "http_error", loser)
+        assert error.content == f"http_error code=40060 status=400 interaction={command.id}"
+    event = next(e for e in fake.events if e.id == command.id)
+    assert len(event.sessions) == 2
+
+
+async def test_the_members_intent_gates_member_joins(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with bot(fake, tmp_path, "nomembers", intents="message_content"):
+        await wait_report(fake, "ready", "nomembers")
+        fake.member_join("dave")
+        message_id = fake.send_message("after dave")  # events arrive in order: once this is seen, dave was skipped
+        await wait_report(fake, f"seen id={message_id}")
+    assert report(fake, "joined") == []
+    join = next(e for e in fake.events if e.name == "GUILD_MEMBER_ADD")
+    assert join.sessions == ()
+
+
+async def test_a_bad_token_is_a_login_failure(fake: FakeDiscord) -> None:
+    code, output = await run_bot_to_exit(fake, intents="", token="not-the-token")
+    assert code == 3, output
+    assert "LoginFailure: Improper token has been passed." in output
+    assert "not-the-token" not in output
+    assert fake.sessions == []
+
+
+async def test_a_privileged_intent_not_enabled_closes_4014(fake: FakeDiscord) -> None:
+    fake.set_enabled_intents(["members"])
+    code, output = await run_bot_to_exit(fake, intents="message_content")
+    assert code == 4, output
+    assert "PrivilegedIntentsRequired" in output
+    assert [c.close_code for c in fake.connections] == [4014]
