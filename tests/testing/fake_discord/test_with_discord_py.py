@@ -223,3 +223,63 @@ async def test_a_privileged_intent_not_enabled_closes_4014(fake: FakeDiscord) ->
     assert code == 4, output
     assert "PrivilegedIntentsRequired" in output
     assert [c.close_code for c in fake.connections] == [4014]
+
+
+def answers_to(fake: FakeDiscord, message_id: int) -> list[PostedMessage]:
+    return [p for p in fake.posted if p.reply_to == message_id]
+
+
+async def test_op7_reconnect_resumes_and_replays_the_gap_once(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with bot(fake, tmp_path, "bot"):
+        await wait_report(fake, "ready", "bot")
+        assert fake.reconnect() == 1
+        message_id = fake.send_message("!ping")  # sent while the bot reconnects: only a RESUME can bring it
+        (resumed,) = await fake.wait_for_login(how="resume")
+        assert resumed.replayed >= 1
+        await fake.wait_for(lambda: answers_to(fake, message_id))
+        await wait_report(fake, "resumed", "bot")
+        after = fake.send_message("!ping")
+        await fake.wait_for(lambda: answers_to(fake, after))
+        assert len(answers_to(fake, message_id)) == 1
+        assert len(report(fake, f"seen id={message_id}")) == 1
+    (session,) = fake.sessions  # one session, never re-identified
+    assert len(session.resumed_at) == 1
+    assert [c.login for c in fake.connections] == ["identify", "resume"]
+
+
+async def test_op9_makes_the_bot_identify_again(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with bot(fake, tmp_path, "bot"):
+        await wait_report(fake, "ready", "bot")
+        assert fake.invalidate_session(resumable=False) == 1
+        await wait_report(fake, "ready", "bot", count=2)
+        first, second = fake.sessions
+        assert first.end_reason == "invalidated (op 9)" and second.ended_at is None
+        message_id = fake.send_message("!ping")
+        await fake.wait_for(lambda: answers_to(fake, message_id))
+        assert [e.sessions for e in fake.events if e.id == message_id] == [(second.session_id,)]
+    assert [c.login for c in fake.connections] == ["identify", "identify"]
+    assert len(answers_to(fake, message_id)) == 1
+
+
+async def test_a_close_4000_is_resumed(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with bot(fake, tmp_path, "bot"):
+        await wait_report(fake, "ready", "bot")
+        assert fake.close_gateway(4000) == 1
+        message_id = fake.send_message("!ping")
+        await fake.wait_for(lambda: answers_to(fake, message_id))
+        await fake.wait_for_login(how="resume")
+    assert fake.connections[0].close_code == 4000 and fake.connections[0].closed_by == "server"
+    assert len(fake.sessions) == 1
+
+
+async def test_after_an_outage_the_bot_resumes(fake: FakeDiscord, tmp_path: Path) -> None:
+    async with bot(fake, tmp_path, "bot"):
+        await wait_report(fake, "ready", "bot")
+        assert fake.outage(0.5) == 1
+        during = fake.send_message("!ping")
+        await fake.wait_for(lambda: answers_to(fake, during))  # replayed by the RESUME after the outage
+        refused_until = fake.gateway.outage_until
+    resumed = [c for c in fake.connections if c.login == "resume"]
+    assert resumed and resumed[0].opened_at >= refused_until
+    assert fake.connections[0].closed_by == "dropped"
+    assert len(answers_to(fake, during)) == 1 and len(fake.sessions) == 1
