@@ -34,13 +34,18 @@ async def fake(nursery: trio.Nursery) -> FakeDiscord:
 
 
 def bot_env(fake: FakeDiscord, client: str, intents: str, token: str) -> dict[str, str]:
+    return env_for(fake.url, client, intents, token, fake.channel("bot-log").id)
+
+
+def env_for(url: str, client: str, intents: str, token: str, log_channel: int | str) -> dict[str, str]:
+    """The environment of a test bot process talking to the fake at ``url``."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("URBAN_ROBOT", "FAKE_BOT"))}
     env.update(
-        URBAN_ROBOT_DISCORD_URL=fake.url,
+        URBAN_ROBOT_DISCORD_URL=url,
         URBAN_ROBOT_DISCORD_CLIENT=client,
         FAKE_BOT_TOKEN=token,
         FAKE_BOT_INTENTS=intents,
-        FAKE_BOT_LOG=str(fake.channel("bot-log").id),
+        FAKE_BOT_LOG=str(log_channel),
         PYTHONPATH=str(ROOT),
     )
     return env
