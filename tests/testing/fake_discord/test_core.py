@@ -199,3 +199,20 @@ def test_exports() -> None:
         "configure_from_environment",
         "point_discord_py_at",
     ]
+
+
+def test_a_message_with_a_file_is_read_from_its_payload_json_part() -> None:
+    h = Harness()
+    channel = h.world.channel_named("general").id
+    boundary = "xYzZY"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="payload_json"\r\n'
+        "Content-Type: application/json\r\n\r\n"
+        '{"content": "with a file"}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files[0]"; filename="a.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\nhello\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+    headers = {"authorization": f"Bot {TOKEN}", "content-type": f"multipart/form-data; boundary={boundary}"}
+    result = h.rest.handle(RestRequest("POST", f"/channels/{channel}/messages", "", headers, body, "c"), NOW)
+    assert result.status == 200 and h.core.posted[0].content == "with a file"

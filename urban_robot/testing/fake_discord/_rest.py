@@ -71,7 +71,7 @@ def _json_body(request: RestRequest) -> JSON:
     if content_type.startswith("multipart/form-data"):
         head = f"Content-Type: {content_type}\r\n\r\n".encode()
         message = BytesParser(policy=HTTP).parsebytes(head + request.body)
-        for part in message.iter_parts():  # type: ignore[attr-defined]
+        for part in message.iter_parts():
             if part.get_param("name", header="content-disposition") == "payload_json":
                 return json.loads(part.get_content())  # type: ignore[no-any-return]
         return {}
@@ -126,7 +126,7 @@ class Rest:
             if fault.status == 429:
                 body = {"message": "You are being rate limited.", "retry_after": fault.retry_after}
                 body["global"] = fault.is_global
-                headers = (("Retry-After", str(fault.retry_after)), ("Via", "1.1 google"))
+                headers: tuple[tuple[str, str], ...] = (("Retry-After", str(fault.retry_after)), ("Via", "1.1 google"))
                 if fault.is_global:
                     headers += (("X-RateLimit-Global", "true"),)
                 return RestResult(429, body, headers)

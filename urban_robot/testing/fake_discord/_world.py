@@ -377,9 +377,9 @@ class World:
         }
         if channel.guild_id is not None:
             guild = self.guilds[channel.guild_id]
-            member = guild.member_payload(user.id) if user.id in guild.members else {"user": user.payload()}
-            member.setdefault("roles", [])
-            member.setdefault("joined_at", iso(0))
+            member: JSON = {"user": user.payload(), "roles": [], "joined_at": iso(0)}
+            if user.id in guild.members:
+                member = guild.member_payload(user.id)
             member["permissions"] = EVERYONE_PERMISSIONS
             payload.update(guild_id=str(guild.id), guild_locale="en-US", member=member, context=0)
             payload["guild"] = {"id": str(guild.id), "locale": "en-US", "features": []}
