@@ -27,10 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def fake(nursery: trio.Nursery) -> FakeDiscord:
-    fake = FakeDiscord(heartbeat_interval=1.0, resume_window=30.0)
-    await nursery.start(fake.serve)
-    return fake
+async def fake(fake_discord_server: FakeDiscord) -> FakeDiscord:
+    """The plugin's fixture, as a bot author would use it."""
+    return fake_discord_server
 
 
 def bot_env(fake: FakeDiscord, client: str, intents: str, token: str) -> dict[str, str]:
