@@ -91,6 +91,13 @@ async def echo(interaction: discord.Interaction, text: str, times: int = 1) -> N
     await answer(interaction, " ".join([f"echo {text}"] * times))
 
 
+@bot.tree.command(description="Answer after thinking")
+async def later(interaction: discord.Interaction) -> None:
+    await interaction.response.defer(thinking=True)
+    await interaction.followup.send("done later")
+    await interaction.followup.send("and a follow-up")
+
+
 @bot.tree.command(description="Open the feedback form")
 async def feedback(interaction: discord.Interaction) -> None:
     await interaction.response.send_modal(Feedback())

@@ -140,7 +140,14 @@ async def test_without_message_content_the_bot_sees_a_blank_message(fake: FakeDi
 async def test_interactions_reach_their_callbacks(fake: FakeDiscord, tmp_path: Path) -> None:
     async with bot(fake, tmp_path, "bot", sync=True):
         await wait_report(fake, "ready", "bot")
-        assert sorted(c["name"] for c in fake.core.commands[None]) == ["echo", "feedback"]
+        assert sorted(c["name"] for c in fake.core.commands[None]) == ["echo", "feedback", "later"]
+
+        deferred = fake.run_command("later")
+        (callback,) = await fake.wait_for_callbacks(deferred)
+        assert (callback.type, callback.outcome) == (5, "ok")
+        await fake.wait_for(lambda: len([p for p in fake.posted if p.interaction_id == deferred.id]) == 2)
+        answers = [(p.content, p.route) for p in fake.posted if p.interaction_id == deferred.id]
+        assert answers == [("done later", "followup"), ("and a follow-up", "followup")]
 
         command = fake.run_command("echo", {"text": "hi", "times": 2})
         (callback,) = await fake.wait_for_callbacks(command)
