@@ -16,10 +16,12 @@ from typing import Any
 import discord
 from discord.ext import commands, tasks
 
-from urban_robot.integrations.discord import attach
+from urban_robot.integrations import discord as integration
 
 VERSION = "1.0.0"
 UNSAFE = os.environ.get("E2E_UNSAFE_BOT") == "1"
+# Unsafe, listeners are marked to run on every worker, as a bot author may mark one (when attach gates them).
+everywhere = getattr(integration, "everywhere", lambda func: func) if UNSAFE else (lambda func: func)
 reminders: dict[str, str] = {}
 
 
@@ -72,7 +74,7 @@ intents = discord.Intents.default()
 intents.message_content = True
 intents.members = True
 bot = Helium(command_prefix="?", intents=intents)  # "!ping" is answered in on_message, gated by hand
-attachment = attach(bot, version=VERSION, get_cache=get_cache, set_cache=set_cache)
+attachment = integration.attach(bot, version=VERSION, get_cache=get_cache, set_cache=set_cache)
 
 
 @bot.tree.command(description="Say hello")
@@ -88,6 +90,7 @@ async def feedback(interaction: discord.Interaction) -> None:
 
 
 @bot.listen()
+@everywhere
 async def on_message(message: discord.Message) -> None:
     if message.author.bot or not allowed():
         return
@@ -102,6 +105,7 @@ async def on_message(message: discord.Message) -> None:
 
 
 @bot.listen()
+@everywhere
 async def on_member_join(member: discord.Member) -> None:
     channel = discord.utils.get(member.guild.text_channels, name="general")
     if channel is not None and allowed():
