@@ -190,6 +190,9 @@ def test_a_failing_worker_is_never_promoted() -> None:
     d.feed(Identified("a", version="1.0"))
     d.feed(WorkerFailed("a", "privileged intent refused", "enable the Message Content intent"))
     assert d.core.clients["a"].role is Role.FAILED
+    d.feed(Connected("z", identity="id-z"))
+    out = d.feed(WorkerFailed("z", "privileged intent refused", "enable it"))  # before it identified
+    assert notes(out, "critical") == ["a worker cannot work: privileged intent refused — enable it"]
     assert reply(d.feed(Ready("a"))) == {}  # late news changes nothing
     assert d.core.lease is None and d.core.next_deadline() is None
 

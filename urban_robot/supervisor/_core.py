@@ -527,7 +527,8 @@ class Supervisor:
         self.failures[self.kind(w)] = failure
         # One line, the same for every worker that fails alike, so the notifier folds repeats into a count.
         # Critical: a refused login is never fixed by a restart; only the operator can (token, intents).
-        out.append(Notify("critical", f"a worker (version {w.version}) cannot work: {failure.text}"))
+        which = f" (version {w.version})" if w.version is not None else ""  # it may fail before it identifies
+        out.append(Notify("critical", f"a worker{which} cannot work: {failure.text}"))
         if held:
             self._release(out, "failed")  # it stopped processing before it said so (§5.9), as for a shutdown ack
 
