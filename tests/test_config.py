@@ -431,3 +431,16 @@ def test_the_discord_api_url_reaches_the_notifier_options(tmp_path: Path, bot: P
     assert options(tmp_path, env=env).discord_api_url == "http://127.0.0.1:9999/api/v10"
     with pytest.raises(ConfigError, match=r"notify.api_url: expected an http:// or https:// URL"):
         options(tmp_path, env={**env, "URBAN_ROBOT_DISCORD_API_URL": "discord.com"})
+
+
+def test_gateway_down_limit_from_every_layer(tmp_path: Path, bot: Path) -> None:
+    base = {"HELIUM_PATH": str(bot), "BOT_TOKEN": "token"}
+    assert options(tmp_path, env=base).settings.gateway_down_limit == 3.0
+    toml = write(tmp_path / "urban-robot.toml", "[workers]\ngateway_down_limit = 1.5\n")
+    assert options(tmp_path, env=base, config=toml).settings.gateway_down_limit == 1.5
+    env = base | {"URBAN_ROBOT_WORKERS_GATEWAY_DOWN_LIMIT": "0"}  # 0: hand over as soon as the Gateway is down
+    assert options(tmp_path, env=env, config=toml).settings.gateway_down_limit == 0.0
+    flags = {"workers.gateway_down_limit": 7}
+    assert options(tmp_path, flags=flags, env=env, config=toml).settings.gateway_down_limit == 7.0
+    bad = base | {"URBAN_ROBOT_WORKERS_GATEWAY_DOWN_LIMIT": "-1"}
+    assert [p.split(": ")[0] for p in problems(tmp_path, env=bad)] == ["workers.gateway_down_limit"]

@@ -299,6 +299,13 @@ KEYS: tuple[Key, ...] = (
         "seconds a new worker has to pass its health check",
     ),
     Key(
+        "workers.gateway_down_limit",
+        "URBAN_ROBOT_WORKERS_GATEWAY_DOWN_LIMIT",
+        _non_negative_seconds,
+        _DEFAULTS.gateway_down_limit,
+        "seconds a running worker's Discord Gateway may be down before a standby whose Gateway is up takes over",
+    ),
+    Key(
         "workers.vital_cogs",
         "URBAN_ROBOT_WORKERS_VITAL_COGS",
         _names,
@@ -586,6 +593,7 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         grace=values["workers.grace"],
         lease_margin=values["workers.lease_margin"],
         health_timeout=values["workers.health_timeout"],
+        gateway_down_limit=values["workers.gateway_down_limit"],
         crash_loop_losses=values["workers.crash_loop_losses"],
         crash_loop_window=values["workers.crash_loop_window"],
         max_connections=values["max_connections"],

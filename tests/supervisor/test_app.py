@@ -55,6 +55,11 @@ async def test_supervisor_restart_adopts_children_and_the_holder_keeps_processin
         assert {i: c.pid for i, c in app2.children.children.items()} == pids  # adopted, none spawned
         holder2, epoch2 = await settled(app2)
     assert (holder2, epoch2) == (holder, epoch)  # same holder, same lease: no failover happened
+    # An adopted child's generation is still the supervisor's record (children.json), handed to the core.
+    assert app2.robot.spawned_generation == app2.children.generation_of
+    assert all(
+        w.spawned_generation == app2.children.children[w.identity].generation for w in app2.robot.core.clients.values()
+    )
     logs = "\n".join(p.read_text() for p in (tmp_path / "bot" / "log").glob("helium-*.log"))
     holder_lines = [line.split()[2] for line in logs.splitlines() if f" {holder} " in line]
     assert "fenced" not in holder_lines and holder_lines.count("processing") == 1  # never stopped

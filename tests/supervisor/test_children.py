@@ -253,3 +253,20 @@ async def test_asked_stops_and_deploy_candidates_do_not_back_off(
     assert at == trio.current_time()  # at once, whatever the restart backoff says
     await trio.sleep(31)  # a child lived stable_uptime: the backoff is over
     assert children.backoff() == 0 and children.quick_deaths == 0
+
+
+async def test_a_running_child_is_known_by_the_generation_it_was_spawned_with(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """What ``Connected.generation`` carries (serve() wires it): ours, not whatever the child will claim."""
+    robot = FakeRobot()
+    children = Children(robot, python("import time; time.sleep(60)"), cwd=tmp_path, url="http://127.0.0.1:1")
+    with trio.fail_after(20):
+        await nursery.start(children.run, 0)
+        identity = children.spawn("test", generation=5, backoff=False)
+        while identity not in children.children:
+            await trio.sleep(0.01)  # a real process starting
+    assert children.generation_of(identity) == 5
+    assert children.generation_of("child-never-spawned") is None
+    assert children.generation_of("worker:external") is None
+    await children.stop(identity)

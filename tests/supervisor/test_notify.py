@@ -513,3 +513,27 @@ async def test_configuration_from_the_original_environment(client: httpx.AsyncCl
         parse_log_level("loud")
     with pytest.raises(NotifyError, match="is not a Discord id"):
         Notifier(client, TOKEN, "../../guilds/1")
+
+
+async def test_workers_failing_alike_reach_discord_once_then_as_a_count(
+    nursery: trio.Nursery, client: httpx.AsyncClient, discord: FakeDiscord, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A refused token makes every replacement fail the same way: the core says one line, the notifier folds it."""
+    from urban_robot.supervisor import Connected, Identified, ProcessExited, Settings, Supervisor, WorkerFailed
+
+    notifier = await start(nursery, client, window=300)
+    core = Supervisor(Settings(spawn_workers=True, crash_loop_losses=0))
+    for n in range(6):  # each replacement fails in turn, as children with a refused token do
+        now = trio.current_time()
+        core.handle(Connected(f"w{n}", f"child-3f9a2c-{n}", generation=2), now)
+        core.handle(Identified(f"w{n}", "1.4.0", generation=2), now)
+        out = core.handle(WorkerFailed(f"w{n}", "the token was refused", "reset it and update BOT_TOKEN"), now)
+        out += core.handle(ProcessExited(f"child-3f9a2c-{n}", 1), now)
+        for action in out:
+            if isinstance(action, Notify):
+                notifier.notify(action)
+        await trio.sleep(20)
+    await discord.wait_for(2)  # the count comes when the window ends, with no other message to wake the sender
+    line = "a worker (version 1.4.0) cannot work: the token was refused — reset it and update BOT_TOKEN"
+    assert discord.contents == [f"🚨 {line}", f"🚨 {line} — 6 times in 5 min"]
+    assert discord.times() == pytest.approx([0.0, 300.0])

@@ -94,6 +94,7 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             policy=options.policy,
         )
         robot.spawner = children.spawn
+        robot.spawned_generation = children.generation_of  # a child's generation is ours to say, not its own
         robot.observers.append(children.on_action)
         deployer = Deployer(
             robot,

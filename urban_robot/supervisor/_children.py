@@ -172,6 +172,11 @@ class Children:
         base = min(p.backoff_cap, p.backoff_base * 2 ** (self.quick_deaths - 1))
         return float(base * (1 + p.jitter * self.rng.random()))
 
+    def generation_of(self, identity: str) -> int | None:
+        """The generation ``identity`` was spawned (or adopted) with; None if it is not one of our children."""
+        child = self.children.get(identity)
+        return child.generation if child is not None else None
+
     def environment(self, identity: str, generation: int) -> dict[str, str]:
         """The supervisor's environment minus its own secrets, plus what the worker needs to connect."""
         env = {name: value for name, value in os.environ.items() if name not in SUPERVISOR_SECRETS}

@@ -322,6 +322,8 @@ class Notifier:
         burst = self._bursts.get((note.level, note.message))
         if burst is not None:
             burst.repeats += 1
+            if burst.repeats == 1:
+                self._wake.set()  # the sender may sleep with no deadline: it must learn when this window ends
             return
         self._bursts[note.level, note.message] = _Burst(note, now + self.window)
         self._enqueue(note)
