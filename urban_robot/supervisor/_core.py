@@ -18,6 +18,10 @@ P3  The running worker's caches are kept (and persisted) as they arrive; its
     ``process_commands``.
 P4  Only workers whose health check passed are promoted; a failed check asks
     for a rollback; ``is_sane = False`` stops hand-overs to newer code.
+
+Stopping (``Stopping``) is for good: every worker is asked to shut down (the
+holder with its final cache), and from then on nobody is promoted and no
+spawn is asked for, whatever exits, drops or expires on the way down.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from ._events import (
     Send,
     ShutdownAck,
     Spawn,
+    Stopping,
     TimerFired,
     TryAgain,
 )
@@ -149,6 +154,7 @@ class Supervisor:
         self.lease: Lease | None = None
         self.losses: list[float] = []  # when worker processes exited unasked (crash-loop detection)
         self.leaving: set[str] = set()  # identities asked to shut down: their exit is no crash
+        self.stopping: str | None = None  # why the supervisor stops; set: no promotion, no spawn, ever again
         if state:
             self._restore(state, now)
 
@@ -245,8 +251,9 @@ class Supervisor:
                 self._release(out, "never renewed, so never processed")
             else:
                 self.lease.wid = None  # unreachable, maybe still processing: the lease stands
-                message = f"running worker {w.identity} lost ({reason}); failing over when its lease ends"
-                out.append(Notify("warning", message))
+                if self.stopping is None:  # while stopping, nobody fails over: its process is stopped next
+                    message = f"running worker {w.identity} lost ({reason}); failing over when its lease ends"
+                    out.append(Notify("warning", message))
 
     def _count_loss(self, now: float, out: list[Action]) -> None:
         if not self.settings.crash_loop_losses:
@@ -276,8 +283,10 @@ class Supervisor:
     def _on_Connected(self, e: Connected, now: float, out: list[Action]) -> None:
         if e.admin:
             self.admins.add(e.wid)
-        else:
-            self.clients[e.wid] = Worker(e.wid, e.identity)
+            return
+        w = self.clients[e.wid] = Worker(e.wid, e.identity)
+        if self.stopping is not None:  # a worker (re)connecting while we stop: it must not log in now
+            self._shutdown(w, self.stopping, out)
 
     def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -438,7 +447,7 @@ class Supervisor:
         # replace: a lost connection may come back, and a hung child is killed first (Close ... hung).
         asked = e.identity in self.leaving
         self.leaving.discard(e.identity)
-        if not asked and not e.candidate:
+        if not asked and not e.candidate and self.stopping is None:
             self._count_loss(now, out)
             if self.settings.spawn_workers and self.is_sane:
                 out.append(Spawn(f"replace {e.identity}: exited ({e.returncode})"))
@@ -455,7 +464,9 @@ class Supervisor:
         lease = self.lease
         if lease is not None and lease.stopping and lease.stop_deadline <= now:
             lease.stop_deadline = math.inf
-            out.append(Notify("warning", f"{lease.identity} did not acknowledge coma; waiting for its lease to end"))
+            if self.stopping is None:  # when stopping, the process manager signals it instead
+                message = f"{lease.identity} did not acknowledge coma; waiting for its lease to end"
+                out.append(Notify("warning", message))
 
     def _on_TryAgain(self, e: TryAgain, now: float, out: list[Action]) -> None:
         if e.wid is not None and e.wid not in self.admins:
@@ -466,7 +477,7 @@ class Supervisor:
         out.append(Reply({"is_sane": True}))
         out.append(Persist(self.state()))
         out.append(Notify("info", "try_again: deploying and spawning resumed"))
-        if self.settings.spawn_workers and not self.clients:
+        if self.settings.spawn_workers and not self.clients and self.stopping is None:
             out.append(Spawn("try_again: no worker is left"))  # otherwise replacements follow exits
 
     def _on_DeployConfirmed(self, e: DeployConfirmed, now: float, out: list[Action]) -> None:
@@ -489,6 +500,24 @@ class Supervisor:
         out.append(Persist(self.state()))
         out.append(Notify("critical", f"rollback failed, deploying stopped until try_again: {e.detail}"))
 
+    def _on_Stopping(self, e: Stopping, now: float, out: list[Action]) -> None:
+        if self.stopping is not None:
+            return  # one stop, one notification
+        self.stopping = e.reason
+        out.append(Notify("warning", f"supervisor stopping: the bot goes offline ({e.reason})"))
+        lease = self.lease
+        if lease is not None and not lease.stopping:
+            lease.stopping = True  # no renewal, and no adoption of a reconnecting holder, from now on
+            lease.stop_deadline = now + self.settings.stop_timeout
+        for w in list(self.clients.values()):
+            if self._holds(w):
+                self.leaving.add(w.identity)  # its exit is no crash
+                if w.role is Role.RUNNING:
+                    self._move(w, Trigger.STOP, out, e.reason)
+                out.append(self._cmd(w, "shutdown", {"reason": e.reason, "cache_sync": True}))
+            elif w.role not in (Role.SHUTTING_DOWN, Role.GONE):
+                self._shutdown(w, e.reason, out)
+
     # -- the decisions ----------------------------------------------------------------------------
     def _outdated(self, w: Worker) -> bool:
         holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
@@ -508,6 +537,8 @@ class Supervisor:
                 out.append(Close(hung.wid, "lease expired", hung.identity, hung=True))
             if self.lease is not None:  # forgetting an unconfirmed holder released it already
                 self._release(out, "lease expired")
+        if self.stopping is not None:
+            return  # going down: nobody is promoted, nobody handed over to
         candidates = [w for w in self.clients.values() if w.role is Role.STANDBY and w.approved]
         if not candidates:
             return
