@@ -94,3 +94,29 @@ async def test_a_standby_of_the_cache_writing_test_worker_stops_when_asked(
         [standby] = [identity for identity in app.children.children if identity != holder]
         await app.children.stop(standby, ask=lambda: app.robot.ask_shutdown(standby, "test"))
     assert exits == [(standby, 0)]  # it ended by itself, at once, when asked
+
+
+async def test_a_configured_worker_secret_connects_as_worker_name_and_a_wrong_one_is_refused(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The configuration key (URBAN_ROBOT_WORKER_SECRET_<NAME>) reaches the credentials of the real supervisor."""
+    from urban_robot.config import load_config
+    from urban_robot.testing._sim import SimulatedWorker
+
+    (tmp_path / "bot").mkdir()
+    secret = "eu-worker-secret-0123456789"
+    env = {"HELIUM_PATH": str(tmp_path / "bot"), "BOT_TOKEN": "bot-token", "URBAN_ROBOT_WORKER_SECRET_eu": secret}
+    config = load_config({"port": 0, "state_dir": tmp_path / "state", "standbys": 0}, env, None, tmp_path)
+    assert config.options is not None
+    options = attrs.evolve(config.options, command=WORKER)
+    with trio.fail_after(30):
+        app, _ = await start(nursery, options)
+        external = SimulatedWorker(app.url, secret, version="1.0")
+        stranger = SimulatedWorker(app.url, secret[:-1] + "X", version="1.0")
+        await nursery.start(external.run)
+        await nursery.start(stranger.run)
+        _, hello = await external.wait_for("hello")
+        _, refusal = await stranger.wait_for("refused")
+    assert hello["protocol"] == 1 and external.token == "bot-token"
+    assert "worker:eu" in {w.identity for w in app.robot.core.clients.values()}
+    assert refusal == {"message": "authentication failed"} and stranger.token is None

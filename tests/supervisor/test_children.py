@@ -45,12 +45,14 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
     robot = FakeRobot()
     monkeypatch.setenv("URBAN_ROBOT_ADMIN_TOKEN", "admin-token-of-the-supervisor")
     monkeypatch.setenv("URBAN_ROBOT_WEBHOOK_SECRET", "webhook-secret-of-the-supervisor")
+    monkeypatch.setenv("URBAN_ROBOT_WORKER_SECRET_eu", "an-external-worker-secret")
     monkeypatch.setenv("HELIUM_OWN_SETTING", "kept")
     code = (
         "import os; e = os.environ; "
         "print(e['URBAN_ROBOT_URL'], e['URBAN_ROBOT_GENERATION'], os.getsid(0) == os.getpid()); "
         "print(e['URBAN_ROBOT_SECRET'].split('.')[0]); "
         "print(e.get('URBAN_ROBOT_ADMIN_TOKEN', '-'), e.get('URBAN_ROBOT_WEBHOOK_SECRET', '-')); "
+        "print(e.get('URBAN_ROBOT_WORKER_SECRET_eu', '-')); "
         "print(e['HELIUM_OWN_SETTING']); "
         "raise SystemExit(3)"
     )
@@ -69,9 +71,9 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
     assert exited.returncode == 3
     [log_file] = list((tmp_path / "log").glob("helium-*.log"))
     assert log_file.name[len("helium-") : -len(".log")].count("-") == 5  # YYYY-MM-DD-HH-MM-SS
-    url, generation, own_session, identity, admin, webhook, own = log_file.read_text().split()
+    url, generation, own_session, identity, admin, webhook, worker, own = log_file.read_text().split()
     assert (url, generation, own_session) == ("http://127.0.0.1:1", "7", "True")
-    assert (admin, webhook, own) == ("-", "-", "kept")  # the supervisor's secrets stay with it
+    assert (admin, webhook, worker, own) == ("-", "-", "-", "kept")  # the supervisor's secrets stay with it
     assert identity == exited.identity
     assert robot.credentials.verify({"secret": robot.credentials.child_secret(identity)}) is not None
     assert children.children == {}

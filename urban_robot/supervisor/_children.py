@@ -41,6 +41,7 @@ from ._store import atomic_write
 log = logging.getLogger("urban_robot.children")
 # Never handed to a worker: a compromised bot must not be able to deploy, stop or forge webhooks.
 SUPERVISOR_SECRETS = frozenset({"URBAN_ROBOT_ADMIN_TOKEN", "URBAN_ROBOT_WEBHOOK_SECRET"})
+WORKER_SECRETS_PREFIX = "URBAN_ROBOT_WORKER_SECRET_"  # external workers' secrets: a child must not pose as one
 
 
 class Robot(Protocol):
@@ -179,7 +180,11 @@ class Children:
 
     def environment(self, identity: str, generation: int) -> dict[str, str]:
         """The supervisor's environment minus its own secrets, plus what the worker needs to connect."""
-        env = {name: value for name, value in os.environ.items() if name not in SUPERVISOR_SECRETS}
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name not in SUPERVISOR_SECRETS and not name.startswith(WORKER_SECRETS_PREFIX)
+        }
         env.update(
             {
                 "URBAN_ROBOT_URL": self.url,
