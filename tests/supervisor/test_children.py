@@ -255,3 +255,33 @@ async def test_asked_stops_and_deploy_candidates_do_not_back_off(
     assert at == trio.current_time()  # at once, whatever the restart backoff says
     await trio.sleep(31)  # a child lived stable_uptime: the backoff is over
     assert children.backoff() == 0 and children.quick_deaths == 0
+
+
+async def test_stop_all_waits_for_the_children_under_one_deadline_then_signals_the_rest(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The supervisor's stop: the workers were asked to shut down; those still running at the one deadline get
+    SIGTERM together (not one time-out after another), and nothing new starts, not even a pending restart."""
+    launcher = FakeLauncher()
+    robot = FakeRobot()
+    policy = ChildPolicy(term_timeout=10, kill_timeout=10, backoff_base=5, jitter=0)
+    children = Children(robot, ["bot"], cwd=Path("."), url="u", launch=launcher, policy=policy)
+    await nursery.start(children.run, 3)
+    processes = [(await launcher.nth(n))[1] for n in range(3)]
+    children.quick_deaths = 1
+    children.spawn("a restart waiting out its back-off")  # due at 5 s, during the stop
+    start = trio.current_time()
+
+    async def obey() -> None:  # one worker acts on its shutdown command
+        await trio.sleep(3)
+        processes[0].returncode = 0
+        processes[0].exit.set()
+
+    nursery.start_soon(obey)
+    await children.stop_all()
+    assert trio.current_time() - start == pytest.approx(10)
+    assert [p.returncode for p in processes] == [0, -signal.SIGTERM, -signal.SIGTERM]
+    assert len(await robot.exits(3)) == 3 and children.children == {}  # every exit reported before it returned
+    children.spawn("after the stop")
+    await trio.sleep(60)
+    assert len(launcher.started) == 3
