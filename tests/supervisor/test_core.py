@@ -460,11 +460,12 @@ def test_stopping_asks_every_worker_to_shut_down_the_holder_with_its_final_cache
     assert shutdowns == {
         "a": {"reason": "SIGTERM", "cache_sync": True},
         "b": {"reason": "SIGTERM", "cache_sync": False},
-        "c": {"reason": "SIGTERM", "cache_sync": False},
     }
     assert [a for a in out if isinstance(a, Notify)] == [
         Notify("warning", "supervisor stopping: the bot goes offline (SIGTERM)")
     ]
+    out = d.feed(Identified("c", version="1.0"))  # still connecting: told once it can act on a command
+    assert [a.event for a in out if isinstance(a, Send)] == ["hello", "cmd"] and d.cmds(out, "c") == ["shutdown"]
     assert d.renew("a", 1)["lease"] == 0  # the holder is going: no more renewals
     assert d.feed(Stopping("API")) == []  # one stop, one notification
     out = d.feed(CacheSync("a", {"kept": 2}))
@@ -506,7 +507,8 @@ def test_a_holder_reconnecting_during_a_stop_is_not_adopted_but_shut_down() -> N
     d.renew("a", 1)
     d.feed(Disconnected("a"))  # its lease stands: it may still process
     d.feed(Stopping("API"))
-    out = d.feed(Connected("a2", identity="id-a"))
-    assert d.cmds(out, "a2") == ["shutdown"]
+    d.feed(Connected("a2", identity="id-a"))
     out = d.feed(Identified("a2", "1.0", epoch=1, lease_token=grant["lease_token"]))
-    assert not any(isinstance(a, Send) and a.event == "hello" for a in out)  # no token, no lease back
+    [hello] = [a.data for a in out if isinstance(a, Send) and a.event == "hello"]
+    assert hello["process_commands"] is False  # not adopted: it drops its grant and stops processing
+    assert d.cmds(out, "a2") == ["shutdown"] and d.core.lease is not None and d.core.lease.wid is None

@@ -283,10 +283,8 @@ class Supervisor:
     def _on_Connected(self, e: Connected, now: float, out: list[Action]) -> None:
         if e.admin:
             self.admins.add(e.wid)
-            return
-        w = self.clients[e.wid] = Worker(e.wid, e.identity)
-        if self.stopping is not None:  # a worker (re)connecting while we stop: it must not log in now
-            self._shutdown(w, self.stopping, out)
+        else:
+            self.clients[e.wid] = Worker(e.wid, e.identity)
 
     def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -326,6 +324,8 @@ class Supervisor:
             hello["epoch"] = lease.epoch
         out.append(Reply(hello))
         out.append(Send(w.wid, "hello", hello))
+        if self.stopping is not None:  # (re)connected while we stop: its hello first, or a client cannot act on it
+            self._shutdown(w, self.stopping, out)
 
     def _on_Heartbeat(self, e: Heartbeat, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -515,7 +515,7 @@ class Supervisor:
                 if w.role is Role.RUNNING:
                     self._move(w, Trigger.STOP, out, e.reason)
                 out.append(self._cmd(w, "shutdown", {"reason": e.reason, "cache_sync": True}))
-            elif w.role not in (Role.SHUTTING_DOWN, Role.GONE):
+            elif w.role not in (Role.CONNECTED, Role.SHUTTING_DOWN, Role.GONE):  # CONNECTED: once it identifies
                 self._shutdown(w, e.reason, out)
 
     # -- the decisions ----------------------------------------------------------------------------
