@@ -48,6 +48,8 @@ from urban_robot.supervisor import (
     Send,
     Settings,
     ShutdownAck,
+    Spawn,
+    Stopping,
     Supervisor,
     TimerFired,
     TryAgain,
@@ -102,6 +104,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.accepted_cache: Any = None
         self.cache_counter = itertools.count(1)
         self.admin = "admin-0"
+        self.stopping = False  # the supervisor was told to stop: nothing is promoted or spawned any more
         self.feed(Connected(self.admin, identity="admin", admin=True))
 
     # -- plumbing -------------------------------------------------------------------------
@@ -117,10 +120,13 @@ class SupervisorWorld(RuleBasedStateMachine):
             elif isinstance(action, Send):
                 self.check_send(action)
                 self.inbox.setdefault(action.wid, []).append(action)
+            elif isinstance(action, Spawn):
+                assert not self.stopping, "a spawn asked for while stopping"
         return out
 
     def check_send(self, action: Send) -> None:
         if action.event == "cmd" and action.data["t"] == "process_commands":
+            assert not self.stopping, "promoted while stopping"
             epoch = action.data["d"]["epoch"]
             assert epoch > self.last_grant, "epochs must strictly increase"
             assert epoch <= self.last_persisted_epoch, "grant sent before its epoch was persisted"
@@ -395,9 +401,16 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.feed(TryAgain(self.admin))
 
     @rule()
+    def stop_supervisor(self) -> None:
+        """SIGTERM, the admin API: every worker is asked to shut down; the workers carry on as they do."""
+        self.feed(Stopping("test"))
+        self.stopping = True
+
+    @rule()
     def restart_supervisor(self) -> None:
         """Our own crash: a new core from what was persisted; every connection drops."""
         self.core = Supervisor(SETTINGS, state=self.state, cache=self.persisted_cache, now=self.now)
+        self.stopping = False
         assert self.core.epoch == self.last_persisted_epoch
         self.inbox.clear()
         for proc in self.procs:

@@ -314,6 +314,31 @@ async def test_full_queue_never_blocks_notify_and_reports_the_drops(
     assert notifier.dropped == 0
 
 
+async def test_flush_returns_once_everything_queued_was_sent(
+    nursery: trio.Nursery, client: httpx.AsyncClient, discord: FakeDiscord, autojump_clock: trio.testing.MockClock
+) -> None:
+    """What a stopping supervisor waits for, so "the bot goes offline" is not lost with the process."""
+    notifier = await start(nursery, client)
+    await notifier.flush()  # nothing queued: at once
+    assert trio.current_time() == 0
+    discord.gate = trio.Event()
+    notifier.notify(Notify("info", "is running, epoch 3"))
+    notifier.notify(Notify("warning", "supervisor stopping: the bot goes offline (SIGTERM)"))
+    flushed = trio.Event()
+
+    async def flush() -> None:
+        await notifier.flush()
+        flushed.set()
+
+    nursery.start_soon(flush)
+    await discord.wait_for(1)
+    await trio.sleep(30)  # Discord is slow: the first one is still in flight, the second queued
+    assert not flushed.is_set()
+    discord.gate.set()
+    await flushed.wait()
+    assert discord.contents == ["is running, epoch 3", "⚠️ supervisor stopping: the bot goes offline (SIGTERM)"]
+
+
 async def test_identical_alerts_collapse_into_the_first_and_one_summary(
     nursery: trio.Nursery, client: httpx.AsyncClient, discord: FakeDiscord, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -25,6 +25,10 @@ for ``gateway_down_limit`` hands over (coma, final cache) to a standby whose
 Gateway is up. A worker that says ``failed`` (it cannot work) is a crash to
 come: its exit is counted and replaced, and its failure is kept for the views
 until a worker of its kind passes a health check.
+
+Stopping (``Stopping``) is for good: every worker is asked to shut down (the
+holder with its final cache), and from then on nobody is promoted and no
+spawn is asked for, whatever exits, drops or expires on the way down.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from ._events import (
     Send,
     ShutdownAck,
     Spawn,
+    Stopping,
     TimerFired,
     TryAgain,
     WorkerFailed,
@@ -189,6 +194,7 @@ class Supervisor:
         self.losses: list[float] = []  # when worker processes exited unasked (crash-loop detection)
         self.leaving: set[str] = set()  # identities asked to shut down: their exit is no crash
         self.failures: dict[str, Failure] = {}  # the last failure per kind of worker (``kind``)
+        self.stopping: str | None = None  # why the supervisor stops; set: no promotion, no spawn, ever again
         if state:
             self._restore(state, now)
 
@@ -310,8 +316,9 @@ class Supervisor:
                 self._release(out, "never renewed, so never processed")
             else:
                 self.lease.wid = None  # unreachable, maybe still processing: the lease stands
-                message = f"running worker {w.identity} lost ({reason}); failing over when its lease ends"
-                out.append(Notify("warning", message))
+                if self.stopping is None:  # while stopping, nobody fails over: its process is stopped next
+                    message = f"running worker {w.identity} lost ({reason}); failing over when its lease ends"
+                    out.append(Notify("warning", message))
 
     def _count_loss(self, now: float, out: list[Action]) -> None:
         if not self.settings.crash_loop_losses:
@@ -386,6 +393,8 @@ class Supervisor:
             hello["warning"] = warning  # a v1 worker ignores keys it does not know; a person reading its log won't
         out.append(Reply(hello))
         out.append(Send(w.wid, "hello", hello))
+        if self.stopping is not None:  # (re)connected while we stop: its hello first, or a client cannot act on it
+            self._shutdown(w, self.stopping, out)
 
     def _generation(self, w: Worker, claimed: int | None, out: list[Action]) -> str | None:
         """Its generation: the one we spawned it with if we did, else its claim; a warning if they differ."""
@@ -550,7 +559,7 @@ class Supervisor:
         # replace: a lost connection may come back, and a hung child is killed first (Close ... hung).
         asked = e.identity in self.leaving
         self.leaving.discard(e.identity)
-        if not asked and not e.candidate:
+        if not asked and not e.candidate and self.stopping is None:
             self._count_loss(now, out)
             if self.settings.spawn_workers and self.is_sane:
                 out.append(Spawn(f"replace {e.identity}: exited ({e.returncode})"))
@@ -567,7 +576,9 @@ class Supervisor:
         lease = self.lease
         if lease is not None and lease.stopping and lease.stop_deadline <= now:
             lease.stop_deadline = math.inf
-            out.append(Notify("warning", f"{lease.identity} did not acknowledge coma; waiting for its lease to end"))
+            if self.stopping is None:  # when stopping, the process manager signals it instead
+                message = f"{lease.identity} did not acknowledge coma; waiting for its lease to end"
+                out.append(Notify("warning", message))
 
     def _on_TryAgain(self, e: TryAgain, now: float, out: list[Action]) -> None:
         if e.wid is not None and e.wid not in self.admins:
@@ -578,7 +589,7 @@ class Supervisor:
         out.append(Reply({"is_sane": True}))
         out.append(Persist(self.state()))
         out.append(Notify("info", "try_again: deploying and spawning resumed"))
-        if self.settings.spawn_workers and not self.clients:
+        if self.settings.spawn_workers and not self.clients and self.stopping is None:
             out.append(Spawn("try_again: no worker is left"))  # otherwise replacements follow exits
 
     def _on_DeployConfirmed(self, e: DeployConfirmed, now: float, out: list[Action]) -> None:
@@ -601,6 +612,24 @@ class Supervisor:
         out.append(Persist(self.state()))
         out.append(Notify("critical", f"rollback failed, deploying stopped until try_again: {e.detail}"))
 
+    def _on_Stopping(self, e: Stopping, now: float, out: list[Action]) -> None:
+        if self.stopping is not None:
+            return  # one stop, one notification
+        self.stopping = e.reason
+        out.append(Notify("warning", f"supervisor stopping: the bot goes offline ({e.reason})"))
+        lease = self.lease
+        if lease is not None and not lease.stopping:
+            lease.stopping = True  # no renewal, and no adoption of a reconnecting holder, from now on
+            lease.stop_deadline = now + self.settings.stop_timeout
+        for w in list(self.clients.values()):
+            if self._holds(w):
+                self.leaving.add(w.identity)  # its exit is no crash
+                if w.role is Role.RUNNING:
+                    self._move(w, Trigger.STOP, out, e.reason)
+                out.append(self._cmd(w, "shutdown", {"reason": e.reason, "cache_sync": True}))
+            elif w.role not in (Role.CONNECTED, Role.SHUTTING_DOWN, Role.GONE):  # CONNECTED: once it identifies
+                self._shutdown(w, e.reason, out)
+
     # -- the decisions ----------------------------------------------------------------------------
     def _outdated(self, w: Worker) -> bool:
         holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
@@ -620,6 +649,8 @@ class Supervisor:
                 out.append(Close(hung.wid, "lease expired", hung.identity, hung=True))
             if self.lease is not None:  # forgetting an unconfirmed holder released it already
                 self._release(out, "lease expired")
+        if self.stopping is not None:
+            return  # going down: nobody is promoted, nobody handed over to
         candidates = [w for w in self.clients.values() if self._candidate(w)]
         if not candidates:
             return

@@ -131,6 +131,16 @@ class RollbackFinished:
     detail: str = ""
 
 
+@attrs.frozen
+class Stopping:
+    """The supervisor stops (a signal, the admin API, Ctrl+C in dev mode): every worker is asked to shut down.
+
+    From then on the core promotes nobody and asks for no spawn, whatever happens next.
+    """
+
+    reason: str
+
+
 Event = (
     Connected
     | Identified
@@ -149,6 +159,7 @@ Event = (
     | DeployConfirmed
     | RetireOlder
     | RollbackFinished
+    | Stopping
 )
 
 

@@ -188,6 +188,10 @@ class UrbanRobot:
         while self._cache_written < write:
             await self._cache_progress.wait()
 
+    async def caches_written(self) -> None:
+        """Return once every cache accepted so far is on disk (or its write failed, loudly): before stopping."""
+        await self.cache_written(self._cache_queued)
+
     async def _carry_out(self, actions: list[Action]) -> Any:
         reply = None
         for action in actions:
