@@ -15,7 +15,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands, tasks
 
-from urban_robot.integrations._discord_gates import InFlight, IncompatibleDiscordPy, current_lease, install
+from urban_robot.integrations._discord_gates import IncompatibleDiscordPy, InFlight, current_lease, install
 from urban_robot.integrations.discord import everywhere
 
 from ._discord_fakes import OfflineBot, button, message, modal_submit, run_virtual, select, slash
@@ -154,7 +154,7 @@ def test_while_processing_every_kind_of_entry_point_runs_once() -> None:
 
 def test_a_listener_marked_everywhere_runs_on_a_standby_too() -> None:
     async def scenario() -> None:
-        bot, switch, ran = await gated_bot()
+        bot, _, ran = await gated_bot()
 
         @bot.listen("on_member_join")
         @everywhere
