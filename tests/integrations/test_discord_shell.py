@@ -18,7 +18,15 @@ import discord
 import pytest
 
 from urban_robot.integrations.discord import Attachment, BotClosed, Disconnected, DiscordRefused, attach
-from urban_robot.protocol import AuthenticationFailed, Backoff, Endpoint, Send, StartProcessing, StopProcessing
+from urban_robot.protocol import (
+    AuthenticationFailed,
+    Backoff,
+    Endpoint,
+    Send,
+    StartProcessing,
+    StopProcessing,
+    Timeouts,
+)
 
 from ._discord_fakes import (
     TOKEN,
@@ -100,12 +108,13 @@ def test_coma_stops_processing_and_drains_work_in_flight_before_the_final_cache_
 
         @bot.listen("on_member_join")
         async def welcome(name: str) -> None:
-            await asyncio.sleep(3)  # e.g. a REST call
+            await asyncio.sleep(12)  # e.g. a slow REST call
             cache["welcomed"].append(name)
 
-        att, steps = make_attachment(bot, supervisor, get_cache=lambda: cache)
+        att, steps = make_attachment(bot, supervisor, get_cache=lambda: cache, drain_timeout=30)
         runner = asyncio.create_task(att.run())
-        (await serve_until_processing(supervisor)).answer(RENEWAL)
+        grant = await serve_until_processing(supervisor)
+        grant.answer(RENEWAL)
         await steps.wait_for(StartProcessing)
         began = now()
         bot.dispatch("member_join", "alice")
@@ -113,15 +122,19 @@ def test_coma_stops_processing_and_drains_work_in_flight_before_the_final_cache_
         supervisor.cmd("coma", reason="newer version", cache_sync=True)
         assert not att.processing  # from this instant
         bot.dispatch("member_join", "bob")  # not admitted
-        final = await supervisor.skip_until("cache_sync")
-        assert final.at == began + 3  # written when alice's welcome had finished, not before
+        beat = await supervisor.next("heartbeat")  # the drain does not hold up the heartbeats
+        assert beat.at == grant.at + 10 and beat.data == {"epoch": None, "gateway": True}
+        beat.answer({})
+        final = await supervisor.next("cache_sync")
+        assert final.at == began + 12  # written when alice's welcome had finished, not before
         assert final.data == {"cache": {"welcomed": ["alice"]}}
         final.answer({"accepted": True})
         ack = await supervisor.next("coma")
-        assert ack.at == began + 3 and ack.data == {"reason": "newer version"}
+        assert ack.at == began + 12 and ack.data == {"reason": "newer version"}
+        ack.answer({})
         (_, stop) = await steps.wait_for(StopProcessing)
         assert stop.drain is True
-        await asyncio.sleep(5)
+        await asyncio.sleep(15)
         assert cache["welcomed"] == ["alice"]
         await leave(supervisor, att, runner)
 
@@ -264,38 +277,70 @@ def test_run_forever_exits_non_zero_when_discord_refuses_the_bot() -> None:
 
 
 @pytest.mark.slow
-def test_failed_connections_to_the_supervisor_close_everything_they_opened() -> None:
-    """Real python-socketio on aiohttp against a port nobody listens on: no 'Unclosed client session'."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
+@pytest.mark.parametrize("peer", ["nobody listening", "TCP, never a word", "Engine.IO, never a CONNECT answer"])
+def test_failed_connections_to_the_supervisor_close_everything_they_opened(peer: str) -> None:
+    """Real python-socketio on aiohttp, refused or timed out three times: no 'Unclosed client session'."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        if peer == "TCP, never a word":
+            server.listen(8)  # the kernel accepts; nobody answers
+            asyncio.run(attempts(port))
+            return
+    if peer == "nobody listening":
+        asyncio.run(attempts(port))
+    else:
+        asyncio.run(attempts_against_a_mute_engineio())
 
-    async def scenario() -> list[str]:
-        complaints: list[str] = []
-        asyncio.get_running_loop().set_exception_handler(lambda _, context: complaints.append(context["message"]))
-        steps = Steps()
-        att = Attachment(
-            OfflineBot(),
-            Endpoint(f"http://127.0.0.1:{closed_port}", "s"),
-            version="1.0",
-            observer=steps,
-            backoff=Backoff(initial=0.01, cap=0.02),
-        )
-        runner = asyncio.create_task(att.run())
-        await steps.wait_until(lambda: len(steps.of(Disconnected)) >= 3)
-        await att.shutdown("enough")
-        await runner
-        gc.collect()
-        await asyncio.sleep(0)
-        clean = list(complaints)
-        leaked = aiohttp.ClientSession()  # the detector works: an unclosed session is reported
-        del leaked
-        gc.collect()
-        await asyncio.sleep(0)
-        assert any("Unclosed client session" in c for c in complaints[len(clean) :])
-        return clean
 
-    assert asyncio.run(scenario()) == []
+async def attempts_against_a_mute_engineio() -> None:
+    """An Engine.IO server that opens the session and then ignores the Socket.IO CONNECT (a hung supervisor)."""
+    from aiohttp import web
+
+    async def socket_io(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str('0{"sid":"s","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}')
+        async for _ in ws:  # the CONNECT packet: no answer
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/socket.io/", socket_io)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        await attempts(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def attempts(port: int) -> None:
+    complaints: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: complaints.append(context["message"]))
+    steps = Steps()
+    att = Attachment(
+        OfflineBot(),
+        Endpoint(f"http://127.0.0.1:{port}", "s"),
+        version="1.0",
+        observer=steps,
+        backoff=Backoff(initial=0.01, cap=0.02),
+        timeouts=Timeouts(connect=0.1, handshake=0.1),
+    )
+    runner = asyncio.create_task(att.run())
+    await steps.wait_until(lambda: len(steps.of(Disconnected)) >= 3)
+    await att.shutdown("enough")
+    await runner
+    gc.collect()
+    await asyncio.sleep(0)
+    assert complaints == []
+    leaked = aiohttp.ClientSession()  # and the detector works: an unclosed session is reported
+    del leaked
+    gc.collect()
+    await asyncio.sleep(0)
+    assert any("Unclosed client session" in c for c in complaints)
 
 
 def test_attach_reads_the_environment_and_raises_a_project_error_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
