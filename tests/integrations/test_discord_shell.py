@@ -7,6 +7,7 @@ counted from the answer, or a coma acknowledged before the work in flight ended,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import discord
 import pytest
+from discord.ext import commands
 
 from urban_robot.integrations.discord import Attachment, BotClosed, Disconnected, DiscordRefused, attach
 from urban_robot.protocol import (
@@ -155,6 +157,42 @@ def test_transient_login_errors_are_retried_with_the_protocol_backoff() -> None:
         await leave(supervisor, att, runner)
 
     run_virtual(scenario)
+
+
+@pytest.mark.slow
+def test_real_discord_py_login_is_retried_with_a_fresh_session_each_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """discord.py's own login against an unreachable Discord: retried, never 'Session is closed', nothing leaked."""
+    with socket.socket() as nobody:
+        nobody.bind(("127.0.0.1", 0))
+        port = nobody.getsockname()[1]
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
+
+    async def scenario() -> list[str]:
+        complaints: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: complaints.append(context["message"]))
+        supervisor = FakeSupervisor()
+        bot = commands.Bot(command_prefix="!", intents=discord.Intents.default())
+        att, _ = make_attachment(bot, supervisor, backoff=Backoff(initial=0.01, cap=0.02))
+        runner = asyncio.create_task(att.run())
+        (await supervisor.next("identify")).answer(hello(interval=0.05))
+        while caplog.text.count("logging in to Discord failed") < 3 and "Discord refused" not in caplog.text:
+            emitted = await supervisor.inbox.get()  # heartbeats every 50 ms: no renewal
+            emitted.answer({})
+        stopping = asyncio.create_task(att.shutdown("enough"))
+        if "Discord refused" not in caplog.text:
+            (await supervisor.skip_until("shutdown")).answer({})
+        await stopping
+        with contextlib.suppress(DiscordRefused):
+            await runner
+        gc.collect()
+        await asyncio.sleep(0)
+        return complaints
+
+    assert asyncio.run(scenario()) == []
+    failures = [r.getMessage() for r in caplog.records if "logging in to Discord failed" in r.getMessage()]
+    assert len(failures) >= 3 and all("cannot reach Discord (ClientConnectorError" in f for f in failures)
 
 
 @pytest.mark.parametrize(

@@ -509,7 +509,7 @@ class Attachment:
                 verdict = judge(exc, getattr(self.bot, "intents", None))
                 if not verdict.transient:
                     return await self._discord_failed(verdict.reason, verdict.hint)
-                await self.bot.http.close()  # static_login opened a session: close it before the next one
+                await self._reset_http()
                 delay = self.protocol.backoff.delay(attempt, self.protocol.rng)
                 attempt += 1
                 log.warning("logging in to Discord failed (%s); retrying in %.2f s", verdict.reason, delay)
@@ -521,6 +521,13 @@ class Attachment:
             return await self._discord_failed(verdict.reason, verdict.hint)
         if self._stopping is None and not self.protocol.finished:
             self.stop("the bot closed")  # by itself (bot.close() in its own code): not to be replaced
+
+    async def _reset_http(self) -> None:
+        """Close the session a failed ``static_login`` opened; closing it closed its connector: let login make one."""
+        import discord
+
+        await self.bot.http.close()
+        self.bot.http.connector = discord.utils.MISSING
 
     async def _discord_failed(self, reason: str, hint: str) -> None:
         log.error("Discord refused this bot: %s. %s", reason, hint)
