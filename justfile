@@ -19,7 +19,7 @@ check:
     {{python}} -m mypy
 
 # Every benchmark.
-bench: bench-socketio bench-failover bench-deploy
+bench: bench-socketio bench-failover bench-deploy bench-restart
 
 # Socket.IO server against python-socketio on uvicorn and aiohttp, same run.
 bench-socketio *ARGS:
@@ -33,6 +33,10 @@ bench-failover *ARGS:
 # Webhook-to-processing time and the hand-over gap of a deploy, with real git and processes.
 bench-deploy *ARGS:
     {{python}} scripts/bench/deploy/run.py {{ARGS}}
+
+# SIGTERM and start again (systemctl restart), ten times: seconds from each start to a processor.
+bench-restart *ARGS:
+    {{python}} scripts/bench/restart/run.py {{ARGS}}
 
 # Chaos soak (real supervisor and workers under random faults, promises checked; default 10 min), then `fuzz`.
 # `just chaos 120 --discord-py`: the workers are real discord.py bots on the fake Discord.
