@@ -74,13 +74,6 @@ DISCORD_PROFILE = Profile(
     ping="!ping", slash=("hello", {}), button="chaos:wave", select=("chaos:colour", ("red",)), join=True, loop="tick"
 )
 DISCORD_RATE = 20.0
-# Until the discord.py integration points discord.py at URBAN_ROBOT_DISCORD_URL by itself, a worker does at start-up.
-SITECUSTOMIZE = """\
-import os
-if os.environ.get("URBAN_ROBOT_SECRET") and os.environ.get("URBAN_ROBOT_DISCORD_URL"):
-    from urban_robot.testing.fake_discord import configure_from_environment
-    configure_from_environment()
-"""
 STARTUP_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 60.0
 
@@ -328,11 +321,7 @@ admin_token = "chaos-admin-token"
         for name in ("BOT_TOKEN", "HELIUM_PATH", "LOGGING_CHANNEL", "URBAN_ROBOT_CONFIG"):
             env.pop(name, None)  # the soak's toml decides
         if self.fake is not None:
-            shim = self.tmp / "shim"
-            shim.mkdir()
-            (shim / "sitecustomize.py").write_text(SITECUSTOMIZE)
-            env["PYTHONPATH"] = os.pathsep.join([str(shim), env["PYTHONPATH"]])
-            env["URBAN_ROBOT_DISCORD_URL"] = self.fake.url
+            env["URBAN_ROBOT_DISCORD_URL"] = self.fake.url  # attach() points discord.py at the fake
         self.supervisor = Supervisor(self.tmp, config, env, self.sup_port)
         await self.supervisor.start()
 

@@ -55,6 +55,17 @@ T = TypeVar("T")
 # What examples/discord_bot answers, and how (see urban_robot.testing.traffic.Profile).
 EXAMPLE_PROFILE = Profile(
     ping="!ping",
+    ping_dm=True,  # `!ping` answers with ctx.send, no reference: one DM channel per ping tells the answers apart
+    slash=("panel", {}),
+    button="panel:press",
+    select=("panel:drink", ("tea",)),
+    modal=("feedback", "a fine bot"),
+    join=True,
+    loop=None,  # its tasks.loop logs, posts nothing: the integration's own tests cover its gate
+)
+# The self-test bot (every_entry_point/): replies, and a loop that posts.
+SELF_TEST_PROFILE = Profile(
+    ping="!ping",
     slash=("hello", {}),
     button="example:wave",
     select=("example:colour", ("blue",)),
@@ -62,15 +73,6 @@ EXAMPLE_PROFILE = Profile(
     join=True,
     loop="tick",
 )
-
-# Until the discord.py integration points discord.py at the fake itself (it will, when URBAN_ROBOT_DISCORD_URL
-# is set), a worker does it at interpreter start-up; the supervisor (no URBAN_ROBOT_SECRET) is left alone.
-SITECUSTOMIZE = """\
-import os
-if os.environ.get("URBAN_ROBOT_SECRET") and os.environ.get("URBAN_ROBOT_DISCORD_URL"):
-    from urban_robot.testing.fake_discord import configure_from_environment
-    configure_from_environment()
-"""
 
 
 async def git(cwd: Path, *args: str) -> str:
@@ -171,9 +173,6 @@ class Stack:
     # -- set-up -------------------------------------------------------------------------------------------------
     async def set_up(self) -> None:
         await self.repo.create()
-        shim = self.tmp / "shim"
-        shim.mkdir()
-        (shim / "sitecustomize.py").write_text(SITECUSTOMIZE)
         with socket_bound() as port:
             self.port = port
         channel = self.fake.channel("bot-log").id
@@ -212,8 +211,8 @@ admin_token = "{ADMIN}"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("URBAN_ROBOT", "BOT_TOKEN", "HELIUM_PATH"))}
         env.update(
-            PYTHONPATH=os.pathsep.join([str(shim), str(ROOT)]),
-            URBAN_ROBOT_DISCORD_URL=self.fake.url,
+            PYTHONPATH=str(ROOT),
+            URBAN_ROBOT_DISCORD_URL=self.fake.url,  # attach() points discord.py at the fake
             URBAN_ROBOT_CONFIG=str(config),
             LOGGING_CHANNEL="",
             **self.extra_env,
@@ -411,7 +410,7 @@ def missing(source: Path, profile: Profile) -> list[str]:
     """The profile's kinds a bot's source shows no sign of handling (by the names the profile uses)."""
     text = "\n".join(path.read_text() for path in source.rglob("*.py"))
     signs = {
-        "ping": [".reply("],
+        "ping": ["ping"] if profile.ping_dm else [".reply("],
         "slash": [profile.slash[0]] if profile.slash else [],
         "button": [profile.button or ""],
         "select": [profile.select[0]] if profile.select else [],
@@ -440,9 +439,14 @@ def socket_bound() -> Any:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(tmp: Path, **kw: Any) -> AsyncIterator[Stack]:
-    """The fake Discord, the bot's repositories and the supervisor with two workers, torn down after."""
-    fake = FakeDiscord(heartbeat_interval=10.0)
+async def running_stack(
+    tmp: Path, *, intents: tuple[str, ...] = ("members", "presences", "message_content"), **kw: Any
+) -> AsyncIterator[Stack]:
+    """The fake Discord, the bot's repositories and the supervisor with two workers, torn down after.
+
+    ``intents``: the privileged intents the fake's application has enabled (fewer: the bot is refused, 4014).
+    """
+    fake = FakeDiscord(heartbeat_interval=10.0, enabled_intents=intents)
     stack: Stack | None = None
     try:
         async with trio.open_nursery() as nursery:

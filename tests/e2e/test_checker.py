@@ -10,7 +10,7 @@ import pytest
 
 from urban_robot.testing.traffic import Item, Profile, classify
 
-from ._harness import EXAMPLE_PROFILE, SELF_TEST_BOT, running_stack
+from ._harness import SELF_TEST_BOT, SELF_TEST_PROFILE, running_stack
 
 PROFILE = Profile(ping="!ping", slash=("hello", {}), join=True, loop="tick")
 
@@ -73,9 +73,9 @@ async def test_a_bot_that_ignores_its_lease_is_caught_answering_twice(tmp_path: 
     async with running_stack(tmp_path, source=SELF_TEST_BOT, env={"E2E_UNSAFE_BOT": "1"}) as stack:
         await stack.steady()
         since = time.time()
-        traffic = stack.traffic(EXAMPLE_PROFILE)
+        traffic = stack.traffic(SELF_TEST_PROFILE)
         await traffic.run(3.0)
-        verdict = await stack.settle(traffic.items, EXAMPLE_PROFILE)
+        verdict = await stack.settle(traffic.items, SELF_TEST_PROFILE)
         print("\n" + verdict.line("unsafe bot (no gate), steady"))
         # listeners marked `everywhere` run in both workers (what attach gates itself depends on its version)
         for kind in ("ping", "join"):

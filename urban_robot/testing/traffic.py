@@ -4,7 +4,9 @@ Each item a :class:`Traffic` sends has an id of its own and a send time; :func:`
 fake's records and says, item by item, whether the bot answered it **once**, **twice** (or more: some
 process ran its handler a second time) or not at all:
 
-- a message (``!ping``): the bot's messages that reply to it (``message_reference``; ``ctx.reply``);
+- a message (``!ping``): the bot's messages that reply to it (``message_reference``; ``ctx.reply``); or,
+  sent as a DM from a user of its own (``Profile.ping_dm``, for a bot that answers with ``ctx.send``), the
+  bot's messages in that DM channel;
 - an interaction (slash command, button, select, modal submit): its callbacks. One ``ok`` is once; a
   second callback, accepted or refused with 40060 ("already acknowledged"), means a second process ran
   the handler: twice. A modal is opened first (a slash command answered with the modal, callback type 9);
@@ -53,6 +55,7 @@ class Profile:
     """What to send a bot and how it answers: the names its entry points use. ``None`` = not sent."""
 
     ping: str | None = "!ping"  # a prefix command, answered with a reply to the message
+    ping_dm: bool = False  # send each ping as a DM from a user of its own: any bot message in that DM answers it
     slash: tuple[str, JSON] | None = None  # (command name, options), answered with a message
     button: str | None = None  # custom_id of a button on a persistent view
     select: tuple[str, tuple[str, ...]] | None = None  # (custom_id, values) of a persistent select
@@ -73,6 +76,7 @@ class Item:
     sent_at: float  # time.time(), as the fake's records
     name: str = ""  # the member's username (joins)
     opened: int | None = None  # the interaction that opened a modal
+    channel: int = 0  # the DM channel of a ping sent as a DM
 
 
 class Driver(Protocol):
@@ -84,6 +88,7 @@ class Driver(Protocol):
     async def select(self, custom_id: str, values: list[str], channel: str) -> int: ...
     async def submit_modal(self, custom_id: str, values: JSON, channel: str) -> int: ...
     async def member_join(self, username: str) -> int: ...
+    async def dm_from_new_user(self, content: str, username: str) -> tuple[int, int]: ...
     async def shown_modal(self, interaction: int, timeout: float) -> JSON | None: ...
     async def records(self, after: int = -1, wait: float = 0.0) -> JSON: ...
 
@@ -123,6 +128,12 @@ class InProcess:
 
     async def member_join(self, username: str) -> int:
         return self.fake.member_join(username).id
+
+    async def dm_from_new_user(self, content: str, username: str) -> tuple[int, int]:
+        """A DM from a user who is no member of any guild (so no join is announced); (message id, channel id)."""
+        user = self.fake.world.add_user(username, time.time())
+        message = self.fake.send_dm(content, author=user)
+        return message, self.fake.world.dm_channel(user, time.time()).id
 
     async def shown_modal(self, interaction: int, timeout: float) -> JSON | None:
         def shown() -> JSON | None:
@@ -171,6 +182,9 @@ class OverHTTP:
 
     async def member_join(self, username: str) -> int:
         return await self._post("members", {"username": username})
+
+    async def dm_from_new_user(self, content: str, username: str) -> tuple[int, int]:
+        raise NotImplementedError("the control API makes users only by a member join: use ping_dm=False")
 
     async def shown_modal(self, interaction: int, timeout: float) -> JSON | None:
         version = -1
@@ -226,7 +240,11 @@ class Traffic:
         p, channel = self.profile, self.profile.channel
         item = Item(kind, 0, time.time())
         self.items.append(item)
-        if kind == "ping":
+        if kind == "ping" and p.ping_dm:
+            assert p.ping is not None
+            item.name = f"{self.prefix}dm{next(self._count)}"
+            item.id, item.channel = await self.driver.dm_from_new_user(p.ping, item.name)
+        elif kind == "ping":
             assert p.ping is not None
             item.id = await self.driver.send_message(p.ping, channel)
         elif kind == "slash":
@@ -329,9 +347,12 @@ def answers(items: Iterable[Item], records: JSON, profile: Profile) -> dict[int,
         if c["interaction_id"] in found and c["outcome"] in ("ok", "already_acknowledged"):
             found[c["interaction_id"]].append(Answer(c["client"], c["at"], c["outcome"] == "ok"))
     joins = {item.id: item.name for item in items if item.kind == "join" and item.id}
+    dms = {item.channel: item.id for item in items if item.channel and item.id}
     for post in records["posted"]:
         if post["reply_to"] in found:
             found[post["reply_to"]].append(Answer(post["client"], post["at"], True))
+        elif post.get("channel_id") in dms:
+            found[dms[post["channel_id"]]].append(Answer(post["client"], post["at"], True))
         if joins and post["route"] == "channel":
             for member in _mentioned(post["content"], joins):
                 found[member].append(Answer(post["client"], post["at"], True))

@@ -113,6 +113,7 @@ async def on_member_join(member: discord.Member) -> None:
 
 
 @tasks.loop(seconds=1)
+@everywhere
 async def heartbeat() -> None:
     channel = discord.utils.get(bot.get_all_channels(), name="bot-log")
     if isinstance(channel, discord.TextChannel) and allowed():
