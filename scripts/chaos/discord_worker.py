@@ -22,8 +22,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import discord
 import trio
@@ -41,7 +42,13 @@ if IDENTITY and os.environ.get("CHAOS_PROXY_CONTROL"):  # reach the supervisor t
     port = trio.run(proxy_port, int(os.environ["CHAOS_PROXY_CONTROL"]), IDENTITY)
     os.environ["URBAN_ROBOT_URL"] = f"http://127.0.0.1:{port}"
 cache: dict[str, int] = {}
-everywhere = getattr(integration, "everywhere", lambda func: func) if UNSAFE else (lambda func: func)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def everywhere(func: F) -> F:
+    """Unsafe: run on every worker (attach's opt-out of its gate, where it has one); else unchanged."""
+    mark: Callable[[F], F] | None = getattr(integration, "everywhere", None)
+    return mark(func) if UNSAFE and mark is not None else func
 
 
 def get_cache() -> dict[str, int]:

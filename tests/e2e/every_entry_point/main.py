@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import discord
 from discord.ext import commands, tasks
@@ -21,7 +22,15 @@ from urban_robot.integrations import discord as integration
 VERSION = "1.0.0"
 UNSAFE = os.environ.get("E2E_UNSAFE_BOT") == "1"
 # Unsafe, listeners are marked to run on every worker, as a bot author may mark one (when attach gates them).
-everywhere = getattr(integration, "everywhere", lambda func: func) if UNSAFE else (lambda func: func)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def everywhere(func: F) -> F:
+    """Unsafe: run on every worker (attach's opt-out of its gate, where it has one); else unchanged."""
+    mark: Callable[[F], F] | None = getattr(integration, "everywhere", None)
+    return mark(func) if UNSAFE and mark is not None else func
+
+
 reminders: dict[str, str] = {}
 
 
