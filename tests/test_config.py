@@ -431,3 +431,14 @@ def test_the_discord_api_url_reaches_the_notifier_options(tmp_path: Path, bot: P
     assert options(tmp_path, env=env).discord_api_url == "http://127.0.0.1:9999/api/v10"
     with pytest.raises(ConfigError, match=r"notify.api_url: expected an http:// or https:// URL"):
         options(tmp_path, env={**env, "URBAN_ROBOT_DISCORD_API_URL": "discord.com"})
+
+
+def test_allowed_hosts_are_read_as_names_and_reach_the_options(tmp_path: Path) -> None:
+    bot = tmp_path / "bot"
+    bot.mkdir()
+    environ = {"BOT_TOKEN": "t" * 20, "URBAN_ROBOT_ALLOWED_HOSTS": "Bot.Example.org, other.example"}
+    config = load_config({"helium_path": str(bot)}, environ, None, tmp_path)
+    assert config.options is not None
+    assert config.options.allowed_hosts == ("bot.example.org", "other.example")
+    with pytest.raises(ConfigError, match="allowed_hosts: expected host names"):
+        load_config({"helium_path": str(bot)}, environ | {"URBAN_ROBOT_ALLOWED_HOSTS": "https://x/"}, None, tmp_path)

@@ -181,6 +181,16 @@ def _names(value: Any, cwd: Path) -> tuple[str, ...]:
     raise _Invalid(f"expected a list of module names (or one comma-separated string), {_got(value)}")
 
 
+def _host_names(value: Any, cwd: Path) -> tuple[str, ...]:
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not all(isinstance(name, str) for name in names):
+        raise _Invalid(f"expected a list of host names (or one comma-separated string), {_got(value)}")
+    cleaned = tuple(name.strip().lower() for name in names if name.strip())
+    if any(c.isspace() or c in "/@" for name in cleaned for c in name):
+        raise _Invalid(f"expected host names without scheme, path or spaces, {_got(value)}")
+    return cleaned
+
+
 def _snowflake(value: Any, cwd: Path) -> str:
     text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
     if not (text.isascii() and text.isdigit()):
@@ -238,6 +248,13 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("host", "URBAN_ROBOT_HOST", _string, "127.0.0.1", "address the supervisor listens on"),
     Key("port", "URBAN_ROBOT_PORT", _integer(0, 65535), 8080, "port the supervisor listens on (0: any free port)"),
+    Key(
+        "allowed_hosts",
+        "URBAN_ROBOT_ALLOWED_HOSTS",
+        _host_names,
+        (),
+        "public names the supervisor is reached by (a reverse proxy's); any other Host gets 421 (DNS rebinding)",
+    ),
     Key("state_dir", "URBAN_ROBOT_STATE_DIR", _path, None, "where state, releases and logs are kept"),
     Key(
         "max_connections",
@@ -606,6 +623,7 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         state_dir=state_dir,
         host=values["host"],
         port=values["port"],
+        allowed_hosts=values["allowed_hosts"],
         standbys=values["standbys"],
         branch=values["branch"],
         webhook_secret=secret.encode() if secret is not None else None,

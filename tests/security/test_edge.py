@@ -157,7 +157,7 @@ async def raw_request(url: str, method: str, path: str, authorization: str | Non
     """One request over a raw socket: header values no client library would send (trailing blanks, tabs)."""
     host, port = url.removeprefix("http://").split(":")
     stream = await trio.open_tcp_stream(host, int(port))
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n"
     if authorization is not None:
         head += f"Authorization: {authorization}\r\n"
     async with stream:

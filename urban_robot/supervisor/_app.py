@@ -41,6 +41,7 @@ class Options:
     state_dir: Path = Path(".urban-robot")
     host: str = "127.0.0.1"
     port: int = 8080
+    allowed_hosts: Sequence[str] = ()  # Host names served besides host, loopback and the address connected to
     standbys: int = 1
     branch: str = "main"
     webhook_secret: bytes | None = attrs.field(default=None, repr=False)
@@ -81,7 +82,13 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
     credentials = Credentials(store.secret_key(), admin_token=options.admin_token)
     async with httpx.AsyncClient(timeout=15) as http, trio.open_nursery() as nursery:
         notifier = await _start_notifier(nursery, http, options)
-        robot = UrbanRobot(options.settings, store, credentials, notify=notifier.notify if notifier else None)
+        robot = UrbanRobot(
+            options.settings,
+            store,
+            credentials,
+            notify=notifier.notify if notifier else None,
+            allowed_hosts=(options.host, *options.allowed_hosts),
+        )
         port = await nursery.start(robot.run, options.host, options.port)
         url = f"http://{options.host}:{port}"
         children = Children(
@@ -159,7 +166,12 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
             secret=options.webhook_secret, branch=options.branch, require_deploy_tag=options.require_deploy_tag
         )
     )
-    robot.server.add_route("POST", "/webhook/github", webhook_route(gate, lambda commit: deployer.request("webhook")))
+    robot.server.add_route(
+        "POST",
+        "/webhook/github",
+        webhook_route(gate, lambda commit: deployer.request("webhook")),
+        max_body=gate.config.max_body,  # 413 from Content-Length, before the body is read
+    )
 
     def deploy() -> dict[str, object]:
         deployer.request("admin API")

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import attrs
@@ -91,14 +91,21 @@ class UrbanRobot:
         roll_back: Callable[[RollBack], None] | None = None,
         notify: Callable[[Notify], None] | None = None,
         blocking_io: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         self.settings = settings
         self.store = store
         self.credentials = credentials
+        # Only workers that authenticated may send max_message; strangers get the server's pre-auth limits.
+        # Host names beyond loopback and the address connected to are only those configured (DNS rebinding).
         self.server = server or Server(
             async_handlers=False,
             max_payload=settings.max_message,
-            http_limits=Limits(max_body=settings.max_message + 16 * 1024, max_connections=settings.max_connections),
+            http_limits=Limits(
+                max_body=settings.max_message + 16 * 1024,
+                max_connections=settings.max_connections,
+                allowed_hosts=frozenset(allowed_hosts),
+            ),
         )
         self.spawner = spawner
         self.roll_back = roll_back
