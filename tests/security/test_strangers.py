@@ -7,6 +7,7 @@ in-memory streams) where time does.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import wsproto
 import wsproto.events
 
 from tests._helpers import MemoryListener, raw_client, start_server
+from urban_robot.logs import Throttled
 from urban_robot.socketio import ConnectionRefusedError, Server
 from urban_robot.web import Limits, Response
 
@@ -245,3 +247,38 @@ async def test_the_supervisor_answers_a_rebound_host_421_before_anything_else(ur
         "Connection: close\r\n\r\n".encode(),
     )
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+KNOCKS = 2000
+
+
+async def test_one_strangers_refused_connects_make_one_line_not_thousands(
+    urban_robot_supervisor: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: one INFO line per refused CONNECT (7,885 lines in 2 s from one client); now one per 10 s."""
+    caplog.set_level(logging.DEBUG)
+    url = urban_robot_supervisor.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await ws.get_message()
+        for _ in range(KNOCKS):
+            await ws.send_message('40{"secret":"wrong"}')
+            assert await ws.get_message() == '44{"message":"authentication failed"}'
+    refusals = [r for r in caplog.records if "refused a connection" in r.getMessage()]
+    assert len(refusals) == 1
+
+
+def test_throttled_lines_say_how_many_were_held_back(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    now = [0.0]
+    quiet = Throttled(logging.getLogger("test.quiet"), every=10, clock=lambda: now[0])
+    for step in range(7886):
+        now[0] = step * 0.001
+        quiet.info("refused", "refused a connection from %s", "10.0.0.1")
+    quiet.info("other", "another kind is not held back by the first")
+    now[0] = 12.0
+    quiet.info("refused", "refused a connection from %s", "10.0.0.2")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a connection from 10.0.0.1",
+        "another kind is not held back by the first",
+        "refused a connection from 10.0.0.2 (and 7,885 more like it in the last 12 s)",
+    ]

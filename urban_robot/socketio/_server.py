@@ -396,7 +396,9 @@ class Server:
             for packet in early:
                 await self._start_event(socket, packet)
         except ProtocolError as exc:
-            log.info("client %s sent an invalid packet, closing: %s", client.engine.sid, exc)
+            self._engine.quiet.info(
+                "invalid-packet", "client %s sent an invalid packet, closing: %s", client.engine.sid, exc
+            )
             client.engine.close(Reason.TRANSPORT_ERROR)
 
     async def _start_event(self, socket: Socket, packet: Packet) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 
 import trio
 
+from ..logs import Throttled
 from ..socketio import ConnectionRefusedError, Namespace
 from ..web import Request, Response
 from ._service import UrbanRobot
@@ -103,6 +104,7 @@ class DashboardNamespace(Namespace):
         self.gap = gap
         self.dashboards = 0
         self._changed = trio.Event()
+        self.quiet = Throttled(log)  # refusals: at most a line per 10 s, with counts
 
     def poke(self) -> None:
         """Something shown may have changed: wake every pusher (each waits out its own gap)."""
@@ -112,7 +114,9 @@ class DashboardNamespace(Namespace):
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         if not token_matches(auth, self.admin_token):
             # INFO, as for refused workers: a stranger must not be able to fill Discord through the log bridge.
-            log.info("refused a dashboard from %s: bad or missing admin token", environ.get("REMOTE_ADDR", "?"))
+            self.quiet.info(
+                "refused", "refused a dashboard from %s: bad or missing admin token", environ.get("REMOTE_ADDR", "?")
+            )
             raise ConnectionRefusedError(REFUSED)
         self.server.start_task(sid, self._push, sid)
 

@@ -22,6 +22,7 @@ import attrs
 import trio
 
 from .. import protocol
+from ..logs import Throttled
 from ..protocol import MalformedMessage, parse_request
 from ..socketio import ConnectionRefusedError, Later, Namespace, Server
 from ..web import Limits
@@ -111,6 +112,7 @@ class UrbanRobot:
         self.roll_back = roll_back
         self.notify = notify
         self.blocking_io = blocking_io  # file writes; tests on a virtual clock run them inline
+        self.quiet = Throttled(log)  # lines strangers cause: at most one per kind per 10 s, with counts
         self.core: Supervisor = Supervisor(settings)
         self.conns: dict[str, _Conn] = {}
         self.observers: list[Callable[[Action], None]] = []  # see each action as it is carried out
@@ -350,7 +352,10 @@ class _WorkerNamespace(Namespace):
         identity = self.robot.credentials.verify(auth)
         if identity is None:
             # INFO, as for webhooks: anyone can knock, and the Discord log bridge must not relay a stranger's flood.
-            log.info("refused a connection from %s: bad or missing secret", environ.get("REMOTE_ADDR", "?"))
+            # Throttled too: one client can knock thousands of times a second (issue 13, finding 4).
+            self.robot.quiet.info(
+                "refused", "refused a connection from %s: bad or missing secret", environ.get("REMOTE_ADDR", "?")
+            )
             raise ConnectionRefusedError("authentication failed")
         outbox, inbox = trio.open_memory_channel[tuple[str, Any]](OUTBOX_SIZE)
         conn = _Conn(sid, identity, outbox, inbox)

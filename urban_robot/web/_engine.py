@@ -40,6 +40,7 @@ from ..engineio import (
     parse_query,
 )
 from ..engineio._handshake import EngineErrorCode
+from ..logs import Throttled
 from ._http import ConnectionGate, PeerWatch, Request, Response, Upgrade
 from ._websocket import WebSocket, WebSocketClosed
 
@@ -219,7 +220,7 @@ class Session:
             self._wait_scope = None
             now = trio.current_time()
             if now >= self.deadline:
-                log.info("session %s: no Socket.IO CONNECT in time, closing", self.sid)
+                self.server.quiet.info("no-connect", "session %s: no Socket.IO CONNECT in time, closing", self.sid)
                 self.close(Reason.TRANSPORT_CLOSE)
                 return
             if now < self._next_ping:
@@ -231,7 +232,7 @@ class Session:
             if self.closed:
                 return
             if not self.pong.is_set():
-                log.info("session %s: no pong within %ss, closing", self.sid, timeout)
+                self.server.quiet.info("no-pong", "session %s: no pong within %ss, closing", self.sid, timeout)
                 self.close(Reason.PING_TIMEOUT, notify_peer=False)
                 return
             self._next_ping = trio.current_time() + interval
@@ -256,6 +257,7 @@ class EngineServer:
         self.max_payload = max_payload
         self.preauth_message = preauth_message
         self.gate = gate  # untrusted polling sessions hold slots of it
+        self.quiet = Throttled(log)  # what strangers cause: at most a line per kind per 10 s, with counts
         self.cors_allowed_origins = cors_allowed_origins
         self.transports = transports
         self.sessions: dict[str, Session] = {}
@@ -386,7 +388,7 @@ class EngineServer:
             for packet in packets:
                 await session.receive_packet(packet)
         except ProtocolError as exc:
-            log.info("session %s: invalid packet, closing: %s", session.sid, exc)
+            self.quiet.info("invalid-packet", "session %s: invalid packet, closing: %s", session.sid, exc)
             session.close(Reason.TRANSPORT_ERROR)
             raise EngineError(EngineErrorCode.BAD_REQUEST) from exc
         return Response(200, b"ok")
@@ -461,7 +463,7 @@ class EngineServer:
             reason = Reason.TRANSPORT_ERROR if exc.code == 1009 else Reason.TRANSPORT_CLOSE
             session.close(reason, notify_peer=False)
         except ProtocolError as exc:
-            log.info("session %s: invalid packet, closing: %s", session.sid, exc)
+            self.quiet.info("invalid-packet", "session %s: invalid packet, closing: %s", session.sid, exc)
             session.close(Reason.TRANSPORT_ERROR)
         finally:
             if not session.closed:

@@ -30,6 +30,7 @@ import h11
 import trio
 from wsproto.utilities import generate_accept_token
 
+from ..logs import Throttled
 from ._websocket import RECEIVE_SIZE, WebSocket
 
 log = logging.getLogger("urban_robot.web")
@@ -147,7 +148,8 @@ class _WebSocketUpgrade:
 
 
 class _HttpConnection:
-    def __init__(self, stream: trio.abc.Stream, app: HttpApp, limits: Limits) -> None:
+    def __init__(self, stream: trio.abc.Stream, app: HttpApp, limits: Limits, quiet: Throttled | None = None) -> None:
+        self.quiet = quiet or Throttled(log)
         self.stream = stream
         self.app = app
         self.limits = limits
@@ -254,6 +256,9 @@ class _HttpConnection:
             http_version=event.http_version.decode("ascii", "replace"),
         )
         if not self._host_allowed(headers.get("host")):
+            self.quiet.info(
+                "host", "refused a request for Host %r from %s: not in allowed_hosts", headers["host"][:80], self.client
+            )
             await self._respond(Response.text(421, "Misdirected request: unknown Host"), close=True)
             return None
         limit = min(self.app.body_limit(head), self.limits.max_body)
@@ -341,6 +346,7 @@ class ConnectionGate:
         self.held = 0
         self.refused = 0  # since the last log line
         self._logged_at = -math.inf
+        self.quiet = Throttled(log)  # lines strangers cause on these connections: one per kind per 10 s
 
     def hold(self) -> bool:
         """Take a slot if one is free (False: none is; refuse what wanted it)."""
@@ -360,7 +366,7 @@ class ConnectionGate:
             return
         self.open += 1
         try:
-            await serve_connection(stream, self.app, self.limits)
+            await serve_connection(stream, self.app, self.limits, self.quiet)
         finally:
             self.open -= 1
 
@@ -377,9 +383,11 @@ class ConnectionGate:
         self._logged_at, self.refused = now, 0
 
 
-async def serve_connection(stream: trio.abc.Stream, app: HttpApp, limits: Limits) -> None:
+async def serve_connection(
+    stream: trio.abc.Stream, app: HttpApp, limits: Limits, quiet: Throttled | None = None
+) -> None:
     """Serve HTTP requests (and at most one WebSocket) on one accepted connection."""
-    conn = _HttpConnection(stream, app, limits)
+    conn = _HttpConnection(stream, app, limits, quiet)
     try:
         await conn.serve()
     except Exception:
