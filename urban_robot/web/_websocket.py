@@ -17,6 +17,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import CloseReason
 
 RECEIVE_SIZE = 65536
+PREAUTH_SLACK = 1024  # read a little past a small max_message, so the frame that passes it is seen
 CLOSE_TIMEOUT = 2.0
 
 
@@ -75,7 +76,9 @@ class WebSocket:
             if self.closed is not None:
                 raise self.closed
             try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                # A peer allowed only a few kilobytes is read a few kilobytes at a time: a flood of them
+                # then costs the supervisor little memory and little work per connection.
+                data = await self._stream.receive_some(min(RECEIVE_SIZE, self.max_message + PREAUTH_SLACK))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.closed = WebSocketClosed(CloseReason.ABNORMAL_CLOSURE, "connection lost")
                 raise self.closed from exc
