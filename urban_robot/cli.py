@@ -27,6 +27,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
+from .logs import printable
 from .supervisor._store import StateError, check_private, read_private
 
 __all__ = [
@@ -219,7 +220,7 @@ def _seconds(value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else printable(str(value))  # a worker's version could hold escape sequences
 
 
 def format_status(body: dict[str, Any]) -> str:

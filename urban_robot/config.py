@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shlex
 import sys
 import tomllib
@@ -32,6 +33,8 @@ from .supervisor._app import Options
 from .supervisor._children import ChildPolicy
 from .supervisor._core import Settings
 from .supervisor._notify import DISCORD_API
+
+log = logging.getLogger("urban_robot.config")
 
 __all__ = ["KEYS", "Config", "ConfigError", "Key", "load_config", "read_dotenv"]
 
@@ -230,6 +233,17 @@ def _secret(value: Any, cwd: Path) -> str:
     return value
 
 
+MIN_SECRET = 16  # characters: a 1-character admin token or webhook secret is guessed at once
+
+
+def _long_secret(value: Any, cwd: Path) -> str:
+    """A secret we check ourselves (admin token, webhook secret): at least ``MIN_SECRET`` characters."""
+    secret = _secret(value, cwd)
+    if len(secret) < MIN_SECRET:
+        raise _Invalid(f"too short: use at least {MIN_SECRET} characters, e.g. `openssl rand -hex 32` (value hidden)")
+    return secret
+
+
 _DEFAULTS = Settings()
 _POLICY = ChildPolicy()
 _DEPLOY_TIMEOUT, _INSTALL_TIMEOUT = (
@@ -412,7 +426,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "secrets.webhook_secret",
         "URBAN_ROBOT_WEBHOOK_SECRET",
-        _secret,
+        _long_secret,
         None,
         "GitHub webhook secret; unset = the webhook is refused (403)",
         secret=True,
@@ -420,7 +434,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "secrets.admin_token",
         "URBAN_ROBOT_ADMIN_TOKEN",
-        _secret,
+        _long_secret,
         None,
         "bearer token for the admin API; unset = generated into <state_dir>/admin.token at first start",
         secret=True,
@@ -486,7 +500,8 @@ def _flatten(document: dict[str, Any], path: Path, problems: list[str]) -> dict[
     for name, value in document.items():
         if name in TABLES:
             if not isinstance(value, dict):
-                problems.append(f"{name}: expected a table [{name}], {_got(value)} (from {path})")
+                got = "got a value (hidden)" if name == "secrets" else _got(value)  # `secrets = "<token>"` is a secret
+                problems.append(f"{name}: expected a table [{name}], {got} (from {path})")
                 continue
             flat.update({f"{name}.{inner}": inner_value for inner, inner_value in value.items()})
         else:
@@ -508,7 +523,28 @@ def _config_file(
             return None
         return path
     default = cwd / CONFIG_FILE
-    return default if default.is_file() else None
+    return default if _trusted(default) else None
+
+
+def _trusted(path: Path) -> bool:
+    """Whether a file found (not named) in the working directory may configure us: ours and not writable by others.
+
+    Someone else's ``urban-robot.toml`` or ``.env`` in a shared directory could send the CLI, with the real
+    admin token, to a port of theirs, or give the supervisor their webhook secret.
+    """
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    if not path.is_file():
+        return False
+    if info.st_uid != os.getuid():
+        log.warning("ignoring %s: it belongs to uid %d, not to this user (%d)", path, info.st_uid, os.getuid())
+        return False
+    if info.st_mode & 0o022:
+        log.warning("ignoring %s: others can write it (chmod go-w %s to use it)", path, path)
+        return False
+    return True
 
 
 # ---- putting it together ----
@@ -525,7 +561,7 @@ def load_config(
     problems: list[str] = []
     files: list[Path] = []
     dotenv: dict[str, str] = {}
-    if (cwd / DOTENV_FILE).is_file():
+    if _trusted(cwd / DOTENV_FILE):
         dotenv = read_dotenv(cwd / DOTENV_FILE, problems)
         files.append(cwd / DOTENV_FILE)
     toml: dict[str, Any] = {}

@@ -64,12 +64,38 @@ class Redactor(logging.Filter):
         return True
 
 
+_UNSAFE = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in [
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        *range(0x200B, 0x2010),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ]
+}
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, newlines) and bidirectional
+    overrides escaped as ``\\x1b``/``\\u202e``. A worker's version or reason reaches ``status`` and the log;
+    raw, it could rewrite the operator's screen or forge log lines."""
+    return text.translate(_UNSAFE)
+
+
 class TextFormatter(logging.Formatter):
-    """``2024-05-01 12:00:00,123 INFO urban_robot: message key=value``: extra fields appended."""
+    """``2024-05-01 12:00:00,123 INFO urban_robot: message key=value``: extra fields appended.
+
+    The message is one line, safe for a terminal (``printable``): it may quote what a peer sent.
+    """
 
     def __init__(self, redactor: Redactor) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.redactor = redactor
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
