@@ -183,11 +183,11 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
         deployer.request("try_again")
         return {"try_again": "requested"}
 
-    robot.server.add_route("POST", "/api/deploy", admin_route(options.admin_token, deploy))
-    robot.server.add_route("POST", "/api/try-again", admin_route(options.admin_token, try_again))
+    robot.server.add_route("POST", "/api/deploy", admin_route(options.admin_token, deploy, robot.logins))
+    robot.server.add_route("POST", "/api/try-again", admin_route(options.admin_token, try_again, robot.logins))
 
     def stop() -> dict[str, object]:
         app.stop()
         return {"stop": "requested"}
 
-    robot.server.add_route("POST", "/api/stop", admin_route(options.admin_token, stop))
+    robot.server.add_route("POST", "/api/stop", admin_route(options.admin_token, stop, robot.logins))

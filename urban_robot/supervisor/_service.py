@@ -26,7 +26,7 @@ from ..logs import Throttled
 from ..protocol import MalformedMessage, parse_request
 from ..socketio import ConnectionRefusedError, Later, Namespace, Server
 from ..web import Limits
-from ._auth import Credentials, Identity
+from ._auth import Credentials, Identity, LoginThrottle
 from ._core import Settings, Supervisor
 from ._events import (
     Action,
@@ -113,6 +113,7 @@ class UrbanRobot:
         self.notify = notify
         self.blocking_io = blocking_io  # file writes; tests on a virtual clock run them inline
         self.quiet = Throttled(log)  # lines strangers cause: at most one per kind per 10 s, with counts
+        self.logins = LoginThrottle()  # wrong credentials per address: admin logins wait, exponentially
         self.core: Supervisor = Supervisor(settings)
         self.conns: dict[str, _Conn] = {}
         self.observers: list[Callable[[Action], None]] = []  # see each action as it is carried out
@@ -350,6 +351,12 @@ class _WorkerNamespace(Namespace):
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         identity = self.robot.credentials.verify(auth)
+        peer, now = environ.get("REMOTE_ADDR", "?"), trio.current_time()
+        if identity is None and isinstance(auth, dict) and auth.get("secret"):
+            self.robot.logins.failed(peer, now)  # it may have been a guess at the admin token
+        if identity is not None and identity.admin and self.robot.logins.wait(peer, now) > 0:
+            self.robot.quiet.info("throttled", "refused an admin connection from %s: too many wrong credentials", peer)
+            raise ConnectionRefusedError("too many wrong credentials from this address: retry later")
         if identity is None:
             # INFO, as for webhooks: anyone can knock, and the Discord log bridge must not relay a stranger's flood.
             # Throttled too: one client can knock thousands of times a second (issue 13, finding 4).
