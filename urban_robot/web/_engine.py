@@ -438,6 +438,7 @@ class EngineServer:
                     return False
                 session.transport = "websocket"
                 session.ws = ws
+                ws.max_message = session.max_message  # it may have been trusted during the probe
                 queued, session.queue = session.queue, []
                 messages = [p for p in queued if p.type is not PacketType.NOOP]
                 if messages:
