@@ -19,7 +19,7 @@ check:
     {{python}} -m mypy
 
 # Every benchmark.
-bench: bench-socketio bench-failover bench-deploy bench-hostile
+bench: bench-socketio bench-failover bench-deploy bench-restart bench-hostile
 
 # Socket.IO server against python-socketio on uvicorn and aiohttp, same run.
 bench-socketio *ARGS:
@@ -33,6 +33,10 @@ bench-failover *ARGS:
 # Webhook-to-processing time and the hand-over gap of a deploy, with real git and processes.
 bench-deploy *ARGS:
     {{python}} scripts/bench/deploy/run.py {{ARGS}}
+
+# SIGTERM and start again (systemctl restart), ten times: seconds from each start to a processor.
+bench-restart *ARGS:
+    {{python}} scripts/bench/restart/run.py {{ARGS}}
 
 # 500 hostile, unauthenticated connections of six kinds against a real supervisor: its RSS growth and a worker's
 # heartbeat answers meanwhile (docs/security.md). `--code DIR` measures another checkout the same way.

@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -207,3 +208,29 @@ def test_logs_print_a_workers_log_and_follow_it(tmp_path: Path) -> None:
     assert worker_logs(tmp_path, "child-nope", io.StringIO(), err=err) == 1
     assert "no log for worker 'child-nope'" in err.getvalue()
     assert worker_logs(tmp_path / "elsewhere", None, io.StringIO(), err=err) == 1
+
+
+def test_format_status_shows_each_gateway_and_the_last_failures() -> None:
+    workers = [
+        {"identity": "child-a-1", "role": "running", "gateway": False, "gateway_down_for": 2.04},
+        {"identity": "child-a-2", "role": "standby", "gateway": True, "gateway_down_for": None},
+        {"identity": "worker:old", "role": "standby", "gateway": None},
+    ]
+    at = time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))
+    failure = {
+        "identity": "child-a-3",
+        "generation": 3,
+        "version": "1.4.0",
+        "reason": "the token was refused",
+        "hint": "reset it in the developer portal and update BOT_TOKEN",
+        "at": at,
+    }
+    text = format_status({"workers": workers, "is_sane": True, "failures": [failure]})
+    lines = text.splitlines()
+    assert lines[0].split()[-1] == "GATEWAY"
+    assert [line.split()[-1] for line in lines[1:4]] == ["2.0s", "up", "-"]
+    assert lines[1].split()[-2:] == ["down", "2.0s"]
+    assert lines[-1] == (
+        "last failure:    child-a-3 (generation 3, version 1.4.0): the token was refused — "
+        "reset it in the developer portal and update BOT_TOKEN, at 2026-01-02 03:04:05"
+    )

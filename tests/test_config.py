@@ -240,6 +240,103 @@ SOMETHING_THE_BOT_USES=ignored
     assert config.log_level == logging.ERROR  # the environment wins over .env
 
 
+@pytest.mark.parametrize(
+    ("source", "log_level", "discord_level"),
+    [
+        (".env", "LOG_LEVEL=20\nDISCORD_LOG_LEVEL=30\n", None),  # the original bot's .env, word for word
+        ("environment", {"LOG_LEVEL": "20", "DISCORD_LOG_LEVEL": " 30 "}, None),
+        ("toml", 'log_level = 20\n[notify]\nlevel = "30"\n', None),
+        ("flags", {"log_level": "20", "notify.level": "30"}, None),
+        ("names", {"LOG_LEVEL": "info", "DISCORD_LOG_LEVEL": "WARNING"}, None),
+    ],
+)
+def test_log_levels_are_numbers_or_names_from_every_source(
+    tmp_path: Path, bot: Path, source: str, log_level: Any, discord_level: Any
+) -> None:
+    env = {"BOT_TOKEN": TOKEN, "HELIUM_PATH": str(bot)}
+    flags: dict[str, Any] = {}
+    if source == ".env":
+        write(tmp_path / ".env", log_level)
+    elif source == "toml":
+        write(tmp_path / "urban-robot.toml", log_level)
+    elif source == "flags":
+        flags = log_level
+    else:
+        env.update(log_level)
+    config = load(tmp_path, flags, env)
+    assert config.options is not None
+    assert (config.log_level, config.options.discord_log_level) == (logging.INFO, logging.WARNING)
+
+
+def test_a_numeric_level_is_a_threshold_as_in_the_original(tmp_path: Path) -> None:
+    """Any integer works as logging's threshold does: records at that level and above pass."""
+    assert load(tmp_path, env={"LOG_LEVEL": "25"}).log_level == 25
+    assert load(tmp_path, env={"LOG_LEVEL": "0"}).log_level == logging.NOTSET  # everything
+    for bad in ("-5", "2O", "loud", "20.5"):
+        [line] = problems(tmp_path, env={"LOG_LEVEL": bad})
+        assert line == (
+            f"log_level: expected a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL) or a number such as 20,"
+            f" got {bad!r} (from LOG_LEVEL)"
+        )
+
+
+def test_the_original_dotenv_no_longer_stops_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from urban_robot.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / ".env", "LOG_LEVEL=20\nDISCORD_LOG_LEVEL=30\nLOGGING_CHANNEL=\n")
+    assert main(["status", "--url", "http://127.0.0.1:9"]) == 1  # read the configuration, found no supervisor: not 2
+
+
+# ---- external workers' secrets ----
+
+EXT = "ext-worker-secret-0123456789"
+
+
+def test_worker_secrets_from_toml_environment_and_dotenv_merge_by_name(tmp_path: Path, bot: Path) -> None:
+    write(tmp_path / "urban-robot.toml", f'[secrets.workers]\neu = "toml-{EXT}"\nus = "toml-us-{EXT}"\n')
+    write(
+        tmp_path / ".env", f"URBAN_ROBOT_WORKER_SECRET_asia=dotenv-{EXT}\nURBAN_ROBOT_WORKER_SECRET_us=dotenv-{EXT}\n"
+    )
+    env = {"BOT_TOKEN": TOKEN, "HELIUM_PATH": str(bot), "URBAN_ROBOT_WORKER_SECRET_eu": f"env-{EXT}"}
+    got = options(tmp_path, env=env)
+    assert got.worker_secrets == {"eu": f"env-{EXT}", "us": f"toml-us-{EXT}", "asia": f"dotenv-{EXT}"}
+    assert EXT not in repr(got)
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "expected"),
+    [
+        (
+            '[secrets.workers]\neu = "short"\n',
+            {},
+            "secrets.workers: eu: expected at least 16 characters (value hidden)",
+        ),
+        (
+            "",
+            {"URBAN_ROBOT_WORKER_SECRET_eu": f"has a space {EXT}"},
+            "secrets.workers: eu: expected printable ASCII without spaces (value hidden)"
+            " (from URBAN_ROBOT_WORKER_SECRET_<NAME>)",
+        ),
+        ('[secrets.workers]\n"a b" = "x"\n', {}, "secrets.workers: 'a b': a worker name is 1-64 letters"),
+        ('[secrets]\nworkers = "x"\n', {}, "secrets.workers: expected a table of NAME = secret, got 'str'"),
+        (
+            "",
+            {"URBAN_ROBOT_WORKER_SECRET_eu": ADMIN + EXT, "URBAN_ROBOT_ADMIN_TOKEN": ADMIN + EXT},
+            "secrets.workers: eu: the same as another secret; give each worker its own",
+        ),
+    ],
+)
+def test_a_bad_worker_secret_is_one_line_that_never_shows_it(
+    tmp_path: Path, bot: Path, toml: str, env: dict[str, str], expected: str
+) -> None:
+    if toml:
+        write(tmp_path / "urban-robot.toml", toml)
+    [line] = problems(tmp_path, env={"BOT_TOKEN": TOKEN, "HELIUM_PATH": str(bot), **env})
+    assert line.startswith(expected), line
+    assert EXT not in line and "short" not in line.split(": ", 1)[1].replace("16 characters", "")
+
+
 def test_read_dotenv_keeps_quoted_hashes_and_reports_bad_lines(tmp_path: Path) -> None:
     path = write(tmp_path / ".env", f"A='x # y'\nB=\"{TOKEN}\nnot a variable\n=x\nC='a' b\n")
     found: list[str] = []
@@ -286,7 +383,8 @@ def test_read_dotenv_keeps_quoted_hashes_and_reports_bad_lines(tmp_path: Path) -
         ),
         (
             {"LOG_LEVEL": "LOUD"},
-            "log_level: expected a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL), got 'LOUD' (from LOG_LEVEL)",
+            "log_level: expected a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL) or a number such as 20,"
+            " got 'LOUD' (from LOG_LEVEL)",
         ),
         (
             {"LOGGING_CHANNEL": "#general"},
@@ -375,7 +473,8 @@ def test_all_problems_are_reported_together(tmp_path: Path, bot: Path) -> None:
         f"typo: unknown key (in {toml}); see docs/configuration.md",
         "port: expected an integer 0-65535, got 'eighty' (from --port)",
         "standbys: expected an integer >= 0, got 'many' (from URBAN_ROBOT_STANDBYS)",
-        f"notify.level: expected a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL), got 'LOUD' (from {toml})",
+        f"notify.level: expected a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL) or a number such as 20,"
+        f" got 'LOUD' (from {toml})",
         "secrets.bot_token: required to supervise helium_path; set BOT_TOKEN (environment or .env)",
     ]
 
@@ -432,6 +531,19 @@ def test_the_discord_api_url_reaches_the_notifier_options(tmp_path: Path, bot: P
     assert options(tmp_path, env=env).discord_api_url == "http://127.0.0.1:9999/api/v10"
     with pytest.raises(ConfigError, match=r"notify.api_url: expected an http:// or https:// URL"):
         options(tmp_path, env={**env, "URBAN_ROBOT_DISCORD_API_URL": "discord.com"})
+
+
+def test_gateway_down_limit_from_every_layer(tmp_path: Path, bot: Path) -> None:
+    base = {"HELIUM_PATH": str(bot), "BOT_TOKEN": "token"}
+    assert options(tmp_path, env=base).settings.gateway_down_limit == 3.0
+    toml = write(tmp_path / "urban-robot.toml", "[workers]\ngateway_down_limit = 1.5\n")
+    assert options(tmp_path, env=base, config=toml).settings.gateway_down_limit == 1.5
+    env = base | {"URBAN_ROBOT_WORKERS_GATEWAY_DOWN_LIMIT": "0"}  # 0: hand over as soon as the Gateway is down
+    assert options(tmp_path, env=env, config=toml).settings.gateway_down_limit == 0.0
+    flags = {"workers.gateway_down_limit": 7}
+    assert options(tmp_path, flags=flags, env=env, config=toml).settings.gateway_down_limit == 7.0
+    bad = base | {"URBAN_ROBOT_WORKERS_GATEWAY_DOWN_LIMIT": "-1"}
+    assert [p.split(": ")[0] for p in problems(tmp_path, env=bad)] == ["workers.gateway_down_limit"]
 
 
 def test_allowed_hosts_are_read_as_names_and_reach_the_options(tmp_path: Path) -> None:

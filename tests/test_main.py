@@ -6,11 +6,14 @@ import contextlib
 import json
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +246,93 @@ async def test_stop_subcommand_stops_the_supervisor_and_its_workers(tmp_path: Pa
                 check=False,
             )
             assert stop.returncode == 0 and b"stop requested" in stop.stdout, stop.stderr
+            during_stop = (await read_to_end(proc.stdout)).decode()
             assert await proc.wait() == 0
     for pid in pids:
         assert gone(pid)
+    # The same stop as SIGTERM's: said once with its reason, nobody promoted, no holder left behind.
+    assert during_stop.count("supervisor stopping: the bot goes offline (stop requested through the admin API)") == 1
+    assert "is running" not in during_stop
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["holder"] is None
+
+
+@contextlib.contextmanager
+def discord_channel() -> Iterator[tuple[str, list[str]]]:
+    """A stand-in for Discord's REST API (notify.api_url) that keeps every message posted to it, in order."""
+    posted: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            posted.append(body["content"])
+            answer = json.dumps({"id": str(len(posted))}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/api/v10", posted
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def read_to_end(stream: trio.abc.ReceiveStream, seen: bytes = b"") -> bytes:
+    while chunk := await stream.receive_some(65536):
+        seen += chunk
+    return seen
+
+
+@pytest.mark.slow
+async def test_sigterm_asks_the_workers_to_shut_down_releases_the_lease_and_the_next_start_processes_at_once(
+    tmp_path: Path,
+) -> None:
+    """The one stop path: SIGTERM → ``cmd shutdown`` to every worker (no signal needed), no promotion on the way
+    down, one "goes offline" notification, no holder left in state.json; so a restart does not wait the lease
+    out (it did: ~50 s with the default lease, issue 12)."""
+    (tmp_path / "bot").mkdir()
+    worker = f"{sys.executable} -m urban_robot.testing.worker"
+    state = tmp_path / "state"
+    with discord_channel() as (api_url, posted):
+        command = urban_robot(tmp_path, "--helium-path", str(tmp_path / "bot"), "--command", worker)
+        command += ["--notify-channel", "123", "--notify-api-url", api_url]
+        env = {**os.environ, "BOT_TOKEN": "bot-token"}
+        async with supervisor(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as proc:
+            assert proc.stdout is not None
+            with trio.fail_after(30):
+                seen = await read_until(proc.stdout, b"is running, epoch 1")
+                while seen.count(b"health check passed") < 2:  # the standby is warm too: two workers to stop
+                    seen += await proc.stdout.receive_some(65536)
+                proc.send_signal(signal.SIGTERM)
+                during_stop = (await read_to_end(proc.stdout)).decode()
+                assert await proc.wait() == 0
+        identities = set(re.findall(r"worker (child-\S+): checking -> standby: health check passed", seen.decode()))
+        assert "is running" not in during_stop and "spawning" not in during_stop  # no promotion, no replacement
+        exits = dict(re.findall(r"(child-\S+) \(pid \d+\) exited with (\S+) ", during_stop))
+        assert len(identities) == 2 and exits == dict.fromkeys(identities, "0")  # a SIGTERM would be -15
+        logs = [path.read_text() for path in (tmp_path / "bot" / "log").glob("helium-*.log")]
+        assert len(logs) == 2 and all(" cmd:shutdown\n" in log and " stopped\n" in log for log in logs)
+        assert json.loads((state / "state.json").read_text())["holder"] is None
+        stopping = [message for message in posted if "supervisor stopping" in message]
+        assert stopping == ["⚠️ supervisor stopping: the bot goes offline (SIGTERM)"], posted
+        assert not any("is running, epoch 2" in message for message in posted)
+
+        # The next start: a worker processes as soon as one passes its check, no lease to wait out.
+        async with supervisor(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as proc:
+            assert proc.stdout is not None
+            started = trio.current_time()
+            with trio.fail_after(30):
+                await read_until(proc.stdout, b"is running, epoch 2")
+                restart = trio.current_time() - started
+                proc.send_signal(signal.SIGTERM)
+                await read_to_end(proc.stdout)
+                assert await proc.wait() == 0
+    assert restart < 10, f"{restart:.1f}s: the next start waited for a lease (45 s + 5 s margin by default)"

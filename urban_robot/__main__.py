@@ -12,31 +12,19 @@ each saved change of a bot's source tree through the health gate.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
-import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import attrs
 import trio
 
-from .cli import (
-    SUBCOMMANDS,
-    dashboard_url,
-    ensure_admin_token,
-    read_admin_token,
-    run_command,
-    run_subcommand,
-    supervisor_url,
-    worker_logs,
-)
+from ._bootstrap import config_errors, dashboard_line, prepare, run_until_stopped
+from .cli import SUBCOMMANDS, read_admin_token, run_command, run_subcommand, supervisor_url, worker_logs
 from .config import KEYS, ConfigError, load_config
-from .logs import FORMATS, configure_logging
-from .supervisor import Settings, StateError
-from .supervisor._app import App, Options, serve
-from .supervisor._events import TimerFired
+from .logs import FORMATS
+from .supervisor import App, Options, Settings, TimerFired, serve
 from .systemd import Liveness, SdNotify, run_watchdog, watchdog_interval
 
 DEMO_WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
@@ -60,80 +48,46 @@ def demo_options(host: str, port: int, state_dir: Path) -> Options:
     )
 
 
-async def _stop_on_signals(signals: AsyncIterator[int], supervising: trio.CancelScope, notify: SdNotify) -> None:
-    """SIGTERM/SIGINT end the supervisor in order: its children are stopped, not orphaned.
-
-    Later signals, while the workers are being stopped, are taken too (and said so): left to their
-    default action, a second SIGTERM would kill the supervisor halfway and orphan the workers.
-    """
-    log = logging.getLogger("urban_robot")
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        if supervising.cancel_called:
-            log.warning("%s: already stopping the workers in order; kill -9 %d forces", name, os.getpid())
-            continue
-        log.info("%s: stopping", name)
-        await notify.stopping(f"{name}: stopping")
-        supervising.cancel()
-
-
-async def _serve_until_stopped(
-    options: Options, cancel_scope: trio.CancelScope, notify: SdNotify, *, task_status: trio.TaskStatus[App]
-) -> None:
-    """Serve; when the supervisor stops by itself (``POST /api/stop``), end everything else too."""
-    await serve(options, task_status=task_status)
-    await notify.stopping("stop requested through the admin API")
-    cancel_scope.cancel()
+def _say(line: str, again: bool) -> None:
+    logging.getLogger("urban_robot").log(logging.WARNING if again else logging.INFO, "%s", line)
 
 
 async def _main(options: Options, demo: bool) -> None:
-    notify = SdNotify.from_environ()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as listening:
-            supervising = trio.CancelScope()
-            listening.start_soon(_stop_on_signals, signals, supervising, notify)
-            with supervising:
-                await _supervise(options, demo, supervising, notify)
-            listening.cancel_scope.cancel()  # everything has stopped: no signal is left waiting to be re-raised
+    async def started(app: App, nursery: trio.Nursery, notify: SdNotify) -> None:
+        await _started(app, options, demo, nursery, notify)
+
+    await run_until_stopped(functools.partial(serve, options), say=_say, started=started)
 
 
-async def _supervise(options: Options, demo: bool, supervising: trio.CancelScope, notify: SdNotify) -> None:
-    async with trio.open_nursery() as nursery:
-        app: App = await nursery.start(_serve_until_stopped, options, supervising, notify)
-        interval = watchdog_interval()
-        if notify.enabled and interval is not None:
-            # Healthy while the core's event loop answers (TimerFired only acts on expired deadlines):
-            # a hung loop stops the pings, and systemd restarts the supervisor.
-            liveness = Liveness(lambda: app.robot.submit(TimerFired()), every=interval / 2, stale_after=interval * 1.5)
-            await nursery.start(liveness.run)
-            nursery.start_soon(run_watchdog, notify, liveness, interval)
-        await notify.ready(f"supervising on {app.url}")
-        # The token goes into the clickable URL on a terminal only; a log (journal, file) gets where to find it.
-        token_file = options.state_dir / "admin.token"
-        dashboard = (
-            dashboard_url(app.url, options.admin_token)
-            if options.admin_token and sys.stdout.isatty()
-            else f"{app.url}/ (add ?token=<the admin token, in {token_file} unless configured>)"
-        )
-        print(f"Dashboard: {dashboard}", flush=True)
+async def _started(app: App, options: Options, demo: bool, nursery: trio.Nursery, notify: SdNotify) -> None:
+    interval = watchdog_interval()
+    if notify.enabled and interval is not None:
+        # Healthy while the core's event loop answers (TimerFired only acts on expired deadlines):
+        # a hung loop stops the pings, and systemd restarts the supervisor.
+        liveness = Liveness(lambda: app.robot.submit(TimerFired()), every=interval / 2, stale_after=interval * 1.5)
+        await nursery.start(liveness.run)
+        nursery.start_soon(run_watchdog, notify, liveness, interval)
+    await notify.ready(f"supervising on {app.url}")
+    print(dashboard_line(app.url, options.admin_token, options.state_dir, sys.stdout), flush=True)
+    port = app.url.rsplit(":", 1)[1]
+    print(
+        f"Admin API on {app.url}/api/ (credential in {options.state_dir / 'admin.token'} unless configured);"
+        f" try: python -m urban_robot --port {port} status",
+        flush=True,
+    )
+    if not demo:
         print(
-            f"Admin API on {app.url}/api/ (credential in {options.state_dir / 'admin.token'} unless configured);"
-            " try: python -m urban_robot --port <port> status",
+            f"Urban Robot on {app.url} — supervising {' '.join(options.command)} in {options.helium_path}",
             flush=True,
         )
-        if not demo:
-            print(
-                f"Urban Robot on {app.url} — supervising {' '.join(options.command)} in {options.helium_path}",
-                flush=True,
-            )
-            return
-        print(
-            f"Urban Robot demo on {app.url} — supervising two simulated workers (state in {options.state_dir}).",
-            flush=True,
-        )
-        await trio.sleep(1)
-        pids = ", ".join(f"{identity} pid {child.pid}" for identity, child in app.children.children.items())
-        print(f"Workers: {pids}. Kill the running one and watch the standby take over; Ctrl+C stops.", flush=True)
+        return
+    print(
+        f"Urban Robot demo on {app.url} — supervising two simulated workers (state in {options.state_dir}).",
+        flush=True,
+    )
+    await trio.sleep(1)
+    pids = ", ".join(f"{identity} pid {child.pid}" for identity, child in app.children.children.items())
+    print(f"Workers: {pids}. Kill the running one and watch the standby take over; Ctrl+C stops.", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(flags, os.environ, args.config, Path.cwd())
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"urban-robot: configuration: {problem}", file=sys.stderr)
-        return 2
+        return config_errors(exc)
     configured_token = config.options.admin_token if config.options else None
     if args.subcommand == "logs":
         try:
@@ -228,15 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             json=args.json,
             state_dir=config.state_dir,
         )
-    options = config.options or demo_options(config.host, config.port, config.state_dir)
-    try:
-        options = attrs.evolve(options, admin_token=ensure_admin_token(options.state_dir, options.admin_token))
-    except StateError as exc:
-        print(f"urban-robot: {exc}", file=sys.stderr)
-        return 1
-    secrets = (options.settings.token, options.discord_token, options.admin_token, options.webhook_secret)
-    configure_logging(config.log_level, args.log_format, secrets)
-    return run_command(_main, options, config.options is None, address=f"{config.host}:{config.port}")
+    prepared = prepare(
+        config.options or demo_options(config.host, config.port, config.state_dir), config.log_level, args.log_format
+    )
+    if isinstance(prepared, int):
+        return prepared
+    return run_command(_main, prepared, config.options is None, address=f"{config.host}:{config.port}")
 
 
 if __name__ == "__main__":

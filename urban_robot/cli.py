@@ -223,9 +223,31 @@ def _cell(value: Any) -> str:
     return "-" if value is None else printable(str(value))  # a worker's version could hold escape sequences
 
 
+def _gateway(worker: dict[str, Any]) -> str:
+    """A worker's Discord Gateway: ``up``, ``down 3.2s``, or ``-`` when the worker never said."""
+    up = worker.get("gateway")
+    if up is None:
+        return "-"
+    if up:
+        return "up"
+    down_for = worker.get("gateway_down_for")
+    return f"down {_seconds(down_for)}" if isinstance(down_for, int | float) else "down"
+
+
+def _failure(failure: Any) -> str | None:
+    """``last failure: child-x (generation 3, version 1.0): what failed — what to do, at 2026-01-02 03:04:05``."""
+    if not isinstance(failure, dict):
+        return None
+    about = ", ".join(f"{name} {failure[name]}" for name in ("generation", "version") if failure.get(name) is not None)
+    what = f"{failure.get('reason')}" + (f" — {failure['hint']}" if failure.get("hint") else "")
+    at = failure.get("at")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if isinstance(at, int | float) else "?"
+    return f"last failure:    {failure.get('identity')}{f' ({about})' if about else ''}: {what}, at {when}"
+
+
 def format_status(body: dict[str, Any]) -> str:
     """The human view of ``GET /api/status``: a table of workers, then the supervisor's state."""
-    header = ("WORKER", "ROLE", "VERSION", "GENERATION", "PID", "HEARTBEAT AGE", "EPOCH")
+    header = ("WORKER", "ROLE", "VERSION", "GENERATION", "PID", "HEARTBEAT AGE", "EPOCH", "GATEWAY")
     rows = [
         (
             _cell(w.get("identity")),
@@ -235,6 +257,7 @@ def format_status(body: dict[str, Any]) -> str:
             _cell(w.get("pid")),
             _seconds(w.get("heartbeat_age")),
             _cell(w.get("epoch")),
+            _gateway(w),
         )
         for w in body.get("workers") or []
         if isinstance(w, dict)
@@ -251,6 +274,7 @@ def format_status(body: dict[str, Any]) -> str:
     lines.append(f"cache age:       {_seconds(body.get('cache_age'))}")
     lines.append(f"is_sane:         {_cell(sane).lower()}" + ("" if sane is not False else " (fix, then: try-again)"))
     lines.append(f"last_known_good: {_cell(body.get('last_known_good'))}")
+    lines.extend(line for line in map(_failure, body.get("failures") or []) if line)
     return "\n".join(lines)
 
 

@@ -7,7 +7,11 @@ got 'eighty' (from URBAN_ROBOT_PORT)``): an operator fixes them all in one go.
 
 ``KEYS`` is the one table of what can be configured; docs/configuration.md
 lists the same keys for people. Secrets (the bot token, the webhook secret, the
-admin token) never appear in a repr or an error message.
+admin token, the external workers' secrets) never appear in a repr or an error message.
+
+A key may be a table of ``NAME = value`` pairs (``Key.table``): ``[secrets.workers]`` in TOML, one
+variable per name in the environment (``URBAN_ROBOT_WORKER_SECRET_<NAME>``); its entries merge across
+sources, each name taken from the first source that has it.
 
 No ``helium_path`` means demo mode: ``Config.options`` is ``None`` and
 ``Config.demo`` is true; the CLI then runs its simulated workers on
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 import tomllib
@@ -43,6 +48,9 @@ DOTENV_FILE = ".env"
 CONFIG_ENV = "URBAN_ROBOT_CONFIG"
 TABLES = ("workers", "notify", "secrets")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+NAME = "<NAME>"  # in a table key's variable: where each entry's name goes
+WORKER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_WORKER_SECRET = 16  # characters: a worker secret lets its holder receive the bot token
 
 
 class ConfigError(UrbanRobotError):
@@ -65,10 +73,11 @@ class Key:
     default: Any
     meaning: str
     secret: bool = False  # never a flag, never printed
+    table: bool = False  # NAME = value pairs: a TOML table, and one variable per NAME (``env`` holds ``<NAME>``)
 
     @property
     def flag(self) -> str | None:
-        return None if self.secret else "--" + self.name.replace(".", "-").replace("_", "-")
+        return None if self.secret or self.table else "--" + self.name.replace(".", "-").replace("_", "-")
 
 
 @attrs.frozen
@@ -153,11 +162,16 @@ def _boolean(value: Any, cwd: Path) -> bool:
 
 
 def _level(value: Any, cwd: Path) -> int:
+    """A level name (any case) or a number, as in the original bot's ``.env`` (``LOG_LEVEL=20``): a threshold,
+    records at that level and above pass (10 DEBUG, 20 INFO, 30 WARNING, 40 ERROR, 50 CRITICAL; any integer >= 0)."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    if isinstance(value, str) and value.strip().upper() in LEVELS:
-        return int(logging.getLevelName(value.strip().upper()))
-    raise _Invalid(f"expected a log level ({', '.join(LEVELS)}), {_got(value)}")
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit():
+        return int(text)
+    if text.upper() in LEVELS:
+        return int(logging.getLevelName(text.upper()))
+    raise _Invalid(f"expected a log level ({', '.join(LEVELS)}) or a number such as 20, {_got(value)}")
 
 
 def _command_line(value: Any, cwd: Path) -> tuple[str, ...]:
@@ -231,6 +245,23 @@ def _secret(value: Any, cwd: Path) -> str:
     if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
         raise _Invalid("expected printable ASCII without spaces (value hidden)")
     return value
+
+
+def _worker_secrets(value: Any, cwd: Path) -> dict[str, str]:
+    """``{NAME: secret}``: each connects as ``worker:NAME`` (docs/protocol.md §3). Names are said, secrets never."""
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected a table of NAME = secret, {_got(type(value).__name__)}")
+    secrets: dict[str, str] = {}
+    for name, secret in value.items():
+        if not WORKER_NAME.fullmatch(str(name)):
+            raise _Invalid(f"{str(name)[:80]!r}: a worker name is 1-64 letters, digits, '_', '.' or '-'")
+        try:
+            secrets[name] = _secret(secret, cwd)
+        except _Invalid as exc:
+            raise _Invalid(f"{name}: {exc}") from None
+        if len(secrets[name]) < MIN_WORKER_SECRET:
+            raise _Invalid(f"{name}: expected at least {MIN_WORKER_SECRET} characters (value hidden)")
+    return secrets
 
 
 MIN_SECRET = 16  # characters: a 1-character admin token or webhook secret is guessed at once
@@ -328,6 +359,13 @@ KEYS: tuple[Key, ...] = (
         _seconds,
         _DEFAULTS.health_timeout,
         "seconds a new worker has to pass its health check",
+    ),
+    Key(
+        "workers.gateway_down_limit",
+        "URBAN_ROBOT_WORKERS_GATEWAY_DOWN_LIMIT",
+        _non_negative_seconds,
+        _DEFAULTS.gateway_down_limit,
+        "seconds a running worker's Discord Gateway may be down before a standby whose Gateway is up takes over",
     ),
     Key(
         "workers.vital_cogs",
@@ -438,6 +476,15 @@ KEYS: tuple[Key, ...] = (
         None,
         "bearer token for the admin API; unset = generated into <state_dir>/admin.token at first start",
         secret=True,
+    ),
+    Key(
+        "secrets.workers",
+        "URBAN_ROBOT_WORKER_SECRET_" + NAME,
+        _worker_secrets,
+        {},
+        "secrets of external workers (not spawned by the supervisor): NAME = secret connects as worker:NAME",
+        secret=True,
+        table=True,
     ),
 )
 _BY_NAME = {key.name: key for key in KEYS}
@@ -594,9 +641,19 @@ def _layers(
             problems.append(f"{name}: unknown key (from the command line)")
     given = {name: value for name, value in flags.items() if name in _BY_NAME and value is not None}
 
-    def from_environment(variables: Mapping[str, str]) -> dict[str, str]:
+    def from_environment(variables: Mapping[str, str]) -> dict[str, Any]:
         # An empty variable counts as unset, as in the original bot's .env ("LOGGING_CHANNEL=").
-        return {key.name: variables[key.env] for key in KEYS if variables.get(key.env, "")}
+        found: dict[str, Any] = {key.name: variables[key.env] for key in KEYS if variables.get(key.env, "")}
+        for key in KEYS:
+            prefix = key.env.removesuffix(NAME)
+            entries = {
+                name[len(prefix) :]: value
+                for name, value in variables.items()
+                if key.table and name.startswith(prefix) and len(name) > len(prefix) and value
+            }
+            if entries:
+                found[key.name] = entries
+        return found
 
     return [
         (given, lambda key: f"{key.flag}" if key.flag else "the command line"),
@@ -607,6 +664,8 @@ def _layers(
 
 
 def _value(key: Key, layers: list[Layer], cwd: Path, problems: list[str]) -> Any:
+    if key.table:
+        return _table(key, layers, cwd, problems)
     for values, source in layers:
         if key.name in values:
             try:
@@ -617,11 +676,28 @@ def _value(key: Key, layers: list[Layer], cwd: Path, problems: list[str]) -> Any
     return key.default
 
 
+def _table(key: Key, layers: list[Layer], cwd: Path, problems: list[str]) -> Any:
+    merged: dict[str, Any] = {}
+    for values, source in reversed(layers):  # the weakest first: a stronger source's entry replaces it
+        if key.name in values:
+            try:
+                merged.update(key.parse(values[key.name], cwd))
+            except _Invalid as exc:
+                problems.append(f"{key.name}: {exc} (from {source(key)})")
+    return merged or key.default
+
+
 def _check_together(values: Mapping[str, Any], problems: list[str]) -> None:
     if values["helium_path"] is not None and values["secrets.bot_token"] is None:
         problems.append("secrets.bot_token: required to supervise helium_path; set BOT_TOKEN (environment or .env)")
     if values["notify.channel"] is not None and values["notify.dm"] is not None:
         problems.append("notify: set channel (LOGGING_CHANNEL) or dm (URBAN_ROBOT_NOTIFY_DM), not both")
+    others = {values["secrets.admin_token"], values["secrets.bot_token"]}
+    seen: set[str] = set()
+    for name, secret in values["secrets.workers"].items():
+        if secret in others or secret in seen:  # the admin token would make it an admin; a shared one, two workers
+            problems.append(f"secrets.workers: {name}: the same as another secret; give each worker its own")
+        seen.add(secret)
 
 
 def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Config:
@@ -639,6 +715,7 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         grace=values["workers.grace"],
         lease_margin=values["workers.lease_margin"],
         health_timeout=values["workers.health_timeout"],
+        gateway_down_limit=values["workers.gateway_down_limit"],
         crash_loop_losses=values["workers.crash_loop_losses"],
         crash_loop_window=values["workers.crash_loop_window"],
         max_connections=values["max_connections"],
@@ -667,6 +744,7 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         poll_interval=values["poll_interval"],
         install=values["install"],
         admin_token=values["secrets.admin_token"],
+        worker_secrets=values["secrets.workers"],
         discord_token=token,
         notify_destination=values["notify.dm"] or values["notify.channel"],
         notify_dm=values["notify.dm"] is not None,

@@ -31,9 +31,8 @@ import logging
 import math
 import os
 import shutil
-import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,10 +40,11 @@ import attrs
 import trio
 import watchfiles
 
-from .cli import dashboard_url, ensure_admin_token, run_command
+from ._bootstrap import config_errors, dashboard_line, prepare, run_until_stopped
+from .cli import run_command
 from .config import Config, ConfigError, load_config
-from .logs import LogFormat, configure_logging
-from .supervisor import Settings, StateError
+from .logs import LogFormat
+from .supervisor import Settings
 from .supervisor._app import App, Options, serve
 from .supervisor._core import Worker
 from .supervisor._deploy import TreeOutcome
@@ -193,13 +193,13 @@ class DevMode:
                 await nursery.start(self._watch)
                 nursery.start_soon(self._swaps)
                 task_status.started()
-                await self.app.stopped.wait()  # POST /api/stop
+                await self.app.stop_requested.wait()  # a signal, POST /api/stop, stop()
                 nursery.cancel_scope.cancel()
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "dev mode stopped") -> None:
         """Stop watching, then the supervisor (its workers asked to shut down first)."""
         self._scope.cancel()
-        self.app.stop()
+        self.app.stop(reason)
 
     async def _watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         watching = False
@@ -404,24 +404,14 @@ async def develop(
     async with trio.open_nursery() as nursery:
         app: App = await nursery.start(serve, options)
         app.children.log_dir = state_dir / "log"
-        print(_banner(root, app.url, options, out), file=out, flush=True)
+        print(
+            f"Urban Robot dev mode: watching {root}; each change is health-checked and swapped in (Ctrl+C stops).",
+            file=out,
+        )
+        print(dashboard_line(app.url, options.admin_token, options.state_dir, out), file=out, flush=True)
         dev = DevMode(app, dev_tree, out=out, quiet=quiet, verdict_timeout=verdict_timeout)
         await nursery.start(dev.run)
         task_status.started(dev)
-
-
-def _banner(root: Path, url: str, options: Options, out: TextIO) -> str:
-    # The token goes into the clickable URL on a terminal only, as the supervisor's own banner does.
-    token_file = options.state_dir / "admin.token"
-    dashboard = (
-        dashboard_url(url, options.admin_token)
-        if options.admin_token and out.isatty()
-        else f"{url}/ (add ?token=<the admin token, in {token_file} unless configured>)"
-    )
-    return (
-        f"Urban Robot dev mode: watching {root}; each change is health-checked and swapped in (Ctrl+C stops).\n"
-        f"Dashboard: {dashboard}"
-    )
 
 
 def _first_snapshot(tree: Tree, state_dir: Path) -> Path:
@@ -460,19 +450,13 @@ def main(
     try:
         config = _load_config(flags, config_path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"urban-robot: configuration: {problem}", file=sys.stderr)
-        return 2
+        return config_errors(exc)
     assert config.options is not None  # helium_path is given
     options = dev_options(config.options, state_dir or path / STATE_DIR_NAME)
-    try:
-        options = attrs.evolve(options, admin_token=ensure_admin_token(options.state_dir, options.admin_token))
-    except StateError as exc:
-        print(f"urban-robot: {exc}", file=sys.stderr)
-        return 1
-    secrets = (options.settings.token, options.discord_token, options.admin_token)
-    configure_logging(config.log_level if log_level is not None else logging.WARNING, log_format, secrets)
-    return run_command(_run, path, options, list(ignore), address=f"{options.host}:{options.port}")
+    prepared = prepare(options, config.log_level if log_level is not None else logging.WARNING, log_format)
+    if isinstance(prepared, int):
+        return prepared
+    return run_command(_run, path, prepared, list(ignore), address=f"{prepared.host}:{prepared.port}")
 
 
 def _load_config(flags: dict[str, Any], config_path: Path | None) -> Config:
@@ -486,25 +470,9 @@ def _load_config(flags: dict[str, Any], config_path: Path | None) -> Config:
 
 
 async def _run(path: Path, options: Options, ignore: list[str]) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            dev: DevMode = await nursery.start(functools.partial(develop, path, options, ignore=ignore))
-            nursery.start_soon(_stop_on_signal, signals, dev)
+    def say(line: str, again: bool) -> None:
+        print(line, flush=True)
 
-
-async def _stop_on_signal(signals: AsyncIterator[int], dev: DevMode) -> None:
-    """SIGINT/SIGTERM stop dev mode in order; this waiter ends when the supervisor stops anyway (POST /api/stop)."""
-    async with trio.open_nursery() as nursery:
-
-        async def until_stopped() -> None:
-            await dev.app.stopped.wait()
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(until_stopped)
-        stopping = False
-        async for signum in signals:  # later signals are taken too: by default a second SIGTERM would kill us halfway
-            name = signal.Signals(signum).name
-            dev.say(f"{name}: already stopping the workers" if stopping else f"{name}: stopping the workers")
-            if not stopping:
-                dev.stop()
-            stopping = True
+    await run_until_stopped(
+        functools.partial(develop, path, options, ignore=ignore), say=say, app_of=lambda dev: dev.app
+    )

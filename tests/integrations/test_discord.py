@@ -1,9 +1,9 @@
-"""``attach()`` for asyncio bots, with a stand-in for discord.py's ``commands.Bot``, against a real supervisor.
+"""``attach()`` with real discord.py bots (offline: no Discord) against a real supervisor over real sockets.
 
-The supervisor runs in the trio test over real sockets (port 0, real clock); each bot side runs in a
-worker thread with its own asyncio loop (``trio.to_thread.run_sync(asyncio.run, ...)``).
-Discord is never reached: the stand-in's ``start(token)`` records the token and dispatches
-``on_ready``. discord.py is not needed.
+The supervisor runs in the trio test (port 0, real clock); each bot side runs in a worker thread with its
+own asyncio loop (``trio.to_thread.run_sync(asyncio.run, ...)``). The bots are real ``commands.Bot``s whose
+``login``/``connect`` skip the network (tests/integrations/_discord_fakes.py); messages go through
+discord.py's real MESSAGE_CREATE parser, so the gates are the production ones.
 """
 
 from __future__ import annotations
@@ -16,86 +16,46 @@ from typing import Any
 
 import pytest
 import trio
+from discord.ext import commands
 
-from urban_robot.integrations.discord import AttachError, Attachment, attach
+from urban_robot.integrations.discord import Attachment, Disconnected, attach
+from urban_robot.protocol import ApplyCache, CollectCache, Log, Login, Send, StartProcessing, StopProcessing
 from urban_robot.supervisor import Credentials, Settings, StateStore, UrbanRobot
+
+from ._discord_fakes import OfflineBot, Steps, message
 
 TOKEN = "discord-token-xyz-0123456789"
 SETTINGS = Settings(token=TOKEN, interval=0.5, grace=0.5, lease_margin=0.5, health_timeout=5, stop_timeout=5)
 LIMIT = 20.0  # seconds for any one scenario
+pytestmark = pytest.mark.slow  # real sockets, real clock: a second or two each
 
 
-class StandInTree:
-    """discord.py's ``app_commands.CommandTree``: runs a command only if ``interaction_check`` passes."""
+class CommandBot(OfflineBot):
+    """``!ping`` and ``!slow`` (runs until ``slow`` is set); what ran is in ``handled``."""
 
-    def __init__(self) -> None:
-        self.ran: list[Any] = []
-
-    async def interaction_check(self, interaction: Any) -> bool:
-        return True
-
-    async def dispatch(self, interaction: Any) -> bool:
-        if not await self.interaction_check(interaction):
-            return False
-        self.ran.append(interaction)
-        return True
-
-
-class StandInBot:
-    """The surface of discord.py's ``commands.Bot`` that ``attach()`` uses. ``start`` never reaches Discord."""
-
-    def __init__(self, extensions: tuple[str, ...] = ("modules.utilities",), *, auto_ready: bool = True) -> None:
-        self.extensions: dict[str, object] = {name: object() for name in extensions}
-        self.listeners: dict[str, list[Callable[..., Coroutine[Any, Any, Any]]]] = {}
-        self.checks: list[Callable[[Any], Any]] = []
-        self.tree = StandInTree()
-        self.tokens: list[str] = []
-        self.handled: list[Any] = []
-        self.close_calls = 0
-        self.finished_at: dict[Any, float] = {}
-        self.slow = asyncio.Event()  # "!slow" runs until this is set
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.handled: list[str] = []
+        self.finished_at: dict[str, float] = {}
+        self.slow = asyncio.Event()
         self.slow_started = asyncio.Event()
-        self.auto_ready = auto_ready
-        self.started = asyncio.Event()
-        self._closed = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
 
-    def add_listener(self, func: Callable[..., Coroutine[Any, Any, Any]], name: str | None = None) -> None:
-        assert asyncio.iscoroutinefunction(func)  # discord.py insists
-        self.listeners.setdefault(name or func.__name__, []).append(func)
+        @self.command()
+        async def ping(ctx: commands.Context[CommandBot]) -> None:
+            self.handled.append(ctx.message.content)
 
-    def add_check(self, func: Callable[[Any], Any], *, call_once: bool = False) -> None:
-        self.checks.append(func)
-
-    def dispatch(self, event: str, *args: Any) -> None:
-        for listener in self.listeners.get("on_" + event, []):
-            task = asyncio.create_task(listener(*args))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def process_commands(self, message: Any) -> None:
-        for check in self.checks:
-            if not check(message):
-                return
-        self.handled.append(message)
-        if message == "!slow":
+        @self.command()
+        async def slow(ctx: commands.Context[CommandBot]) -> None:
+            self.handled.append(ctx.message.content)
             self.slow_started.set()
             await self.slow.wait()
-        self.finished_at[message] = asyncio.get_running_loop().time()
+            self.finished_at[ctx.message.content] = asyncio.get_running_loop().time()
 
-    async def on_message(self, message: Any) -> None:
-        await self.process_commands(message)  # what commands.Bot.on_message does
-
-    async def start(self, token: str) -> None:
-        self.tokens.append(token)
-        self.started.set()
-        if self.auto_ready:
-            asyncio.get_running_loop().call_later(0.01, self.dispatch, "ready")
-        await self._closed.wait()
-
-    async def close(self) -> None:
-        self.close_calls += 1
-        self._closed.set()
+    async def say(self, content: str) -> None:
+        """A MESSAGE_CREATE through discord.py's parser; returns once what it started has ended."""
+        before = asyncio.all_tasks()
+        self._connection.parsers["MESSAGE_CREATE"](message(content))
+        await asyncio.gather(*(asyncio.all_tasks() - before))
 
 
 class Harness:
@@ -124,9 +84,10 @@ class Harness:
     def stop(self) -> None:
         self.scope.cancel()
 
-    def attach(self, bot: StandInBot, identity: str, **kwargs: Any) -> Attachment:
+    def attach(self, bot: OfflineBot, identity: str, **kwargs: Any) -> tuple[Attachment, Steps]:
+        steps = Steps()
         secret = self.credentials.child_secret(identity)
-        return attach(bot, url=self.url, secret=secret, **kwargs)
+        return attach(bot, url=self.url, secret=secret, observer=steps, **kwargs), steps
 
     def status(self) -> dict[str, Any]:
         """The supervisor's status, asked from the asyncio thread."""
@@ -153,8 +114,8 @@ async def in_asyncio(scenario: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         return await trio.to_thread.run_sync(asyncio.run, bounded(), abandon_on_cancel=True)
 
 
-def steps(attachment: Attachment) -> list[str]:
-    return [name for _, name, _ in attachment.steps]
+def sent(event: str) -> Callable[[Any], bool]:
+    return lambda step: isinstance(step, Send) and step.request.message.event == event
 
 
 async def test_token_ready_and_commands_only_under_the_lease(
@@ -163,130 +124,93 @@ async def test_token_ready_and_commands_only_under_the_lease(
     caplog.set_level(logging.DEBUG)
     secret = harness.credentials.child_secret("child-1")
 
-    async def scenario() -> Attachment:
-        bot = StandInBot(auto_ready=False)
-        att = harness.attach(bot, "child-1", version="1.0")
+    async def scenario() -> tuple[Attachment, Steps]:
+        bot = CommandBot()
+        bot.auto_ready = False
+        att, steps = harness.attach(bot, "child-1", version="1.0")
         runner = asyncio.create_task(att.run())
-        await bot.started.wait()
-        assert bot.tokens == [TOKEN]  # the token from hello reached start()
-        await att.wait_for("hello")
+        await steps.wait_for(Login)
+        await steps.wait_until(lambda: bool(bot.tokens))
+        assert bot.tokens == [TOKEN]  # the token from hello logged the bot in
         # logged in, Discord not READY yet: no ready, no health check, no commands
-        await bot.on_message("!ping early")
+        await bot.say("!ping early")
         assert bot.handled == []
-        assert not await bot.tree.dispatch("early interaction")
-        assert [check(None) for check in bot.checks] == [False]
         assert [w["role"] for w in harness.status()["workers"]] == ["identified"]
-        assert "ready_sent" not in steps(att) and "cmd:health_check" not in steps(att)
 
         bot.dispatch("ready")  # Discord's READY
-        await att.wait_for("processing")
-        names = steps(att)
-        assert names.index("discord_ready") < names.index("cmd:health_check") < names.index("processing")
-        assert names.index("cmd:process_commands") < names.index("processing")
+        processing_at, _ = await steps.wait_for(StartProcessing)
+        ready_at, _ = await steps.wait_for(sent("ready"))
+        report_at, report = await steps.wait_for(sent("health_check"))
+        assert ready_at <= report_at <= processing_at
+        assert report.request.message.OK is True
         assert att.processing and harness.status()["epoch"] == 1
 
-        await bot.on_message("!ping")
+        await bot.say("!ping")
         assert bot.handled == ["!ping"]
-        assert await bot.tree.dispatch("interaction")
-        assert [check(None) for check in bot.checks] == [True]
 
         await att.shutdown("test over")
         await asyncio.wait_for(runner, 5)
-        assert bot.close_calls == 1
+        assert bot.close_calls == 1 and bot.is_closed()
         assert not att.processing
-        await bot.on_message("!ping after")
+        await bot.say("!ping after")
         assert bot.handled == ["!ping"]
-        return att
+        return att, steps
 
-    att = await in_asyncio(scenario)
+    att, steps = await in_asyncio(scenario)
     assert TOKEN not in repr(att) and secret not in repr(att)
-    assert "processing commands" in caplog.text  # the log was captured...
+    assert "processing under epoch 1" in caplog.text  # the log was captured...
     for record in caplog.records:  # ...and holds neither the token nor the secret
         assert TOKEN not in record.getMessage() and secret not in record.getMessage()
-    assert TOKEN not in caplog.text and secret not in caplog.text
-    assert all(TOKEN not in repr(data) for _, _, data in att.steps)
+    assert all(TOKEN not in repr(step) for _, step in steps.seen)
 
 
 async def test_missing_vital_cog_gets_the_bot_closed(harness: Harness) -> None:
-    async def scenario() -> tuple[StandInBot, Attachment]:
-        bot = StandInBot(extensions=("modules.fun",))
-        att = harness.attach(bot, "child-1", version="1.0")
+    async def scenario() -> tuple[OfflineBot, Steps]:
+        bot = OfflineBot(extensions=("modules.fun",))
+        att, steps = harness.attach(bot, "child-1", version="1.0")
         await asyncio.wait_for(att.run(), 10)  # returns by itself: the supervisor shut the bot down
-        return bot, att
+        return bot, steps
 
-    bot, att = await in_asyncio(scenario)
-    reports = [data for _, name, data in att.steps if name == "health_report"]
+    bot, steps = await in_asyncio(scenario)
+    reports = [step.request.message.payload() for _, step in steps.seen if sent("health_check")(step)]
     assert reports == [{"OK": False, "percent": 50.0, "cogs": {"modules.fun": True, "modules.utilities": False}}]
-    shutdowns = [data for _, name, data in att.steps if name == "cmd:shutdown"]
-    assert shutdowns == [{"reason": "vital_cog_failed", "cache_sync": False}]
+    assert [step.request.message.reason for _, step in steps.seen if sent("shutdown")(step)] == ["vital_cog_failed"]
     assert bot.close_calls == 1
-    assert "processing" not in steps(att)
+    assert not steps.of(StartProcessing)
     assert bot.tokens == [TOKEN]
-
-
-def test_health_report_shape() -> None:
-    bot = StandInBot(extensions=("modules.utilities", "modules.fun", "modules.music"))
-    att = attach(bot, version="1.0", url="http://127.0.0.1:1", secret="s", vital_cogs=("modules.utilities", "x"))
-    assert att.health_report() == {
-        "OK": False,
-        "percent": 75.0,
-        "cogs": {"modules.utilities": True, "modules.fun": True, "modules.music": True, "x": False},
-    }
-    bot.extensions["x"] = object()
-    assert att.health_report()["OK"] is True and att.health_report()["percent"] == 100.0
-
-
-def test_attach_needs_a_url_and_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("URBAN_ROBOT_URL", "URBAN_ROBOT_SECRET", "URBAN_ROBOT_GENERATION"):
-        monkeypatch.delenv(name, raising=False)
-    with pytest.raises(AttachError, match="URBAN_ROBOT_URL"):
-        attach(StandInBot(), version="1.0")
-    monkeypatch.setenv("URBAN_ROBOT_URL", "http://127.0.0.1:1")
-    with pytest.raises(AttachError, match="URBAN_ROBOT_SECRET"):
-        attach(StandInBot(), version="1.0")
-    monkeypatch.setenv("URBAN_ROBOT_SECRET", "child-1.abc")
-    monkeypatch.setenv("URBAN_ROBOT_GENERATION", "7")
-    att = attach(StandInBot(), version="1.0")
-    assert att.url == "http://127.0.0.1:1" and att.generation == 7
-    assert "child-1.abc" not in repr(att)
 
 
 async def test_newer_bot_takes_over_with_the_cache(harness: Harness) -> None:
     async def scenario() -> None:
-        old_bot, new_bot = StandInBot(), StandInBot()
+        old_bot, new_bot = CommandBot(), CommandBot()
         old_cache: dict[str, Any] = {"reminders": {}}
-        new_side: list[tuple[str, Any]] = []
+        new_side: list[Any] = []
 
-        def new_set_cache(cache: Any) -> None:
-            new_side.append(("set_cache", cache))
-
-        old = harness.attach(old_bot, "child-1", version="1.0", get_cache=lambda: old_cache)
-        new = harness.attach(new_bot, "child-2", version="1.1", set_cache=new_set_cache)
+        old, old_steps = harness.attach(old_bot, "child-1", version="1.0", get_cache=lambda: old_cache)
+        new, new_steps = harness.attach(new_bot, "child-2", version="1.1", set_cache=new_side.append)
         old_runner = asyncio.create_task(old.run())
-        await old.wait_for("processing")
+        await old_steps.wait_for(StartProcessing)
         old_cache["reminders"]["alice"] = "tea at 5"
         assert await old.sync_cache()
         old_cache["reminders"]["bob"] = b"walk at 6"  # only the final cache carries this one
 
         new_runner = asyncio.create_task(new.run())
-        started_at, _ = await new.wait_for("processing")
-        _, coma = await old.wait_for("cmd:coma")
-        assert coma["cache_sync"] is True
-        stopped_at, _ = await old.wait_for("stopped")
+        started_at, _ = await new_steps.wait_for(StartProcessing)
+        await old_steps.wait_for(CollectCache)  # the coma asked for the final cache
+        stopped_at, _ = await old_steps.wait_for(StopProcessing)
         assert stopped_at <= started_at
         final = {"reminders": {"alice": "tea at 5", "bob": b"walk at 6"}}
-        assert new_side and new_side[-1] == ("set_cache", final)
-        received_at, _ = await new.wait_for("cache_received")
+        assert new_side and new_side[-1] == final
+        received_at, _ = await new_steps.wait_for(ApplyCache)
         assert received_at <= started_at  # the cache came before the new bot processed anything
         assert harness.status()["epoch"] == 2
 
         # the old bot is fenced: a standby that no longer acts on commands
         assert not old.processing
-        await old_bot.on_message("!remind late")
-        assert not await old_bot.tree.dispatch("late interaction")
+        await old_bot.say("!ping late")
         assert old_bot.handled == [] and old_bot.close_calls == 0
-        await new_bot.on_message("!remind")
-        assert new_bot.handled == ["!remind"]
+        await new_bot.say("!ping")
+        assert new_bot.handled == ["!ping"]
 
         await new.shutdown("test over")
         await old.shutdown("test over")
@@ -297,16 +221,17 @@ async def test_newer_bot_takes_over_with_the_cache(harness: Harness) -> None:
 
 async def test_bot_stops_by_itself_when_its_lease_runs_out(harness: Harness) -> None:
     async def scenario() -> None:
-        bot = StandInBot()
-        att = harness.attach(bot, "child-1", version="1.0")
+        bot = CommandBot()
+        att, steps = harness.attach(bot, "child-1", version="1.0")
         runner = asyncio.create_task(att.run())
-        await att.wait_for("processing")
+        await steps.wait_for(StartProcessing)
         trio.from_thread.run_sync(harness.stop)  # the supervisor goes away: nobody renews the lease
         gone_at = asyncio.get_running_loop().time()
-        ran_out_at, _ = await att.wait_for("lease_ran_out")
+        ran_out_at, stop = await steps.wait_for(StopProcessing)
+        assert stop.reason == "lease ran out"
         assert ran_out_at - gone_at <= SETTINGS.lease + 0.1  # counted from a heartbeat sent before
         assert not att.processing
-        await bot.on_message("!ping")
+        await bot.say("!ping")
         assert bot.handled == []
         await att.shutdown("test over")
         await asyncio.wait_for(runner, 5)
@@ -317,21 +242,22 @@ async def test_bot_stops_by_itself_when_its_lease_runs_out(harness: Harness) -> 
 
 async def test_commands_in_flight_finish_before_the_coma_is_acknowledged(harness: Harness) -> None:
     async def scenario() -> None:
-        old_bot, new_bot = StandInBot(), StandInBot()
-        old = harness.attach(old_bot, "child-1", version="1.0", get_cache=lambda: {"n": 1})
-        new = harness.attach(new_bot, "child-2", version="1.1")
+        old_bot, new_bot = CommandBot(), CommandBot()
+        old, old_steps = harness.attach(old_bot, "child-1", version="1.0", get_cache=lambda: {"n": 1})
+        new, new_steps = harness.attach(new_bot, "child-2", version="1.1")
         runners = [asyncio.create_task(old.run())]
-        await old.wait_for("processing")
-        in_flight = asyncio.create_task(old_bot.on_message("!slow"))
+        await old_steps.wait_for(StartProcessing)
+        in_flight = asyncio.create_task(old_bot.say("!slow"))
         await old_bot.slow_started.wait()
         runners.append(asyncio.create_task(new.run()))
-        await old.wait_for("cmd:coma")
-        await old_bot.on_message("!ping")  # no new command once the coma came
+        await old_steps.wait_for(lambda step: isinstance(step, Log) and "asked for coma" in step.message)
+        await old_bot.say("!ping")  # no new command once the coma came
         assert old_bot.handled == ["!slow"] and not new.processing
         old_bot.slow.set()  # the command in flight finishes; only then is the coma acknowledged
-        started_at, _ = await new.wait_for("processing")
-        stopped_at, _ = await old.wait_for("stopped")
-        assert old_bot.finished_at["!slow"] <= stopped_at <= started_at
+        started_at, _ = await new_steps.wait_for(StartProcessing)
+        stopped_at, _ = await old_steps.wait_for(StopProcessing)
+        coma_at, _ = await old_steps.wait_for(sent("coma"))
+        assert old_bot.finished_at["!slow"] <= stopped_at <= coma_at <= started_at
         await in_flight
         await new.shutdown("test over")
         await old.shutdown("test over")
@@ -342,23 +268,22 @@ async def test_commands_in_flight_finish_before_the_coma_is_acknowledged(harness
 
 async def test_holder_is_adopted_again_after_a_supervisor_restart(harness: Harness) -> None:
     async def scenario() -> None:
-        bot = StandInBot()
-        att = harness.attach(bot, "child-1", version="1.0")
+        bot = CommandBot()
+        att, steps = harness.attach(bot, "child-1", version="1.0")
         runner = asyncio.create_task(att.run())
-        await att.wait_for("processing")
+        await steps.wait_for(StartProcessing)
         assert att.epoch == 1
         trio.from_thread.run_sync(harness.stop)
-        await att.wait_for("disconnected")
+        await steps.wait_for(Disconnected)
         trio.from_thread.run(harness.start, harness.port)  # back on the same port, same state directory
-        await att.wait_until(lambda: steps(att).count("hello") == 2)
-        hellos = [data for _, name, data in att.steps if name == "hello"]
-        assert hellos[1]["process_commands"] is True and hellos[1]["epoch"] == 1  # our claim was adopted
-        assert "token" not in hellos[1]
-        assert "fenced" not in steps(att)
-        hello_at = [at for at, name, _ in att.steps if name == "hello"][1]
+        await steps.wait_until(lambda: att.protocol.sessions_served == 2)
+        hello = att.protocol.hello
+        assert hello is not None and hello.process_commands is True and hello.epoch == 1  # our claim was adopted
+        hello_at = asyncio.get_running_loop().time()
         # renewed on the new connection: a lease view counted from a heartbeat sent after the hello
-        await att.wait_until(lambda: att.lease_ends - SETTINGS.lease >= hello_at)
+        await steps.wait_until(lambda: att.lease_ends - SETTINGS.lease >= hello_at)
         assert att.processing
+        assert not [s for _, s in steps.of(StopProcessing)]  # never fenced
         status = harness.status()
         assert status["epoch"] == 1 and status["running"] is not None
         assert bot.tokens == [TOKEN]  # logged in once: a reconnection to the supervisor is not a new login

@@ -183,7 +183,7 @@ async def test_every_admin_route_refuses_bad_credentials(running: Running) -> No
     app.robot.logins.clear()  # as if the wait were over
     for tolerated in (f"Bearer {ADMIN}", f"bearer {ADMIN}", f"Bearer  {ADMIN} "):  # blanks around the token
         assert (await raw_request(app.url, "GET", "/api/status", tolerated)).startswith(b"HTTP/1.1 200 ")
-    assert not app.stopped.is_set() and app.deployer.history == []  # nothing was deployed or stopped
+    assert not app.stop_requested.is_set() and app.deployer.history == []  # nothing was deployed or stopped
 
 
 async def test_no_secret_in_logs_answers_or_cli_output(running: Running, tmp_path: Path) -> None:

@@ -45,12 +45,14 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
     robot = FakeRobot()
     monkeypatch.setenv("URBAN_ROBOT_ADMIN_TOKEN", "admin-token-of-the-supervisor")
     monkeypatch.setenv("URBAN_ROBOT_WEBHOOK_SECRET", "webhook-secret-of-the-supervisor")
+    monkeypatch.setenv("URBAN_ROBOT_WORKER_SECRET_eu", "an-external-worker-secret")
     monkeypatch.setenv("HELIUM_OWN_SETTING", "kept")
     code = (
         "import os; e = os.environ; "
         "print(e['URBAN_ROBOT_URL'], e['URBAN_ROBOT_GENERATION'], os.getsid(0) == os.getpid()); "
         "print(e['URBAN_ROBOT_SECRET'].split('.')[0]); "
         "print(e.get('URBAN_ROBOT_ADMIN_TOKEN', '-'), e.get('URBAN_ROBOT_WEBHOOK_SECRET', '-')); "
+        "print(e.get('URBAN_ROBOT_WORKER_SECRET_eu', '-')); "
         "print(e['HELIUM_OWN_SETTING']); "
         "raise SystemExit(3)"
     )
@@ -69,9 +71,9 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
     assert exited.returncode == 3
     [log_file] = list((tmp_path / "log").glob("helium-*.log"))
     assert log_file.name[len("helium-") : -len(".log")].count("-") == 5  # YYYY-MM-DD-HH-MM-SS
-    url, generation, own_session, identity, admin, webhook, own = log_file.read_text().split()
+    url, generation, own_session, identity, admin, webhook, worker, own = log_file.read_text().split()
     assert (url, generation, own_session) == ("http://127.0.0.1:1", "7", "True")
-    assert (admin, webhook, own) == ("-", "-", "kept")  # the supervisor's secrets stay with it
+    assert (admin, webhook, worker, own) == ("-", "-", "-", "kept")  # the supervisor's secrets stay with it
     assert identity == exited.identity
     assert robot.credentials.verify({"secret": robot.credentials.child_secret(identity)}) is not None
     assert children.children == {}
@@ -253,3 +255,50 @@ async def test_asked_stops_and_deploy_candidates_do_not_back_off(
     assert at == trio.current_time()  # at once, whatever the restart backoff says
     await trio.sleep(31)  # a child lived stable_uptime: the backoff is over
     assert children.backoff() == 0 and children.quick_deaths == 0
+
+
+async def test_a_running_child_is_known_by_the_generation_it_was_spawned_with(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """What ``Connected.generation`` carries (serve() wires it): ours, not whatever the child will claim."""
+    robot = FakeRobot()
+    children = Children(robot, python("import time; time.sleep(60)"), cwd=tmp_path, url="http://127.0.0.1:1")
+    with trio.fail_after(20):
+        await nursery.start(children.run, 0)
+        identity = children.spawn("test", generation=5, backoff=False)
+        while identity not in children.children:
+            await trio.sleep(0.01)  # a real process starting
+    assert children.generation_of(identity) == 5
+    assert children.generation_of("child-never-spawned") is None
+    assert children.generation_of("worker:external") is None
+    await children.stop(identity)
+
+
+async def test_stop_all_waits_for_the_children_under_one_deadline_then_signals_the_rest(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The supervisor's stop: the workers were asked to shut down; those still running at the one deadline get
+    SIGTERM together (not one time-out after another), and nothing new starts, not even a pending restart."""
+    launcher = FakeLauncher()
+    robot = FakeRobot()
+    policy = ChildPolicy(term_timeout=10, kill_timeout=10, backoff_base=5, jitter=0)
+    children = Children(robot, ["bot"], cwd=Path("."), url="u", launch=launcher, policy=policy)
+    await nursery.start(children.run, 3)
+    processes = [(await launcher.nth(n))[1] for n in range(3)]
+    children.quick_deaths = 1
+    children.spawn("a restart waiting out its back-off")  # due at 5 s, during the stop
+    start = trio.current_time()
+
+    async def obey() -> None:  # one worker acts on its shutdown command
+        await trio.sleep(3)
+        processes[0].returncode = 0
+        processes[0].exit.set()
+
+    nursery.start_soon(obey)
+    await children.stop_all()
+    assert trio.current_time() - start == pytest.approx(10)
+    assert [p.returncode for p in processes] == [0, -signal.SIGTERM, -signal.SIGTERM]
+    assert len(await robot.exits(3)) == 3 and children.children == {}  # every exit reported before it returned
+    children.spawn("after the stop")
+    await trio.sleep(60)
+    assert len(launcher.started) == 3

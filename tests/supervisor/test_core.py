@@ -31,6 +31,7 @@ from urban_robot.supervisor import (
     Settings,
     ShutdownAck,
     Spawn,
+    Stopping,
     Supervisor,
     TimerFired,
     TryAgain,
@@ -436,3 +437,78 @@ def test_older_standbys_retire_after_a_deploy() -> None:
     assert not any(isinstance(a, Spawn) for a in out)  # the process manager tops up to its count
     out = d.feed(ProcessExited("id-old-a", 0))
     assert not any(isinstance(a, Spawn) for a in out) and d.core.losses == []  # asked to go: no crash
+
+
+SPAWNING = Settings(token="t", interval=10, grace=5, lease_margin=2, spawn_workers=True)
+
+
+def stopped_core() -> tuple[Driver, list[Any]]:
+    """A holder "a" (renewed, with a cache), an approved standby "b", a worker "c" still identifying; then Stopping."""
+    d = Driver(SPAWNING)
+    d.join("a")
+    d.renew("a", 1)
+    d.feed(CacheSync("a", {"kept": 1}))
+    d.join("b")
+    d.feed(Connected("c", identity="id-c"))
+    out = d.feed(Stopping("SIGTERM"))
+    return d, out
+
+
+def test_stopping_asks_every_worker_to_shut_down_the_holder_with_its_final_cache() -> None:
+    d, out = stopped_core()
+    shutdowns = {a.wid: a.data["d"] for a in out if isinstance(a, Send) and a.data.get("t") == "shutdown"}
+    assert shutdowns == {
+        "a": {"reason": "SIGTERM", "cache_sync": True},
+        "b": {"reason": "SIGTERM", "cache_sync": False},
+    }
+    assert [a for a in out if isinstance(a, Notify)] == [
+        Notify("warning", "supervisor stopping: the bot goes offline (SIGTERM)")
+    ]
+    out = d.feed(Identified("c", version="1.0"))  # still connecting: told once it can act on a command
+    assert [a.event for a in out if isinstance(a, Send)] == ["hello", "cmd"] and d.cmds(out, "c") == ["shutdown"]
+    assert d.renew("a", 1)["lease"] == 0  # the holder is going: no more renewals
+    assert d.feed(Stopping("API")) == []  # one stop, one notification
+    out = d.feed(CacheSync("a", {"kept": 2}))
+    assert PersistCache({"kept": 2}, d.now, final=True) in out  # its final cache is kept
+    out = d.feed(ShutdownAck("a", "SIGTERM"))
+    assert d.core.lease is None and Persist(d.core.state()) in out and d.core.state()["holder"] is None
+    assert not any(isinstance(a, Send) and a.data.get("t") == "process_commands" for a in out)  # "b" stays put
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        [ShutdownAck("a"), ProcessExited("id-a", 0), ProcessExited("id-b", 0)],
+        [Disconnected("a"), ProcessExited("id-a", -15), HeartbeatSilence("b"), ProcessExited("id-b", -9)],
+        [TimerFired(), ("at", 100.0), TimerFired(), ProcessExited("id-b", 1)],  # the lease expires unacknowledged
+        [ProcessExited("id-a", -9), TryAgain(None), ProcessExited("id-b", 1), ProcessExited("id-c", 1)],
+        [ComaAck("a"), Connected("d", identity="id-d"), Identified("d", "9.0"), Ready("d"), TimerFired()],
+    ],
+)
+def test_once_stopping_nobody_is_promoted_or_spawned_whatever_happens_next(after: list[Any]) -> None:
+    d, out = stopped_core()
+    seen = list(out)
+    for event in after:
+        if isinstance(event, tuple):
+            d.now = event[1]
+            continue
+        seen += d.feed(event)
+    assert not [a for a in seen if isinstance(a, Spawn)]
+    assert not [a for a in seen if isinstance(a, Send) and a.data.get("t") in ("process_commands", "health_check")]
+    assert not [a for a in seen if isinstance(a, Notify) and "is running" in a.message]
+    assert d.core.running_client is None or (d.core.lease is not None and d.core.lease.stopping)
+    assert d.core.is_sane  # exits on the way down are no crash loop
+
+
+def test_a_holder_reconnecting_during_a_stop_is_not_adopted_but_shut_down() -> None:
+    d = Driver()
+    d.join("a")
+    grant = d.grant(d.actions, "a")
+    d.renew("a", 1)
+    d.feed(Disconnected("a"))  # its lease stands: it may still process
+    d.feed(Stopping("API"))
+    d.feed(Connected("a2", identity="id-a"))
+    out = d.feed(Identified("a2", "1.0", epoch=1, lease_token=grant["lease_token"]))
+    [hello] = [a.data for a in out if isinstance(a, Send) and a.event == "hello"]
+    assert hello["process_commands"] is False  # not adopted: it drops its grant and stops processing
+    assert d.cmds(out, "a2") == ["shutdown"] and d.core.lease is not None and d.core.lease.wid is None

@@ -11,7 +11,14 @@ processing. After every step the promises are checked:
 - P3: a worker starting to process holds the newest cache the core accepted,
   and every accepted cache was persisted before the answer;
 - P4: every grant goes to a worker whose health check passed (or to the
-  holder reconnecting with its own epoch).
+  holder reconnecting with its own epoch);
+- Gateway health: no grant goes to a worker whose Discord Gateway the core
+  knows to be down, and a holder whose Gateway has been down for
+  ``gateway_down_limit`` while a standby with its Gateway up stands by has
+  been asked to hand over (no step ends with such a hand-over overdue).
+
+Workers report their Gateway up or down (or never, as the seeds' workers) in
+heartbeats, and may say ``failed`` (they cannot work) before they exit.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 
 import attrs
 from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from urban_robot.supervisor import (
     CacheSync,
@@ -41,12 +48,18 @@ from urban_robot.supervisor import (
     Send,
     Settings,
     ShutdownAck,
+    Spawn,
+    Stopping,
     Supervisor,
     TimerFired,
     TryAgain,
+    WorkerFailed,
 )
+from urban_robot.supervisor._roles import Role
 
-SETTINGS = Settings(token="t", interval=10, grace=5, lease_margin=2, health_timeout=20, stop_timeout=8)
+SETTINGS = Settings(
+    token="t", interval=10, grace=5, lease_margin=2, health_timeout=20, stop_timeout=8, gateway_down_limit=3
+)
 HEALTHY = {"OK": True, "percent": 100, "cogs": {"modules.utilities": True}}
 SICK = {"OK": False, "percent": 40, "cogs": {"modules.utilities": True}}
 
@@ -63,8 +76,9 @@ class Proc:
     token: str | None = None
     passed: bool = False
     cache: Any = None
+    gateway: bool | None = None  # its Discord Gateway: None = it never says (a seeds-era or demo worker)
     intervals: list[list[float]] = attrs.Factory(list)
-    pending_heartbeats: list[tuple[float, int | None]] = attrs.Factory(list)
+    pending_heartbeats: list[tuple[float, int | None, bool | None]] = attrs.Factory(list)
     last_heard: float = 0.0
 
     def processing(self, now: float) -> bool:
@@ -90,6 +104,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.accepted_cache: Any = None
         self.cache_counter = itertools.count(1)
         self.admin = "admin-0"
+        self.stopping = False  # the supervisor was told to stop: nothing is promoted or spawned any more
         self.feed(Connected(self.admin, identity="admin", admin=True))
 
     # -- plumbing -------------------------------------------------------------------------
@@ -105,16 +120,20 @@ class SupervisorWorld(RuleBasedStateMachine):
             elif isinstance(action, Send):
                 self.check_send(action)
                 self.inbox.setdefault(action.wid, []).append(action)
+            elif isinstance(action, Spawn):
+                assert not self.stopping, "a spawn asked for while stopping"
         return out
 
     def check_send(self, action: Send) -> None:
         if action.event == "cmd" and action.data["t"] == "process_commands":
+            assert not self.stopping, "promoted while stopping"
             epoch = action.data["d"]["epoch"]
             assert epoch > self.last_grant, "epochs must strictly increase"
             assert epoch <= self.last_persisted_epoch, "grant sent before its epoch was persisted"
             self.last_grant = epoch
             proc = self.proc_of(action.wid)
             assert proc is not None and proc.passed, "promoted without a passed health check"
+            assert self.core.clients[action.wid].gateway is not False, "promoted while its Gateway is down"
 
     def proc_of(self, wid: str) -> Proc | None:
         return next((p for p in self.procs if p.wid == wid), None)
@@ -144,10 +163,18 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.feed(Identified(proc.wid, version=proc.version, pid=1, epoch=proc.granted, lease_token=proc.token))
 
     # -- workers arriving and talking ---------------------------------------------------------
+    @initialize(pair=st.booleans(), order=st.randoms(use_true_random=False))
+    def begin(self, pair: bool, order: Any) -> None:
+        """Half the runs start from the steady state (a holder and a warm standby), where hand-overs happen."""
+        if pair:
+            for gateway in (True, True):
+                self.spawn("1.0", True, gateway)
+                self.settle(order)
+
     @precondition(lambda self: len(self.procs) < 6)
-    @rule(version=st.sampled_from(["1.0", "1.1", "2.0"]), healthy=st.booleans())
-    def spawn(self, version: str, healthy: bool) -> None:
-        proc = Proc(identity=f"p{len(self.procs)}", version=version, healthy=healthy)
+    @rule(version=st.sampled_from(["1.0", "1.1", "2.0"]), healthy=st.booleans(), gateway=st.sampled_from([None, True]))
+    def spawn(self, version: str, healthy: bool, gateway: bool | None) -> None:
+        proc = Proc(identity=f"p{len(self.procs)}", version=version, healthy=healthy, gateway=gateway)
         self.procs.append(proc)
         self.connect(proc)
         self.feed(Ready(proc.wid))  # type: ignore[arg-type]  # logging in to Discord is quick here
@@ -186,7 +213,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         order.shuffle(beating)
         for proc in beating:
             if proc.wid is not None:
-                proc.pending_heartbeats.append((self.now, proc.granted))
+                proc.pending_heartbeats.append((self.now, proc.granted, proc.gateway))
                 self.heartbeat_now(proc)
 
     def deliver_one(self, proc: Proc) -> None:
@@ -224,7 +251,26 @@ class SupervisorWorld(RuleBasedStateMachine):
     @rule(data=st.data())
     def send_heartbeat(self, data: st.DataObject) -> None:
         proc = data.draw(st.sampled_from([p for p in self.connected() if not p.hung]))
-        proc.pending_heartbeats.append((self.now, proc.granted))
+        proc.pending_heartbeats.append((self.now, proc.granted, proc.gateway))
+
+    @precondition(lambda self: any(not p.hung for p in self.connected()))
+    @rule(data=st.data(), up=st.booleans())
+    def gateway_changes(self, data: st.DataObject, up: bool) -> None:
+        """Its Discord Gateway goes down or comes back: a heartbeat says so at once (as the worker SDKs do)."""
+        proc = data.draw(st.sampled_from([p for p in self.connected() if not p.hung]))
+        self.report_gateway(proc, up)
+
+    @precondition(lambda self: any(p.wid == self.core.running_client and not p.hung for p in self.connected()))
+    @rule(outage=st.sampled_from([0.5, 2.9, 3, 4]))
+    def holder_gateway_down(self, outage: float) -> None:
+        """The holder's Gateway goes down (an outage, an op 9) for a while: the case hand-overs are for."""
+        self.report_gateway(next(p for p in self.connected() if p.wid == self.core.running_client), False)
+        self.tick(outage)
+
+    def report_gateway(self, proc: Proc, up: bool) -> None:
+        proc.gateway = up
+        proc.pending_heartbeats.append((self.now, proc.granted, up))
+        self.heartbeat_now(proc)
 
     @precondition(lambda self: any(p.pending_heartbeats for p in self.connected()))
     @rule(data=st.data())
@@ -233,9 +279,9 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.heartbeat_now(proc)
 
     def heartbeat_now(self, proc: Proc) -> None:
-        sent_at, epoch = proc.pending_heartbeats.pop(0)
+        sent_at, epoch, up = proc.pending_heartbeats.pop(0)
         proc.last_heard = self.now
-        replies = [a for a in self.feed(Heartbeat(proc.wid, epoch)) if isinstance(a, Reply)]  # type: ignore[arg-type]
+        replies = [a for a in self.feed(Heartbeat(proc.wid, epoch, up)) if isinstance(a, Reply)]  # type: ignore[arg-type]
         lease = replies[0].data.get("lease", 0)
         if lease and epoch == proc.granted and not proc.hung:
             self.start_processing(proc, sent_at, lease)
@@ -289,6 +335,16 @@ class SupervisorWorld(RuleBasedStateMachine):
             assert proc.processing(self.now) or proc.granted is not None or self.core.running_client == wid
             proc.cache = event.cache
             self.accepted_cache = event.cache
+
+    @precondition(lambda self: bool(self.connected()))
+    @rule(data=st.data())
+    def fail(self, data: st.DataObject) -> None:
+        """Discord refused its login for good: it stops processing, says ``failed``, and will exit (crash)."""
+        proc = data.draw(st.sampled_from(self.connected()))
+        proc.stop(self.now)
+        proc.granted = None
+        proc.healthy = False  # whatever it becomes after a reconnection, it cannot pass a check any more
+        self.feed(WorkerFailed(proc.wid, "the token was refused", "reset it"))  # type: ignore[arg-type]
 
     # -- faults ------------------------------------------------------------------------------------
     @precondition(lambda self: bool([p for p in self.procs if p.alive]))
@@ -345,9 +401,16 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.feed(TryAgain(self.admin))
 
     @rule()
+    def stop_supervisor(self) -> None:
+        """SIGTERM, the admin API: every worker is asked to shut down; the workers carry on as they do."""
+        self.feed(Stopping("test"))
+        self.stopping = True
+
+    @rule()
     def restart_supervisor(self) -> None:
         """Our own crash: a new core from what was persisted; every connection drops."""
         self.core = Supervisor(SETTINGS, state=self.state, cache=self.persisted_cache, now=self.now)
+        self.stopping = False
         assert self.core.epoch == self.last_persisted_epoch
         self.inbox.clear()
         for proc in self.procs:
@@ -356,6 +419,19 @@ class SupervisorWorld(RuleBasedStateMachine):
         if self.persisted_cache is not None:
             assert self.persisted_cache == self.accepted_cache, "a restart lost an accepted cache"
         self.feed(Connected(self.admin, identity="admin", admin=True))
+
+    @invariant()
+    def no_gateway_handover_overdue(self) -> None:
+        lease = self.core.lease
+        if lease is None or lease.stopping or lease.wid not in self.core.clients:
+            return
+        since = self.core.clients[lease.wid].gateway_down_since
+        better = [
+            w for w in self.core.clients.values() if w.role is Role.STANDBY and w.approved and w.gateway is not False
+        ]
+        assert since is None or not better or self.now < since + SETTINGS.gateway_down_limit, (
+            f"the holder's Gateway is down since {since}, a standby has one, and no hand-over began by {self.now}"
+        )
 
     @invariant()
     def at_most_one_processing_now(self) -> None:

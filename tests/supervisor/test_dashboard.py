@@ -30,7 +30,7 @@ from tests._helpers import MemoryListener, dashboard_client, raw_memory_client, 
 from urban_robot.socketio import Server
 from urban_robot.supervisor._app import App, serve
 from urban_robot.supervisor._dashboard import NAMESPACE, DashboardNamespace, page_response
-from urban_robot.supervisor._events import Action, RoleChanged
+from urban_robot.supervisor._events import Action, Heartbeat, RoleChanged, WorkerFailed
 from urban_robot.supervisor._status import StatusTracker
 
 ADMIN = "admin-secret-for-the-dashboard"
@@ -205,6 +205,29 @@ async def test_the_page_shows_the_workers_and_follows_a_promotion_within_a_secon
         assert errors(page) == []
         assert page.named("Network.webSocketCreated")  # live over the WebSocket, not by polling
         assert not [r for r in page.named("Network.requestWillBeSent") if "/api/status" in r["request"]["url"]]
+
+
+@pytest.mark.slow
+async def test_the_page_shows_each_gateway_and_the_last_failure(chromium: str, live: Live) -> None:
+    app = live.app
+    standby = live.standby()
+    [wid] = [w.wid for w in app.robot.core.clients.values() if w.identity == standby]
+    row = f"document.querySelector('#workers tr[data-identity=\"{standby}\"]')"
+    async with open_browser() as page:
+        await page.navigate(f"{app.url}/?token={ADMIN}")
+        await page.wait_for(STANDBY.format(identity=standby))
+        assert await page.evaluate(f"{row}.cells[8].textContent") == "—"  # the demo worker never says: up
+        assert await page.evaluate("document.getElementById('failures-box').hidden") is True
+        await app.robot.submit(Heartbeat(wid, None, gateway=False))  # as its heartbeat would say it
+        shown = await page.wait_for(f"{row}?.querySelector('td.gateway.down')?.textContent")
+        assert shown.startswith("down") and shown.endswith(" s")
+        await app.robot.submit(WorkerFailed(wid, "the token was refused", "reset it and update BOT_TOKEN"))
+        text = await page.wait_for("document.querySelector('#failures li')?.textContent")
+        child = app.children.children[standby]
+        assert text.startswith(f"last failure: {standby} (generation {child.generation}, version ")
+        assert "): the token was refused — reset it and update BOT_TOKEN, at " in text
+        assert await page.evaluate(f"{row}?.dataset.role") in ("failed", None)  # failed, or gone already
+        assert errors(page) == []
 
 
 @pytest.mark.slow

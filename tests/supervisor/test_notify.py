@@ -314,6 +314,31 @@ async def test_full_queue_never_blocks_notify_and_reports_the_drops(
     assert notifier.dropped == 0
 
 
+async def test_flush_returns_once_everything_queued_was_sent(
+    nursery: trio.Nursery, client: httpx.AsyncClient, discord: FakeDiscord, autojump_clock: trio.testing.MockClock
+) -> None:
+    """What a stopping supervisor waits for, so "the bot goes offline" is not lost with the process."""
+    notifier = await start(nursery, client)
+    await notifier.flush()  # nothing queued: at once
+    assert trio.current_time() == 0
+    discord.gate = trio.Event()
+    notifier.notify(Notify("info", "is running, epoch 3"))
+    notifier.notify(Notify("warning", "supervisor stopping: the bot goes offline (SIGTERM)"))
+    flushed = trio.Event()
+
+    async def flush() -> None:
+        await notifier.flush()
+        flushed.set()
+
+    nursery.start_soon(flush)
+    await discord.wait_for(1)
+    await trio.sleep(30)  # Discord is slow: the first one is still in flight, the second queued
+    assert not flushed.is_set()
+    discord.gate.set()
+    await flushed.wait()
+    assert discord.contents == ["is running, epoch 3", "⚠️ supervisor stopping: the bot goes offline (SIGTERM)"]
+
+
 async def test_identical_alerts_collapse_into_the_first_and_one_summary(
     nursery: trio.Nursery, client: httpx.AsyncClient, discord: FakeDiscord, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -513,3 +538,27 @@ async def test_configuration_from_the_original_environment(client: httpx.AsyncCl
         parse_log_level("loud")
     with pytest.raises(NotifyError, match="is not a Discord id"):
         Notifier(client, TOKEN, "../../guilds/1")
+
+
+async def test_workers_failing_alike_reach_discord_once_then_as_a_count(
+    nursery: trio.Nursery, client: httpx.AsyncClient, discord: FakeDiscord, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A refused token makes every replacement fail the same way: the core says one line, the notifier folds it."""
+    from urban_robot.supervisor import Connected, Identified, ProcessExited, Settings, Supervisor, WorkerFailed
+
+    notifier = await start(nursery, client, window=300)
+    core = Supervisor(Settings(spawn_workers=True, crash_loop_losses=0))
+    for n in range(6):  # each replacement fails in turn, as children with a refused token do
+        now = trio.current_time()
+        core.handle(Connected(f"w{n}", f"child-3f9a2c-{n}", generation=2), now)
+        core.handle(Identified(f"w{n}", "1.4.0", generation=2), now)
+        out = core.handle(WorkerFailed(f"w{n}", "the token was refused", "reset it and update BOT_TOKEN"), now)
+        out += core.handle(ProcessExited(f"child-3f9a2c-{n}", 1), now)
+        for action in out:
+            if isinstance(action, Notify):
+                notifier.notify(action)
+        await trio.sleep(20)
+    await discord.wait_for(2)  # the count comes when the window ends, with no other message to wake the sender
+    line = "a worker (version 1.4.0) cannot work: the token was refused — reset it and update BOT_TOKEN"
+    assert discord.contents == [f"🚨 {line}", f"🚨 {line} — 6 times in 5 min"]
+    assert discord.times() == pytest.approx([0.0, 300.0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,18 @@ SETTINGS = Settings(
 )
 ADMIN = "admin-secret-abc"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-WORKER_KEYS = {"id", "identity", "pid", "role", "version", "generation", "heartbeat_age", "epoch"}
+WORKER_KEYS = {
+    "id",
+    "identity",
+    "pid",
+    "role",
+    "version",
+    "generation",
+    "heartbeat_age",
+    "epoch",
+    "gateway",
+    "gateway_down_for",
+}
 
 
 @pytest.fixture
@@ -315,3 +327,38 @@ async def test_no_secret_in_either_body(clock: trio.testing.MockClock, harness: 
     for body in bodies:
         for secret in secrets:
             assert secret not in body
+
+
+async def test_status_and_metrics_show_each_gateway_and_the_last_failure(
+    clock: trio.testing.MockClock, harness: Harness
+) -> None:
+    a = await harness.worker()
+    await a.wait_for("processing")
+    b = await harness.standby()
+    c = await harness.standby()
+    await a._emit("heartbeat", {"epoch": a.granted, "gateway": True})
+    await b._emit("heartbeat", {"gateway": False})
+    await trio.sleep(1)
+    workers = by_identity(await harness.status())
+    assert (workers[a.name]["gateway"], workers[a.name]["gateway_down_for"]) == (True, None)
+    assert workers[b.name]["gateway"] is False and workers[b.name]["gateway_down_for"] == pytest.approx(1, abs=0.05)
+    assert (workers[c.name]["gateway"], workers[c.name]["gateway_down_for"]) == (None, None)  # never said
+    metrics = await harness.metrics()
+    assert metrics["urban_robot_gateway_up"] == {(("worker", a.name),): 1.0, (("worker", b.name),): 0.0}
+    assert metrics["urban_robot_worker_failures"] == {(): 0.0}
+
+    before = time.time()
+    assert await c._emit("failed", {"reason": "privileged intent refused", "hint": "enable Message Content"}) == {}
+    body = await harness.status()
+    [failure] = body["failures"]
+    assert {k: failure[k] for k in ("kind", "identity", "generation", "reason", "hint")} == {
+        "kind": c.name,  # an unknown child's generation: its identity is its kind
+        "identity": c.name,
+        "generation": None,
+        "reason": "privileged intent refused",
+        "hint": "enable Message Content",
+    }
+    assert before - 1 <= failure["at"] <= time.time() + 1  # wall clock, as the timeline's
+    assert by_identity(body)[c.name]["role"] == "failed"
+    assert any(e["level"] == "critical" and "enable Message Content" in e["text"] for e in body["timeline"])
+    assert (await harness.metrics())["urban_robot_worker_failures"] == {(): 1.0}

@@ -1,58 +1,152 @@
-"""Attach an asyncio Discord bot (discord.py's ``commands.Bot`` API) to Urban Robot in one call.
+"""Attach a discord.py bot (``commands.Bot`` or ``AutoShardedBot``) to Urban Robot in one call.
 
     bot = commands.Bot(command_prefix="!", intents=intents)
     attachment = attach(bot, version="1.2.0", get_cache=..., set_cache=...)
-    attachment.run_forever()  # or: await attachment.run()
+    attachment.run_forever()  # instead of bot.run(token): the token comes from the supervisor
 
-The attachment speaks Urban Robot protocol v1 (docs/protocol.md) over python-socketio's
-``AsyncClient``: ``identify`` → ``hello`` → logs the bot in with the token from ``hello`` →
-``ready`` on Discord's READY → heartbeats, health checks, cache hand-overs, coma and shutdown.
+An asyncio shell over :class:`urban_robot.protocol.WorkerProtocol`, which decides everything — what
+to send, when the lease ends, when a connection is hung, how long to back off. The shell owns the
+Socket.IO connection (python-socketio's ``AsyncClient``, the reference client), the clock
+(``loop.time()``), discord.py and the user's callbacks. In one ``asyncio.TaskGroup`` for the whole run:
 
-**The bot processes commands only while it holds a renewed lease.** ``bot.process_commands`` is
-wrapped so that it does nothing otherwise, a global check (``bot.add_check``) refuses commands, and
-``bot.tree.interaction_check`` refuses application commands. A bot that acts on messages in its own
-``on_message`` without ``process_commands`` must test :attr:`Attachment.processing` itself.
+- the connection loop (in ``run`` itself): connect, serve until the connection goes, back off as told;
+- the timer: feeds ``timer(now)`` at ``next_deadline()``;
+- the *wire* executor writes messages in order; the *user* executor carries out effects that touch the
+  bot in order — an input's effects that hold any such effect run there as one batch, so a cache push is
+  applied before processing starts and a coma's drain ends before its acknowledgement is written;
+- Discord: log in (transient errors retried with the protocol's back-off), then the Gateway.
 
-The lease follows §8.1: it counts from when the heartbeat was *sent*, a timer stops processing
-when it runs out (in-flight ``process_commands`` calls are cancelled), ``lease: 0`` drops the grant
-at once, and ``coma``/``shutdown`` stop processing before they are acknowledged.
+Answers need no task of their own: python-socketio calls the ack callback, which feeds ``answered``;
+the protocol's deadlines catch the ones that never come.
 
-discord.py is never imported here: the bot is duck-typed (``extensions``, ``add_listener``,
-``process_commands``, ``add_check``, ``tree``, ``start``/``login``+``connect``, ``close``).
+The lease gates (:mod:`._discord_gates`) keep a worker that does not hold a renewed lease from running
+any user code with side effects. Errors (all in the project's tree, ``urban_robot._errors``)::
+
+    WorkerError (urban_robot.protocol)
+     ├─ ConfigError            no supervisor URL or secret (also exported here as AttachError)
+     ├─ AuthenticationFailed   the supervisor refused the secret
+     ├─ DiscordRefused         Discord refused the bot for good (bad token, privileged intents…)
+     └─ IncompatibleDiscordPy  a discord.py without the internals the gates need
+
 Neither the secret nor the Discord token is ever logged or shown in a ``repr``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import contextlib
 import inspect
 import logging
-import math
 import os
-import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+import random
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Protocol
 
-__all__ = ["AttachError", "Attachment", "attach"]
+import attrs
+
+from ..protocol import (
+    ApplyCache,
+    AuthenticationFailed,
+    Backoff,
+    CacheSync,
+    CollectCache,
+    ConfigError,
+    ConnectionLost,
+    DropConnection,
+    Effect,
+    Endpoint,
+    Finish,
+    HealthReport,
+    Identify,
+    Log,
+    Login,
+    Reconnect,
+    RunHealthCheck,
+    Send,
+    StartProcessing,
+    StopProcessing,
+    Timeouts,
+    WorkerError,
+    WorkerProtocol,
+)
+from ._discord_gates import IncompatibleDiscordPy, InFlight, current_lease, everywhere, install
+from ._discord_health import judge
+
+__all__ = [
+    "AttachError",
+    "Attachment",
+    "BotClosed",
+    "Connected",
+    "Disconnected",
+    "DiscordRefused",
+    "IncompatibleDiscordPy",
+    "attach",
+    "everywhere",
+]
 
 log = logging.getLogger("urban_robot.integrations.discord")
-STEPS_KEPT = 500
 
+AttachError = ConfigError  # the name this module's configuration error had before urban_robot.protocol
 CacheGetter = Callable[[], Any]  # returns the cache, or an awaitable of it
 CacheSetter = Callable[[Any], Any]  # may return an awaitable
+_WIRE = (Send, Log, DropConnection, Reconnect)
 
 
-class AttachError(RuntimeError):
-    """A configuration error: no supervisor URL or secret, or the supervisor refused the secret."""
+class DiscordRefused(WorkerError):
+    """Discord refused the bot for good (token, intents…): the worker told the supervisor, and ends as a failure."""
+
+    def __init__(self, reason: str, hint: str) -> None:
+        super().__init__(f"{reason}: {hint}" if hint else reason)
+        self.reason, self.hint = reason, hint
 
 
-class _NoAnswer(Exception):
-    """An event got no ack (the connection went, or the time ran out)."""
+# -- what an observer sees besides the effects carried out ---------------------------------------------
+@attrs.frozen
+class Connected:
+    """The Socket.IO connection is up (``identify`` follows)."""
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+@attrs.frozen
+class Disconnected:
+    why: str
+
+
+@attrs.frozen
+class BotClosed:
+    """``bot.close()`` returned: the Gateway closed normally."""
+
+
+Observer = Callable[[Any], None]  # gets each Effect once carried out, and Connected/Disconnected/BotClosed
+
+
+class SocketIOClient(Protocol):
+    """What the shell uses of python-socketio's ``AsyncClient`` (the seam tests fill with an in-memory one)."""
+
+    def on(self, event: str, handler: Callable[..., Any]) -> Any: ...
+
+    async def connect(self, url: str, *, auth: Any, transports: list[str], wait_timeout: float) -> None: ...
+
+    async def emit(self, event: str, data: Any = None, *, callback: Callable[..., Any] | None = None) -> None: ...
+
+    async def disconnect(self) -> None: ...
+
+
+ClientFactory = Callable[[], contextlib.AbstractAsyncContextManager[SocketIOClient]]
+
+
+@contextlib.asynccontextmanager
+async def socketio_client() -> AsyncIterator[SocketIOClient]:
+    """A python-socketio ``AsyncClient`` on an aiohttp session that is closed whatever happens."""
+    import aiohttp
+    import socketio
+
+    async with aiohttp.ClientSession() as http:
+        client = socketio.AsyncClient(reconnection=False, http_session=http)
+        try:
+            yield client
+        finally:
+            await client.disconnect()  # no-op when it never connected; ends engine.io's tasks otherwise
 
 
 def attach(
@@ -65,549 +159,461 @@ def attach(
     url: str | None = None,
     secret: str | None = None,
     generation: int | None = None,
+    observer: Observer | None = None,
+    drain_timeout: float = 5.0,
 ) -> Attachment:
-    """Wire ``bot`` to the Urban Robot supervisor and gate its commands; start it with ``run()``.
+    """Wire ``bot`` to the Urban Robot supervisor and gate every entry point by the lease; start it with ``run()``.
 
     ``url``, ``secret`` and ``generation`` default to ``URBAN_ROBOT_URL``, ``URBAN_ROBOT_SECRET``
     and ``URBAN_ROBOT_GENERATION``, which the supervisor gives every child it spawns.
     ``get_cache()`` returns the bot's cache (any JSON value, bytes allowed) for ``cache_sync``;
     ``set_cache(cache)`` receives the caches the supervisor pushes. Either may be a coroutine.
+    ``observer(step)`` (optional) sees each step the shell carries out, for status pages and tests.
+    With ``URBAN_ROBOT_DISCORD_URL`` set, discord.py is pointed at that (fake) Discord first.
     """
-    url = url if url is not None else os.environ.get("URBAN_ROBOT_URL")
-    secret = secret if secret is not None else os.environ.get("URBAN_ROBOT_SECRET")
-    if generation is None and os.environ.get("URBAN_ROBOT_GENERATION"):
-        try:
-            generation = int(os.environ["URBAN_ROBOT_GENERATION"])
-        except ValueError:
-            raise AttachError("URBAN_ROBOT_GENERATION must be an integer") from None
-    if not url:
-        raise AttachError("no supervisor URL: pass url= or run under Urban Robot (URBAN_ROBOT_URL)")
-    if not secret:
-        raise AttachError("no worker secret: pass secret= or run under Urban Robot (URBAN_ROBOT_SECRET)")
-    attachment = Attachment(
+    if os.environ.get("URBAN_ROBOT_DISCORD_URL"):
+        from ..testing.fake_discord import configure_from_environment  # test code, imported only when asked
+
+        configure_from_environment()
+    endpoint = Endpoint.resolve(url, secret, generation)
+    return Attachment(
         bot,
+        endpoint,
         version=version,
         vital_cogs=tuple(vital_cogs),
         get_cache=get_cache,
         set_cache=set_cache,
-        url=url,
-        secret=secret,
-        generation=generation,
+        observer=observer,
+        drain_timeout=drain_timeout,
     )
-    attachment.install()
-    return attachment
 
 
 class Attachment:
-    """One bot's link to the supervisor. Made by :func:`attach`."""
-
-    #: how long ``coma``/``shutdown`` wait for commands in flight before cancelling them
-    drain_timeout: float = 5.0
-    #: how long to wait for ``hello`` and for acks of events other than heartbeats
-    answer_timeout: float = 30.0
+    """One bot's link to the supervisor. Made by :func:`attach`; the constructor's extra seams are for tests."""
 
     def __init__(
         self,
         bot: Any,
+        endpoint: Endpoint,
         *,
         version: str,
-        vital_cogs: tuple[str, ...],
-        get_cache: CacheGetter | None,
-        set_cache: CacheSetter | None,
-        url: str,
-        secret: str,
-        generation: int | None,
+        vital_cogs: tuple[str, ...] = ("modules.utilities",),
+        get_cache: CacheGetter | None = None,
+        set_cache: CacheSetter | None = None,
+        observer: Observer | None = None,
+        drain_timeout: float = 5.0,
+        timeouts: Timeouts | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+        client: ClientFactory = socketio_client,
     ) -> None:
-        self.bot = bot
-        self.version = version
-        self.vital_cogs = vital_cogs
-        self.get_cache = get_cache
-        self.set_cache = set_cache
-        self.url = url.rstrip("/")
-        self._secret = secret  # never logged, never in repr
-        self.generation = generation
-        self.interval = 30.0
-        self.epoch: int | None = None  # the grant held (not yet permission: see ``processing``)
-        self._lease_token: str | None = None  # never logged
-        self._until = -math.inf  # end of our lease view, on the event loop's (monotonic) clock
-        self._timer: asyncio.TimerHandle | None = None
-        self._inflight: set[asyncio.Task[Any]] = set()
-        self._discord_ready = False
-        self._identified = False
-        self._shut_down = False
-        self._sio: Any = None
-        self._inbox: asyncio.Queue[tuple[str, Any]] | None = None
-        self._pending: set[asyncio.Future[Any]] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._send_lock: asyncio.Lock | None = None
-        self._stop_session: asyncio.Event | None = None
-        self._wake = asyncio.Event()
-        self._bot_task: asyncio.Task[None] | None = None
-        self._bot_error: BaseException | None = None
+        self.bot, self.endpoint, self.vital_cogs = bot, endpoint, vital_cogs
+        self.get_cache, self.set_cache, self.observer = get_cache, set_cache, observer
+        self.drain_timeout = drain_timeout
+        self.timeouts = timeouts or Timeouts()
+        identity = Identify(version, os.getpid(), endpoint.generation)
+        self.protocol = WorkerProtocol(identity, self.timeouts, backoff or Backoff(), rng or random.Random())
+        self.in_flight = InFlight()
+        self._client = client
+        self._processing = False  # StartProcessing carried out, StopProcessing not yet
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._installed = False
-        self._closing = False
-        #: the latest steps, in order: (monotonic time, step, data). Tests and status pages read them.
-        self.steps: collections.deque[tuple[float, str, Any]] = collections.deque(maxlen=STEPS_KEPT)
-        self._waiters: list[asyncio.Future[None]] = []
+        self._group: asyncio.TaskGroup | None = None
+        self._sio: SocketIOClient | None = None
+        self._lost = asyncio.Event()
+        self._why = ""
+        self._finished = asyncio.Event()
+        self._deadline_moved = asyncio.Event()
+        self._wire: asyncio.Queue[list[Effect]] = asyncio.Queue()
+        self._user: asyncio.Queue[list[Effect]] = asyncio.Queue()
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._reconnect = 0.0
+        self._error: WorkerError | None = None
+        self._stopping: str | None = None
+        self._bot_closed = False
+        self._shards_down: set[int] = set()
+        install(bot, self)
+        for event in ("ready", "connect", "disconnect", "resumed"):
+            bot.add_listener(getattr(self, f"_on_{event}"), f"on_{event}")
+        for event in ("ready", "connect", "disconnect", "resumed"):  # AutoShardedBot: per shard
+            bot.add_listener(getattr(self, f"_on_shard_{event}"), f"on_shard_{event}")
 
     def __repr__(self) -> str:
-        return f"<Attachment version={self.version!r} epoch={self.epoch} processing={self.processing}>"
+        return f"<Attachment {self.version} {self.endpoint.url} processing={self.processing}>"
 
-    # -- state -----------------------------------------------------------------------------------
+    # -- what the bot looks at -------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return self.protocol.identity.version
+
+    @property
+    def epoch(self) -> int | None:
+        grant = self.protocol.lease.grant
+        return grant.epoch if grant is not None else None
+
     @property
     def lease_ends(self) -> float:
-        """When our view of the lease ends (the event loop's monotonic clock); -inf without a renewal."""
-        return self._until if self.epoch is not None else -math.inf
+        """When this worker's view of its lease ends, on the event loop's clock (-inf: no renewal)."""
+        return self.protocol.lease.until
 
     @property
     def processing(self) -> bool:
-        """True while the bot may act on user commands: a grant, renewed, and its lease not run out."""
-        return self.epoch is not None and self._now() < self._until
+        """May the bot act for users right now (a renewed lease that has not run out)?"""
+        return self._processing and self._loop is not None and self.protocol.processing(self._loop.time())
 
-    def _now(self) -> float:
-        return self._loop.time() if self._loop is not None else time.monotonic()
-
-    def _note(self, step: str, data: Any = None) -> None:
-        self.steps.append((self._now(), step, data))
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def wait_for(self, step: str) -> tuple[float, Any]:
-        """The first step called ``step`` (``"processing"``, ``"cmd:coma"``, ``"stopped"``...), waiting for it."""
-        await self.wait_until(lambda: any(name == step for _, name, _ in self.steps))
-        return next((at, data) for at, name, data in self.steps if name == step)
-
-    async def wait_until(self, predicate: Callable[[], bool]) -> None:
-        """Wait until ``predicate()`` is true, testing it again after each step."""
-        while not predicate():
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
-
-    # -- the gates -------------------------------------------------------------------------------
-    def install(self) -> None:
-        """Gate the bot's commands and listen for READY (``attach`` does this)."""
-        if self._installed:
-            return
-        self._installed = True
-        bot = self.bot
-        original = bot.process_commands
-
-        async def process_commands(message: Any, *args: Any, **kwargs: Any) -> Any:
-            if not self.processing:
-                return None
-            task = asyncio.current_task()
-            if task is not None:
-                self._inflight.add(task)
-            try:
-                return await original(message, *args, **kwargs)
-            finally:
-                if task is not None:
-                    self._inflight.discard(task)
-
-        bot.process_commands = process_commands
-
-        add_check = getattr(bot, "add_check", None)
-        if add_check is not None:
-
-            def urban_robot_lease(ctx: Any) -> bool:
-                return self.processing
-
-            add_check(urban_robot_lease)
-
-        tree = getattr(bot, "tree", None)
-        if tree is not None and hasattr(tree, "interaction_check"):
-            tree_check = tree.interaction_check
-
-            async def interaction_check(interaction: Any) -> bool:
-                if not self.processing:
-                    return False
-                return bool(await _maybe_await(tree_check(interaction)))
-
-            tree.interaction_check = interaction_check
-
-        bot.add_listener(self._on_discord_ready, "on_ready")
-
-    async def _on_discord_ready(self) -> None:
-        self._discord_ready = True
-        self._note("discord_ready")
-        if self._identified:
-            await self._send_ready()
-
-    async def _send_ready(self) -> None:
-        try:
-            reply = await self._call("ready", {})
-        except _NoAnswer:
-            return
-        self._note("ready_sent", reply)
-        self._check_error("ready", reply)
-
-    # -- running ---------------------------------------------------------------------------------
-    def run_forever(self) -> None:
-        """``asyncio.run(self.run())``, for a bot's ``main``."""
-        asyncio.run(self.run())
-
-    async def run(self) -> None:
-        """Connect (and reconnect, with backoff), log the bot in, serve the supervisor until shut down.
-
-        Returns once the supervisor shut the bot down, :meth:`shutdown` was called, or the bot
-        closed by itself. Raises :class:`AttachError` if the supervisor refuses the secret, and
-        re-raises an exception the bot's own ``start`` raised.
-        """
-        try:
-            import socketio  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - an installation problem
-            hint = 'pip install "python-socketio[asyncio-client]"'
-            raise AttachError(f"Urban Robot needs python-socketio: {hint}") from exc
-        self._loop = asyncio.get_running_loop()
-        self._send_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        delay = 0.1
-        try:
-            while not self._shut_down and not self._bot_finished():
-                try:
-                    await self._session()
-                    delay = 0.1
-                except AttachError:
-                    raise
-                except Exception as exc:  # a refused or broken connection: come back with backoff
-                    log.warning("urban robot connection failed: %s", type(exc).__name__)
-                if self._shut_down or self._bot_finished():
-                    break
-                log.info("reconnecting to urban robot in %.1f s", delay)
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)  # shutdown() cuts the wait short
-                except TimeoutError:
-                    pass
-                delay = min(10.0, delay * 2)
-        finally:
-            await self._stop_processing("stopped running", drain=False)
-            await self._close_bot()
-            self._note("done")
-        if self._bot_error is not None:
-            raise self._bot_error
-
-    def _bot_finished(self) -> bool:
-        return self._bot_task is not None and self._bot_task.done()
-
-    async def _session(self) -> None:
-        import socketio
-
-        sio = socketio.AsyncClient(reconnection=False)
-        refused: list[Any] = []
-        lost = asyncio.Event()
-        stop = self._stop_session = asyncio.Event()
-        inbox = self._inbox = asyncio.Queue()
-        hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def on_hello(data: Any = None) -> None:
-            if not hello.done():
-                hello.set_result(data)
-
-        # Plain (not async) handlers: they run in arrival order, and queue work for _serve.
-        sio.on("connect_error", lambda data=None: refused.append(data))
-        sio.on("disconnect", lambda *args: lost.set())
-        sio.on("hello", on_hello)
-        sio.on("cmd", lambda data=None: inbox.put_nowait(("cmd", data)))
-        sio.on("cache_sync", lambda data=None: inbox.put_nowait(("cache_sync", data)))
-        try:
-            await sio.connect(
-                self.url, auth={"secret": self._secret}, transports=["websocket"], wait_timeout=self.answer_timeout
-            )
-        except socketio.exceptions.ConnectionError:
-            if any(isinstance(r, dict) and r.get("message") == "authentication failed" for r in refused):
-                self._note("refused")
-                raise AttachError("the supervisor refused this worker's secret (authentication failed)") from None
-            raise
-        self._sio = sio
-        self._note("connected")
-        try:
-            await self._identify(sio, on_hello, hello)
-            self._spawn(self._heartbeats())
-            self._spawn(self._serve(inbox))
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(lost.wait()), asyncio.ensure_future(stop.wait())]
-            if self._bot_task is not None:
-                waits.append(asyncio.ensure_future(asyncio.shield(self._bot_task)))
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-            if self._bot_finished() and not self._shut_down and not lost.is_set():
-                await self.shutdown("the bot closed")  # not to be replaced
-        finally:
-            self._identified = False
-            self._sio = None
-            for task in list(self._tasks):
-                if task is not asyncio.current_task():
-                    task.cancel()
-            for future in list(self._pending):
-                if not future.done():
-                    future.set_exception(_NoAnswer("disconnected"))
-            self._tasks.clear()
-            self._pending.clear()
-            try:
-                await sio.disconnect()
-            except Exception:  # pragma: no cover - already gone
-                pass
-            self._note("disconnected")
-
-    async def _identify(self, sio: Any, on_hello: Callable[[Any], None], hello: asyncio.Future[Any]) -> None:
-        identity = {
-            "version": self.version,
-            "pid": os.getpid(),
-            "generation": self.generation,
-            "epoch": self.epoch,
-            "lease_token": self._lease_token,
-        }
-        assert self._send_lock is not None
-        async with self._send_lock:
-            await sio.emit("identify", identity, callback=on_hello)
-        data = await asyncio.wait_for(hello, self.answer_timeout)
-        if not isinstance(data, dict) or "error" in data or not isinstance(data.get("token"), str):
-            error = data.get("error") if isinstance(data, dict) else data
-            raise RuntimeError(f"identify was refused: {error!r}")
-        token = data["token"]
-        self.interval = float(data.get("interval", self.interval))
-        self._identified = True
-        self._note("hello", {k: v for k, v in data.items() if k != "token"})
-        log.info(
-            "urban robot says hello: protocol %s, interval %s s, lease %s s",
-            data.get("protocol"),
-            data.get("interval"),
-            data.get("lease"),
-        )
-        if data.get("process_commands"):
-            self.epoch = data.get("epoch")  # our claim was adopted: renew it now
-            self._spawn(self._heartbeat())
-        elif self.epoch is not None:
-            self._fence("our lease claim was not adopted")
-        if self._bot_task is None:
-            self._bot_task = asyncio.create_task(self._run_bot(token))
-        elif self._discord_ready:
-            self._spawn(self._send_ready())  # again, after each reconnection
-
-    async def _run_bot(self, token: str) -> None:
-        """Log the bot in with the token from ``hello`` (``start``, or ``login`` + ``connect``)."""
-        self._note("bot_starting")
-        try:
-            start = getattr(self.bot, "start", None)
-            if start is not None:
-                await start(token)
-            else:
-                await self.bot.login(token)
-                await self.bot.connect()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._bot_error = exc
-            log.error("the bot stopped with %s", type(exc).__name__)
-        finally:
-            self._note("bot_stopped")
-
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # -- talking to the supervisor ---------------------------------------------------------------
-    async def _call(self, event: str, data: Any, timeout: float | None = None) -> Any:
-        """Emit with an ack and return the answer; _NoAnswer if it does not come."""
-        sio = self._sio
-        if sio is None or self._send_lock is None:
-            raise _NoAnswer("not connected")
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-        def on_ack(*args: Any) -> None:
-            if not answer.done():
-                answer.set_result(args[0] if args else None)
-
-        self._pending.add(answer)
-        try:
-            async with self._send_lock:
-                await sio.emit(event, data, callback=on_ack)
-            return await asyncio.wait_for(answer, self.answer_timeout if timeout is None else timeout)
-        except _NoAnswer:
-            raise
-        except Exception as exc:  # disconnected, timed out
-            raise _NoAnswer(event) from exc
-        finally:
-            self._pending.discard(answer)
-
-    def _check_error(self, event: str, reply: Any) -> None:
-        if isinstance(reply, dict) and "error" in reply:
-            log.warning("urban robot answered %s with an error: %s", event, reply["error"])
-
-    async def _heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            self._spawn(self._heartbeat())
-
-    async def _heartbeat(self) -> None:
-        sent_at = self._now()  # the lease counts from here (§8.1)
-        epoch = self.epoch
-        try:
-            reply = await self._call("heartbeat", {"epoch": epoch}, timeout=max(self.interval, 1.0))
-        except _NoAnswer:
-            return  # not a renewal: the timer stops us when our view ends
-        self._check_error("heartbeat", reply)
-        if epoch is None or epoch != self.epoch or not isinstance(reply, dict):
-            return
-        lease = reply.get("lease")
-        if reply.get("epoch") == epoch and isinstance(lease, int | float) and lease > 0:
-            self._extend(sent_at + lease)
-            self._note("renewed", sent_at + lease)
-        elif lease == 0:
-            self._fence("the supervisor refused our lease")
-
-    def _extend(self, until: float) -> None:
-        if until <= self._now():
-            return  # a renewal that came too late is useless
-        was = self.processing
-        self._until = max(self._until, until)
-        self._arm_timer()
-        if not was:
-            log.info("processing commands (epoch %s)", self.epoch)
-            self._note("processing", self.epoch)
-
-    def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        assert self._loop is not None
-        self._timer = self._loop.call_at(self._until, self._lease_ran_out)
-
-    def _lease_ran_out(self) -> None:
-        self._timer = None
-        if self.processing:  # the loop woke a hair early
-            self._arm_timer()
-            return
-        log.warning("our lease ran out without a renewal: stopped processing commands")
-        self._note("lease_ran_out", self.epoch)
-        self._cancel_inflight()
-
-    def _fence(self, why: str) -> None:
-        """Drop the grant at once (lease: 0, or a claim not adopted)."""
-        was = self.processing
-        self.epoch, self._lease_token, self._until = None, None, -math.inf
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._cancel_inflight()
-        log.warning("%s: stopped processing commands", why)
-        self._note("fenced", {"why": why, "was_processing": was})
-
-    def _cancel_inflight(self) -> None:
-        for task in list(self._inflight):
-            task.cancel()
-
-    async def _stop_processing(self, why: str, *, drain: bool = True) -> None:
-        """Stop taking commands, then let the ones in flight finish (up to ``drain_timeout``)."""
-        was = self.processing
-        self.epoch, self._lease_token, self._until = None, None, -math.inf
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        inflight = [t for t in self._inflight if t is not asyncio.current_task()]
-        if inflight and drain:
-            await asyncio.wait(inflight, timeout=self.drain_timeout)
-        for task in inflight:
-            task.cancel()
-        if was:
-            log.info("stopped processing commands: %s", why)
-        self._note("stopped", why)
-
-    async def _serve(self, inbox: asyncio.Queue[tuple[str, Any]]) -> None:
-        """Handle the supervisor's pushes one at a time, in the order they came."""
-        while True:
-            kind, data = await inbox.get()
-            if kind == "cache_sync":
-                cache = data.get("cache") if isinstance(data, dict) else None
-                self._note("cache_received")  # not the cache itself: it may be large
-                if self.set_cache is not None:
-                    await _maybe_await(self.set_cache(cache))
-            elif kind == "cmd" and isinstance(data, dict) and isinstance(data.get("t"), str):
-                d = data.get("d")
-                await self._on_cmd(data["t"], d if isinstance(d, dict) else {})
-
-    async def _on_cmd(self, name: str, data: dict[str, Any]) -> None:
-        self._note("cmd:" + name, {k: v for k, v in data.items() if k != "lease_token"})
-        if name == "health_check":
-            report = self.health_report()
-            self._note("health_report", report)
-            try:
-                self._check_error("health_check", await self._call("health_check", report))
-            except _NoAnswer:
-                pass
-        elif name == "process_commands":
-            if isinstance(data.get("epoch"), int):
-                self.epoch = data["epoch"]
-                token = data.get("lease_token")
-                self._lease_token = token if isinstance(token, str) else None
-                await self._heartbeat()  # a grant is used only once renewed
-        elif name in ("coma", "shutdown"):
-            reason = data.get("reason") if isinstance(data.get("reason"), str) else ""
-            log.info("urban robot says %s: %s", name, reason)
-            if name == "shutdown":
-                self._shut_down = True
-            await self._stop_processing(name)  # first, before anything is acknowledged
-            try:
-                if data.get("cache_sync"):
-                    cache = await _maybe_await(self.get_cache()) if self.get_cache is not None else None
-                    self._check_error("cache_sync", await self._call("cache_sync", {"cache": cache}))
-                self._check_error(name, await self._call(name, {"reason": reason}))
-            except _NoAnswer:
-                pass
-            if name == "shutdown":
-                await self._close_bot()
-                if self._stop_session is not None:
-                    self._stop_session.set()
-        # "ok" and names we do not know: nothing to do
-
-    # -- what the bot can call -------------------------------------------------------------------
     def health_report(self) -> dict[str, Any]:
         """``{OK, percent, cogs}`` (§9): every loaded extension, and every vital cog, loaded or not."""
-        loaded = list(getattr(self.bot, "extensions", {}) or {})
-        cogs = {name: True for name in loaded}
+        cogs = {name: True for name in getattr(self.bot, "extensions", {}) or {}}
         for name in self.vital_cogs:
             cogs[name] = name in cogs
-        working = sum(cogs.values())
-        percent = 100.0 * working / len(cogs) if cogs else 100.0
+        percent = 100.0 * sum(cogs.values()) / len(cogs) if cogs else 100.0
         return {"OK": all(cogs.values()), "percent": percent, "cogs": cogs}
+
+    # -- running ---------------------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        """Run until shut down; SIGTERM and SIGINT shut down cleanly. A failure exits with status 1."""
+        try:
+            asyncio.run(self._run_with_signals())
+        except WorkerError as exc:
+            log.error("%s", exc)
+            raise SystemExit(1) from None
+
+    async def _run_with_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop, sig.name)
+        try:
+            await self.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def run(self) -> None:
+        """Connect (and reconnect), log the bot in, serve the supervisor until shut down.
+
+        Returns once shut down (``cmd shutdown``, :meth:`shutdown`, a signal, or the bot closed by itself),
+        after ``bot.close()``. Raises :class:`AuthenticationFailed` if the supervisor refuses the secret and
+        :class:`DiscordRefused` if Discord refuses the bot for good.
+        """
+        self._loop = asyncio.get_running_loop()
+        current_lease.set(self)  # tasks.Loop iterations started from here on are gated by this attachment
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                group.create_task(self._timer())
+                group.create_task(self._execute(self._wire))
+                group.create_task(self._execute(self._user))
+                await self._connect_forever()
+                await self._finished.wait()  # the Finish effect carried out, after everything before it
+                await self._close_bot()  # the Gateway closes normally; bot.connect() returns
+                raise _Done
+        except* _Done:
+            pass
+        finally:
+            self._group = None
+            self._processing = False
+            await self.in_flight.settle(drain=False, timeout=self.timeouts.close)
+            await self._close_bot()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, why: str = "stopped") -> None:
+        """Begin a shutdown without waiting for it (what a signal does); a second call only logs."""
+        if self._stopping is not None:
+            log.warning("%s while stopping (%s): still stopping cleanly", why, self._stopping)
+            return
+        self._stopping = why
+        log.info("shutting down: %s", why)
+        self._feed(self.protocol.shutdown(why, self._now()))
+
+    async def shutdown(self, reason: str = "shutting down") -> None:
+        """Stop processing, hand the cache over if we held the lease, say ``shutdown``; ``run`` then closes the bot."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight.release(task)  # a command that shuts the bot down is not waited for by its own drain
+        self.stop(reason)
+        if self._group is not None:
+            await self._finished.wait()
 
     async def sync_cache(self) -> bool:
         """Send the cache (from ``get_cache``) to the supervisor after a change; only while processing."""
         if not self.processing or self.get_cache is None:
             return False
-        cache = await _maybe_await(self.get_cache())
-        try:
-            reply = await self._call("cache_sync", {"cache": cache})
-        except _NoAnswer:
-            return False
-        self._check_error("cache_sync", reply)
-        return bool(isinstance(reply, dict) and reply.get("accepted"))
+        cache = await _call_user(self.get_cache, what="get_cache")
+        answer = await self._request(self.protocol.send(CacheSync(cache), self._now()))
+        return isinstance(answer, dict) and answer.get("accepted") is True
 
-    async def shutdown(self, reason: str = "shutting down") -> None:
-        """Stop processing, tell the supervisor (not to be replaced), close the bot, and end ``run``."""
-        self._shut_down = True
-        await self._stop_processing(reason)
+    # -- the connection --------------------------------------------------------------------------------
+    async def _connect_forever(self) -> None:
+        while not self.protocol.finished:
+            why = "connection closed"
+            try:
+                why = await self._session()
+            except AuthenticationFailed as exc:
+                self._error = exc
+                self._feed(self.protocol.refused(self._now(), str(exc)))
+                return
+            except ConnectionLost as exc:
+                why = str(exc)
+            self._settle_all()
+            self._observe(Disconnected(why))
+            self._feed(self.protocol.disconnected(self._now(), why))
+            if not self.protocol.finished:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._reconnect):
+                        await self._finished.wait()
+
+    async def _session(self) -> str:
+        """One connection, from connect to its loss; returns why it ended."""
+        import socketio
+
+        async with self._client() as sio:
+            self._lost, self._why, refusals = asyncio.Event(), "connection closed", list[Any]()
+            sio.on("connect_error", lambda data=None: refusals.append(data))
+            sio.on("disconnect", lambda *_: self._lost.set())
+            for event in ("hello", "cmd", "cache_sync"):
+                sio.on(event, self._push_handler(event))
+            try:
+                async with asyncio.timeout(self.timeouts.connect + self.timeouts.handshake):
+                    url, secret = self.endpoint.url, self.endpoint.secret
+                    wait = self.timeouts.handshake
+                    await sio.connect(url, auth={"secret": secret}, transports=["websocket"], wait_timeout=wait)
+            except socketio.exceptions.ConnectionError as exc:
+                if any(isinstance(r, dict) and r.get("message") == "authentication failed" for r in refusals):
+                    raise AuthenticationFailed("the supervisor refused this worker's secret") from None
+                raise ConnectionLost(f"cannot connect: {exc}") from None
+            except TimeoutError:
+                raise ConnectionLost("connecting timed out") from None
+            self._sio = sio
+            try:
+                self._observe(Connected())
+                self._feed(self.protocol.connected(self._now()))
+                await self._lost.wait()
+            finally:
+                self._sio = None
+            return self._why
+
+    def _push_handler(self, event: str) -> Callable[..., None]:
+        def handler(data: Any = None) -> None:  # plain, not async: python-socketio runs these in arrival order
+            self._feed(self.protocol.pushed(event, data, self._now()))
+
+        return handler
+
+    async def _timer(self) -> None:
+        while True:
+            self._deadline_moved.clear()
+            try:
+                async with asyncio.timeout_at(self.protocol.next_deadline()):
+                    await self._deadline_moved.wait()
+            except TimeoutError:
+                self._feed(self.protocol.timer(self._now()))
+
+    # -- carrying out the protocol's effects -----------------------------------------------------------
+    def _feed(self, effects: list[Effect]) -> None:
+        """Queue one input's effects: on the wire executor if they only write, else all on the user executor."""
+        for effect in effects:
+            if isinstance(effect, Reconnect):
+                self._reconnect = effect.delay
+        if effects:
+            (self._wire if all(isinstance(e, _WIRE) for e in effects) else self._user).put_nowait(effects)
+            self._deadline_moved.set()
+
+    async def _execute(self, queue: asyncio.Queue[list[Effect]]) -> None:
+        while True:
+            for effect in await queue.get():
+                await self._carry_out(effect)
+                self._observe(effect)
+
+    async def _carry_out(self, effect: Effect) -> None:
+        if isinstance(effect, Send):
+            await self._write(effect)
+        elif isinstance(effect, Log):
+            log.log(effect.level, "%s", effect.message)
+        elif isinstance(effect, StartProcessing):
+            self._processing = True
+        elif isinstance(effect, StopProcessing):
+            self._processing = False  # no new work from here; then the work in flight ends
+            await self.in_flight.settle(drain=effect.drain, timeout=self.drain_timeout)
+            log.info("stopped processing: %s", effect.reason)
+        elif isinstance(effect, ApplyCache):
+            await _call_user(self.set_cache, effect.cache, what="set_cache")
+        elif isinstance(effect, CollectCache):
+            cache = await _call_user(self.get_cache, what="get_cache")
+            self._feed(self.protocol.cache_collected(cache, self._now()))
+        elif isinstance(effect, RunHealthCheck):
+            report = self.health_report()
+            log.info("health report: %r", report)
+            self._feed(self.protocol.health_collected(HealthReport(**report), self._now()))
+        elif isinstance(effect, DropConnection):
+            self._drop(effect.reason)
+        elif isinstance(effect, Login):
+            assert self._group is not None
+            self._group.create_task(self._discord(effect.token))
+        elif isinstance(effect, Finish):
+            if effect.error is not None and self._error is None:
+                self._error = WorkerError(effect.error)
+            self._finished.set()
+            self._drop("the worker has finished")
+        # Reconnect: read by _feed
+
+    async def _write(self, send: Send) -> None:
+        request, sio = send.request, self._sio
+        if sio is None or request.session != self.protocol.session:
+            self._settle(request.id, None)
+            return  # its connection is gone; the protocol forgot it already
+
+        def on_ack(*args: Any) -> None:
+            answer = args[0] if args else None
+            self._feed(self.protocol.answered(request.id, answer, self._now()))
+            self._settle(request.id, answer)
+
         try:
-            self._check_error("shutdown", await self._call("shutdown", {"reason": reason}))
-        except _NoAnswer:
-            pass
+            await sio.emit(request.message.event, request.message.payload(), callback=on_ack)
+        except Exception as exc:  # python-socketio: not connected, or the transport broke
+            self._drop(f"writing {request.message.event!r} failed: {exc}")
+            self._settle(request.id, None)
+
+    async def _request(self, effects: list[Effect]) -> Any:
+        """Feed ``effects`` and wait for the answer to the (last) message they send; None if it is lost."""
+        sends = [e for e in effects if isinstance(e, Send)]
+        if not sends:
+            self._feed(effects)
+            return None
+        waiter = self._waiters[sends[-1].request.id] = asyncio.get_running_loop().create_future()
+        self._feed(effects)
+        return await waiter
+
+    def _drop(self, why: str) -> None:
+        if not self._lost.is_set():
+            log.warning("dropping the connection: %s", why)
+            self._why = why
+            self._lost.set()
+
+    def _settle(self, request_id: int, answer: Any) -> None:
+        waiter = self._waiters.pop(request_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    def _settle_all(self) -> None:
+        for request_id in list(self._waiters):
+            self._settle(request_id, None)
+
+    # -- Discord -------------------------------------------------------------------------------------------
+    async def _discord(self, token: str) -> None:
+        """Log in (transient errors retried with the protocol's back-off), then run the Gateway until closed."""
+        attempt = 0
+        while True:
+            try:
+                await self.bot.login(token)
+                break
+            except Exception as exc:
+                verdict = judge(exc, getattr(self.bot, "intents", None))
+                if not verdict.transient:
+                    return await self._discord_failed(verdict.reason, verdict.hint)
+                await self._reset_http()
+                delay = self.protocol.backoff.delay(attempt, self.protocol.rng)
+                attempt += 1
+                log.warning("logging in to Discord failed (%s); retrying in %.2f s", verdict.reason, delay)
+                await asyncio.sleep(delay)
+        try:
+            await self.bot.connect(reconnect=True)  # discord.py resumes and reconnects the Gateway itself
+        except Exception as exc:  # what connect lets out is permanent: it retried the rest
+            verdict = judge(exc, getattr(self.bot, "intents", None))
+            return await self._discord_failed(verdict.reason, verdict.hint)
+        if self._stopping is None and not self.protocol.finished:
+            self.stop("the bot closed")  # by itself (bot.close() in its own code): not to be replaced
+
+    async def _reset_http(self) -> None:
+        """Close the session a failed ``static_login`` opened; closing it closed its connector: let login make one."""
+        import discord
+
+        await self.bot.http.close()
+        self.bot.http.connector = discord.utils.MISSING
+
+    async def _discord_failed(self, reason: str, hint: str) -> None:
+        log.error("Discord refused this bot: %s. %s", reason, hint)
+        self._error = DiscordRefused(reason, hint)
+        self._stopping = reason
+        self._feed(self.protocol.fail(reason, hint, self._now()))
         await self._close_bot()
-        if self._stop_session is not None:
-            self._stop_session.set()
-        self._wake.set()
+
+    @everywhere
+    async def _on_ready(self) -> None:
+        self._feed(self.protocol.discord_is_ready(self._now()))
+        self._feed(self.protocol.gateway_changed(True, self._now()))
+
+    @everywhere
+    async def _on_connect(self) -> None:
+        if not self._sharded:
+            self._feed(self.protocol.gateway_changed(True, self._now()))
+
+    @everywhere
+    async def _on_resumed(self) -> None:
+        await self._on_connect()
+
+    @everywhere
+    async def _on_disconnect(self) -> None:
+        if not self._sharded:
+            self._feed(self.protocol.gateway_changed(False, self._now()))
+
+    @everywhere
+    async def _on_shard_ready(self, shard_id: int) -> None:
+        await self._on_shard_connect(shard_id)
+
+    @everywhere
+    async def _on_shard_connect(self, shard_id: int) -> None:
+        self._shards_down.discard(shard_id)
+        self._feed(self.protocol.gateway_changed(not self._shards_down, self._now()))
+
+    @everywhere
+    async def _on_shard_resumed(self, shard_id: int) -> None:
+        await self._on_shard_connect(shard_id)
+
+    @everywhere
+    async def _on_shard_disconnect(self, shard_id: int) -> None:
+        self._shards_down.add(shard_id)
+        self._feed(self.protocol.gateway_changed(False, self._now()))
+
+    @property
+    def _sharded(self) -> bool:
+        import discord
+
+        return isinstance(self.bot, discord.AutoShardedClient)
 
     async def _close_bot(self) -> None:
-        if self._bot_task is None or self._closing:
+        """``bot.close()`` once, bounded: the Gateway closes with 1000, aiohttp sessions are closed."""
+        if self._bot_closed:
             return
-        self._closing = True
+        self._bot_closed = True
         try:
-            await self.bot.close()
-            self._note("bot_closed")
+            async with asyncio.timeout(10):
+                await self.bot.close()
         except Exception as exc:
             log.error("closing the bot failed: %s", type(exc).__name__)
+        self._observe(BotClosed())
+
+    # -- small things ----------------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return (self._loop or asyncio.get_running_loop()).time()
+
+    def _observe(self, step: Any) -> None:
+        if self.observer is not None:
+            try:
+                self.observer(step)
+            except Exception:
+                log.exception("the observer raised")
+
+
+class _Done(Exception):
+    """Internal: leave ``run``'s task group (cancelling its background tasks)."""
+
+
+async def _call_user(func: Callable[..., Any] | None, *args: Any, what: str) -> Any:
+    """Call a user callback (sync or async); its exception is logged, never raised into the shell."""
+    if func is None:
+        return None
+    try:
+        result = func(*args)
+        return await result if inspect.isawaitable(result) else result
+    except Exception:
+        log.exception("%s raised", what)
+        return None

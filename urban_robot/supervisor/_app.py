@@ -1,6 +1,6 @@
 """Everything wired together: supervisor service, children, deployer, webhook, admin API, dashboard, Discord.
 
-``serve(options)`` runs one supervisor until cancelled. The operator CLI
+``serve(options)`` runs one supervisor until ``App.stop(reason)`` (or until cancelled). The operator CLI
 (``urban_robot.config``) builds ``Options`` from flags, environment and a config file; tests
 and library users build it directly.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import attrs
@@ -22,7 +22,7 @@ from ._children import ChildPolicy, Children
 from ._core import Settings
 from ._dashboard import install_dashboard
 from ._deploy import Deployer
-from ._events import TryAgain
+from ._events import Stopping, TryAgain
 from ._git import Git
 from ._notify import DISCORD_API, DiscordLogHandler, Notifier
 from ._service import UrbanRobot
@@ -51,12 +51,17 @@ class Options:
     install_timeout: float = 600.0
     deploy_timeout: float = 180.0  # a candidate not running by then is rolled back ("no verdict in time")
     admin_token: str | None = attrs.field(default=None, repr=False)
+    worker_secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # NAME -> secret: worker:NAME
     discord_token: str | None = attrs.field(default=None, repr=False)  # for notifications
     notify_destination: str | None = None  # a channel id, or a user id with notify_dm
     notify_dm: bool = False
     discord_log_level: int = logging.WARNING
     discord_api_url: str = DISCORD_API  # notify.api_url: Discord's REST API, or a stand-in for it
     policy: ChildPolicy = attrs.field(factory=ChildPolicy)
+
+
+NOTIFY_FLUSH_TIMEOUT = 5.0  # seconds the last notifications (the stopping one) get to reach Discord
+ANSWER_GRACE = 0.1  # seconds for the HTTP answer to a stop request to leave when no worker was left to wait for
 
 
 @attrs.define(eq=False)
@@ -68,18 +73,30 @@ class App:
     deployer: Deployer
     notifier: Notifier | None
     url: str
-    stopped: trio.Event = attrs.Factory(trio.Event)  # set: serve() stops its children and returns
+    stop_requested: trio.Event = attrs.Factory(trio.Event)  # set: serve() stops its workers and returns
+    stop_reason: str | None = None
 
-    def stop(self) -> None:
-        """Stop this supervisor in order (children asked, then signalled), as SIGTERM does."""
-        self.stopped.set()
+    def stop(self, reason: str = "stop requested") -> bool:
+        """Stop this supervisor, the one way it stops: signals, the admin API and dev mode all come here.
+
+        ``serve`` then asks every worker to shut down (the core's ``Stopping``: no promotion, no spawn from
+        then on), waits for them to exit, signals the ones left (``Children.stop_all``) and returns.
+        False if a stop was under way already (its reason stands).
+        """
+        if self.stop_requested.is_set():
+            return False
+        self.stop_reason = reason
+        self.stop_requested.set()
+        return True
 
 
 async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
     store = StateStore(options.state_dir)
     store.prepare()
     store.lock()
-    credentials = Credentials(store.secret_key(), admin_token=options.admin_token)
+    credentials = Credentials(
+        store.secret_key(), admin_token=options.admin_token, worker_secrets=dict(options.worker_secrets)
+    )
     async with httpx.AsyncClient(timeout=15) as http, trio.open_nursery() as nursery:
         notifier = await _start_notifier(nursery, http, options)
         robot = UrbanRobot(
@@ -101,6 +118,7 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             policy=options.policy,
         )
         robot.spawner = children.spawn
+        robot.spawned_generation = children.generation_of  # a child's generation is ours to say, not its own
         robot.observers.append(children.on_action)
         deployer = Deployer(
             robot,
@@ -128,25 +146,36 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
         log.info("supervising %s from %s", " ".join(options.command), options.helium_path)
         task_status.started(app)
         try:
-            await app.stopped.wait()
-            log.info("stop requested through the admin API: stopping the workers")
-            await _stop_children(robot, children)
+            await app.stop_requested.wait()
+            await _stop(app, options.policy)
             nursery.cancel_scope.cancel()
         finally:
             store.unlock()
 
 
-async def _stop_children(robot: UrbanRobot, children: Children) -> None:
-    """Ask every child to shut down (then signal it), in parallel; the stop request's answer leaves meanwhile."""
-    robot.spawner = None  # their exits are no reason to start others now
-    async with trio.open_nursery() as nursery:
-        for identity in list(children.children):
-
-            async def ask(identity: str = identity) -> None:
-                await robot.ask_shutdown(identity, "the supervisor stops")
-
-            nursery.start_soon(children.stop, identity, ask)
-    await trio.sleep(0.1)  # a short grace for the HTTP answer to the stop request, if no child was left
+async def _stop(app: App, policy: ChildPolicy) -> None:
+    """Ask every worker to shut down, wait for their exits (SIGTERM, then SIGKILL, the ones that stay), keep the
+    final cache on disk and let the stopping notification leave. A holder that stopped leaves no lease behind:
+    its acknowledgement or its exit released it in state.json, so the next start promotes at once."""
+    reason = app.stop_reason or "stop requested"
+    log.info(
+        "stopping (%s): every worker is asked to shut down; SIGTERM after %gs, SIGKILL %gs later",
+        reason,
+        policy.term_timeout,
+        policy.kill_timeout,
+    )
+    await app.robot.submit(Stopping(reason))
+    await app.children.stop_all()
+    await app.robot.caches_written()
+    if app.notifier is not None:
+        with trio.move_on_after(NOTIFY_FLUSH_TIMEOUT):
+            await app.notifier.flush()
+    await trio.sleep(ANSWER_GRACE)
+    left = ", ".join(app.children.children)
+    if left:
+        log.warning("stopped; still not gone after SIGKILL: %s", left)
+    else:
+        log.info("stopped: no worker is left")
 
 
 async def _start_notifier(nursery: trio.Nursery, http: httpx.AsyncClient, options: Options) -> Notifier | None:
@@ -187,7 +216,7 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
     robot.server.add_route("POST", "/api/try-again", admin_route(options.admin_token, try_again, robot.logins))
 
     def stop() -> dict[str, object]:
-        app.stop()
+        app.stop("stop requested through the admin API")
         return {"stop": "requested"}
 
     robot.server.add_route("POST", "/api/stop", admin_route(options.admin_token, stop, robot.logins))

@@ -41,6 +41,7 @@ from ._store import atomic_write
 log = logging.getLogger("urban_robot.children")
 # Never handed to a worker: a compromised bot must not be able to deploy, stop or forge webhooks.
 SUPERVISOR_SECRETS = frozenset({"URBAN_ROBOT_ADMIN_TOKEN", "URBAN_ROBOT_WEBHOOK_SECRET"})
+WORKER_SECRETS_PREFIX = "URBAN_ROBOT_WORKER_SECRET_"  # external workers' secrets: a child must not pose as one
 
 
 class Robot(Protocol):
@@ -72,6 +73,7 @@ class Child:
     start_ticks: int | None  # /proc/<pid>/stat starttime: tells a reused pid from ours
     process: trio.Process | None = None  # None once adopted from an earlier supervisor
     log: str | None = None  # its log file, for `urban-robot logs`
+    reported: trio.Event = attrs.Factory(trio.Event)  # set once its exit has been handed to the supervisor
 
 
 def start_ticks(pid: int) -> int | None:
@@ -116,6 +118,7 @@ class Children:
         self.target = 0  # how many children run() keeps (one running + the hot standbys)
         # When this manager stops: stop the children (default), or leave them to the next supervisor.
         self.keep_running = False
+        self.stopping = False  # stop_all() has begun: nothing new starts
         self.quick_deaths = 0  # consecutive children that died before stable_uptime
         self._numbers = itertools.count(1)
         # Unique across supervisor restarts: a new child must never share a surviving child's identity.
@@ -148,6 +151,9 @@ class Children:
         """
         assert self._nursery is not None, "Children.run is not running"
         identity = f"child-{self._boot}-{next(self._numbers)}"
+        if self.stopping:
+            log.info("not spawning %s (%s): the supervisor stops", identity, reason)
+            return identity
         delay = self.backoff() if backoff else 0.0
         log.info("spawning %s (%s)%s", identity, reason, f" in {delay:.1f}s" if delay else "")
         try:
@@ -172,9 +178,18 @@ class Children:
         base = min(p.backoff_cap, p.backoff_base * 2 ** (self.quick_deaths - 1))
         return float(base * (1 + p.jitter * self.rng.random()))
 
+    def generation_of(self, identity: str) -> int | None:
+        """The generation ``identity`` was spawned (or adopted) with; None if it is not one of our children."""
+        child = self.children.get(identity)
+        return child.generation if child is not None else None
+
     def environment(self, identity: str, generation: int) -> dict[str, str]:
         """The supervisor's environment minus its own secrets, plus what the worker needs to connect."""
-        env = {name: value for name, value in os.environ.items() if name not in SUPERVISOR_SECRETS}
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if name not in SUPERVISOR_SECRETS and not name.startswith(WORKER_SECRETS_PREFIX)
+        }
         env.update(
             {
                 "URBAN_ROBOT_URL": self.url,
@@ -186,6 +201,8 @@ class Children:
 
     async def _child(self, identity: str, generation: int, delay: float, cwd: Path) -> None:
         await trio.sleep(delay)
+        if self.stopping:
+            return  # its back-off ended during a stop
         output = self._log_file()
         try:
             process = await self.launch(
@@ -235,7 +252,10 @@ class Children:
         log.info("%s (pid %s) exited with %s after %.1fs", child.identity, child.pid, returncode, uptime)
         for observer in self.exit_observers:
             observer(child.identity, returncode)
-        await self.robot.submit(ProcessExited(child.identity, returncode, candidate=candidate))
+        try:
+            await self.robot.submit(ProcessExited(child.identity, returncode, candidate=candidate))
+        finally:
+            child.reported.set()
 
     def on_action(self, action: Any) -> None:
         """A supervisor observer: a child the core fenced off as hung is stopped (then replaced)."""
@@ -250,6 +270,31 @@ class Children:
             self._nursery.start_soon(self.stop, action.identity)
 
     # -- stopping ---------------------------------------------------------------------------------
+    async def stop_all(self) -> None:
+        """Stop every child under one deadline: each was asked to shut down (the core's ``Stopping``), so
+        wait up to ``term_timeout`` for them all to exit, SIGTERM those left, SIGKILL after ``kill_timeout``.
+
+        Returns once every exit has been reported to the supervisor (its lease released on disk).
+        Nothing new is spawned meanwhile, nor after.
+        """
+        self.stopping = True
+        deadline = trio.current_time() + self.policy.term_timeout
+        tried: set[str] = set()
+        while children := [child for child in self.children.values() if child.identity not in tried]:
+            tried.update(child.identity for child in children)  # one launched meanwhile: another round
+            self.asked.update(tried)
+            async with trio.open_nursery() as nursery:
+                for child in children:
+                    nursery.start_soon(self._stop_by, child, deadline)
+
+    async def _stop_by(self, child: Child, deadline: float) -> None:
+        with trio.move_on_at(deadline):
+            await child.reported.wait()
+            return
+        await self._terminate(child)
+        with trio.move_on_after(self.policy.kill_timeout):  # reported a moment after the exit is seen
+            await child.reported.wait()
+
     async def stop(self, identity: str, ask: Callable[[], Awaitable[None]] | None = None) -> None:
         """Stop one child politely: ``ask`` (the shutdown cmd), then SIGTERM, then SIGKILL."""
         child = self.children.get(identity)

@@ -18,6 +18,17 @@ P3  The running worker's caches are kept (and persisted) as they arrive; its
     ``process_commands``.
 P4  Only workers whose health check passed are promoted; a failed check asks
     for a rollback; ``is_sane = False`` stops hand-overs to newer code.
+
+A worker's health includes its Discord Gateway (``heartbeat.gateway``): a standby
+whose Gateway is down is never promoted, and a holder whose Gateway has been down
+for ``gateway_down_limit`` hands over (coma, final cache) to a standby whose
+Gateway is up. A worker that says ``failed`` (it cannot work) is a crash to
+come: its exit is counted and replaced, and its failure is kept for the views
+until a worker of its kind passes a health check.
+
+Stopping (``Stopping``) is for good: every worker is asked to shut down (the
+holder with its final cache), and from then on nobody is promoted and no
+spawn is asked for, whatever exits, drops or expires on the way down.
 """
 
 from __future__ import annotations
@@ -57,12 +68,23 @@ from ._events import (
     Send,
     ShutdownAck,
     Spawn,
+    Stopping,
     TimerFired,
     TryAgain,
+    WorkerFailed,
 )
 from ._roles import Role, RoleError, Trigger, next_role
 
 STATE_VERSION = 1
+# The error answers that name the fix (docs/protocol.md §7): a worker written to the seeds' protocol learns why.
+HEALTH_REPORT_FIX = 'health_check needs {"OK": bool, "percent": number, "cogs": {name: bool}} (protocol v1 §9)'
+HEARTBEAT_FIX = (
+    'heartbeat needs {{"epoch": {epoch}}}: the epoch of the grant from cmd process_commands (protocol v1 §5.2)'
+)
+GENERATION_FIX = (
+    'identify needs "generation": send URBAN_ROBOT_GENERATION from your environment (protocol v1 §5.1); '
+    "generation {generation}, the one this child was spawned with, counts"
+)
 
 
 @attrs.frozen
@@ -75,6 +97,9 @@ class Settings:
     grace: float = 15.0  # silence past interval + grace = dead
     lease_margin: float = 5.0  # our view of a lease outlives the worker's by this much
     health_timeout: float = 30.0
+    # A holder whose Discord Gateway has been down this long hands over to a standby whose Gateway is up:
+    # longer than a RESUME after op 7 (well under 1 s), shorter than most re-identifies after op 9 (1-5 s).
+    gateway_down_limit: float = 3.0
     stop_timeout: float = 30.0  # waiting for a coma/shutdown ack before relying on the lease
     spawn_workers: bool = False  # ask for replacements (when a process manager is attached)
     crash_loop_losses: int = 5  # this many unexpected worker losses ... (0: never a crash loop)
@@ -102,6 +127,26 @@ class Worker:
     approved: bool = False  # passed its health check
     check_deadline: float = math.inf
     cache_seq: int = 0  # which of our caches it has
+    spawned_generation: int | None = None  # what the process manager spawned it as: outranks its own claim
+    gateway: bool | None = None  # its Discord Gateway as last reported (None: never reported, counts as up)
+    gateway_down_since: float | None = None
+    warned: set[str] = attrs.Factory(set)  # protocol rules it broke on this connection (each warned once)
+
+
+@attrs.frozen
+class Failure:
+    """A worker's ``failed``: what could not work and what to do, kept until a worker of its kind runs fine."""
+
+    identity: str
+    generation: int | None
+    version: str | None
+    reason: str
+    hint: str
+    at: float  # core time
+
+    @property
+    def text(self) -> str:
+        return f"{self.reason} — {self.hint}" if self.hint else self.reason
 
 
 @attrs.define
@@ -148,6 +193,8 @@ class Supervisor:
         self.lease: Lease | None = None
         self.losses: list[float] = []  # when worker processes exited unasked (crash-loop detection)
         self.leaving: set[str] = set()  # identities asked to shut down: their exit is no crash
+        self.failures: dict[str, Failure] = {}  # the last failure per kind of worker (``kind``)
+        self.stopping: str | None = None  # why the supervisor stops; set: no promotion, no spawn, ever again
         if state:
             self._restore(state, now)
 
@@ -206,8 +253,16 @@ class Supervisor:
             deadlines.append(self.lease.expires)
             if self.lease.stopping:
                 deadlines.append(self.lease.stop_deadline)
+        gateway = self._gateway_deadline()
+        if gateway is not None:
+            deadlines.append(gateway)
         finite = [d for d in deadlines if d != math.inf]
         return min(finite) if finite else None
+
+    @staticmethod
+    def kind(w: Worker) -> str:
+        """Workers of one kind fail alike: a generation's children, or one external worker's restarts."""
+        return f"generation {w.generation}" if w.generation is not None else w.identity
 
     # -- helpers -------------------------------------------------------------------------------
     def _move(self, w: Worker, trigger: Trigger, out: list[Action], reason: str = "") -> None:
@@ -234,6 +289,23 @@ class Supervisor:
     def _holds(self, w: Worker) -> bool:
         return self.lease is not None and self.lease.wid == w.wid
 
+    def _candidate(self, w: Worker) -> bool:
+        """May be promoted: an approved standby whose Discord Gateway is not known to be down."""
+        return w.role is Role.STANDBY and w.approved and w.gateway is not False
+
+    def _ran_fine(self, w: Worker) -> None:
+        """Forget the failures ``w`` proves past: its own kind's, and those of older generations than its."""
+        for kind, failure in list(self.failures.items()):
+            older = failure.generation is not None and w.generation is not None and failure.generation <= w.generation
+            if kind == self.kind(w) or older:
+                del self.failures[kind]
+
+    def _breach(self, w: Worker, rule: str, text: str, out: list[Action]) -> None:
+        """``w`` broke a v1 rule: warn once per connection (its answer says the fix every time)."""
+        if rule not in w.warned:
+            w.warned.add(rule)
+            out.append(Notify("warning", f"{w.identity} {text}"))
+
     def _forget(self, w: Worker, out: list[Action], reason: str, now: float) -> None:
         if w.role is not Role.GONE:
             self._move(w, Trigger.LOST, out, reason)
@@ -244,8 +316,9 @@ class Supervisor:
                 self._release(out, "never renewed, so never processed")
             else:
                 self.lease.wid = None  # unreachable, maybe still processing: the lease stands
-                message = f"running worker {w.identity} lost ({reason}); failing over when its lease ends"
-                out.append(Notify("warning", message))
+                if self.stopping is None:  # while stopping, nobody fails over: its process is stopped next
+                    message = f"running worker {w.identity} lost ({reason}); failing over when its lease ends"
+                    out.append(Notify("warning", message))
 
     def _count_loss(self, now: float, out: list[Action]) -> None:
         if not self.settings.crash_loop_losses:
@@ -276,7 +349,7 @@ class Supervisor:
         if e.admin:
             self.admins.add(e.wid)
         else:
-            self.clients[e.wid] = Worker(e.wid, e.identity)
+            self.clients[e.wid] = Worker(e.wid, e.identity, generation=e.generation, spawned_generation=e.generation)
 
     def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -295,7 +368,8 @@ class Supervisor:
             and w.role is Role.CONNECTED
         )
         self._move(w, Trigger.IDENTIFY, out)
-        w.version, w.pid, w.generation = e.version, e.pid, e.generation
+        w.version, w.pid = e.version, e.pid
+        warning = self._generation(w, e.generation, out)
         hello: dict[str, Any] = {
             "protocol": PROTOCOL_VERSION,
             "token": self.settings.token,
@@ -315,22 +389,51 @@ class Supervisor:
             self._move(w, Trigger.ADOPT, out, "reconnected lease holder")
             hello["process_commands"] = True
             hello["epoch"] = lease.epoch
+            self._ran_fine(w)
+        if warning:
+            hello["warning"] = warning  # a v1 worker ignores keys it does not know; a person reading its log won't
         out.append(Reply(hello))
         out.append(Send(w.wid, "hello", hello))
+        if self.stopping is not None:  # (re)connected while we stop: its hello first, or a client cannot act on it
+            self._shutdown(w, self.stopping, out)
+
+    def _generation(self, w: Worker, claimed: int | None, out: list[Action]) -> str | None:
+        """Its generation: the one we spawned it with if we did, else its claim; a warning if they differ."""
+        spawned = w.spawned_generation
+        if spawned is None:
+            w.generation = claimed
+            return None
+        w.generation = spawned
+        if claimed == spawned:
+            return None
+        if claimed is None:
+            fix = GENERATION_FIX.format(generation=spawned)
+        else:
+            fix = f"identify claims generation {claimed}, but this child was spawned as generation {spawned}: "
+            fix += f"{spawned} counts (send URBAN_ROBOT_GENERATION unchanged, protocol v1 §5.1)"
+        self._breach(w, "generation", f"identified with the wrong generation: {fix}", out)
+        return fix
+
+    def _note_gateway(self, w: Worker, up: bool | None, now: float) -> None:
+        if up is None or up is w.gateway:
+            return  # not reported (a worker that does not know), or no change: down_since keeps its start
+        w.gateway = up
+        w.gateway_down_since = None if up else now
 
     def _on_Heartbeat(self, e: Heartbeat, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
+        self._note_gateway(w, e.gateway, now)
         lease = self.lease
-        if (
-            lease is not None
-            and lease.wid == w.wid
-            and e.epoch == lease.epoch
-            and lease.expires > now
-            and not lease.stopping
-        ):
+        holds = lease is not None and lease.wid == w.wid and lease.expires > now and not lease.stopping
+        if holds and lease is not None and e.epoch == lease.epoch:
             lease.expires = now + self.settings.lease + self.settings.lease_margin
             lease.confirmed = True
             out.append(Reply({"epoch": lease.epoch, "lease": self.settings.lease}))
+        elif holds and lease is not None and e.epoch is None:
+            # The seeds' heartbeat has no epoch: still no renewal (P1), but now the holder learns why.
+            fix = HEARTBEAT_FIX.format(epoch=lease.epoch)
+            self._breach(w, "heartbeat_epoch", f"holds the lease but heartbeats without its epoch: {fix}", out)
+            out.append(Reply({"epoch": lease.epoch, "lease": 0, "error": fix}))
         else:
             out.append(Reply({"epoch": self.epoch, "lease": 0}))
 
@@ -349,12 +452,14 @@ class Supervisor:
         w = self._worker(e.wid)
         if w.role is not Role.CHECKING:
             raise RoleError("no health check was asked of this worker")
-        out.append(Reply({}))
         failure = self._judge(e.report)
+        # Judged at once, malformed or not (no time-out to wait out); a malformed report is told the fix.
+        out.append(Reply({"error": HEALTH_REPORT_FIX} if failure == "health_check_malformed" else {}))
         if failure is None:
             w.approved = True
             w.check_deadline = math.inf
             self._move(w, Trigger.PASS, out, "health check passed")
+            self._ran_fine(w)  # it logged in to Discord and works
             if self.settings.shutdown_if_outdated and self._outdated(w):
                 self._shutdown(w, "outdated", out)
         else:
@@ -383,7 +488,8 @@ class Supervisor:
         w.check_deadline = math.inf
         self._move(w, Trigger.FAIL, out, reason)
         out.append(self._cmd(w, "shutdown", {"reason": reason, "cache_sync": False}))
-        out.append(Notify("warning", f"{w.identity} (version {w.version}) failed its health check: {reason}"))
+        fix = f" — {HEALTH_REPORT_FIX}" if reason == "health_check_malformed" else ""
+        out.append(Notify("warning", f"{w.identity} (version {w.version}) failed its health check: {reason}{fix}"))
         holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
         if holder is None or self._newness(w) > self._newness(holder):
             out.append(RollBack(reason, w.version, w.generation))  # new code failed: go back
@@ -420,6 +526,22 @@ class Supervisor:
         if self._holds(w):
             self._release(out, "shutdown acknowledged")
 
+    def _on_WorkerFailed(self, e: WorkerFailed, now: float, out: list[Action]) -> None:
+        w = self._worker(e.wid)
+        held = self._holds(w)
+        w.check_deadline = math.inf
+        self._move(w, Trigger.FAILED, out, f"failed: {e.reason}")
+        self.leaving.discard(w.identity)  # its exit is a crash (counted, replaced), whatever it was asked before
+        out.append(Reply({}))
+        failure = Failure(w.identity, w.generation, w.version, e.reason, e.hint, now)
+        self.failures[self.kind(w)] = failure
+        # One line, the same for every worker that fails alike, so the notifier folds repeats into a count.
+        # Critical: a refused login is never fixed by a restart; only the operator can (token, intents).
+        which = f" (version {w.version})" if w.version is not None else ""  # it may fail before it identifies
+        out.append(Notify("critical", f"a worker{which} cannot work: {failure.text}"))
+        if held:
+            self._release(out, "failed")  # it stopped processing before it said so (§5.9), as for a shutdown ack
+
     def _on_Disconnected(self, e: Disconnected, now: float, out: list[Action]) -> None:
         self.admins.discard(e.wid)
         w = self.clients.get(e.wid)
@@ -438,7 +560,7 @@ class Supervisor:
         # replace: a lost connection may come back, and a hung child is killed first (Close ... hung).
         asked = e.identity in self.leaving
         self.leaving.discard(e.identity)
-        if not asked and not e.candidate:
+        if not asked and not e.candidate and self.stopping is None:
             self._count_loss(now, out)
             if self.settings.spawn_workers and self.is_sane:
                 out.append(Spawn(f"replace {e.identity}: exited ({e.returncode})"))
@@ -455,7 +577,9 @@ class Supervisor:
         lease = self.lease
         if lease is not None and lease.stopping and lease.stop_deadline <= now:
             lease.stop_deadline = math.inf
-            out.append(Notify("warning", f"{lease.identity} did not acknowledge coma; waiting for its lease to end"))
+            if self.stopping is None:  # when stopping, the process manager signals it instead
+                message = f"{lease.identity} did not acknowledge coma; waiting for its lease to end"
+                out.append(Notify("warning", message))
 
     def _on_TryAgain(self, e: TryAgain, now: float, out: list[Action]) -> None:
         if e.wid is not None and e.wid not in self.admins:
@@ -466,7 +590,7 @@ class Supervisor:
         out.append(Reply({"is_sane": True}))
         out.append(Persist(self.state()))
         out.append(Notify("info", "try_again: deploying and spawning resumed"))
-        if self.settings.spawn_workers and not self.clients:
+        if self.settings.spawn_workers and not self.clients and self.stopping is None:
             out.append(Spawn("try_again: no worker is left"))  # otherwise replacements follow exits
 
     def _on_DeployConfirmed(self, e: DeployConfirmed, now: float, out: list[Action]) -> None:
@@ -489,6 +613,24 @@ class Supervisor:
         out.append(Persist(self.state()))
         out.append(Notify("critical", f"rollback failed, deploying stopped until try_again: {e.detail}"))
 
+    def _on_Stopping(self, e: Stopping, now: float, out: list[Action]) -> None:
+        if self.stopping is not None:
+            return  # one stop, one notification
+        self.stopping = e.reason
+        out.append(Notify("warning", f"supervisor stopping: the bot goes offline ({e.reason})"))
+        lease = self.lease
+        if lease is not None and not lease.stopping:
+            lease.stopping = True  # no renewal, and no adoption of a reconnecting holder, from now on
+            lease.stop_deadline = now + self.settings.stop_timeout
+        for w in list(self.clients.values()):
+            if self._holds(w):
+                self.leaving.add(w.identity)  # its exit is no crash
+                if w.role is Role.RUNNING:
+                    self._move(w, Trigger.STOP, out, e.reason)
+                out.append(self._cmd(w, "shutdown", {"reason": e.reason, "cache_sync": True}))
+            elif w.role not in (Role.CONNECTED, Role.SHUTTING_DOWN, Role.GONE):  # CONNECTED: once it identifies
+                self._shutdown(w, e.reason, out)
+
     # -- the decisions ----------------------------------------------------------------------------
     def _outdated(self, w: Worker) -> bool:
         holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
@@ -508,7 +650,9 @@ class Supervisor:
                 out.append(Close(hung.wid, "lease expired", hung.identity, hung=True))
             if self.lease is not None:  # forgetting an unconfirmed holder released it already
                 self._release(out, "lease expired")
-        candidates = [w for w in self.clients.values() if w.role is Role.STANDBY and w.approved]
+        if self.stopping is not None:
+            return  # going down: nobody is promoted, nobody handed over to
+        candidates = [w for w in self.clients.values() if self._candidate(w)]
         if not candidates:
             return
         best = max(candidates, key=self._newness)
@@ -517,18 +661,38 @@ class Supervisor:
             return
         lease = self.lease
         holder = self.clients.get(lease.wid) if lease.wid is not None else None
-        if lease.stopping or holder is None or not self.is_sane:
+        if lease.stopping or holder is None:
             return
-        if self._newness(best) > self._newness(holder):
-            self._stop_holder(holder, f"newer version {best.version} takes over", now, out)
+        due = self._gateway_deadline()
+        if due is not None and due <= now and holder.gateway_down_since is not None:
+            # Not processing anything Discord sends it: a hand-over like a failover, whatever is_sane says.
+            down = now - holder.gateway_down_since
+            self._stop_holder(holder, f"gateway down for {down:.1f} s: hand-over to {best.identity}", now, out)
+            return
+        if self.is_sane and self._newness(best) > self._newness(holder):
+            outdated = self.settings.shutdown_if_outdated
+            self._stop_holder(holder, f"newer version {best.version} takes over", now, out, shutdown=outdated)
 
-    def _stop_holder(self, holder: Worker, reason: str, now: float, out: list[Action]) -> None:
+    def _gateway_deadline(self) -> float | None:
+        """When a holder whose Gateway is down hands over, if a standby with its Gateway up stands by."""
+        lease = self.lease
+        if lease is None or lease.stopping or lease.wid is None:
+            return None
+        holder = self.clients.get(lease.wid)
+        if holder is None or holder.gateway_down_since is None:
+            return None
+        if not any(self._candidate(w) for w in self.clients.values()):
+            return None  # nobody better: keep the holder (its Gateway may come back)
+        return holder.gateway_down_since + self.settings.gateway_down_limit
+
+    def _stop_holder(
+        self, holder: Worker, reason: str, now: float, out: list[Action], *, shutdown: bool = False
+    ) -> None:
         assert self.lease is not None
         self.lease.stopping = True
         self.lease.stop_deadline = now + self.settings.stop_timeout
         self._move(holder, Trigger.STOP, out, reason)
-        name = "shutdown" if self.settings.shutdown_if_outdated else "coma"
-        out.append(self._cmd(holder, name, {"reason": reason, "cache_sync": True}))
+        out.append(self._cmd(holder, "shutdown" if shutdown else "coma", {"reason": reason, "cache_sync": True}))
 
     def _promote(self, w: Worker, now: float, out: list[Action], reason: str) -> None:
         self.epoch += 1

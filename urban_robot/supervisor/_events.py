@@ -18,6 +18,9 @@ class Connected:
     wid: str
     identity: str  # who the secret says this is (stable across reconnects of one process)
     admin: bool = False
+    # The deploy generation the process manager spawned this identity with (None: not a child it knows).
+    # It outranks whatever the worker claims in ``identify``: a child cannot promote itself past a deploy.
+    generation: int | None = None
 
 
 @attrs.frozen
@@ -64,6 +67,15 @@ class ComaAck:
 class ShutdownAck:
     wid: str
     reason: str = ""
+
+
+@attrs.frozen
+class WorkerFailed:
+    """The worker cannot work (Discord refused its login for good): it stopped processing and exits, as a crash."""
+
+    wid: str
+    reason: str
+    hint: str = ""
 
 
 @attrs.frozen
@@ -119,6 +131,16 @@ class RollbackFinished:
     detail: str = ""
 
 
+@attrs.frozen
+class Stopping:
+    """The supervisor stops (a signal, the admin API, Ctrl+C in dev mode): every worker is asked to shut down.
+
+    From then on the core promotes nobody and asks for no spawn, whatever happens next.
+    """
+
+    reason: str
+
+
 Event = (
     Connected
     | Identified
@@ -128,6 +150,7 @@ Event = (
     | CacheSync
     | ComaAck
     | ShutdownAck
+    | WorkerFailed
     | Disconnected
     | HeartbeatSilence
     | ProcessExited
@@ -136,6 +159,7 @@ Event = (
     | DeployConfirmed
     | RetireOlder
     | RollbackFinished
+    | Stopping
 )
 
 

@@ -294,6 +294,8 @@ class Notifier:
     _wake: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
     _state: DiscordState = attrs.field(factory=DiscordState, init=False, repr=False)
     _trio_token: trio.lowlevel.TrioToken | None = attrs.field(default=None, init=False, repr=False)
+    _sending: bool = attrs.field(default=False, init=False, repr=False)
+    _progress: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         check_token(self.token)  # a bad token is a configuration error at start-up, not 100 failed sends later
@@ -322,6 +324,8 @@ class Notifier:
         burst = self._bursts.get((note.level, note.message))
         if burst is not None:
             burst.repeats += 1
+            if burst.repeats == 1:
+                self._wake.set()  # the sender may sleep with no deadline: it must learn when this window ends
             return
         self._bursts[note.level, note.message] = _Burst(note, now + self.window)
         self._enqueue(note)
@@ -361,11 +365,22 @@ class Notifier:
         while True:
             self._close_windows(trio.current_time())
             while self._queue:
-                await self._deliver(self._queue.popleft())
+                self._sending = True
+                try:
+                    await self._deliver(self._queue.popleft())
+                finally:
+                    self._sending = False
+                    self._progress.set()
+                    self._progress = trio.Event()
                 self._close_windows(trio.current_time())
             self._wake = trio.Event()  # no checkpoint since the queue was seen empty: nothing slips by
             with trio.move_on_at(self._next_window_end()):
                 await self._wake.wait()
+
+    async def flush(self) -> None:
+        """Return once every queued notification has been sent or given up on (bound it: Discord may be slow)."""
+        while self._queue or self._sending:
+            await self._progress.wait()
 
     async def _deliver(self, note: Notify) -> None:
         dropped, failed = self.dropped, self.failed

@@ -10,6 +10,8 @@ a trigger happens: the core (``_core.py``) decides that.
                                           promote  │  │ coma_ack        ▼
                                                    ▼  │            shutting_down ──stopped──▶ gone
                                                  running ──stop──▶ stopping
+
+    any role but gone ──failed──▶ failed ──lost──▶ gone   (it cannot work and exits: a crash, not a leave)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Role(enum.Enum):
     RUNNING = "running"  # holds the processing lease (or is being given it)
     STOPPING = "stopping"  # asked to stop processing (coma/shutdown), ack pending
     SHUTTING_DOWN = "shutting_down"  # asked to shut down, not processing
+    FAILED = "failed"  # said it cannot work (Discord refused its login for good), not processing, exiting
     GONE = "gone"  # disconnected, dead or shut down
 
 
@@ -40,6 +43,7 @@ class Trigger(enum.Enum):
     COMA_ACK = "coma_ack"
     SHUTDOWN = "shutdown"  # shutdown requested from a worker that is not running
     SHUTDOWN_ACK = "shutdown_ack"
+    FAILED = "failed"  # the worker sends ``failed``: it stopped processing and exits, as a crash
     LOST = "lost"  # disconnected, silent past the limit, or its process exited
 
 
@@ -54,6 +58,7 @@ TRANSITIONS: dict[Role, dict[Trigger, Role]] = {
         T.IDENTIFY: R.IDENTIFIED,
         T.SHUTDOWN: R.SHUTTING_DOWN,
         T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.FAILED: R.FAILED,
         T.LOST: R.GONE,
     },
     R.IDENTIFIED: {
@@ -62,6 +67,7 @@ TRANSITIONS: dict[Role, dict[Trigger, Role]] = {
         T.SHUTDOWN: R.SHUTTING_DOWN,
         T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
         T.COMA_ACK: R.IDENTIFIED,
+        T.FAILED: R.FAILED,
         T.LOST: R.GONE,
     },
     R.STANDBY: {
@@ -71,6 +77,7 @@ TRANSITIONS: dict[Role, dict[Trigger, Role]] = {
         T.COMA_ACK: R.STANDBY,
         T.SHUTDOWN: R.SHUTTING_DOWN,
         T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.FAILED: R.FAILED,
         T.LOST: R.GONE,
     },
     R.CHECKING: {
@@ -80,6 +87,7 @@ TRANSITIONS: dict[Role, dict[Trigger, Role]] = {
         T.COMA_ACK: R.CHECKING,
         T.SHUTDOWN: R.SHUTTING_DOWN,
         T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.FAILED: R.FAILED,
         T.LOST: R.GONE,
     },
     R.RUNNING: {
@@ -87,12 +95,14 @@ TRANSITIONS: dict[Role, dict[Trigger, Role]] = {
         T.STOP: R.STOPPING,
         T.COMA_ACK: R.STANDBY,  # it stopped by itself: proof enough
         T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.FAILED: R.FAILED,
         T.LOST: R.GONE,
     },
     R.STOPPING: {
         T.READY: R.STOPPING,
         T.COMA_ACK: R.STANDBY,
         T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.FAILED: R.FAILED,
         T.LOST: R.GONE,
     },
     R.SHUTTING_DOWN: {
@@ -100,6 +110,14 @@ TRANSITIONS: dict[Role, dict[Trigger, Role]] = {
         T.COMA_ACK: R.SHUTTING_DOWN,
         T.SHUTDOWN: R.SHUTTING_DOWN,
         T.SHUTDOWN_ACK: R.SHUTTING_DOWN,
+        T.FAILED: R.FAILED,
+        T.LOST: R.GONE,
+    },
+    R.FAILED: {
+        T.READY: R.FAILED,
+        T.COMA_ACK: R.FAILED,
+        T.SHUTDOWN_ACK: R.FAILED,  # still a crash: it said it cannot work
+        T.FAILED: R.FAILED,
         T.LOST: R.GONE,
     },
     R.GONE: {},
@@ -107,7 +125,13 @@ TRANSITIONS: dict[Role, dict[Trigger, Role]] = {
 
 
 # What a worker sent, for error messages: the wire's names, not ours.
-WIRE_NAMES = {T.IDENTIFY: "identify", T.READY: "ready", T.COMA_ACK: "coma", T.SHUTDOWN_ACK: "shutdown"}
+WIRE_NAMES = {
+    T.IDENTIFY: "identify",
+    T.READY: "ready",
+    T.COMA_ACK: "coma",
+    T.SHUTDOWN_ACK: "shutdown",
+    T.FAILED: "failed",
+}
 
 
 def next_role(role: Role, trigger: Trigger) -> Role:

@@ -52,6 +52,7 @@ from ._events import (
     Spawn,
     TimerFired,
     TryAgain,
+    WorkerFailed,
 )
 from ._notify import ALREADY_NOTIFIED
 from ._store import StateStore
@@ -59,6 +60,8 @@ from ._store import StateStore
 log = logging.getLogger("urban_robot.supervisor")
 
 OUTBOX_SIZE = 1024
+# Said to a peer that sent no secret at all (a worker written to the seeds' protocol); a wrong secret gets no hint.
+AUTH_HINT = "send auth={'secret': <URBAN_ROBOT_SECRET>} with the Socket.IO CONNECT (protocol v1 §3)"
 NOTIFY_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
 
 
@@ -109,6 +112,8 @@ class UrbanRobot:
             ),
         )
         self.spawner = spawner
+        # The generation the process manager spawned an identity with (None: not its child): Connected carries it.
+        self.spawned_generation: Callable[[str], int | None] = lambda identity: None
         self.roll_back = roll_back
         self.notify = notify
         self.blocking_io = blocking_io  # file writes; tests on a virtual clock run them inline
@@ -192,6 +197,10 @@ class UrbanRobot:
         """Return once cache write number ``write`` (or a newer one that replaced it) is done."""
         while self._cache_written < write:
             await self._cache_progress.wait()
+
+    async def caches_written(self) -> None:
+        """Return once every cache accepted so far is on disk (or its write failed, loudly): before stopping."""
+        await self.cache_written(self._cache_queued)
 
     async def _carry_out(self, actions: list[Action]) -> Any:
         reply = None
@@ -336,8 +345,22 @@ class UrbanRobot:
                     "version": w.version,
                     "generation": w.generation,
                     "epoch": core.lease.epoch if core.lease is not None and core.lease.wid == w.wid else None,
+                    "gateway": w.gateway,
+                    "gateway_down_for": None if w.gateway_down_since is None else now - w.gateway_down_since,
                 }
                 for w in core.clients.values()
+            ],
+            "failures": [
+                {
+                    "kind": kind,
+                    "identity": f.identity,
+                    "generation": f.generation,
+                    "version": f.version,
+                    "reason": f.reason,
+                    "hint": f.hint,
+                    "at": time.time() - (now - f.at),  # wall-clock Unix time, as the timeline's
+                }
+                for kind, f in sorted(core.failures.items(), key=lambda item: item[1].at)
             ],
         }
 
@@ -359,10 +382,12 @@ class _WorkerNamespace(Namespace):
             raise ConnectionRefusedError("too many wrong credentials from this address: retry later")
         if identity is None:
             # INFO, as for webhooks: anyone can knock, and the Discord log bridge must not relay a stranger's flood.
-            # Throttled too: one client can knock thousands of times a second (issue 13, finding 4).
-            self.robot.quiet.info(
-                "refused", "refused a connection from %s: bad or missing secret", environ.get("REMOTE_ADDR", "?")
-            )
+            missing = not _has_secret(auth)
+            what = "no secret (auth={'secret': ...} missing)" if missing else "bad secret"
+            # Throttled: one client can knock thousands of times a second (issue 13, finding 4).
+            self.robot.quiet.info("refused", "refused a connection from %s: %s", environ.get("REMOTE_ADDR", "?"), what)
+            if missing:  # a seeds-era worker: say what v1 wants; a wrong secret learns nothing more
+                raise ConnectionRefusedError("authentication failed", {"hint": AUTH_HINT})
             raise ConnectionRefusedError("authentication failed")
         outbox, inbox = trio.open_memory_channel[tuple[str, Any]](OUTBOX_SIZE)
         conn = _Conn(sid, identity, outbox, inbox)
@@ -371,7 +396,8 @@ class _WorkerNamespace(Namespace):
         if not identity.admin:
             self.server.start_task(sid, self.robot._watchdog, conn)
         try:
-            await self.robot.submit(Connected(sid, identity.name, admin=identity.admin))
+            generation = None if identity.admin else self.robot.spawned_generation(identity.name)
+            await self.robot.submit(Connected(sid, identity.name, admin=identity.admin, generation=generation))
         except BaseException:
             # Cancelled: the connection closed while it was being registered. No disconnect handler
             # will run for it, so undo here, or it stays in the core as a ghost worker for good.
@@ -387,16 +413,30 @@ class _WorkerNamespace(Namespace):
             conn.outbox.close()
             await self.robot.submit(Disconnected(sid))
 
-    async def _event(self, sid: str, name: str, args: tuple[Any, ...], make: Callable[[Any], Event]) -> Any:
-        """Parse a worker's ``name`` event with the protocol's vocabulary, feed it to the core, answer."""
+    async def _event(
+        self,
+        sid: str,
+        name: str,
+        args: tuple[Any, ...],
+        make: Callable[[Any], Event],
+        malformed: Callable[[Any], Event] | None = None,
+    ) -> Any:
+        """Parse a worker's ``name`` event with the protocol's vocabulary, feed it to the core, answer.
+
+        ``malformed`` makes the core's event of a message that does not parse (the core judges it);
+        without it, such a message is answered with the error and goes no further.
+        """
         conn = self.robot.conns.get(sid)
         if conn is None:
             return {"error": "not connected"}
         conn.beat.set()
+        data = args[0] if args else None
         try:
-            event = make(parse_request(name, args[0] if args else None))
+            event = make(parse_request(name, data))
         except MalformedMessage as exc:
-            return {"error": str(exc)}
+            if malformed is None:
+                return {"error": str(exc)}
+            event = malformed(data)
         slot = await self.robot._submit(event)
         write = slot.write
         if write is None:
@@ -421,7 +461,11 @@ class _WorkerNamespace(Namespace):
         return await self._event(sid, "ready", args, lambda m: Ready(sid))
 
     async def on_health_check(self, sid: str, *args: Any) -> Any:
-        return await self._event(sid, "health_check", args, lambda report: HealthReport(sid, report))
+        # A report that is no object (the seeds' bare "OK") is still a report: the core fails it at once (§9).
+        def make(report: Any) -> Event:
+            return HealthReport(sid, report)
+
+        return await self._event(sid, "health_check", args, make, malformed=make)
 
     async def on_cache_sync(self, sid: str, *args: Any) -> Any:
         return await self._event(sid, "cache_sync", args, lambda m: CacheSync(sid, m.cache))
@@ -432,5 +476,13 @@ class _WorkerNamespace(Namespace):
     async def on_shutdown(self, sid: str, *args: Any) -> Any:
         return await self._event(sid, "shutdown", args, lambda m: ShutdownAck(sid, m.reason))
 
+    async def on_failed(self, sid: str, *args: Any) -> Any:
+        return await self._event(sid, "failed", args, lambda m: WorkerFailed(sid, m.reason, m.hint))
+
     async def on_try_again(self, sid: str, *args: Any) -> Any:
         return await self._event(sid, "try_again", args, lambda m: TryAgain(sid))
+
+
+def _has_secret(auth: Any) -> bool:
+    """Whether a CONNECT ``auth`` carries a secret at all (right or wrong): a non-empty string."""
+    return isinstance(auth, dict) and isinstance(auth.get("secret"), str) and bool(auth["secret"])

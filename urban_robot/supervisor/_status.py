@@ -15,7 +15,10 @@ credential (``Authorization: Bearer <token>``, as the admin POST routes do): the
       "lease": null | {"identity": str, "epoch": int, "connected": bool, "confirmed": bool,
                        "stopping": bool, "expires_in": float},
       "workers": [{"id": wid, "identity": str, "pid": int | null, "role": str, "version": str | null,
-                   "generation": int | null, "heartbeat_age": float | null, "epoch": int | null}],
+                   "generation": int | null, "heartbeat_age": float | null, "epoch": int | null,
+                   "gateway": bool | null, "gateway_down_for": float | null}],
+      "failures": [{"kind": str, "identity": str, "generation": int | null, "version": str | null,
+                    "reason": str, "hint": str, "at": float}],             # oldest first
       "promotions": int, "failovers": int,   # since this supervisor process started
       "deploys": [{"commit": str, "outcome": str}],             # with a deployer: the last 10, oldest first
       "children": [{"identity": str, "pid": int, "generation": int}],  # with a process manager
@@ -25,6 +28,12 @@ credential (``Authorization: Bearer <token>``, as the admin POST routes do): the
 
 ``heartbeat_age`` is the time since the worker's last message of any kind (heartbeats are most of
 them), ``null`` before the first. ``epoch`` in a worker is the lease epoch it holds, if it holds it.
+``gateway`` is the worker's Discord Gateway as it last reported it (``null``: it never said, counted as
+up); ``gateway_down_for`` the seconds since it reported it down, while it is down.
+
+``failures`` holds the last ``failed`` (docs/protocol.md §5.9) of each kind of worker (a generation's
+children, or one external worker): who, what could not work, what to do, and when (``at``, wall-clock
+Unix time). One stays until a worker of its kind (or of a newer generation) passes a health check.
 
 The tracker learns when each worker was last heard from through ``robot.event_observers`` (every
 message a worker sends reaches the core as an event): it notes the time of each event that carries a
@@ -93,12 +102,23 @@ from ._events import (
     ShutdownAck,
     Spawn,
     TryAgain,
+    WorkerFailed,
 )
 from ._roles import Role
 from ._service import UrbanRobot
 
 # What a worker sends (through ``_WorkerNamespace``): each is proof of life of connection ``wid``.
-WORKER_MESSAGES = (Connected, Identified, Heartbeat, Ready, HealthReport, CacheSync, ComaAck, ShutdownAck)
+WORKER_MESSAGES = (
+    Connected,
+    Identified,
+    Heartbeat,
+    Ready,
+    HealthReport,
+    CacheSync,
+    ComaAck,
+    ShutdownAck,
+    WorkerFailed,
+)
 DEPLOY_HISTORY_SHOWN = 10
 TIMELINE_SIZE = 200
 QUIET_DEPLOY_OUTCOMES = frozenset({"up to date", "known bad", "insane"})  # noted once, not at every poll
@@ -359,6 +379,21 @@ class MetricsCollector(Collector):
         for identity, age in sorted(ages.items()):
             heartbeat.add_metric([identity], age)
         yield heartbeat
+
+        gateway = GaugeMetricFamily(
+            "urban_robot_gateway_up",
+            "1 while the worker's Discord Gateway is connected, 0 while it is down (workers that report it).",
+            labels=["worker"],
+        )
+        reported = {w.identity: w.gateway for w in core.clients.values() if w.gateway is not None}
+        for identity, up in sorted(reported.items()):
+            gateway.add_metric([identity], int(up))
+        yield gateway
+        yield GaugeMetricFamily(
+            "urban_robot_worker_failures",
+            "Kinds of worker whose last one said it cannot work (failed), not yet followed by one that works.",
+            value=len(core.failures),
+        )
 
         if core.cache_age is not None:
             yield GaugeMetricFamily(

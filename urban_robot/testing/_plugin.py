@@ -7,6 +7,8 @@ Fixtures, all under pytest-trio (``trio_mode = true``) and fine with ``autojump_
   harness can crash one (its process "exits"), and collects every notification in ``supervisor.notes``.
 - ``fake_discord``: Discord's REST API at the HTTP boundary (``httpx.MockTransport``): records every
   message, can answer 429s; hand ``fake_discord.client`` to a ``Notifier``.
+- ``fake_discord_server``: a whole local Discord (REST + gateway, ``urban_robot.testing.fake_discord``)
+  on 127.0.0.1 that real discord.py bots in child processes log in to (``URBAN_ROBOT_DISCORD_URL``).
 
 Misbehaving workers: ``worker.hang()`` (stops answering), ``worker.slow = 5`` (late answers),
 ``await worker.send_raw(frame)`` (a bad message), ``await supervisor.crash(worker)`` (process death).
@@ -117,3 +119,13 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
     fake = FakeDiscord()
     async with fake.client:
         yield fake
+
+
+@pytest.fixture
+async def fake_discord_server(nursery: trio.Nursery) -> Any:
+    """A ``FakeDiscord`` served on 127.0.0.1 (port 0), heartbeat interval 1 s; its ``url`` is set."""
+    from .fake_discord import FakeDiscord  # imported here: plugin users without the fake pay nothing
+
+    fake = FakeDiscord(heartbeat_interval=1.0)
+    await nursery.start(fake.serve)
+    return fake

@@ -1,0 +1,307 @@
+"""The lease gates on real discord.py objects, fed through its real parsers and dispatch, without a network.
+
+A standby's parsers still run (the message is in discord.py's cache), but nothing of the bot's runs:
+no task is even scheduled. While processing, each kind of entry point runs exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import discord
+import pytest
+from discord import app_commands
+from discord.ext import commands, tasks
+
+from urban_robot.integrations._discord_gates import IncompatibleDiscordPy, InFlight, current_lease, install
+from urban_robot.integrations.discord import everywhere
+
+from ._discord_fakes import OfflineBot, button, message, modal_submit, run_virtual, select, slash
+
+
+class Switch:
+    """A lease that the test turns on and off."""
+
+    def __init__(self) -> None:
+        self.processing = False
+        self.in_flight = InFlight()
+
+
+class Panel(discord.ui.View):
+    """A persistent view: a button and a select that survive restarts (custom ids, no timeout)."""
+
+    def __init__(self, ran: list[Any]) -> None:
+        super().__init__(timeout=None)
+        self.ran = ran
+
+    @discord.ui.button(label="Press", custom_id="panel:press")
+    async def press(self, interaction: discord.Interaction, _: discord.ui.Button[Panel]) -> None:
+        self.ran.append("button")
+
+    @discord.ui.select(custom_id="panel:pick", options=[discord.SelectOption(label=x) for x in ("tea", "coffee")])
+    async def pick(self, interaction: discord.Interaction, choice: discord.ui.Select[Panel]) -> None:
+        self.ran.append(("select", choice.values))
+
+
+class Feedback(discord.ui.Modal, title="Feedback"):
+    text: discord.ui.TextInput[Feedback] = discord.ui.TextInput(label="Text", custom_id="feedback:text")
+
+    def __init__(self, ran: list[Any]) -> None:
+        super().__init__(custom_id="feedback", timeout=None)
+        self.ran = ran
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        self.ran.append(("modal", self.text.value))
+
+
+class Greeter(commands.Cog):
+    def __init__(self, ran: list[Any]) -> None:
+        self.ran = ran
+
+    @commands.Cog.listener()
+    async def on_member_join(self, member: Any) -> None:
+        self.ran.append("cog listener")
+
+
+class Bot(OfflineBot):
+    def __init__(self, ran: list[Any]) -> None:
+        super().__init__()
+        self.ran = ran
+
+    async def on_member_join(self, member: Any) -> None:
+        self.ran.append("on_ method")
+
+
+async def gated_bot() -> tuple[Bot, Switch, list[Any]]:
+    """A bot with one entry point of every kind, each appending to ``ran``."""
+    ran: list[Any] = []
+    bot, switch = Bot(ran), Switch()
+    await bot.prepare()
+    install(bot, switch)
+
+    @bot.listen("on_member_join")
+    async def listen(member: Any) -> None:
+        ran.append("bot.listen")
+
+    @bot.command()
+    async def ping(ctx: commands.Context[Bot]) -> None:
+        ran.append("!ping")
+
+    @bot.tree.command()
+    async def hello(interaction: discord.Interaction) -> None:
+        ran.append("/hello")
+
+    @bot.listen()
+    async def on_interaction(interaction: discord.Interaction) -> None:
+        ran.append("on_interaction")
+
+    await bot.add_cog(Greeter(ran))
+    bot.add_view(Panel(ran))
+    bot._connection.store_view(Feedback(ran))  # what interaction.response.send_modal does
+    return bot, switch, ran
+
+
+def feed_everything(bot: commands.Bot) -> None:
+    """One of each: a message with a prefix command, a slash command, a button, a select, a modal, a member join."""
+    parsers = bot._connection.parsers
+    parsers["MESSAGE_CREATE"](message("!ping"))
+    parsers["INTERACTION_CREATE"](slash("hello"))
+    parsers["INTERACTION_CREATE"](button("panel:press"))
+    parsers["INTERACTION_CREATE"](select("panel:pick", ["tea"]))
+    parsers["INTERACTION_CREATE"](modal_submit("feedback", {"feedback:text": "lovely"}))
+    bot.dispatch("member_join", "a member")  # what GUILD_MEMBER_ADD's parser does once the member is cached
+
+
+EVERYTHING = [
+    "!ping",
+    "/hello",
+    "bot.listen",
+    "button",
+    "cog listener",
+    "on_ method",
+    ("modal", "lovely"),
+    ("select", ["tea"]),
+]
+
+
+def test_a_standby_runs_no_user_code_but_keeps_discord_py_state_warm() -> None:
+    async def scenario() -> None:
+        bot, _, ran = await gated_bot()
+        before = asyncio.all_tasks()
+        feed_everything(bot)
+        assert asyncio.all_tasks() == before  # nothing was even scheduled
+        assert ran == []
+        assert [m.content for m in bot.cached_messages] == ["!ping"]  # the parser ran: the cache is warm
+
+    run_virtual(scenario)
+
+
+def test_while_processing_every_kind_of_entry_point_runs_once() -> None:
+    async def scenario() -> None:
+        bot, switch, ran = await gated_bot()
+        switch.processing = True
+        feed_everything(bot)
+        assert len(switch.in_flight) >= 9  # every piece of work was adopted as in flight
+        await switch.in_flight.settle(drain=True, timeout=5)
+        assert len(switch.in_flight) == 0
+        assert sorted((x for x in ran if x != "on_interaction"), key=str) == sorted(EVERYTHING, key=str)
+        assert ran.count("on_interaction") == 4  # the slash command, the button, the select, the modal
+
+    run_virtual(scenario)
+
+
+def test_a_listener_marked_everywhere_runs_on_a_standby_too() -> None:
+    async def scenario() -> None:
+        bot, _, ran = await gated_bot()
+
+        @bot.listen("on_member_join")
+        @everywhere
+        async def count_joins(member: Any) -> None:
+            ran.append("counted")
+
+        class Metrics(commands.Cog):
+            @everywhere
+            @commands.Cog.listener()
+            async def on_member_join(self, member: Any) -> None:
+                ran.append("metrics")
+
+        await bot.add_cog(Metrics())
+        bot.dispatch("member_join", "a member")
+        await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
+        assert sorted(ran) == ["counted", "metrics"]
+
+    run_virtual(scenario)
+
+
+def test_process_commands_is_gated_even_from_an_everywhere_on_message() -> None:
+    async def scenario() -> None:
+        ran: list[Any] = []
+
+        class Chatty(OfflineBot):
+            @everywhere
+            async def on_message(self, msg: discord.Message) -> None:
+                ran.append(("seen", msg.content))
+                await self.process_commands(msg)
+
+        bot, switch = Chatty(), Switch()
+        await bot.prepare()
+        install(bot, switch)
+
+        @bot.command()
+        async def ping(ctx: commands.Context[Chatty]) -> None:
+            ran.append("!ping")
+
+        bot._connection.parsers["MESSAGE_CREATE"](message("!ping"))
+        await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}))
+        assert ran == [("seen", "!ping")]
+
+    run_virtual(scenario)
+
+
+def test_loop_iterations_are_gated_and_a_cancelled_iteration_does_not_end_the_loop() -> None:
+    async def scenario() -> None:
+        switch = Switch()
+        current_lease.set(switch)
+        bodies: list[float] = []
+        proceed = asyncio.Event()
+
+        @tasks.loop(seconds=1, count=3)
+        async def tick() -> None:
+            bodies.append(asyncio.get_running_loop().time())
+            await proceed.wait()
+
+        await tick.start()  # a standby: three iterations, none ran
+        assert bodies == []
+
+        switch.processing = True
+        task = tick.start()
+        while not bodies:
+            await asyncio.sleep(0.5)
+        await switch.in_flight.settle(drain=False, timeout=1)  # the lease ends: the iteration is cancelled...
+        switch.processing = False
+        await task  # ...and the loop went on (its other iterations skipped), ending normally
+        assert len(bodies) == 1 and not tick.failed()
+
+        @everywhere
+        @tasks.loop(seconds=1, count=2)
+        async def housekeeping() -> None:
+            bodies.append(-1)
+
+        await housekeeping.start()
+        assert bodies[1:] == [-1, -1]
+
+    run_virtual(scenario)
+
+
+def test_in_flight_work_is_drained_within_the_timeout_or_cancelled() -> None:
+    async def scenario() -> None:
+        ran: list[Any] = []
+
+        class Slow(OfflineBot):
+            async def on_member_join(self, seconds: float) -> None:
+                try:
+                    await asyncio.sleep(seconds)
+                    ran.append(("done", seconds))
+                except asyncio.CancelledError:
+                    ran.append(("cancelled", seconds))
+                    raise
+
+        bot, switch = Slow(), Switch()
+        await bot.prepare()
+        install(bot, switch)
+        switch.processing = True
+        bot.dispatch("member_join", 3.0)
+        bot.dispatch("member_join", 10.0)
+        start = asyncio.get_running_loop().time()
+        await switch.in_flight.settle(drain=True, timeout=5)
+        assert asyncio.get_running_loop().time() - start == pytest.approx(5)
+        assert ran == [("done", 3.0), ("cancelled", 10.0)]
+
+    run_virtual(scenario)
+
+
+def test_an_auto_sharded_bot_is_gated_the_same_way() -> None:
+    async def scenario() -> None:
+        ran: list[Any] = []
+        intents = discord.Intents.default()
+        bot = commands.AutoShardedBot(command_prefix="!", intents=intents, shard_count=2)
+        switch = Switch()
+        await bot._async_setup_hook()
+        install(bot, switch)
+
+        @bot.tree.command()
+        async def hello(interaction: discord.Interaction) -> None:
+            ran.append("/hello")
+
+        bot._connection.application_id = 4242
+        bot._connection.parsers["INTERACTION_CREATE"](slash("hello"))
+        bot.dispatch("member_join", "m")
+        assert ran == []
+        switch.processing = True
+        bot._connection.parsers["INTERACTION_CREATE"](slash("hello"))
+        await switch.in_flight.settle(drain=True, timeout=5)
+        assert ran == ["/hello"]
+
+    run_virtual(scenario)
+
+
+def test_the_discord_py_internals_the_gates_rely_on() -> None:
+    """A discord.py upgrade that moves one of these fails here, loudly, before a bot runs ungated."""
+    params = list(inspect.signature(discord.Client._schedule_event).parameters)
+    assert params[:3] == ["self", "coro", "event_name"]
+    assert "_schedule_event" in inspect.getsource(discord.Client.dispatch)
+    assert "_schedule_event" in inspect.getsource(commands.Bot.dispatch)  # extra_events (listen, cogs)
+    source = inspect.getsource(discord.state.ConnectionState.parse_interaction_create)
+    for call in ("_command_tree._from_interaction", "dispatch_view", "dispatch_modal"):
+        assert call in source
+    assert "parsers[attr[6:].upper()]" in inspect.getsource(discord.state.ConnectionState.__init__)
+    assert "self.coro(" in inspect.getsource(tasks.Loop._loop)
+    assert isinstance(app_commands.CommandTree._from_interaction, object)
+
+    class NotDiscordPy:
+        _connection = None
+
+    with pytest.raises(IncompatibleDiscordPy):
+        install(NotDiscordPy(), Switch())
