@@ -19,8 +19,10 @@ import wsproto
 import wsproto.events
 
 from tests._helpers import MemoryListener, raw_client, start_server
+from urban_robot._errors import ProtocolError
 from urban_robot.logs import Throttled
-from urban_robot.socketio import ConnectionRefusedError, Server
+from urban_robot.socketio import ConnectionRefusedError, Decoder, PacketType, Server
+from urban_robot.socketio._packets import Head
 from urban_robot.web import Limits, Response
 
 PREAUTH_MESSAGE = 4096  # urban_robot.web._engine.PREAUTH_MESSAGE
@@ -282,3 +284,28 @@ def test_throttled_lines_say_how_many_were_held_back(caplog: pytest.LogCaptureFi
         "another kind is not held back by the first",
         "refused a connection from 10.0.0.2 (and 7,885 more like it in the last 12 s)",
     ]
+
+
+def test_the_decoder_parses_no_json_a_packet_was_refused_before() -> None:
+    heads: list[Head] = []
+
+    def refuse(head: Head) -> bool:
+        heads.append(head)
+        return False
+
+    # Invalid JSON after the head: parsing would raise; the head alone decides it is not worth it.
+    assert Decoder().feed('2/elsewhere,["event", {{{{' + "[" * 100_000, 0, refuse) is None
+    assert heads == [Head(PacketType.EVENT, "/elsewhere", len('["event", {{{{') + 100_000)]
+    with pytest.raises(ProtocolError, match="refused"):
+        Decoder().feed('51-["event",{"_placeholder":true,"num":0}]', 0, refuse)  # its attachments would follow
+
+
+async def test_a_packet_for_a_namespace_the_client_is_not_on_is_dropped_unparsed(nursery: trio.Nursery) -> None:
+    server = guarded_server()
+    url = await start_server(nursery, server)
+    async with raw_client(url) as worker:
+        await worker.connect_namespace(auth={"secret": "open sesame"})
+        await worker.send('42/elsewhere,["x", {{{{ not json')  # before: parsed, invalid, connection closed
+        await worker.send('421["echo","still here"]')
+        with trio.fail_after(5):
+            assert await worker.receive() == "431[10]"
