@@ -385,7 +385,8 @@ class _WorkerNamespace(Namespace):
             missing = not _has_secret(auth)
             what = "no secret (auth={'secret': ...} missing)" if missing else "bad secret"
             # Throttled: one client can knock thousands of times a second (issue 13, finding 4).
-            self.robot.quiet.info("refused", "refused a connection from %s: %s", environ.get("REMOTE_ADDR", "?"), what)
+            kind = "refused-missing" if missing else "refused-bad"  # a seeds-era worker is not an attacker
+            self.robot.quiet.info(kind, "refused a connection from %s: %s", environ.get("REMOTE_ADDR", "?"), what)
             if missing:  # a seeds-era worker: say what v1 wants; a wrong secret learns nothing more
                 raise ConnectionRefusedError("authentication failed", {"hint": AUTH_HINT})
             raise ConnectionRefusedError("authentication failed")
