@@ -31,6 +31,7 @@ from urllib.parse import parse_qs
 
 import attrs
 
+from ..logs import Throttled
 from ..web import Request, Response
 
 log = logging.getLogger("urban_robot.webhook")
@@ -209,6 +210,7 @@ RouteHandler = Callable[[Request], Awaitable[Response]]
 
 def webhook_route(gate: WebhookGate, on_deploy: Callable[[Commit], None]) -> RouteHandler:
     """A ``Server.add_route("POST", path, ...)`` handler; ``on_deploy`` must not block (queue the deploy)."""
+    quiet = Throttled(log)  # anyone can POST: at most a line per kind of refusal per 10 s, with counts
 
     async def handle(request: Request) -> Response:
         if request.method != "POST":
@@ -219,7 +221,7 @@ def webhook_route(gate: WebhookGate, on_deploy: Callable[[Commit], None]) -> Rou
         # Refusals are INFO, not WARNING: anyone can send garbage, and the Discord log bridge
         # must not turn a stranger's requests into a flood of alerts.
         host = request.client[0] if request.client else "?"
-        log.info("webhook from %s: %d %s", host, decision.status, decision.reason)
+        quiet.info(f"refused-{decision.status}", "webhook from %s: %d %s", host, decision.status, decision.reason)
         return Response.text(decision.status, decision.reason)
 
     return handle
