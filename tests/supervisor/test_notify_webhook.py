@@ -26,6 +26,7 @@ from urban_robot.supervisor._notify import (
     NotifyError,
     webhook_send,
 )
+from urban_robot.testing.fake_discord import FakeDiscord
 
 TOKEN = "MTA5ODc2NTQz.Gx7yQk.s3cr3t-b0t-t0k3n"
 CHANNEL = "123456789012345678"
@@ -47,7 +48,7 @@ class Call:
 
 
 @attrs.define(eq=False)
-class FakeDiscord:
+class MockDiscord:
     """Records every request with its virtual time; answers from ``script`` first (by path), then 200."""
 
     script: dict[str, list[httpx.Response]] = attrs.Factory(dict)  # path -> answers, in order
@@ -78,12 +79,12 @@ class FakeDiscord:
 
 
 @pytest.fixture
-def discord() -> FakeDiscord:
-    return FakeDiscord()
+def discord() -> MockDiscord:
+    return MockDiscord()
 
 
 @pytest.fixture
-async def client(discord: FakeDiscord) -> AsyncIterator[httpx.AsyncClient]:
+async def client(discord: MockDiscord) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.MockTransport(discord.handle)) as client:
         yield client
 
@@ -137,7 +138,7 @@ def test_a_bad_webhook_url_is_one_line_that_never_shows_it(url: str, problem: st
 
 # -- webhook_send -------------------------------------------------------------------------------------------
 async def test_a_webhook_post_carries_no_credential_and_waits_for_the_message(
-    client: httpx.AsyncClient, discord: FakeDiscord, webhook: DiscordWebhook, autojump_clock: trio.testing.MockClock
+    client: httpx.AsyncClient, discord: MockDiscord, webhook: DiscordWebhook, autojump_clock: trio.testing.MockClock
 ) -> None:
     await webhook_send(webhook, "hello", client=client)
     [call] = discord.calls
@@ -148,7 +149,7 @@ async def test_a_webhook_post_carries_no_credential_and_waits_for_the_message(
 
 
 async def test_a_long_message_through_the_webhook_is_split_without_losing_text(
-    client: httpx.AsyncClient, discord: FakeDiscord, webhook: DiscordWebhook, autojump_clock: trio.testing.MockClock
+    client: httpx.AsyncClient, discord: MockDiscord, webhook: DiscordWebhook, autojump_clock: trio.testing.MockClock
 ) -> None:
     text = "".join(f"line {i}: " + "y" * (i % 89) + "\n" for i in range(200))[:4500]
     await webhook_send(webhook, text, client=client)
@@ -158,7 +159,7 @@ async def test_a_long_message_through_the_webhook_is_split_without_losing_text(
 
 
 async def test_a_webhook_429_waits_exactly_retry_after(
-    client: httpx.AsyncClient, discord: FakeDiscord, webhook: DiscordWebhook, autojump_clock: trio.testing.MockClock
+    client: httpx.AsyncClient, discord: MockDiscord, webhook: DiscordWebhook, autojump_clock: trio.testing.MockClock
 ) -> None:
     limited = httpx.Response(429, json={"message": "You are being rate limited.", "retry_after": 2.5, "global": False})
     discord.script[HOOK_PATH] = [limited]
@@ -168,7 +169,7 @@ async def test_a_webhook_429_waits_exactly_retry_after(
 
 
 async def test_webhook_5xx_are_retried_with_backoff_and_bounded(
-    client: httpx.AsyncClient, discord: FakeDiscord, webhook: DiscordWebhook, autojump_clock: trio.testing.MockClock
+    client: httpx.AsyncClient, discord: MockDiscord, webhook: DiscordWebhook, autojump_clock: trio.testing.MockClock
 ) -> None:
     discord.script[HOOK_PATH] = [httpx.Response(502), httpx.Response(503)]
     await webhook_send(webhook, "hello", client=client)
@@ -206,7 +207,7 @@ async def test_webhook_5xx_are_retried_with_backoff_and_bounded(
 )
 async def test_a_refused_webhook_says_what_to_do(
     client: httpx.AsyncClient,
-    discord: FakeDiscord,
+    discord: MockDiscord,
     webhook: DiscordWebhook,
     status: int,
     message: str,
@@ -222,7 +223,7 @@ async def test_a_refused_webhook_says_what_to_do(
 
 # -- the Notifier -------------------------------------------------------------------------------------------
 async def test_a_webhook_alone_is_a_destination_without_a_token(
-    nursery: trio.Nursery, client: httpx.AsyncClient, discord: FakeDiscord, webhook: DiscordWebhook
+    nursery: trio.Nursery, client: httpx.AsyncClient, discord: MockDiscord, webhook: DiscordWebhook
 ) -> None:
     notifier = Notifier(client, webhook=webhook)
     await nursery.start(notifier.run)
@@ -256,7 +257,7 @@ async def test_a_webhook_alone_is_a_destination_without_a_token(
 async def test_a_refused_bot_route_falls_back_to_the_webhook_and_says_so_once(
     nursery: trio.Nursery,
     client: httpx.AsyncClient,
-    discord: FakeDiscord,
+    discord: MockDiscord,
     webhook: DiscordWebhook,
     caplog: pytest.LogCaptureFixture,
     status: int,
@@ -293,7 +294,7 @@ async def test_a_refused_bot_route_falls_back_to_the_webhook_and_says_so_once(
 async def test_other_failures_of_the_bot_route_do_not_fall_back(
     nursery: trio.Nursery,
     client: httpx.AsyncClient,
-    discord: FakeDiscord,
+    discord: MockDiscord,
     webhook: DiscordWebhook,
     caplog: pytest.LogCaptureFixture,
     answer: httpx.Response,
@@ -314,7 +315,7 @@ async def test_other_failures_of_the_bot_route_do_not_fall_back(
 async def test_a_refused_token_without_a_webhook_is_one_critical_line_not_one_per_message(
     nursery: trio.Nursery,
     client: httpx.AsyncClient,
-    discord: FakeDiscord,
+    discord: MockDiscord,
     caplog: pytest.LogCaptureFixture,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -339,7 +340,7 @@ async def test_a_refused_token_without_a_webhook_is_one_critical_line_not_one_pe
 async def test_the_webhook_secret_is_never_in_logs_errors_reprs_or_messages(
     nursery: trio.Nursery,
     client: httpx.AsyncClient,
-    discord: FakeDiscord,
+    discord: MockDiscord,
     webhook: DiscordWebhook,
     caplog: pytest.LogCaptureFixture,
     autojump_clock: trio.testing.MockClock,
@@ -378,3 +379,34 @@ async def test_the_webhook_secret_is_never_in_logs_errors_reprs_or_messages(
     assert "[redacted]" in "".join(texts)
     assert not [text for text in texts if HOOK_TOKEN in text]
     assert not logging.getLogger("httpx").filters  # the redaction lasts while the webhook is in use
+
+
+# -- against the fake Discord, over real sockets ------------------------------------------------------------
+async def test_the_fake_discords_webhook_made_over_its_control_api_carries_a_refused_bots_notification(
+    nursery: trio.Nursery,
+) -> None:
+    fake = FakeDiscord(token="the-right-token")
+    await nursery.start(fake.serve)
+    async with httpx.AsyncClient(timeout=10) as http:
+        made = await http.post(f"{fake.url}/_fake/webhooks", json={"channel": "bot-log", "client": "supervisor"})
+        url = made.json()["url"]
+        assert url.startswith(f"{fake.url}/c/supervisor/api/webhooks/")
+        log_channel = fake.channel("bot-log").id
+        notifier = Notifier(
+            http,
+            "a-token-discord-refuses",
+            str(log_channel),
+            base_url=f"{fake.url}/c/supervisor/api/v10",
+            webhook=DiscordWebhook.parse(url),
+        )
+        await nursery.start(notifier.run)
+        notifier.notify(Notify("critical", "a worker cannot work: Discord refused the token"))
+        post = await fake.wait_for_post(lambda post: post.route == "webhook", timeout=10)
+        records = (await http.get(f"{fake.url}/_fake/records")).json()
+    assert (post.channel_id, post.client, post.token) == (log_channel, "supervisor", "")  # no bot token: none sent
+    assert post.content == (
+        "(sent through the webhook: Discord refused the bot token (401): check BOT_TOKEN)\n"
+        "🚨 a worker cannot work: Discord refused the token"
+    )
+    assert [(p["route"], p["webhook_id"]) for p in records["posted"]] == [("webhook", post.webhook_id)]
+    assert f"/webhooks/{post.webhook_id}/" in url
