@@ -24,8 +24,8 @@ overlapping processing, P2 time without a processor, P3 no acknowledged write lo
 commit processed, epochs only increasing, also across supervisor restarts in state.json).
 
 The last line printed is one JSON object:
-{"duration_s", "faults": {kind: count}, "overlaps", "no_processor_total_s", "no_processor_share", "no_processor_longest_s",
- "no_processor_p99_s", "writes_checked", "writes_lost", "bad_commits_processed", ...}
+{"duration_s", "faults": {kind: count}, "overlaps", "no_processor_total_s", "no_processor_share",
+ "no_processor_longest_s", "no_processor_p99_s", "writes_checked", "writes_lost", "bad_commits_processed", ...}
 Exit status 1 on any violation (each is printed), 2 if the soak itself could not run.
 """
 
