@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from urban_robot.supervisor import Close, Credentials, ProcessExited
+from urban_robot.supervisor import CheckFrozen, Close, Credentials, Frozen, ProcessExited
 from urban_robot.supervisor._children import ChildPolicy, Children, prune_logs
 
 
@@ -218,7 +218,7 @@ async def test_a_restarted_supervisor_adopts_surviving_children_and_sees_them_ex
     os.waitpid(pid, 0)  # reap it: in this test it is still our own process's child
 
 
-async def test_a_child_fenced_off_as_hung_is_stopped(
+async def test_a_child_fenced_off_as_hung_is_killed_at_once(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     launcher = FakeLauncher()
@@ -227,9 +227,33 @@ async def test_a_child_fenced_off_as_hung_is_stopped(
     await nursery.start(children.run, 1)
     _, process = await launcher.nth(0)
     [identity] = children.children
-    children.on_action(Close("wid", "heartbeat silence", identity, hung=True))
+    fenced_at = trio.current_time()
+    children.on_action(Close("wid", "hung: silent for 8.0 s", identity, hung=True))
     [exited] = await robot.exits(1)
-    assert exited.identity == identity and process.returncode == -signal.SIGTERM
+    # SIGKILL, no SIGTERM first (a stopped process would not even take it), and no wait before it.
+    assert exited.identity == identity and process.returncode == -signal.SIGKILL
+    assert trio.current_time() == fenced_at
+
+
+@pytest.mark.slow
+async def test_the_kernel_says_which_silent_child_is_stopped(nursery: trio.Nursery) -> None:
+    robot = FakeRobot()
+    children = Children(robot, python("import time; time.sleep(60)"), cwd=Path("."), url="u")
+    await nursery.start(children.run, 2)
+    while len(children.children) < 2:
+        await trio.sleep(0.01)
+    frozen, blocked = children.children.values()
+    os.kill(frozen.pid, signal.SIGSTOP)
+    while open(f"/proc/{frozen.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+        await trio.sleep(0.01)  # the kernel stops it asynchronously
+    children.on_action(CheckFrozen("w1", frozen.identity))
+    children.on_action(CheckFrozen("w2", blocked.identity))  # asleep (a blocked event loop): not stopped
+    await robot.changed.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    assert robot.events == [Frozen(frozen.identity)]
+    for child in (frozen, blocked):
+        children.on_action(Close("w", "test over", child.identity, hung=True))
+    await robot.exits(2)
 
 
 async def test_asked_stops_and_deploy_candidates_do_not_back_off(

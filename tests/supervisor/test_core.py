@@ -8,14 +8,15 @@ import pytest
 
 from urban_robot.supervisor import (
     CacheSync,
+    CheckFrozen,
     Close,
     ComaAck,
     Connected,
     DeployConfirmed,
     Disconnected,
+    Frozen,
     HealthReport,
     Heartbeat,
-    HeartbeatSilence,
     Identified,
     Notify,
     Persist,
@@ -144,6 +145,7 @@ def test_health_check_timeout_is_a_failure() -> None:
     d.feed(Connected("a", identity="child-1"))
     d.feed(Identified("a", version="1.0"))
     d.feed(Ready("a"))
+    d.feed(Heartbeat("a"), at=10)  # alive, just not answering the check
     assert d.core.next_deadline() == 20
     out = d.feed(TimerFired(), at=20)
     assert d.cmds(out, "a") == ["shutdown"]
@@ -222,22 +224,103 @@ def test_dropped_connection_alone_is_no_proof_wait_for_the_lease() -> None:
     d.join("b")
     out = d.feed(Disconnected("a"), at=1)
     assert d.cmds(out, "b") == []
+    d.feed(Heartbeat("b"), at=3)
     assert d.core.next_deadline() == 17
     assert d.cmds(d.feed(TimerFired(), at=16.9), "b") == []
     out = d.feed(TimerFired(), at=17)
     assert d.grant(out, "b")["epoch"] == 2
 
 
-def test_hung_worker_fenced_after_its_lease() -> None:
+def test_silent_external_worker_is_dropped_and_its_lease_runs_out() -> None:
     d = Driver()
     d.join("a")
-    d.renew("a", 1)
+    d.renew("a", 1)  # at t=0: our view of the lease ends at 0 + 15 + 2
     d.join("b")
-    out = d.feed(HeartbeatSilence("a"), at=15)
-    assert Close("a", "heartbeat silence", "id-a", hung=True) in out
-    assert d.cmds(out, "b") == []
+    d.feed(Heartbeat("b"), at=14)
+    assert d.core.next_deadline() == 15  # a's silence: interval + grace
+    out = d.feed(TimerFired(), at=15)
+    assert Close("a", "heartbeat silence (15.0 s)", "id-a", hung=True) in out
+    assert d.cmds(out, "b") == [] and d.core.lease is not None  # an external worker may still be processing
     out = d.feed(TimerFired(), at=17)
     assert d.cmds(out, "b") == ["process_commands"]
+
+
+def join_child(d: Driver, wid: str) -> list[Any]:
+    """A worker the process manager spawned (generation 1): its silence is the kernel's to fence."""
+    d.feed(Connected(wid, identity=f"id-{wid}", generation=1))
+    d.feed(Identified(wid, version="1.0", pid=100, generation=1))
+    d.feed(Ready(wid))
+    return d.feed(HealthReport(wid, HEALTHY))
+
+
+# interval, frozen_limit, hang_limit, lease = interval + grace, margin: the defaults' shape, scaled for reading.
+CHILD_SETTINGS = Settings(
+    token="t", interval=1, grace=9, lease_margin=2, frozen_limit=2.5, hang_limit=8, spawn_workers=True
+)
+
+
+@pytest.mark.parametrize(
+    ("kernel_says_stopped", "fenced_at", "reason"),
+    [
+        (True, 2.5, "frozen: its process is stopped, silent for 2.5 s"),  # SIGSTOP: fenced at the first probe
+        (False, 8.0, "hung: silent for 8.0 s"),  # blocked or partitioned: only after hang_limit, stopped or not
+    ],
+)
+def test_silent_child_is_killed_and_its_lease_released_only_by_its_exit(
+    kernel_says_stopped: bool, fenced_at: float, reason: str
+) -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)  # heard at 0; our lease view ends at 0 + 10 + 2
+    join_child(d, "b")
+    probes = 0.0
+    while True:
+        deadline = d.core.next_deadline()
+        assert deadline is not None and deadline <= fenced_at
+        d.feed(Heartbeat("b"), at=deadline - 0.5)  # the standby keeps talking
+        out = d.feed(TimerFired(), at=deadline)
+        if CheckFrozen("a", "id-a") in out:
+            probes += 1
+            if kernel_says_stopped:
+                out = d.feed(Frozen("id-a"))
+        if any(isinstance(a, Close) for a in out):
+            break
+    assert d.now == fenced_at and (probes == 1 if kernel_says_stopped else probes == 6)  # at 2.5, then each second
+    assert Close("a", reason, "id-a", hung=True) in out  # the process manager SIGKILLs it
+    assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.wid is None
+    assert any(isinstance(a, Notify) and "failing over once its process exits" in a.message for a in out)
+    out = d.feed(ProcessExited("id-a", -9), at=fenced_at + 0.01)  # waitpid: the kill is confirmed
+    assert d.grant(out, "b")["epoch"] == 2 and Spawn("replace id-a: exited (-9)") in out
+
+
+def test_a_child_blocked_for_five_seconds_is_probed_but_not_fenced() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    out = d.feed(TimerFired(), at=2.5)
+    assert out == [CheckFrozen("a", "id-a")]  # the kernel says running (a blocked loop): no answer comes
+    for t in (3.5, 4.5, 5.5):
+        assert d.feed(TimerFired(), at=t) == [CheckFrozen("a", "id-a")]
+    d.now = 6.0  # the loop runs again (blocked 5 s, from 1 s after its last heartbeat)
+    assert d.renew("a", 1)["lease"] == 10
+    assert d.core.next_deadline() == 6 + 2.5 and d.core.running_client == "a"
+
+
+def test_a_late_frozen_answer_does_not_fence_a_child_that_spoke_since() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    assert d.feed(TimerFired(), at=2.5) == [CheckFrozen("a", "id-a")]
+    d.renew("a", 1)  # SIGCONT: it spoke again before the kernel's answer was handled
+    assert d.feed(Frozen("id-a")) == [] and d.core.running_client == "a"
+
+
+def test_an_external_worker_is_never_probed_nor_fenced_before_its_silence_limit() -> None:
+    d = Driver(CHILD_SETTINGS)
+    d.join("a")  # no generation from the process manager: not our child
+    d.renew("a", 1)
+    assert d.core.next_deadline() == 10  # interval + grace, no probe at 2.5
+    assert d.feed(Frozen("id-a"), at=9) == [] and d.core.running_client == "a"
 
 
 def test_reconnecting_holder_keeps_its_lease() -> None:
@@ -265,6 +348,7 @@ def test_restart_restores_epoch_sanity_and_waits_out_the_old_lease() -> None:
     restarted.now = 100
     out = restarted.join("b")
     assert restarted.cmds(out, "b") == []  # the old holder may still process until 100 + 17
+    restarted.feed(Heartbeat("b"), at=110)
     out = restarted.feed(TimerFired(), at=117)
     grant = restarted.grant(out, "b")
     assert grant["epoch"] == 2
@@ -340,6 +424,7 @@ def test_holder_that_never_acknowledges_coma_keeps_the_lease_until_it_ends() -> 
     for t in (1, 8, 16.9):  # stop_timeout passes (t=8), but only the lease proves anything
         assert d.cmds(d.feed(TimerFired(), at=t), "new") == []
         assert d.cmds(d.feed(Heartbeat("new", None), at=t), "new") == []
+        assert d.renew("old", 1)["lease"] == 0  # alive and talking, but no renewal while a stop is pending
     out = d.feed(TimerFired(), at=17)
     assert Close("old", "lease expired", "id-old", hung=True) in out
     assert d.grant(out, "new")["epoch"] == 2
@@ -479,7 +564,7 @@ def test_stopping_asks_every_worker_to_shut_down_the_holder_with_its_final_cache
     "after",
     [
         [ShutdownAck("a"), ProcessExited("id-a", 0), ProcessExited("id-b", 0)],
-        [Disconnected("a"), ProcessExited("id-a", -15), HeartbeatSilence("b"), ProcessExited("id-b", -9)],
+        [Disconnected("a"), ProcessExited("id-a", -15), ("at", 40.0), TimerFired(), ProcessExited("id-b", -9)],
         [TimerFired(), ("at", 100.0), TimerFired(), ProcessExited("id-b", 1)],  # the lease expires unacknowledged
         [ProcessExited("id-a", -9), TryAgain(None), ProcessExited("id-b", 1), ProcessExited("id-c", 1)],
         [ComaAck("a"), Connected("d", identity="id-d"), Identified("d", "9.0"), Ready("d"), TimerFired()],

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._events import Close, ProcessExited, Send
+from ._events import CheckFrozen, Close, Frozen, ProcessExited, Send
 from ._store import atomic_write
 
 log = logging.getLogger("urban_robot.children")
@@ -77,11 +77,22 @@ class Child:
 
 
 def start_ticks(pid: int) -> int | None:
+    stat = _stat(pid)
+    return int(stat[19]) if stat is not None else None  # field 22
+
+
+def stopped(pid: int, ticks: int | None) -> bool:
+    """Whether the kernel has ``pid`` (still the process started at ``ticks``) stopped: T (a signal) or t (traced)."""
+    stat = _stat(pid)
+    return stat is not None and int(stat[19]) == ticks and stat[0] in ("T", "t")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on: the command name before it may hold spaces and parentheses."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the command name
 
 
 Launch = Callable[..., Awaitable[Any]]
@@ -258,16 +269,28 @@ class Children:
             child.reported.set()
 
     def on_action(self, action: Any) -> None:
-        """A supervisor observer: a child the core fenced off as hung is stopped (then replaced)."""
+        """A supervisor observer: a child the core fenced off as hung is killed (then replaced); asked whether
+        a silent child is stopped, the kernel answers."""
         if isinstance(action, Send) and action.event == "cmd" and action.data.get("t") == "shutdown":
             core = getattr(self.robot, "core", None)
             worker = core.clients.get(action.wid) if core is not None else None
             if worker is not None:
                 self.asked.add(worker.identity)  # the supervisor asked it to go
         if isinstance(action, Close) and action.hung and action.identity in self.children:
-            assert self._nursery is not None
-            log.warning("%s is hung (%s): stopping it", action.identity, action.reason)
-            self._nursery.start_soon(self.stop, action.identity)
+            self.kill(action.identity, action.reason)
+        if isinstance(action, CheckFrozen) and action.identity in self.children:
+            child = self.children[action.identity]
+            if stopped(child.pid, child.start_ticks):
+                assert self._nursery is not None
+                self._nursery.start_soon(self.robot.submit, Frozen(action.identity))
+
+    def kill(self, identity: str, reason: str) -> None:
+        """SIGKILL a hung child now: it answers neither the protocol nor SIGTERM (a stopped process does not even
+        take SIGTERM until continued). Its exit, reported as every exit is, is what releases a lease it held."""
+        child = self.children[identity]
+        log.warning("%s (pid %s) is hung (%s): killing it", identity, child.pid, reason)
+        self.asked.add(identity)  # we ended it: no back-off for its replacement (the core still counts the loss)
+        self._signal(child, signal.SIGKILL)
 
     # -- stopping ---------------------------------------------------------------------------------
     async def stop_all(self) -> None:

@@ -26,6 +26,15 @@ Gateway is up. A worker that says ``failed`` (it cannot work) is a crash to
 come: its exit is counted and replaced, and its failure is kept for the views
 until a worker of its kind passes a health check.
 
+Liveness is one deadline per worker, kept here (``Worker.heard``): any event a worker sends counts.
+An external worker silent for ``silence_limit`` is dropped and its lease runs out, as P1 says. A child
+of the process manager is fenced by the kernel instead: silent for ``frozen_limit`` while the kernel
+reports its process stopped (``CheckFrozen`` -> ``Frozen``), or silent for ``hang_limit`` whatever its
+state, it is dropped and killed (``Close(hung=True)``: SIGKILL), and its lease is released by the
+``ProcessExited`` that confirms the kill, not before. ``hang_limit`` is longer than a slow but
+healthy bot's stall (an event loop blocked 5 s) and shorter than the lease, so a silent child is
+replaced in seconds, not a lease.
+
 Stopping (``Stopping``) is for good: every worker is asked to shut down (the
 holder with its final cache), and from then on nobody is promoted and no
 spawn is asked for, whatever exits, drops or expires on the way down.
@@ -45,15 +54,16 @@ from ..protocol import MAX_VERSION_LENGTH, PROTOCOL_VERSION
 from ._events import (
     Action,
     CacheSync,
+    CheckFrozen,
     Close,
     ComaAck,
     Connected,
     DeployConfirmed,
     Disconnected,
     Event,
+    Frozen,
     HealthReport,
     Heartbeat,
-    HeartbeatSilence,
     Identified,
     Notify,
     Persist,
@@ -68,6 +78,7 @@ from ._events import (
     Send,
     ShutdownAck,
     Spawn,
+    Spoke,
     Stopping,
     TimerFired,
     TryAgain,
@@ -76,6 +87,8 @@ from ._events import (
 from ._roles import Role, RoleError, Trigger, next_role
 
 STATE_VERSION = 1
+# What a worker says (the §5 events): each one proves it alive. Connected starts its clock.
+SPOKEN = (Identified, Heartbeat, Ready, HealthReport, CacheSync, ComaAck, ShutdownAck, WorkerFailed, Spoke)
 # The error answers that name the fix (docs/protocol.md §7): a worker written to the seeds' protocol learns why.
 HEALTH_REPORT_FIX = 'health_check needs {"OK": bool, "percent": number, "cogs": {name: bool}} (protocol v1 §9)'
 HEARTBEAT_FIX = (
@@ -93,9 +106,14 @@ class Settings:
     vital_cogs: tuple[str, ...] = ("modules.utilities",)
     healthy_percentage: float = 100.0
     shutdown_if_outdated: bool = False
-    interval: float = 30.0  # how often workers heartbeat
-    grace: float = 15.0  # silence past interval + grace = dead
-    lease_margin: float = 5.0  # our view of a lease outlives the worker's by this much
+    # docs/protocol.md §4 argues these with measurements (docs/benchmarks.md "Hang takeover").
+    interval: float = 1.0  # how often workers heartbeat
+    grace: float = 9.0  # lease = interval + grace; an external worker silent that long is dropped
+    lease_margin: float = 2.0  # our view of a lease outlives the worker's by this much
+    # A child silent this long is killed if the kernel reports its process stopped (frozen: it runs nothing) ...
+    frozen_limit: float | None = None  # None: interval + 1.5 (2.5 s by default)
+    # ... and killed whatever its state when silent this long: > an event loop blocked 5 s + interval, < the lease.
+    hang_limit: float | None = None  # None: interval + 7 (8 s by default)
     health_timeout: float = 30.0
     # A holder whose Discord Gateway has been down this long hands over to a standby whose Gateway is up:
     # longer than a RESUME after op 7 (well under 1 s), shorter than most re-identifies after op 9 (1-5 s).
@@ -112,7 +130,16 @@ class Settings:
         return self.interval + self.grace
 
     @property
+    def frozen_after(self) -> float:
+        return self.frozen_limit if self.frozen_limit is not None else self.interval + 1.5
+
+    @property
+    def hang_after(self) -> float:
+        return self.hang_limit if self.hang_limit is not None else self.interval + 7.0
+
+    @property
     def silence_limit(self) -> float:
+        """How long an external worker may be silent (a child: ``frozen_limit``, ``hang_limit``)."""
         return self.interval + self.grace
 
 
@@ -131,6 +158,13 @@ class Worker:
     gateway: bool | None = None  # its Discord Gateway as last reported (None: never reported, counts as up)
     gateway_down_since: float | None = None
     warned: set[str] = attrs.Factory(set)  # protocol rules it broke on this connection (each warned once)
+    heard: float = 0.0  # when it last said anything (core time): its one liveness clock
+    probe_at: float = math.inf  # when to ask the kernel next whether its process is stopped (children only)
+
+    @property
+    def child(self) -> bool:
+        """Spawned (or adopted) by the process manager, which can stop it and see it exit."""
+        return self.spawned_generation is not None
 
 
 @attrs.frozen
@@ -237,6 +271,8 @@ class Supervisor:
     def handle(self, event: Event, now: float) -> list[Action]:
         """Apply ``event`` at time ``now``; the actions to carry out, in order."""
         out: list[Action] = []
+        if isinstance(event, SPOKEN) and event.wid in self.clients:
+            self._heard(self.clients[event.wid], now)
         handler = getattr(self, "_on_" + type(event).__name__)
         try:
             handler(event, now, out)
@@ -256,6 +292,7 @@ class Supervisor:
         gateway = self._gateway_deadline()
         if gateway is not None:
             deadlines.append(gateway)
+        deadlines.extend(self._silence_deadline(w) for w in self.clients.values())
         finite = [d for d in deadlines if d != math.inf]
         return min(finite) if finite else None
 
@@ -263,6 +300,32 @@ class Supervisor:
     def kind(w: Worker) -> str:
         """Workers of one kind fail alike: a generation's children, or one external worker's restarts."""
         return f"generation {w.generation}" if w.generation is not None else w.identity
+
+    # -- liveness ------------------------------------------------------------------------------
+    def _heard(self, w: Worker, now: float) -> None:
+        w.heard = now
+        w.probe_at = now + self.settings.frozen_after if w.child else math.inf
+
+    def _silence_deadline(self, w: Worker) -> float:
+        if not w.child:
+            return w.heard + self.settings.silence_limit
+        return min(w.probe_at, w.heard + self.settings.hang_after)
+
+    def _check_silence(self, w: Worker, now: float, out: list[Action]) -> None:
+        silent = now - w.heard  # compared as the deadline was computed: heard + limit (floating point)
+        if not w.child:
+            if now >= w.heard + self.settings.silence_limit:
+                self._fence(w, f"heartbeat silence ({silent:.1f} s)", now, out)
+        elif now >= w.heard + self.settings.hang_after:
+            self._fence(w, f"hung: silent for {silent:.1f} s", now, out)
+        elif w.probe_at <= now:
+            w.probe_at = now + self.settings.interval  # asked again while the silence lasts
+            out.append(CheckFrozen(w.wid, w.identity))
+
+    def _fence(self, w: Worker, reason: str, now: float, out: list[Action]) -> None:
+        """Drop ``w`` and close its connection as hung: a child's process is killed, its exit releases its lease."""
+        self._forget(w, out, reason, now)
+        out.append(Close(w.wid, reason, w.identity, hung=True))
 
     # -- helpers -------------------------------------------------------------------------------
     def _move(self, w: Worker, trigger: Trigger, out: list[Action], reason: str = "") -> None:
@@ -317,7 +380,8 @@ class Supervisor:
             else:
                 self.lease.wid = None  # unreachable, maybe still processing: the lease stands
                 if self.stopping is None:  # while stopping, nobody fails over: its process is stopped next
-                    message = f"running worker {w.identity} lost ({reason}); failing over when its lease ends"
+                    when = "once its process exits" if w.child else "when its lease ends"
+                    message = f"running worker {w.identity} lost ({reason}); failing over {when}"
                     out.append(Notify("warning", message))
 
     def _count_loss(self, now: float, out: list[Action]) -> None:
@@ -349,7 +413,18 @@ class Supervisor:
         if e.admin:
             self.admins.add(e.wid)
         else:
-            self.clients[e.wid] = Worker(e.wid, e.identity, generation=e.generation, spawned_generation=e.generation)
+            w = Worker(e.wid, e.identity, generation=e.generation, spawned_generation=e.generation)
+            self.clients[e.wid] = w
+            self._heard(w, now)
+
+    def _on_Spoke(self, e: Spoke, now: float, out: list[Action]) -> None:
+        pass  # heard (in handle): that is all a message the shell could not parse does
+
+    def _on_Frozen(self, e: Frozen, now: float, out: list[Action]) -> None:
+        for w in [w for w in self.clients.values() if w.identity == e.identity and w.child]:
+            silent = now - w.heard
+            if now >= w.heard + self.settings.frozen_after:  # it may have been continued (and spoken) since
+                self._fence(w, f"frozen: its process is stopped, silent for {silent:.1f} s", now, out)
 
     def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -548,12 +623,6 @@ class Supervisor:
         if w is not None:
             self._forget(w, out, "disconnected", now)
 
-    def _on_HeartbeatSilence(self, e: HeartbeatSilence, now: float, out: list[Action]) -> None:
-        w = self.clients.get(e.wid)
-        if w is not None:
-            self._forget(w, out, "heartbeat silence", now)
-            out.append(Close(w.wid, "heartbeat silence", w.identity, hung=True))
-
     def _on_ProcessExited(self, e: ProcessExited, now: float, out: list[Action]) -> None:
         # Counted (and replaced) whether or not its connection is still known: the disconnect often
         # comes first, and a child can die before it ever connects. Only an exit is a reason to
@@ -571,6 +640,8 @@ class Supervisor:
             out.append(Close(w.wid, "process exited", w.identity))
 
     def _on_TimerFired(self, e: TimerFired, now: float, out: list[Action]) -> None:
+        for w in list(self.clients.values()):
+            self._check_silence(w, now, out)
         for w in list(self.clients.values()):
             if w.role is Role.CHECKING and w.check_deadline <= now:
                 self._fail_check(w, "health_check_timeout", out)
@@ -645,9 +716,7 @@ class Supervisor:
         if lease is not None and lease.expires <= now:
             if lease.wid is not None and lease.wid in self.clients:
                 # Connected yet not renewing in time (hung, or ignoring coma): fence it off for good.
-                hung = self.clients[lease.wid]
-                self._forget(hung, out, "lease expired", now)
-                out.append(Close(hung.wid, "lease expired", hung.identity, hung=True))
+                self._fence(self.clients[lease.wid], "lease expired", now, out)
             if self.lease is not None:  # forgetting an unconfirmed holder released it already
                 self._release(out, "lease expired")
         if self.stopping is not None:

@@ -84,10 +84,20 @@ class Disconnected:
 
 
 @attrs.frozen
-class HeartbeatSilence:
-    """The shell's watchdog heard nothing from ``wid`` for longer than the limit."""
+class Spoke:
+    """``wid`` sent an event the shell could not parse: answered with the error, and still a sign of life."""
 
     wid: str
+
+
+@attrs.frozen
+class Frozen:
+    """The kernel reports the process of ``identity`` stopped (SIGSTOP, a debugger): it runs no code at all.
+
+    The process manager's answer to ``CheckFrozen``; only a process it spawned (or adopted) is ever reported.
+    """
+
+    identity: str
 
 
 @attrs.frozen
@@ -152,7 +162,8 @@ Event = (
     | ShutdownAck
     | WorkerFailed
     | Disconnected
-    | HeartbeatSilence
+    | Spoke
+    | Frozen
     | ProcessExited
     | TimerFired
     | TryAgain
@@ -185,7 +196,17 @@ class Close:
     wid: str
     reason: str
     identity: str | None = None
-    hung: bool = False  # alive but unresponsive: a process manager should stop its process
+    # Alive but unresponsive: the process manager kills its process (SIGKILL) at once; the lease it may
+    # hold is released only by the ``ProcessExited`` that follows (or by its expiry), never by this close.
+    hung: bool = False
+
+
+@attrs.frozen
+class CheckFrozen:
+    """Ask the process manager whether the process of child ``identity`` is stopped (answer: ``Frozen``)."""
+
+    wid: str
+    identity: str
 
 
 @attrs.frozen
@@ -235,4 +256,4 @@ class RoleChanged:
     reason: str = ""
 
 
-Action = Reply | Send | Close | Persist | PersistCache | Spawn | RollBack | Notify | RoleChanged
+Action = Reply | Send | Close | CheckFrozen | Persist | PersistCache | Spawn | RollBack | Notify | RoleChanged
