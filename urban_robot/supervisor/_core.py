@@ -194,6 +194,7 @@ class Lease:
     stop_deadline: float = math.inf
     final_cache: bool = False
     token: str | None = attrs.field(default=None, repr=False)  # proves a reconnecting holder is the same process
+    epochless: int = 0  # heartbeats without an epoch from the holder since the grant (one may cross the grant)
 
 
 def version_key(version: str | None) -> Version:
@@ -504,6 +505,9 @@ class Supervisor:
             lease.expires = now + self.settings.lease + self.settings.lease_margin
             lease.confirmed = True
             out.append(Reply({"epoch": lease.epoch, "lease": self.settings.lease}))
+        elif holds and lease is not None and e.epoch is None and lease.epochless == 0:
+            lease.epochless = 1  # sent before the grant reached it, most likely: a v1 worker's next one has the epoch
+            out.append(Reply({"epoch": self.epoch, "lease": 0}))
         elif holds and lease is not None and e.epoch is None:
             # The seeds' heartbeat has no epoch: still no renewal (P1), but now the holder learns why.
             fix = HEARTBEAT_FIX.format(epoch=lease.epoch)
