@@ -24,6 +24,13 @@ WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
 QUICK = Settings(token="bot-token", interval=2, grace=2, lease_margin=0.5, health_timeout=10, spawn_workers=True)
 
 
+def child_secret(credentials: Credentials, identity: str) -> str:
+    """``identity``'s child secret, its spawn bound first if it has none: a simulated worker stands in for a child
+    process the supervisor started (a real one is bound by ``Children`` when it spawns it)."""
+    bound = credentials.nonce(identity) is not None
+    return credentials.child_secret(identity) if bound else credentials.bind(identity)
+
+
 def worker_options(tmp_path: Path, settings: Settings = QUICK, **overrides: Any) -> Options:
     """``Options`` for a supervisor of real ``WORKER`` processes in ``tmp_path`` (bot/, state/), any free port."""
     (tmp_path / "bot").mkdir(exist_ok=True)

@@ -188,10 +188,12 @@ def test_logs_print_a_workers_log_and_follow_it(tmp_path: Path) -> None:
     }
     (tmp_path / "children.json").write_text(json.dumps(registry))
     out, err = io.StringIO(), io.StringIO()
-    assert worker_logs(tmp_path, None, out, err=err) == 0
+    assert worker_logs(tmp_path, None, out, err=err, log_dir=log_dir) == 0
     assert out.getvalue() == "new worker line\n"  # the newest by default
     out = io.StringIO()
-    assert worker_logs(tmp_path, "child-x-1", out, err=err) == 0 and out.getvalue() == "old worker line\n"
+    assert (
+        worker_logs(tmp_path, "child-x-1", out, err=err, log_dir=log_dir) == 0 and out.getvalue() == "old worker line\n"
+    )
     rounds = iter(range(3))
 
     def grow_then_stop() -> bool:
@@ -203,11 +205,13 @@ def test_logs_print_a_workers_log_and_follow_it(tmp_path: Path) -> None:
         return False
 
     out = io.StringIO()
-    assert worker_logs(tmp_path, "child-x-1", out, follow=True, poll=0, stop=grow_then_stop, err=err) == 0
+    assert (
+        worker_logs(tmp_path, "child-x-1", out, follow=True, poll=0, stop=grow_then_stop, err=err, log_dir=log_dir) == 0
+    )
     assert out.getvalue() == "old worker line\nline 0\nline 1\nline 2\n"
-    assert worker_logs(tmp_path, "child-nope", io.StringIO(), err=err) == 1
+    assert worker_logs(tmp_path, "child-nope", io.StringIO(), err=err, log_dir=log_dir) == 1
     assert "no log for worker 'child-nope'" in err.getvalue()
-    assert worker_logs(tmp_path / "elsewhere", None, io.StringIO(), err=err) == 1
+    assert worker_logs(tmp_path / "elsewhere", None, io.StringIO(), err=err, log_dir=log_dir) == 1
 
 
 def test_format_status_shows_each_gateway_and_the_last_failures() -> None:

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     configured_token = config.options.admin_token if config.options else None
     if args.subcommand == "logs":
         try:
-            return worker_logs(config.state_dir, args.worker, sys.stdout, follow=args.follow)
+            bot = config.options.helium_path if config.options else config.state_dir / "demo-bot"
+            return worker_logs(config.state_dir, args.worker, sys.stdout, follow=args.follow, log_dir=bot / "log")
         except KeyboardInterrupt:
             return 0
     if args.subcommand in SUBCOMMANDS:  # before logging is set up: httpx would log every request

@@ -28,6 +28,7 @@ import httpx
 import trio
 
 from .logs import printable
+from .supervisor._children import RunAsError
 from .supervisor._store import StateError, check_private, read_private
 
 __all__ = [
@@ -134,7 +135,7 @@ def explain_error(exc: BaseException, address: str) -> str | None:
             if found is not None:
                 return found
         return None
-    if isinstance(exc, StateError):
+    if isinstance(exc, StateError | RunAsError):
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"cannot listen on {address}: {exc.strerror}; pick another --port"
@@ -332,30 +333,40 @@ def worker_logs(
     err: TextIO | None = None,
     poll: float = 0.5,
     stop: Callable[[], bool] = lambda: False,
+    log_dir: Path | None = None,
 ) -> int:
     """Print a worker's log (the newest worker's without ``identity``); ``follow`` keeps printing as it grows.
 
     Read from the machine the supervisor runs on: the children registry in the state directory names
-    each running worker's log file.
+    each running worker's log file. Only files directly in ``log_dir`` (``<helium_path>/log``; links
+    resolved) named ``helium-*.log`` are printed: a registry naming ``/etc/shadow`` prints nothing.
     """
     err = err or sys.stderr
     try:
-        registry = jsonlib.loads((state_dir / "children.json").read_text())
-    except (OSError, ValueError):
+        registry = jsonlib.loads(read_private(state_dir / "children.json"))
+    except (OSError, ValueError, StateError):
         print(
             f"urban-robot: no workers recorded in {state_dir}: is a supervisor running with this --state-dir?", file=err
         )
         return 1
-    logs: dict[str, str] = {
-        name: str(info["log"]) for name, info in registry.items() if isinstance(info, dict) and info.get("log")
-    }
+    logs: dict[str, Path] = {}
+    for name, info in registry.items() if isinstance(registry, dict) else ():
+        recorded = info.get("log") if isinstance(info, dict) else None
+        path = _worker_log(recorded, log_dir) if isinstance(recorded, str) else None
+        if path is not None:
+            logs[name] = path
+        elif recorded:
+            print(
+                f"urban-robot: ignoring the log recorded for {printable(name)[:80]}: not a worker log in {log_dir}",
+                file=err,
+            )
     if identity is None and logs:
-        identity = max(logs, key=lambda name: Path(logs[name]).stat().st_mtime if Path(logs[name]).exists() else 0)
+        identity = max(logs, key=lambda name: logs[name].stat().st_mtime if logs[name].exists() else 0)
     if identity not in logs:
         known = ", ".join(sorted(logs)) or "none"
         print(f"urban-robot: no log for worker {identity!r} (running workers: {known})", file=err)
         return 1
-    with open(logs[identity], errors="replace") as file:
+    with open(logs[identity], errors="replace", opener=_no_follow) as file:
         out.write(file.read())
         out.flush()
         while follow and not stop():
@@ -363,3 +374,19 @@ def worker_logs(
             out.write(file.read())
             out.flush()
     return 0
+
+
+def _worker_log(recorded: str, log_dir: Path | None) -> Path | None:
+    """``recorded`` resolved, if it is a worker's log file directly in ``log_dir``; else None (never outside it)."""
+    if log_dir is None:
+        return None
+    try:
+        path, home = Path(recorded).resolve(strict=True), log_dir.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    named = path.name.startswith("helium-") and path.name.endswith(".log")
+    return path if path.parent == home and named and path.is_file() else None
+
+
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)

@@ -450,6 +450,21 @@ KEYS: tuple[Key, ...] = (
         "seconds a worker asked to shut down has before SIGTERM, and again before SIGKILL",
     ),
     Key(
+        "workers.user",
+        "URBAN_ROBOT_WORKERS_USER",
+        _string,
+        None,
+        "run worker children as this user (name or uid; the supervisor must run as root): then they cannot read"
+        " the state directory's secrets; unset = as the supervisor's own user",
+    ),
+    Key(
+        "workers.group",
+        "URBAN_ROBOT_WORKERS_GROUP",
+        _string,
+        None,
+        "with workers.user: run worker children with this group (name or gid; default the user's own)",
+    ),
+    Key(
         "deploy_timeout",
         "URBAN_ROBOT_DEPLOY_TIMEOUT",
         _seconds,
@@ -725,6 +740,8 @@ def _table(key: Key, layers: list[Layer], cwd: Path, problems: list[str]) -> Any
 def _check_together(values: Mapping[str, Any], problems: list[str]) -> None:
     if values["helium_path"] is not None and values["secrets.bot_token"] is None:
         problems.append("secrets.bot_token: required to supervise helium_path; set BOT_TOKEN (environment or .env)")
+    if values["workers.group"] is not None and values["workers.user"] is None:
+        problems.append("workers.group: set workers.user too (the group goes with the user children run as)")
     if values["notify.channel"] is not None and values["notify.dm"] is not None:
         problems.append("notify: set channel (LOGGING_CHANNEL) or dm (URBAN_ROBOT_NOTIFY_DM), not both")
     others = {values["secrets.admin_token"], values["secrets.bot_token"]}
@@ -791,5 +808,7 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         policy=policy,
         deploy_timeout=values["deploy_timeout"],
         install_timeout=values["install_timeout"],
+        workers_user=values["workers.user"],
+        workers_group=values["workers.group"],
     )
     return attrs.evolve(config, options=options)

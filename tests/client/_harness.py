@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from tests._helpers import RestartableSupervisor
+from tests._helpers import RestartableSupervisor, child_secret
 from urban_robot.client import Backoff, Worker
 from urban_robot.supervisor import Settings
 
@@ -46,7 +46,7 @@ class Harness(RestartableSupervisor):
         kwargs.setdefault("backoff", Backoff(initial=0.05, cap=2.0))
         worker = Worker(
             self.url,
-            self.credentials.child_secret(identity or f"child-{self.count}"),
+            child_secret(self.credentials, identity or f"child-{self.count}"),
             version=version,
             on_hello=lambda hello: rec.note("hello", hello),
             on_start_processing=lambda: rec.note("start"),

@@ -18,6 +18,7 @@ import pytest
 import trio
 from discord.ext import commands
 
+from tests._helpers import child_secret
 from urban_robot.integrations.discord import Attachment, Disconnected, attach
 from urban_robot.protocol import ApplyCache, CollectCache, Log, Login, Send, StartProcessing, StopProcessing
 from urban_robot.supervisor import Credentials, Settings, StateStore, UrbanRobot
@@ -86,7 +87,7 @@ class Harness:
 
     def attach(self, bot: OfflineBot, identity: str, **kwargs: Any) -> tuple[Attachment, Steps]:
         steps = Steps()
-        secret = self.credentials.child_secret(identity)
+        secret = child_secret(self.credentials, identity)
         return attach(bot, url=self.url, secret=secret, observer=steps, **kwargs), steps
 
     def status(self) -> dict[str, Any]:
@@ -122,7 +123,7 @@ async def test_token_ready_and_commands_only_under_the_lease(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    secret = harness.credentials.child_secret("child-1")
+    secret = child_secret(harness.credentials, "child-1")
 
     async def scenario() -> tuple[Attachment, Steps]:
         bot = CommandBot()

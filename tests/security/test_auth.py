@@ -16,6 +16,7 @@ import socketio
 import trio
 import trio_websocket
 
+from tests._helpers import child_secret
 from urban_robot.supervisor import Credentials
 from urban_robot.supervisor._service import AUTH_HINT
 from urban_robot.testing._plugin import TEST_SETTINGS, SupervisorHarness
@@ -29,7 +30,7 @@ NO_SECRET = frozenset({"none", "no secret", "empty", "wrong type"})
 
 def bad_secrets(credentials: Credentials) -> dict[str, Any]:
     other = Credentials(b"another supervisor's key, 32 bytes!")
-    a_secret = credentials.child_secret("child-test-1")
+    a_secret = child_secret(credentials, "child-test-1")
     return {
         "none": None,
         "no secret": {},
@@ -37,11 +38,11 @@ def bad_secrets(credentials: Credentials) -> dict[str, Any]:
         "wrong type": {"secret": 12345},
         "wrong": {"secret": "hunter2"},
         "too long": {"secret": a_secret + "x" * 600},
-        "other supervisor's child secret": {"secret": other.child_secret("child-test-1")},
+        "other supervisor's child secret": {"secret": child_secret(other, "child-test-1")},
         "A's HMAC under B's name": {"secret": "child-test-2." + a_secret.rpartition(".")[2]},
         "truncated HMAC": {"secret": a_secret[:-1]},
         "upper-case HMAC": {"secret": a_secret.upper()},
-        "not a child": {"secret": "worker-1." + credentials.child_secret("worker-1").rpartition(".")[2]},
+        "not a child": {"secret": credentials.secret_for("worker-1", credentials.nonce("child-test-1") or "")},
         "admin token with a space": {"secret": "test-admin-token "},
     }
 
@@ -189,7 +190,7 @@ async def test_a_worker_cannot_act_as_admin_or_as_another_worker(
 
         # A worker's try_again is refused and changes nothing (is_sane stays false).
         core.is_sane = False  # as after a failed rollback
-        rogue = await raw_worker(nursery, harness.url, harness.credentials.child_secret(standby.name))
+        rogue = await raw_worker(nursery, harness.url, child_secret(harness.credentials, standby.name))
         assert await rogue.call("try_again", {}) == {"error": "try_again needs the admin credential"}
         assert core.is_sane is False
 
@@ -199,7 +200,7 @@ async def test_a_worker_cannot_act_as_admin_or_as_another_worker(
         ] is False
         assert await rogue.call("heartbeat", {"epoch": epoch}) == {"epoch": epoch, "lease": 0}
         # A second connection as the holder's own identity (its secret stolen) without the token: no lease.
-        twin = await raw_worker(nursery, harness.url, harness.credentials.child_secret(holder.name))
+        twin = await raw_worker(nursery, harness.url, child_secret(harness.credentials, holder.name))
         hello = await twin.call("identify", {"version": "1.0", "epoch": epoch, "lease_token": "0" * 32})
         assert hello["process_commands"] is False and hello["token"] == TOKEN  # authenticated: it does get hello
         assert await twin.call("heartbeat", {"epoch": epoch}) == {"epoch": epoch, "lease": 0}

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 import trio_websocket
 
-from tests._helpers import MemoryListener, raw_memory_client
+from tests._helpers import MemoryListener, child_secret, raw_memory_client
 from urban_robot._errors import ProtocolError
 from urban_robot.socketio import Server
 from urban_robot.socketio._packets import Decoder
@@ -23,7 +23,7 @@ async def test_a_connection_that_closes_while_being_registered_leaves_no_ghost_w
 ) -> None:
     harness = urban_robot_supervisor
     robot = harness.robot
-    secret = harness.credentials.child_secret("child-ghost-1")
+    secret = child_secret(harness.credentials, "child-ghost-1")
     host, port = harness.url.removeprefix("http://").split(":")
     with trio.fail_after(10):
         for _ in range(20):

@@ -75,7 +75,7 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
     assert (url, generation, own_session) == ("http://127.0.0.1:1", "7", "True")
     assert (admin, webhook, worker, own) == ("-", "-", "-", "kept")  # the supervisor's secrets stay with it
     assert identity == exited.identity
-    assert robot.credentials.verify({"secret": robot.credentials.child_secret(identity)}) is not None
+    assert robot.credentials.nonce(identity) is None  # it exited: its secret is refused (tests/security)
     assert children.children == {}
 
 

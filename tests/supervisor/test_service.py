@@ -12,7 +12,7 @@ import trio
 import trio.testing
 import trio_websocket
 
-from tests._helpers import RestartableSupervisor
+from tests._helpers import RestartableSupervisor, child_secret
 from urban_robot.supervisor import Persist, ProcessExited, Settings
 from urban_robot.testing import SimulatedWorker
 
@@ -29,7 +29,7 @@ class Harness(RestartableSupervisor):
         identity = identity or f"child-{self.count}"
         kwargs = {"health": health} if health is not None else {}
         worker = SimulatedWorker(
-            self.url, self.credentials.child_secret(identity), version=version, name=identity, **kwargs
+            self.url, child_secret(self.credentials, identity), version=version, name=identity, **kwargs
         )
         await self.nursery.start(worker.run)
         return worker

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests._helpers import raw_client
+from tests._helpers import child_secret, raw_client
 from tests.supervisor.test_service import Harness
 from urban_robot.supervisor import Notify, ProcessExited
 from urban_robot.supervisor._core import HEALTH_REPORT_FIX
@@ -141,7 +141,7 @@ async def test_a_bare_ok_report_answer_names_the_fix(harness: Harness, autojump_
                 answered.set()
             return answer
 
-    worker = Answering(harness.url, harness.credentials.child_secret("child-7"), health="OK", name="child-7")
+    worker = Answering(harness.url, child_secret(harness.credentials, "child-7"), health="OK", name="child-7")
     await harness.nursery.start(worker.run)
     await worker.wait_for("cmd:shutdown")  # the verdict's push may come before the report's ack (§2.1)
     await answered.wait()
@@ -167,11 +167,11 @@ async def test_a_child_claiming_a_newer_generation_does_not_outrank_a_deploy(
 ) -> None:
     assert harness.robot is not None
     harness.robot.spawned_generation = {"child-1": 3, "child-2": 2}.get
-    deployed = SimulatedWorker(harness.url, harness.credentials.child_secret("child-1"), generation=3, name="child-1")
+    deployed = SimulatedWorker(harness.url, child_secret(harness.credentials, "child-1"), generation=3, name="child-1")
     await harness.nursery.start(deployed.run)
     await deployed.wait_for("processing")
     harness.count = 1
-    liar = SimulatedWorker(harness.url, harness.credentials.child_secret("child-2"), generation=99, name="child-2")
+    liar = SimulatedWorker(harness.url, child_secret(harness.credentials, "child-2"), generation=99, name="child-2")
     await harness.nursery.start(liar.run)
     await liar.wait_for("cmd:health_check")
     await trio.sleep(30)

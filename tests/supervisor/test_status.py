@@ -14,6 +14,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests._helpers import child_secret
 from urban_robot.supervisor import Credentials, ProcessExited, Settings, StateStore, UrbanRobot
 from urban_robot.supervisor._status import StatusTracker, install_status_routes
 from urban_robot.testing import SimulatedWorker
@@ -88,7 +89,7 @@ class Harness:
     async def worker(self, version: str = "1.0") -> SimulatedWorker:
         self.count += 1
         identity = f"child-{self.count}"
-        worker = SimulatedWorker(self.url, self.credentials.child_secret(identity), version=version, name=identity)
+        worker = SimulatedWorker(self.url, child_secret(self.credentials, identity), version=version, name=identity)
         await self.nursery.start(worker.run)
         return worker
 
@@ -154,7 +155,7 @@ def by_identity(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def secrets_of(h: Harness) -> list[str]:
     lease = h.robot.core.lease
-    found = [ADMIN, SETTINGS.token, *(h.credentials.child_secret(f"child-{i}") for i in range(1, h.count + 1))]
+    found = [ADMIN, SETTINGS.token, *(child_secret(h.credentials, f"child-{i}") for i in range(1, h.count + 1))]
     return found + ([lease.token] if lease is not None and lease.token else [])
 
 

@@ -36,6 +36,7 @@ import trio_websocket
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests._fuzz import examples
+from tests._helpers import child_secret
 from urban_robot.socketio import Server
 from urban_robot.supervisor import Credentials, Settings, StateStore, UrbanRobot
 
@@ -99,7 +100,7 @@ async def _bystander(live: Live) -> None:
     ws_url = live.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
     async with trio_websocket.open_websocket_url(ws_url) as ws:
         await ws.get_message()
-        await ws.send_message("40" + json.dumps({"secret": live.credentials.child_secret("child-bystander-1")}))
+        await ws.send_message("40" + json.dumps({"secret": child_secret(live.credentials, "child-bystander-1")}))
         ack = 0
         pending: dict[int, trio.Event] = {}
 
@@ -235,7 +236,7 @@ def _text(message: str) -> bytes:
 
 
 def _auth(live: Live, identity: str = "child-fuzz-1") -> bytes:
-    return _text("40" + json.dumps({"secret": live.credentials.child_secret(identity)}))
+    return _text("40" + json.dumps({"secret": child_secret(live.credentials, identity)}))
 
 
 # -- strategies ----------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import trio
 
 from ._api import admin_route
 from ._auth import Credentials
-from ._children import ChildPolicy, Children
+from ._children import ChildPolicy, Children, RunAs
 from ._core import Settings
 from ._dashboard import install_dashboard
 from ._deploy import Deployer
@@ -59,6 +59,8 @@ class Options:
     discord_log_level: int = logging.WARNING
     discord_api_url: str = DISCORD_API  # notify.api_url: Discord's REST API, or a stand-in for it
     policy: ChildPolicy = attrs.field(factory=ChildPolicy)
+    workers_user: str | None = None  # run children as this user (the supervisor must be root)
+    workers_group: str | None = None  # ... and group (default: the user's own)
 
 
 NOTIFY_FLUSH_TIMEOUT = 5.0  # seconds the last notifications (the stopping one) get to reach Discord
@@ -92,9 +94,12 @@ class App:
 
 
 async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
+    run_as = RunAs.resolve(options.workers_user, options.workers_group) if options.workers_user else None
     store = StateStore(options.state_dir)
     store.prepare()
     store.lock()
+    if run_as is not None:
+        _open_releases_to_workers(options.state_dir)
     credentials = Credentials(
         store.secret_key(), admin_token=options.admin_token, worker_secrets=dict(options.worker_secrets)
     )
@@ -117,6 +122,7 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             log_dir=options.helium_path / "log",
             registry=options.state_dir / "children.json",
             policy=options.policy,
+            run_as=run_as,
         )
         robot.spawner = children.spawn
         robot.spawned_generation = children.generation_of  # a child's generation is ours to say, not its own
@@ -152,6 +158,16 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             nursery.cancel_scope.cancel()
         finally:
             store.unlock()
+
+
+def _open_releases_to_workers(state_dir: Path) -> None:
+    """Children running as ``workers.user`` run from ``<state-dir>/releases/<commit>``: they may pass through the
+    state directory (0711: no listing; its files stay 0600, the supervisor's) and the releases directory to
+    their own release, whose files git wrote readable. Nothing else in the state directory is theirs to read."""
+    state_dir.chmod(0o711)
+    releases = state_dir / "releases"
+    releases.mkdir(mode=0o711, exist_ok=True)
+    releases.chmod(0o711)
 
 
 async def _stop(app: App, policy: ChildPolicy) -> None:

@@ -1,9 +1,13 @@
 """Who is connecting: children (secrets derived from the state key), external workers, the admin.
 
 A child's secret is ``<identity>.<hmac>``: the identity says which process it
-is, the HMAC-SHA256 of the identity under the state directory's key proves it,
-and it stays valid across supervisor restarts (so running children are adopted).
-Every comparison is constant-time. Secrets never appear in a repr or a log.
+is, and the HMAC-SHA256 under the state directory's key of the identity *and a
+nonce drawn for that one spawn* proves it. The secret is valid only while the
+supervisor has that spawn bound (``bind`` when it starts the process or adopts
+it, ``revoke`` when it exits): the nonce is kept with the child in the children
+registry, so a child still running is adopted after a supervisor restart and
+the secret of one that exited is refused for good, however many restarts later.
+Every comparison is constant-time. Secrets and nonces never appear in a repr or a log.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -27,15 +32,36 @@ class Identity:
     admin: bool = False
 
 
-@attrs.frozen
+@attrs.define(eq=False)
 class Credentials:
     key: bytes = attrs.field(repr=False)
     admin_token: str | None = attrs.field(default=None, repr=False)
     worker_secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # name -> secret
+    # identity -> nonce of each child spawn the supervisor has now (started or adopted): only these get in
+    _spawns: dict[str, str] = attrs.field(factory=dict, init=False, repr=False)
+
+    def bind(self, identity: str, nonce: str | None = None) -> str:
+        """Make ``identity``'s spawn (with ``nonce``: an adopted one's, from the registry; else a fresh one) the one
+        whose secret is valid, and return that secret. Any earlier secret of ``identity`` is refused from now on."""
+        self._spawns[identity] = nonce if nonce is not None else secrets.token_hex(16)
+        return self.child_secret(identity)
+
+    def revoke(self, identity: str) -> None:
+        """``identity``'s process is gone: its secret is refused from now on."""
+        self._spawns.pop(identity, None)
+
+    def nonce(self, identity: str) -> str | None:
+        """The nonce ``identity``'s current spawn is bound with (kept in the children registry), or None."""
+        return self._spawns.get(identity)
 
     def child_secret(self, identity: str) -> str:
-        digest = hmac.new(self.key, identity.encode(), hashlib.sha256).hexdigest()
-        return f"{identity}.{digest}"
+        """The secret of ``identity``'s current spawn (KeyError if none is bound)."""
+        return self.secret_for(identity, self._spawns[identity])
+
+    def secret_for(self, identity: str, nonce: str) -> str:
+        """The secret of ``identity`` spawned with ``nonce``, bound or not (what that process was started with)."""
+        message = b"%d:%s:%s" % (len(identity.encode()), identity.encode(), nonce.encode())  # unambiguous
+        return f"{identity}.{hmac.new(self.key, message, hashlib.sha256).hexdigest()}"
 
     def verify(self, auth: object) -> Identity | None:
         """The identity behind a CONNECT ``auth`` payload, or None."""
@@ -50,7 +76,10 @@ class Credentials:
             if hmac.compare_digest(secret.encode(), expected.encode()):
                 return Identity(f"worker:{name}")
         identity, _, _ = secret.rpartition(".")
-        if identity.startswith("child-") and hmac.compare_digest(secret.encode(), self.child_secret(identity).encode()):
+        nonce = self._spawns.get(identity) if identity.startswith("child-") else None
+        if nonce is None:
+            return None  # not a child the supervisor has now: exited, never spawned, or not adopted
+        if hmac.compare_digest(secret.encode(), self.secret_for(identity, nonce).encode()):
             return Identity(identity)
         return None
 

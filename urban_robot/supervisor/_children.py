@@ -1,11 +1,12 @@
 """Helium children: spawn the bot's command, watch it, report its exit to the core at once.
 
 One task per child, owned by the manager's nursery. A child runs in its own
-session (a supervisor crash does not take it down) with ``URBAN_ROBOT_URL``,
-``URBAN_ROBOT_SECRET`` (derived from the state key, so still valid after a
-supervisor restart) and ``URBAN_ROBOT_GENERATION`` in its environment, its
-output in ``log/helium-YYYY-MM-DD-HH-MM-SS.log`` (old logs pruned by count and
-total size). Its exit is reported the moment it is seen: that is what makes
+session (a supervisor crash does not take it down), as ``workers.user`` when one
+is set (``RunAs``), with ``URBAN_ROBOT_URL``, ``URBAN_ROBOT_SECRET`` (bound to
+this spawn: valid while the child runs, also after a supervisor restart that
+adopts it) and ``URBAN_ROBOT_GENERATION`` in its environment and no other secret
+(``inherited``), its output in ``log/helium-YYYY-MM-DD-HH-MM-SS.log`` (0600, in a
+0700 directory; old logs pruned by count and total size). Its exit is reported the moment it is seen: that is what makes
 failover after a crash fast (a dropped socket proves nothing; an exited
 process does).
 
@@ -13,16 +14,21 @@ Restarts wait an exponential backoff with jitter after quick deaths, reset
 once a child has lived ``stable_uptime``; how many children there should be is
 the core's call (it asks for a ``Spawn`` per loss, and stops asking in a crash
 loop). Children are recorded in ``children.json`` in the state directory; a
-restarted supervisor adopts the ones still alive (same pid *and* start time)
-and watches them through a pidfd although they are not its children.
+restarted supervisor adopts the ones it can verify (``_verify``: the pid alive
+with the recorded start time, the expected uid, the session we created for it)
+and watches and signals them through a pidfd although they are not its
+children. An entry that fails is dropped with one line and its process is never
+signalled: a planted registry cannot get a foreign process killed.
 """
 
 from __future__ import annotations
 
+import grp
 import itertools
 import json
 import logging
 import os
+import pwd
 import random
 import secrets
 import signal
@@ -35,13 +41,60 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from .._errors import UrbanRobotError
 from ._events import CheckFrozen, Close, Frozen, ProcessExited, Send
-from ._store import atomic_write
+from ._store import atomic_write, read_private
 
 log = logging.getLogger("urban_robot.children")
-# Never handed to a worker: a compromised bot must not be able to deploy, stop or forge webhooks.
-SUPERVISOR_SECRETS = frozenset({"URBAN_ROBOT_ADMIN_TOKEN", "URBAN_ROBOT_WEBHOOK_SECRET"})
-WORKER_SECRETS_PREFIX = "URBAN_ROBOT_WORKER_SECRET_"  # external workers' secrets: a child must not pose as one
+# Of the supervisor's own variables a child gets only these (its own three are set for it): a compromised bot must
+# not deploy, stop, forge webhooks or notifications, or pose as an external worker. The two for a fake Discord
+# (tests/e2e, the chaos soak) say where Discord is, nothing secret.
+PASSED_THROUGH = frozenset({"URBAN_ROBOT_DISCORD_URL", "URBAN_ROBOT_DISCORD_CLIENT"})
+WITHHELD = frozenset({"BOT_TOKEN"})  # the token reaches a worker only in `hello`, after it authenticated
+
+
+def inherited(name: str) -> bool:
+    """Whether a child inherits the supervisor's environment variable ``name``."""
+    return name not in WITHHELD and (not name.startswith("URBAN_ROBOT_") or name in PASSED_THROUGH)
+
+
+class RunAsError(UrbanRobotError):
+    """``workers.user``/``workers.group`` cannot be used; the message (one line) says why."""
+
+
+@attrs.frozen
+class RunAs:
+    """The user and group children run as (``workers.user``, ``workers.group``): the supervisor must be root."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def resolve(cls, user: str, group: str | None = None) -> RunAs:
+        if os.geteuid() != 0:
+            raise RunAsError(
+                f"workers.user = {user!r} needs the supervisor to run as root (it runs as uid {os.geteuid()}):"
+                " unset it, or start the supervisor as root"
+            )
+        try:
+            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        except (KeyError, ValueError):
+            raise RunAsError(f"workers.user: no such user {user!r} on this host (create it, e.g. useradd)") from None
+        gid = entry.pw_gid
+        if group is not None:
+            try:
+                gid = grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
+            except (KeyError, ValueError):
+                raise RunAsError(f"workers.group: no such group {group!r} on this host") from None
+        if entry.pw_uid == 0:
+            raise RunAsError(f"workers.user = {user!r} is root: name an unprivileged user")
+        return cls(entry.pw_name, entry.pw_uid, gid, entry.pw_dir)
+
+    def popen(self) -> dict[str, Any]:
+        """Popen's arguments that drop the supervisor's privileges (its supplementary groups too)."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
 
 class Robot(Protocol):
@@ -74,6 +127,9 @@ class Child:
     process: trio.Process | None = None  # None once adopted from an earlier supervisor
     log: str | None = None  # its log file, for `urban-robot logs`
     reported: trio.Event = attrs.Factory(trio.Event)  # set once its exit has been handed to the supervisor
+    nonce: str | None = attrs.field(default=None, repr=False)  # its spawn's, binding its secret (children.json)
+    uid: int = attrs.Factory(os.getuid)  # the user it runs as
+    pidfd: int | None = None  # an adopted child's, opened after it was verified: signals reach it and no other
 
 
 def start_ticks(pid: int) -> int | None:
@@ -85,6 +141,25 @@ def stopped(pid: int, ticks: int | None) -> bool:
     """Whether the kernel has ``pid`` (still the process started at ``ticks``) stopped: T (a signal) or t (traced)."""
     stat = _stat(pid)
     return stat is not None and int(stat[19]) == ticks and stat[0] in ("T", "t")
+
+
+def _uid(pid: int) -> int | None:
+    """The real uid ``pid`` runs as."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    uids = [line.split()[1] for line in status.splitlines() if line.startswith("Uid:")]
+    return int(uids[0]) if uids else None
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    """The environment ``pid`` was started with (readable by its own user and root)."""
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(entry.partition(b"=")[::2] for entry in raw.split(b"\0") if entry)
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -112,6 +187,7 @@ class Children:
         policy: ChildPolicy = ChildPolicy(),
         launch: Launch = trio.lowlevel.open_process,
         rng: random.Random | None = None,
+        run_as: RunAs | None = None,
     ) -> None:
         self.robot = robot
         self.command = list(command)
@@ -123,6 +199,7 @@ class Children:
         self.policy = policy
         self.launch = launch
         self.rng = rng or random.Random()
+        self.run_as = run_as
         self.children: dict[str, Child] = {}
         self.exit_observers: list[Callable[[str, int | None], None]] = []
         self.asked: set[str] = set()  # children asked to stop: their exit is no crash
@@ -196,11 +273,9 @@ class Children:
 
     def environment(self, identity: str, generation: int) -> dict[str, str]:
         """The supervisor's environment minus its own secrets, plus what the worker needs to connect."""
-        env = {
-            name: value
-            for name, value in os.environ.items()
-            if name not in SUPERVISOR_SECRETS and not name.startswith(WORKER_SECRETS_PREFIX)
-        }
+        env = {name: value for name, value in os.environ.items() if inherited(name)}
+        if self.run_as is not None:
+            env.update(HOME=self.run_as.home, USER=self.run_as.name, LOGNAME=self.run_as.name)
         env.update(
             {
                 "URBAN_ROBOT_URL": self.url,
@@ -215,6 +290,7 @@ class Children:
         if self.stopping:
             return  # its back-off ended during a stop
         output = self._log_file()
+        self.robot.credentials.bind(identity)  # a fresh nonce: this spawn's secret, no earlier one's
         try:
             process = await self.launch(
                 self.command,
@@ -224,8 +300,10 @@ class Children:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                **(self.run_as.popen() if self.run_as is not None else {}),
             )
         except OSError as exc:
+            self.robot.credentials.revoke(identity)
             log.error("cannot start %s in %s: %s", " ".join(self.command), cwd, exc.strerror or exc)
             self.quick_deaths += 1
             for observer in self.exit_observers:
@@ -242,6 +320,8 @@ class Children:
             start_ticks(process.pid),
             process,
             getattr(output, "name", None),
+            nonce=self.robot.credentials.nonce(identity),
+            uid=self.run_as.uid if self.run_as is not None else os.getuid(),
         )
         self._record(child)
         try:
@@ -339,11 +419,13 @@ class Children:
         await self._wait_gone(child, self.policy.kill_timeout)
 
     def _signal(self, child: Child, sig: int) -> None:
+        """Signal our own child through its trio.Process, an adopted one through the pidfd opened when it was
+        verified (never by pid: a recycled pid would be someone else's process)."""
         try:
             if child.process is not None:
                 child.process.send_signal(sig)
-            elif start_ticks(child.pid) == child.start_ticks:
-                os.kill(child.pid, sig)
+            elif child.pidfd is not None:
+                signal.pidfd_send_signal(child.pidfd, sig)
         except ProcessLookupError:
             pass
 
@@ -351,8 +433,8 @@ class Children:
         with trio.move_on_after(timeout):
             if child.process is not None:
                 await child.process.wait()
-            else:
-                await _wait_pid(child.pid)
+            elif child.pidfd is not None:
+                await _wait_pidfd(child.pidfd)
             return True
         return False
 
@@ -360,33 +442,67 @@ class Children:
     def _adopt_survivors(self) -> int:
         adopted = 0
         for identity, info in self._load_registry().items():
-            pid, ticks = int(info["pid"]), info.get("start_ticks")
-            if ticks is None or start_ticks(pid) != ticks:
-                continue  # gone, or the pid now belongs to someone else
-            child = Child(
-                identity,
-                pid,
-                int(info.get("generation", self.generation)),
-                trio.current_time(),
-                ticks,
-                log=info.get("log"),
-            )
+            child = self._verify(identity, info)
+            if child is None:
+                continue
+            self.robot.credentials.bind(identity, child.nonce)  # its secret, and only its, is valid again
             self.children[identity] = child
             assert self._nursery is not None
             self._nursery.start_soon(self._watch_adopted, child)
             self.generation = max(self.generation, child.generation)  # a deploy must beat what runs
-            log.info("adopted %s (pid %s) from an earlier supervisor", identity, pid)
+            log.info("adopted %s (pid %s) from an earlier supervisor", identity, child.pid)
             adopted += 1
         self._save_registry()
         return adopted
 
-    async def _watch_adopted(self, child: Child) -> None:
+    def _verify(self, identity: str, info: Any) -> Child | None:
+        """The registry entry as a child to adopt, if its process is the one we spawned; else None, said in one line.
+
+        Trusted only after the kernel confirms it: the pid alive with the recorded start time, running as the
+        user our children run as, leading the session we created for it; then a pidfd pins that very process.
+        """
+        expected_uid = self.run_as.uid if self.run_as is not None else os.getuid()
         try:
-            await _wait_pid(child.pid)
+            pid, ticks, nonce = int(info["pid"]), int(info["start_ticks"]), str(info["nonce"])
+            generation, log_file = int(info.get("generation", self.generation)), info.get("log")
+        except (KeyError, TypeError, ValueError):
+            return self._drop(identity, info, "the entry is incomplete (no start time or nonce)")
+        fields = _stat(pid)
+        if fields is None or int(fields[19]) != ticks:
+            return self._drop(identity, info, "that process is gone (its pid is unused or someone else's now)")
+        if int(fields[3]) != pid:
+            return self._drop(identity, info, "that process is not in the session the supervisor created for it")
+        if _uid(pid) != expected_uid:
+            return self._drop(identity, info, f"that process does not run as uid {expected_uid}")
+        if _environ(pid).get(b"URBAN_ROBOT_SECRET") != self.robot.credentials.secret_for(identity, nonce).encode():
+            return self._drop(identity, info, "that process was not started with this spawn's secret")
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return self._drop(identity, info, "that process is gone")
+        if start_ticks(pid) != ticks:  # it ended between the check and the pidfd: the pidfd may be another's
+            os.close(pidfd)
+            return self._drop(identity, info, "that process is gone")
+        log_name = str(log_file) if isinstance(log_file, str) else None
+        child = Child(identity, pid, generation, trio.current_time(), ticks, log=log_name, nonce=nonce, pidfd=pidfd)
+        child.uid = expected_uid
+        return child
+
+    @staticmethod
+    def _drop(identity: str, info: Any, why: str) -> None:
+        pid = info.get("pid") if isinstance(info, dict) else None
+        log.warning("children.json: not adopting %.80r (pid %.20r): %s; it is not signalled", identity, pid, why)
+
+    async def _watch_adopted(self, child: Child) -> None:
+        assert child.pidfd is not None
+        try:
+            await _wait_pidfd(child.pidfd)
         finally:
             with trio.CancelScope(shield=True):
-                if start_ticks(child.pid) == child.start_ticks and not self.keep_running:
-                    await self._terminate(child)
+                if not self.keep_running:
+                    await self._terminate(child)  # through the pidfd: an exited one is not signalled
+                os.close(child.pidfd)
+                child.pidfd = None
         await self._exited(child, None)  # not our child: its exit status is not ours to read
 
     # -- bookkeeping ----------------------------------------------------------------------------------
@@ -396,13 +512,14 @@ class Children:
 
     def _forget(self, child: Child) -> None:
         self.children.pop(child.identity, None)
+        self.robot.credentials.revoke(child.identity)  # it exited: its secret is refused from now on
         self._save_registry()
 
     def _load_registry(self) -> dict[str, dict[str, Any]]:
         if self.registry is None:
             return {}
         try:
-            data = json.loads(self.registry.read_text())
+            data = json.loads(read_private(self.registry))
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
@@ -411,7 +528,14 @@ class Children:
         if self.registry is None:
             return
         data = {
-            c.identity: {"pid": c.pid, "generation": c.generation, "start_ticks": c.start_ticks, "log": c.log}
+            c.identity: {
+                "pid": c.pid,
+                "generation": c.generation,
+                "start_ticks": c.start_ticks,
+                "log": c.log,
+                "nonce": c.nonce,
+                "uid": c.uid,
+            }
             for c in self.children.values()
         }
         atomic_write(self.registry, json.dumps(data, sort_keys=True).encode())
@@ -419,13 +543,15 @@ class Children:
     def _log_file(self) -> Any:
         if self.log_dir is None:
             return subprocess.DEVNULL
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.log_dir.stat().st_mode & 0o077:
+            self.log_dir.chmod(0o700)  # an older supervisor's 0755: the bot's output is the operator's to read
         prune_logs(self.log_dir, keep=self.policy.log_keep - 1, max_bytes=self.policy.log_max_bytes)
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
         for n in itertools.count():
             path = self.log_dir / (f"helium-{stamp}.log" if n == 0 else f"helium-{stamp}.{n}.log")
             try:
-                return open(path, "xb")
+                return open(path, "xb", opener=_private)  # 0600, never through a planted link
             except FileExistsError:
                 continue
         raise AssertionError("unreachable")
@@ -445,12 +571,14 @@ def prune_logs(log_dir: Path, *, keep: int, max_bytes: int) -> list[Path]:
     return removed
 
 
-async def _wait_pid(pid: int) -> None:
-    """Wait for any process (child or not) to exit, through a pidfd."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+async def _wait_pidfd(pidfd: int) -> None:
+    """Wait for the process behind ``pidfd`` (child or not) to exit. A duplicate is waited on, so two tasks can wait
+    for one process at once (trio allows one waiter per descriptor)."""
+    fd = os.dup(pidfd)
     try:
         await trio.lowlevel.wait_readable(fd)
     finally:

@@ -54,7 +54,7 @@ class SupervisorHarness:
         identity = identity or f"child-test-{self.count}"
         worker = SimulatedWorker(
             self.url,
-            self.credentials.child_secret(identity),
+            self._secret(identity),
             version=version,
             generation=generation,
             health=health,
@@ -62,6 +62,11 @@ class SupervisorHarness:
         )
         await self.nursery.start(worker.run)
         return worker
+
+    def _secret(self, identity: str) -> str:
+        """The identity's child secret, bound as a spawn of ours (there is no process: the worker stands in for one)."""
+        bound = self.credentials.nonce(identity) is not None
+        return self.credentials.child_secret(identity) if bound else self.credentials.bind(identity)
 
     async def crash(self, worker: SimulatedWorker) -> None:
         """The worker's process dies: its connection drops and its exit is reported, as a real one's would be."""

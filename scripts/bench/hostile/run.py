@@ -1,7 +1,7 @@
 """Hostile-peer benchmark: what strangers cost a real supervisor while a worker keeps heartbeating.
 
 A real supervisor (``python -m urban_robot`` in its own process, real worker children) on 127.0.0.1.
-A measuring worker connects with a child secret minted from the state directory's key and sends a
+A measuring worker connects as an external worker (``worker:meter``, a configured secret) and sends a
 heartbeat every 50 ms, timing each answer. Then ``--connections`` hostile connections (none
 authenticated) of six kinds, in equal parts, are opened and held for ``--seconds``:
 
@@ -24,8 +24,6 @@ The last line printed is one JSON object:
 from __future__ import annotations
 
 import argparse
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -79,6 +77,7 @@ def start_supervisor(root: Path, port: int, code: Path | None) -> subprocess.Pop
         "URBAN_ROBOT_COMMAND": f"{sys.executable} -m urban_robot.testing.worker",
         "URBAN_ROBOT_WEBHOOK_SECRET": "bench-webhook-secret-0123456789",
         "URBAN_ROBOT_STANDBYS": "0",
+        "URBAN_ROBOT_WORKER_SECRET_meter": METER_SECRET,
     }
     if code is not None:
         env["PYTHONPATH"] = str(code)
@@ -277,15 +276,16 @@ async def knock(port: int, seconds: float) -> int:
     return sent
 
 
+METER_SECRET = "bench-meter-secret-0123456789abcdef"
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="urban-robot-hostile-"))
     port = free_port()
     process = start_supervisor(root, port, args.code)
     try:
         await wait_ready(root, port)
-        key = (root / "state" / "secret.key").read_bytes()
-        identity = "child-bench-meter"
-        secret = f"{identity}.{hmac.new(key, identity.encode(), hashlib.sha256).hexdigest()}"
+        secret = METER_SECRET  # a child secret can no longer be minted from the key: it is bound to a spawn
         samples = root / "heartbeats.txt"
         meter_process = subprocess.Popen(
             [sys.executable, __file__, "--meter", str(port), secret, str(samples)], stdin=subprocess.DEVNULL
