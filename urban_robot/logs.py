@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import sys
+import unicodedata
 from collections.abc import Iterable
 from typing import Any, Literal, TextIO
 
@@ -130,3 +132,39 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+TAIL_LINES = 5  # lines of a worker's output quoted in crash, failed-deploy and crash-loop messages
+_TAIL_BYTES = 16384
+_TAIL_LINE_MAX = 300  # characters of one quoted line (a minified JSON dump must not fill a Discord message)
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with terminal control characters (ESC, BEL, CR, ...) shown escaped (``\\x1b``), tabs as spaces:
+    quoted output must not recolour, clear or rewrite the operator's terminal, nor hide what precedes it."""
+    out = []
+    for char in text:
+        if char == "\t":
+            out.append("    ")
+        elif unicodedata.category(char)[0] == "C":
+            out.append(char.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def read_tail(
+    path: str | os.PathLike[str] | None, lines: int = TAIL_LINES, secrets: Iterable[str | None] = ()
+) -> list[str]:
+    """The last ``lines`` non-blank lines of a log file, each redacted of ``secrets`` and escaped (empty: no file)."""
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as file:
+            file.seek(max(0, os.fstat(file.fileno()).st_size - _TAIL_BYTES))
+            text = file.read().decode(errors="replace")
+    except OSError:
+        return []
+    redactor = Redactor(secrets)
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    return [escape_controls(redactor.redact(line))[:_TAIL_LINE_MAX] for line in kept]

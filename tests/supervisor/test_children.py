@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from urban_robot.supervisor import Close, Credentials, ProcessExited
-from urban_robot.supervisor._children import ChildPolicy, Children, prune_logs
+from urban_robot.supervisor._children import ChildPolicy, Children, log_identity, prune_logs
 
 
 @attrs.define
@@ -54,6 +54,7 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
         "print(e.get('URBAN_ROBOT_ADMIN_TOKEN', '-'), e.get('URBAN_ROBOT_WEBHOOK_SECRET', '-')); "
         "print(e.get('URBAN_ROBOT_WORKER_SECRET_eu', '-')); "
         "print(e['HELIUM_OWN_SETTING']); "
+        "print('\\x1b[2Jleaked', e['URBAN_ROBOT_SECRET']); "
         "raise SystemExit(3)"
     )
     children = Children(
@@ -70,8 +71,11 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
         [exited] = await robot.exits(1)
     assert exited.returncode == 3
     [log_file] = list((tmp_path / "log").glob("helium-*.log"))
-    assert log_file.name[len("helium-") : -len(".log")].count("-") == 5  # YYYY-MM-DD-HH-MM-SS
-    url, generation, own_session, identity, admin, webhook, worker, own = log_file.read_text().split()
+    assert log_file.name == f"helium-{log_file.name[7:26]}-{exited.identity}.log"  # YYYY-MM-DD-HH-MM-SS-<identity>
+    assert log_identity(log_file) == exited.identity
+    url, generation, own_session, identity, admin, webhook, worker, own = log_file.read_text().split()[:8]
+    # Its exit carries its last lines: its secret redacted, the terminal escape shown, not obeyed.
+    assert exited.tail[-2:] == ("kept", "\\x1b[2Jleaked [redacted]") and exited.uptime is not None
     assert (url, generation, own_session) == ("http://127.0.0.1:1", "7", "True")
     assert (admin, webhook, worker, own) == ("-", "-", "-", "kept")  # the supervisor's secrets stay with it
     assert identity == exited.identity

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs
 
 from ..web import Request, Response
 
@@ -27,12 +28,22 @@ def authorized(request: Request, admin_token: str | None) -> bool:
     return hmac.compare_digest(token.strip().encode(), admin_token.encode())
 
 
-def admin_route(admin_token: str | None, action: Callable[[], dict[str, object]]) -> RouteHandler:
-    """A POST route that runs ``action`` (sync, quick) for an authorized caller."""
+def admin_route(
+    admin_token: str | None,
+    action: Callable[[], dict[str, object]],
+    *,
+    wait: Callable[[], Awaitable[dict[str, object]]] | None = None,
+) -> RouteHandler:
+    """A POST route that runs ``action`` (sync, quick) for an authorized caller: 202, it is under way.
+
+    With ``wait``, ``?wait=1`` runs that instead and answers 200 with its outcome once it is done.
+    """
 
     async def handle(request: Request) -> Response:
         if not authorized(request, admin_token):
             return _json(401, {"error": "admin credential missing or wrong: send Authorization: Bearer <admin token>"})
+        if wait is not None and parse_qs(request.query).get("wait", [""])[-1] in ("1", "true", "yes"):
+            return _json(200, await wait())
         return _json(202, action())
 
     return handle

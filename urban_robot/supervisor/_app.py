@@ -28,7 +28,7 @@ from ._notify import DISCORD_API, DiscordLogHandler, Notifier
 from ._service import UrbanRobot
 from ._status import install_status_routes
 from ._store import StateStore
-from ._webhook import WebhookConfig, WebhookGate, webhook_route
+from ._webhook import Commit, WebhookConfig, WebhookGate, webhook_route
 
 log = logging.getLogger("urban_robot")
 
@@ -111,7 +111,10 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             policy=options.policy,
         )
         robot.spawner = children.spawn
+        robot.top_up = lambda reason: children.top_up(reason, at_once=True)
         robot.spawned_generation = children.generation_of  # a child's generation is ours to say, not its own
+        robot.spawned_release = children.release_of
+        children.may_spawn = lambda: robot.core.is_sane and robot.core.stopping is None
         robot.observers.append(children.on_action)
         deployer = Deployer(
             robot,
@@ -132,6 +135,7 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
         )
         app = App(robot, children, deployer, notifier, url)
         _routes(robot, deployer, options, app)
+        await deployer.resume()  # workers start from the last known good release, not the checkout
         await nursery.start(children.run, 1 + options.standbys)
         await nursery.start(
             lambda task_status: deployer.run(poll_interval=options.poll_interval, task_status=task_status)
@@ -188,11 +192,22 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
             secret=options.webhook_secret, branch=options.branch, require_deploy_tag=options.require_deploy_tag
         )
     )
-    robot.server.add_route("POST", "/webhook/github", webhook_route(gate, lambda commit: deployer.request("webhook")))
+
+    def on_push(commit: Commit) -> tuple[int, str]:
+        status, text = deployer.expect(commit.sha)  # answer what will really happen
+        if status == 202:
+            deployer.request("webhook")
+        return status, text
+
+    robot.server.add_route("POST", "/webhook/github", webhook_route(gate, on_push))
 
     def deploy() -> dict[str, object]:
         deployer.request("admin API")
         return {"deploy": "requested"}
+
+    async def deploy_and_wait() -> dict[str, object]:
+        result = await deployer.outcome_of(deployer.request("admin API"))
+        return {"deploy": "done", "commit": result.commit, "outcome": result.outcome, "detail": result.detail}
 
     def try_again() -> dict[str, object]:
         deployer.forget_bad_commits()
@@ -200,7 +215,7 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
         deployer.request("try_again")
         return {"try_again": "requested"}
 
-    robot.server.add_route("POST", "/api/deploy", admin_route(options.admin_token, deploy))
+    robot.server.add_route("POST", "/api/deploy", admin_route(options.admin_token, deploy, wait=deploy_and_wait))
     robot.server.add_route("POST", "/api/try-again", admin_route(options.admin_token, try_again))
 
     def stop() -> dict[str, object]:

@@ -513,7 +513,8 @@ class Supervisor:
         out.append(Notify("warning", f"{w.identity} (version {w.version}) failed its health check: {reason}{fix}"))
         holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
         if holder is None or self._newness(w) > self._newness(holder):
-            out.append(RollBack(reason, w.version, w.generation))  # new code failed: go back
+            detail = self._failing_cogs(report)
+            out.append(RollBack(reason + detail, w.version, w.generation))  # new code failed: go back
 
     def _failing_cogs(self, report: Any) -> str:
         """`` (failing: modules.music, modules.x; missing vital: modules.utilities)`` from a well-formed report."""
