@@ -306,3 +306,49 @@ async def test_stop_all_waits_for_the_children_under_one_deadline_then_signals_t
     children.spawn("after the stop")
     await trio.sleep(60)
     assert len(launcher.started) == 3
+
+
+async def test_a_spawn_that_waited_out_its_backoff_is_dropped_once_spawning_stopped(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The crash loop is declared while a replacement waits out its back-off: it never starts (issue 12)."""
+    launcher = FakeLauncher()
+    policy = ChildPolicy(backoff_base=5, jitter=0, stable_uptime=30)
+    children = Children(FakeRobot(), ["bot"], cwd=Path("."), url="u", policy=policy, launch=launcher)
+    spawning = [True]
+    children.may_spawn = lambda: spawning[0]
+    await nursery.start(children.run, 1)
+    _, process = await launcher.nth(0)
+    process.returncode = 1
+    process.exit.set()  # a quick death: the next spawn waits 5 s
+    await trio.testing.wait_all_tasks_blocked()
+    children.spawn("replace child-1")
+    await trio.sleep(1)
+    spawning[0] = False  # the core said "no more spawns" meanwhile
+    await trio.sleep(10)
+    assert len(launcher.started) == 1 and children.children == {}
+
+
+async def test_top_up_at_once_resets_the_backoff_and_replaces_waiting_spawns(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """try_again: one running plus the standbys at once, not after the back-off the crashes drove up."""
+    launcher = FakeLauncher()
+    policy = ChildPolicy(backoff_base=8, jitter=0, stable_uptime=30)
+    children = Children(FakeRobot(), ["bot"], cwd=Path("."), url="u", policy=policy, launch=launcher)
+    await nursery.start(children.run, 2)
+    for n in range(2):
+        _, process = await launcher.nth(n)
+        process.returncode = 1
+        process.exit.set()
+    await trio.testing.wait_all_tasks_blocked()
+    children.spawn("replace")  # waits 16 s (two quick deaths)
+    await trio.sleep(1)
+    began = trio.current_time()
+    children.top_up("try_again", at_once=True)
+    await launcher.nth(3)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [at - began for at, _ in launcher.started[2:]] == [0, 0]  # both at once
+    assert len(children.children) == 2 and children.quick_deaths == 0
+    await trio.sleep(30)
+    assert len(launcher.started) == 4  # the waiting spawn was replaced, not added

@@ -128,7 +128,8 @@ def test_failed_health_check_shuts_the_candidate_down_and_asks_for_rollback(repo
     d.renew("old", 1)
     out = d.join("new", version="1.1", report=report)
     assert d.cmds(out, "new") == ["shutdown"]
-    assert RollBack(reason, "1.1", None) in out
+    [rollback] = [a for a in out if isinstance(a, RollBack)]
+    assert (rollback.reason, rollback.version, rollback.generation) == (reason, "1.1", None)
     assert d.cmds(out, "old") == []  # the running worker keeps running throughout
     assert d.core.running_client == "old"
     assert d.core.clients["new"].role is Role.SHUTTING_DOWN

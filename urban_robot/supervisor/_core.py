@@ -509,14 +509,14 @@ class Supervisor:
         w.check_deadline = math.inf
         self._move(w, Trigger.FAIL, out, reason)
         out.append(self._cmd(w, "shutdown", {"reason": reason, "cache_sync": False}))
-        fix = f" — {HEALTH_REPORT_FIX}" if reason == "health_check_malformed" else self._failing_cogs(report)
+        fix = f" — {HEALTH_REPORT_FIX}" if reason == "health_check_malformed" else self._failing_cogs(report, reason)
         out.append(Notify("warning", f"{w.identity} (version {w.version}) failed its health check: {reason}{fix}"))
         holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
         if holder is None or self._newness(w) > self._newness(holder):
-            detail = self._failing_cogs(report)
-            out.append(RollBack(reason + detail, w.version, w.generation))  # new code failed: go back
+            detail = self._failing_cogs(report, reason).strip(" ()") if reason != "health_check_malformed" else ""
+            out.append(RollBack(reason, w.version, w.generation, detail))  # new code failed: go back
 
-    def _failing_cogs(self, report: Any) -> str:
+    def _failing_cogs(self, report: Any, reason: str) -> str:
         """`` (failing: modules.music, modules.x; missing vital: modules.utilities)`` from a well-formed report."""
         if not isinstance(report, dict) or not isinstance(report.get("cogs"), dict):
             return ""
@@ -526,7 +526,7 @@ class Supervisor:
         parts = [f"failing: {', '.join(failing)}"] if failing else []
         parts += [f"missing vital: {', '.join(missing)}"] if missing and (cogs or not report.get("OK")) else []
         percent = report.get("percent")
-        if isinstance(percent, int | float) and not report.get("OK"):
+        if isinstance(percent, int | float) and reason == "health_check_failure":
             parts.append(f"{percent:g}% healthy, {self.settings.healthy_percentage:g}% needed")
         return f" ({'; '.join(parts)})" if parts else ""
 

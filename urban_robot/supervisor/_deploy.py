@@ -565,7 +565,7 @@ class Deployer:
             if action.new == "running":
                 verdict.settle("promoted")
         elif isinstance(action, RollBack) and action.generation == verdict.generation:
-            verdict.settle(f"health check: {action.reason}")
+            verdict.settle(f"health check: {action.reason}" + (f" ({action.detail})" if action.detail else ""))
 
     def _child_exited(self, identity: str, returncode: Any) -> None:
         verdict = self._verdict

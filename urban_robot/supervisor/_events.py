@@ -230,6 +230,7 @@ class RollBack:
     reason: str
     version: str | None = None
     generation: int | None = None
+    detail: str = ""  # what failed, for people: "failing: modules.music; 50% healthy, 100% needed"
 
 
 @attrs.frozen
