@@ -39,8 +39,9 @@ bench-restart *ARGS:
     {{python}} scripts/bench/restart/run.py {{ARGS}}
 
 # Chaos soak (real supervisor and workers under random faults, promises checked; default 10 min), then `fuzz`.
-chaos SECONDS="600":
-    {{python}} scripts/chaos/run.py --seconds {{SECONDS}}
+# `just chaos 120 --discord-py`: the workers are real discord.py bots on the fake Discord.
+chaos SECONDS="600" *ARGS:
+    {{python}} scripts/chaos/run.py --seconds {{SECONDS}} {{ARGS}}
     {{just_executable()}} fuzz
 
 # Fuzz the codecs and the HTTP/WebSocket edge with URBAN_ROBOT_FUZZ_SCALE (20) times CI's example counts.

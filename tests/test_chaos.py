@@ -13,7 +13,7 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-from chaos import checker  # noqa: E402
+from chaos import answers, checker  # noqa: E402
 from chaos.run import FAULTS, commit_schedule, fault_schedule  # noqa: E402
 
 
@@ -130,3 +130,31 @@ def test_the_soak_fails_a_bot_that_ignores_its_lease() -> None:
     assert returncode == 1, output[-4000:]
     assert result["overlaps"] > 0
     assert "VIOLATION P1" in output
+
+
+def test_answers_by_two_processes_need_a_lease_hand_over_between_them() -> None:
+    from urban_robot.testing.traffic import Item, Profile
+
+    profile = Profile(ping="!ping")
+    items = [Item("ping", n, n * 1.0) for n in range(1, 5)]
+    posted = [
+        {"reply_to": n, "at": n * 1.0 + 0.01, "client": client, "content": "pong", "route": "channel"}
+        for n, client in ((1, "pid1"), (2, "pid2"), (3, "pid1"), (4, "pid2"))
+    ]
+    records = {"posted": posted, "callbacks": []}
+    handed_over = answers.judge(items, records, profile, [(0.0, 1), (1.5, 2), (2.5, 3), (3.5, 4)])
+    assert (handed_over.switches, handed_over.violations) == (3, [])
+    once = answers.judge(items, records, profile, [(0.0, 1), (1.5, 2)])
+    assert len(once.unexplained_switches) == 2 and once.violations[0].startswith("P1: 2 changes")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_twenty_seconds_of_chaos_with_discord_py_workers_breaks_no_promise() -> None:
+    pytest.importorskip("discord")
+    returncode, output, result = soak("--seconds", "20", "--discord-py")
+    assert returncode == 0, output[-4000:]
+    assert (result["overlaps"], result["writes_lost"], result["bad_commits_processed"]) == (0, 0, 0), output
+    figures = result["discord_py"]
+    assert figures["twice"] == 0 and figures["switches_without_handover"] == 0, figures
+    assert figures["once"] > 0 and result["writes_checked"] > 0, figures

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import trio
 
@@ -55,14 +56,24 @@ SCRIPTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(SCRIPTS))
 
 from bench.deploy.run import SECRET, Repos, git, push_webhook  # noqa: E402
-from chaos import checker  # noqa: E402
+from chaos import answers, checker  # noqa: E402
 from chaos.fake_discord import FakeDiscord  # noqa: E402
 from chaos.proxy import Proxy  # noqa: E402
 from chaos.worker import start_ticks  # noqa: E402
 
+from urban_robot.testing.fake_discord import DEFAULT_TOKEN  # noqa: E402
+from urban_robot.testing.traffic import OverHTTP, Profile, Traffic  # noqa: E402
+
 FAULTS = ("kill_worker", "hang_worker", "partition", "delay", "drop", "kill_supervisor", "notify_429")
 BAD_KINDS = ("bad_health", "crash", "hang")
 MAIN_PY = "from chaos.worker import main\n\nmain()\n"
+DISCORD_MAIN_PY = "from chaos.discord_worker import main\n\nmain()\n"
+EXAMPLE_MODULES = SCRIPTS.parent / "examples" / "discord_bot" / "modules"
+# What discord_worker.py answers (urban_robot.testing.traffic), and how fast the soak sends it.
+DISCORD_PROFILE = Profile(
+    ping="!ping", slash=("hello", {}), button="chaos:wave", select=("chaos:colour", ("red",)), join=True, loop="tick"
+)
+DISCORD_RATE = 20.0
 STARTUP_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 60.0
 
@@ -70,8 +81,14 @@ SETTLE_TIMEOUT = 60.0
 class ChaosRepos(Repos):
     """The deploy benchmark's repositories, holding the chaos bot instead of the stand-in bot."""
 
+    discord_py = False  # the discord.py bot (discord_worker.py), with the example's modules.utilities cog
+
     async def commit(self, message: str, **bot: Any) -> str:
-        (self.work / "main.py").write_text(MAIN_PY)
+        (self.work / "main.py").write_text(DISCORD_MAIN_PY if self.discord_py else MAIN_PY)
+        if self.discord_py:
+            shutil.copytree(
+                EXAMPLE_MODULES, self.work / "modules", dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
         (self.work / "bot.json").write_text(json.dumps(bot))
         await git(self.work, "add", "-A")
         await git(self.work, "commit", "-q", "-m", message)
@@ -183,6 +200,36 @@ class Supervisor:
         await self.kill()
 
 
+class FakeDiscordProcess:
+    """``python -m urban_robot.testing.fake_discord``: the Discord the discord.py workers log in to."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.log = tmp / "fake-discord.log"
+        self.process: trio.Process | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        command = [sys.executable, "-m", "urban_robot.testing.fake_discord", "--port", "0", "--print-port"]
+        with self.log.open("ab") as log:
+            self.process = await trio.lowlevel.open_process(
+                [*command, "--heartbeat-interval", "5"], stdout=subprocess.PIPE, stderr=log, start_new_session=True
+            )
+        assert self.process.stdout is not None
+        line = b""
+        with trio.fail_after(20):
+            while not line.endswith(b"\n"):
+                chunk = await self.process.stdout.receive_some(64)
+                if not chunk:
+                    raise RuntimeError(f"the fake Discord exited before printing its port: see {self.log}")
+                line += chunk
+        self.url = f"http://127.0.0.1:{int(line)}"
+
+    def kill(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
 # -- what the injector reads about the system ----------------------------------------------------------------
 def read_json(path: Path) -> Any:
     try:
@@ -204,6 +251,11 @@ class Soak:
         self.sup_port = free_port()
         self.proxy = Proxy(self.sup_port)
         self.discord = FakeDiscord()
+        self.discord_py = args.discord_py
+        self.repos.discord_py = args.discord_py
+        self.fake = FakeDiscordProcess(tmp) if args.discord_py else None
+        self.traffic: Traffic | None = None
+        self.wall_epochs: list[tuple[float, int]] = []  # (time.time(), epoch): answers carry wall-clock times
         self.faults: Counter[str] = Counter()
         self.commits: Counter[str] = Counter()
         self.bad_versions: set[str] = set()
@@ -217,6 +269,9 @@ class Soak:
     # -- set-up --------------------------------------------------------------------------------------------
     async def set_up(self) -> None:
         self.dumps.mkdir()
+        slow_login = ""
+        if self.fake is not None:  # a discord.py worker logs in to the fake before its health check
+            slow_login = "health_timeout = 15\n"
         await self.repos.create()
         await self.repos.commit("first", version="1.0", kind="good")
         await git(self.tmp, "clone", "-q", str(self.repos.upstream), str(self.repos.managed))
@@ -230,13 +285,13 @@ state_dir = "{self.state_dir}"
 standbys = {self.args.workers - 1}
 branch = "main"
 log_level = "INFO"
-deploy_timeout = 10  # a commit that hangs before ready must not hold up a one-minute soak for 180 s
+deploy_timeout = {30 if self.fake else 10}  # a commit that hangs before ready must not hold up the soak for 180 s
 
 [workers]
 interval = 1
 grace = 1
 lease_margin = 0.5
-health_timeout = 5
+{slow_login or "health_timeout = 5"}
 crash_loop_losses = 0  # off: the soak kills workers on purpose
 restart_backoff = 0.2
 restart_backoff_max = 2
@@ -248,7 +303,7 @@ level = "WARNING"
 api_url = "{self.discord.url}"
 
 [secrets]
-bot_token = "chaos-bot-token"
+bot_token = "{DEFAULT_TOKEN if self.fake else "chaos-bot-token"}"
 webhook_secret = "{SECRET.decode()}"
 admin_token = "chaos-admin-token"
 """
@@ -265,6 +320,8 @@ admin_token = "chaos-admin-token"
         )
         for name in ("BOT_TOKEN", "HELIUM_PATH", "LOGGING_CHANNEL", "URBAN_ROBOT_CONFIG"):
             env.pop(name, None)  # the soak's toml decides
+        if self.fake is not None:
+            env["URBAN_ROBOT_DISCORD_URL"] = self.fake.url  # attach() points discord.py at the fake
         self.supervisor = Supervisor(self.tmp, config, env, self.sup_port)
         await self.supervisor.start()
 
@@ -429,6 +486,7 @@ admin_token = "chaos-admin-token"
                     self.state_epoch_problems.append(f"state.json epoch went from {self.epochs[-1][1]} to {epoch}")
                 if not self.epochs or epoch != self.epochs[-1][1]:
                     self.epochs.append((time.monotonic(), epoch))
+                    self.wall_epochs.append((time.time(), epoch))
             await trio.sleep(0.2)
 
     # -- the run ---------------------------------------------------------------------------------------------
@@ -481,9 +539,13 @@ admin_token = "chaos-admin-token"
         raise RuntimeError("no stable holder to dump the final cache from")
 
     async def run(self) -> dict[str, Any]:
-        async with httpx.AsyncClient(timeout=5) as http, trio.open_nursery() as nursery:
+        async with httpx.AsyncClient(timeout=15) as http, trio.open_nursery() as nursery:
             await nursery.start(self.proxy.run)
             self.discord.start()
+            if self.fake is not None:
+                await self.fake.start()
+                self.traffic = Traffic(OverHTTP(http, self.fake.url), DISCORD_PROFILE, rate=DISCORD_RATE)
+                nursery.start_soon(self.traffic.run)  # pings make the holder journal "cmd": the start is seen
             await self.set_up()
             nursery.start_soon(self.watch_state)
             first = await self.wait_journal(lambda e: e["e"] == "cmd", STARTUP_TIMEOUT)
@@ -491,15 +553,27 @@ admin_token = "chaos-admin-token"
                 f"soak: {first['id']} processes; chaos for {self.args.seconds:g} s (seed {self.args.seed})", flush=True
             )
             since = time.monotonic()
+            self.started_wall = time.time()
             await self.chaos(http)
             until = time.monotonic()
             self.undo_everything()
             assert self.supervisor is not None
             holder, dump = await self.final_dump()
             supervisor_cache = await self.supervisor_cache(dump)
+            answered = await self.judge_answers(http)
             await self.supervisor.stop()
             nursery.cancel_scope.cancel()
-        return self.report(since, until, holder, dump, supervisor_cache)
+        return self.report(since, until, holder, dump, supervisor_cache, answered)
+
+    async def judge_answers(self, http: httpx.AsyncClient) -> answers.AnswerVerdict | None:
+        """With --discord-py: stop the traffic, give the last items time to be answered, and judge the answers."""
+        if self.traffic is None or self.fake is None:
+            return None
+        self.traffic.stop()
+        await trio.sleep(2.0)  # the answers to the last items (a second answer, if any, too) arrive
+        records = (await http.get(f"{self.fake.url}/_fake/records")).json()
+        items = [item for item in self.traffic.items if item.sent_at >= self.started_wall]
+        return answers.judge(items, records, DISCORD_PROFILE, self.wall_epochs)
 
     async def supervisor_cache(self, dump: set[str]) -> set[str] | None:
         """The supervisor's persisted cache.json, once it holds the final holder's cache (or after 5 s)."""
@@ -515,13 +589,24 @@ admin_token = "chaos-admin-token"
         return keys
 
     def report(
-        self, since: float, until: float, holder: str, dump: set[str], persisted: set[str] | None
+        self,
+        since: float,
+        until: float,
+        holder: str,
+        dump: set[str],
+        persisted: set[str] | None,
+        answered: answers.AnswerVerdict | None = None,
     ) -> dict[str, Any]:
         events = self.events()
         verdict = checker.check(events, dump, self.bad_versions, since, until)
         written = {e["key"] for e in events if e["e"] == "write"}
         idle = verdict.idle
         violations = verdict.violations + [f"state.json: {p}" for p in self.state_epoch_problems]
+        if answered is not None:
+            # P1 and P2 by the answers the fake Discord saw; the journal's commands carry no epochs to cut by
+            idle = [gap.seconds for gap in answered.traffic.gaps]
+            violations = [v for v in violations if not v.startswith(("P1", "epochs"))] + answered.violations
+            verdict = attrs.evolve(verdict, overlaps=answered.unexplained_switches, epoch_problems=[])
         result = {
             "duration_s": round(until - since, 1),
             "faults": dict(sorted(self.faults.items())),
@@ -547,11 +632,24 @@ admin_token = "chaos-admin-token"
             "seed": self.args.seed,
             "violations": violations,
         }
+        if answered is not None:
+            figures = answered.traffic.figures()
+            figures.pop("unexplained")  # the soak names no fault windows: its gaps are P2's measure
+            result["discord_py"] = {
+                **figures,
+                "twice_by_kind": dict(answered.traffic.twice),
+                "unanswered_by_kind": dict(answered.traffic.unanswered),
+                "answer_switches": answered.switches,
+                "switches_without_handover": len(answered.unexplained_switches),
+            }
+            result["overlaps"] = len(answered.unexplained_switches) + sum(answered.traffic.twice.values())
         return result
 
     # -- cleaning up ---------------------------------------------------------------------------------------
     def kill_everything(self) -> None:
-        """SIGKILL the supervisor and every worker process it ever ran (each is its own process group)."""
+        """SIGKILL the supervisor, every worker process it ever ran (each is its own process group), the fake."""
+        if self.fake is not None:
+            self.fake.kill()
         if self.supervisor is not None and self.supervisor.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.supervisor.process.pid, signal.SIGKILL)
@@ -580,6 +678,13 @@ def summary(result: dict[str, Any]) -> str:
         f"  supervisor starts {result['supervisor_starts']}, worker processes {result['worker_processes']},"
         f" notifications {result['notifications']}",
     ]
+    if "discord_py" in result:
+        d = result["discord_py"]
+        lines.append(
+            f"  discord.py: sent {d['sent']} {d['sent_by_kind']}; once {d['once']}, twice {d['twice']},"
+            f" unanswered {d['unanswered']}; answering process changed {d['answer_switches']} times,"
+            f" {d['switches_without_handover']} without a lease hand-over; longest gap {d['longest_gap_s']} s"
+        )
     lines += [f"VIOLATION {v}" for v in result["violations"]]
     return "\n".join(lines)
 
@@ -594,6 +699,12 @@ def main() -> int:
         "--unsafe-bot",
         action="store_true",
         help="self-test: workers process without asking the SDK (the soak must then fail)",
+    )
+    parser.add_argument(
+        "--discord-py",
+        action="store_true",
+        help="workers are real discord.py bots (discord_worker.py) on the fake Discord, run as its own process;"
+        " P1 and P2 are judged by who answered the traffic sent to it",
     )
     args = parser.parse_args()
     if args.workers < 2:

@@ -178,7 +178,8 @@ class Guild:
             "stickers": [],
             "features": [],
             "mfa_level": 0,
-            "system_channel_id": None,
+            # Discord gives a new guild a system channel (joins are announced there): its first text channel
+            "system_channel_id": next((str(c.id) for c in self.channels if c.guild_id is not None), None),
             "system_channel_flags": 0,
             "rules_channel_id": None,
             "vanity_url_code": None,
