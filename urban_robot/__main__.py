@@ -67,6 +67,7 @@ async def _started(app: App, options: Options, demo: bool, nursery: trio.Nursery
         await nursery.start(liveness.run)
         nursery.start_soon(run_watchdog, notify, liveness, interval)
     await notify.ready(f"supervising on {app.url}")
+    nursery.start_soon(_follow_health, app, notify)
     print(dashboard_line(app.url, options.admin_token, options.state_dir, sys.stdout), flush=True)
     port = app.url.rsplit(":", 1)[1]
     print(
@@ -95,6 +96,28 @@ def _reader_gone() -> int:
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
     return 0
+
+
+async def _follow_health(app: App, notify: SdNotify, every: float = 1.0) -> None:
+    """systemd's STATUS= follows the bot's health (``systemctl status`` says "crash loop", not "supervising"),
+    looked at after the core handled something, at most once a ``every`` seconds."""
+    if not notify.enabled:
+        return
+    changed = trio.Event()
+
+    def poke(event: object) -> None:
+        changed.set()
+
+    app.robot.handled_observers.append(poke)
+    said = ""
+    while not app.stop_requested.is_set():  # once stopping, STOPPING=1 says so
+        line = app.robot.core.health_line(trio.current_time())
+        if line != said:
+            await notify.status(line)
+            said = line
+        await trio.sleep(every)
+        await changed.wait()
+        changed = trio.Event()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ the webhook answers what will really happen; status says what a start waits for.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -23,7 +24,7 @@ import pytest
 import trio
 
 from tests._helpers import QUICK, worker_options
-from urban_robot.cli import worker_logs
+from urban_robot.cli import run_subcommand, worker_logs
 from urban_robot.supervisor import App, ChildPolicy, Notify, Options, Role, serve
 from urban_robot.supervisor._webhook import sign
 
@@ -207,8 +208,10 @@ async def test_a_restart_runs_the_deployed_release_with_the_dependency_its_insta
             assert (answer["outcome"], answer["commit"]) == ("deployed", first)
             # Code alone changes: the environment is copied from the last release, not installed again.
             second = repo.commit("code only", {"rehearsal.toml": 'version = "2.1"\nrequires = ["tinydep"]\n'})
-            answer = (await post(app, "/api/deploy?wait=1")).json()
-            assert (answer["outcome"], answer["commit"]) == ("deployed", second)
+            out = io.StringIO()  # `deploy --wait`, as an operator types it
+            wait = functools.partial(run_subcommand, "deploy", url=app.url, token=ADMIN, out=out, wait=True)
+            assert await trio.to_thread.run_sync(wait) == 0
+            assert out.getvalue() == f"deployed {second[:12]}\n"
             assert runs.read_text().count("install") == 2  # the checkout's first venv, then `first`: not `second`
             app.stop("restart")
         # The restart (systemctl restart): workers run the last known good release, not the checkout's old venv.

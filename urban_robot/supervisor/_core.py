@@ -739,6 +739,20 @@ class Supervisor:
             return f"failover: {who} did not stop when asked ({lease.reason}) and its lease ended"
         return f"failover: {who} stopped renewing its lease"
 
+    def health_line(self, now: float) -> str:
+        """The bot's health in one line (systemd's ``STATUS=``): who runs, how many stand by, or what is missing."""
+        if self.stopping is not None:
+            return f"stopping ({self.stopping}): the bot goes offline"
+        lease, waiting = self.lease, self.waiting_for(now)
+        holder = self.clients.get(lease.wid) if lease is not None and lease.wid is not None else None
+        standbys = sum(1 for w in self.clients.values() if self._candidate(w))
+        insane = "" if self.is_sane else "; is_sane false: try_again needed"
+        if holder is not None and lease is not None and not lease.stopping:
+            return (
+                f"running {holder.identity} (version {holder.version}, epoch {lease.epoch}); {standbys} standby{insane}"
+            )
+        return (waiting or "no worker running") + ("" if waiting and "try_again" in waiting else insane)
+
     def waiting_for(self, now: float) -> str | None:
         """What a promotion waits for, and how long (None: a worker runs, or nothing is to be waited for)."""
         lease = self.lease
