@@ -112,7 +112,10 @@ async def test_try_again_after_a_total_crash_loop_brings_one_running_and_the_sta
         await watch.until(lambda: not app.robot.core.clients and not app.children.children)
         core = app.robot.core
         assert not core.is_sane
-        assert core.waiting_for(trio.current_time()) == "crash loop: 0 workers; try_again needed"
+        async with httpx.AsyncClient() as http:
+            status = (await http.get(app.url + "/api/status", headers={"Authorization": f"Bearer {ADMIN}"})).json()
+        assert status["waiting_for"] == "crash loop: 0 workers; try_again needed"
+        assert core.health_line(trio.current_time()) == "crash loop: 0 workers; try_again needed"  # STATUS=
         assert (await post(app, "/api/try-again")).status_code == 202
         await watch.until(lambda: watch.roles() == ["running", "standby", "standby"])
         assert len(app.children.children) == 3
