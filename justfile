@@ -19,7 +19,7 @@ check:
     {{python}} -m mypy
 
 # Every benchmark.
-bench: bench-socketio bench-failover bench-deploy bench-restart
+bench: bench-socketio bench-failover bench-deploy bench-restart bench-hostile
 
 # Socket.IO server against python-socketio on uvicorn and aiohttp, same run.
 bench-socketio *ARGS:
@@ -37,6 +37,11 @@ bench-deploy *ARGS:
 # SIGTERM and start again (systemctl restart), ten times: seconds from each start to a processor.
 bench-restart *ARGS:
     {{python}} scripts/bench/restart/run.py {{ARGS}}
+
+# 500 hostile, unauthenticated connections of six kinds against a real supervisor: its RSS growth and a worker's
+# heartbeat answers meanwhile (docs/security.md). `--code DIR` measures another checkout the same way.
+bench-hostile *ARGS:
+    {{python}} scripts/bench/hostile/run.py {{ARGS}}
 
 # Chaos soak (real supervisor and workers under random faults, promises checked; default 10 min), then `fuzz`.
 # `just chaos 120 --discord-py`: the workers are real discord.py bots on the fake Discord.

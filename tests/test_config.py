@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -13,8 +14,8 @@ from urban_robot.config import KEYS, Config, ConfigError, load_config, read_dote
 from urban_robot.supervisor._app import Options
 
 TOKEN = "MTIz.bot-token-SECRET"
-WEBHOOK = "webhook-SECRET"
-ADMIN = "admin-SECRET"
+WEBHOOK = "webhook-SECRET-0123456"  # secrets we check ourselves are at least 16 characters
+ADMIN = "admin-SECRET-0123456789"
 DOCS = Path(__file__).parent.parent / "docs" / "configuration.md"
 
 
@@ -543,3 +544,57 @@ def test_gateway_down_limit_from_every_layer(tmp_path: Path, bot: Path) -> None:
     assert options(tmp_path, flags=flags, env=env, config=toml).settings.gateway_down_limit == 7.0
     bad = base | {"URBAN_ROBOT_WORKERS_GATEWAY_DOWN_LIMIT": "-1"}
     assert [p.split(": ")[0] for p in problems(tmp_path, env=bad)] == ["workers.gateway_down_limit"]
+
+
+def test_allowed_hosts_are_read_as_names_and_reach_the_options(tmp_path: Path) -> None:
+    bot = tmp_path / "bot"
+    bot.mkdir()
+    environ = {"BOT_TOKEN": "t" * 20, "URBAN_ROBOT_ALLOWED_HOSTS": "Bot.Example.org, other.example"}
+    config = load_config({"helium_path": str(bot)}, environ, None, tmp_path)
+    assert config.options is not None
+    assert config.options.allowed_hosts == ("bot.example.org", "other.example")
+    with pytest.raises(ConfigError, match="allowed_hosts: expected host names"):
+        load_config({"helium_path": str(bot)}, environ | {"URBAN_ROBOT_ALLOWED_HOSTS": "https://x/"}, None, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["URBAN_ROBOT_ADMIN_TOKEN", "URBAN_ROBOT_WEBHOOK_SECRET"])
+def test_an_admin_token_or_webhook_secret_shorter_than_16_characters_is_refused_in_one_line(
+    tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, {name: "x"}, None, tmp_path)
+    assert len(caught.value.problems) == 1
+    assert "at least 16 characters" in str(caught.value) and "'x'" not in str(caught.value)
+
+
+def test_a_string_valued_secrets_key_is_never_echoed(tmp_path: Path) -> None:
+    (tmp_path / "urban-robot.toml").write_text('secrets = "hunter2-the-admin-token"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, {}, None, tmp_path)
+    assert "hunter2" not in str(caught.value)
+    assert "secrets: expected a table [secrets]" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["urban-robot.toml", ".env"])
+def test_a_file_in_the_working_directory_others_can_write_is_ignored_with_a_reason(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    planted = tmp_path / name
+    planted.write_text("port = 6666\n" if name.endswith(".toml") else "URBAN_ROBOT_PORT=6666\n")
+    planted.chmod(0o666)
+    config = load_config({}, {}, None, tmp_path)
+    assert config.port == 8080 and planted not in config.files
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ignoring {planted}: others can write it (chmod go-w {planted} to use it)"
+    ]
+    planted.chmod(0o644)
+    assert load_config({}, {}, None, tmp_path).port == 6666
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another user needs root")
+def test_a_file_in_the_working_directory_another_user_owns_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "urban-robot.toml").write_text("port = 6666\n")
+    (tmp_path / ".env").write_text("URBAN_ROBOT_PORT=6667\n")
+    os.chown(tmp_path / "urban-robot.toml", 4242, 4242)
+    os.chown(tmp_path / ".env", 4242, 4242)
+    assert load_config({}, {}, None, tmp_path).port == 8080

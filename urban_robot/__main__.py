@@ -34,7 +34,8 @@ FLAG_DEST = "setting:"  # argparse destination prefix of the generic --<key> fla
 
 def demo_options(host: str, port: int, state_dir: Path) -> Options:
     demo_dir = state_dir / "demo-bot"
-    demo_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as every state directory (issue 13)
+    demo_dir.mkdir(mode=0o700, exist_ok=True)
     settings = Settings(token="demo-no-discord", interval=5, grace=5, lease_margin=1, spawn_workers=True)
     return Options(
         helium_path=demo_dir,

@@ -27,9 +27,9 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from .logs import escape_controls
+from .logs import escape_controls, printable
 from .supervisor._children import log_identity
-from .supervisor._store import StateError
+from .supervisor._store import StateError, check_private, read_private
 
 __all__ = [
     "ADMIN_TOKEN_FILE",
@@ -65,8 +65,8 @@ def read_admin_token(state_dir: Path, configured: str | None) -> str | None:
     if token is not None:
         return token
     try:
-        return (state_dir / ADMIN_TOKEN_FILE).read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
+        return read_private(state_dir / ADMIN_TOKEN_FILE).decode("utf-8").strip() or None
+    except (OSError, UnicodeDecodeError, StateError):
         return None  # the 401 that follows names the file to check
 
 
@@ -81,17 +81,18 @@ def ensure_admin_token(state_dir: Path, configured: str | None) -> str:
     if token is not None:
         return token
     path = state_dir / ADMIN_TOKEN_FILE
-    existing = _read_existing(path)
-    if existing is not None:
-        return existing
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise StateError(f"cannot create state directory {state_dir}: {exc.strerror}") from exc
+    check_private(state_dir)  # a token planted by another user must never be used
+    existing = _read_existing(path)
+    if existing is not None:
+        return existing
     token = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")  # unpredictable, created exclusively
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(token + "\n")
             f.flush()
@@ -113,7 +114,7 @@ def ensure_admin_token(state_dir: Path, configured: str | None) -> str:
 
 def _read_existing(path: Path) -> str | None:
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        token = read_private(path).decode("utf-8").strip()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
@@ -222,7 +223,7 @@ def _seconds(value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else printable(str(value))  # a worker's version could hold escape sequences
 
 
 def _gateway(worker: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import shlex
 import sys
@@ -37,6 +38,8 @@ from .supervisor._app import Options
 from .supervisor._children import ChildPolicy
 from .supervisor._core import Settings
 from .supervisor._notify import DISCORD_API
+
+log = logging.getLogger("urban_robot.config")
 
 __all__ = ["KEYS", "Config", "ConfigError", "Key", "load_config", "read_dotenv"]
 
@@ -195,6 +198,16 @@ def _names(value: Any, cwd: Path) -> tuple[str, ...]:
     raise _Invalid(f"expected a list of module names (or one comma-separated string), {_got(value)}")
 
 
+def _host_names(value: Any, cwd: Path) -> tuple[str, ...]:
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not all(isinstance(name, str) for name in names):
+        raise _Invalid(f"expected a list of host names (or one comma-separated string), {_got(value)}")
+    cleaned = tuple(name.strip().lower() for name in names if name.strip())
+    if any(c.isspace() or c in "/@" for name in cleaned for c in name):
+        raise _Invalid(f"expected host names without scheme, path or spaces, {_got(value)}")
+    return cleaned
+
+
 def _snowflake(value: Any, cwd: Path) -> str:
     text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
     if not (text.isascii() and text.isdigit()):
@@ -251,6 +264,17 @@ def _worker_secrets(value: Any, cwd: Path) -> dict[str, str]:
     return secrets
 
 
+MIN_SECRET = 16  # characters: a 1-character admin token or webhook secret is guessed at once
+
+
+def _long_secret(value: Any, cwd: Path) -> str:
+    """A secret we check ourselves (admin token, webhook secret): at least ``MIN_SECRET`` characters."""
+    secret = _secret(value, cwd)
+    if len(secret) < MIN_SECRET:
+        raise _Invalid(f"too short: use at least {MIN_SECRET} characters, e.g. `openssl rand -hex 32` (value hidden)")
+    return secret
+
+
 _DEFAULTS = Settings()
 _POLICY = ChildPolicy()
 _DEPLOY_TIMEOUT, _INSTALL_TIMEOUT = (
@@ -269,6 +293,13 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("host", "URBAN_ROBOT_HOST", _string, "127.0.0.1", "address the supervisor listens on"),
     Key("port", "URBAN_ROBOT_PORT", _integer(0, 65535), 8080, "port the supervisor listens on (0: any free port)"),
+    Key(
+        "allowed_hosts",
+        "URBAN_ROBOT_ALLOWED_HOSTS",
+        _host_names,
+        (),
+        "public names the supervisor is reached by (a reverse proxy's); any other Host gets 421 (DNS rebinding)",
+    ),
     Key("state_dir", "URBAN_ROBOT_STATE_DIR", _path, None, "where state, releases and logs are kept"),
     Key(
         "max_connections",
@@ -433,7 +464,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "secrets.webhook_secret",
         "URBAN_ROBOT_WEBHOOK_SECRET",
-        _secret,
+        _long_secret,
         None,
         "GitHub webhook secret; unset = the webhook is refused (403)",
         secret=True,
@@ -441,7 +472,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "secrets.admin_token",
         "URBAN_ROBOT_ADMIN_TOKEN",
-        _secret,
+        _long_secret,
         None,
         "bearer token for the admin API; unset = generated into <state_dir>/admin.token at first start",
         secret=True,
@@ -516,7 +547,8 @@ def _flatten(document: dict[str, Any], path: Path, problems: list[str]) -> dict[
     for name, value in document.items():
         if name in TABLES:
             if not isinstance(value, dict):
-                problems.append(f"{name}: expected a table [{name}], {_got(value)} (from {path})")
+                got = "got a value (hidden)" if name == "secrets" else _got(value)  # `secrets = "<token>"` is a secret
+                problems.append(f"{name}: expected a table [{name}], {got} (from {path})")
                 continue
             flat.update({f"{name}.{inner}": inner_value for inner, inner_value in value.items()})
         else:
@@ -538,7 +570,28 @@ def _config_file(
             return None
         return path
     default = cwd / CONFIG_FILE
-    return default if default.is_file() else None
+    return default if _trusted(default) else None
+
+
+def _trusted(path: Path) -> bool:
+    """Whether a file found (not named) in the working directory may configure us: ours and not writable by others.
+
+    Someone else's ``urban-robot.toml`` or ``.env`` in a shared directory could send the CLI, with the real
+    admin token, to a port of theirs, or give the supervisor their webhook secret.
+    """
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    if not path.is_file():
+        return False
+    if info.st_uid != os.getuid():
+        log.warning("ignoring %s: it belongs to uid %d, not to this user (%d)", path, info.st_uid, os.getuid())
+        return False
+    if info.st_mode & 0o022:
+        log.warning("ignoring %s: others can write it (chmod go-w %s to use it)", path, path)
+        return False
+    return True
 
 
 # ---- putting it together ----
@@ -555,7 +608,7 @@ def load_config(
     problems: list[str] = []
     files: list[Path] = []
     dotenv: dict[str, str] = {}
-    if (cwd / DOTENV_FILE).is_file():
+    if _trusted(cwd / DOTENV_FILE):
         dotenv = read_dotenv(cwd / DOTENV_FILE, problems)
         files.append(cwd / DOTENV_FILE)
     toml: dict[str, Any] = {}
@@ -683,6 +736,7 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         state_dir=state_dir,
         host=values["host"],
         port=values["port"],
+        allowed_hosts=values["allowed_hosts"],
         standbys=values["standbys"],
         branch=values["branch"],
         webhook_secret=secret.encode() if secret is not None else None,

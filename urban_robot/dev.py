@@ -93,7 +93,7 @@ class Tree:
 
     def snapshot(self) -> Path:
         """Copy the tree to the next ``<snapshots>/<n>``, atomically (blocking: run it in a thread)."""
-        self.snapshots.mkdir(parents=True, exist_ok=True)
+        self.snapshots.mkdir(mode=0o700, parents=True, exist_ok=True)
         taken = [int(p.name) for p in self.snapshots.iterdir() if p.name.isdigit()]
         number = max(taken, default=0) + 1
         partial = self.snapshots / f".partial-{number}"
@@ -397,6 +397,7 @@ async def develop(
     ignore_file = state_dir / ".gitignore"
     if not ignore_file.exists():
         ignore_file.write_text("# urban-robot dev mode's state: snapshots, logs, cache\n*\n")
+        ignore_file.chmod(0o600)  # nothing in the state directory may be writable by others
     dev_tree = Tree(root, state_dir / "dev", skip=(state_dir, root / "log"), patterns=tuple(ignore))
     first = await trio.to_thread.run_sync(_first_snapshot, dev_tree, state_dir)
     options = attrs.evolve(options, helium_path=first, state_dir=state_dir)
@@ -421,7 +422,7 @@ def _first_snapshot(tree: Tree, state_dir: Path) -> Path:
         tree.discard_all_but(set())
     first = tree.snapshot()
     log_dir = state_dir / "log"
-    log_dir.mkdir(exist_ok=True)
+    log_dir.mkdir(mode=0o700, exist_ok=True)
     (first / "log").symlink_to(log_dir, target_is_directory=True)  # serve() logs to helium_path/log
     return first
 

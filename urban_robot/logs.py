@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import sys
-import unicodedata
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, TextIO
 
 REDACTED = "[redacted]"
@@ -64,12 +65,38 @@ class Redactor(logging.Filter):
         return True
 
 
+_UNSAFE = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in [
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        *range(0x200B, 0x2010),
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ]
+}
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, newlines) and bidirectional
+    overrides escaped as ``\\x1b``/``\\u202e``. A worker's version or reason reaches ``status`` and the log;
+    raw, it could rewrite the operator's screen or forge log lines."""
+    return text.translate(_UNSAFE)
+
+
 class TextFormatter(logging.Formatter):
-    """``2024-05-01 12:00:00,123 INFO urban_robot: message key=value``: extra fields appended."""
+    """``2024-05-01 12:00:00,123 INFO urban_robot: message key=value``: extra fields appended.
+
+    The message is one line, safe for a terminal (``printable``): it may quote what a peer sent.
+    """
 
     def __init__(self, redactor: Redactor) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.redactor = redactor
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -140,17 +167,9 @@ _TAIL_LINE_MAX = 300  # characters of one quoted line (a minified JSON dump must
 
 
 def escape_controls(text: str) -> str:
-    """``text`` with terminal control characters (ESC, BEL, CR, ...) shown escaped (``\\x1b``), tabs as spaces:
-    quoted output must not recolour, clear or rewrite the operator's terminal, nor hide what precedes it."""
-    out = []
-    for char in text:
-        if char == "\t":
-            out.append("    ")
-        elif unicodedata.category(char)[0] == "C":
-            out.append(char.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(char)
-    return "".join(out)
+    """A worker's output line for a message: ``printable`` (escape sequences shown as ``\\x1b``, never obeyed:
+    quoted output must not recolour, clear or rewrite the operator's terminal), tabs as spaces."""
+    return printable(text.replace("\t", "    "))
 
 
 def read_tail(
@@ -168,3 +187,41 @@ def read_tail(
     redactor = Redactor(secrets)
     kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
     return [escape_controls(redactor.redact(line))[:_TAIL_LINE_MAX] for line in kept]
+
+
+STRANGER_EVERY = 10.0  # seconds: at most one line of each kind a stranger can cause, per this
+
+
+class Throttled:
+    """Lines a stranger can cause (refused CONNECTs and webhooks, bad requests), at most one per kind per ``every``.
+
+    Anyone who reaches the port can cause these; one line each would let one client write thousands of
+    lines a second and push the supervisor's own failover and crash-loop lines out of a rate-limited journal.
+    The first line of a kind is written; the next ``every`` seconds of that kind are only counted, and the
+    next line written says how many were held back: ``… (and 7,884 more like it in the last 10 s)``.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, *, every: float = STRANGER_EVERY, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.every = every
+        self.clock = clock
+        self._windows: dict[str, tuple[float, int]] = {}  # kind -> (when its last line was written, held back since)
+
+    def log(self, level: int, kind: str, message: str, *args: object) -> None:
+        if not self.logger.isEnabledFor(level):
+            return
+        now = self.clock()
+        written, held = self._windows.get(kind, (-math.inf, 0))
+        if now - written < self.every:
+            self._windows[kind] = (written, held + 1)
+            return
+        self._windows[kind] = (now, 0)
+        if held:
+            message += " (and %s more like it in the last %d s)"
+            args = (*args, f"{held:,}", round(now - written))
+        self.logger.log(level, message, *args)
+
+    def info(self, kind: str, message: str, *args: object) -> None:
+        self.log(logging.INFO, kind, message, *args)

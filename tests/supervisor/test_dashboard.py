@@ -155,6 +155,8 @@ async def test_the_page_shows_the_workers_and_follows_a_promotion_within_a_secon
         assert await page.evaluate("document.getElementById('conn').textContent") == "live"
         assert await page.evaluate("document.getElementById('waiting').hidden") is True  # a worker runs: no wait
         assert "token" not in await page.evaluate("location.href")  # gone from the address bar (and history)
+        assert await page.evaluate("history.length") == 2  # about:blank, then the clean URL: no ?token= entry
+        assert await page.evaluate("document.cookie") == ""  # the credential is an HttpOnly cookie: no script sees it
 
         # (2) the running worker dies: measure from its standby's promotion to the page showing it
         promoted: list[tuple[float, float, str]] = []
@@ -255,9 +257,9 @@ async def test_without_the_right_token_the_page_says_so_and_receives_nothing(chr
 
 @pytest.mark.slow
 async def test_the_page_is_served_with_a_strict_policy_and_no_data(live: Live) -> None:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(f"{live.app.url}/?token={ADMIN}")
-    assert response.status_code == 200
+    async with httpx.AsyncClient(follow_redirects=True) as http:
+        response = await http.get(f"{live.app.url}/?token={ADMIN}")  # exchanged for a cookie: see test_cookie.py
+    assert response.status_code == 200 and str(response.url) == f"{live.app.url}/"
     assert response.headers["content-type"] == "text/html; charset=utf-8"
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["x-content-type-options"] == "nosniff"

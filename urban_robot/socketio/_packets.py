@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -119,12 +120,32 @@ def _parse_float(literal: str) -> float:
     return value
 
 
+@attrs.frozen
+class Head:
+    """What precedes a packet's JSON: enough to decide whether parsing it is worth it."""
+
+    type: PacketType
+    namespace: str
+    size: int  # characters of JSON data that follow
+
+
+#: ``admit(head)``: True to parse the packet's data, False to drop the packet unparsed; may raise ProtocolError.
+Admit = Callable[[Head], bool]
+
+
 def decode_text(text: str, start: int = 0) -> tuple[Packet, int]:
     """Parse the text part of a packet: the packet (placeholders still in) and its attachment count.
 
     The packet begins at ``text[start]`` (the server passes a WebSocket frame
     whole, past its Engine.IO type digit, to save copying large messages).
     """
+    packet, attachments = decode_admitted(text, start, None)
+    assert packet is not None  # nothing refused it
+    return packet, attachments
+
+
+def decode_admitted(text: str, start: int, admit: Admit | None) -> tuple[Packet | None, int]:
+    """``decode_text``, but ``admit`` sees the head before any JSON is parsed; if it says no, the packet is None."""
     if not isinstance(text, str):
         raise ProtocolError("a Socket.IO packet must start with a text message")
     if len(text) <= start:
@@ -159,6 +180,8 @@ def decode_text(text: str, start: int = 0) -> tuple[Packet, int]:
     data = None
     while pos < length and text[pos] in _JSON_SPACE:
         pos += 1
+    if admit is not None and not admit(Head(ptype, namespace, length - pos)):
+        return None, attachments
     if pos < length:
         try:
             data, end = _JSON.raw_decode(text, pos)  # no copy of a large payload
@@ -220,12 +243,16 @@ class Decoder:
     def waiting(self) -> bool:
         return self._pending is not None
 
-    def feed(self, message: str | bytes, start: int = 0) -> Packet | None:
-        """``start``: where the packet begins in a text ``message`` (see ``decode_text``)."""
+    def feed(self, message: str | bytes, start: int = 0, admit: Admit | None = None) -> Packet | None:
+        """``start``: where the packet begins in a text ``message``; ``admit``: see ``decode_text``."""
         if self._pending is None:
             if not isinstance(message, str):
                 raise ProtocolError("binary message without a binary packet announcing it")
-            packet, count = decode_text(message, start)
+            packet, count = decode_admitted(message, start, admit)
+            if packet is None:
+                if count:
+                    raise ProtocolError("a binary packet was refused")  # its attachments would follow
+                return None
             if packet.type not in _BINARY:
                 return packet
             if count > self._max_attachments:

@@ -7,6 +7,13 @@ this module runs Socket.IO on top: namespaces, handlers, acks, rooms.
 A client's handlers run in its Engine.IO session's nursery, so they are
 cancelled when the client goes; ``disconnect`` handlers run after that, in
 the server's nursery, so they always see the end.
+
+Authentication raises limits: a client whose CONNECT a namespace's ``connect``
+handler accepted is trusted (``Session.trust``): from then on it may send
+``max_payload`` and binary attachments. Before that its messages are a few
+kilobytes (``preauth_message``), binary packets close it, and no packet's JSON
+is parsed unless it could be used: a CONNECT, or an event for a namespace it
+is connecting to (those together at most ``preauth_message`` characters).
 """
 
 from __future__ import annotations
@@ -21,14 +28,15 @@ from typing import Any, TypeVar, overload
 import trio
 
 from .._errors import ProtocolError, UrbanRobotError
-from ..web._engine import EngineServer, Reason, Session
+from ..web._engine import PREAUTH_MESSAGE, EngineServer, Reason, Session
 from ..web._http import ConnectionGate, HttpApp, Limits, PeerWatch, Request, Response, Upgrade
 from ._namespace import Namespace
-from ._packets import RESERVED_EVENTS, Decoder, Packet, PacketType, encode
+from ._packets import RESERVED_EVENTS, Decoder, Head, Packet, PacketType, encode
 
 log = logging.getLogger("urban_robot.socketio")
 
 MAX_EARLY_EVENTS = 100
+ROUTE_BODY = 4096  # an added route's body limit unless it says otherwise (admin actions carry none)
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
 RouteHandler = Callable[[Request], Awaitable[Response]]
@@ -96,7 +104,19 @@ async def _invoke(handler: Handler, *args: Any) -> Any:
 class Socket:
     """One client on one namespace."""
 
-    __slots__ = ("ack_counter", "acks", "buffer", "client", "early", "gone", "namespace", "rooms", "session", "sid")
+    __slots__ = (
+        "ack_counter",
+        "acks",
+        "buffer",
+        "client",
+        "early",
+        "early_size",
+        "gone",
+        "namespace",
+        "rooms",
+        "session",
+        "sid",
+    )
 
     def __init__(self, sid: str, namespace: str, client: Client) -> None:
         self.sid = sid
@@ -104,6 +124,7 @@ class Socket:
         self.client = client
         self.buffer: list[list[str | bytes]] | None = []  # until the CONNECT is acknowledged
         self.early: list[Packet] = []  # events that arrived while the connect handler ran
+        self.early_size = 0  # their JSON, in characters
         self.acks: dict[int, Callable[..., Any]] = {}
         self.ack_counter = 0
         self.session: dict[str, Any] = {}
@@ -121,6 +142,24 @@ class Client:
         # One packet's attachments together fit in max_payload, as each message alone does.
         self.decoder = Decoder(max_attachment_bytes=engine.server.max_payload)
         self.sockets: dict[str, Socket] = {}
+
+    def admit(self, head: Head) -> bool:
+        """Whether a packet is worth parsing; before authentication only a CONNECT and a little more are."""
+        trusted = self.engine.trusted
+        if head.type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK) and not trusted:
+            raise ProtocolError("binary packets need an authenticated connection")
+        if head.type in (PacketType.CONNECT, PacketType.CONNECT_ERROR):
+            return True  # a CONNECT_ERROR is refused once parsed, as before
+        socket = self.sockets.get(head.namespace)
+        if socket is None:
+            return False  # nobody on that namespace: it would be dropped anyway, unparsed now
+        if socket.buffer is not None and head.type is PacketType.EVENT:
+            if len(socket.early) >= MAX_EARLY_EVENTS:
+                return False
+            if not trusted and socket.early_size + head.size > self.engine.server.preauth_message:
+                return False
+            socket.early_size += head.size
+        return True
 
 
 class Server:
@@ -145,12 +184,14 @@ class Server:
         transports: Iterable[str] = ("polling", "websocket"),
         path: str = "/socket.io/",
         http_limits: Limits | None = None,
+        preauth_message: int = PREAUTH_MESSAGE,
     ) -> None:
         for name, value in (
             ("ping_interval", ping_interval),
             ("ping_timeout", ping_timeout),
             ("connect_timeout", connect_timeout),
             ("max_payload", max_payload),
+            ("preauth_message", preauth_message),
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
@@ -165,8 +206,11 @@ class Server:
         self.namespace_handlers: dict[str, Namespace] = {}
         self.sockets: dict[str, Socket] = {}
         self._rooms: dict[str, dict[str, set[str]]] = {}
-        self._routes: dict[tuple[str, str], RouteHandler] = {}
+        self._routes: dict[tuple[str, str], tuple[RouteHandler, int]] = {}
         self._limits = http_limits or Limits(max_body=max_payload + 16 * 1024)
+        self._cancel_scope: trio.CancelScope | None = None
+        self._router: HttpApp = _Router(self)
+        self.connections = ConnectionGate(self._router, self._limits)  # open HTTP connections, bounded
         self._engine = EngineServer(
             self,
             ping_interval=ping_interval,
@@ -174,10 +218,9 @@ class Server:
             max_payload=max_payload,
             cors_allowed_origins=cors_allowed_origins,
             transports=transports,
+            preauth_message=preauth_message,
+            gate=self.connections,
         )
-        self._cancel_scope: trio.CancelScope | None = None
-        self._router: HttpApp = _Router(self)
-        self.connections = ConnectionGate(self._router, self._limits)  # open HTTP connections, bounded
 
     # ------------------------------------------------------------------ registration
     @overload
@@ -206,9 +249,12 @@ class Server:
         namespace_handler._set_server(self)
         self.namespace_handlers[namespace_handler.namespace] = namespace_handler
 
-    def add_route(self, method: str, path: str, handler: RouteHandler) -> None:
-        """Serve ``handler`` for ``METHOD path`` on the same port (status API, webhooks, ...)."""
-        self._routes[(method.upper(), path)] = handler
+    def add_route(self, method: str, path: str, handler: RouteHandler, *, max_body: int = ROUTE_BODY) -> None:
+        """Serve ``handler`` for ``METHOD path`` on the same port (status API, webhooks, ...).
+
+        A request whose body would pass ``max_body`` bytes is answered 413 before it is read whole.
+        """
+        self._routes[(method.upper(), path)] = (handler, max_body)
 
     def _accepts(self, namespace: str) -> bool:
         return (
@@ -268,7 +314,7 @@ class Server:
     async def engine_message(self, session: Session, message: str | bytes, start: int = 0) -> None:
         """Decode and dispatch; a ``ProtocolError`` propagates and the engine closes the session."""
         client: Client = session.data
-        packet = client.decoder.feed(message, start)
+        packet = client.decoder.feed(message, start, client.admit)
         if packet is not None:
             await self._dispatch(client, packet)
 
@@ -338,6 +384,7 @@ class Server:
             self._call_disconnect_handler(socket, client.engine.close_reason or Reason.TRANSPORT_CLOSE)
             return
         self._enter(socket, socket.sid)
+        client.engine.trust()  # authenticated by the handler: this client may now send max_payload
         client.engine.deadline = float("inf")
         buffered, socket.buffer = socket.buffer or [], None
         messages = encode(Packet(PacketType.CONNECT, socket.namespace, {"sid": socket.sid}))
@@ -349,7 +396,9 @@ class Server:
             for packet in early:
                 await self._start_event(socket, packet)
         except ProtocolError as exc:
-            log.info("client %s sent an invalid packet, closing: %s", client.engine.sid, exc)
+            self._engine.quiet.info(
+                "invalid-packet", "client %s sent an invalid packet, closing: %s", client.engine.sid, exc
+            )
             client.engine.close(Reason.TRANSPORT_ERROR)
 
     async def _start_event(self, socket: Socket, packet: Packet) -> None:
@@ -628,13 +677,26 @@ class _Router:
     def __init__(self, server: Server) -> None:
         self._server = server
 
+    def body_limit(self, request: Request) -> int:
+        server = self._server
+        if request.path == server.path or request.path + "/" == server.path:
+            return server._engine.body_limit(request)
+        route = server._routes.get((request.method, request.path))
+        return route[1] if route is not None else 0
+
+    def too_large(self, request: Request) -> Response:
+        server = self._server
+        if request.path == server.path or request.path + "/" == server.path:
+            return server._engine.too_large(request)
+        return Response.text(413, "Payload too large")
+
     async def handle_request(self, request: Request, peer: PeerWatch) -> Response:
         server = self._server
         if request.path == server.path or request.path + "/" == server.path:
             return await server._engine.handle_request(request, peer)
-        handler = server._routes.get((request.method, request.path))
-        if handler is not None:
-            return await handler(request)
+        route = server._routes.get((request.method, request.path))
+        if route is not None:
+            return await route[0](request)
         if any(path == request.path for _, path in server._routes):
             return Response.text(405, "Method not allowed")
         return Response.text(404, "Not found")

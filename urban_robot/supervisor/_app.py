@@ -41,6 +41,7 @@ class Options:
     state_dir: Path = Path(".urban-robot")
     host: str = "127.0.0.1"
     port: int = 8080
+    allowed_hosts: Sequence[str] = ()  # Host names served besides host, loopback and the address connected to
     standbys: int = 1
     branch: str = "main"
     webhook_secret: bytes | None = attrs.field(default=None, repr=False)
@@ -98,7 +99,13 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
     )
     async with httpx.AsyncClient(timeout=15) as http, trio.open_nursery() as nursery:
         notifier = await _start_notifier(nursery, http, options)
-        robot = UrbanRobot(options.settings, store, credentials, notify=notifier.notify if notifier else None)
+        robot = UrbanRobot(
+            options.settings,
+            store,
+            credentials,
+            notify=notifier.notify if notifier else None,
+            allowed_hosts=(options.host, *options.allowed_hosts),
+        )
         port = await nursery.start(robot.run, options.host, options.port)
         url = f"http://{options.host}:{port}"
         children = Children(
@@ -199,7 +206,12 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
             deployer.request("webhook")
         return status, text
 
-    robot.server.add_route("POST", "/webhook/github", webhook_route(gate, on_push))
+    robot.server.add_route(
+        "POST",
+        "/webhook/github",
+        webhook_route(gate, on_push),
+        max_body=gate.config.max_body,  # 413 from Content-Length, before the body is read
+    )
 
     def deploy() -> dict[str, object]:
         deployer.request("admin API")
@@ -215,11 +227,12 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
         deployer.request("try_again")
         return {"try_again": "requested"}
 
-    robot.server.add_route("POST", "/api/deploy", admin_route(options.admin_token, deploy, wait=deploy_and_wait))
-    robot.server.add_route("POST", "/api/try-again", admin_route(options.admin_token, try_again))
+    deploy_route = admin_route(options.admin_token, deploy, robot.logins, wait=deploy_and_wait)
+    robot.server.add_route("POST", "/api/deploy", deploy_route)
+    robot.server.add_route("POST", "/api/try-again", admin_route(options.admin_token, try_again, robot.logins))
 
     def stop() -> dict[str, object]:
         app.stop("stop requested through the admin API")
         return {"stop": "requested"}
 
-    robot.server.add_route("POST", "/api/stop", admin_route(options.admin_token, stop))
+    robot.server.add_route("POST", "/api/stop", admin_route(options.admin_token, stop, robot.logins))

@@ -383,7 +383,8 @@ class Supervisor:
             and lease.identity == w.identity
             and e.epoch == lease.epoch
             and e.lease_token is not None
-            and e.lease_token == lease.token
+            and lease.token is not None
+            and secrets.compare_digest(e.lease_token.encode(), lease.token.encode())
             and lease.expires > now
             and not lease.stopping
             and w.role is Role.CONNECTED

@@ -113,7 +113,7 @@ class Git:
             log.warning("release %s is broken; making it again", path)
             await self.remove_release(path)
         await self._git("worktree", "prune")  # a registration whose directory vanished would block `add`
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # in the state directory: private
         await self._git("worktree", "add", "--detach", "--quiet", str(path), sha)
         log.info("release %s made", path)
         return path

@@ -15,17 +15,18 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import attrs
 import trio
 
 from .. import protocol
+from ..logs import Throttled
 from ..protocol import MalformedMessage, parse_request
 from ..socketio import ConnectionRefusedError, Later, Namespace, Server
 from ..web import Limits
-from ._auth import Credentials, Identity
+from ._auth import Credentials, Identity, LoginThrottle
 from ._core import Settings, Supervisor
 from ._events import (
     Action,
@@ -95,14 +96,21 @@ class UrbanRobot:
         roll_back: Callable[[RollBack], None] | None = None,
         notify: Callable[[Notify], None] | None = None,
         blocking_io: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         self.settings = settings
         self.store = store
         self.credentials = credentials
+        # Only workers that authenticated may send max_message; strangers get the server's pre-auth limits.
+        # Host names beyond loopback and the address connected to are only those configured (DNS rebinding).
         self.server = server or Server(
             async_handlers=False,
             max_payload=settings.max_message,
-            http_limits=Limits(max_body=settings.max_message + 16 * 1024, max_connections=settings.max_connections),
+            http_limits=Limits(
+                max_body=settings.max_message + 16 * 1024,
+                max_connections=settings.max_connections,
+                allowed_hosts=frozenset(allowed_hosts),
+            ),
         )
         self.spawner = spawner
         # The generation the process manager spawned an identity with (None: not its child): Connected carries it.
@@ -112,6 +120,8 @@ class UrbanRobot:
         self.roll_back = roll_back
         self.notify = notify
         self.blocking_io = blocking_io  # file writes; tests on a virtual clock run them inline
+        self.quiet = Throttled(log)  # lines strangers cause: at most one per kind per 10 s, with counts
+        self.logins = LoginThrottle()  # wrong credentials per address: admin logins wait, exponentially
         self.core: Supervisor = Supervisor(settings)
         self.conns: dict[str, _Conn] = {}
         self.observers: list[Callable[[Action], None]] = []  # see each action as it is carried out
@@ -371,11 +381,19 @@ class _WorkerNamespace(Namespace):
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
         identity = self.robot.credentials.verify(auth)
+        peer, now = environ.get("REMOTE_ADDR", "?"), trio.current_time()
+        if identity is None and isinstance(auth, dict) and auth.get("secret"):
+            self.robot.logins.failed(peer, now)  # it may have been a guess at the admin token
+        if identity is not None and identity.admin and self.robot.logins.wait(peer, now) > 0:
+            self.robot.quiet.info("throttled", "refused an admin connection from %s: too many wrong credentials", peer)
+            raise ConnectionRefusedError("too many wrong credentials from this address: retry later")
         if identity is None:
             # INFO, as for webhooks: anyone can knock, and the Discord log bridge must not relay a stranger's flood.
             missing = not _has_secret(auth)
             what = "no secret (auth={'secret': ...} missing)" if missing else "bad secret"
-            log.info("refused a connection from %s: %s", environ.get("REMOTE_ADDR", "?"), what)
+            # Throttled: one client can knock thousands of times a second (issue 13, finding 4).
+            kind = "refused-missing" if missing else "refused-bad"  # a seeds-era worker is not an attacker
+            self.robot.quiet.info(kind, "refused a connection from %s: %s", environ.get("REMOTE_ADDR", "?"), what)
             if missing:  # a seeds-era worker: say what v1 wants; a wrong secret learns nothing more
                 raise ConnectionRefusedError("authentication failed", {"hint": AUTH_HINT})
             raise ConnectionRefusedError("authentication failed")

@@ -82,7 +82,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from ..web import Request, Response
-from ._api import RouteHandler, authorized
+from ._api import RouteHandler, cookie_matches, refusal
+from ._auth import LoginThrottle
 from ._events import (
     Action,
     CacheSync,
@@ -438,13 +439,15 @@ def _json(status_code: int, body: dict[str, Any]) -> Response:
     return Response(status_code, json.dumps(body).encode(), content_type="application/json")
 
 
-UNAUTHORIZED = {"error": "admin credential missing or wrong: send Authorization: Bearer <admin token>"}
-
-
-def _guarded(admin_token: str | None, public: bool, view: Callable[[], Response]) -> RouteHandler:
+def _guarded(
+    admin_token: str | None, public: bool, view: Callable[[], Response], throttle: LoginThrottle | None
+) -> RouteHandler:
     async def handle(request: Request) -> Response:
-        if not public and not authorized(request, admin_token):
-            return _json(401, UNAUTHORIZED)
+        # The dashboard's cookie also reads (GET only; SameSite=Strict, and no CORS answer lets another site read).
+        if not public and not cookie_matches(request.header("cookie"), admin_token):
+            refused = refusal(request, admin_token, throttle)
+            if refused is not None:
+                return refused
         await trio.lowlevel.checkpoint()
         return view()
 
@@ -476,8 +479,9 @@ def install_status_routes(
     def metrics_view() -> Response:
         return Response(200, generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
-    robot.server.add_route("GET", "/api/status", _guarded(admin_token, False, status_view))
-    robot.server.add_route("GET", "/metrics", _guarded(admin_token, public_metrics, metrics_view))
+    throttle = robot.logins
+    robot.server.add_route("GET", "/api/status", _guarded(admin_token, False, status_view, throttle))
+    robot.server.add_route("GET", "/metrics", _guarded(admin_token, public_metrics, metrics_view, throttle))
     return tracker
 
 

@@ -4,6 +4,14 @@ Every write goes to a temporary file in the same directory, is fsynced, then
 renamed over the old one (and the directory fsynced), so a crash leaves either
 the old file or the new one, never half of either. Files are private (0600).
 
+Whoever owns the state directory owns the bot (the key mints worker secrets, the
+admin token deploys): the directory is created 0700, and a start is refused when
+it or anything directly in it is not the running user's or is writable by group
+or others (``check_private``) — a directory another local user made first is
+theirs. Temporary files have unpredictable names and are created exclusively,
+and no file here is opened through a symlink (a planted ``lock`` link would
+truncate the file it points to).
+
     <state-dir>/state.json   epoch, is_sane, last known good, lease holder
     <state-dir>/cache.json   the running worker's last accepted cache and its age
     <state-dir>/secret.key   32 random bytes; children's secrets are HMACs of it
@@ -12,10 +20,12 @@ the old file or the new one, never half of either. Files are private (0600).
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import json
 import os
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +37,49 @@ class StateError(UrbanRobotError):
     """The state directory cannot be used; the message says which file and what to do."""
 
 
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW  # a fresh file, never one planted or linked
+
+
+def check_private(directory: Path) -> None:
+    """Raise ``StateError`` (one line) unless ``directory`` and its entries are ours and not writable by others."""
+    uid = os.getuid()
+    try:
+        mode, owner = _mode_owner(os.stat(directory))
+        if owner != uid:
+            raise StateError(f"state directory {directory} belongs to uid {owner}, not to this user ({uid}): refused")
+        if mode & 0o022:
+            raise StateError(f"state directory {directory} is writable by group or others: chmod 700 it")
+        for entry in os.scandir(directory):
+            info = entry.stat(follow_symlinks=False)
+            mode, owner = _mode_owner(info)
+            if owner != uid:
+                raise StateError(f"{entry.path} belongs to uid {owner}, not to this user ({uid}): refused")
+            if mode & 0o022 and not stat.S_ISLNK(info.st_mode):
+                raise StateError(f"{entry.path} is writable by group or others: chmod go-w it")
+    except OSError as exc:
+        raise StateError(f"cannot check state directory {directory}: {exc.strerror}") from exc
+
+
+def _mode_owner(info: os.stat_result) -> tuple[int, int]:
+    return stat.S_IMODE(info.st_mode), info.st_uid
+
+
+def read_private(path: Path) -> bytes:
+    """A file's bytes, never through a symlink (``StateError`` if ``path`` is one); FileNotFoundError if absent."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(f"{path} is a symbolic link: refused (move it away)") from None
+        raise
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Unpredictable and exclusive: a name planted in advance cannot catch the data.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, _NEW, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -83,6 +133,7 @@ class StateStore:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(f"cannot create state directory {self.directory}: {exc.strerror}") from exc
+        check_private(self.directory)
         if not os.access(self.directory, os.W_OK):
             raise StateError(f"state directory {self.directory} is not writable: fix its permissions or pick another")
 
@@ -90,7 +141,13 @@ class StateStore:
         """Hold the state directory for this process: two supervisors on one state would fight over leases."""
         if self._lock_fd is not None:
             return
-        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        path = self.directory / "lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateError(f"{path} is a symbolic link: refused (move it away)") from None
+            raise StateError(f"cannot open {path}: {exc.strerror}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -111,7 +168,7 @@ class StateStore:
 
     def load_state(self) -> dict[str, Any] | None:
         try:
-            raw = self.state_path.read_bytes()
+            raw = read_private(self.state_path)
         except FileNotFoundError:
             return None
         try:
@@ -127,7 +184,7 @@ class StateStore:
     def load_cache(self) -> tuple[Any, float | None]:
         """The persisted cache and its age (wall-clock seconds); a damaged file is kept aside, not lost."""
         try:
-            raw = self.cache_path.read_bytes()
+            raw = read_private(self.cache_path)
         except FileNotFoundError:
             return None, None
         try:
@@ -147,7 +204,7 @@ class StateStore:
 
     def secret_key(self) -> bytes:
         try:
-            key = self.key_path.read_bytes()
+            key = read_private(self.key_path)
             if len(key) >= 32:
                 return key
         except FileNotFoundError:

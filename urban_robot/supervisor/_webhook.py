@@ -33,6 +33,7 @@ from urllib.parse import parse_qs
 
 import attrs
 
+from ..logs import Throttled
 from ..web import Request, Response
 
 log = logging.getLogger("urban_robot.webhook")
@@ -214,6 +215,7 @@ OnDeploy = Callable[[Commit], object]  # (status, text) answers instead of the g
 
 def webhook_route(gate: WebhookGate, on_deploy: OnDeploy) -> RouteHandler:
     """A ``Server.add_route("POST", path, ...)`` handler; ``on_deploy`` must not block (queue the deploy)."""
+    quiet = Throttled(log)  # anyone can POST: at most a line per kind of refusal per 10 s, with counts
 
     async def handle(request: Request) -> Response:
         if request.method != "POST":
@@ -224,7 +226,7 @@ def webhook_route(gate: WebhookGate, on_deploy: OnDeploy) -> RouteHandler:
         # Refusals are INFO, not WARNING: anyone can send garbage, and the Discord log bridge
         # must not turn a stranger's requests into a flood of alerts.
         host = request.client[0] if request.client else "?"
-        log.info("webhook from %s: %d %s", host, decision.status, decision.reason)
+        quiet.info(f"refused-{decision.status}", "webhook from %s: %d %s", host, decision.status, decision.reason)
         return Response.text(decision.status, decision.reason)
 
     return handle

@@ -9,6 +9,13 @@ Upgrade (polling → WebSocket), as the reference servers do it: the client open
 a WebSocket with the session's sid and sends ``2probe``; we answer ``3probe``
 and answer the pending polling GET (and any later one) with NOOP; the client
 sends ``5`` on the WebSocket, and from then on everything goes there.
+
+Trust: a session starts *untrusted*. Its messages (WebSocket message, polling
+body) may be ``preauth_message`` bytes, a few kilobytes, enough for a CONNECT
+and its credentials; an untrusted long-polling session holds a connection slot
+(``ConnectionGate.hold``) while it waits between requests. The layer above calls
+``Session.trust()`` once the peer authenticated; only then may it send
+``max_payload``. A stranger therefore costs kilobytes, not ``max_payload``.
 """
 
 from __future__ import annotations
@@ -33,13 +40,16 @@ from ..engineio import (
     parse_query,
 )
 from ..engineio._handshake import EngineErrorCode
-from ._http import PeerWatch, Request, Response, Upgrade
+from ..logs import Throttled
+from ._http import ConnectionGate, PeerWatch, Request, Response, Upgrade
 from ._websocket import WebSocket, WebSocketClosed
 
 log = logging.getLogger("urban_robot.engineio")
 
 PROBE_TIMEOUT = 10.0
 MAX_PAYLOAD_PACKETS = 1000
+PREAUTH_MESSAGE = 4096  # bytes an untrusted session may send at once: a CONNECT with its auth fits
+GET_BODY = 1024  # a GET carries no body; a little is tolerated
 
 
 class Reason:
@@ -85,6 +95,28 @@ class Session:
         self._wait_scope: trio.CancelScope | None = None
         self.data: Any = None  # for the layer above
         self._notify_peer = False
+        self.trusted = False
+        self.holds_slot = False  # an untrusted polling session holds a connection slot
+
+    @property
+    def max_message(self) -> int:
+        """The most one message (or polling body) from this peer may hold: small until trusted."""
+        return self.server.max_payload if self.trusted else min(self.server.preauth_message, self.server.max_payload)
+
+    def trust(self) -> None:
+        """The peer authenticated (the layer above decided): raise its limits, give back its slot."""
+        if self.trusted:
+            return
+        self.trusted = True
+        if self.ws is not None:
+            self.ws.max_message = self.max_message
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self.holds_slot:
+            self.holds_slot = False
+            if self.server.gate is not None:
+                self.server.gate.release()
 
     @property
     def deadline(self) -> float:
@@ -131,6 +163,7 @@ class Session:
         self.closed = True
         self.close_reason = reason
         self.server.sessions.pop(self.sid, None)
+        self._release_slot()
         if notify_peer and self.ws is None:
             self.queue.append(Packet(PacketType.CLOSE))
         self._notify_peer = notify_peer
@@ -187,7 +220,7 @@ class Session:
             self._wait_scope = None
             now = trio.current_time()
             if now >= self.deadline:
-                log.info("session %s: no Socket.IO CONNECT in time, closing", self.sid)
+                self.server.quiet.info("no-connect", "session %s: no Socket.IO CONNECT in time, closing", self.sid)
                 self.close(Reason.TRANSPORT_CLOSE)
                 return
             if now < self._next_ping:
@@ -199,7 +232,7 @@ class Session:
             if self.closed:
                 return
             if not self.pong.is_set():
-                log.info("session %s: no pong within %ss, closing", self.sid, timeout)
+                self.server.quiet.info("no-pong", "session %s: no pong within %ss, closing", self.sid, timeout)
                 self.close(Reason.PING_TIMEOUT, notify_peer=False)
                 return
             self._next_ping = trio.current_time() + interval
@@ -215,20 +248,26 @@ class EngineServer:
         max_payload: int,
         cors_allowed_origins: str | list[str] | None,
         transports: tuple[str, ...] = ("polling", "websocket"),
+        preauth_message: int = PREAUTH_MESSAGE,
+        gate: ConnectionGate | None = None,
     ) -> None:
         self.handler = handler
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_payload = max_payload
+        self.preauth_message = preauth_message
+        self.gate = gate  # untrusted polling sessions hold slots of it
+        self.quiet = Throttled(log)  # what strangers cause: at most a line per kind per 10 s, with counts
         self.cors_allowed_origins = cors_allowed_origins
         self.transports = transports
         self.sessions: dict[str, Session] = {}
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by serve()
 
     # -- plumbing ----------------------------------------------------------------
-    async def _open_session(self, transport: str, request: Request) -> Session:
+    async def _open_session(self, transport: str, request: Request, *, holds_slot: bool = False) -> Session:
         sid = secrets.token_urlsafe(15)
         session = Session(self, sid, transport, _environ(request))
+        session.holds_slot = holds_slot
         self.sessions[sid] = session
         await self.nursery.start(session.run)
         self.handler.engine_open(session)
@@ -262,6 +301,28 @@ class EngineServer:
         return (("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true"))
 
     # -- HTTP long-polling ------------------------------------------------------
+    def body_limit(self, request: Request) -> int:
+        """A polling POST may carry its session's ``max_message`` (small until trusted); nothing else a body."""
+        if request.method != "POST":
+            return GET_BODY
+        try:
+            sid = parse_query(request.query).sid
+        except EngineError:
+            return GET_BODY
+        session = self.sessions.get(sid) if sid is not None else None
+        return session.max_message if session is not None else self.preauth_message
+
+    def too_large(self, request: Request) -> Response:
+        """An oversize polling body ends its session, as the reference servers do."""
+        try:
+            sid = parse_query(request.query).sid
+        except EngineError:
+            sid = None
+        session = self.sessions.get(sid) if sid is not None else None
+        if session is not None:
+            session.close(Reason.TRANSPORT_ERROR)
+        return Response.text(413, "Payload too large")
+
     async def handle_request(self, request: Request, peer: PeerWatch) -> Response:
         cors = self._cors_headers(request)
         if cors is None:
@@ -287,7 +348,9 @@ class EngineServer:
         if query.sid is None:
             if request.method != "GET":
                 raise EngineError(EngineErrorCode.BAD_HANDSHAKE_METHOD)
-            opened = await self._open_session("polling", request)
+            if self.gate is not None and not self.gate.hold():
+                return Response.text(503, "Too many connections")
+            opened = await self._open_session("polling", request, holds_slot=self.gate is not None)
             return Response(200, encode_payload([self._handshake(opened)]).encode())
         session = self.sessions.get(query.sid)
         if session is None or session.transport != "polling":
@@ -317,7 +380,7 @@ class EngineServer:
             session.polling_busy = False
 
     async def _post(self, session: Session, request: Request) -> Response:
-        if len(request.body) > self.max_payload:
+        if len(request.body) > session.max_message:
             session.close(Reason.TRANSPORT_ERROR)
             return Response.text(413, "Payload too large")
         try:
@@ -325,7 +388,7 @@ class EngineServer:
             for packet in packets:
                 await session.receive_packet(packet)
         except ProtocolError as exc:
-            log.info("session %s: invalid packet, closing: %s", session.sid, exc)
+            self.quiet.info("invalid-packet", "session %s: invalid packet, closing: %s", session.sid, exc)
             session.close(Reason.TRANSPORT_ERROR)
             raise EngineError(EngineErrorCode.BAD_REQUEST) from exc
         return Response(200, b"ok")
@@ -348,7 +411,7 @@ class EngineServer:
                     raise EngineError(EngineErrorCode.UNKNOWN_SID if session is None else EngineErrorCode.BAD_REQUEST)
         except EngineError as exc:
             return Response(exc.status, exc.body(), content_type="application/json")
-        ws = await upgrade.accept(max_message=self.max_payload)
+        ws = await upgrade.accept(max_message=session.max_message if session is not None else self.preauth_message)
         if session is None:
             session = await self._open_session("websocket", request)
             session.ws = ws
@@ -375,6 +438,7 @@ class EngineServer:
                     return False
                 session.transport = "websocket"
                 session.ws = ws
+                ws.max_message = session.max_message  # it may have been trusted during the probe
                 queued, session.queue = session.queue, []
                 messages = [p for p in queued if p.type is not PacketType.NOOP]
                 if messages:
@@ -400,7 +464,7 @@ class EngineServer:
             reason = Reason.TRANSPORT_ERROR if exc.code == 1009 else Reason.TRANSPORT_CLOSE
             session.close(reason, notify_peer=False)
         except ProtocolError as exc:
-            log.info("session %s: invalid packet, closing: %s", session.sid, exc)
+            self.quiet.info("invalid-packet", "session %s: invalid packet, closing: %s", session.sid, exc)
             session.close(Reason.TRANSPORT_ERROR)
         finally:
             if not session.closed:

@@ -4,16 +4,25 @@ Why h11 rather than Hypercorn (see docs/design-decisions.md): fewer layers on
 the hot path (the Engine.IO session talks to the socket directly), one task
 per connection, and lower memory per idle connection; h11 and wsproto still
 do all HTTP and WebSocket parsing. Limits bound every peer: request head and
-body sizes, a time-out to send a request, and an idle keep-alive time-out; and
-they bound all peers together: past ``max_connections`` open connections a new
-one is closed at once (a flood must not exhaust file descriptors or memory,
-and the connections already open, the workers' among them, keep being served).
+body sizes, one absolute deadline to send a whole request (head and body: a
+body trickling a byte at a time is cut at it), and an idle keep-alive
+time-out; and they bound all peers together: past ``max_connections`` open
+connections (and held slots, see ``ConnectionGate.hold``) a new one is closed
+at once (a flood must not exhaust file descriptors or memory, and the
+connections already open, the workers' among them, keep being served).
+
+Order of checks on each request, cheapest and least trusting first: the head
+(``max_head``), the ``Host`` header against ``allowed_hosts`` (421: DNS
+rebinding), then the app's body limit for this request (``HttpApp.body_limit``,
+from the head alone: a ``Content-Length`` over it is answered 413 before a byte
+of body is read, a chunked body is counted as it comes and cut at it).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from typing import Protocol
 
 import attrs
@@ -21,18 +30,37 @@ import h11
 import trio
 from wsproto.utilities import generate_accept_token
 
+from ..logs import Throttled
 from ._websocket import RECEIVE_SIZE, WebSocket
 
 log = logging.getLogger("urban_robot.web")
 
 
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def _host_name(host: str) -> str:
+    """``Host`` header value without its port, lower-cased: ``[::1]:80`` -> ``[::1]``, ``A.b:1`` -> ``a.b``."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _hosts(names: Iterable[str] | None) -> frozenset[str] | None:
+    return None if names is None else frozenset(_host_name(str(name)) for name in names)
+
+
 @attrs.frozen
 class Limits:
-    max_body: int = 1_000_000
+    max_body: int = 1_000_000  # the most any route may allow
     max_head: int = 16 * 1024
-    request_timeout: float = 20.0  # to send one whole request (slowloris)
+    request_timeout: float = 20.0  # from a request's first byte to its last, head and body (slowloris)
     keepalive_timeout: float = 60.0  # between requests on one connection
     max_connections: int = 512  # open at once (WebSockets included); more are closed on arrival
+    #: Host names served (DNS rebinding); None = any. Loopback names and the address the peer connected to
+    #: are always served: a rebinding page sends its own name, never an IP literal of this host.
+    allowed_hosts: frozenset[str] | None = attrs.field(default=None, converter=_hosts)
 
 
 @attrs.frozen
@@ -73,6 +101,14 @@ class Upgrade(Protocol):
 
 
 class HttpApp(Protocol):
+    def body_limit(self, request: Request) -> int:
+        """The most body bytes ``request`` (its head; ``body`` still empty) may carry."""
+        ...
+
+    def too_large(self, request: Request) -> Response:
+        """The answer (413) to ``request`` (its head) whose body passed ``body_limit``."""
+        ...
+
     async def handle_request(self, request: Request, peer: PeerWatch) -> Response: ...
 
     async def handle_websocket(self, request: Request, upgrade: Upgrade) -> Response | None: ...
@@ -112,18 +148,23 @@ class _WebSocketUpgrade:
 
 
 class _HttpConnection:
-    def __init__(self, stream: trio.abc.Stream, app: HttpApp, limits: Limits) -> None:
+    def __init__(self, stream: trio.abc.Stream, app: HttpApp, limits: Limits, quiet: Throttled | None = None) -> None:
+        self.quiet = quiet or Throttled(log)
         self.stream = stream
         self.app = app
         self.limits = limits
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head)
         self.upgraded = False
         self.client: tuple[str, int] | None = None
+        self.local_host: str | None = None  # the address the peer connected to, as a Host header names it
+        self.request_deadline: float | None = None  # set by a request's first byte: head and body by then
         sock = getattr(stream, "socket", None)
         if sock is not None:
             try:
                 peer = sock.getpeername()
                 self.client = (str(peer[0]), int(peer[1]))
+                local = str(sock.getsockname()[0])
+                self.local_host = f"[{local}]" if ":" in local else local
             except OSError:
                 self.client = None
 
@@ -137,14 +178,21 @@ class _HttpConnection:
         self.h11.receive_data(bytes(data))
 
     async def next_event(self, timeout: float) -> object:
-        """The next h11 event; once a request has begun it must finish within ``request_timeout``."""
+        """The next h11 event within ``timeout``; a request begun must end at its one absolute deadline.
+
+        The deadline is set once, by the request's first byte, and never moves: a peer sending a byte
+        now and then cannot keep a request open past ``request_timeout``.
+        """
         with trio.fail_after(timeout) as scope:
             while True:
+                if self.request_deadline is None and self.h11.trailing_data[0]:
+                    self.request_deadline = trio.current_time() + self.limits.request_timeout
+                if self.request_deadline is not None:
+                    scope.deadline = min(scope.deadline, self.request_deadline)
                 event = self.h11.next_event()
                 if event is not h11.NEED_DATA:
                     return event
                 await self._receive_into_h11()
-                scope.deadline = min(scope.deadline, trio.current_time() + self.limits.request_timeout)
 
     async def wait_event_or_eof(self, event: trio.Event) -> bool:
         peer_alive = True
@@ -182,6 +230,7 @@ class _HttpConnection:
             request = await self._read_request(event)
             if request is None:
                 return
+            self.request_deadline = None  # read whole: the handler's time is its own
             if request.is_websocket:
                 response = await self.app.handle_websocket(request, _WebSocketUpgrade(self, request))
                 if self.upgraded or response is None:
@@ -197,9 +246,25 @@ class _HttpConnection:
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers}
         target = event.target.decode("latin-1")
         path, _, query = target.partition("?")
+        head = Request(
+            method=event.method.decode("ascii", "replace"),
+            path=path,
+            query=query,
+            headers=headers,
+            body=b"",
+            client=self.client,
+            http_version=event.http_version.decode("ascii", "replace"),
+        )
+        if not self._host_allowed(headers.get("host")):
+            self.quiet.info(
+                "host", "refused a request for Host %r from %s: not in allowed_hosts", headers["host"][:80], self.client
+            )
+            await self._respond(Response.text(421, "Misdirected request: unknown Host"), close=True)
+            return None
+        limit = min(self.app.body_limit(head), self.limits.max_body)
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body:
-            await self._respond(Response.text(413, "Payload too large"), close=True)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._respond(self.app.too_large(head), close=True)
             return None
         body = bytearray()
         try:
@@ -210,21 +275,20 @@ class _HttpConnection:
                 if not isinstance(part, h11.Data):
                     return None
                 body += part.data
-                if len(body) > self.limits.max_body:
-                    await self._respond(Response.text(413, "Payload too large"), close=True)
+                if len(body) > limit:
+                    await self._respond(self.app.too_large(head), close=True)
                     return None
         except _READ_ERRORS as exc:
             await self._refuse_quietly(exc)
             return None
-        return Request(
-            method=event.method.decode("ascii", "replace"),
-            path=path,
-            query=query,
-            headers=headers,
-            body=bytes(body),
-            client=self.client,
-            http_version=event.http_version.decode("ascii", "replace"),
-        )
+        return attrs.evolve(head, body=bytes(body))
+
+    def _host_allowed(self, host: str | None) -> bool:
+        allowed = self.limits.allowed_hosts
+        if allowed is None or host is None:  # no Host at all: HTTP/1.0, never a browser
+            return True
+        name = _host_name(host)
+        return name in allowed or name in LOOPBACK_HOSTS or name == self.local_host
 
     async def _respond(self, response: Response, *, close: bool = False) -> bool:
         """Send ``response``; return whether the connection can serve another request."""
@@ -236,14 +300,22 @@ class _HttpConnection:
         if close:
             headers.append(("Connection", "close"))
         try:
-            await self.send(h11.Response(status_code=response.status, headers=headers))
-            await self.send(h11.Data(data=response.body))
-            await self.send(h11.EndOfMessage())
+            # One write, not three: a system call is most of what answering costs (a flood of 413s, 421s...).
+            head = self.h11.send(h11.Response(status_code=response.status, headers=headers)) or b""
+            body = self.h11.send(h11.Data(data=response.body)) or b""
+            end = self.h11.send(h11.EndOfMessage()) or b""
+            if len(body) < 65536:
+                await self.stream.send_all(head + body + end)
+            else:  # a large polling answer: not copied once more
+                await self.stream.send_all(head)
+                await self.stream.send_all(body)
+                await self.stream.send_all(end)
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError):
             return False
         if close or self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
             return False
         self.h11.start_next_cycle()
+        self.request_deadline = None
         return True
 
     async def _refuse_quietly(self, exc: BaseException) -> None:
@@ -266,27 +338,42 @@ LIMIT_LOG_EVERY = 60.0  # seconds between "connection limit reached" lines while
 
 
 class ConnectionGate:
-    """Serves each accepted connection unless ``limits.max_connections`` are open already.
+    """Serves each accepted connection unless ``limits.max_connections`` are open (or held) already.
 
     A refused connection is closed before anything is read from it. The refusal is logged as one
     warning when the limit is first reached, then at most once a minute with the count refused since.
+    Something that costs as much as a connection without being one (an unauthenticated long-polling
+    session between its requests) takes a slot with ``hold()`` and gives it back with ``release()``.
     """
 
     def __init__(self, app: HttpApp, limits: Limits) -> None:
         self.app = app
         self.limits = limits
         self.open = 0
+        self.held = 0
         self.refused = 0  # since the last log line
         self._logged_at = -math.inf
+        self.quiet = Throttled(log)  # lines strangers cause on these connections: one per kind per 10 s
+
+    def hold(self) -> bool:
+        """Take a slot if one is free (False: none is; refuse what wanted it)."""
+        if self.open + self.held >= self.limits.max_connections:
+            self._note_refusal()
+            return False
+        self.held += 1
+        return True
+
+    def release(self) -> None:
+        self.held -= 1
 
     async def handle(self, stream: trio.abc.Stream) -> None:
-        if self.open >= self.limits.max_connections:
+        if self.open + self.held >= self.limits.max_connections:
             self._note_refusal()
             await trio.aclose_forcefully(stream)
             return
         self.open += 1
         try:
-            await serve_connection(stream, self.app, self.limits)
+            await serve_connection(stream, self.app, self.limits, self.quiet)
         finally:
             self.open -= 1
 
@@ -303,9 +390,11 @@ class ConnectionGate:
         self._logged_at, self.refused = now, 0
 
 
-async def serve_connection(stream: trio.abc.Stream, app: HttpApp, limits: Limits) -> None:
+async def serve_connection(
+    stream: trio.abc.Stream, app: HttpApp, limits: Limits, quiet: Throttled | None = None
+) -> None:
     """Serve HTTP requests (and at most one WebSocket) on one accepted connection."""
-    conn = _HttpConnection(stream, app, limits)
+    conn = _HttpConnection(stream, app, limits, quiet)
     try:
         await conn.serve()
     except Exception:

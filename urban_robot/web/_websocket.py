@@ -3,7 +3,8 @@
 Deliberately small: the handshake was already answered by the HTTP front
 (``_http.py``); this object only exchanges messages. One writer at a time
 (a ``StrictFIFOLock``), messages larger than ``max_message`` close the
-connection with 1009, pings are answered, and closing is bounded in time.
+connection with 1009 as soon as their fragments pass it (nothing larger is
+held), pings are answered, and closing is bounded in time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import CloseReason
 
 RECEIVE_SIZE = 65536
+PREAUTH_SLACK = 1024  # read a little past a small max_message, so the frame that passes it is seen
 CLOSE_TIMEOUT = 2.0
 
 
@@ -58,7 +60,7 @@ class WebSocket:
     def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, *, max_message: int) -> None:
         self._stream = stream
         self._ws = Connection(ConnectionType.SERVER, trailing_data=trailing_data)
-        self._max_message = max_message
+        self.max_message = max_message  # may be raised later (once the peer authenticated)
         self._send_lock = trio.StrictFIFOLock()
         self._parts: list[str | bytes] = []
         self._size = 0
@@ -74,7 +76,9 @@ class WebSocket:
             if self.closed is not None:
                 raise self.closed
             try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                # A peer allowed only a few kilobytes is read a few kilobytes at a time: a flood of them
+                # then costs the supervisor little memory and little work per connection.
+                data = await self._stream.receive_some(min(RECEIVE_SIZE, self.max_message + PREAUTH_SLACK))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.closed = WebSocketClosed(CloseReason.ABNORMAL_CLOSURE, "connection lost")
                 raise self.closed from exc
@@ -83,7 +87,7 @@ class WebSocket:
     async def _handle(self, event: object) -> str | bytes | None:
         if isinstance(event, (TextMessage, BytesMessage)):
             self._size += len(event.data)
-            if self._size > self._max_message:
+            if self._size > self.max_message:
                 await self.close(CloseReason.MESSAGE_TOO_BIG, "message too big")
                 raise WebSocketClosed(CloseReason.MESSAGE_TOO_BIG, "message too big")
             data: str | bytes = event.data if isinstance(event.data, str) else bytes(event.data)

@@ -135,6 +135,12 @@ class FakeDiscord:
         match = CLIENT_TAG.match(path)
         return (match.group(1), match.group(2)) if match else ("", path)
 
+    def body_limit(self, request: Request) -> int:
+        return self._gate.limits.max_body  # a test double: every route takes what Limits allows
+
+    def too_large(self, request: Request) -> Response:
+        return Response.text(413, "Payload too large")
+
     async def handle_request(self, request: Request, peer: PeerWatch) -> Response:
         if request.path.startswith("/_fake/"):
             return await self._control.handle(request)
