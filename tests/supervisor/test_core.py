@@ -36,6 +36,7 @@ from urban_robot.supervisor import (
     TimerFired,
     TopUp,
     TryAgain,
+    WorkerFailed,
     version_key,
 )
 
@@ -603,3 +604,16 @@ def test_crash_loop_names_how_many_are_left_and_quotes_the_last_lines() -> None:
         "Last: id-y exited (1) after 0.3 s; last lines:\n  | ModuleNotFoundError: No module named 'tinydep'"
     )
     assert d.core.waiting_for(2) is None  # id-a runs
+
+
+def test_only_the_first_loss_of_a_window_is_notified_until_the_crash_loop() -> None:
+    """Each crash names another worker, so the notifier could not fold them: one warning, then the crash loop."""
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=4, crash_loop_window=60))
+    said = [notes(d.feed(ProcessExited(f"id-{n}", 1, uptime=0.1, tail=("boom",)), at=n)) for n in range(4)]
+    assert [len(s) for s in said] == [1, 0, 0, 1]
+    assert said[0][0].startswith("worker id-0 exited (1) after 0.1 s") and said[3][0].startswith("crash loop: 4")
+    d = Driver(Settings(spawn_workers=True))
+    d.join("a")
+    d.feed(WorkerFailed("a", "the token was refused", "reset it"))
+    out = d.feed(ProcessExited("id-a", 1))
+    assert not any(m.startswith("worker ") for m in notes(out))  # its failure was announced (critical) already

@@ -333,10 +333,13 @@ class Supervisor:
                 self.lease.lost, self.lease.lost_at = reason, now
 
     def _count_loss(self, e: ProcessExited, now: float, out: list[Action]) -> None:
-        """An unasked exit: a warning the first time in the window (then info: the notifier is no flood
-        gate for every restart), critical when it makes a crash loop; each quotes the worker's last lines."""
+        """An unasked exit: a warning the first time in the window, quoting the worker's last lines; the next
+        ones are the process manager's log lines only (each names a different worker: the notifier could not
+        fold them into a count), until the one that makes a crash loop, critical, quotes its last lines."""
         window = self.settings.crash_loop_window
         self.losses = [t for t in self.losses if t > now - window] + [now]
+        # A worker that said ``failed`` was announced already (critical, folded by kind): its exit adds nothing.
+        said = any(w.identity == e.identity and w.role is Role.FAILED for w in self.clients.values())
         lived = f" after {e.uptime:.1f} s" if e.uptime is not None else ""
         died = f"{e.identity} exited ({e.returncode}){lived}{quote_tail(e.tail)}"
         limit = self.settings.crash_loop_losses
@@ -351,8 +354,8 @@ class Supervisor:
                     f"no more spawns or deploys until an operator says try_again. Last: {died}",
                 )
             )
-        else:
-            out.append(Notify("warning" if len(self.losses) == 1 else "info", f"worker {died}"))
+        elif len(self.losses) == 1 and not said:
+            out.append(Notify("warning", f"worker {died}"))
 
     def _release(self, out: list[Action], why: str) -> None:
         """The lease is free; ``why`` (what happened, for people) becomes the next promotion's reason."""
@@ -585,7 +588,7 @@ class Supervisor:
         out.append(Notify("critical", f"a worker{which} cannot work: {failure.text}"))
         if held:
             self._release(
-                out, f"failover: {w.identity} cannot work ({e.reason})"
+                out, f"failover: {w.identity} failed ({e.reason})"
             )  # it stopped processing before it said so (§5.9), as for a shutdown ack
 
     def _on_Disconnected(self, e: Disconnected, now: float, out: list[Action]) -> None:
