@@ -416,7 +416,10 @@ class Deployer:
         except UrbanRobotError as exc:
             log.error("cannot make the last known good release %s (%s): workers start from the checkout", good, exc)
             return
-        if self.install and self._installed(release) != requirements_hash(release, self.install):
+        # Its environment is there unless someone deleted it (a release made before install markers existed has
+        # its .venv and no marker: it was promoted, so it worked).
+        installed = self._installed(release) is not None or (release / self.environment).exists()
+        if self.install and not installed:
             phases = _Phases(f"restart on {good[:12]}")  # its environment is gone (deleted by hand?): build it
             if not await self._prepare_environment(release, phases):
                 log.error("cannot install the last known good release %s: workers start from the checkout", good)
