@@ -50,6 +50,7 @@ def prepare(options: Options, log_level: int, log_format: LogFormat) -> Options 
         options.discord_token,
         options.admin_token,
         options.webhook_secret,
+        options.notify_webhook.token if options.notify_webhook else None,  # the URL's secret part
         *options.worker_secrets.values(),
     )
     configure_logging(log_level, log_format, secrets)

@@ -7,7 +7,8 @@ got 'eighty' (from URBAN_ROBOT_PORT)``): an operator fixes them all in one go.
 
 ``KEYS`` is the one table of what can be configured; docs/configuration.md
 lists the same keys for people. Secrets (the bot token, the webhook secret, the
-admin token, the external workers' secrets) never appear in a repr or an error message.
+admin token, the external workers' secrets, the notification webhook's URL) never appear in a repr or an
+error message.
 
 A key may be a table of ``NAME = value`` pairs (``Key.table``): ``[secrets.workers]`` in TOML, one
 variable per name in the environment (``URBAN_ROBOT_WORKER_SECRET_<NAME>``); its entries merge across
@@ -37,7 +38,7 @@ from ._errors import UrbanRobotError
 from .supervisor._app import Options
 from .supervisor._children import ChildPolicy
 from .supervisor._core import Settings
-from .supervisor._notify import DISCORD_API
+from .supervisor._notify import DISCORD_API, WEBHOOK_ENV, DiscordWebhook, NotifyError
 
 log = logging.getLogger("urban_robot.config")
 
@@ -245,6 +246,16 @@ def _secret(value: Any, cwd: Path) -> str:
     if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
         raise _Invalid("expected printable ASCII without spaces (value hidden)")
     return value
+
+
+def _webhook_url(value: Any, cwd: Path) -> DiscordWebhook:
+    """A Discord webhook's URL: it holds the webhook's token, so it is a secret and never echoed."""
+    if not isinstance(value, str):
+        raise _Invalid("expected a webhook URL, a string (value hidden)")
+    try:
+        return DiscordWebhook.parse(value)
+    except NotifyError as exc:
+        raise _Invalid(str(exc)) from None
 
 
 def _worker_secrets(value: Any, cwd: Path) -> dict[str, str]:
@@ -459,6 +470,15 @@ KEYS: tuple[Key, ...] = (
         _secret,
         None,
         "Discord bot token, for the workers and for notifications; required with helium_path",
+        secret=True,
+    ),
+    Key(
+        "secrets.notify_webhook",
+        WEBHOOK_ENV,
+        _webhook_url,
+        None,
+        "a Discord channel webhook's URL for notifications: alone, or the fallback when Discord refuses the bot's"
+        " token or channel (the URL holds the webhook's token)",
         secret=True,
     ),
     Key(
@@ -748,6 +768,7 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         discord_token=token,
         notify_destination=values["notify.dm"] or values["notify.channel"],
         notify_dm=values["notify.dm"] is not None,
+        notify_webhook=values["secrets.notify_webhook"],
         discord_log_level=values["notify.level"],
         discord_api_url=values["notify.api_url"],
         policy=policy,

@@ -9,7 +9,8 @@
 - ``python -m urban_robot --config urban-robot.toml``: the real supervisor, in a session of its own so it
   can be SIGKILLed and started again (its children, each in a session of its own, are adopted). Two
   workers: one running, one standby. Its notifications go to the fake (``notify.api_url``) under the
-  client name ``supervisor``;
+  client name ``supervisor``; with ``notify_webhook=True`` it also has a webhook of the fake's ``#bot-log``
+  (``secrets.notify_webhook``), the fallback when Discord refuses the bot's token;
 - a poll of ``GET /api/status`` every ``STATUS_EVERY`` seconds: the supervisor's view of the lease, on the
   wall clock, kept as ``Stack.timeline``.
 
@@ -147,6 +148,7 @@ class Stack:
         token: str = DEFAULT_TOKEN,
         env: dict[str, str] | None = None,
         crash_loop_losses: int = 3,
+        notify_webhook: bool = False,
     ) -> None:
         self.tmp = tmp
         self.fake = fake
@@ -155,6 +157,7 @@ class Stack:
         self.token = token
         self.extra_env = env or {}
         self.crash_loop_losses = crash_loop_losses
+        self.notify_webhook = notify_webhook
         self.state_dir = tmp / "state"
         self.log = tmp / "supervisor.log"
         self.port = 0
@@ -176,6 +179,7 @@ class Stack:
         with socket_bound() as port:
             self.port = port
         channel = self.fake.channel("bot-log").id
+        webhook = self.fake.create_webhook("bot-log", client="supervisor") if self.notify_webhook else None
         config = self.tmp / "urban-robot.toml"
         config.write_text(
             f"""
@@ -207,6 +211,7 @@ api_url = "{self.fake.url}/c/supervisor/api/v10"
 [secrets]
 bot_token = "{self.token}"
 admin_token = "{ADMIN}"
+{f'notify_webhook = "{webhook}"' if webhook else ""}
 """
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("URBAN_ROBOT", "BOT_TOKEN", "HELIUM_PATH"))}

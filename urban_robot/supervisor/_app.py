@@ -24,7 +24,7 @@ from ._dashboard import install_dashboard
 from ._deploy import Deployer
 from ._events import Stopping, TryAgain
 from ._git import Git
-from ._notify import DISCORD_API, DiscordLogHandler, Notifier
+from ._notify import DISCORD_API, DiscordLogHandler, DiscordWebhook, Notifier
 from ._service import UrbanRobot
 from ._status import install_status_routes
 from ._store import StateStore
@@ -55,6 +55,7 @@ class Options:
     discord_token: str | None = attrs.field(default=None, repr=False)  # for notifications
     notify_destination: str | None = None  # a channel id, or a user id with notify_dm
     notify_dm: bool = False
+    notify_webhook: DiscordWebhook | None = attrs.field(default=None, repr=False)  # alone, or when the bot's is refused
     discord_log_level: int = logging.WARNING
     discord_api_url: str = DISCORD_API  # notify.api_url: Discord's REST API, or a stand-in for it
     policy: ChildPolicy = attrs.field(factory=ChildPolicy)
@@ -183,10 +184,16 @@ async def _stop(app: App, policy: ChildPolicy) -> None:
 
 
 async def _start_notifier(nursery: trio.Nursery, http: httpx.AsyncClient, options: Options) -> Notifier | None:
-    if not (options.discord_token and options.notify_destination):
+    destination = options.notify_destination if options.discord_token else None  # the bot's route needs both
+    if destination is None and options.notify_webhook is None:
         return None
     notifier = Notifier(
-        http, options.discord_token, options.notify_destination, dm=options.notify_dm, base_url=options.discord_api_url
+        http,
+        options.discord_token,
+        destination,
+        dm=options.notify_dm,
+        base_url=options.discord_api_url,
+        webhook=options.notify_webhook,
     )
     await nursery.start(notifier.run)
     logging.getLogger().addHandler(DiscordLogHandler(notifier, options.discord_log_level))
