@@ -35,7 +35,9 @@ from urban_robot.supervisor import (
     Stopping,
     Supervisor,
     TimerFired,
+    TopUp,
     TryAgain,
+    WorkerFailed,
     version_key,
 )
 
@@ -128,7 +130,8 @@ def test_failed_health_check_shuts_the_candidate_down_and_asks_for_rollback(repo
     d.renew("old", 1)
     out = d.join("new", version="1.1", report=report)
     assert d.cmds(out, "new") == ["shutdown"]
-    assert RollBack(reason, "1.1", None) in out
+    [rollback] = [a for a in out if isinstance(a, RollBack)]
+    assert (rollback.reason, rollback.version, rollback.generation) == (reason, "1.1", None)
     assert d.cmds(out, "old") == []  # the running worker keeps running throughout
     assert d.core.running_client == "old"
     assert d.core.clients["new"].role is Role.SHUTTING_DOWN
@@ -442,7 +445,7 @@ def test_crash_loop_stops_spawning_until_try_again() -> None:
     assert any(isinstance(a, Notify) and a.level == "critical" and "crash loop" in a.message for a in d.actions)
     d.feed(Connected("admin", identity="admin", admin=True))
     out = d.feed(TryAgain("admin"), at=40)
-    assert d.core.is_sane is True and any(isinstance(a, Spawn) for a in out)
+    assert d.core.is_sane is True and TopUp("try_again") in out  # one running plus the standbys, at once
 
 
 def test_crash_loop_detection_can_be_turned_off() -> None:
@@ -597,3 +600,105 @@ def test_a_holder_reconnecting_during_a_stop_is_not_adopted_but_shut_down() -> N
     [hello] = [a.data for a in out if isinstance(a, Send) and a.event == "hello"]
     assert hello["process_commands"] is False  # not adopted: it drops its grant and stops processing
     assert d.cmds(out, "a2") == ["shutdown"] and d.core.lease is not None and d.core.lease.wid is None
+
+
+# -- reasons that say what happened (issue 12) ------------------------------------------------------
+
+
+def notes(out: list[Any], level: str | None = None) -> list[str]:
+    return [a.message for a in out if isinstance(a, Notify) and (level is None or a.level == level)]
+
+
+def test_a_hand_over_names_the_version_and_the_release_it_comes_from() -> None:
+    d = Driver()
+    d.join("old", version="1.0", generation=1)
+    d.renew("old", 1)
+    d.feed(Connected("new", identity="id-new", generation=2, release="deploy 747c50f12ab3"))
+    d.feed(Identified("new", version="1.0", pid=101, generation=2))
+    d.feed(Ready("new"))
+    out = d.feed(HealthReport("new", HEALTHY))
+    [coma] = [a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.data.get("t") == "coma"]
+    assert coma["reason"] == "hand-over to 1.0 (deploy 747c50f12ab3)"  # not "newer version 1.0 takes over"
+    out = d.feed(ComaAck("old", coma["reason"]))
+    assert d.grant(out, "new")["reason"] == "hand-over to 1.0 (deploy 747c50f12ab3)"
+
+
+def test_a_failover_after_an_exit_says_which_worker_exited_and_never_promises_to_wait() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    out = d.feed(Disconnected("a"), at=1)  # the connection drops first, as it usually does
+    assert not any("failing over" in m or "lease ends" in m for m in notes(out))
+    out = d.feed(ProcessExited("id-a", -9, uptime=3.0, tail=("Traceback (most recent call last):", "KeyError: 'x'")))
+    assert d.grant(out, "b")["reason"] == "failover: id-a exited (-9)"
+    [warning] = notes(out, "warning")  # the first young death of the window: a warning, with its last lines
+    assert (
+        warning
+        == "worker id-a exited (-9) after 3.0 s; last lines:\n  | Traceback (most recent call last):\n  | KeyError: 'x'"
+    )
+
+
+def test_a_lost_holder_whose_lease_ends_is_a_warning_then_the_reason() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)  # at 0: the lease ends at 17
+    d.join("b")
+    d.feed(Disconnected("a"), at=1)
+    assert d.core.waiting_for(2) == "waiting for the lease of id-a (epoch 1, lost (disconnected)) to end in 15 s"
+    out = d.feed(TimerFired(), at=18)
+    [warning] = notes(out, "warning")
+    assert warning == "failover: id-a was lost (disconnected) and its lease ended 17.0 s later"
+    assert d.grant(out, "b")["reason"] == warning
+
+
+def test_status_says_what_a_start_waits_for() -> None:
+    state = {"epoch": 17, "is_sane": True, "holder": {"identity": "child-abc-1", "epoch": 17, "token": "t"}}
+    d = Driver(state=state, now=0.0)
+    d.feed(Connected("a", identity="id-a"))
+    d.feed(Identified("a", version="1.0", pid=100))
+    assert d.core.waiting_for(12) == "waiting for the previous holder's lease (child-abc-1 epoch 17) to end in 5 s"
+    out = d.feed(TimerFired(), at=17)
+    d.feed(Ready("a"))
+    assert d.core.waiting_for(17) == "waiting for a worker to pass its health check"
+    out = d.feed(HealthReport("a", HEALTHY))
+    assert d.grant(out, "a")["reason"] == "failover: the previous holder's lease (child-abc-1 epoch 17) ended"
+    assert d.core.waiting_for(17) is None
+
+
+def test_a_failed_health_check_names_the_failing_cogs() -> None:
+    d = Driver()
+    report = {"OK": False, "percent": 50, "cogs": {"modules.utilities": True, "modules.music": False, "x": False}}
+    d.join("a", report=HEALTHY)
+    out = d.join("b", version="1.1", report=report)
+    [warning] = notes(out, "warning")
+    assert warning == (
+        "id-b (version 1.1) failed its health check: health_check_failure"
+        " (failing: modules.music, x; 50% healthy, 100% needed)"
+    )
+
+
+def test_crash_loop_names_how_many_are_left_and_quotes_the_last_lines() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=2, crash_loop_window=60))
+    d.join("a")
+    d.feed(ProcessExited("id-x", 1, uptime=0.2, tail=("boom",)), at=1)
+    out = d.feed(ProcessExited("id-y", 1, uptime=0.3, tail=("ModuleNotFoundError: No module named 'tinydep'",)), at=2)
+    [critical] = notes(out, "critical")
+    assert critical.startswith("crash loop: 2 workers lost within 60s (1 left);")
+    assert critical.endswith(
+        "Last: id-y exited (1) after 0.3 s; last lines:\n  | ModuleNotFoundError: No module named 'tinydep'"
+    )
+    assert d.core.waiting_for(2) is None  # id-a runs
+
+
+def test_only_the_first_loss_of_a_window_is_notified_until_the_crash_loop() -> None:
+    """Each crash names another worker, so the notifier could not fold them: one warning, then the crash loop."""
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=4, crash_loop_window=60))
+    said = [notes(d.feed(ProcessExited(f"id-{n}", 1, uptime=0.1, tail=("boom",)), at=n)) for n in range(4)]
+    assert [len(s) for s in said] == [1, 0, 0, 1]
+    assert said[0][0].startswith("worker id-0 exited (1) after 0.1 s") and said[3][0].startswith("crash loop: 4")
+    d = Driver(Settings(spawn_workers=True))
+    d.join("a")
+    d.feed(WorkerFailed("a", "the token was refused", "reset it"))
+    out = d.feed(ProcessExited("id-a", 1))
+    assert not any(m.startswith("worker ") for m in notes(out))  # its failure was announced (critical) already
