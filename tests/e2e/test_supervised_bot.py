@@ -205,8 +205,9 @@ async def test_a_refused_token_is_a_crash_loop_that_says_so(tmp_path: Path) -> N
 
 
 def _alerts(contents: list[str]) -> list[str]:
-    """Each posted notification without the lines the notifier puts before it (why the webhook, what was lost)."""
-    return [content.rsplit("\n", 1)[-1] for content in contents]
+    """Each posted notification's first line, without the lines the notifier puts before it (why the webhook, what
+    was lost, each in parentheses) and the worker's last lines quoted after it."""
+    return [next(line for line in content.split("\n") if not line.startswith("(")) for content in contents]
 
 
 async def test_a_refused_token_is_notified_through_the_webhook_once_per_kind(tmp_path: Path) -> None:
