@@ -96,16 +96,18 @@ class Sandbox:
         """("passed" | "failed" | "timeout", seconds, the output's tail)."""
         command = [self.python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *self.tests]
         started = time.monotonic()
-        output = subprocess.PIPE
+        pipe = subprocess.PIPE
         proc = subprocess.Popen(
-            command, cwd=self.dir, env=self.env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=self.dir, env=self.env, stdout=pipe, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole session: pytest and whatever it started
-            proc.communicate()
             return "timeout", time.monotonic() - started, ""
+        finally:
+            if proc.poll() is None:  # timed out, or we are being stopped: the whole session goes
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
         tail = output.decode(errors="replace").strip().splitlines()[-1:]
         return ("passed" if proc.returncode == 0 else "failed"), time.monotonic() - started, "".join(tail)
 
@@ -177,6 +179,7 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if not args.tests:
         raise SystemExit("--tests: which tests should catch the mutants?")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still remove the sandbox (finally)
     before = {module: (ROOT / module).read_bytes() for module in args.modules}
     sandbox = Sandbox(args.python, args.tests)
     try:
