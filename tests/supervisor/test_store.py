@@ -139,7 +139,8 @@ def test_state_round_trips_and_restores_a_supervisor(store: StateStore) -> None:
     assert store.load_state() == state
     core = Supervisor(Settings(), state=store.load_state(), now=50)
     assert (core.epoch, core.is_sane, core.last_known_good_hash) == (7, False, "ab" * 20)
-    assert core.lease is not None and (core.lease.identity, core.lease.epoch, core.lease.token) == ("child-3", 7, "t0k3n")
+    lease = core.lease
+    assert lease is not None and (lease.identity, lease.epoch, lease.token) == ("child-3", 7, "t0k3n")
 
 
 def test_nothing_saved_yet_loads_as_nothing(tmp_path: Path) -> None:
@@ -240,7 +241,7 @@ def test_prepare_creates_missing_parents_and_accepts_an_existing_directory(tmp_p
 def test_a_state_directory_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("in the way")
     store = StateStore(tmp_path / "file" / "state")
-    with pytest.raises(StateError, match="cannot create state directory .*file/state"):
+    with pytest.raises(StateError, match=r"cannot create state directory .*file/state"):
         store.prepare()
 
 
@@ -306,8 +307,41 @@ def test_the_lock_holds_against_another_process(store: StateStore) -> None:
     store.unlock()
 
 
-def test_state_json_is_readable_by_people(store: StateStore) -> None:
+def test_the_lock_file_names_only_the_current_holder(store: StateStore) -> None:
+    (store.directory / "lock").write_text("4194303\nleft by a crashed supervisor with a longer pid\n")
+    store.lock()
+    try:
+        assert (store.directory / "lock").read_text() == f"{os.getpid()}\n"
+    finally:
+        store.unlock()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_no_file_descriptor_is_leaked(store: StateStore) -> None:
+    """A supervisor writes state and cache for months: one leaked descriptor per write would end it."""
+    store.save_state({"epoch": 0})
+    before = open_fds()
+    for n in range(20):
+        store.save_state({"epoch": n})
+        store.save_cache({"n": n})
+        store.load_state()
+        store.load_cache()
+    assert open_fds() == before
+    store.lock()
+    rival = StateStore(store.directory)
+    for _ in range(20):
+        with pytest.raises(StateError):
+            rival.lock()  # a refused lock closes what it opened
+    store.unlock()
+    assert open_fds() == before
+
+
+def test_state_json_is_the_same_bytes_for_the_same_state(store: StateStore) -> None:
+    store.save_state({"is_sane": True, "epoch": 2})
+    first = store.state_path.read_bytes()
     store.save_state({"epoch": 2, "is_sane": True})
-    text = store.state_path.read_text()
-    assert json.loads(text) == {"epoch": 2, "is_sane": True}
-    assert text.index('"epoch"') < text.index('"is_sane"') and "\n" in text  # sorted keys, one per line
+    assert store.state_path.read_bytes() == first  # keys sorted: comparable across restarts and by diff
+    assert json.loads(first) == {"epoch": 2, "is_sane": True} and b"\n" in first  # for people to read
