@@ -512,3 +512,234 @@ def test_a_holder_reconnecting_during_a_stop_is_not_adopted_but_shut_down() -> N
     [hello] = [a.data for a in out if isinstance(a, Send) and a.event == "hello"]
     assert hello["process_commands"] is False  # not adopted: it drops its grant and stops processing
     assert d.cmds(out, "a2") == ["shutdown"] and d.core.lease is not None and d.core.lease.wid is None
+
+
+# -- the instant of each decision ------------------------------------------------------------------------
+# The Driver's clock is the supervisor's: a heartbeat is handled when it *arrives*, which may be well after
+# the worker sent it. The worker counts its lease (15) from the sending; we count lease + margin (17) from
+# the answer. These tests pin each decision to its instant: not a moment before, and at it.
+
+
+def holder_and_standby(renewed_at: float = 0.0) -> Driver:
+    d = Driver()
+    d.join("a")
+    d.now = renewed_at
+    d.renew("a", 1)
+    d.join("b")
+    d.feed(Disconnected("a"))  # unreachable, maybe still processing: only the lease's end frees it
+    return d
+
+
+def test_a_late_heartbeat_counts_from_its_answer_not_its_sending() -> None:
+    d = Driver()
+    d.join("a")
+    d.join("b")
+    sent_at = 10.0  # the worker's view of its lease ends at 10 + 15 = 25
+    [reply] = [x for x in d.feed(Heartbeat("a", 1), at=sent_at + 3) if isinstance(x, Reply)]  # arrives 3 s late
+    assert reply.data == {"epoch": 1, "lease": 15}
+    d.feed(Disconnected("a"), at=14)
+    assert d.core.next_deadline() == 13 + 15 + 2 == 30
+    assert d.cmds(d.feed(TimerFired(), at=29.999), "b") == []
+    out = d.feed(TimerFired(), at=30)
+    assert d.grant(out, "b")["epoch"] == 2
+    assert sent_at + 15 < 30  # the worker stopped by itself long before: P1 with room to spare
+
+
+def test_promotion_comes_exactly_when_the_lease_and_its_margin_end() -> None:
+    d = holder_and_standby(renewed_at=4)
+    assert d.core.next_deadline() == 4 + 15 + 2
+    for t in (5, 19, 20.999):
+        out = d.feed(TimerFired(), at=t)
+        assert d.cmds(out, "b") == [] and not any(isinstance(a, Persist) for a in out)
+        assert d.cmds(d.feed(Heartbeat("b", None), at=t), "b") == []
+    out = d.feed(TimerFired(), at=21)
+    assert d.grant(out, "b") == {"epoch": 2, "lease": 15, "lease_token": "token-2", "reason": "no worker running"}
+
+
+def test_a_renewal_just_in_time_moves_the_end_and_one_at_the_end_is_refused() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)  # to 17
+    d.join("b")
+    assert d.renew("a", 1) == {"epoch": 1, "lease": 15}
+    d.now = 16.999
+    assert d.renew("a", 1) == {"epoch": 1, "lease": 15}  # to 33.999
+    assert d.core.next_deadline() == pytest.approx(33.999)
+    d.now = 33.999
+    out = d.feed(Heartbeat("a", 1))
+    assert Reply({"epoch": 1, "lease": 0}) in out  # too late: on our clock the lease has just ended
+    assert d.grant(out, "b")["epoch"] == 2
+    assert Close("a", "lease expired", "id-a", hung=True) in out
+
+
+def test_a_holder_that_never_renewed_is_released_at_once_when_it_goes() -> None:
+    d = Driver()
+    d.join("a")  # granted, but it never renewed: it never processed
+    d.join("b")
+    out = d.feed(Disconnected("a"), at=1)
+    assert d.grant(out, "b")["epoch"] == 2
+
+
+def test_a_renewal_gives_the_worker_the_lease_and_keeps_the_margin_for_us() -> None:
+    d = Driver()
+    d.join("a")
+    d.now = 3
+    assert d.renew("a", 1) == {"epoch": 1, "lease": 15}
+    assert d.core.lease is not None and d.core.lease.expires == 3 + 15 + 2 and d.core.lease.confirmed
+
+
+def test_a_grant_lasts_a_whole_lease_and_margin_before_its_first_renewal() -> None:
+    d = Driver()
+    d.now = 5
+    d.join("a")
+    d.join("b")
+    assert d.core.next_deadline() == 5 + 15 + 2
+    assert d.cmds(d.feed(TimerFired(), at=21.999), "b") == []
+    out = d.feed(TimerFired(), at=22)
+    assert Close("a", "lease expired", "id-a", hung=True) in out  # granted, never renewed: fenced off
+    assert d.grant(out, "b")["epoch"] == 2
+
+
+def test_health_check_deadline_to_the_instant() -> None:
+    d = Driver()
+    d.feed(Connected("a", identity="child-1"), at=3)
+    d.feed(Identified("a", version="1.0"))
+    d.feed(Ready("a"))
+    assert d.core.next_deadline() == 23
+    assert d.cmds(d.feed(TimerFired(), at=22.999), "a") == []
+    assert d.core.clients["a"].role is Role.CHECKING
+    out = d.feed(TimerFired(), at=23)
+    assert d.cmds(out, "a") == ["shutdown"]
+    assert RollBack("health_check_timeout", "1.0", None) in out
+    assert d.core.next_deadline() is None
+
+
+def test_an_unanswered_coma_is_reported_at_the_stop_timeout_then_the_lease_decides() -> None:
+    d = Driver()
+    d.join("old", version="1.0")
+    d.renew("old", 1)
+    d.join("new", version="2.0", generation=None)  # asks old for coma at t=0; stop_timeout 8
+    assert d.core.next_deadline() == 8
+    assert not any(isinstance(a, Notify) for a in d.feed(TimerFired(), at=7.999))
+    out = d.feed(TimerFired(), at=8)
+    assert [a.level for a in out if isinstance(a, Notify)] == ["warning"]
+    assert d.core.next_deadline() == 17  # the warning once; then only the lease's end
+    assert not any(isinstance(a, Notify) for a in d.feed(TimerFired(), at=9))
+
+
+# -- after a supervisor restart ------------------------------------------------------------------------------
+def restarted_with_holder(at: float = 100.0) -> Driver:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    state = [a for a in d.actions if isinstance(a, Persist)][-1].state
+    assert state["holder"] == {"identity": "id-a", "epoch": 1, "token": "token-1"}
+    restarted = Driver(state=state, now=at)
+    restarted.now = at
+    return restarted
+
+
+def test_a_restored_holder_gets_a_whole_lease_from_the_restart() -> None:
+    d = restarted_with_holder(at=100)
+    assert d.core.next_deadline() == 100 + 15 + 2
+    d.join("b")
+    for t in (101, 115, 116.999):
+        assert d.cmds(d.feed(TimerFired(), at=t), "b") == []
+        assert d.cmds(d.feed(Heartbeat("b", None), at=t), "b") == []
+    out = d.feed(TimerFired(), at=117)
+    assert d.grant(out, "b")["epoch"] == 2
+
+
+def test_a_restored_holder_counts_as_confirmed_its_reconnect_and_drop_prove_nothing() -> None:
+    """It may have been processing all along: a drop after reconnecting is no proof it stopped."""
+    d = restarted_with_holder(at=100)
+    d.feed(Connected("a2", identity="id-a"), at=101)
+    out = d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
+    hello = next(x.data for x in out if isinstance(x, Send) and x.event == "hello")
+    assert hello["process_commands"] is True and hello["epoch"] == 1
+    d.join("b")
+    out = d.feed(Disconnected("a2"), at=102)  # before any renewal
+    assert d.cmds(out, "b") == []
+    assert d.cmds(d.feed(TimerFired(), at=116.999), "b") == []
+    assert d.grant(d.feed(TimerFired(), at=117), "b")["epoch"] == 2
+
+
+def test_a_restored_holder_renews_on_reconnecting_and_an_impostor_does_not() -> None:
+    d = restarted_with_holder(at=100)
+    d.feed(Connected("x", identity="id-a"), at=101)
+    out = d.feed(Identified("x", version="1.0", epoch=1, lease_token="guess"))
+    assert next(x.data for x in out if isinstance(x, Send) and x.event == "hello")["process_commands"] is False
+    d.feed(Connected("a2", identity="id-a"), at=105)
+    d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
+    assert d.renew("a2", 1) == {"epoch": 1, "lease": 15}
+    assert d.core.next_deadline() == 105 + 17
+
+
+def test_a_restored_lease_that_has_ended_is_not_adopted() -> None:
+    d = restarted_with_holder(at=100)
+    d.feed(Connected("a2", identity="id-a"), at=116)
+    out = d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"), at=117)
+    hello = next(x.data for x in out if isinstance(x, Send) and x.event == "hello")
+    assert hello["process_commands"] is False and hello["epoch"] == 1
+    assert d.core.lease is None  # released, and persisted so: the next promotion is epoch 2
+    assert [a.state["holder"] for a in out if isinstance(a, Persist)] == [None]
+
+
+# -- what is_sane changes is on disk -----------------------------------------------------------------------
+def persisted(out: list[Any]) -> list[dict[str, Any]]:
+    return [a.state for a in out if isinstance(a, Persist)]
+
+
+def test_a_failed_rollback_persists_is_sane_false() -> None:
+    d = Driver()
+    out = d.feed(RollbackFinished(False, "git reset failed"))
+    [state] = persisted(out)
+    assert state["is_sane"] is False
+    assert Supervisor(SETTINGS, state=state).is_sane is False  # a restart does not forget it
+    assert persisted(d.feed(RollbackFinished(True, "fine"))) == []  # success changes nothing on disk
+    assert d.core.is_sane is False
+
+
+def test_a_crash_loop_persists_is_sane_false_once() -> None:
+    d = Driver(Settings(crash_loop_losses=2, crash_loop_window=60))
+    d.feed(ProcessExited("w1", 1), at=0)
+    out = d.feed(ProcessExited("w2", 1), at=1)
+    [state] = persisted(out)
+    assert state["is_sane"] is False and Supervisor(SETTINGS, state=state).is_sane is False
+    assert persisted(d.feed(ProcessExited("w3", 1), at=2)) == []  # already insane: no second write, no alarm
+    assert [a for a in d.feed(ProcessExited("w4", 1), at=3) if isinstance(a, Notify)] == []
+
+
+def test_try_again_persists_is_sane_true() -> None:
+    d = Driver()
+    d.feed(RollbackFinished(False, "broken"))
+    d.feed(Connected("admin", identity="admin", admin=True))
+    out = d.feed(TryAgain("admin"))
+    [state] = persisted(out)
+    assert state["is_sane"] is True and Supervisor(SETTINGS, state=state).is_sane is True
+    assert Reply({"is_sane": True}) in out
+
+
+def test_a_loss_exactly_a_window_ago_no_longer_counts() -> None:
+    d = Driver(Settings(crash_loop_losses=3, crash_loop_window=60))
+    for t in (0, 59, 60):  # at 60 the loss at 0 has left the window
+        d.feed(ProcessExited(f"w{t}", 1), at=t)
+    assert d.core.is_sane is True
+    d.feed(ProcessExited("w-last", 1), at=60)
+    assert d.core.is_sane is False  # 59, 60, 60
+
+
+def test_the_persisted_state_is_complete() -> None:
+    d = Driver()
+    d.feed(DeployConfirmed("c" * 40))
+    out = d.join("a")
+    [state] = persisted(out)
+    assert state == {
+        "version": 1,
+        "epoch": 1,
+        "is_sane": True,
+        "last_known_good": "c" * 40,
+        "holder": {"identity": "id-a", "epoch": 1, "token": "token-1"},
+    }
+    restored = Supervisor(SETTINGS, state=state, now=0)
+    assert (restored.epoch, restored.last_known_good_hash) == (1, "c" * 40)
