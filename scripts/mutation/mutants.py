@@ -82,8 +82,8 @@ def _skipped(module: ast.Module) -> set[int]:
             mark(node.annotation)
         elif isinstance(node, ast.JoinedStr):
             mark(node)
-        elif isinstance(node, ast.Call) and _is_logger_call(node):
-            mark(node)
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and _is_logger_call(node.value):
+            mark(node)  # the log line, and dropping it
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             mark(node)
     return skip

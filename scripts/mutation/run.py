@@ -1,6 +1,7 @@
 """Mutation testing: plant plausible bugs one at a time and see whether the chosen tests notice.
 
-    python scripts/mutation/run.py MODULE [MODULE ...] --tests SELECTION [SELECTION ...] [options]
+    python scripts/mutation/run.py MODULE [MODULE ...] [options] --tests TEST_FILE [TEST_FILE ...]
+    python scripts/mutation/run.py MODULE [MODULE ...] [options] -- PYTEST_ARGS  (e.g. -- tests/x.py -k name)
     just mutate urban_robot/supervisor/_store.py --tests tests/supervisor/test_store.py
 
 The working tree is never touched: the repository's files are copied to a temporary directory, each
@@ -40,16 +41,22 @@ IGNORED = shutil.ignore_patterns(
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Options before ``--``; after it, pytest's own arguments (``-- tests/x.py -k name``)."""
+    argv = list(argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="+", help="source files to mutate, relative to the repository")
-    parser.add_argument("--tests", nargs="+", default=[], help="what pytest runs for each mutant (paths, -k ...)")
+    parser.add_argument("--tests", nargs="+", default=[], help="test files pytest runs for each mutant")
     parser.add_argument("--only", default="", help="mutant numbers to run, e.g. 3,17,40-45 (one module)")
     parser.add_argument("--timeout", type=float, default=0, help="seconds per mutant (default: 5 x the clean run)")
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument("--quiet", action="store_true", help="no diffs for survivors")
     parser.add_argument("--json-out", type=Path, help="write every mutant's outcome (and diff) to this file")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs pytest")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.tests = [*args.tests, *extra]
+    return args
 
 
 def numbers(spec: str) -> set[int] | None:
@@ -178,7 +185,7 @@ def main(argv: Sequence[str]) -> int:
                 print(f"#{m.number:<4} {module}:{m.line:<4} {m.kind:<10} {m.description}")
         return 0
     if not args.tests:
-        raise SystemExit("--tests: which tests should catch the mutants?")
+        raise SystemExit("which tests should catch the mutants? --tests FILE ..., or -- PYTEST_ARGS")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still remove the sandbox (finally)
     before = {module: (ROOT / module).read_bytes() for module in args.modules}
     sandbox = Sandbox(args.python, args.tests)
