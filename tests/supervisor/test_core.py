@@ -743,3 +743,48 @@ def test_the_persisted_state_is_complete() -> None:
     }
     restored = Supervisor(SETTINGS, state=state, now=0)
     assert (restored.epoch, restored.last_known_good_hash) == (1, "c" * 40)
+
+
+def test_ready_again_in_each_role_as_the_protocol_says() -> None:
+    """§5.3: a worker sends ready again after reconnecting to Discord; what that does depends on its role."""
+    d = Driver()
+    d.join("old", version="1.0")
+    d.renew("old", 1)
+    d.join("peer", version="1.0")  # an approved standby
+    d.join("sick", version="0.9", report={"OK": False, "percent": 0, "cogs": {"modules.utilities": True}})
+    out = d.feed(Ready("old"))
+    assert Reply({}) in out and d.cmds(out, "old") == ["ok"]
+    for wid, role in (("peer", Role.STANDBY), ("sick", Role.SHUTTING_DOWN)):
+        out = d.feed(Ready(wid))
+        assert out == [Reply({})] and d.core.clients[wid].role is role
+    d.join("new", version="2.0")  # old is asked for coma: stopping
+    assert d.core.clients["old"].role is Role.STOPPING
+    out = d.feed(Ready("old"))
+    assert out == [Reply({})]  # no ok: the pending coma stands
+    assert d.core.clients["old"].role is Role.STOPPING and d.renew("old", 1)["lease"] == 0
+    out = d.feed(ComaAck("old", "done"))
+    assert d.core.clients["old"].role is Role.STANDBY and d.grant(out, "new")["epoch"] == 2
+
+
+def test_coma_from_a_worker_that_holds_nothing_changes_nothing() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    d.feed(Connected("c", identity="id-c"))
+    d.feed(Identified("c", version="1.0"))
+    d.feed(Ready("c"))  # checking
+    for wid, role in (("b", Role.STANDBY), ("c", Role.CHECKING)):
+        assert d.feed(ComaAck(wid, "idle")) == [Reply({})]
+        assert d.core.clients[wid].role is role
+    assert d.core.running_client == "a" and d.renew("a", 1)["lease"] == 15
+
+
+def test_a_worker_may_say_shutdown_in_any_role_and_its_exit_is_no_crash() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=1))
+    d.feed(Connected("a", identity="id-a"))  # not even identified
+    out = d.feed(ShutdownAck("a", "leaving"))
+    assert out[-1] == Reply({}) and d.core.clients["a"].role is Role.SHUTTING_DOWN
+    out = d.feed(ProcessExited("id-a", 0))
+    assert not any(isinstance(x, Spawn) for x in out) and d.core.is_sane
+    assert "a" not in d.core.clients
