@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +28,7 @@ from urban_robot.supervisor import (
     Reply,
     RetireOlder,
     Role,
+    RoleChanged,
     RollBack,
     RollbackFinished,
     Send,
@@ -732,17 +736,96 @@ def test_a_loss_exactly_a_window_ago_no_longer_counts() -> None:
 def test_the_persisted_state_is_complete() -> None:
     d = Driver()
     d.feed(DeployConfirmed("c" * 40))
-    out = d.join("a")
-    [state] = persisted(out)
+    d.join("a")
+    d.feed(ProcessExited("id-a", -9), at=1)
+    d.join("b")
+    out = d.join("c", version="2.0")
+    d.feed(ComaAck("b", "newer"))
+    [state] = persisted(d.actions)[-1:]
     assert state == {
         "version": 1,
-        "epoch": 1,
+        "epoch": 3,
         "is_sane": True,
         "last_known_good": "c" * 40,
-        "holder": {"identity": "id-a", "epoch": 1, "token": "token-1"},
+        "holder": {"identity": "id-c", "epoch": 3, "token": "token-3"},
     }
+    assert d.cmds(out, "b") == ["coma"]
     restored = Supervisor(SETTINGS, state=state, now=0)
-    assert (restored.epoch, restored.last_known_good_hash) == (1, "c" * 40)
+    assert (restored.epoch, restored.last_known_good_hash, restored.is_sane) == (3, "c" * 40, True)
+
+
+def test_a_minimal_state_restores_as_sane_with_no_holder() -> None:
+    core = Supervisor(SETTINGS, state={"epoch": 4}, now=10)
+    assert (core.epoch, core.is_sane, core.last_known_good_hash, core.lease) == (4, True, None, None)
+
+
+def test_promotion_and_role_changes_are_announced_with_the_epoch() -> None:
+    """Observers (the deployer confirms a deploy by it, the status page) see each role change."""
+    d = Driver()
+    out = d.join("a")
+    changes = [a for a in out if isinstance(a, RoleChanged)]
+    assert changes == [
+        RoleChanged("a", "checking", "standby", None, "health check passed"),
+        RoleChanged("a", "standby", "running", 1, "no worker running"),
+    ]
+    out = d.feed(ProcessExited("id-a", 1), at=1)
+    assert [a for a in out if isinstance(a, RoleChanged)] == [
+        RoleChanged("a", "running", "gone", None, "process exited (1)")
+    ]
+
+
+def test_the_lease_token_is_not_in_a_repr() -> None:
+    d = Driver()
+    d.join("a")
+    assert d.core.lease is not None and d.core.lease.token == "token-1"
+    assert "token-1" not in repr(d.core.lease)
+
+
+def test_a_holder_that_stops_without_its_final_cache_is_reported() -> None:
+    d = Driver()
+    d.join("old", version="1.0")
+    d.renew("old", 1)
+    d.feed(CacheSync("old", {"n": 1}))
+    d.join("new", version="2.0")
+    out = d.feed(ComaAck("old", "no final cache"))
+    assert Notify("warning", "id-old stopped without a final cache; using the last one") in out
+    d.feed(CacheSync("new", {"n": 2}))
+    d.join("newer", version="3.0")
+    d.feed(CacheSync("new", {"n": 3}))  # the final one, after the coma
+    out = d.feed(ComaAck("new", "with its final cache"))
+    assert not any(isinstance(a, Notify) and a.level == "warning" for a in out)
+
+
+def test_a_version_string_has_a_length_limit() -> None:
+    d = Driver()
+    d.feed(Connected("a", identity="id-a"))
+    assert not any("error" in a.data for a in d.feed(Identified("a", version="1" * 128)) if isinstance(a, Reply))
+    d.feed(Connected("b", identity="id-b"))
+    assert d.feed(Identified("b", version="1" * 129)) == [Reply({"error": "identify needs a version string"})]
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    """docs/protocol.md §4 is normative: its timing parameters' defaults are the Settings' defaults."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = doc.split("## 4. Timing parameters", 1)[1].split("\n## ", 1)[0]
+    documented: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            documented[cells[0].split("`")[1]] = cells[1]  # "`lease` (`L`)" -> "lease"
+
+    def number(text: str) -> float:
+        return float(re.findall(r"[\d.]+", text.rsplit("=", 1)[-1])[0])
+
+    got = Settings()
+    for name in ("interval", "grace", "lease_margin", "health_timeout", "stop_timeout", "healthy_percentage"):
+        assert getattr(got, name) == number(documented[name]), name
+    assert got.lease == got.silence_limit == number(documented["lease"])
+    assert list(got.vital_cogs) == json.loads(documented["vital_cogs"].strip("`"))
+    assert got.shutdown_if_outdated is (documented["shutdown_if_outdated"] == "true")
+    assert got.max_message == number(documented["max_message"]) * 2**20
+    losses, window = documented["crash_loop_losses"].split(",")
+    assert (got.crash_loop_losses, got.crash_loop_window) == (number(losses), number(window))
 
 
 def test_ready_again_in_each_role_as_the_protocol_says() -> None:
