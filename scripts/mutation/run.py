@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import json
 import os
 import shutil
@@ -35,6 +36,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mutants import Mutant, mutants
 
 ROOT = Path(__file__).resolve().parents[2]
+# Imported once by the runner, then shared by every forked test run: most of pytest's start-up time.
+# Never the project's own packages: each run must import the mutated module afresh.
+PRELOAD = (
+    "pytest",
+    "_pytest.python",
+    "trio",
+    "trio.testing",
+    "pytest_trio",
+    "hypothesis",
+    "hypothesis.stateful",
+    "attrs",
+    "httpx",
+    "h11",
+    "wsproto",
+    "trio_websocket",
+    "packaging.version",
+    "socketio",
+    "engineio",
+    "aiohttp",
+    "prometheus_client",
+)
 IGNORED = shutil.ignore_patterns(
     ".git", ".venv", "node_modules", "__pycache__", ".hypothesis", ".pytest_cache", ".mypy_cache", ".ruff_cache"
 )
@@ -53,7 +75,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list the mutants and stop")
     parser.add_argument("--quiet", action="store_true", help="no diffs for survivors")
     parser.add_argument("--json-out", type=Path, help="write every mutant's outcome (and diff) to this file")
-    parser.add_argument("--python", default=sys.executable, help="the interpreter that runs pytest")
+    parser.add_argument(
+        "--no-fork",
+        action="store_true",
+        help="start a new interpreter per mutant instead of forking one that imported the libraries already",
+    )
     args = parser.parse_args(argv)
     args.tests = [*args.tests, *extra]
     return args
@@ -79,29 +105,46 @@ def diff(path: str, before: str, after: str) -> str:
 class Sandbox:
     """A copy of the repository where mutants are written and tests run."""
 
-    def __init__(self, python: str, tests: list[str]) -> None:
+    def __init__(self, tests: list[str], *, fork: bool) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="urban-robot-mutation-"))
         shutil.copytree(ROOT, self.dir, ignore=IGNORED, dirs_exist_ok=True, symlinks=True)
-        self.python = python
         self.tests = tests
-        self.env = os.environ | {
+        self.fork = fork
+        self.extra = {
             "PYTHONPATH": str(self.dir),
             # A mutant of the same size written within the same second would otherwise reuse stale bytecode.
             "PYTHONDONTWRITEBYTECODE": "1",
             "HYPOTHESIS_PROFILE": "mutation",
         }
+        self.env = os.environ | self.extra
+        if fork:
+            for name in PRELOAD:
+                try:
+                    importlib.import_module(name)
+                except ImportError:
+                    pass  # not installed here: the forked run imports what it needs
 
     def check_imports_copy(self, module: str) -> None:
         name = module.removesuffix(".py").replace("/", ".")
         code = f"import {name} as m; print(m.__file__)"
-        out = subprocess.run([self.python, "-c", code], cwd=self.dir, env=self.env, capture_output=True, text=True)
-        where = Path(out.stdout.strip()).resolve()
+        if self.fork:
+            out = self._forked(lambda: exec(code, {}) or 0, timeout=60)[2]
+        else:
+            run = subprocess.run([sys.executable, "-c", code], cwd=self.dir, env=self.env, capture_output=True)
+            out = run.stdout.decode() + run.stderr.decode()
+        where = Path(out.strip().splitlines()[-1] if out.strip() else "?").resolve()
         if where != (self.dir / module).resolve():
-            raise SystemExit(f"the sandbox imports {name} from {where or out.stderr}, not from its copy: giving up")
+            raise SystemExit(f"the sandbox imports {name} from {where} ({out[-300:]}), not from its copy: giving up")
 
     def pytest(self, timeout: float) -> tuple[str, float, str]:
         """("passed" | "failed" | "timeout", seconds, the output's tail)."""
-        command = [self.python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *self.tests]
+        args = ["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *self.tests]
+        if self.fork:
+            import pytest
+
+            outcome, seconds, text = self._forked(lambda: int(pytest.main(args)), timeout)
+            return outcome, seconds, "".join(text.strip().splitlines()[-1:])
+        command = [sys.executable, "-m", "pytest", *args]
         started = time.monotonic()
         pipe = subprocess.PIPE
         proc = subprocess.Popen(
@@ -117,6 +160,52 @@ class Sandbox:
                 proc.communicate()
         tail = output.decode(errors="replace").strip().splitlines()[-1:]
         return ("passed" if proc.returncode == 0 else "failed"), time.monotonic() - started, "".join(tail)
+
+    def _forked(self, run: Any, timeout: float) -> tuple[str, float, str]:
+        """``run()`` in a forked child inside the sandbox: its exit code decides, its output is kept."""
+        output = self.dir / ".mutation-output"
+        sys.stdout.flush()
+        sys.stderr.flush()
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 99
+            try:
+                os.setsid()  # its own process group, so that a time-out takes whatever it started too
+                fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.chdir(self.dir)
+                os.environ.update(self.extra)
+                sys.path.insert(0, str(self.dir))
+                sys.dont_write_bytecode = True
+                code = run()
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        status: int | None = None
+        try:
+            deadline = started + timeout
+            while status is None and time.monotonic() < deadline:
+                done, code = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = code
+                else:
+                    time.sleep(0.02)
+        finally:
+            if status is None:  # timed out, or we are being stopped: the whole group goes
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        seconds = time.monotonic() - started
+        text = output.read_text(errors="replace") if output.exists() else ""
+        if status is None:
+            return "timeout", seconds, text
+        return ("passed" if os.waitstatus_to_exitcode(status) == 0 else "failed"), seconds, text
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -188,7 +277,7 @@ def main(argv: Sequence[str]) -> int:
         raise SystemExit("which tests should catch the mutants? --tests FILE ..., or -- PYTEST_ARGS")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: still remove the sandbox (finally)
     before = {module: (ROOT / module).read_bytes() for module in args.modules}
-    sandbox = Sandbox(args.python, args.tests)
+    sandbox = Sandbox(args.tests, fork=not args.no_fork)
     try:
         for module in args.modules:
             sandbox.check_imports_copy(module)
