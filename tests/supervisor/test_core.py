@@ -549,6 +549,17 @@ def test_a_late_heartbeat_counts_from_its_answer_not_its_sending() -> None:
     assert sent_at + 15 < 30  # the worker stopped by itself long before: P1 with room to spare
 
 
+def test_a_lost_holder_is_announced_and_shown_as_not_connected() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    out = d.feed(Disconnected("a"), at=1)
+    assert Notify("warning", "running worker id-a lost (disconnected); failing over when its lease ends") in out
+    assert d.core.running_client is None  # the status page shows no connected holder ...
+    assert d.core.lease is not None and d.core.lease.identity == "id-a"  # ... while its lease still stands
+
+
 def test_promotion_comes_exactly_when_the_lease_and_its_margin_end() -> None:
     d = holder_and_standby(renewed_at=4)
     assert d.core.next_deadline() == 4 + 15 + 2
@@ -847,6 +858,23 @@ def test_ready_again_in_each_role_as_the_protocol_says() -> None:
     assert d.core.clients["old"].role is Role.STOPPING and d.renew("old", 1)["lease"] == 0
     out = d.feed(ComaAck("old", "done"))
     assert d.core.clients["old"].role is Role.STANDBY and d.grant(out, "new")["epoch"] == 2
+
+
+def test_ready_clients_are_the_logged_in_ones() -> None:
+    """The seeds' view: every worker logged in to Discord that is not on its way out."""
+    d = Driver()
+    d.join("run", version="1.0")
+    d.renew("run", 1)
+    d.join("spare", version="1.0")
+    d.join("sick", report={"OK": False, "percent": 0, "cogs": {"modules.utilities": True}})
+    d.feed(Connected("new", identity="id-new"))
+    assert set(d.core.ready_clients) == {"run", "spare"}
+    d.feed(Identified("new", version="2.0"))
+    d.feed(Ready("new"))  # checking
+    assert set(d.core.ready_clients) == {"run", "spare", "new"}
+    d.feed(HealthReport("new", HEALTHY))  # run is asked for coma: stopping
+    assert d.core.clients["run"].role is Role.STOPPING
+    assert set(d.core.ready_clients) == {"run", "spare", "new"}
 
 
 def test_coma_from_a_worker_that_holds_nothing_changes_nothing() -> None:
