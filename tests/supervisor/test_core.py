@@ -899,3 +899,18 @@ def test_a_worker_may_say_shutdown_in_any_role_and_its_exit_is_no_crash() -> Non
     out = d.feed(ProcessExited("id-a", 0))
     assert not any(isinstance(x, Spawn) for x in out) and d.core.is_sane
     assert "a" not in d.core.clients
+
+
+def test_a_holder_reconnecting_before_its_old_connection_is_noticed_replaces_it() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.feed(Connected("a2", identity="id-a"), at=1)  # its old connection has not dropped yet, as far as we know
+    out = d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
+    assert RoleChanged("a", "running", "gone", None, "replaced") in out
+    assert Close("a", "replaced by a newer connection") in out
+    assert "a" not in d.core.clients and d.core.running_client == "a2"
+    assert not any(isinstance(x, Notify) for x in out)  # its own connection: no loss, no alarm
+    assert d.renew("a2", 1) == {"epoch": 1, "lease": 15}
+    out = d.feed(ComaAck("a2", "stopped by itself"), at=2)
+    assert d.grant(out, "a2")["epoch"] == 2  # adopted means approved: it may be promoted again at once
