@@ -577,10 +577,10 @@ def test_a_renewal_just_in_time_moves_the_end_and_one_at_the_end_is_refused() ->
     d.renew("a", 1)  # to 17
     d.join("b")
     assert d.renew("a", 1) == {"epoch": 1, "lease": 15}
-    d.now = 16.999
-    assert d.renew("a", 1) == {"epoch": 1, "lease": 15}  # to 33.999
-    assert d.core.next_deadline() == pytest.approx(33.999)
-    d.now = 33.999
+    d.now = 16.5
+    assert d.renew("a", 1) == {"epoch": 1, "lease": 15}  # to 33.5
+    assert d.core.next_deadline() == 33.5
+    d.now = 33.5
     out = d.feed(Heartbeat("a", 1))
     assert Reply({"epoch": 1, "lease": 0}) in out  # too late: on our clock the lease has just ended
     assert d.grant(out, "b")["epoch"] == 2
@@ -686,6 +686,7 @@ def test_a_restored_holder_renews_on_reconnecting_and_an_impostor_does_not() -> 
     assert next(x.data for x in out if isinstance(x, Send) and x.event == "hello")["process_commands"] is False
     d.feed(Connected("a2", identity="id-a"), at=105)
     d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
+    assert d.core.clients["a2"].role is Role.RUNNING and d.core.running_client == "a2"
     assert d.renew("a2", 1) == {"epoch": 1, "lease": 15}
     assert d.core.next_deadline() == 105 + 17
 
@@ -914,3 +915,101 @@ def test_a_holder_reconnecting_before_its_old_connection_is_noticed_replaces_it(
     assert d.renew("a2", 1) == {"epoch": 1, "lease": 15}
     out = d.feed(ComaAck("a2", "stopped by itself"), at=2)
     assert d.grant(out, "a2")["epoch"] == 2  # adopted means approved: it may be promoted again at once
+
+
+# -- the Health Check Spec, to the letter (P4) -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("report", "verdict"),
+    [
+        ({"OK": True, "cogs": {"modules.utilities": True, "modules.fun": "yes"}}, "health_check_malformed"),
+        ({"OK": True, "cogs": ["modules.utilities"]}, "health_check_malformed"),
+        ({"OK": False, "percent": 101, "cogs": {"modules.utilities": True}}, "health_check_malformed"),
+        ({"OK": False, "percent": -1, "cogs": {"modules.utilities": True}}, "health_check_malformed"),
+        ({"OK": False, "percent": "99", "cogs": {"modules.utilities": True}}, "health_check_malformed"),
+        ({"OK": False, "percent": 0, "cogs": {"modules.utilities": True}}, "health_check_failure"),
+        ({"OK": False, "percent": 0.5, "cogs": {"modules.utilities": True}}, "health_check_failure"),
+        ({"OK": False, "percent": 100}, "vital_cog_failed"),  # not OK, and no word on the vital cogs
+        ({"OK": False, "percent": 79.9, "cogs": {"modules.utilities": True}}, "health_check_failure"),
+        ({"OK": False, "percent": 80, "cogs": {"modules.utilities": True}}, None),  # the threshold passes
+        ({"OK": False, "percent": 100, "cogs": {"modules.utilities": True}}, None),
+        ({"OK": True}, None),  # OK and no cogs named: nothing contradicts it
+    ],
+)
+def test_health_verdicts(report: Any, verdict: str | None) -> None:
+    d = Driver(Settings(healthy_percentage=80))
+    d.feed(Connected("a", identity="id-a"))
+    d.feed(Identified("a", version="1.0"))
+    d.feed(Ready("a"))
+    out = d.feed(HealthReport("a", report))
+    assert out[0] == Reply({})
+    if verdict is None:
+        assert d.cmds(out, "a") == ["process_commands"]
+    else:
+        shutdown = [x.data["d"] for x in out if isinstance(x, Send) and x.wid == "a"]
+        assert shutdown == [{"reason": verdict, "cache_sync": False}]
+        assert Notify("warning", f"id-a (version 1.0) failed its health check: {verdict}") in out
+
+
+def test_a_failed_check_of_code_no_newer_than_the_holders_asks_for_no_rollback() -> None:
+    sick = {"OK": False, "percent": 10, "cogs": {"modules.utilities": True}}
+    d = Driver()
+    d.join("a", version="1.0")
+    d.renew("a", 1)
+    out = d.join("b", version="1.0", report=sick)  # a replacement of the running code, not a deploy
+    assert d.cmds(out, "b") == ["shutdown"] and not any(isinstance(x, RollBack) for x in out)
+    out = d.join("c", version="1.1", report=sick)
+    assert RollBack("health_check_failure", "1.1", None) in out
+
+
+# -- caches reach whoever is promoted (P3) -----------------------------------------------------------------
+def test_a_worker_that_missed_the_fan_out_gets_the_cache_before_its_grant() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.feed(Connected("b", identity="id-b"))
+    d.feed(Identified("b", version="1.0"))  # logging in to Discord: no fan-out to it yet
+    d.feed(CacheSync("a", {"n": 1}), at=1)
+    d.feed(Ready("b"))
+    d.feed(HealthReport("b", HEALTHY))
+    out = d.feed(ProcessExited("id-a", -9), at=2)
+    sends = [(x.event, x.data) for x in out if isinstance(x, Send) and x.wid == "b"]
+    assert sends[0] == ("cache_sync", {"cache": {"n": 1}}) and sends[1][1]["t"] == "process_commands"
+
+
+def test_a_holder_promoted_again_is_not_sent_its_own_cache() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.feed(CacheSync("a", {"n": 1}))
+    out = d.feed(ComaAck("a", "stopped by itself"), at=1)  # unasked; still the newest: promoted again
+    assert d.grant(out, "a")["epoch"] == 2
+    assert not any(isinstance(x, Send) and x.event == "cache_sync" for x in out)
+
+
+# -- forgetting ------------------------------------------------------------------------------------------------
+def test_a_silent_standby_is_never_promoted() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    d.feed(HeartbeatSilence("b"), at=15)  # its connection is being closed; the disconnect may come later
+    assert "b" not in d.core.clients
+    out = d.feed(ProcessExited("id-a", -9), at=16)
+    assert d.cmds(out, "b") == [] and d.core.lease is None
+
+
+def test_an_admin_that_left_can_no_longer_say_try_again() -> None:
+    d = Driver()
+    d.feed(RollbackFinished(False, "broken"))
+    d.feed(Connected("admin", identity="admin", admin=True))
+    d.feed(Disconnected("admin"))
+    assert d.feed(TryAgain("admin")) == [Reply({"error": "try_again needs the admin credential"})]
+    assert d.core.is_sane is False
+
+
+def test_an_identity_asked_to_leave_counts_again_once_it_has_exited() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=10))
+    d.join("a", report={"OK": False, "percent": 0, "cogs": {"modules.utilities": True}})  # asked to shut down
+    assert not any(isinstance(x, Spawn) for x in d.feed(ProcessExited("id-a", 0)))
+    out = d.feed(ProcessExited("id-a", 1), at=5)  # the same identity, started again, crashing this time
+    assert any(isinstance(x, Spawn) for x in out) and d.core.losses == [5]
