@@ -1013,3 +1013,60 @@ def test_an_identity_asked_to_leave_counts_again_once_it_has_exited() -> None:
     assert not any(isinstance(x, Spawn) for x in d.feed(ProcessExited("id-a", 0)))
     out = d.feed(ProcessExited("id-a", 1), at=5)  # the same identity, started again, crashing this time
     assert any(isinstance(x, Spawn) for x in out) and d.core.losses == [5]
+
+
+# -- operator actions and deploys ----------------------------------------------------------------------------
+def test_try_again_forgets_the_old_losses_and_says_so() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=3, crash_loop_window=60))
+    for t in (0, 1, 2):
+        d.feed(ProcessExited(f"w{t}", 1), at=t)
+    assert d.core.is_sane is False
+    d.join("a")  # a worker is connected: try_again asks for no spawn of its own
+    d.feed(Connected("admin", identity="admin", admin=True))
+    out = d.feed(TryAgain("admin"), at=3)
+    assert Notify("info", "try_again: deploying and spawning resumed") in out
+    assert not any(isinstance(x, Spawn) for x in out)
+    d.feed(ProcessExited("w3", 1), at=4)  # one more loss within the window is not a crash loop again
+    assert d.core.is_sane is True
+
+
+def test_try_again_without_a_process_manager_spawns_nothing() -> None:
+    d = Driver(Settings(spawn_workers=False))
+    d.feed(Connected("admin", identity="admin", admin=True))
+    assert not any(isinstance(x, Spawn) for x in d.feed(TryAgain("admin")))
+
+
+def test_deploy_outcomes_are_announced() -> None:
+    d = Driver()
+    out = d.feed(DeployConfirmed("0123456789abcdef" * 2))
+    assert Notify("info", "deployed 0123456789ab: it is the last known good commit now") in out
+    out = d.feed(RollbackFinished(True, "HEAD verified"))
+    assert out == [Notify("info", f"rolled back to {'0123456789abcdef' * 2}: HEAD verified")]
+
+
+def test_only_waiting_workers_of_older_generations_retire() -> None:
+    d = Driver()
+    d.join("old", generation=1)
+    d.renew("old", 1)
+    d.join("spare-old", generation=1)
+    d.join("external", generation=None)  # not spawned by us: no generation to compare
+    d.join("new", generation=2)
+    d.join("spare-new", generation=2)
+    d.feed(ComaAck("old", "newer generation"))
+    assert d.core.running_client == "new"
+    out = d.feed(RetireOlder(2))
+    shut = {x.wid: x.data["d"] for x in out if isinstance(x, Send) and x.data.get("t") == "shutdown"}
+    assert shut == {
+        "old": {"reason": "outdated: generation 2 runs now", "cache_sync": False},
+        "spare-old": {"reason": "outdated: generation 2 runs now", "cache_sync": False},
+    }
+
+
+def test_a_fenced_holder_is_forgotten() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    out = d.feed(TimerFired(), at=17)
+    assert Close("a", "lease expired", "id-a", hung=True) in out
+    assert "a" not in d.core.clients and d.core.running_client == "b"
