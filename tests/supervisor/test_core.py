@@ -101,6 +101,7 @@ def test_first_healthy_worker_runs_after_its_check_and_renewal() -> None:
     assert d.cmds(d.feed(Ready("a")), "a") == ["health_check"]
     out = d.feed(HealthReport("a", HEALTHY))
     assert d.grant(out, "a") == {"epoch": 1, "lease": 15, "lease_token": "token-1", "reason": "no worker running"}
+    assert Notify("info", "child-1 (version 1.0) is running, epoch 1: no worker running") in out
     persist = [a for a in out if isinstance(a, Persist)]
     assert persist and persist[0].state["epoch"] == 1
     assert out.index(persist[0]) < next(i for i, a in enumerate(out) if isinstance(a, Send) and a.event == "cmd")
@@ -162,7 +163,7 @@ def test_newer_version_takes_over_with_the_final_cache() -> None:
     out = d.join("new", version="0.0.10")  # PEP 440: 0.0.10 is newer than 0.0.9
     assert d.cmds(out, "old") == ["coma"]
     coma = next(a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.event == "cmd")
-    assert coma["cache_sync"] is True
+    assert coma == {"reason": "newer version 0.0.10 takes over", "cache_sync": True}
     assert d.cmds(out, "new") == []  # not before the old one stopped
     assert d.renew("old", 1)["lease"] == 0  # a stopping holder gets no renewal
     out = d.feed(CacheSync("old", {"reminders": [1, 2]}))
