@@ -60,7 +60,8 @@ def test_a_write_is_synced_then_renamed_then_the_directory_synced(store: StateSt
     disk = DiskLog(monkeypatch)
     store.save_state({"epoch": 3})
     data = store.state_path.read_bytes()
-    tmp = f".state.json.{os.getpid()}.tmp"
+    tmp = disk.calls[0][1]
+    assert tmp.startswith(".state.json.") and tmp.endswith(".tmp")
     assert disk.calls == [
         ("fsync", tmp, str(len(data))),  # the whole content is on disk before the rename makes it visible
         ("replace", tmp, "state.json"),
