@@ -99,7 +99,7 @@ def test_precedence_for_several_keys(tmp_path: Path, bot: Path) -> None:
 
 def test_each_layer_alone_sets_a_worker_setting(tmp_path: Path, bot: Path) -> None:
     base = {"HELIUM_PATH": str(bot), "BOT_TOKEN": TOKEN}
-    assert options(tmp_path, env=base).settings.interval == 30.0
+    assert options(tmp_path, env=base).settings.interval == 1.0
     write(tmp_path / ".env", "URBAN_ROBOT_WORKERS_INTERVAL=11\n")
     assert options(tmp_path, env=base).settings.interval == 11.0
     write(tmp_path / "urban-robot.toml", "[workers]\ninterval = 12\n")

@@ -372,6 +372,21 @@ KEYS: tuple[Key, ...] = (
         "seconds a new worker has to pass its health check",
     ),
     Key(
+        "workers.frozen_limit",
+        "URBAN_ROBOT_WORKERS_FROZEN_LIMIT",
+        _seconds,
+        None,
+        "seconds a child may be silent while the kernel reports its process stopped before it is killed"
+        " (unset: interval + 1.5)",
+    ),
+    Key(
+        "workers.hang_limit",
+        "URBAN_ROBOT_WORKERS_HANG_LIMIT",
+        _seconds,
+        None,
+        "seconds a child may be silent, stopped or not, before it is killed (unset: interval + 7)",
+    ),
+    Key(
         "workers.gateway_down_limit",
         "URBAN_ROBOT_WORKERS_GATEWAY_DOWN_LIMIT",
         _non_negative_seconds,
@@ -736,6 +751,8 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         lease_margin=values["workers.lease_margin"],
         health_timeout=values["workers.health_timeout"],
         gateway_down_limit=values["workers.gateway_down_limit"],
+        frozen_limit=values["workers.frozen_limit"],
+        hang_limit=values["workers.hang_limit"],
         crash_loop_losses=values["workers.crash_loop_losses"],
         crash_loop_window=values["workers.crash_loop_window"],
         max_connections=values["max_connections"],

@@ -49,7 +49,7 @@ from urban_robot.testing.traffic import InProcess, Item, Profile, Traffic, Verdi
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "discord_bot"
 SELF_TEST_BOT = Path(__file__).with_name("every_entry_point")
-ADMIN = "e2e-admin-token"
+ADMIN = "e2e-admin-token-0123456789"
 STATUS_EVERY = 0.1
 T = TypeVar("T")
 
