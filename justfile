@@ -52,3 +52,7 @@ chaos SECONDS="600" *ARGS:
 # Fuzz the codecs and the HTTP/WebSocket edge with URBAN_ROBOT_FUZZ_SCALE (20) times CI's example counts.
 fuzz:
     HYPOTHESIS_PROFILE=chaos {{python}} -m pytest -q -p no:cacheprovider tests/web/test_fuzz_edge.py tests/engineio/test_packets.py tests/socketio/test_packets.py
+
+# Mutation testing: plant bugs one at a time in MODULE(s) and run --tests SELECTION on each (scripts/mutation).
+mutate *ARGS:
+    {{python}} scripts/mutation/run.py {{ARGS}}

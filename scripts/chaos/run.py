@@ -307,7 +307,7 @@ api_url = "{self.discord.url}"
 [secrets]
 bot_token = "{DEFAULT_TOKEN if self.fake else "chaos-bot-token"}"
 webhook_secret = "{SECRET.decode()}"
-admin_token = "chaos-admin-token"
+admin_token = "chaos-admin-token-0123456789"
 """
         )
         env = dict(os.environ)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +29,7 @@ from urban_robot.supervisor import (
     Reply,
     RetireOlder,
     Role,
+    RoleChanged,
     RollBack,
     RollbackFinished,
     Send,
@@ -35,7 +39,9 @@ from urban_robot.supervisor import (
     Stopping,
     Supervisor,
     TimerFired,
+    TopUp,
     TryAgain,
+    WorkerFailed,
     version_key,
 )
 
@@ -98,6 +104,7 @@ def test_first_healthy_worker_runs_after_its_check_and_renewal() -> None:
     assert d.cmds(d.feed(Ready("a")), "a") == ["health_check"]
     out = d.feed(HealthReport("a", HEALTHY))
     assert d.grant(out, "a") == {"epoch": 1, "lease": 15, "lease_token": "token-1", "reason": "no worker running"}
+    assert Notify("info", "child-1 (version 1.0) is running, epoch 1: no worker running") in out
     persist = [a for a in out if isinstance(a, Persist)]
     assert persist and persist[0].state["epoch"] == 1
     assert out.index(persist[0]) < next(i for i, a in enumerate(out) if isinstance(a, Send) and a.event == "cmd")
@@ -128,7 +135,8 @@ def test_failed_health_check_shuts_the_candidate_down_and_asks_for_rollback(repo
     d.renew("old", 1)
     out = d.join("new", version="1.1", report=report)
     assert d.cmds(out, "new") == ["shutdown"]
-    assert RollBack(reason, "1.1", None) in out
+    [rollback] = [a for a in out if isinstance(a, RollBack)]
+    assert (rollback.reason, rollback.version, rollback.generation) == (reason, "1.1", None)
     assert d.cmds(out, "old") == []  # the running worker keeps running throughout
     assert d.core.running_client == "old"
     assert d.core.clients["new"].role is Role.SHUTTING_DOWN
@@ -160,7 +168,7 @@ def test_newer_version_takes_over_with_the_final_cache() -> None:
     out = d.join("new", version="0.0.10")  # PEP 440: 0.0.10 is newer than 0.0.9
     assert d.cmds(out, "old") == ["coma"]
     coma = next(a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.event == "cmd")
-    assert coma["cache_sync"] is True
+    assert coma == {"reason": "hand-over to 0.0.10 (id-new)", "cache_sync": True}
     assert d.cmds(out, "new") == []  # not before the old one stopped
     assert d.renew("old", 1)["lease"] == 0  # a stopping holder gets no renewal
     out = d.feed(CacheSync("old", {"reminders": [1, 2]}))
@@ -288,9 +296,16 @@ def test_silent_child_is_killed_and_its_lease_released_only_by_its_exit(
     assert d.now == fenced_at and (probes == 1 if kernel_says_stopped else probes == 6)  # at 2.5, then each second
     assert Close("a", reason, "id-a", hung=True) in out  # the process manager SIGKILLs it
     assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.wid is None
-    assert any(isinstance(a, Notify) and "failing over once its process exits" in a.message for a in out)
+    # No word yet (issue 12): the exit a moment later ends the lease, and the promotion says why.
+    assert not any(isinstance(a, Notify) for a in out)
     out = d.feed(ProcessExited("id-a", -9), at=fenced_at + 0.01)  # waitpid: the kill is confirmed
-    assert d.grant(out, "b")["epoch"] == 2 and Spawn("replace id-a: exited (-9)") in out
+    assert d.grant(out, "b") == {
+        "epoch": 2,
+        "lease": 10,
+        "lease_token": "token-2",
+        "reason": "failover: id-a exited (-9)",
+    }
+    assert Spawn("replace id-a: exited (-9)") in out
 
 
 def test_a_child_blocked_for_five_seconds_is_probed_but_not_fenced() -> None:
@@ -442,7 +457,7 @@ def test_crash_loop_stops_spawning_until_try_again() -> None:
     assert any(isinstance(a, Notify) and a.level == "critical" and "crash loop" in a.message for a in d.actions)
     d.feed(Connected("admin", identity="admin", admin=True))
     out = d.feed(TryAgain("admin"), at=40)
-    assert d.core.is_sane is True and any(isinstance(a, Spawn) for a in out)
+    assert d.core.is_sane is True and TopUp("try_again") in out  # one running plus the standbys, at once
 
 
 def test_crash_loop_detection_can_be_turned_off() -> None:
@@ -597,3 +612,688 @@ def test_a_holder_reconnecting_during_a_stop_is_not_adopted_but_shut_down() -> N
     [hello] = [a.data for a in out if isinstance(a, Send) and a.event == "hello"]
     assert hello["process_commands"] is False  # not adopted: it drops its grant and stops processing
     assert d.cmds(out, "a2") == ["shutdown"] and d.core.lease is not None and d.core.lease.wid is None
+
+
+# -- the instant of each decision ------------------------------------------------------------------------
+# The Driver's clock is the supervisor's: a heartbeat is handled when it *arrives*, which may be well after
+# the worker sent it. The worker counts its lease (15) from the sending; we count lease + margin (17) from
+# the answer. These tests pin each decision to its instant: not a moment before, and at it.
+
+
+def holder_and_standby(renewed_at: float = 0.0) -> Driver:
+    d = Driver()
+    d.join("a")
+    d.now = renewed_at
+    d.renew("a", 1)
+    d.join("b")
+    d.feed(Disconnected("a"))  # unreachable, maybe still processing: only the lease's end frees it
+    return d
+
+
+def test_a_late_heartbeat_counts_from_its_answer_not_its_sending() -> None:
+    d = Driver()
+    d.join("a")
+    d.join("b")
+    d.feed(Heartbeat("b"), at=10)  # the standby heartbeats every interval (10 s): its silence comes later
+    sent_at = 10.0  # the worker's view of its lease ends at 10 + 15 = 25
+    [reply] = [x for x in d.feed(Heartbeat("a", 1), at=sent_at + 3) if isinstance(x, Reply)]  # arrives 3 s late
+    assert reply.data == {"epoch": 1, "lease": 15}
+    d.feed(Disconnected("a"), at=14)
+    d.feed(Heartbeat("b"), at=20)
+    assert d.core.next_deadline() == 13 + 15 + 2 == 30
+    assert d.cmds(d.feed(TimerFired(), at=29.999), "b") == []
+    out = d.feed(TimerFired(), at=30)
+    assert d.grant(out, "b")["epoch"] == 2
+    assert sent_at + 15 < 30  # the worker stopped by itself long before: P1 with room to spare
+
+
+def test_a_lost_holder_is_shown_as_not_connected_and_waited_for() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    out = d.feed(Disconnected("a"), at=1)
+    assert not any(isinstance(a, Notify) for a in out)  # no word yet (issue 12): its exit or its lease's end says it
+    assert d.core.running_client is None  # the status page shows no connected holder ...
+    assert d.core.lease is not None and d.core.lease.identity == "id-a"  # ... while its lease still stands
+    assert d.core.waiting_for(1) == "waiting for the lease of id-a (epoch 1, lost (disconnected)) to end in 16 s"
+
+
+def test_promotion_comes_exactly_when_the_lease_and_its_margin_end() -> None:
+    d = holder_and_standby(renewed_at=4)
+    assert d.core.lease is not None and d.core.lease.expires == 4 + 15 + 2
+    for t in (5, 19, 20.999):
+        out = d.feed(TimerFired(), at=t)
+        assert d.cmds(out, "b") == [] and not any(isinstance(a, Persist) for a in out)
+        assert d.cmds(d.feed(Heartbeat("b", None), at=t), "b") == []
+    assert d.core.next_deadline() == 21  # the lease's end, not b's silence (heard at 20.999)
+    out = d.feed(TimerFired(), at=21)
+    reason = "failover: id-a was lost (disconnected) and its lease ended 17.0 s later"
+    assert d.grant(out, "b") == {"epoch": 2, "lease": 15, "lease_token": "token-2", "reason": reason}
+
+
+def test_a_renewal_just_in_time_moves_the_end_and_one_at_the_end_is_refused() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)  # to 17
+    d.join("b")
+    assert d.renew("a", 1) == {"epoch": 1, "lease": 15}
+    d.feed(Heartbeat("b"), at=10)
+    d.now = 16.5
+    assert d.renew("a", 1) == {"epoch": 1, "lease": 15}  # to 33.5
+    d.feed(Heartbeat("b"), at=20)
+    d.feed(CacheSync("a", {"n": 1}), at=30)  # it talks, so its silence (15 s) does not fence it first
+    d.feed(Heartbeat("b"), at=30)
+    assert d.core.next_deadline() == 33.5
+    d.now = 33.5
+    out = d.feed(Heartbeat("a", 1))
+    assert Reply({"epoch": 1, "lease": 0}) in out  # too late: on our clock the lease has just ended
+    assert d.grant(out, "b")["epoch"] == 2
+    assert Close("a", "lease expired", "id-a", hung=True) in out
+
+
+def test_a_holder_that_never_renewed_is_released_at_once_when_it_goes() -> None:
+    d = Driver()
+    d.join("a")  # granted, but it never renewed: it never processed
+    d.join("b")
+    out = d.feed(Disconnected("a"), at=1)
+    assert d.grant(out, "b")["epoch"] == 2
+
+
+def test_a_renewal_gives_the_worker_the_lease_and_keeps_the_margin_for_us() -> None:
+    d = Driver()
+    d.join("a")
+    d.now = 3
+    assert d.renew("a", 1) == {"epoch": 1, "lease": 15}
+    assert d.core.lease is not None and d.core.lease.expires == 3 + 15 + 2 and d.core.lease.confirmed
+
+
+def test_a_grant_lasts_a_whole_lease_and_margin_before_its_first_renewal() -> None:
+    d = Driver()
+    d.now = 5
+    d.join("a")
+    d.join("b")
+    assert d.core.lease is not None and d.core.lease.expires == 5 + 15 + 2
+    for wid in ("a", "b"):  # the grant never reached a: it heartbeats as a standby would, without the epoch
+        d.feed(Heartbeat(wid), at=15)
+    assert d.core.next_deadline() == 5 + 15 + 2
+    assert d.cmds(d.feed(TimerFired(), at=21.999), "b") == []
+    out = d.feed(TimerFired(), at=22)
+    assert Close("a", "lease expired", "id-a", hung=True) in out  # granted, never renewed: fenced off
+    assert d.grant(out, "b")["epoch"] == 2
+
+
+def test_health_check_deadline_to_the_instant() -> None:
+    d = Driver()
+    d.feed(Connected("a", identity="child-1"), at=3)
+    d.feed(Identified("a", version="1.0"))
+    d.feed(Ready("a"))
+    d.feed(Heartbeat("a"), at=13)  # alive, checking itself: its silence would come at 28
+    assert d.core.next_deadline() == 23
+    assert d.cmds(d.feed(TimerFired(), at=22.999), "a") == []
+    assert d.core.clients["a"].role is Role.CHECKING
+    out = d.feed(TimerFired(), at=23)
+    assert d.cmds(out, "a") == ["shutdown"]
+    assert RollBack("health_check_timeout", "1.0", None) in out
+    assert d.core.next_deadline() == 28  # its silence only: the check's deadline is gone
+
+
+def test_an_unanswered_coma_is_reported_at_the_stop_timeout_then_the_lease_decides() -> None:
+    d = Driver()
+    d.join("old", version="1.0")
+    d.renew("old", 1)
+    d.join("new", version="2.0", generation=None)  # asks old for coma at t=0; stop_timeout 8
+    assert d.core.next_deadline() == 8
+    assert not any(isinstance(a, Notify) for a in d.feed(TimerFired(), at=7.999))
+    out = d.feed(TimerFired(), at=8)
+    assert [a.level for a in out if isinstance(a, Notify)] == ["warning"]
+    for wid in ("old", "new"):  # both still talk: old's heartbeats are refused (stopping), not renewals
+        assert d.renew(wid, 1 if wid == "old" else None)["lease"] == 0
+    assert d.core.next_deadline() == 17  # the warning once; then only the lease's end
+    assert not any(isinstance(a, Notify) for a in d.feed(TimerFired(), at=9))
+    out = d.feed(TimerFired(), at=17)
+    assert Close("old", "lease expired", "id-old", hung=True) in out and d.grant(out, "new")["epoch"] == 2
+
+
+# -- after a supervisor restart ------------------------------------------------------------------------------
+def restarted_with_holder(at: float = 100.0) -> Driver:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    state = [a for a in d.actions if isinstance(a, Persist)][-1].state
+    assert state["holder"] == {"identity": "id-a", "epoch": 1, "token": "token-1"}
+    restarted = Driver(state=state, now=at)
+    restarted.now = at
+    return restarted
+
+
+def test_a_restored_holder_gets_a_whole_lease_from_the_restart() -> None:
+    d = restarted_with_holder(at=100)
+    assert d.core.next_deadline() == 100 + 15 + 2
+    d.join("b")
+    for t in (101, 115, 116.999):
+        assert d.cmds(d.feed(TimerFired(), at=t), "b") == []
+        assert d.cmds(d.feed(Heartbeat("b", None), at=t), "b") == []
+    out = d.feed(TimerFired(), at=117)
+    assert d.grant(out, "b")["epoch"] == 2
+
+
+def test_a_restored_holder_counts_as_confirmed_its_reconnect_and_drop_prove_nothing() -> None:
+    """It may have been processing all along: a drop after reconnecting is no proof it stopped."""
+    d = restarted_with_holder(at=100)
+    d.feed(Connected("a2", identity="id-a"), at=101)
+    out = d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
+    hello = next(x.data for x in out if isinstance(x, Send) and x.event == "hello")
+    assert hello["process_commands"] is True and hello["epoch"] == 1
+    d.join("b")
+    out = d.feed(Disconnected("a2"), at=102)  # before any renewal
+    assert d.cmds(out, "b") == []
+    d.feed(Heartbeat("b"), at=110)
+    assert d.cmds(d.feed(TimerFired(), at=116.999), "b") == []
+    assert d.grant(d.feed(TimerFired(), at=117), "b")["epoch"] == 2
+
+
+def test_a_restored_holder_renews_on_reconnecting_and_an_impostor_does_not() -> None:
+    d = restarted_with_holder(at=100)
+    d.feed(Connected("x", identity="id-a"), at=101)
+    out = d.feed(Identified("x", version="1.0", epoch=1, lease_token="guess"))
+    assert next(x.data for x in out if isinstance(x, Send) and x.event == "hello")["process_commands"] is False
+    d.feed(Connected("a2", identity="id-a"), at=105)
+    d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
+    assert d.core.clients["a2"].role is Role.RUNNING and d.core.running_client == "a2"
+    assert d.renew("a2", 1) == {"epoch": 1, "lease": 15}
+    assert d.core.lease is not None and d.core.lease.expires == 105 + 17 and d.core.lease.wid == "a2"
+
+
+def test_a_restored_lease_that_has_ended_is_not_adopted() -> None:
+    d = restarted_with_holder(at=100)
+    d.feed(Connected("a2", identity="id-a"), at=116)
+    out = d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"), at=117)
+    hello = next(x.data for x in out if isinstance(x, Send) and x.event == "hello")
+    assert hello["process_commands"] is False and hello["epoch"] == 1
+    assert d.core.lease is None  # released, and persisted so: the next promotion is epoch 2
+    assert [a.state["holder"] for a in out if isinstance(a, Persist)] == [None]
+
+
+# -- what is_sane changes is on disk -----------------------------------------------------------------------
+def persisted(out: list[Any]) -> list[dict[str, Any]]:
+    return [a.state for a in out if isinstance(a, Persist)]
+
+
+def test_a_failed_rollback_persists_is_sane_false() -> None:
+    d = Driver()
+    out = d.feed(RollbackFinished(False, "git reset failed"))
+    [state] = persisted(out)
+    assert state["is_sane"] is False
+    assert Supervisor(SETTINGS, state=state).is_sane is False  # a restart does not forget it
+    assert persisted(d.feed(RollbackFinished(True, "fine"))) == []  # success changes nothing on disk
+    assert d.core.is_sane is False
+
+
+def test_a_crash_loop_persists_is_sane_false_once() -> None:
+    d = Driver(Settings(crash_loop_losses=2, crash_loop_window=60))
+    d.feed(ProcessExited("w1", 1), at=0)
+    out = d.feed(ProcessExited("w2", 1), at=1)
+    [state] = persisted(out)
+    assert state["is_sane"] is False and Supervisor(SETTINGS, state=state).is_sane is False
+    assert persisted(d.feed(ProcessExited("w3", 1), at=2)) == []  # already insane: no second write, no alarm
+    assert [a for a in d.feed(ProcessExited("w4", 1), at=3) if isinstance(a, Notify)] == []
+
+
+def test_try_again_persists_is_sane_true() -> None:
+    d = Driver()
+    d.feed(RollbackFinished(False, "broken"))
+    d.feed(Connected("admin", identity="admin", admin=True))
+    out = d.feed(TryAgain("admin"))
+    [state] = persisted(out)
+    assert state["is_sane"] is True and Supervisor(SETTINGS, state=state).is_sane is True
+    assert Reply({"is_sane": True}) in out
+
+
+def test_a_loss_exactly_a_window_ago_no_longer_counts() -> None:
+    d = Driver(Settings(crash_loop_losses=3, crash_loop_window=60))
+    for t in (0, 59, 60):  # at 60 the loss at 0 has left the window
+        d.feed(ProcessExited(f"w{t}", 1), at=t)
+    assert d.core.is_sane is True
+    d.feed(ProcessExited("w-last", 1), at=60)
+    assert d.core.is_sane is False  # 59, 60, 60
+
+
+def test_the_persisted_state_is_complete() -> None:
+    d = Driver()
+    d.feed(DeployConfirmed("c" * 40))
+    d.join("a")
+    d.feed(ProcessExited("id-a", -9), at=1)
+    d.join("b")
+    out = d.join("c", version="2.0")
+    d.feed(ComaAck("b", "newer"))
+    [state] = persisted(d.actions)[-1:]
+    assert state == {
+        "version": 1,
+        "epoch": 3,
+        "is_sane": True,
+        "last_known_good": "c" * 40,
+        "holder": {"identity": "id-c", "epoch": 3, "token": "token-3"},
+    }
+    assert d.cmds(out, "b") == ["coma"]
+    restored = Supervisor(SETTINGS, state=state, now=0)
+    assert (restored.epoch, restored.last_known_good_hash, restored.is_sane) == (3, "c" * 40, True)
+
+
+def test_a_minimal_state_restores_as_sane_with_no_holder() -> None:
+    core = Supervisor(SETTINGS, state={"epoch": 4}, now=10)
+    assert (core.epoch, core.is_sane, core.last_known_good_hash, core.lease) == (4, True, None, None)
+
+
+def test_promotion_and_role_changes_are_announced_with_the_epoch() -> None:
+    """Observers (the deployer confirms a deploy by it, the status page) see each role change."""
+    d = Driver()
+    out = d.join("a")
+    changes = [a for a in out if isinstance(a, RoleChanged)]
+    assert changes == [
+        RoleChanged("a", "checking", "standby", None, "health check passed"),
+        RoleChanged("a", "standby", "running", 1, "no worker running"),
+    ]
+    out = d.feed(ProcessExited("id-a", 1), at=1)
+    assert [a for a in out if isinstance(a, RoleChanged)] == [
+        RoleChanged("a", "running", "gone", None, "process exited (1)")
+    ]
+
+
+def test_the_lease_token_is_not_in_a_repr() -> None:
+    d = Driver()
+    d.join("a")
+    assert d.core.lease is not None and d.core.lease.token == "token-1"
+    assert "token-1" not in repr(d.core.lease)
+
+
+def test_a_holder_that_stops_without_its_final_cache_is_reported() -> None:
+    d = Driver()
+    d.join("old", version="1.0")
+    d.renew("old", 1)
+    d.feed(CacheSync("old", {"n": 1}))
+    d.join("new", version="2.0")
+    out = d.feed(ComaAck("old", "no final cache"))
+    assert Notify("warning", "id-old stopped without a final cache; using the last one") in out
+    d.feed(CacheSync("new", {"n": 2}))
+    d.join("newer", version="3.0")
+    d.feed(CacheSync("new", {"n": 3}))  # the final one, after the coma
+    out = d.feed(ComaAck("new", "with its final cache"))
+    assert not any(isinstance(a, Notify) and a.level == "warning" for a in out)
+
+
+def test_a_version_string_has_a_length_limit() -> None:
+    d = Driver()
+    d.feed(Connected("a", identity="id-a"))
+    assert not any("error" in a.data for a in d.feed(Identified("a", version="1" * 128)) if isinstance(a, Reply))
+    d.feed(Connected("b", identity="id-b"))
+    assert d.feed(Identified("b", version="1" * 129)) == [Reply({"error": "identify needs a version string"})]
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    """docs/protocol.md §4 is normative: its timing parameters' defaults are the Settings' defaults."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = doc.split("## 4. Timing parameters", 1)[1].split("\n## ", 1)[0]
+    documented: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            documented[cells[0].split("`")[1]] = cells[1]  # "`lease` (`L`)" -> "lease"
+
+    def number(text: str) -> float:
+        return float(re.findall(r"[\d.]+", text.rsplit("=", 1)[-1])[0])
+
+    got = Settings()
+    for name in ("interval", "grace", "lease_margin", "health_timeout", "stop_timeout", "healthy_percentage"):
+        assert getattr(got, name) == number(documented[name]), name
+    assert got.lease == got.silence_limit == number(documented["lease"])
+    assert list(got.vital_cogs) == json.loads(documented["vital_cogs"].strip("`"))
+    assert got.shutdown_if_outdated is (documented["shutdown_if_outdated"] == "true")
+    assert got.max_message == number(documented["max_message"]) * 2**20
+    losses, window = documented["crash_loop_losses"].split(",")
+    assert (got.crash_loop_losses, got.crash_loop_window) == (number(losses), number(window))
+
+
+def test_ready_again_in_each_role_as_the_protocol_says() -> None:
+    """§5.3: a worker sends ready again after reconnecting to Discord; what that does depends on its role."""
+    d = Driver()
+    d.join("old", version="1.0")
+    d.renew("old", 1)
+    d.join("peer", version="1.0")  # an approved standby
+    d.join("sick", version="0.9", report={"OK": False, "percent": 0, "cogs": {"modules.utilities": True}})
+    out = d.feed(Ready("old"))
+    assert Reply({}) in out and d.cmds(out, "old") == ["ok"]
+    for wid, role in (("peer", Role.STANDBY), ("sick", Role.SHUTTING_DOWN)):
+        out = d.feed(Ready(wid))
+        assert out == [Reply({})] and d.core.clients[wid].role is role
+    d.join("new", version="2.0")  # old is asked for coma: stopping
+    assert d.core.clients["old"].role is Role.STOPPING
+    out = d.feed(Ready("old"))
+    assert out == [Reply({})]  # no ok: the pending coma stands
+    assert d.core.clients["old"].role is Role.STOPPING and d.renew("old", 1)["lease"] == 0
+    out = d.feed(ComaAck("old", "done"))
+    assert d.core.clients["old"].role is Role.STANDBY and d.grant(out, "new")["epoch"] == 2
+
+
+def test_ready_clients_are_the_logged_in_ones() -> None:
+    """The seeds' view: every worker logged in to Discord that is not on its way out."""
+    d = Driver()
+    d.join("run", version="1.0")
+    d.renew("run", 1)
+    d.join("spare", version="1.0")
+    d.join("sick", report={"OK": False, "percent": 0, "cogs": {"modules.utilities": True}})
+    d.feed(Connected("new", identity="id-new"))
+    assert set(d.core.ready_clients) == {"run", "spare"}
+    d.feed(Identified("new", version="2.0"))
+    d.feed(Ready("new"))  # checking
+    assert set(d.core.ready_clients) == {"run", "spare", "new"}
+    d.feed(HealthReport("new", HEALTHY))  # run is asked for coma: stopping
+    assert d.core.clients["run"].role is Role.STOPPING
+    assert set(d.core.ready_clients) == {"run", "spare", "new"}
+
+
+def test_coma_from_a_worker_that_holds_nothing_changes_nothing() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    d.feed(Connected("c", identity="id-c"))
+    d.feed(Identified("c", version="1.0"))
+    d.feed(Ready("c"))  # checking
+    for wid, role in (("b", Role.STANDBY), ("c", Role.CHECKING)):
+        assert d.feed(ComaAck(wid, "idle")) == [Reply({})]
+        assert d.core.clients[wid].role is role
+    assert d.core.running_client == "a" and d.renew("a", 1)["lease"] == 15
+
+
+def test_a_worker_may_say_shutdown_in_any_role_and_its_exit_is_no_crash() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=1))
+    d.feed(Connected("a", identity="id-a"))  # not even identified
+    out = d.feed(ShutdownAck("a", "leaving"))
+    assert out[-1] == Reply({}) and d.core.clients["a"].role is Role.SHUTTING_DOWN
+    out = d.feed(ProcessExited("id-a", 0))
+    assert not any(isinstance(x, Spawn) for x in out) and d.core.is_sane
+    assert "a" not in d.core.clients
+
+
+def test_a_holder_reconnecting_before_its_old_connection_is_noticed_replaces_it() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.feed(Connected("a2", identity="id-a"), at=1)  # its old connection has not dropped yet, as far as we know
+    out = d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
+    assert RoleChanged("a", "running", "gone", None, "replaced") in out
+    assert Close("a", "replaced by a newer connection") in out
+    assert "a" not in d.core.clients and d.core.running_client == "a2"
+    assert not any(isinstance(x, Notify) for x in out)  # its own connection: no loss, no alarm
+    assert d.renew("a2", 1) == {"epoch": 1, "lease": 15}
+    out = d.feed(ComaAck("a2", "stopped by itself"), at=2)
+    assert d.grant(out, "a2")["epoch"] == 2  # adopted means approved: it may be promoted again at once
+
+
+# -- the Health Check Spec, to the letter (P4) -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("report", "verdict"),
+    [
+        ({"OK": True, "cogs": {"modules.utilities": True, "modules.fun": "yes"}}, "health_check_malformed"),
+        ({"OK": True, "cogs": ["modules.utilities"]}, "health_check_malformed"),
+        ({"OK": False, "percent": 101, "cogs": {"modules.utilities": True}}, "health_check_malformed"),
+        ({"OK": False, "percent": -1, "cogs": {"modules.utilities": True}}, "health_check_malformed"),
+        ({"OK": False, "percent": "99", "cogs": {"modules.utilities": True}}, "health_check_malformed"),
+        ({"OK": False, "percent": 0, "cogs": {"modules.utilities": True}}, "health_check_failure"),
+        ({"OK": False, "percent": 0.5, "cogs": {"modules.utilities": True}}, "health_check_failure"),
+        ({"OK": False, "percent": 100}, "vital_cog_failed"),  # not OK, and no word on the vital cogs
+        ({"OK": False, "percent": 79.9, "cogs": {"modules.utilities": True}}, "health_check_failure"),
+        ({"OK": False, "percent": 80, "cogs": {"modules.utilities": True}}, None),  # the threshold passes
+        ({"OK": False, "percent": 100, "cogs": {"modules.utilities": True}}, None),
+        ({"OK": True}, None),  # OK and no cogs named: nothing contradicts it
+    ],
+)
+def test_health_verdicts(report: Any, verdict: str | None) -> None:
+    d = Driver(Settings(healthy_percentage=80))
+    d.feed(Connected("a", identity="id-a"))
+    d.feed(Identified("a", version="1.0"))
+    d.feed(Ready("a"))
+    out = d.feed(HealthReport("a", report))
+    # A malformed report is judged at once too, and told what a report looks like.
+    assert (out[0] == Reply({})) is (verdict != "health_check_malformed")
+    if verdict is None:
+        assert d.cmds(out, "a") == ["process_commands"]
+    else:
+        shutdown = [x.data["d"] for x in out if isinstance(x, Send) and x.wid == "a"]
+        assert shutdown == [{"reason": verdict, "cache_sync": False}]
+        said = f"id-a (version 1.0) failed its health check: {verdict}"
+        assert any(isinstance(x, Notify) and x.level == "warning" and x.message.startswith(said) for x in out)
+
+
+def test_a_failed_check_of_code_no_newer_than_the_holders_asks_for_no_rollback() -> None:
+    sick = {"OK": False, "percent": 10, "cogs": {"modules.utilities": True}}
+    d = Driver()
+    d.join("a", version="1.0")
+    d.renew("a", 1)
+    out = d.join("b", version="1.0", report=sick)  # a replacement of the running code, not a deploy
+    assert d.cmds(out, "b") == ["shutdown"] and not any(isinstance(x, RollBack) for x in out)
+    out = d.join("c", version="1.1", report=sick)
+    assert RollBack("health_check_failure", "1.1", None, "10% healthy, 100% needed") in out
+
+
+# -- caches reach whoever is promoted (P3) -----------------------------------------------------------------
+def test_a_worker_that_missed_the_fan_out_gets_the_cache_before_its_grant() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.feed(Connected("b", identity="id-b"))
+    d.feed(Identified("b", version="1.0"))  # logging in to Discord: no fan-out to it yet
+    d.feed(CacheSync("a", {"n": 1}), at=1)
+    d.feed(Ready("b"))
+    d.feed(HealthReport("b", HEALTHY))
+    out = d.feed(ProcessExited("id-a", -9), at=2)
+    sends = [(x.event, x.data) for x in out if isinstance(x, Send) and x.wid == "b"]
+    assert sends[0] == ("cache_sync", {"cache": {"n": 1}}) and sends[1][1]["t"] == "process_commands"
+
+
+def test_a_holder_promoted_again_is_not_sent_its_own_cache() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.feed(CacheSync("a", {"n": 1}))
+    out = d.feed(ComaAck("a", "stopped by itself"), at=1)  # unasked; still the newest: promoted again
+    assert d.grant(out, "a")["epoch"] == 2
+    assert not any(isinstance(x, Send) and x.event == "cache_sync" for x in out)
+
+
+# -- forgetting ------------------------------------------------------------------------------------------------
+def test_a_silent_standby_is_never_promoted() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    d.renew("a", 1)
+    d.now = 10
+    d.renew("a", 1)
+    out = d.feed(TimerFired(), at=15)  # b's silence: its connection is being closed; the disconnect may come later
+    assert Close("b", "heartbeat silence (15.0 s)", "id-b", hung=True) in out
+    assert "b" not in d.core.clients
+    out = d.feed(ProcessExited("id-a", -9), at=16)
+    assert d.cmds(out, "b") == [] and d.core.lease is None
+
+
+def test_an_admin_that_left_can_no_longer_say_try_again() -> None:
+    d = Driver()
+    d.feed(RollbackFinished(False, "broken"))
+    d.feed(Connected("admin", identity="admin", admin=True))
+    d.feed(Disconnected("admin"))
+    assert d.feed(TryAgain("admin")) == [Reply({"error": "try_again needs the admin credential"})]
+    assert d.core.is_sane is False
+
+
+def test_an_identity_asked_to_leave_counts_again_once_it_has_exited() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=10))
+    d.join("a", report={"OK": False, "percent": 0, "cogs": {"modules.utilities": True}})  # asked to shut down
+    assert not any(isinstance(x, Spawn) for x in d.feed(ProcessExited("id-a", 0)))
+    out = d.feed(ProcessExited("id-a", 1), at=5)  # the same identity, started again, crashing this time
+    assert any(isinstance(x, Spawn) for x in out) and d.core.losses == [5]
+
+
+# -- operator actions and deploys ----------------------------------------------------------------------------
+def test_try_again_forgets_the_old_losses_and_says_so() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=3, crash_loop_window=60))
+    for t in (0, 1, 2):
+        d.feed(ProcessExited(f"w{t}", 1), at=t)
+    assert d.core.is_sane is False
+    d.join("a")  # a worker is connected: try_again asks for no spawn of its own
+    d.feed(Connected("admin", identity="admin", admin=True))
+    out = d.feed(TryAgain("admin"), at=3)
+    assert Notify("info", "try_again: deploying and spawning resumed") in out
+    assert not any(isinstance(x, Spawn) for x in out)
+    d.feed(ProcessExited("w3", 1), at=4)  # one more loss within the window is not a crash loop again
+    assert d.core.is_sane is True
+
+
+def test_try_again_without_a_process_manager_spawns_nothing() -> None:
+    d = Driver(Settings(spawn_workers=False))
+    d.feed(Connected("admin", identity="admin", admin=True))
+    assert not any(isinstance(x, Spawn) for x in d.feed(TryAgain("admin")))
+
+
+def test_deploy_outcomes_are_announced() -> None:
+    d = Driver()
+    out = d.feed(DeployConfirmed("0123456789abcdef" * 2))
+    assert Notify("info", "deployed 0123456789ab: it is the last known good commit now") in out
+    out = d.feed(RollbackFinished(True, "HEAD verified"))
+    assert out == [Notify("info", f"rolled back to {'0123456789abcdef' * 2}: HEAD verified")]
+
+
+def test_only_waiting_workers_of_older_generations_retire() -> None:
+    d = Driver()
+    d.join("old", generation=1)
+    d.renew("old", 1)
+    d.join("spare-old", generation=1)
+    d.join("external", generation=None)  # not spawned by us: no generation to compare
+    d.join("new", generation=2)
+    d.join("spare-new", generation=2)
+    d.feed(ComaAck("old", "newer generation"))
+    assert d.core.running_client == "new"
+    out = d.feed(RetireOlder(2))
+    shut = {x.wid: x.data["d"] for x in out if isinstance(x, Send) and x.data.get("t") == "shutdown"}
+    assert shut == {
+        "old": {"reason": "outdated: generation 2 runs now", "cache_sync": False},
+        "spare-old": {"reason": "outdated: generation 2 runs now", "cache_sync": False},
+    }
+
+
+def test_a_fenced_holder_is_forgotten() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    d.feed(CacheSync("a", {"n": 1}), at=10)  # alive but not renewing (a stuck heartbeat task)
+    d.feed(Heartbeat("b"), at=10)
+    out = d.feed(TimerFired(), at=17)
+    assert Close("a", "lease expired", "id-a", hung=True) in out
+    assert "a" not in d.core.clients and d.core.running_client == "b"
+
+
+# -- reasons that say what happened (issue 12) ------------------------------------------------------
+
+
+def notes(out: list[Any], level: str | None = None) -> list[str]:
+    return [a.message for a in out if isinstance(a, Notify) and (level is None or a.level == level)]
+
+
+def test_a_hand_over_names_the_version_and_the_release_it_comes_from() -> None:
+    d = Driver()
+    d.join("old", version="1.0", generation=1)
+    d.renew("old", 1)
+    d.feed(Connected("new", identity="id-new", generation=2, release="deploy 747c50f12ab3"))
+    d.feed(Identified("new", version="1.0", pid=101, generation=2))
+    d.feed(Ready("new"))
+    out = d.feed(HealthReport("new", HEALTHY))
+    [coma] = [a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.data.get("t") == "coma"]
+    assert coma["reason"] == "hand-over to 1.0 (deploy 747c50f12ab3)"  # not "newer version 1.0 takes over"
+    out = d.feed(ComaAck("old", coma["reason"]))
+    assert d.grant(out, "new")["reason"] == "hand-over to 1.0 (deploy 747c50f12ab3)"
+
+
+def test_a_failover_after_an_exit_says_which_worker_exited_and_never_promises_to_wait() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    out = d.feed(Disconnected("a"), at=1)  # the connection drops first, as it usually does
+    assert not any("failing over" in m or "lease ends" in m for m in notes(out))
+    out = d.feed(ProcessExited("id-a", -9, uptime=3.0, tail=("Traceback (most recent call last):", "KeyError: 'x'")))
+    assert d.grant(out, "b")["reason"] == "failover: id-a exited (-9)"
+    [warning] = notes(out, "warning")  # the first young death of the window: a warning, with its last lines
+    assert (
+        warning
+        == "worker id-a exited (-9) after 3.0 s; last lines:\n  | Traceback (most recent call last):\n  | KeyError: 'x'"
+    )
+
+
+def test_a_lost_holder_whose_lease_ends_is_a_warning_then_the_reason() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)  # at 0: the lease ends at 17
+    d.join("b")
+    d.feed(Disconnected("a"), at=1)
+    d.feed(Heartbeat("b"), at=10)  # the standby lives on
+    assert d.core.waiting_for(2) == "waiting for the lease of id-a (epoch 1, lost (disconnected)) to end in 15 s"
+    d.feed(Heartbeat("b"), at=10)  # the standby stays alive (silent past 15 s, it would be dropped)
+    out = d.feed(TimerFired(), at=18)
+    [warning] = notes(out, "warning")
+    assert warning == "failover: id-a was lost (disconnected) and its lease ended 17.0 s later"
+    assert d.grant(out, "b")["reason"] == warning
+
+
+def test_status_says_what_a_start_waits_for() -> None:
+    state = {"epoch": 17, "is_sane": True, "holder": {"identity": "child-abc-1", "epoch": 17, "token": "t"}}
+    d = Driver(state=state, now=0.0)
+    d.feed(Connected("a", identity="id-a"))
+    d.feed(Identified("a", version="1.0", pid=100))
+    assert d.core.waiting_for(12) == "waiting for the previous holder's lease (child-abc-1 epoch 17) to end in 5 s"
+    d.feed(Heartbeat("a"), at=10)  # logging in to Discord, alive
+    out = d.feed(TimerFired(), at=17)
+    d.feed(Ready("a"))
+    assert d.core.waiting_for(17) == "waiting for a worker to pass its health check"
+    out = d.feed(HealthReport("a", HEALTHY))
+    assert d.grant(out, "a")["reason"] == "failover: the previous holder's lease (child-abc-1 epoch 17) ended"
+    assert d.core.waiting_for(17) is None
+
+
+def test_a_failed_health_check_names_the_failing_cogs() -> None:
+    d = Driver()
+    report = {"OK": False, "percent": 50, "cogs": {"modules.utilities": True, "modules.music": False, "x": False}}
+    d.join("a", report=HEALTHY)
+    out = d.join("b", version="1.1", report=report)
+    [warning] = notes(out, "warning")
+    assert warning == (
+        "id-b (version 1.1) failed its health check: health_check_failure"
+        " (failing: modules.music, x; 50% healthy, 100% needed)"
+    )
+
+
+def test_crash_loop_names_how_many_are_left_and_quotes_the_last_lines() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=2, crash_loop_window=60))
+    d.join("a")
+    d.feed(ProcessExited("id-x", 1, uptime=0.2, tail=("boom",)), at=1)
+    out = d.feed(ProcessExited("id-y", 1, uptime=0.3, tail=("ModuleNotFoundError: No module named 'tinydep'",)), at=2)
+    [critical] = notes(out, "critical")
+    assert critical.startswith("crash loop: 2 workers lost within 60s (1 left);")
+    assert critical.endswith(
+        "Last: id-y exited (1) after 0.3 s; last lines:\n  | ModuleNotFoundError: No module named 'tinydep'"
+    )
+    assert d.core.waiting_for(2) is None  # id-a runs
+
+
+def test_only_the_first_loss_of_a_window_is_notified_until_the_crash_loop() -> None:
+    """Each crash names another worker, so the notifier could not fold them: one warning, then the crash loop."""
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=4, crash_loop_window=60))
+    said = [notes(d.feed(ProcessExited(f"id-{n}", 1, uptime=0.1, tail=("boom",)), at=n)) for n in range(4)]
+    assert [len(s) for s in said] == [1, 0, 0, 1]
+    assert said[0][0].startswith("worker id-0 exited (1) after 0.1 s") and said[3][0].startswith("crash loop: 4")
+    d = Driver(Settings(spawn_workers=True))
+    d.join("a")
+    d.feed(WorkerFailed("a", "the token was refused", "reset it"))
+    out = d.feed(ProcessExited("id-a", 1))
+    assert not any(m.startswith("worker ") for m in notes(out))  # its failure was announced (critical) already

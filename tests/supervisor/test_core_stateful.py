@@ -31,6 +31,7 @@ before the exit would show up as an overlap (P1 under the kill path).
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Any
 
 import attrs
@@ -498,7 +499,9 @@ class SupervisorWorld(RuleBasedStateMachine):
         assert len(busy) <= 1, f"P1 violated at {self.now}: {busy}"
 
 
+# A mutation run (HYPOTHESIS_PROFILE=mutation) repeats this once per planted bug: a tenth of the examples.
+EXAMPLES = 200 if os.environ.get("HYPOTHESIS_PROFILE") == "mutation" else 2000
 TestSupervisorWorld = SupervisorWorld.TestCase
 TestSupervisorWorld.settings = settings(
-    max_examples=2000, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=EXAMPLES, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -13,7 +13,7 @@ import trio.testing
 import trio_websocket
 
 from tests._helpers import RestartableSupervisor, child_secret
-from urban_robot.supervisor import Persist, ProcessExited, Settings
+from urban_robot.supervisor import HealthReport, Persist, ProcessExited, Settings, UrbanRobot
 from urban_robot.testing import SimulatedWorker
 
 SETTINGS = Settings(token="discord-token-xyz", interval=10, grace=5, lease_margin=2, health_timeout=20)
@@ -33,6 +33,11 @@ class Harness(RestartableSupervisor):
         )
         await self.nursery.start(worker.run)
         return worker
+
+
+def a_wid(robot: UrbanRobot, identity: str = "child-1") -> str:
+    [wid] = [sid for sid, conn in robot.conns.items() if conn.identity.name == identity]
+    return wid
 
 
 @pytest.fixture
@@ -209,3 +214,41 @@ async def test_the_connection_limit_comes_from_the_settings(nursery: trio.Nurser
         assert await extra.receive_some(100) == b""  # closed before anything was read
     for stream in held:
         await stream.aclose()
+
+
+async def test_a_failed_state_write_grants_nothing(harness: Harness, autojump_clock: Any) -> None:
+    """Persist before grant: an epoch that is not on disk is never handed out, nor anything after it."""
+    robot = harness.robot
+    assert robot is not None
+    disk_ok = False
+
+    async def failing_disk(fn: Any, *args: Any) -> Any:
+        if fn == harness.store.save_state and not disk_ok:
+            raise OSError(28, "No space left on device")
+        return fn(*args)
+
+    robot.blocking_io = failing_disk
+    notes: list[Any] = []
+    robot.notify = notes.append
+    seen: list[Any] = []  # the actions carried out, each step closed by the event it answered
+    robot.observers.append(seen.append)
+    robot.handled_observers.append(lambda event: seen.append(("handled", event)))
+    a = await harness.worker()
+    await a.wait_for("cmd:health_check")
+    await trio.sleep(SETTINGS.interval * 1.5)  # a heartbeats meanwhile
+    names = [name for _, name, _ in a.log]
+    assert "cmd:process_commands" not in names and "processing" not in names
+    [persist] = [x for x in seen if isinstance(x, Persist)]
+    assert persist.state["epoch"] == 1
+    after = seen[seen.index(persist) + 1]
+    assert after == ("handled", HealthReport(a_wid(robot), a.health))  # the rest of the step (the grant) dropped
+    assert notes[0].level == "critical" and "No space left on device" in notes[0].message
+    assert not any("is running" in n.message for n in notes)
+    assert not harness.store.state_path.exists()
+    disk_ok = True  # the disk is back: the next promotion writes its epoch first, then grants it
+    b = await harness.worker()
+    _, grant = await b.wait_for("cmd:process_commands")
+    assert grant["epoch"] == 2
+    assert json.loads(harness.store.state_path.read_text())["epoch"] == 2
+    await b.wait_for("processing")
+    assert "processing" not in [name for _, name, _ in a.log]

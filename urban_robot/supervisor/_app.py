@@ -28,7 +28,7 @@ from ._notify import DISCORD_API, DiscordLogHandler, DiscordWebhook, Notifier
 from ._service import UrbanRobot
 from ._status import install_status_routes
 from ._store import StateStore
-from ._webhook import WebhookConfig, WebhookGate, webhook_route
+from ._webhook import Commit, WebhookConfig, WebhookGate, webhook_route
 
 log = logging.getLogger("urban_robot")
 
@@ -125,7 +125,10 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             run_as=run_as,
         )
         robot.spawner = children.spawn
+        robot.top_up = lambda reason: children.top_up(reason, at_once=True)
         robot.spawned_generation = children.generation_of  # a child's generation is ours to say, not its own
+        robot.spawned_release = children.release_of
+        children.may_spawn = lambda: robot.core.is_sane and robot.core.stopping is None
         robot.observers.append(children.on_action)
         deployer = Deployer(
             robot,
@@ -146,6 +149,7 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
         )
         app = App(robot, children, deployer, notifier, url)
         _routes(robot, deployer, options, app)
+        await deployer.resume()  # workers start from the last known good release, not the checkout
         await nursery.start(children.run, 1 + options.standbys)
         await nursery.start(
             lambda task_status: deployer.run(poll_interval=options.poll_interval, task_status=task_status)
@@ -218,10 +222,17 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
             secret=options.webhook_secret, branch=options.branch, require_deploy_tag=options.require_deploy_tag
         )
     )
+
+    def on_push(commit: Commit) -> tuple[int, str]:
+        status, text = deployer.expect(commit.sha)  # answer what will really happen
+        if status == 202:
+            deployer.request("webhook")
+        return status, text
+
     robot.server.add_route(
         "POST",
         "/webhook/github",
-        webhook_route(gate, lambda commit: deployer.request("webhook")),
+        webhook_route(gate, on_push),
         max_body=gate.config.max_body,  # 413 from Content-Length, before the body is read
     )
 
@@ -229,13 +240,18 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
         deployer.request("admin API")
         return {"deploy": "requested"}
 
+    async def deploy_and_wait() -> dict[str, object]:
+        result = await deployer.outcome_of(deployer.request("admin API"))
+        return {"deploy": "done", "commit": result.commit, "outcome": result.outcome, "detail": result.detail}
+
     def try_again() -> dict[str, object]:
         deployer.forget_bad_commits()
         robot.submit_nowait(TryAgain(None))
         deployer.request("try_again")
         return {"try_again": "requested"}
 
-    robot.server.add_route("POST", "/api/deploy", admin_route(options.admin_token, deploy, robot.logins))
+    deploy_route = admin_route(options.admin_token, deploy, robot.logins, wait=deploy_and_wait)
+    robot.server.add_route("POST", "/api/deploy", deploy_route)
     robot.server.add_route("POST", "/api/try-again", admin_route(options.admin_token, try_again, robot.logins))
 
     def stop() -> dict[str, object]:

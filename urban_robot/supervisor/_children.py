@@ -5,20 +5,26 @@ session (a supervisor crash does not take it down), as ``workers.user`` when one
 is set (``RunAs``), with ``URBAN_ROBOT_URL``, ``URBAN_ROBOT_SECRET`` (bound to
 this spawn: valid while the child runs, also after a supervisor restart that
 adopts it) and ``URBAN_ROBOT_GENERATION`` in its environment and no other secret
-(``inherited``), its output in ``log/helium-YYYY-MM-DD-HH-MM-SS.log`` (0600, in a
-0700 directory; old logs pruned by count and total size). Its exit is reported the moment it is seen: that is what makes
-failover after a crash fast (a dropped socket proves nothing; an exited
-process does).
+(``inherited``), its output in ``log/helium-YYYY-MM-DD-HH-MM-SS-<identity>.log``
+(0600, in a 0700 directory; named by its identity, so ``logs <identity>`` finds
+it after it exited; old logs pruned by count and total size). Its exit is
+reported the moment it is seen, with how long it lived and its last lines of
+output (redacted, control characters escaped): that is what makes failover after
+a crash fast (a dropped socket proves nothing; an exited process does) and a
+crash message say why.
 
 Restarts wait an exponential backoff with jitter after quick deaths, reset
 once a child has lived ``stable_uptime``; how many children there should be is
 the core's call (it asks for a ``Spawn`` per loss, and stops asking in a crash
-loop). Children are recorded in ``children.json`` in the state directory; a
-restarted supervisor adopts the ones it can verify (``_verify``: the pid alive
-with the recorded start time, the expected uid, the session we created for it)
-and watches and signals them through a pidfd although they are not its
-children. An entry that fails is dropped with one line and its process is never
-signalled: a planted registry cannot get a foreign process killed.
+loop; a spawn still waiting out its back-off when the core stopped asking is
+dropped). ``TopUp`` (``try_again``) brings the count back at once: the back-off
+reset, waiting spawns replaced by immediate ones. Children are recorded in
+``children.json`` in the state directory; a restarted supervisor adopts the ones
+it can verify (``_verify``: the pid alive with the recorded start time, the
+expected uid, the session we created for it, this spawn's secret in its
+environment) and watches and signals them through a pidfd although they are not
+its children. An entry that fails is dropped with one line and its process is
+never signalled: a planted registry cannot get a foreign process killed.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import attrs
 import trio
 
 from .._errors import UrbanRobotError
+from ..logs import read_tail
 from ._events import CheckFrozen, Close, Frozen, ProcessExited, Send
 from ._store import atomic_write, read_private
 
@@ -97,6 +104,16 @@ class RunAs:
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
 
+LOGS_KEPT = 100  # exited children whose log files the manager still names (for failed-deploy messages)
+
+
+def log_identity(path: Path) -> str | None:
+    """The worker identity a log file is named by (``helium-<stamp>-<identity>[.n].log``); None for older names."""
+    stem = path.name.removeprefix("helium-").removesuffix(".log").split(".")[0]
+    parts = stem.split("-", 6)  # YYYY-MM-DD-HH-MM-SS-<identity>
+    return parts[6] if len(parts) == 7 and parts[6] else None
+
+
 class Robot(Protocol):
     """What the manager needs of the supervisor service."""
 
@@ -126,6 +143,7 @@ class Child:
     start_ticks: int | None  # /proc/<pid>/stat starttime: tells a reused pid from ours
     process: trio.Process | None = None  # None once adopted from an earlier supervisor
     log: str | None = None  # its log file, for `urban-robot logs`
+    release: str | None = None  # what it runs ("deploy 747c50f12ab3"), for the reasons people read
     reported: trio.Event = attrs.Factory(trio.Event)  # set once its exit has been handed to the supervisor
     nonce: str | None = attrs.field(default=None, repr=False)  # its spawn's, binding its secret (children.json)
     uid: int = attrs.Factory(os.getuid)  # the user it runs as
@@ -208,6 +226,12 @@ class Children:
         self.keep_running = False
         self.stopping = False  # stop_all() has begun: nothing new starts
         self.quick_deaths = 0  # consecutive children that died before stable_uptime
+        self.release: str | None = None  # what children of the current generation run, for reasons ("deploy …")
+        # Whether a spawn that waited out its back-off may still start (the core may have said "no more spawns").
+        self.may_spawn: Callable[[], bool] = lambda: True
+        self.logs: dict[str, str] = {}  # identity -> log file, exited children's too (the last LOGS_KEPT)
+        self._nonces: dict[str, str] = {}  # identity -> its spawn's nonce, as long as its log is named: to redact
+        self._waiting: dict[str, tuple[int, trio.CancelScope]] = {}  # spawns in their back-off: generation, scope
         self._numbers = itertools.count(1)
         # Unique across supervisor restarts: a new child must never share a surviving child's identity.
         self._boot = secrets.token_hex(3)
@@ -230,12 +254,18 @@ class Children:
             await trio.sleep_forever()
 
     def spawn(
-        self, reason: str, *, generation: int | None = None, cwd: Path | None = None, backoff: bool = True
+        self,
+        reason: str,
+        *,
+        generation: int | None = None,
+        cwd: Path | None = None,
+        backoff: bool = True,
+        release: str | None = None,
     ) -> str:
         """Start one more child (after the current backoff); returns its identity.
 
         ``cwd`` runs it from another directory (a deploy's release) than the usual one;
-        ``backoff=False`` starts it at once (a deploy's candidate is no restart).
+        ``backoff=False`` starts it at once (a deploy's candidate is no restart); ``release`` says what it runs.
         """
         assert self._nursery is not None, "Children.run is not running"
         identity = f"child-{self._boot}-{next(self._numbers)}"
@@ -245,16 +275,25 @@ class Children:
         delay = self.backoff() if backoff else 0.0
         log.info("spawning %s (%s)%s", identity, reason, f" in {delay:.1f}s" if delay else "")
         try:
-            self._nursery.start_soon(self._child, identity, generation or self.generation, delay, cwd or self.cwd)
+            self._nursery.start_soon(
+                self._child, identity, generation or self.generation, delay, cwd or self.cwd, release or self.release
+            )
         except RuntimeError:  # the manager is shutting down: nothing new starts
             log.info("not spawning %s: shutting down", identity)
         return identity
 
-    def top_up(self, reason: str) -> None:
-        """Spawn children of the current generation until there are ``target`` of it."""
+    def top_up(self, reason: str, *, at_once: bool = False) -> None:
+        """Spawn children of the current generation until there are ``target`` of it (counting those waiting
+        out a back-off). ``at_once`` (``try_again``): the back-off reset, the waiting ones started now instead."""
+        if at_once:
+            self.quick_deaths = 0
+            for _generation, scope in self._waiting.values():
+                scope.cancel()  # replaced just below, without the wait
+            self._waiting.clear()
         current = sum(1 for child in self.children.values() if child.generation == self.generation)
+        current += sum(1 for generation, _ in self._waiting.values() if generation == self.generation)
         for _ in range(self.target - current):
-            self.spawn(reason)
+            self.spawn(reason, backoff=not at_once)
 
     def backoff(self) -> float:
         now = trio.current_time()
@@ -285,11 +324,20 @@ class Children:
         )
         return env
 
-    async def _child(self, identity: str, generation: int, delay: float, cwd: Path) -> None:
-        await trio.sleep(delay)
+    async def _child(self, identity: str, generation: int, delay: float, cwd: Path, release: str | None) -> None:
+        if delay:
+            with trio.CancelScope() as waiting:
+                self._waiting[identity] = (generation, waiting)
+                await trio.sleep(delay)
+            self._waiting.pop(identity, None)
+            if waiting.cancelled_caught:
+                return  # try_again started another at once in its place
+            if not self.may_spawn():
+                log.info("not spawning %s after its back-off: the supervisor stopped spawning meanwhile", identity)
+                return
         if self.stopping:
             return  # its back-off ended during a stop
-        output = self._log_file()
+        output = self._log_file(identity)
         self.robot.credentials.bind(identity)  # a fresh nonce: this spawn's secret, no earlier one's
         try:
             process = await self.launch(
@@ -320,6 +368,7 @@ class Children:
             start_ticks(process.pid),
             process,
             getattr(output, "name", None),
+            release,
             nonce=self.robot.credentials.nonce(identity),
             uid=self.run_as.uid if self.run_as is not None else os.getuid(),
         )
@@ -335,6 +384,7 @@ class Children:
     async def _exited(self, child: Child, returncode: int | None) -> None:
         self._forget(child)
         uptime = trio.current_time() - child.started
+        tail = tuple(self.tail(child.identity))  # at most 16 KiB of a file just written: read inline
         candidate = child.generation > self.generation  # a deploy's candidate, never confirmed
         if child.identity in self.asked:
             self.asked.discard(child.identity)  # we stopped it: no crash, no backoff
@@ -344,9 +394,24 @@ class Children:
         for observer in self.exit_observers:
             observer(child.identity, returncode)
         try:
-            await self.robot.submit(ProcessExited(child.identity, returncode, candidate=candidate))
+            lived = uptime if child.process is not None else None  # an adopted child started before we saw it
+            exited = ProcessExited(child.identity, returncode, candidate=candidate, uptime=lived, tail=tail)
+            await self.robot.submit(exited)
         finally:
             child.reported.set()
+
+    def release_of(self, identity: str) -> str | None:
+        """What ``identity`` runs ("deploy 747c50f12ab3"), if it is one of our children and we know."""
+        child = self.children.get(identity)
+        return child.release if child is not None else None
+
+    def tail(self, identity: str) -> list[str]:
+        """The last lines of ``identity``'s output, with its own secret and the bot token redacted."""
+        settings = getattr(self.robot, "settings", None)
+        nonce = self._nonces.get(identity)  # an exited child's too: its secret is refused, but still not shown
+        own = self.robot.credentials.secret_for(identity, nonce) if nonce is not None else None
+        secrets = [own, getattr(settings, "token", None)]
+        return read_tail(self.logs.get(identity), secrets=secrets)
 
     def on_action(self, action: Any) -> None:
         """A supervisor observer: a child the core fenced off as hung is killed (then replaced); asked whether
@@ -447,6 +512,7 @@ class Children:
                 continue
             self.robot.credentials.bind(identity, child.nonce)  # its secret, and only its, is valid again
             self.children[identity] = child
+            self._remember(child)
             assert self._nursery is not None
             self._nursery.start_soon(self._watch_adopted, child)
             self.generation = max(self.generation, child.generation)  # a deploy must beat what runs
@@ -484,7 +550,9 @@ class Children:
             os.close(pidfd)
             return self._drop(identity, info, "that process is gone")
         log_name = str(log_file) if isinstance(log_file, str) else None
+        release = info.get("release")
         child = Child(identity, pid, generation, trio.current_time(), ticks, log=log_name, nonce=nonce, pidfd=pidfd)
+        child.release = release if isinstance(release, str) else None
         child.uid = expected_uid
         return child
 
@@ -508,7 +576,18 @@ class Children:
     # -- bookkeeping ----------------------------------------------------------------------------------
     def _record(self, child: Child) -> None:
         self.children[child.identity] = child
+        self._remember(child)
         self._save_registry()
+
+    def _remember(self, child: Child) -> None:
+        """Its log file and nonce, named after it exits too (the last LOGS_KEPT)."""
+        if child.nonce is not None:
+            self._nonces[child.identity] = child.nonce
+        if child.log is not None:
+            self.logs[child.identity] = child.log
+        for kept in (self.logs, self._nonces):
+            while len(kept) > LOGS_KEPT:
+                del kept[next(iter(kept))]  # the oldest: dicts keep insertion order
 
     def _forget(self, child: Child) -> None:
         self.children.pop(child.identity, None)
@@ -533,6 +612,7 @@ class Children:
                 "generation": c.generation,
                 "start_ticks": c.start_ticks,
                 "log": c.log,
+                "release": c.release,
                 "nonce": c.nonce,
                 "uid": c.uid,
             }
@@ -540,7 +620,7 @@ class Children:
         }
         atomic_write(self.registry, json.dumps(data, sort_keys=True).encode())
 
-    def _log_file(self) -> Any:
+    def _log_file(self, identity: str) -> Any:
         if self.log_dir is None:
             return subprocess.DEVNULL
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -549,7 +629,7 @@ class Children:
         prune_logs(self.log_dir, keep=self.policy.log_keep - 1, max_bytes=self.policy.log_max_bytes)
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
         for n in itertools.count():
-            path = self.log_dir / (f"helium-{stamp}.log" if n == 0 else f"helium-{stamp}.{n}.log")
+            path = self.log_dir / (f"helium-{stamp}-{identity}.log" if n == 0 else f"helium-{stamp}-{identity}.{n}.log")
             try:
                 return open(path, "xb", opener=_private)  # 0600, never through a planted link
             except FileExistsError:

@@ -21,6 +21,8 @@ class Connected:
     # The deploy generation the process manager spawned this identity with (None: not a child it knows).
     # It outranks whatever the worker claims in ``identify``: a child cannot promote itself past a deploy.
     generation: int | None = None
+    # What the process manager started it from, for the reasons people read ("deploy 747c50f12ab3"); None: unknown.
+    release: str | None = None
 
 
 @attrs.frozen
@@ -109,6 +111,8 @@ class ProcessExited:
     # A newer generation than the one confirmed (a deploy's or dev mode's candidate) that exited: the
     # deploy failed, and the deployer rolls back. No loss of the running code: not counted, not replaced.
     candidate: bool = False
+    uptime: float | None = None  # seconds it lived (None: unknown, e.g. adopted)
+    tail: tuple[str, ...] = ()  # the last lines of its output, secrets redacted, control characters escaped
 
 
 @attrs.frozen
@@ -231,12 +235,23 @@ class Spawn:
 
 
 @attrs.frozen
+class TopUp:
+    """Bring the workers back to their count (one running plus the standbys) at once, the restart back-off reset.
+
+    ``try_again``'s answer to a crash loop: how many that is, is the process manager's count, not the core's.
+    """
+
+    reason: str
+
+
+@attrs.frozen
 class RollBack:
     """Ask the deployer to return to the last known good code."""
 
     reason: str
     version: str | None = None
     generation: int | None = None
+    detail: str = ""  # what failed, for people: "failing: modules.music; 50% healthy, 100% needed"
 
 
 @attrs.frozen
@@ -256,4 +271,4 @@ class RoleChanged:
     reason: str = ""
 
 
-Action = Reply | Send | Close | CheckFrozen | Persist | PersistCache | Spawn | RollBack | Notify | RoleChanged
+Action = Reply | Send | Close | CheckFrozen | Persist | PersistCache | Spawn | TopUp | RollBack | Notify | RoleChanged

@@ -52,6 +52,7 @@ from ._events import (
     Spawn,
     Spoke,
     TimerFired,
+    TopUp,
     TryAgain,
     WorkerFailed,
 )
@@ -114,6 +115,8 @@ class UrbanRobot:
         self.spawner = spawner
         # The generation the process manager spawned an identity with (None: not its child): Connected carries it.
         self.spawned_generation: Callable[[str], int | None] = lambda identity: None
+        self.spawned_release: Callable[[str], str | None] = lambda identity: None  # what it runs, for reasons
+        self.top_up: Callable[[str], object] | None = None  # TopUp: the process manager back to its count, at once
         self.roll_back = roll_back
         self.notify = notify
         self.blocking_io = blocking_io  # file writes; tests on a virtual clock run them inline
@@ -271,6 +274,9 @@ class UrbanRobot:
         elif isinstance(action, Spawn):
             if self.spawner is not None:
                 self.spawner(action.reason)
+        elif isinstance(action, TopUp):
+            if self.top_up is not None:
+                self.top_up(action.reason)
         elif isinstance(action, RollBack):
             if self.roll_back is not None:
                 self.roll_back(action)
@@ -326,6 +332,7 @@ class UrbanRobot:
             "epoch": core.epoch,
             "is_sane": core.is_sane,
             "last_known_good": core.last_known_good_hash,
+            "waiting_for": core.waiting_for(now),
             "cache_age": None if core.cache_age is None else now - core.cache_age,
             "workers": [
                 {
@@ -387,7 +394,9 @@ class _WorkerNamespace(Namespace):
         self.server.start_task(sid, self.robot._sender, conn)
         try:
             generation = None if identity.admin else self.robot.spawned_generation(identity.name)
-            await self.robot.submit(Connected(sid, identity.name, admin=identity.admin, generation=generation))
+            release = None if identity.admin else self.robot.spawned_release(identity.name)
+            connected = Connected(sid, identity.name, admin=identity.admin, generation=generation, release=release)
+            await self.robot.submit(connected)
         except BaseException:
             # Cancelled: the connection closed while it was being registered. No disconnect handler
             # will run for it, so undo here, or it stays in the core as a ghost worker for good.
