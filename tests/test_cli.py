@@ -315,6 +315,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
     read, write = os.pipe()
     os.close(read)  # `head` has read its lines and gone
     command = [sys.executable, "-m", "urban_robot", "--state-dir", str(tmp_path / "state"), "logs", "child-aa-1"]
+    command[3:3] = ["--helium-path", str(tmp_path / "bot")]  # logs prints only files in its log directory
     done = subprocess.run(command, stdout=write, stderr=subprocess.PIPE, env=os.environ | {"BOT_TOKEN": "x"})
     os.close(write)
     assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode()
