@@ -40,11 +40,6 @@ def _pongs(fake: Fake) -> list[dict]:
     return fake.posts(prefix="Pong!")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a worker given SIGTERM (`kill PID`, what the README's demo suggests) says "
-    "`shutdown` and is never replaced: the supervisor silently keeps one worker, no standby",
-)
 def test_a_worker_killed_with_sigterm_is_replaced(tmp_path: Path) -> None:
     with supervised(tmp_path, BOT) as (_fake, supervisor):
         holder, _ = supervisor.two_up()

@@ -520,7 +520,7 @@ class Attachment:
             verdict = judge(exc, getattr(self.bot, "intents", None))
             return await self._discord_failed(verdict.reason, verdict.hint)
         if self._stopping is None and not self.protocol.finished:
-            self.stop("the bot closed")  # by itself (bot.close() in its own code): not to be replaced
+            self.stop("the bot closed")  # by itself (bot.close() in its own code): no crash, but replaced
 
     async def _reset_http(self) -> None:
         """Close the session a failed ``static_login`` opened; closing it closed its connector: let login make one."""
