@@ -143,6 +143,45 @@ def test_coma_stops_processing_and_drains_work_in_flight_before_the_final_cache_
     run_virtual(scenario)
 
 
+def test_a_drain_never_outlives_the_lease_view_whatever_the_drain_timeout() -> None:
+    """Red team finding 1: a coma 3 s before the lease view ends, work that needs 12 s, drain_timeout 30 s:
+    the work is cancelled when the view ends (§8.1 rule 3), and only then are the final cache and the ack sent."""
+
+    async def scenario() -> None:
+        supervisor, bot = FakeSupervisor(), OfflineBot()
+        ran: list[tuple[str, float]] = []
+
+        @bot.listen("on_member_join")
+        async def welcome(name: str) -> None:
+            try:
+                await asyncio.sleep(12)
+                ran.append(("welcomed", now()))
+            except asyncio.CancelledError:
+                ran.append(("cancelled", now()))
+                raise
+
+        att, steps = make_attachment(bot, supervisor, get_cache=lambda: {}, drain_timeout=30)
+        runner = asyncio.create_task(att.run())
+        grant = await serve_until_processing(supervisor)
+        grant.answer(RENEWAL)
+        await steps.wait_for(StartProcessing)
+        ends = grant.at + 15
+        assert att.lease_ends == ends
+        await asyncio.sleep(ends - 3 - now())  # the next heartbeat (at +10) goes unanswered: no renewal
+        bot.dispatch("member_join", "alice")
+        supervisor.cmd("coma", reason="gateway down", cache_sync=True)
+        (_, stop) = await steps.wait_for(StopProcessing)
+        assert stop == StopProcessing("coma", drain=True, lease_ends=ends)
+        async with asyncio.timeout(60):  # virtual seconds
+            final = await supervisor.skip_until("cache_sync")
+        assert final.at == ends and ran == [("cancelled", ends)]  # not at now + 30, not at alice's + 12
+        final.answer({"accepted": True})
+        (await supervisor.next("coma")).answer({})
+        await leave(supervisor, att, runner)
+
+    run_virtual(scenario)
+
+
 def test_transient_login_errors_are_retried_with_the_protocol_backoff() -> None:
     async def scenario() -> None:
         supervisor, bot = FakeSupervisor(), OfflineBot()

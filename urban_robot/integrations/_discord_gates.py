@@ -28,6 +28,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -80,16 +81,18 @@ class InFlight:
     def release(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
 
-    async def settle(self, *, drain: bool, timeout: float) -> None:
-        """Drain (up to ``timeout``) or cancel the work in flight, and wait (up to ``timeout``) until it is gone."""
+    async def settle(self, *, until: float = -math.inf, timeout: float) -> None:
+        """Let the work in flight finish until ``until`` (the loop's clock; in the past: not at all), then cancel
+        what is left and wait (up to ``timeout``) until it is gone."""
         tasks_ = self._tasks - {asyncio.current_task()}  # work that stops the worker itself is not waited for
-        if drain and tasks_:
-            await asyncio.wait(tasks_, timeout=timeout)
+        drain = until - asyncio.get_running_loop().time()
+        if drain > 0 and tasks_:
+            await asyncio.wait(tasks_, timeout=drain)
         left = [t for t in tasks_ if not t.done()]
         for task in left:
             task.cancel()
         if left:
-            log.warning("cancelled %d piece(s) of work in flight%s", len(left), " (drain timed out)" * drain)
+            log.warning("cancelled %d piece(s) of work in flight%s", len(left), " (drain time over)" * (drain > 0))
             _, stuck = await asyncio.wait(left, timeout=timeout)
             if stuck:
                 names = [t.get_name() for t in stuck]

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
 import random
 import signal
@@ -216,6 +217,7 @@ class Attachment:
         self.in_flight = InFlight()
         self._client = client
         self._processing = False  # StartProcessing carried out, StopProcessing not yet
+        self._drain_until = -math.inf  # the last StopProcessing's drain ends then (never past the lease)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._group: asyncio.TaskGroup | None = None
         self._sio: SocketIOClient | None = None
@@ -311,7 +313,7 @@ class Attachment:
         finally:
             self._group = None
             self._processing = False
-            await self.in_flight.settle(drain=False, timeout=self.timeouts.close)
+            await self.in_flight.settle(timeout=self.timeouts.close)
             await self._close_bot()
         if self._error is not None:
             raise self._error
@@ -431,8 +433,9 @@ class Attachment:
         elif isinstance(effect, StartProcessing):
             self._processing = True
         elif isinstance(effect, StopProcessing):
-            self._processing = False  # no new work from here; then the work in flight ends
-            await self.in_flight.settle(drain=effect.drain, timeout=self.drain_timeout)
+            self._processing = False  # no new work from here; then the work in flight ends, within the lease
+            self._drain_until = effect.drain_until(self._now(), self.drain_timeout)
+            await self.in_flight.settle(until=self._drain_until, timeout=self.timeouts.close)
             log.info("stopped processing: %s", effect.reason)
         elif isinstance(effect, ApplyCache):
             await _call_user(self.set_cache, effect.cache, what="set_cache")
