@@ -75,14 +75,6 @@ attachment.run_forever()
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attach() on a discord.Client (not commands.Bot) with "
-    "tree = app_commands.CommandTree(client) crashes: AttributeError 'Plain' object has no attribute "
-    "'add_listener' (attach uses Bot.add_listener). Each worker exits 1 with a traceback, the supervisor "
-    "logs only 'exited with 1', and after 5 a crash loop: no bot. (Even with that fixed, the default "
-    "vital cog modules.utilities cannot be loaded by a Client.)",
-)
 def test_a_plain_client_with_a_command_tree_works_as_documented(tmp_path: Path) -> None:
     with supervised(tmp_path, CLIENT) as (fake, supervisor):
         supervisor.holder(40)

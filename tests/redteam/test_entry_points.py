@@ -119,42 +119,21 @@ def test_prefix_hybrid_listeners_reactions_and_wait_for_run_once_on_the_holder(b
     assert _count(fake, "got yes") == [me] and ask
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on_ready never runs on ANY worker: READY arrives before the lease is granted "
-    "(the grant needs READY + a health check), so the gate drops it on the future holder too; "
-    "docs/workers.md says only that a standby promoted later never sees it",
-)
 def test_on_ready_runs_once_on_the_first_holder(bot) -> None:
     fake, *_ = bot
     assert len(_count(fake, "on_ready ran")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a tasks.loop(count=1) started in setup_hook (as docs/workers.md advises) "
-    "never runs: its only iteration comes before any worker holds the lease and is skipped everywhere",
-)
 def test_a_one_shot_loop_started_in_setup_hook_runs_once(bot) -> None:
     fake, *_ = bot
     assert len(_count(fake, "once ran")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Loop.before_loop (and after_loop) are not gated: they run on every worker, "
-    "the standby included (a visible side effect twice)",
-)
 def test_before_loop_runs_only_where_the_lease_is_held(bot) -> None:
     fake, *_ = bot
     assert len(_count(fake, "before_loop ran")) <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cog_unload/extension teardown run in bot.close() on every worker, standbys "
-    "included; docs/workers.md 'What runs everywhere' does not say so",
-)
 def test_cog_unload_at_stop_is_not_run_by_the_standby(bot) -> None:
     fake, supervisor, _, standby = bot
     supervisor.stop()
