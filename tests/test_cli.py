@@ -234,3 +234,93 @@ def test_format_status_shows_each_gateway_and_the_last_failures() -> None:
         "last failure:    child-a-3 (generation 3, version 1.4.0): the token was refused — "
         "reset it in the developer portal and update BOT_TOKEN, at 2026-01-02 03:04:05"
     )
+
+
+def test_logs_find_an_exited_worker_by_the_identity_in_its_file_name(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from urban_robot.cli import worker_logs
+
+    log_dir = tmp_path / "bot" / "log"
+    log_dir.mkdir(parents=True)
+    (log_dir / "helium-2026-12-06-07-00-00-child-ab12cd-3.log").write_text("Traceback\nKeyError: 'x'\n")
+    (log_dir / "helium-2026-12-06-07-00-01-child-ab12cd-4.log").write_text("running\n")
+    registry = {"child-ab12cd-4": {"pid": 1, "log": str(log_dir / "helium-2026-12-06-07-00-01-child-ab12cd-4.log")}}
+    (tmp_path / "children.json").write_text(json.dumps(registry))
+    out, err = io.StringIO(), io.StringIO()
+    assert worker_logs(tmp_path, "child-ab12cd-3", out, err=err, log_dir=log_dir) == 0  # exited: not in the registry
+    assert out.getvalue() == "Traceback\nKeyError: 'x'\n"
+    out = io.StringIO()
+    assert worker_logs(tmp_path, None, out, err=err, log_dir=log_dir) == 0
+    assert out.getvalue() == "running\n"  # without an identity: the newest running worker's
+
+
+def test_logs_follow_every_worker_with_prefixes_new_ones_too(tmp_path: Path) -> None:
+    """``logs -f``: the running workers' last lines, then every new line of every worker, a deploy's candidate
+    (a file that appears later) included, each prefixed by its identity; terminal escapes shown, not obeyed."""
+    import io
+    import json
+
+    from urban_robot.cli import worker_logs
+
+    log_dir = tmp_path / "log"
+    log_dir.mkdir()
+    gone = log_dir / "helium-2026-12-06-06-00-00-child-aa-1.log"
+    gone.write_text("an old worker's line\n")
+    holder = log_dir / "helium-2026-12-06-07-00-00-child-aa-2.log"
+    holder.write_text("".join(f"line {n}\n" for n in range(15)))
+    (tmp_path / "children.json").write_text(json.dumps({"child-aa-2": {"pid": 1, "log": str(holder)}}))
+    candidate = log_dir / "helium-2026-12-06-07-05-00-child-aa-3.log"
+    steps = iter(
+        [
+            lambda: candidate.write_text("\x1b[31mstarting\n"),
+            lambda: holder.open("a").write("coma\n"),
+            lambda: candidate.open("a").write("processing\n"),
+        ]
+    )
+
+    def step() -> bool:
+        action = next(steps, None)
+        if action is None:
+            return True
+        action()
+        return False
+
+    out = io.StringIO()
+    assert worker_logs(tmp_path, None, out, follow=True, poll=0, stop=step, log_dir=log_dir) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[:10] == [f"child-aa-2 | line {n}" for n in range(5, 15)]  # the holder's last ten lines first
+    assert lines[10:] == ["child-aa-3 | \\x1b[31mstarting", "child-aa-2 | coma", "child-aa-3 | processing"]
+    assert "an old worker" not in out.getvalue()
+
+
+@pytest.mark.slow
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    """``logs | head`` (and ``status | head``): the pipe closes before the output is written; exit 0, no traceback."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "bot" / "log" / "helium-2026-12-06-07-00-00-child-aa-1.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("x" * 200_000 + "\n")  # more than a pipe holds
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "children.json").write_text(json.dumps({"child-aa-1": {"pid": 1, "log": str(log)}}))
+    read, write = os.pipe()
+    os.close(read)  # `head` has read its lines and gone
+    command = [sys.executable, "-m", "urban_robot", "--state-dir", str(tmp_path / "state"), "logs", "child-aa-1"]
+    done = subprocess.run(command, stdout=write, stderr=subprocess.PIPE, env=os.environ | {"BOT_TOKEN": "x"})
+    os.close(write)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode()
+
+
+def test_status_says_what_a_start_waits_for_and_deploy_wait_prints_the_outcome() -> None:
+    from urban_robot.cli import format_deploy_outcome
+
+    body = {"workers": [], "is_sane": True, "waiting_for": "waiting for a worker to pass its health check"}
+    assert "waiting for:     a worker to pass its health check" in format_status(body).splitlines()
+    failed = {"commit": "747c50f12ab3" + "0" * 28, "outcome": "failed", "detail": "health check: vital_cog_failed"}
+    assert format_deploy_outcome(failed) == "failed 747c50f12ab3: health check: vital_cog_failed"
+    assert format_deploy_outcome({"commit": "-", "outcome": "insane", "detail": ""}) == "insane"

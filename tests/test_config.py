@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from urban_robot._errors import UrbanRobotError
@@ -98,7 +99,7 @@ def test_precedence_for_several_keys(tmp_path: Path, bot: Path) -> None:
 
 def test_each_layer_alone_sets_a_worker_setting(tmp_path: Path, bot: Path) -> None:
     base = {"HELIUM_PATH": str(bot), "BOT_TOKEN": TOKEN}
-    assert options(tmp_path, env=base).settings.interval == 30.0
+    assert options(tmp_path, env=base).settings.interval == 1.0
     write(tmp_path / ".env", "URBAN_ROBOT_WORKERS_INTERVAL=11\n")
     assert options(tmp_path, env=base).settings.interval == 11.0
     write(tmp_path / "urban-robot.toml", "[workers]\ninterval = 12\n")
@@ -598,3 +599,63 @@ def test_a_file_in_the_working_directory_another_user_owns_is_ignored(tmp_path: 
     os.chown(tmp_path / "urban-robot.toml", 4242, 4242)
     os.chown(tmp_path / ".env", 4242, 4242)
     assert load_config({}, {}, None, tmp_path).port == 8080
+
+
+# ---- the notification webhook ----
+
+HOOK = "https://discord.com/api/webhooks/1122334455667788/hook-SECRET-0123456789"
+
+
+def test_the_notification_webhook_from_environment_toml_or_dotenv(tmp_path: Path, bot: Path) -> None:
+    env = {"BOT_TOKEN": TOKEN, "HELIUM_PATH": str(bot)}
+    assert options(tmp_path, env=env).notify_webhook is None
+    got = options(tmp_path, env={**env, "URBAN_ROBOT_NOTIFY_WEBHOOK": HOOK}).notify_webhook
+    assert got is not None and (got.url, got.id) == (HOOK, "1122334455667788")
+    write(tmp_path / "urban-robot.toml", f'[secrets]\nnotify_webhook = "{HOOK}/"\n')
+    from_toml = options(tmp_path, env=env)
+    assert from_toml.notify_webhook == got
+    assert (from_toml.notify_destination, from_toml.discord_log_level) == (None, logging.WARNING)  # alone: fine
+    for text in (repr(from_toml), str(load(tmp_path, env=env))):
+        assert "SECRET" not in text
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("discord.com/api/webhooks/1/hook-SECRET", "not an http:// or https:// URL"),
+        ("https://discord.com/api/channels/1/hook-SECRET", "its path does not end in /webhooks/<id>/<token>"),
+        ("https://discord.com/api/webhooks/1/hook-SECRET?thread_id=2", "a user@, ?query or #fragment in it"),
+    ],
+)
+def test_a_bad_notification_webhook_is_one_line_that_never_shows_it(
+    tmp_path: Path, bot: Path, value: str, problem: str
+) -> None:
+    env = {"BOT_TOKEN": TOKEN, "HELIUM_PATH": str(bot), "URBAN_ROBOT_NOTIFY_WEBHOOK": value}
+    assert problems(tmp_path, env=env) == [
+        f"secrets.notify_webhook: {problem}: expected https://discord.com/api/webhooks/<id>/<token> (a channel's "
+        "Integrations → Webhooks → Copy Webhook URL) (value hidden) (from URBAN_ROBOT_NOTIFY_WEBHOOK)"
+    ]
+    write(tmp_path / "urban-robot.toml", "[secrets]\nnotify_webhook = 5\n")
+    assert problems(tmp_path, env={**env, "URBAN_ROBOT_NOTIFY_WEBHOOK": ""})[0].startswith(
+        "secrets.notify_webhook: expected a webhook URL, a string (value hidden)"
+    )
+
+
+def test_the_notification_webhook_is_a_secret_for_the_log_redactor(tmp_path: Path, bot: Path) -> None:
+    from urban_robot._bootstrap import prepare
+    from urban_robot.logs import Redactor
+
+    env = {"BOT_TOKEN": TOKEN, "HELIUM_PATH": str(bot), "URBAN_ROBOT_NOTIFY_WEBHOOK": HOOK}
+    configured = attrs.evolve(options(tmp_path, env=env), state_dir=tmp_path / "state")
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        assert not isinstance(prepare(configured, logging.INFO, "text"), int)
+        [handler] = [h for h in root.handlers if h not in before]
+        [redactor] = [f for f in handler.filters if isinstance(f, Redactor)]
+        assert redactor.redact(f"POST {HOOK}?wait=true") == (
+            "POST https://discord.com/api/webhooks/1122334455667788/[redacted]?wait=true"
+        )
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)

@@ -213,8 +213,13 @@ async def test_systemd_notify_and_json_logs(tmp_path: Path) -> None:
             assert proc.stderr is not None
             err = b""
             err = await read_until(proc.stderr, b"is running, epoch 1", seen=err)
+            # STATUS= follows the bot's health, not a fixed "supervising".
+            while not (status := (await sock.recv(4096)).decode()).startswith("STATUS=running child-"):
+                assert status.startswith("STATUS=waiting for"), status
+            assert status.endswith("(version 1.0, epoch 1); 1 standby") or status.endswith("; 0 standby"), status
             proc.send_signal(signal.SIGTERM)
-            assert (await sock.recv(4096)).startswith(b"STOPPING=1")
+            while not (message := await sock.recv(4096)).startswith(b"STOPPING=1"):
+                assert message.startswith(b"STATUS="), message
             while chunk := await proc.stderr.receive_some(65536):
                 err += chunk
             assert await proc.wait() == 0
@@ -225,6 +230,10 @@ async def test_systemd_notify_and_json_logs(tmp_path: Path) -> None:
     records = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
     assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)
     assert any("is running, epoch 1" in r["message"] for r in records)
+    [sigterm] = [r["message"] for r in records if r["message"].startswith("SIGTERM: ")]
+    assert sigterm.startswith(
+        "SIGTERM: stopping the supervisor, the bot goes offline: 2 workers are asked to shut down"
+    )
 
 
 @pytest.mark.slow

@@ -68,6 +68,7 @@ async def _started(app: App, options: Options, demo: bool, nursery: trio.Nursery
         await nursery.start(liveness.run)
         nursery.start_soon(run_watchdog, notify, liveness, interval)
     await notify.ready(f"supervising on {app.url}")
+    nursery.start_soon(_follow_health, app, notify)
     print(dashboard_line(app.url, options.admin_token, options.state_dir, sys.stdout), flush=True)
     port = app.url.rsplit(":", 1)[1]
     print(
@@ -88,6 +89,36 @@ async def _started(app: App, options: Options, demo: bool, nursery: trio.Nursery
     await trio.sleep(1)
     pids = ", ".join(f"{identity} pid {child.pid}" for identity, child in app.children.children.items())
     print(f"Workers: {pids}. Kill the running one and watch the standby take over; Ctrl+C stops.", flush=True)
+
+
+def _reader_gone() -> int:
+    """``status | head``: the reader left. No traceback, and none at exit when Python flushes stdout again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
+
+
+async def _follow_health(app: App, notify: SdNotify, every: float = 1.0) -> None:
+    """systemd's STATUS= follows the bot's health (``systemctl status`` says "crash loop", not "supervising"),
+    looked at after the core handled something, at most once a ``every`` seconds."""
+    if not notify.enabled:
+        return
+    changed = trio.Event()
+
+    def poke(event: object) -> None:
+        changed.set()
+
+    app.robot.handled_observers.append(poke)
+    said = ""
+    while not app.stop_requested.is_set():  # once stopping, STOPPING=1 says so
+        line = app.robot.core.health_line(trio.current_time())
+        if line != said:
+            await notify.status(line)
+            said = line
+        await trio.sleep(every)
+        await changed.wait()
+        changed = trio.Event()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--ignore", action="append", default=[], metavar="PATTERN", help="glob of paths not to watch/copy")
     logs = commands.add_parser("logs", help="print a worker's log (the newest worker's by default)")
     logs.add_argument("worker", nargs="?", help="the worker's identity, e.g. child-3f2a1c-2 (see status)")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep printing as the log grows (Ctrl+C stops)")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing; without a worker: every worker's lines, prefixed, new workers too (Ctrl+C stops)",
+    )
     for name, help_text in (
         ("status", "show the running supervisor's workers and state"),
         ("try-again", "forget known-bad commits, set is_sane again, and deploy"),
@@ -137,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--url", help="the supervisor's address (default: from --host/--port and the configuration)")
         sub.add_argument("--json", action="store_true", help="print the supervisor's JSON answer as it is")
+        if name == "deploy":
+            sub.add_argument("--wait", action="store_true", help="wait for the deploy to end and print its outcome")
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json lines")
     args = parser.parse_args(argv)
     if args.subcommand == "dev":
@@ -167,19 +205,28 @@ def main(argv: list[str] | None = None) -> int:
         return config_errors(exc)
     configured_token = config.options.admin_token if config.options else None
     if args.subcommand == "logs":
+        helium_path = config.options.helium_path if config.options else config.state_dir / "demo-bot"
         try:
-            return worker_logs(config.state_dir, args.worker, sys.stdout, follow=args.follow)
+            return worker_logs(
+                config.state_dir, args.worker, sys.stdout, follow=args.follow, log_dir=helium_path / "log"
+            )
         except KeyboardInterrupt:
             return 0
+        except BrokenPipeError:
+            return _reader_gone()
     if args.subcommand in SUBCOMMANDS:  # before logging is set up: httpx would log every request
-        return run_subcommand(
-            args.subcommand,
-            url=args.url or supervisor_url(config.host, config.port),
-            token=read_admin_token(config.state_dir, configured_token),
-            out=sys.stdout,
-            json=args.json,
-            state_dir=config.state_dir,
-        )
+        try:
+            return run_subcommand(
+                args.subcommand,
+                url=args.url or supervisor_url(config.host, config.port),
+                token=read_admin_token(config.state_dir, configured_token),
+                out=sys.stdout,
+                json=args.json,
+                state_dir=config.state_dir,
+                wait=getattr(args, "wait", False),
+            )
+        except BrokenPipeError:
+            return _reader_gone()
     prepared = prepare(
         config.options or demo_options(config.host, config.port, config.state_dir), config.log_level, args.log_format
     )

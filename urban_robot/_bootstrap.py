@@ -50,6 +50,7 @@ def prepare(options: Options, log_level: int, log_format: LogFormat) -> Options 
         options.discord_token,
         options.admin_token,
         options.webhook_secret,
+        options.notify_webhook.token if options.notify_webhook else None,  # the URL's secret part
         *options.worker_secrets.values(),
     )
     configure_logging(log_level, log_format, secrets)
@@ -96,7 +97,13 @@ async def _stop_on_signals(signals: AsyncIterator[int], app: App, say: Say) -> N
     async for signum in signals:
         reason = SIGNAL_REASONS.get(signal.Signals(signum), signal.Signals(signum).name)
         if app.stop(reason):
-            say(f"{reason}: stopping: every worker is asked to shut down, then signalled", False)
+            policy, count = app.children.policy, len(app.children.children)
+            say(
+                f"{reason}: stopping the supervisor, the bot goes offline: {count} workers are asked to shut down "
+                f"(the holder hands in its final cache and its lease), SIGTERM after {policy.term_timeout:g} s, "
+                f"SIGKILL {policy.kill_timeout:g} s later",
+                False,
+            )
         else:
             say(f"{reason}: already stopping the workers in order; kill -9 {os.getpid()} forces", True)
 

@@ -27,7 +27,8 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from .logs import printable
+from .logs import escape_controls, printable
+from .supervisor._children import log_identity
 from .supervisor._store import StateError, check_private, read_private
 
 __all__ = [
@@ -183,12 +184,14 @@ class _Failed(Exception):
     """One line for the operator; the subcommand exits 1."""
 
 
-def _request(method: str, url: str, path: str, token: str | None, state_dir: Path | None) -> Any:
+def _request(
+    method: str, url: str, path: str, token: str | None, state_dir: Path | None, timeout: float | None = TIMEOUT
+) -> Any:
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        with httpx.Client(timeout=TIMEOUT) as client:
+        with httpx.Client(timeout=timeout) as client:
             response = client.request(method, url + path, headers=headers)
     except httpx.ConnectError:
         raise _Failed(f"no supervisor answers at {url}: is it running? (start it with python -m urban_robot)") from None
@@ -274,6 +277,8 @@ def format_status(body: dict[str, Any]) -> str:
     lines.append(f"cache age:       {_seconds(body.get('cache_age'))}")
     lines.append(f"is_sane:         {_cell(sane).lower()}" + ("" if sane is not False else " (fix, then: try-again)"))
     lines.append(f"last_known_good: {_cell(body.get('last_known_good'))}")
+    if isinstance(body.get("waiting_for"), str):
+        lines.append(f"waiting for:     {body['waiting_for'].removeprefix('waiting for ')}")
     lines.extend(line for line in map(_failure, body.get("failures") or []) if line)
     return "\n".join(lines)
 
@@ -294,6 +299,16 @@ SUBCOMMANDS: dict[str, tuple[str, str, Callable[[dict[str, Any]], str]]] = {
 }
 
 
+DEPLOY_SUCCESSES = frozenset({"deployed", "up to date"})
+
+
+def format_deploy_outcome(body: dict[str, Any]) -> str:
+    """``deploy --wait``'s line: ``deployed 747c50f12ab3`` or ``failed 747c50f12ab3: <why>``."""
+    commit = str(body.get("commit") or "-")
+    what = str(body.get("outcome") or "?") + ("" if commit == "-" else f" {commit[:12]}")
+    return what + (f": {body['detail']}" if body.get("detail") else "")
+
+
 def run_subcommand(
     name: str,
     *,
@@ -303,24 +318,41 @@ def run_subcommand(
     json: bool = False,
     err: TextIO | None = None,
     state_dir: Path | None = None,
+    wait: bool = False,
 ) -> int:
     """Run subcommand ``name`` against the supervisor at ``url``; the exit code (0 done, 1 failed).
 
     ``json``: print the supervisor's answer as it came. ``err`` (default stderr) gets the one-line
-    error; ``state_dir`` names the credential file in it.
+    error; ``state_dir`` names the credential file in it. ``wait`` (``deploy --wait``): wait for the
+    deploy to end, print its outcome, and exit 1 unless it deployed (or there was nothing to deploy).
     """
     err = sys.stderr if err is None else err
     if name not in SUBCOMMANDS:
         print(f"urban-robot: unknown subcommand {name!r} (one of {', '.join(SUBCOMMANDS)})", file=err)
         return 2
     method, path, render = SUBCOMMANDS[name]
+    waiting = wait and name == "deploy"
+    if waiting:
+        path, render = path + "?wait=1", format_deploy_outcome
     try:
-        body = _request(method, url.rstrip("/"), path, token, state_dir)
+        body = _request(method, url.rstrip("/"), path, token, state_dir, timeout=None if waiting else TIMEOUT)
     except _Failed as exc:
         print(f"urban-robot: {exc}", file=err)
         return 1
     print(jsonlib.dumps(body, indent=2) if json else render(body), file=out, flush=True)
-    return 0
+    return 0 if not waiting or body.get("outcome") in DEPLOY_SUCCESSES else 1
+
+
+def _logs_on_disk(log_dir: Path | None) -> dict[str, Path]:
+    """identity -> its newest log file in ``log_dir`` (files are named by identity: ``helium-<stamp>-<id>.log``)."""
+    found: dict[str, Path] = {}
+    if log_dir is None or not log_dir.is_dir():
+        return found
+    for path in sorted(log_dir.glob("helium-*.log"), key=lambda p: p.stat().st_mtime):
+        identity = log_identity(path)
+        if identity is not None:
+            found[identity] = path
+    return found
 
 
 def worker_logs(
@@ -332,34 +364,95 @@ def worker_logs(
     err: TextIO | None = None,
     poll: float = 0.5,
     stop: Callable[[], bool] = lambda: False,
+    log_dir: Path | None = None,
 ) -> int:
-    """Print a worker's log (the newest worker's without ``identity``); ``follow`` keeps printing as it grows.
+    """Print a worker's log (the newest running worker's without ``identity``); ``follow`` keeps printing.
 
-    Read from the machine the supervisor runs on: the children registry in the state directory names
-    each running worker's log file.
+    Read from the machine the supervisor runs on: the children registry in the state directory names each
+    running worker's log file, and ``log_dir`` (``<helium_path>/log``) holds every worker's, named by its
+    identity, so an exited worker's log is found too. ``follow`` without ``identity`` follows every worker,
+    each line prefixed with its identity (as ``pm2 logs`` does): the new ones too as they start, so it
+    keeps showing the running worker across hand-overs, and a failing candidate's last words.
     """
     err = err or sys.stderr
     try:
         registry = jsonlib.loads((state_dir / "children.json").read_text())
     except (OSError, ValueError):
+        registry = None
+    running: dict[str, Path] = {
+        name: Path(str(info["log"]))
+        for name, info in (registry if isinstance(registry, dict) else {}).items()
+        if isinstance(info, dict) and info.get("log")
+    }
+    logs = _logs_on_disk(log_dir) | running
+    if registry is None and not logs:
         print(
             f"urban-robot: no workers recorded in {state_dir}: is a supervisor running with this --state-dir?", file=err
         )
         return 1
-    logs: dict[str, str] = {
-        name: str(info["log"]) for name, info in registry.items() if isinstance(info, dict) and info.get("log")
-    }
+    if identity is None and follow:
+        return _follow_all(log_dir, running, out, poll=poll, stop=stop)
     if identity is None and logs:
-        identity = max(logs, key=lambda name: Path(logs[name]).stat().st_mtime if Path(logs[name]).exists() else 0)
+        pool = running or logs
+        identity = max(pool, key=lambda name: pool[name].stat().st_mtime if pool[name].exists() else 0)
     if identity not in logs:
-        known = ", ".join(sorted(logs)) or "none"
+        known = ", ".join(sorted(running)) or "none"
         print(f"urban-robot: no log for worker {identity!r} (running workers: {known})", file=err)
         return 1
     with open(logs[identity], errors="replace") as file:
-        out.write(file.read())
+        out.write(escape_controls_keeping_lines(file.read()))
         out.flush()
         while follow and not stop():
             time.sleep(poll)
-            out.write(file.read())
+            out.write(escape_controls_keeping_lines(file.read()))
             out.flush()
+    return 0
+
+
+def escape_controls_keeping_lines(text: str) -> str:
+    """A worker's output for the operator's terminal: control characters escaped, line breaks kept."""
+    return "".join(escape_controls(line) + "\n" for line in text.split("\n"))[:-1]
+
+
+FOLLOW_BACKLOG = 10  # lines of each running worker's log shown before following
+
+
+def _follow_all(
+    log_dir: Path | None, running: dict[str, Path], out: TextIO, *, poll: float, stop: Callable[[], bool]
+) -> int:
+    """Every worker's new lines as ``identity | line``: the running ones' last lines first, then each new line,
+    of workers that start later too (a deploy's candidate, a replacement)."""
+    files: dict[Path, tuple[str, Any, str]] = {}  # path -> (identity, open file, partial line)
+
+    def add(path: Path, name: str) -> Any:
+        try:
+            file = open(path, errors="replace")
+        except OSError:
+            return None
+        files[path] = (name, file, "")
+        return file
+
+    def write(name: str, lines: list[str]) -> None:
+        out.write("".join(f"{name} | {escape_controls(line)}\n" for line in lines))
+
+    old = set(_logs_on_disk(log_dir).values())  # workers gone before we started: not followed
+    try:
+        for name, path in running.items():
+            file = add(path, name)
+            if file is not None:
+                write(name, file.read().splitlines()[-FOLLOW_BACKLOG:])
+        out.flush()
+        while not stop():
+            time.sleep(poll)
+            for name, path in _logs_on_disk(log_dir).items():
+                if path not in files and path not in old:
+                    add(path, name)  # a new worker: all of it
+            for path, (name, file, partial) in list(files.items()):
+                *lines, partial = (partial + file.read()).split("\n")
+                write(name, lines)
+                files[path] = (name, file, partial)
+            out.flush()
+    finally:
+        for _, file, _ in files.values():
+            file.close()
     return 0

@@ -7,7 +7,8 @@ got 'eighty' (from URBAN_ROBOT_PORT)``): an operator fixes them all in one go.
 
 ``KEYS`` is the one table of what can be configured; docs/configuration.md
 lists the same keys for people. Secrets (the bot token, the webhook secret, the
-admin token, the external workers' secrets) never appear in a repr or an error message.
+admin token, the external workers' secrets, the notification webhook's URL) never appear in a repr or an
+error message.
 
 A key may be a table of ``NAME = value`` pairs (``Key.table``): ``[secrets.workers]`` in TOML, one
 variable per name in the environment (``URBAN_ROBOT_WORKER_SECRET_<NAME>``); its entries merge across
@@ -37,7 +38,7 @@ from ._errors import UrbanRobotError
 from .supervisor._app import Options
 from .supervisor._children import ChildPolicy
 from .supervisor._core import Settings
-from .supervisor._notify import DISCORD_API
+from .supervisor._notify import DISCORD_API, WEBHOOK_ENV, DiscordWebhook, NotifyError
 
 log = logging.getLogger("urban_robot.config")
 
@@ -247,6 +248,16 @@ def _secret(value: Any, cwd: Path) -> str:
     return value
 
 
+def _webhook_url(value: Any, cwd: Path) -> DiscordWebhook:
+    """A Discord webhook's URL: it holds the webhook's token, so it is a secret and never echoed."""
+    if not isinstance(value, str):
+        raise _Invalid("expected a webhook URL, a string (value hidden)")
+    try:
+        return DiscordWebhook.parse(value)
+    except NotifyError as exc:
+        raise _Invalid(str(exc)) from None
+
+
 def _worker_secrets(value: Any, cwd: Path) -> dict[str, str]:
     """``{NAME: secret}``: each connects as ``worker:NAME`` (docs/protocol.md §3). Names are said, secrets never."""
     if not isinstance(value, dict):
@@ -361,6 +372,21 @@ KEYS: tuple[Key, ...] = (
         "seconds a new worker has to pass its health check",
     ),
     Key(
+        "workers.frozen_limit",
+        "URBAN_ROBOT_WORKERS_FROZEN_LIMIT",
+        _seconds,
+        None,
+        "seconds a child may be silent while the kernel reports its process stopped before it is killed"
+        " (unset: interval + 1.5)",
+    ),
+    Key(
+        "workers.hang_limit",
+        "URBAN_ROBOT_WORKERS_HANG_LIMIT",
+        _seconds,
+        None,
+        "seconds a child may be silent, stopped or not, before it is killed (unset: interval + 7)",
+    ),
+    Key(
         "workers.gateway_down_limit",
         "URBAN_ROBOT_WORKERS_GATEWAY_DOWN_LIMIT",
         _non_negative_seconds,
@@ -459,6 +485,15 @@ KEYS: tuple[Key, ...] = (
         _secret,
         None,
         "Discord bot token, for the workers and for notifications; required with helium_path",
+        secret=True,
+    ),
+    Key(
+        "secrets.notify_webhook",
+        WEBHOOK_ENV,
+        _webhook_url,
+        None,
+        "a Discord channel webhook's URL for notifications: alone, or the fallback when Discord refuses the bot's"
+        " token or channel (the URL holds the webhook's token)",
         secret=True,
     ),
     Key(
@@ -716,6 +751,8 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         lease_margin=values["workers.lease_margin"],
         health_timeout=values["workers.health_timeout"],
         gateway_down_limit=values["workers.gateway_down_limit"],
+        frozen_limit=values["workers.frozen_limit"],
+        hang_limit=values["workers.hang_limit"],
         crash_loop_losses=values["workers.crash_loop_losses"],
         crash_loop_window=values["workers.crash_loop_window"],
         max_connections=values["max_connections"],
@@ -748,6 +785,7 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         discord_token=token,
         notify_destination=values["notify.dm"] or values["notify.channel"],
         notify_dm=values["notify.dm"] is not None,
+        notify_webhook=values["secrets.notify_webhook"],
         discord_log_level=values["notify.level"],
         discord_api_url=values["notify.api_url"],
         policy=policy,

@@ -281,7 +281,7 @@ class DevMode:
     def _explain(self, result: TreeOutcome, tail: list[str]) -> str:
         settings = self.app.robot.settings
         outcome = result.outcome
-        reason = outcome.removeprefix("health check: ")
+        reason = outcome.removeprefix("health check: ").split(" (")[0]  # the code, without the failing cogs
         if reason == "vital_cog_failed":
             return f"health check: {_failed_cogs(self._reports.get(result.identity or ''), settings)}"
         if reason == "health_check_failure":

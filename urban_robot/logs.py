@@ -11,6 +11,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -158,6 +159,34 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+TAIL_LINES = 5  # lines of a worker's output quoted in crash, failed-deploy and crash-loop messages
+_TAIL_BYTES = 16384
+_TAIL_LINE_MAX = 300  # characters of one quoted line (a minified JSON dump must not fill a Discord message)
+
+
+def escape_controls(text: str) -> str:
+    """A worker's output line for a message: ``printable`` (escape sequences shown as ``\\x1b``, never obeyed:
+    quoted output must not recolour, clear or rewrite the operator's terminal), tabs as spaces."""
+    return printable(text.replace("\t", "    "))
+
+
+def read_tail(
+    path: str | os.PathLike[str] | None, lines: int = TAIL_LINES, secrets: Iterable[str | None] = ()
+) -> list[str]:
+    """The last ``lines`` non-blank lines of a log file, each redacted of ``secrets`` and escaped (empty: no file)."""
+    if path is None:
+        return []
+    try:
+        with open(path, "rb") as file:
+            file.seek(max(0, os.fstat(file.fileno()).st_size - _TAIL_BYTES))
+            text = file.read().decode(errors="replace")
+    except OSError:
+        return []
+    redactor = Redactor(secrets)
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    return [escape_controls(redactor.redact(line))[:_TAIL_LINE_MAX] for line in kept]
 
 
 STRANGER_EVERY = 10.0  # seconds: at most one line of each kind a stranger can cause, per this

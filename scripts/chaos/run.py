@@ -24,8 +24,8 @@ overlapping processing, P2 time without a processor, P3 no acknowledged write lo
 commit processed, epochs only increasing, also across supervisor restarts in state.json).
 
 The last line printed is one JSON object:
-{"duration_s", "faults": {kind: count}, "overlaps", "no_processor_total_s", "no_processor_longest_s",
- "no_processor_p99_s", "writes_checked", "writes_lost", "bad_commits_processed", ...}
+{"duration_s", "faults": {kind: count}, "overlaps", "no_processor_total_s", "no_processor_share",
+ "no_processor_longest_s", "no_processor_p99_s", "writes_checked", "writes_lost", "bad_commits_processed", ...}
 Exit status 1 on any violation (each is printed), 2 if the soak itself could not run.
 """
 
@@ -291,6 +291,8 @@ deploy_timeout = {30 if self.fake else 10}  # a commit that hangs before ready m
 interval = 1
 grace = 1
 lease_margin = 0.5
+frozen_limit = 1.5  # the defaults' shape (interval + 1.5, interval + 7) squeezed under this lease (2 s + 0.5)
+hang_limit = 2  # a partitioned child is killed (released on its exit) before its lease would run out
 {slow_login or "health_timeout = 5"}
 crash_loop_losses = 0  # off: the soak kills workers on purpose
 restart_backoff = 0.2
@@ -305,7 +307,7 @@ api_url = "{self.discord.url}"
 [secrets]
 bot_token = "{DEFAULT_TOKEN if self.fake else "chaos-bot-token"}"
 webhook_secret = "{SECRET.decode()}"
-admin_token = "chaos-admin-token"
+admin_token = "chaos-admin-token-0123456789"
 """
         )
         env = dict(os.environ)
@@ -612,6 +614,7 @@ admin_token = "chaos-admin-token"
             "faults": dict(sorted(self.faults.items())),
             "overlaps": len(verdict.overlaps),
             "no_processor_total_s": round(sum(idle), 3),
+            "no_processor_share": round(sum(idle) / max(until - since, 1e-9), 4),
             "no_processor_longest_s": round(max(idle, default=0.0), 3),
             "no_processor_p99_s": round(checker.percentile(idle, 99), 3),
             "no_processor_stretches": len(idle),

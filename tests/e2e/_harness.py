@@ -9,12 +9,13 @@
 - ``python -m urban_robot --config urban-robot.toml``: the real supervisor, in a session of its own so it
   can be SIGKILLed and started again (its children, each in a session of its own, are adopted). Two
   workers: one running, one standby. Its notifications go to the fake (``notify.api_url``) under the
-  client name ``supervisor``;
+  client name ``supervisor``; with ``notify_webhook=True`` it also has a webhook of the fake's ``#bot-log``
+  (``secrets.notify_webhook``), the fallback when Discord refuses the bot's token;
 - a poll of ``GET /api/status`` every ``STATUS_EVERY`` seconds: the supervisor's view of the lease, on the
   wall clock, kept as ``Stack.timeline``.
 
-Timings are short on purpose (``workers.interval`` 1 s, ``grace`` 1 s: a lease of 2 s; the defaults make
-it 45 s, and a frozen holder would hold up a test for that long).
+Timings are short by default (``SHORT_TIMINGS``: ``workers.interval`` 1 s, ``grace`` 1 s: a lease of 2 s);
+``timings={}`` runs the supervisor at its shipped defaults (interval 1 s, grace 9 s, margin 2 s: a 10 s lease).
 
 Each worker names itself to the fake as ``pid<its pid>`` (``configure_from_environment``'s default), so a
 record says which process did what. Every process is killed in ``Stack``'s ``finally``: the supervisor's
@@ -33,7 +34,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,8 +49,9 @@ from urban_robot.testing.traffic import InProcess, Item, Profile, Traffic, Verdi
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "discord_bot"
 SELF_TEST_BOT = Path(__file__).with_name("every_entry_point")
-ADMIN = "e2e-admin-token"
+ADMIN = "e2e-admin-token-0123456789"
 STATUS_EVERY = 0.1
+SHORT_TIMINGS = {"interval": 1.0, "grace": 1.0, "lease_margin": 0.5}
 T = TypeVar("T")
 
 # What examples/discord_bot answers, and how (see urban_robot.testing.traffic.Profile).
@@ -147,14 +149,18 @@ class Stack:
         token: str = DEFAULT_TOKEN,
         env: dict[str, str] | None = None,
         crash_loop_losses: int = 3,
+        notify_webhook: bool = False,
+        timings: Mapping[str, float] = SHORT_TIMINGS,
     ) -> None:
         self.tmp = tmp
+        self.timings = timings
         self.fake = fake
         self.nursery = nursery
         self.repo = BotRepo(tmp, source)
         self.token = token
         self.extra_env = env or {}
         self.crash_loop_losses = crash_loop_losses
+        self.notify_webhook = notify_webhook
         self.state_dir = tmp / "state"
         self.log = tmp / "supervisor.log"
         self.port = 0
@@ -176,7 +182,9 @@ class Stack:
         with socket_bound() as port:
             self.port = port
         channel = self.fake.channel("bot-log").id
+        webhook = self.fake.create_webhook("bot-log", client="supervisor") if self.notify_webhook else None
         config = self.tmp / "urban-robot.toml"
+        timings = "\n".join(f"{key} = {value}" for key, value in self.timings.items())
         config.write_text(
             f"""
 helium_path = "{self.repo.managed}"
@@ -189,9 +197,7 @@ log_level = "INFO"
 deploy_timeout = 60
 
 [workers]
-interval = 1
-grace = 1
-lease_margin = 0.5
+{timings}
 health_timeout = 20
 crash_loop_losses = {self.crash_loop_losses}
 crash_loop_window = 120
@@ -207,6 +213,7 @@ api_url = "{self.fake.url}/c/supervisor/api/v10"
 [secrets]
 bot_token = "{self.token}"
 admin_token = "{ADMIN}"
+{f'notify_webhook = "{webhook}"' if webhook else ""}
 """
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("URBAN_ROBOT", "BOT_TOKEN", "HELIUM_PATH"))}

@@ -13,8 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from urban_robot.supervisor import Close, Credentials, ProcessExited
-from urban_robot.supervisor._children import ChildPolicy, Children, prune_logs
+from urban_robot.supervisor import CheckFrozen, Close, Credentials, Frozen, ProcessExited
+from urban_robot.supervisor._children import ChildPolicy, Children, log_identity, prune_logs
 
 
 @attrs.define
@@ -54,6 +54,7 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
         "print(e.get('URBAN_ROBOT_ADMIN_TOKEN', '-'), e.get('URBAN_ROBOT_WEBHOOK_SECRET', '-')); "
         "print(e.get('URBAN_ROBOT_WORKER_SECRET_eu', '-')); "
         "print(e['HELIUM_OWN_SETTING']); "
+        "print('\\x1b[2Jleaked', e['URBAN_ROBOT_SECRET']); "
         "raise SystemExit(3)"
     )
     children = Children(
@@ -70,8 +71,11 @@ async def test_child_gets_its_environment_and_log_and_its_exit_is_reported(
         [exited] = await robot.exits(1)
     assert exited.returncode == 3
     [log_file] = list((tmp_path / "log").glob("helium-*.log"))
-    assert log_file.name[len("helium-") : -len(".log")].count("-") == 5  # YYYY-MM-DD-HH-MM-SS
-    url, generation, own_session, identity, admin, webhook, worker, own = log_file.read_text().split()
+    assert log_file.name == f"helium-{log_file.name[7:26]}-{exited.identity}.log"  # YYYY-MM-DD-HH-MM-SS-<identity>
+    assert log_identity(log_file) == exited.identity
+    url, generation, own_session, identity, admin, webhook, worker, own = log_file.read_text().split()[:8]
+    # Its exit carries its last lines: its secret redacted, the terminal escape shown, not obeyed.
+    assert exited.tail[-2:] == ("kept", "\\x1b[2Jleaked [redacted]") and exited.uptime is not None
     assert (url, generation, own_session) == ("http://127.0.0.1:1", "7", "True")
     assert (admin, webhook, worker, own) == ("-", "-", "-", "kept")  # the supervisor's secrets stay with it
     assert identity == exited.identity
@@ -218,7 +222,7 @@ async def test_a_restarted_supervisor_adopts_surviving_children_and_sees_them_ex
     os.waitpid(pid, 0)  # reap it: in this test it is still our own process's child
 
 
-async def test_a_child_fenced_off_as_hung_is_stopped(
+async def test_a_child_fenced_off_as_hung_is_killed_at_once(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     launcher = FakeLauncher()
@@ -227,9 +231,33 @@ async def test_a_child_fenced_off_as_hung_is_stopped(
     await nursery.start(children.run, 1)
     _, process = await launcher.nth(0)
     [identity] = children.children
-    children.on_action(Close("wid", "heartbeat silence", identity, hung=True))
+    fenced_at = trio.current_time()
+    children.on_action(Close("wid", "hung: silent for 8.0 s", identity, hung=True))
     [exited] = await robot.exits(1)
-    assert exited.identity == identity and process.returncode == -signal.SIGTERM
+    # SIGKILL, no SIGTERM first (a stopped process would not even take it), and no wait before it.
+    assert exited.identity == identity and process.returncode == -signal.SIGKILL
+    assert trio.current_time() == fenced_at
+
+
+@pytest.mark.slow
+async def test_the_kernel_says_which_silent_child_is_stopped(nursery: trio.Nursery) -> None:
+    robot = FakeRobot()
+    children = Children(robot, python("import time; time.sleep(60)"), cwd=Path("."), url="u")
+    await nursery.start(children.run, 2)
+    while len(children.children) < 2:
+        await trio.sleep(0.01)
+    frozen, blocked = children.children.values()
+    os.kill(frozen.pid, signal.SIGSTOP)
+    while open(f"/proc/{frozen.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+        await trio.sleep(0.01)  # the kernel stops it asynchronously
+    children.on_action(CheckFrozen("w1", frozen.identity))
+    children.on_action(CheckFrozen("w2", blocked.identity))  # asleep (a blocked event loop): not stopped
+    await robot.changed.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    assert robot.events == [Frozen(frozen.identity)]
+    for child in (frozen, blocked):
+        children.on_action(Close("w", "test over", child.identity, hung=True))
+    await robot.exits(2)
 
 
 async def test_asked_stops_and_deploy_candidates_do_not_back_off(
@@ -302,3 +330,49 @@ async def test_stop_all_waits_for_the_children_under_one_deadline_then_signals_t
     children.spawn("after the stop")
     await trio.sleep(60)
     assert len(launcher.started) == 3
+
+
+async def test_a_spawn_that_waited_out_its_backoff_is_dropped_once_spawning_stopped(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The crash loop is declared while a replacement waits out its back-off: it never starts (issue 12)."""
+    launcher = FakeLauncher()
+    policy = ChildPolicy(backoff_base=5, jitter=0, stable_uptime=30)
+    children = Children(FakeRobot(), ["bot"], cwd=Path("."), url="u", policy=policy, launch=launcher)
+    spawning = [True]
+    children.may_spawn = lambda: spawning[0]
+    await nursery.start(children.run, 1)
+    _, process = await launcher.nth(0)
+    process.returncode = 1
+    process.exit.set()  # a quick death: the next spawn waits 5 s
+    await trio.testing.wait_all_tasks_blocked()
+    children.spawn("replace child-1")
+    await trio.sleep(1)
+    spawning[0] = False  # the core said "no more spawns" meanwhile
+    await trio.sleep(10)
+    assert len(launcher.started) == 1 and children.children == {}
+
+
+async def test_top_up_at_once_resets_the_backoff_and_replaces_waiting_spawns(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """try_again: one running plus the standbys at once, not after the back-off the crashes drove up."""
+    launcher = FakeLauncher()
+    policy = ChildPolicy(backoff_base=8, jitter=0, stable_uptime=30)
+    children = Children(FakeRobot(), ["bot"], cwd=Path("."), url="u", policy=policy, launch=launcher)
+    await nursery.start(children.run, 2)
+    for n in range(2):
+        _, process = await launcher.nth(n)
+        process.returncode = 1
+        process.exit.set()
+    await trio.testing.wait_all_tasks_blocked()
+    children.spawn("replace")  # waits 16 s (two quick deaths)
+    await trio.sleep(1)
+    began = trio.current_time()
+    children.top_up("try_again", at_once=True)
+    await launcher.nth(3)
+    await trio.testing.wait_all_tasks_blocked()
+    assert [at - began for at, _ in launcher.started[2:]] == [0, 0]  # both at once
+    assert len(children.children) == 2 and children.quick_deaths == 0
+    await trio.sleep(30)
+    assert len(launcher.started) == 4  # the waiting spawn was replaced, not added

@@ -8,14 +8,15 @@ import pytest
 
 from urban_robot.supervisor import (
     CacheSync,
+    CheckFrozen,
     Close,
     ComaAck,
     Connected,
     DeployConfirmed,
     Disconnected,
+    Frozen,
     HealthReport,
     Heartbeat,
-    HeartbeatSilence,
     Identified,
     Notify,
     Persist,
@@ -34,6 +35,7 @@ from urban_robot.supervisor import (
     Stopping,
     Supervisor,
     TimerFired,
+    TopUp,
     TryAgain,
     WorkerFailed,
     version_key,
@@ -128,7 +130,8 @@ def test_failed_health_check_shuts_the_candidate_down_and_asks_for_rollback(repo
     d.renew("old", 1)
     out = d.join("new", version="1.1", report=report)
     assert d.cmds(out, "new") == ["shutdown"]
-    assert RollBack(reason, "1.1", None) in out
+    [rollback] = [a for a in out if isinstance(a, RollBack)]
+    assert (rollback.reason, rollback.version, rollback.generation) == (reason, "1.1", None)
     assert d.cmds(out, "old") == []  # the running worker keeps running throughout
     assert d.core.running_client == "old"
     assert d.core.clients["new"].role is Role.SHUTTING_DOWN
@@ -145,6 +148,7 @@ def test_health_check_timeout_is_a_failure() -> None:
     d.feed(Connected("a", identity="child-1"))
     d.feed(Identified("a", version="1.0"))
     d.feed(Ready("a"))
+    d.feed(Heartbeat("a"), at=10)  # alive, just not answering the check
     assert d.core.next_deadline() == 20
     out = d.feed(TimerFired(), at=20)
     assert d.cmds(out, "a") == ["shutdown"]
@@ -223,22 +227,105 @@ def test_dropped_connection_alone_is_no_proof_wait_for_the_lease() -> None:
     d.join("b")
     out = d.feed(Disconnected("a"), at=1)
     assert d.cmds(out, "b") == []
+    d.feed(Heartbeat("b"), at=3)
     assert d.core.next_deadline() == 17
     assert d.cmds(d.feed(TimerFired(), at=16.9), "b") == []
     out = d.feed(TimerFired(), at=17)
     assert d.grant(out, "b")["epoch"] == 2
 
 
-def test_hung_worker_fenced_after_its_lease() -> None:
+def test_silent_external_worker_is_dropped_and_its_lease_runs_out() -> None:
     d = Driver()
     d.join("a")
-    d.renew("a", 1)
+    d.renew("a", 1)  # at t=0: our view of the lease ends at 0 + 15 + 2
     d.join("b")
-    out = d.feed(HeartbeatSilence("a"), at=15)
-    assert Close("a", "heartbeat silence", "id-a", hung=True) in out
-    assert d.cmds(out, "b") == []
+    d.feed(Heartbeat("b"), at=14)
+    assert d.core.next_deadline() == 15  # a's silence: interval + grace
+    out = d.feed(TimerFired(), at=15)
+    assert Close("a", "heartbeat silence (15.0 s)", "id-a", hung=True) in out
+    assert d.cmds(out, "b") == [] and d.core.lease is not None  # an external worker may still be processing
     out = d.feed(TimerFired(), at=17)
     assert d.cmds(out, "b") == ["process_commands"]
+
+
+def join_child(d: Driver, wid: str) -> list[Any]:
+    """A worker the process manager spawned (generation 1): its silence is the kernel's to fence."""
+    d.feed(Connected(wid, identity=f"id-{wid}", generation=1))
+    d.feed(Identified(wid, version="1.0", pid=100, generation=1))
+    d.feed(Ready(wid))
+    return d.feed(HealthReport(wid, HEALTHY))
+
+
+# interval, frozen_limit, hang_limit, lease = interval + grace, margin: the defaults' shape, scaled for reading.
+CHILD_SETTINGS = Settings(
+    token="t", interval=1, grace=9, lease_margin=2, frozen_limit=2.5, hang_limit=8, spawn_workers=True
+)
+
+
+@pytest.mark.parametrize(
+    ("kernel_says_stopped", "fenced_at", "reason"),
+    [
+        (True, 2.5, "frozen: its process is stopped, silent for 2.5 s"),  # SIGSTOP: fenced at the first probe
+        (False, 8.0, "hung: silent for 8.0 s"),  # blocked or partitioned: only after hang_limit, stopped or not
+    ],
+)
+def test_silent_child_is_killed_and_its_lease_released_only_by_its_exit(
+    kernel_says_stopped: bool, fenced_at: float, reason: str
+) -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)  # heard at 0; our lease view ends at 0 + 10 + 2
+    join_child(d, "b")
+    probes = 0.0
+    while True:
+        deadline = d.core.next_deadline()
+        assert deadline is not None and deadline <= fenced_at
+        d.feed(Heartbeat("b"), at=deadline - 0.5)  # the standby keeps talking
+        out = d.feed(TimerFired(), at=deadline)
+        if CheckFrozen("a", "id-a") in out:
+            probes += 1
+            if kernel_says_stopped:
+                out = d.feed(Frozen("id-a"))
+        if any(isinstance(a, Close) for a in out):
+            break
+    assert d.now == fenced_at and (probes == 1 if kernel_says_stopped else probes == 6)  # at 2.5, then each second
+    assert Close("a", reason, "id-a", hung=True) in out  # the process manager SIGKILLs it
+    assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.wid is None
+    assert not any(isinstance(a, Notify) and "failing over" in a.message for a in out)  # no promise: its exit says
+    out = d.feed(ProcessExited("id-a", -9), at=fenced_at + 0.01)  # waitpid: the kill is confirmed
+    grant = d.grant(out, "b")
+    assert grant["epoch"] == 2 and grant["reason"] == "failover: id-a exited (-9)"
+    assert any(isinstance(a, Spawn) and a.reason.startswith("replace id-a: exited (-9)") for a in out)
+
+
+def test_a_child_blocked_for_five_seconds_is_probed_but_not_fenced() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    out = d.feed(TimerFired(), at=2.5)
+    assert out == [CheckFrozen("a", "id-a")]  # the kernel says running (a blocked loop): no answer comes
+    for t in (3.5, 4.5, 5.5):
+        assert d.feed(TimerFired(), at=t) == [CheckFrozen("a", "id-a")]
+    d.now = 6.0  # the loop runs again (blocked 5 s, from 1 s after its last heartbeat)
+    assert d.renew("a", 1)["lease"] == 10
+    assert d.core.next_deadline() == 6 + 2.5 and d.core.running_client == "a"
+
+
+def test_a_late_frozen_answer_does_not_fence_a_child_that_spoke_since() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    assert d.feed(TimerFired(), at=2.5) == [CheckFrozen("a", "id-a")]
+    d.renew("a", 1)  # SIGCONT: it spoke again before the kernel's answer was handled
+    assert d.feed(Frozen("id-a")) == [] and d.core.running_client == "a"
+
+
+def test_an_external_worker_is_never_probed_nor_fenced_before_its_silence_limit() -> None:
+    d = Driver(CHILD_SETTINGS)
+    d.join("a")  # no generation from the process manager: not our child
+    d.renew("a", 1)
+    assert d.core.next_deadline() == 10  # interval + grace, no probe at 2.5
+    assert d.feed(Frozen("id-a"), at=9) == [] and d.core.running_client == "a"
 
 
 def test_reconnecting_holder_keeps_its_lease() -> None:
@@ -266,6 +353,7 @@ def test_restart_restores_epoch_sanity_and_waits_out_the_old_lease() -> None:
     restarted.now = 100
     out = restarted.join("b")
     assert restarted.cmds(out, "b") == []  # the old holder may still process until 100 + 17
+    restarted.feed(Heartbeat("b"), at=110)
     out = restarted.feed(TimerFired(), at=117)
     grant = restarted.grant(out, "b")
     assert grant["epoch"] == 2
@@ -341,6 +429,7 @@ def test_holder_that_never_acknowledges_coma_keeps_the_lease_until_it_ends() -> 
     for t in (1, 8, 16.9):  # stop_timeout passes (t=8), but only the lease proves anything
         assert d.cmds(d.feed(TimerFired(), at=t), "new") == []
         assert d.cmds(d.feed(Heartbeat("new", None), at=t), "new") == []
+        assert d.renew("old", 1)["lease"] == 0  # alive and talking, but no renewal while a stop is pending
     out = d.feed(TimerFired(), at=17)
     assert Close("old", "lease expired", "id-old", hung=True) in out
     assert d.grant(out, "new")["epoch"] == 2
@@ -358,7 +447,7 @@ def test_crash_loop_stops_spawning_until_try_again() -> None:
     assert any(isinstance(a, Notify) and a.level == "critical" and "crash loop" in a.message for a in d.actions)
     d.feed(Connected("admin", identity="admin", admin=True))
     out = d.feed(TryAgain("admin"), at=40)
-    assert d.core.is_sane is True and any(isinstance(a, Spawn) for a in out)
+    assert d.core.is_sane is True and TopUp("try_again") in out  # one running plus the standbys, at once
 
 
 def test_crash_loop_detection_can_be_turned_off() -> None:
@@ -524,7 +613,7 @@ def test_stopping_asks_every_worker_to_shut_down_the_holder_with_its_final_cache
     "after",
     [
         [ShutdownAck("a"), ProcessExited("id-a", 0), ProcessExited("id-b", 0)],
-        [Disconnected("a"), ProcessExited("id-a", -15), HeartbeatSilence("b"), ProcessExited("id-b", -9)],
+        [Disconnected("a"), ProcessExited("id-a", -15), ("at", 40.0), TimerFired(), ProcessExited("id-b", -9)],
         [TimerFired(), ("at", 100.0), TimerFired(), ProcessExited("id-b", 1)],  # the lease expires unacknowledged
         [ProcessExited("id-a", -9), TryAgain(None), ProcessExited("id-b", 1), ProcessExited("id-c", 1)],
         [ComaAck("a"), Connected("d", identity="id-d"), Identified("d", "9.0"), Ready("d"), TimerFired()],
@@ -557,3 +646,107 @@ def test_a_holder_reconnecting_during_a_stop_is_not_adopted_but_shut_down() -> N
     [hello] = [a.data for a in out if isinstance(a, Send) and a.event == "hello"]
     assert hello["process_commands"] is False  # not adopted: it drops its grant and stops processing
     assert d.cmds(out, "a2") == ["shutdown"] and d.core.lease is not None and d.core.lease.wid is None
+
+
+# -- reasons that say what happened (issue 12) ------------------------------------------------------
+
+
+def notes(out: list[Any], level: str | None = None) -> list[str]:
+    return [a.message for a in out if isinstance(a, Notify) and (level is None or a.level == level)]
+
+
+def test_a_hand_over_names_the_version_and_the_release_it_comes_from() -> None:
+    d = Driver()
+    d.join("old", version="1.0", generation=1)
+    d.renew("old", 1)
+    d.feed(Connected("new", identity="id-new", generation=2, release="deploy 747c50f12ab3"))
+    d.feed(Identified("new", version="1.0", pid=101, generation=2))
+    d.feed(Ready("new"))
+    out = d.feed(HealthReport("new", HEALTHY))
+    [coma] = [a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.data.get("t") == "coma"]
+    assert coma["reason"] == "hand-over to 1.0 (deploy 747c50f12ab3)"  # not "newer version 1.0 takes over"
+    out = d.feed(ComaAck("old", coma["reason"]))
+    assert d.grant(out, "new")["reason"] == "hand-over to 1.0 (deploy 747c50f12ab3)"
+
+
+def test_a_failover_after_an_exit_says_which_worker_exited_and_never_promises_to_wait() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    out = d.feed(Disconnected("a"), at=1)  # the connection drops first, as it usually does
+    assert not any("failing over" in m or "lease ends" in m for m in notes(out))
+    out = d.feed(ProcessExited("id-a", -9, uptime=3.0, tail=("Traceback (most recent call last):", "KeyError: 'x'")))
+    assert d.grant(out, "b")["reason"] == "failover: id-a exited (-9)"
+    [warning] = notes(out, "warning")  # the first young death of the window: a warning, with its last lines
+    assert (
+        warning
+        == "worker id-a exited (-9) after 3.0 s; last lines:\n  | Traceback (most recent call last):\n  | KeyError: 'x'"
+    )
+
+
+def test_a_lost_holder_whose_lease_ends_is_a_warning_then_the_reason() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)  # at 0: the lease ends at 17
+    d.join("b")
+    d.feed(Disconnected("a"), at=1)
+    assert d.core.waiting_for(2) == "waiting for the lease of id-a (epoch 1, lost (disconnected)) to end in 15 s"
+    d.feed(Heartbeat("b"), at=10)  # the standby stays alive (silent past 15 s, it would be dropped)
+    out = d.feed(TimerFired(), at=18)
+    [warning] = notes(out, "warning")
+    assert warning == "failover: id-a was lost (disconnected) and its lease ended 17.0 s later"
+    assert d.grant(out, "b")["reason"] == warning
+
+
+def test_status_says_what_a_start_waits_for() -> None:
+    state = {"epoch": 17, "is_sane": True, "holder": {"identity": "child-abc-1", "epoch": 17, "token": "t"}}
+    d = Driver(state=state, now=0.0)
+    d.feed(Connected("a", identity="id-a"))
+    d.feed(Identified("a", version="1.0", pid=100))
+    assert d.core.waiting_for(12) == "waiting for the previous holder's lease (child-abc-1 epoch 17) to end in 5 s"
+    d.feed(Heartbeat("a"), at=12)  # alive (silent past 15 s, it would be dropped)
+    out = d.feed(TimerFired(), at=17)
+    d.feed(Ready("a"))
+    assert d.core.waiting_for(17) == "waiting for a worker to pass its health check"
+    out = d.feed(HealthReport("a", HEALTHY))
+    assert d.grant(out, "a")["reason"] == "failover: the previous holder's lease (child-abc-1 epoch 17) ended"
+    assert d.core.waiting_for(17) is None
+
+
+def test_a_failed_health_check_names_the_failing_cogs() -> None:
+    d = Driver()
+    report = {"OK": False, "percent": 50, "cogs": {"modules.utilities": True, "modules.music": False, "x": False}}
+    d.join("a", report=HEALTHY)
+    out = d.join("b", version="1.1", report=report)
+    [warning] = notes(out, "warning")
+    assert warning == (
+        "id-b (version 1.1) failed its health check: health_check_failure"
+        " (failing: modules.music, x; 50% healthy, 100% needed)"
+    )
+
+
+def test_crash_loop_names_how_many_are_left_and_quotes_the_last_lines() -> None:
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=2, crash_loop_window=60))
+    d.join("a")
+    d.feed(ProcessExited("id-x", 1, uptime=0.2, tail=("boom",)), at=1)
+    out = d.feed(ProcessExited("id-y", 1, uptime=0.3, tail=("ModuleNotFoundError: No module named 'tinydep'",)), at=2)
+    [critical] = notes(out, "critical")
+    assert critical.startswith("crash loop: 2 workers lost within 60s (1 left);")
+    assert critical.endswith(
+        "Last: id-y exited (1) after 0.3 s; last lines:\n  | ModuleNotFoundError: No module named 'tinydep'"
+    )
+    assert d.core.waiting_for(2) is None  # id-a runs
+
+
+def test_only_the_first_loss_of_a_window_is_notified_until_the_crash_loop() -> None:
+    """Each crash names another worker, so the notifier could not fold them: one warning, then the crash loop."""
+    d = Driver(Settings(spawn_workers=True, crash_loop_losses=4, crash_loop_window=60))
+    said = [notes(d.feed(ProcessExited(f"id-{n}", 1, uptime=0.1, tail=("boom",)), at=n)) for n in range(4)]
+    assert [len(s) for s in said] == [1, 0, 0, 1]
+    assert said[0][0].startswith("worker id-0 exited (1) after 0.1 s") and said[3][0].startswith("crash loop: 4")
+    d = Driver(Settings(spawn_workers=True))
+    d.join("a")
+    d.feed(WorkerFailed("a", "the token was refused", "reset it"))
+    out = d.feed(ProcessExited("id-a", 1))
+    assert not any(m.startswith("worker ") for m in notes(out))  # its failure was announced (critical) already

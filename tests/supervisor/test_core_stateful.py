@@ -19,6 +19,13 @@ processing. After every step the promises are checked:
 
 Workers report their Gateway up or down (or never, as the seeds' workers) in
 heartbeats, and may say ``failed`` (they cannot work) before they exit.
+
+Some workers are children of the process manager: when the core fences one off
+as hung (``Close(hung=True)``: silent, or frozen as the kernel says when asked
+with ``CheckFrozen``), the model SIGKILLs it, and its exit is reported
+(``ProcessExited``) only some steps later. Meanwhile the killed worker is
+counted as processing as long as its own lease view lasts: a lease released
+before the exit would show up as an overlap (P1 under the kill path).
 """
 
 from __future__ import annotations
@@ -32,12 +39,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from urban_robot.supervisor import (
     CacheSync,
+    CheckFrozen,
+    Close,
     ComaAck,
     Connected,
     Disconnected,
+    Frozen,
     HealthReport,
     Heartbeat,
-    HeartbeatSilence,
     Identified,
     Persist,
     PersistCache,
@@ -58,7 +67,15 @@ from urban_robot.supervisor import (
 from urban_robot.supervisor._roles import Role
 
 SETTINGS = Settings(
-    token="t", interval=10, grace=5, lease_margin=2, health_timeout=20, stop_timeout=8, gateway_down_limit=3
+    token="t",
+    interval=10,
+    grace=5,
+    lease_margin=2,
+    health_timeout=20,
+    stop_timeout=8,
+    gateway_down_limit=3,
+    frozen_limit=4,
+    hang_limit=12,
 )
 HEALTHY = {"OK": True, "percent": 100, "cogs": {"modules.utilities": True}}
 SICK = {"OK": False, "percent": 40, "cogs": {"modules.utilities": True}}
@@ -71,6 +88,9 @@ class Proc:
     healthy: bool
     alive: bool = True
     hung: bool = False
+    child: bool = False  # spawned by the process manager: fenced by a kill, released by its exit
+    killed: bool = False  # SIGKILL sent, its exit not reported yet
+    probed: bool = False  # the core asked the kernel whether it is stopped
     wid: str | None = None
     granted: int | None = None
     token: str | None = None
@@ -122,7 +142,24 @@ class SupervisorWorld(RuleBasedStateMachine):
                 self.inbox.setdefault(action.wid, []).append(action)
             elif isinstance(action, Spawn):
                 assert not self.stopping, "a spawn asked for while stopping"
+            elif isinstance(action, Close):
+                self.closed(action)
+            elif isinstance(action, CheckFrozen):
+                proc = self.proc_of(action.wid)
+                if proc is not None:
+                    proc.probed = True
         return out
+
+    def closed(self, action: Close) -> None:
+        """The core closed a connection; a child fenced off as hung is SIGKILLed (its exit reported later)."""
+        proc = self.proc_of(action.wid)
+        if proc is None:
+            return
+        self.inbox.pop(action.wid, None)
+        proc.wid = None
+        proc.pending_heartbeats.clear()
+        if action.hung and proc.child and proc.alive:
+            proc.killed = True
 
     def check_send(self, action: Send) -> None:
         if action.event == "cmd" and action.data["t"] == "process_commands":
@@ -159,7 +196,7 @@ class SupervisorWorld(RuleBasedStateMachine):
     def connect(self, proc: Proc) -> None:
         proc.wid = f"w{next(self.ids)}"
         proc.last_heard = self.now
-        self.feed(Connected(proc.wid, identity=proc.identity))
+        self.feed(Connected(proc.wid, identity=proc.identity, generation=1 if proc.child else None))
         self.feed(Identified(proc.wid, version=proc.version, pid=1, epoch=proc.granted, lease_token=proc.token))
 
     # -- workers arriving and talking ---------------------------------------------------------
@@ -172,17 +209,22 @@ class SupervisorWorld(RuleBasedStateMachine):
                 self.settle(order)
 
     @precondition(lambda self: len(self.procs) < 6)
-    @rule(version=st.sampled_from(["1.0", "1.1", "2.0"]), healthy=st.booleans(), gateway=st.sampled_from([None, True]))
-    def spawn(self, version: str, healthy: bool, gateway: bool | None) -> None:
-        proc = Proc(identity=f"p{len(self.procs)}", version=version, healthy=healthy, gateway=gateway)
+    @rule(
+        version=st.sampled_from(["1.0", "1.1", "2.0"]),
+        healthy=st.booleans(),
+        gateway=st.sampled_from([None, True]),
+        child=st.booleans(),
+    )
+    def spawn(self, version: str, healthy: bool, gateway: bool | None, child: bool = True) -> None:
+        proc = Proc(identity=f"p{len(self.procs)}", version=version, healthy=healthy, gateway=gateway, child=child)
         self.procs.append(proc)
         self.connect(proc)
         self.feed(Ready(proc.wid))  # type: ignore[arg-type]  # logging in to Discord is quick here
 
-    @precondition(lambda self: any(p.alive and p.wid is None for p in self.procs))
+    @precondition(lambda self: any(p.alive and p.wid is None and not p.killed for p in self.procs))
     @rule(data=st.data())
     def reconnect(self, data: st.DataObject) -> None:
-        proc = data.draw(st.sampled_from([p for p in self.procs if p.alive and p.wid is None]))
+        proc = data.draw(st.sampled_from([p for p in self.procs if p.alive and p.wid is None and not p.killed]))
         self.connect(proc)
         self.feed(Ready(proc.wid))  # type: ignore[arg-type]  # still logged in to Discord
 
@@ -352,7 +394,7 @@ class SupervisorWorld(RuleBasedStateMachine):
     def crash(self, data: st.DataObject, disconnect_first: bool) -> None:
         proc = data.draw(st.sampled_from([p for p in self.procs if p.alive]))
         proc.stop(self.now)
-        proc.alive = False
+        proc.alive = proc.killed = False
         if proc.wid is not None and disconnect_first:
             self.feed(Disconnected(proc.wid))
         self.feed(ProcessExited(proc.identity, -9))
@@ -375,22 +417,39 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from(self.connected()))
         proc.hung = not proc.hung
 
-    @precondition(lambda self: any(self.now - p.last_heard >= SETTINGS.silence_limit for p in self.connected()))
+    @precondition(lambda self: any(p.probed and p.alive for p in self.procs))
     @rule(data=st.data())
-    def watchdog(self, data: st.DataObject) -> None:
-        quiet = [p for p in self.connected() if self.now - p.last_heard >= SETTINGS.silence_limit]
-        proc = data.draw(st.sampled_from(quiet))
-        self.feed(HeartbeatSilence(proc.wid))  # type: ignore[arg-type]
-        self.inbox.pop(proc.wid, None)  # type: ignore[arg-type]
-        proc.wid = None
-        proc.pending_heartbeats.clear()
+    def kernel_says_stopped(self, data: st.DataObject) -> None:
+        """The answer to CheckFrozen: for a hung worker, or (a race with SIGCONT) one that spoke since."""
+        proc = data.draw(st.sampled_from([p for p in self.procs if p.probed and p.alive]))
+        proc.probed = False
+        self.feed(Frozen(proc.identity))
+
+    @precondition(lambda self: any(p.killed for p in self.procs))
+    @rule(data=st.data())
+    def reap_killed(self, data: st.DataObject) -> None:
+        """waitpid returns for a SIGKILLed child: only now is its exit reported (and its lease released)."""
+        proc = data.draw(st.sampled_from([p for p in self.procs if p.killed]))
+        proc.stop(self.now)
+        proc.alive = proc.killed = False
+        self.feed(ProcessExited(proc.identity, -9))
 
     @rule(dt=st.sampled_from([0.5, 1, 3, 7, 16, 40]))
     def tick(self, dt: float) -> None:
-        self.now += dt
-        deadline = self.core.next_deadline()
-        if deadline is not None and deadline <= self.now:
+        """Time passes; the timer fires at each deadline on the way, as the shell's does."""
+        end = self.now + dt
+        for _ in range(100):
+            deadline = self.core.next_deadline()
+            if deadline is None or deadline > end:
+                break
+            self.now = max(self.now, deadline)
             self.feed(TimerFired())
+        else:
+            c = self.core
+            raise AssertionError(
+                f"a deadline not acted on: {c.next_deadline()} {c.lease} {c.stopping} {list(c.clients.values())}"
+            )
+        self.now = end
 
     @rule(ok=st.booleans())
     def rollback_result(self, ok: bool) -> None:

@@ -153,6 +153,7 @@ async def test_the_page_shows_the_workers_and_follows_a_promotion_within_a_secon
             assert cells[5].endswith(" s")  # heartbeat age
         assert await page.evaluate("document.getElementById('sane').textContent") == "is_sane"
         assert await page.evaluate("document.getElementById('conn').textContent") == "live"
+        assert await page.evaluate("document.getElementById('waiting').hidden") is True  # a worker runs: no wait
         assert "token" not in await page.evaluate("location.href")  # gone from the address bar (and history)
         assert await page.evaluate("history.length") == 2  # about:blank, then the clean URL: no ?token= entry
         assert await page.evaluate("document.cookie") == ""  # the credential is an HttpOnly cookie: no script sees it

@@ -262,16 +262,35 @@ async def test_operator_hears_of_a_failed_deploy_on_discord_despite_a_429(
     assert all("discord-bot-token" not in p["content"] for p in posted)
 
 
-async def test_install_step_failure_is_a_failed_deploy(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_a_failing_install_step_is_an_error_to_retry_not_a_bad_commit(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """pip failing (the network, an index hiccup) is no verdict on the commit: tried once more at once, then the
+    deploy ends as "install failed" with the commit not marked bad; the next request deploys it once it works."""
     world = World(tmp_path)
     world.commit("good")
+    attempts = tmp_path / "attempts"
+    broken = tmp_path / "index-down"
+    broken.touch()
+    script = (
+        "import pathlib, sys; a = pathlib.Path(sys.argv[1]); a.write_text(a.read_text() + 'x' if a.exists() else 'x'); "
+        "sys.exit('ERROR: Could not find a version that satisfies the requirement tinydep' "
+        "if pathlib.Path(sys.argv[2]).exists() else 0)"
+    )
     with trio.fail_after(60):
         robot, _children, deployer, _url = await start(nursery, world, tmp_path)
         await running_identity(robot)
-        deployer.install = [sys.executable, "-c", "import sys; sys.exit('no such requirement: discord.py==0.0')"]
+        deployer.install = [sys.executable, "-c", script, str(attempts), str(broken)]
+        deployer.install_retry_delay = 0
         newer = world.commit("needs a package", version="2.0")
         deployer.request("test")
         await deployer.wait_idle()
-    assert deployer.history[-1] == (newer, "failed")
-    assert newer in deployer.bad_commits
-    assert robot.core.epoch == 1  # no candidate ever started
+        assert deployer.history[-1] == (newer, "install failed")
+        assert attempts.read_text() == "xx"  # tried twice
+        assert newer not in deployer.bad_commits and robot.core.epoch == 1  # no verdict, no candidate
+        assert deployer.expect(newer) == (202, f"deploying {newer[:12]}")  # the webhook says it will try
+        broken.unlink()  # the index is back
+        ticket = deployer.request("test")
+        result = await deployer.outcome_of(ticket)
+    assert (result.commit, result.outcome) == (newer, "deployed")
+    assert deployer.expect(newer) == (200, f"already running {newer[:12]}")

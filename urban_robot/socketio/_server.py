@@ -387,10 +387,11 @@ class Server:
         client.engine.trust()  # authenticated by the handler: this client may now send max_payload
         client.engine.deadline = float("inf")
         buffered, socket.buffer = socket.buffer or [], None
-        messages = encode(Packet(PacketType.CONNECT, socket.namespace, {"sid": socket.sid}))
-        for extra in buffered:
-            messages.extend(extra)
-        await client.engine.send_messages(messages)
+        await client.engine.send_messages(encode(Packet(PacketType.CONNECT, socket.namespace, {"sid": socket.sid})))
+        # What the connect handler emitted follows in writes of its own, as the reference server writes them:
+        # a client that attaches its listeners once it has the acknowledgement must not find them in its read.
+        for messages in buffered:
+            await client.engine.send_messages(messages)
         early, socket.early = socket.early, []
         try:
             for packet in early:

@@ -18,9 +18,11 @@ from ._events import *  # noqa: F403 - the event and action types are the core's
 from ._git import Git as Git, GitError as GitError
 from ._notify import (
     DiscordLogHandler as DiscordLogHandler,
+    DiscordWebhook as DiscordWebhook,
     Notifier as Notifier,
     NotifyError as NotifyError,
     discord_send as discord_send,
+    webhook_send as webhook_send,
 )
 from ._roles import TRANSITIONS as TRANSITIONS, Role as Role, RoleError as RoleError, Trigger as Trigger
 from ._service import UrbanRobot as UrbanRobot

@@ -13,6 +13,7 @@ import hmac
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import parse_qs
 
 import trio
 
@@ -79,14 +80,23 @@ def cookie_matches(header: str | None, admin_token: str | None) -> bool:
 
 
 def admin_route(
-    admin_token: str | None, action: Callable[[], dict[str, object]], throttle: LoginThrottle | None = None
+    admin_token: str | None,
+    action: Callable[[], dict[str, object]],
+    throttle: LoginThrottle | None = None,
+    *,
+    wait: Callable[[], Awaitable[dict[str, object]]] | None = None,
 ) -> RouteHandler:
-    """A POST route that runs ``action`` (sync, quick) for an authorized caller."""
+    """A POST route that runs ``action`` (sync, quick) for an authorized caller: 202, it is under way.
+
+    With ``wait``, ``?wait=1`` runs that instead and answers 200 with its outcome once it is done.
+    """
 
     async def handle(request: Request) -> Response:
         refused = refusal(request, admin_token, throttle)
         if refused is not None:
             return refused
+        if wait is not None and parse_qs(request.query).get("wait", [""])[-1] in ("1", "true", "yes"):
+            return _json(200, await wait())
         return _json(202, action())
 
     return handle

@@ -24,11 +24,11 @@ from ._dashboard import install_dashboard
 from ._deploy import Deployer
 from ._events import Stopping, TryAgain
 from ._git import Git
-from ._notify import DISCORD_API, DiscordLogHandler, Notifier
+from ._notify import DISCORD_API, DiscordLogHandler, DiscordWebhook, Notifier
 from ._service import UrbanRobot
 from ._status import install_status_routes
 from ._store import StateStore
-from ._webhook import WebhookConfig, WebhookGate, webhook_route
+from ._webhook import Commit, WebhookConfig, WebhookGate, webhook_route
 
 log = logging.getLogger("urban_robot")
 
@@ -55,6 +55,7 @@ class Options:
     discord_token: str | None = attrs.field(default=None, repr=False)  # for notifications
     notify_destination: str | None = None  # a channel id, or a user id with notify_dm
     notify_dm: bool = False
+    notify_webhook: DiscordWebhook | None = attrs.field(default=None, repr=False)  # alone, or when the bot's is refused
     discord_log_level: int = logging.WARNING
     discord_api_url: str = DISCORD_API  # notify.api_url: Discord's REST API, or a stand-in for it
     policy: ChildPolicy = attrs.field(factory=ChildPolicy)
@@ -118,7 +119,10 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
             policy=options.policy,
         )
         robot.spawner = children.spawn
+        robot.top_up = lambda reason: children.top_up(reason, at_once=True)
         robot.spawned_generation = children.generation_of  # a child's generation is ours to say, not its own
+        robot.spawned_release = children.release_of
+        children.may_spawn = lambda: robot.core.is_sane and robot.core.stopping is None
         robot.observers.append(children.on_action)
         deployer = Deployer(
             robot,
@@ -139,6 +143,7 @@ async def serve(options: Options, *, task_status: trio.TaskStatus[App] = trio.TA
         )
         app = App(robot, children, deployer, notifier, url)
         _routes(robot, deployer, options, app)
+        await deployer.resume()  # workers start from the last known good release, not the checkout
         await nursery.start(children.run, 1 + options.standbys)
         await nursery.start(
             lambda task_status: deployer.run(poll_interval=options.poll_interval, task_status=task_status)
@@ -179,10 +184,16 @@ async def _stop(app: App, policy: ChildPolicy) -> None:
 
 
 async def _start_notifier(nursery: trio.Nursery, http: httpx.AsyncClient, options: Options) -> Notifier | None:
-    if not (options.discord_token and options.notify_destination):
+    destination = options.notify_destination if options.discord_token else None  # the bot's route needs both
+    if destination is None and options.notify_webhook is None:
         return None
     notifier = Notifier(
-        http, options.discord_token, options.notify_destination, dm=options.notify_dm, base_url=options.discord_api_url
+        http,
+        options.discord_token,
+        destination,
+        dm=options.notify_dm,
+        base_url=options.discord_api_url,
+        webhook=options.notify_webhook,
     )
     await nursery.start(notifier.run)
     logging.getLogger().addHandler(DiscordLogHandler(notifier, options.discord_log_level))
@@ -195,10 +206,17 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
             secret=options.webhook_secret, branch=options.branch, require_deploy_tag=options.require_deploy_tag
         )
     )
+
+    def on_push(commit: Commit) -> tuple[int, str]:
+        status, text = deployer.expect(commit.sha)  # answer what will really happen
+        if status == 202:
+            deployer.request("webhook")
+        return status, text
+
     robot.server.add_route(
         "POST",
         "/webhook/github",
-        webhook_route(gate, lambda commit: deployer.request("webhook")),
+        webhook_route(gate, on_push),
         max_body=gate.config.max_body,  # 413 from Content-Length, before the body is read
     )
 
@@ -206,13 +224,18 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
         deployer.request("admin API")
         return {"deploy": "requested"}
 
+    async def deploy_and_wait() -> dict[str, object]:
+        result = await deployer.outcome_of(deployer.request("admin API"))
+        return {"deploy": "done", "commit": result.commit, "outcome": result.outcome, "detail": result.detail}
+
     def try_again() -> dict[str, object]:
         deployer.forget_bad_commits()
         robot.submit_nowait(TryAgain(None))
         deployer.request("try_again")
         return {"try_again": "requested"}
 
-    robot.server.add_route("POST", "/api/deploy", admin_route(options.admin_token, deploy, robot.logins))
+    deploy_route = admin_route(options.admin_token, deploy, robot.logins, wait=deploy_and_wait)
+    robot.server.add_route("POST", "/api/deploy", deploy_route)
     robot.server.add_route("POST", "/api/try-again", admin_route(options.admin_token, try_again, robot.logins))
 
     def stop() -> dict[str, object]:

@@ -4,15 +4,19 @@ One task per child, owned by the manager's nursery. A child runs in its own
 session (a supervisor crash does not take it down) with ``URBAN_ROBOT_URL``,
 ``URBAN_ROBOT_SECRET`` (derived from the state key, so still valid after a
 supervisor restart) and ``URBAN_ROBOT_GENERATION`` in its environment, its
-output in ``log/helium-YYYY-MM-DD-HH-MM-SS.log`` (old logs pruned by count and
-total size). Its exit is reported the moment it is seen: that is what makes
-failover after a crash fast (a dropped socket proves nothing; an exited
-process does).
+output in ``log/helium-YYYY-MM-DD-HH-MM-SS-<identity>.log`` (named by its identity,
+so ``logs <identity>`` finds it after it exited; old logs pruned by count and
+total size). Its exit is reported the moment it is seen, with how long it lived
+and its last lines of output (redacted, control characters escaped): that is
+what makes failover after a crash fast (a dropped socket proves nothing; an
+exited process does) and a crash message say why.
 
 Restarts wait an exponential backoff with jitter after quick deaths, reset
 once a child has lived ``stable_uptime``; how many children there should be is
 the core's call (it asks for a ``Spawn`` per loss, and stops asking in a crash
-loop). Children are recorded in ``children.json`` in the state directory; a
+loop; a spawn still waiting out its back-off when the core stopped asking is
+dropped). ``TopUp`` (``try_again``) brings the count back at once: the back-off
+reset, waiting spawns replaced by immediate ones. Children are recorded in ``children.json`` in the state directory; a
 restarted supervisor adopts the ones still alive (same pid *and* start time)
 and watches them through a pidfd although they are not its children.
 """
@@ -35,13 +39,22 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._events import Close, ProcessExited, Send
+from ..logs import read_tail
+from ._events import CheckFrozen, Close, Frozen, ProcessExited, Send
 from ._store import atomic_write
 
 log = logging.getLogger("urban_robot.children")
 # Never handed to a worker: a compromised bot must not be able to deploy, stop or forge webhooks.
 SUPERVISOR_SECRETS = frozenset({"URBAN_ROBOT_ADMIN_TOKEN", "URBAN_ROBOT_WEBHOOK_SECRET"})
 WORKER_SECRETS_PREFIX = "URBAN_ROBOT_WORKER_SECRET_"  # external workers' secrets: a child must not pose as one
+LOGS_KEPT = 100  # exited children whose log files the manager still names (for failed-deploy messages)
+
+
+def log_identity(path: Path) -> str | None:
+    """The worker identity a log file is named by (``helium-<stamp>-<identity>[.n].log``); None for older names."""
+    stem = path.name.removeprefix("helium-").removesuffix(".log").split(".")[0]
+    parts = stem.split("-", 6)  # YYYY-MM-DD-HH-MM-SS-<identity>
+    return parts[6] if len(parts) == 7 and parts[6] else None
 
 
 class Robot(Protocol):
@@ -73,15 +86,27 @@ class Child:
     start_ticks: int | None  # /proc/<pid>/stat starttime: tells a reused pid from ours
     process: trio.Process | None = None  # None once adopted from an earlier supervisor
     log: str | None = None  # its log file, for `urban-robot logs`
+    release: str | None = None  # what it runs ("deploy 747c50f12ab3"), for the reasons people read
     reported: trio.Event = attrs.Factory(trio.Event)  # set once its exit has been handed to the supervisor
 
 
 def start_ticks(pid: int) -> int | None:
+    stat = _stat(pid)
+    return int(stat[19]) if stat is not None else None  # field 22
+
+
+def stopped(pid: int, ticks: int | None) -> bool:
+    """Whether the kernel has ``pid`` (still the process started at ``ticks``) stopped: T (a signal) or t (traced)."""
+    stat = _stat(pid)
+    return stat is not None and int(stat[19]) == ticks and stat[0] in ("T", "t")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on: the command name before it may hold spaces and parentheses."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22, counted after the command name
 
 
 Launch = Callable[..., Awaitable[Any]]
@@ -120,6 +145,11 @@ class Children:
         self.keep_running = False
         self.stopping = False  # stop_all() has begun: nothing new starts
         self.quick_deaths = 0  # consecutive children that died before stable_uptime
+        self.release: str | None = None  # what children of the current generation run, for reasons ("deploy …")
+        # Whether a spawn that waited out its back-off may still start (the core may have said "no more spawns").
+        self.may_spawn: Callable[[], bool] = lambda: True
+        self.logs: dict[str, str] = {}  # identity -> log file, exited children's too (the last LOGS_KEPT)
+        self._waiting: dict[str, tuple[int, trio.CancelScope]] = {}  # spawns in their back-off: generation, scope
         self._numbers = itertools.count(1)
         # Unique across supervisor restarts: a new child must never share a surviving child's identity.
         self._boot = secrets.token_hex(3)
@@ -142,12 +172,18 @@ class Children:
             await trio.sleep_forever()
 
     def spawn(
-        self, reason: str, *, generation: int | None = None, cwd: Path | None = None, backoff: bool = True
+        self,
+        reason: str,
+        *,
+        generation: int | None = None,
+        cwd: Path | None = None,
+        backoff: bool = True,
+        release: str | None = None,
     ) -> str:
         """Start one more child (after the current backoff); returns its identity.
 
         ``cwd`` runs it from another directory (a deploy's release) than the usual one;
-        ``backoff=False`` starts it at once (a deploy's candidate is no restart).
+        ``backoff=False`` starts it at once (a deploy's candidate is no restart); ``release`` says what it runs.
         """
         assert self._nursery is not None, "Children.run is not running"
         identity = f"child-{self._boot}-{next(self._numbers)}"
@@ -157,16 +193,25 @@ class Children:
         delay = self.backoff() if backoff else 0.0
         log.info("spawning %s (%s)%s", identity, reason, f" in {delay:.1f}s" if delay else "")
         try:
-            self._nursery.start_soon(self._child, identity, generation or self.generation, delay, cwd or self.cwd)
+            self._nursery.start_soon(
+                self._child, identity, generation or self.generation, delay, cwd or self.cwd, release or self.release
+            )
         except RuntimeError:  # the manager is shutting down: nothing new starts
             log.info("not spawning %s: shutting down", identity)
         return identity
 
-    def top_up(self, reason: str) -> None:
-        """Spawn children of the current generation until there are ``target`` of it."""
+    def top_up(self, reason: str, *, at_once: bool = False) -> None:
+        """Spawn children of the current generation until there are ``target`` of it (counting those waiting
+        out a back-off). ``at_once`` (``try_again``): the back-off reset, the waiting ones started now instead."""
+        if at_once:
+            self.quick_deaths = 0
+            for _generation, scope in self._waiting.values():
+                scope.cancel()  # replaced just below, without the wait
+            self._waiting.clear()
         current = sum(1 for child in self.children.values() if child.generation == self.generation)
+        current += sum(1 for generation, _ in self._waiting.values() if generation == self.generation)
         for _ in range(self.target - current):
-            self.spawn(reason)
+            self.spawn(reason, backoff=not at_once)
 
     def backoff(self) -> float:
         now = trio.current_time()
@@ -199,11 +244,20 @@ class Children:
         )
         return env
 
-    async def _child(self, identity: str, generation: int, delay: float, cwd: Path) -> None:
-        await trio.sleep(delay)
+    async def _child(self, identity: str, generation: int, delay: float, cwd: Path, release: str | None) -> None:
+        if delay:
+            with trio.CancelScope() as waiting:
+                self._waiting[identity] = (generation, waiting)
+                await trio.sleep(delay)
+            self._waiting.pop(identity, None)
+            if waiting.cancelled_caught:
+                return  # try_again started another at once in its place
+            if not self.may_spawn():
+                log.info("not spawning %s after its back-off: the supervisor stopped spawning meanwhile", identity)
+                return
         if self.stopping:
             return  # its back-off ended during a stop
-        output = self._log_file()
+        output = self._log_file(identity)
         try:
             process = await self.launch(
                 self.command,
@@ -231,6 +285,7 @@ class Children:
             start_ticks(process.pid),
             process,
             getattr(output, "name", None),
+            release,
         )
         self._record(child)
         try:
@@ -244,6 +299,7 @@ class Children:
     async def _exited(self, child: Child, returncode: int | None) -> None:
         self._forget(child)
         uptime = trio.current_time() - child.started
+        tail = tuple(self.tail(child.identity))  # at most 16 KiB of a file just written: read inline
         candidate = child.generation > self.generation  # a deploy's candidate, never confirmed
         if child.identity in self.asked:
             self.asked.discard(child.identity)  # we stopped it: no crash, no backoff
@@ -253,21 +309,46 @@ class Children:
         for observer in self.exit_observers:
             observer(child.identity, returncode)
         try:
-            await self.robot.submit(ProcessExited(child.identity, returncode, candidate=candidate))
+            lived = uptime if child.process is not None else None  # an adopted child started before we saw it
+            exited = ProcessExited(child.identity, returncode, candidate=candidate, uptime=lived, tail=tail)
+            await self.robot.submit(exited)
         finally:
             child.reported.set()
 
+    def release_of(self, identity: str) -> str | None:
+        """What ``identity`` runs ("deploy 747c50f12ab3"), if it is one of our children and we know."""
+        child = self.children.get(identity)
+        return child.release if child is not None else None
+
+    def tail(self, identity: str) -> list[str]:
+        """The last lines of ``identity``'s output, with its own secret and the bot token redacted."""
+        settings = getattr(self.robot, "settings", None)
+        secrets = [self.robot.credentials.child_secret(identity), getattr(settings, "token", None)]
+        return read_tail(self.logs.get(identity), secrets=secrets)
+
     def on_action(self, action: Any) -> None:
-        """A supervisor observer: a child the core fenced off as hung is stopped (then replaced)."""
+        """A supervisor observer: a child the core fenced off as hung is killed (then replaced); asked whether
+        a silent child is stopped, the kernel answers."""
         if isinstance(action, Send) and action.event == "cmd" and action.data.get("t") == "shutdown":
             core = getattr(self.robot, "core", None)
             worker = core.clients.get(action.wid) if core is not None else None
             if worker is not None:
                 self.asked.add(worker.identity)  # the supervisor asked it to go
         if isinstance(action, Close) and action.hung and action.identity in self.children:
-            assert self._nursery is not None
-            log.warning("%s is hung (%s): stopping it", action.identity, action.reason)
-            self._nursery.start_soon(self.stop, action.identity)
+            self.kill(action.identity, action.reason)
+        if isinstance(action, CheckFrozen) and action.identity in self.children:
+            child = self.children[action.identity]
+            if stopped(child.pid, child.start_ticks):
+                assert self._nursery is not None
+                self._nursery.start_soon(self.robot.submit, Frozen(action.identity))
+
+    def kill(self, identity: str, reason: str) -> None:
+        """SIGKILL a hung child now: it answers neither the protocol nor SIGTERM (a stopped process does not even
+        take SIGTERM until continued). Its exit, reported as every exit is, is what releases a lease it held."""
+        child = self.children[identity]
+        log.warning("%s (pid %s) is hung (%s): killing it", identity, child.pid, reason)
+        self.asked.add(identity)  # we ended it: no back-off for its replacement (the core still counts the loss)
+        self._signal(child, signal.SIGKILL)
 
     # -- stopping ---------------------------------------------------------------------------------
     async def stop_all(self) -> None:
@@ -347,8 +428,11 @@ class Children:
                 trio.current_time(),
                 ticks,
                 log=info.get("log"),
+                release=info.get("release"),
             )
             self.children[identity] = child
+            if child.log:
+                self.logs[identity] = child.log
             assert self._nursery is not None
             self._nursery.start_soon(self._watch_adopted, child)
             self.generation = max(self.generation, child.generation)  # a deploy must beat what runs
@@ -369,6 +453,10 @@ class Children:
     # -- bookkeeping ----------------------------------------------------------------------------------
     def _record(self, child: Child) -> None:
         self.children[child.identity] = child
+        if child.log is not None:
+            self.logs[child.identity] = child.log
+            while len(self.logs) > LOGS_KEPT:
+                del self.logs[next(iter(self.logs))]  # the oldest: dicts keep insertion order
         self._save_registry()
 
     def _forget(self, child: Child) -> None:
@@ -388,19 +476,25 @@ class Children:
         if self.registry is None:
             return
         data = {
-            c.identity: {"pid": c.pid, "generation": c.generation, "start_ticks": c.start_ticks, "log": c.log}
+            c.identity: {
+                "pid": c.pid,
+                "generation": c.generation,
+                "start_ticks": c.start_ticks,
+                "log": c.log,
+                "release": c.release,
+            }
             for c in self.children.values()
         }
         atomic_write(self.registry, json.dumps(data, sort_keys=True).encode())
 
-    def _log_file(self) -> Any:
+    def _log_file(self, identity: str) -> Any:
         if self.log_dir is None:
             return subprocess.DEVNULL
         self.log_dir.mkdir(parents=True, exist_ok=True)
         prune_logs(self.log_dir, keep=self.policy.log_keep - 1, max_bytes=self.policy.log_max_bytes)
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S")
         for n in itertools.count():
-            path = self.log_dir / (f"helium-{stamp}.log" if n == 0 else f"helium-{stamp}.{n}.log")
+            path = self.log_dir / (f"helium-{stamp}-{identity}.log" if n == 0 else f"helium-{stamp}-{identity}.{n}.log")
             try:
                 return open(path, "xb")
             except FileExistsError:

@@ -26,6 +26,15 @@ Gateway is up. A worker that says ``failed`` (it cannot work) is a crash to
 come: its exit is counted and replaced, and its failure is kept for the views
 until a worker of its kind passes a health check.
 
+Liveness is one deadline per worker, kept here (``Worker.heard``): any event a worker sends counts.
+An external worker silent for ``silence_limit`` is dropped and its lease runs out, as P1 says. A child
+of the process manager is fenced by the kernel instead: silent for ``frozen_limit`` while the kernel
+reports its process stopped (``CheckFrozen`` -> ``Frozen``), or silent for ``hang_limit`` whatever its
+state, it is dropped and killed (``Close(hung=True)``: SIGKILL), and its lease is released by the
+``ProcessExited`` that confirms the kill, not before. ``hang_limit`` is longer than a slow but
+healthy bot's stall (an event loop blocked 5 s) and shorter than the lease, so a silent child is
+replaced in seconds, not a lease.
+
 Stopping (``Stopping``) is for good: every worker is asked to shut down (the
 holder with its final cache), and from then on nobody is promoted and no
 spawn is asked for, whatever exits, drops or expires on the way down.
@@ -45,15 +54,16 @@ from ..protocol import MAX_VERSION_LENGTH, PROTOCOL_VERSION
 from ._events import (
     Action,
     CacheSync,
+    CheckFrozen,
     Close,
     ComaAck,
     Connected,
     DeployConfirmed,
     Disconnected,
     Event,
+    Frozen,
     HealthReport,
     Heartbeat,
-    HeartbeatSilence,
     Identified,
     Notify,
     Persist,
@@ -68,14 +78,18 @@ from ._events import (
     Send,
     ShutdownAck,
     Spawn,
+    Spoke,
     Stopping,
     TimerFired,
+    TopUp,
     TryAgain,
     WorkerFailed,
 )
 from ._roles import Role, RoleError, Trigger, next_role
 
 STATE_VERSION = 1
+# What a worker says (the §5 events): each one proves it alive. Connected starts its clock.
+SPOKEN = (Identified, Heartbeat, Ready, HealthReport, CacheSync, ComaAck, ShutdownAck, WorkerFailed, Spoke)
 # The error answers that name the fix (docs/protocol.md §7): a worker written to the seeds' protocol learns why.
 HEALTH_REPORT_FIX = 'health_check needs {"OK": bool, "percent": number, "cogs": {name: bool}} (protocol v1 §9)'
 HEARTBEAT_FIX = (
@@ -93,9 +107,14 @@ class Settings:
     vital_cogs: tuple[str, ...] = ("modules.utilities",)
     healthy_percentage: float = 100.0
     shutdown_if_outdated: bool = False
-    interval: float = 30.0  # how often workers heartbeat
-    grace: float = 15.0  # silence past interval + grace = dead
-    lease_margin: float = 5.0  # our view of a lease outlives the worker's by this much
+    # docs/protocol.md §4 argues these with measurements (docs/benchmarks.md "Hang takeover").
+    interval: float = 1.0  # how often workers heartbeat
+    grace: float = 9.0  # lease = interval + grace; an external worker silent that long is dropped
+    lease_margin: float = 2.0  # our view of a lease outlives the worker's by this much
+    # A child silent this long is killed if the kernel reports its process stopped (frozen: it runs nothing) ...
+    frozen_limit: float | None = None  # None: interval + 1.5 (2.5 s by default)
+    # ... and killed whatever its state when silent this long: > an event loop blocked 5 s + interval, < the lease.
+    hang_limit: float | None = None  # None: interval + 7 (8 s by default)
     health_timeout: float = 30.0
     # A holder whose Discord Gateway has been down this long hands over to a standby whose Gateway is up:
     # longer than a RESUME after op 7 (well under 1 s), shorter than most re-identifies after op 9 (1-5 s).
@@ -112,7 +131,16 @@ class Settings:
         return self.interval + self.grace
 
     @property
+    def frozen_after(self) -> float:
+        return self.frozen_limit if self.frozen_limit is not None else self.interval + 1.5
+
+    @property
+    def hang_after(self) -> float:
+        return self.hang_limit if self.hang_limit is not None else self.interval + 7.0
+
+    @property
     def silence_limit(self) -> float:
+        """How long an external worker may be silent (a child: ``frozen_limit``, ``hang_limit``)."""
         return self.interval + self.grace
 
 
@@ -128,9 +156,17 @@ class Worker:
     check_deadline: float = math.inf
     cache_seq: int = 0  # which of our caches it has
     spawned_generation: int | None = None  # what the process manager spawned it as: outranks its own claim
+    release: str | None = None  # what the process manager started it from ("deploy 747c50f12ab3"), for reasons
     gateway: bool | None = None  # its Discord Gateway as last reported (None: never reported, counts as up)
     gateway_down_since: float | None = None
     warned: set[str] = attrs.Factory(set)  # protocol rules it broke on this connection (each warned once)
+    heard: float = 0.0  # when it last said anything (core time): its one liveness clock
+    probe_at: float = math.inf  # when to ask the kernel next whether its process is stopped (children only)
+
+    @property
+    def child(self) -> bool:
+        """Spawned (or adopted) by the process manager, which can stop it and see it exit."""
+        return self.spawned_generation is not None
 
 
 @attrs.frozen
@@ -160,6 +196,16 @@ class Lease:
     stop_deadline: float = math.inf
     final_cache: bool = False
     token: str | None = attrs.field(default=None, repr=False)  # proves a reconnecting holder is the same process
+    epochless: int = 0  # heartbeats without an epoch from the holder since the grant (one may cross the grant)
+    reason: str = ""  # why it is stopping (the hand-over's reason): the successor's reason too
+    lost: str | None = None  # how its holder was lost (disconnected, heartbeat silence), while it may still process
+    lost_at: float | None = None
+    restored: bool = False  # read from state.json at start: held by a worker of an earlier supervisor
+
+
+def quote_tail(tail: tuple[str, ...] | list[str]) -> str:
+    """A worker's last lines for a message: ``; last lines:`` then each as ``  | line`` (empty: nothing)."""
+    return "; last lines:\n" + "\n".join(f"  | {line}" for line in tail) if tail else ""
 
 
 def version_key(version: str | None) -> Version:
@@ -196,6 +242,7 @@ class Supervisor:
         self.quitting: set[str] = set()  # identities that said shutdown unasked: replaced, not counted
         self.failures: dict[str, Failure] = {}  # the last failure per kind of worker (``kind``)
         self.stopping: str | None = None  # why the supervisor stops; set: no promotion, no spawn, ever again
+        self.vacancy = "no worker running"  # why nobody holds the lease: the next promotion's reason
         if state:
             self._restore(state, now)
 
@@ -231,13 +278,15 @@ class Supervisor:
             expires = now + self.settings.lease + self.settings.lease_margin
             token = holder.get("token")
             self.lease = Lease(
-                str(holder["identity"]), None, int(holder["epoch"]), expires, confirmed=True, token=token
+                str(holder["identity"]), None, int(holder["epoch"]), expires, confirmed=True, token=token, restored=True
             )
 
     # -- entry points ----------------------------------------------------------------------
     def handle(self, event: Event, now: float) -> list[Action]:
         """Apply ``event`` at time ``now``; the actions to carry out, in order."""
         out: list[Action] = []
+        if isinstance(event, SPOKEN) and event.wid in self.clients:
+            self._heard(self.clients[event.wid], now)
         handler = getattr(self, "_on_" + type(event).__name__)
         try:
             handler(event, now, out)
@@ -257,6 +306,7 @@ class Supervisor:
         gateway = self._gateway_deadline()
         if gateway is not None:
             deadlines.append(gateway)
+        deadlines.extend(self._silence_deadline(w) for w in self.clients.values())
         finite = [d for d in deadlines if d != math.inf]
         return min(finite) if finite else None
 
@@ -264,6 +314,32 @@ class Supervisor:
     def kind(w: Worker) -> str:
         """Workers of one kind fail alike: a generation's children, or one external worker's restarts."""
         return f"generation {w.generation}" if w.generation is not None else w.identity
+
+    # -- liveness ------------------------------------------------------------------------------
+    def _heard(self, w: Worker, now: float) -> None:
+        w.heard = now
+        w.probe_at = now + self.settings.frozen_after if w.child else math.inf
+
+    def _silence_deadline(self, w: Worker) -> float:
+        if not w.child:
+            return w.heard + self.settings.silence_limit
+        return min(w.probe_at, w.heard + self.settings.hang_after)
+
+    def _check_silence(self, w: Worker, now: float, out: list[Action]) -> None:
+        silent = now - w.heard  # compared as the deadline was computed: heard + limit (floating point)
+        if not w.child:
+            if now >= w.heard + self.settings.silence_limit:
+                self._fence(w, f"heartbeat silence ({silent:.1f} s)", now, out)
+        elif now >= w.heard + self.settings.hang_after:
+            self._fence(w, f"hung: silent for {silent:.1f} s", now, out)
+        elif w.probe_at <= now:
+            w.probe_at = now + self.settings.interval  # asked again while the silence lasts
+            out.append(CheckFrozen(w.wid, w.identity))
+
+    def _fence(self, w: Worker, reason: str, now: float, out: list[Action]) -> None:
+        """Drop ``w`` and close its connection as hung: a child's process is killed, its exit releases its lease."""
+        self._forget(w, out, reason, now)
+        out.append(Close(w.wid, reason, w.identity, hung=True))
 
     # -- helpers -------------------------------------------------------------------------------
     def _move(self, w: Worker, trigger: Trigger, out: list[Action], reason: str = "") -> None:
@@ -312,35 +388,46 @@ class Supervisor:
         if self._holds(w):
             assert self.lease is not None
             if not self.lease.confirmed:
-                self._release(out, "never renewed, so never processed")
+                self._release(out, f"failover: {w.identity} lost ({reason}) before it processed")
             else:
-                self.lease.wid = None  # unreachable, maybe still processing: the lease stands
-                if self.stopping is None:  # while stopping, nobody fails over: its process is stopped next
-                    message = f"running worker {w.identity} lost ({reason}); failing over when its lease ends"
-                    out.append(Notify("warning", message))
+                # Unreachable, maybe still processing: the lease stands. No word yet: its exit, seen a moment
+                # later, usually ends the lease at once (and the promotion says so); if not, its expiry does.
+                self.lease.wid = None
+                self.lease.lost, self.lease.lost_at = reason, now
 
-    def _count_loss(self, now: float, out: list[Action]) -> None:
-        if not self.settings.crash_loop_losses:
-            return  # crash-loop detection off
+    def _count_loss(self, e: ProcessExited, now: float, out: list[Action]) -> None:
+        """An unasked exit: a warning the first time in the window, quoting the worker's last lines; the next
+        ones are the process manager's log lines only (each names a different worker: the notifier could not
+        fold them into a count), until the one that makes a crash loop, critical, quotes its last lines."""
         window = self.settings.crash_loop_window
         self.losses = [t for t in self.losses if t > now - window] + [now]
-        if len(self.losses) >= self.settings.crash_loop_losses and self.is_sane:
+        # A worker that said ``failed`` was announced already (critical, folded by kind): its exit adds nothing.
+        said = any(w.identity == e.identity and w.role is Role.FAILED for w in self.clients.values())
+        lived = f" after {e.uptime:.1f} s" if e.uptime is not None else ""
+        died = f"{e.identity} exited ({e.returncode}){lived}{quote_tail(e.tail)}"
+        limit = self.settings.crash_loop_losses
+        if limit and len(self.losses) >= limit and self.is_sane:
             self.is_sane = False
             out.append(Persist(self.state()))
+            left = sum(1 for w in self.clients.values() if w.identity != e.identity and w.role is not Role.GONE)
             out.append(
                 Notify(
                     "critical",
-                    f"crash loop: {len(self.losses)} workers lost within {window:g}s; "
-                    "no more spawns or deploys until an operator says try_again",
+                    f"crash loop: {len(self.losses)} workers lost within {window:g}s ({left} left); "
+                    f"no more spawns or deploys until an operator says try_again. Last: {died}",
                 )
             )
+        elif len(self.losses) == 1 and not said:
+            out.append(Notify("warning", f"worker {died}"))
 
     def _release(self, out: list[Action], why: str) -> None:
+        """The lease is free; ``why`` (what happened, for people) becomes the next promotion's reason."""
         lease = self.lease
         assert lease is not None
         if lease.stopping and not lease.final_cache and self.cache is not None:
             out.append(Notify("warning", f"{lease.identity} stopped without a final cache; using the last one"))
         self.lease = None
+        self.vacancy = why
         out.append(Persist(self.state()))
 
     # -- events from workers ----------------------------------------------------------------------
@@ -348,7 +435,19 @@ class Supervisor:
         if e.admin:
             self.admins.add(e.wid)
         else:
-            self.clients[e.wid] = Worker(e.wid, e.identity, generation=e.generation, spawned_generation=e.generation)
+            self.clients[e.wid] = Worker(
+                e.wid, e.identity, generation=e.generation, spawned_generation=e.generation, release=e.release
+            )
+            self._heard(self.clients[e.wid], now)
+
+    def _on_Spoke(self, e: Spoke, now: float, out: list[Action]) -> None:
+        pass  # heard (in handle): that is all a message the shell could not parse does
+
+    def _on_Frozen(self, e: Frozen, now: float, out: list[Action]) -> None:
+        for w in [w for w in self.clients.values() if w.identity == e.identity and w.child]:
+            silent = now - w.heard
+            if now >= w.heard + self.settings.frozen_after:  # it may have been continued (and spoken) since
+                self._fence(w, f"frozen: its process is stopped, silent for {silent:.1f} s", now, out)
 
     def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -428,6 +527,9 @@ class Supervisor:
             lease.expires = now + self.settings.lease + self.settings.lease_margin
             lease.confirmed = True
             out.append(Reply({"epoch": lease.epoch, "lease": self.settings.lease}))
+        elif holds and lease is not None and e.epoch is None and lease.epochless == 0:
+            lease.epochless = 1  # sent before the grant reached it, most likely: a v1 worker's next one has the epoch
+            out.append(Reply({"epoch": self.epoch, "lease": 0}))
         elif holds and lease is not None and e.epoch is None:
             # The seeds' heartbeat has no epoch: still no renewal (P1), but now the holder learns why.
             fix = HEARTBEAT_FIX.format(epoch=lease.epoch)
@@ -462,7 +564,7 @@ class Supervisor:
             if self.settings.shutdown_if_outdated and self._outdated(w):
                 self._shutdown(w, "outdated", out)
         else:
-            self._fail_check(w, failure, out)
+            self._fail_check(w, failure, out, e.report)
 
     def _judge(self, report: Any) -> str | None:
         """The Health Check Spec: None if healthy, else the shutdown reason."""
@@ -483,16 +585,31 @@ class Supervisor:
             return "health_check_failure"
         return None
 
-    def _fail_check(self, w: Worker, reason: str, out: list[Action]) -> None:
+    def _fail_check(self, w: Worker, reason: str, out: list[Action], report: Any = None) -> None:
         w.check_deadline = math.inf
         self._move(w, Trigger.FAIL, out, reason)
         self.leaving.add(w.identity)  # told to go (the deployer rolls back): its exit is no crash
         out.append(self._cmd(w, "shutdown", {"reason": reason, "cache_sync": False}))
-        fix = f" — {HEALTH_REPORT_FIX}" if reason == "health_check_malformed" else ""
+        fix = f" — {HEALTH_REPORT_FIX}" if reason == "health_check_malformed" else self._failing_cogs(report, reason)
         out.append(Notify("warning", f"{w.identity} (version {w.version}) failed its health check: {reason}{fix}"))
         holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
         if holder is None or self._newness(w) > self._newness(holder):
-            out.append(RollBack(reason, w.version, w.generation))  # new code failed: go back
+            detail = self._failing_cogs(report, reason).strip(" ()") if reason != "health_check_malformed" else ""
+            out.append(RollBack(reason, w.version, w.generation, detail))  # new code failed: go back
+
+    def _failing_cogs(self, report: Any, reason: str) -> str:
+        """`` (failing: modules.music, modules.x; missing vital: modules.utilities)`` from a well-formed report."""
+        if not isinstance(report, dict) or not isinstance(report.get("cogs"), dict):
+            return ""
+        cogs: dict[str, Any] = report["cogs"]
+        failing = sorted(str(name) for name, ok in cogs.items() if ok is not True)
+        missing = [name for name in self.settings.vital_cogs if name not in cogs]
+        parts = [f"failing: {', '.join(failing)}"] if failing else []
+        parts += [f"missing vital: {', '.join(missing)}"] if missing and (cogs or not report.get("OK")) else []
+        percent = report.get("percent")
+        if isinstance(percent, int | float) and reason == "health_check_failure":
+            parts.append(f"{percent:g}% healthy, {self.settings.healthy_percentage:g}% needed")
+        return f" ({'; '.join(parts)})" if parts else ""
 
     def _on_CacheSync(self, e: CacheSync, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -517,7 +634,7 @@ class Supervisor:
         self._move(w, Trigger.COMA_ACK, out, e.reason)
         out.append(Reply({}))
         if self._holds(w):
-            self._release(out, "coma acknowledged")
+            self._release(out, self._acknowledged(w, "went into a coma", e.reason))
 
     def _on_ShutdownAck(self, e: ShutdownAck, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -526,7 +643,14 @@ class Supervisor:
             self.quitting.add(w.identity)  # it goes by itself (a signal, bot.close()): no crash, but replaced
         out.append(Reply({}))
         if self._holds(w):
-            self._release(out, "shutdown acknowledged")
+            self._release(out, self._acknowledged(w, "shut down", e.reason))
+
+    def _acknowledged(self, w: Worker, what: str, said: str) -> str:
+        """Why the lease is free after the holder stopped: the hand-over we asked for, or what it said."""
+        assert self.lease is not None
+        if self.lease.stopping and self.lease.reason:
+            return self.lease.reason
+        return f"{w.identity} {what} by itself" + (f" ({said})" if said else "")
 
     def _on_WorkerFailed(self, e: WorkerFailed, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -543,19 +667,15 @@ class Supervisor:
         which = f" (version {w.version})" if w.version is not None else ""  # it may fail before it identifies
         out.append(Notify("critical", f"a worker{which} cannot work: {failure.text}"))
         if held:
-            self._release(out, "failed")  # it stopped processing before it said so (§5.9), as for a shutdown ack
+            self._release(
+                out, f"failover: {w.identity} failed ({e.reason})"
+            )  # it stopped processing before it said so (§5.9), as for a shutdown ack
 
     def _on_Disconnected(self, e: Disconnected, now: float, out: list[Action]) -> None:
         self.admins.discard(e.wid)
         w = self.clients.get(e.wid)
         if w is not None:
             self._forget(w, out, "disconnected", now)
-
-    def _on_HeartbeatSilence(self, e: HeartbeatSilence, now: float, out: list[Action]) -> None:
-        w = self.clients.get(e.wid)
-        if w is not None:
-            self._forget(w, out, "heartbeat silence", now)
-            out.append(Close(w.wid, "heartbeat silence", w.identity, hung=True))
 
     def _on_ProcessExited(self, e: ProcessExited, now: float, out: list[Action]) -> None:
         # Counted (and replaced) whether or not its connection is still known: the disconnect often
@@ -568,17 +688,21 @@ class Supervisor:
         self.quitting.discard(e.identity)
         if not asked and not e.candidate and self.stopping is None:
             if not by_itself:
-                self._count_loss(now, out)
+                self._count_loss(e, now, out)
             if self.settings.spawn_workers and self.is_sane:
                 how = "it shut down by itself" if by_itself else f"exited ({e.returncode})"
                 out.append(Spawn(f"replace {e.identity}: {how}"))
         if self.lease is not None and self.lease.identity == e.identity:
-            self._release(out, "process exited")  # proof: nothing runs in a dead process
+            # Proof: nothing runs in a dead process.
+            why = self.lease.reason if self.lease.stopping and self.lease.reason else ""
+            self._release(out, why or f"failover: {e.identity} exited ({e.returncode})")
         for w in [w for w in self.clients.values() if w.identity == e.identity]:
             self._forget(w, out, f"process exited ({e.returncode})", now)
             out.append(Close(w.wid, "process exited", w.identity))
 
     def _on_TimerFired(self, e: TimerFired, now: float, out: list[Action]) -> None:
+        for w in list(self.clients.values()):
+            self._check_silence(w, now, out)
         for w in list(self.clients.values()):
             if w.role is Role.CHECKING and w.check_deadline <= now:
                 self._fail_check(w, "health_check_timeout", out)
@@ -598,8 +722,9 @@ class Supervisor:
         out.append(Reply({"is_sane": True}))
         out.append(Persist(self.state()))
         out.append(Notify("info", "try_again: deploying and spawning resumed"))
-        if self.settings.spawn_workers and not self.clients and self.stopping is None:
-            out.append(Spawn("try_again: no worker is left"))  # otherwise replacements follow exits
+        if self.settings.spawn_workers and self.stopping is None:
+            # What was there comes back at once: one running plus the standbys (the manager knows how many).
+            out.append(TopUp("try_again"))
 
     def _on_DeployConfirmed(self, e: DeployConfirmed, now: float, out: list[Action]) -> None:
         self.last_known_good_hash = e.commit
@@ -652,13 +777,12 @@ class Supervisor:
     def _reconcile(self, now: float, out: list[Action]) -> None:
         lease = self.lease
         if lease is not None and lease.expires <= now:
+            why = self._expired(lease, now, out)
             if lease.wid is not None and lease.wid in self.clients:
                 # Connected yet not renewing in time (hung, or ignoring coma): fence it off for good.
-                hung = self.clients[lease.wid]
-                self._forget(hung, out, "lease expired", now)
-                out.append(Close(hung.wid, "lease expired", hung.identity, hung=True))
+                self._fence(self.clients[lease.wid], "lease expired", now, out)
             if self.lease is not None:  # forgetting an unconfirmed holder released it already
-                self._release(out, "lease expired")
+                self._release(out, why)
         if self.stopping is not None:
             return  # going down: nobody is promoted, nobody handed over to
         candidates = [w for w in self.clients.values() if self._candidate(w)]
@@ -666,7 +790,7 @@ class Supervisor:
             return
         best = max(candidates, key=self._newness)
         if self.lease is None:
-            self._promote(best, now, out, "no worker running")
+            self._promote(best, now, out, self.vacancy)
             return
         lease = self.lease
         holder = self.clients.get(lease.wid) if lease.wid is not None else None
@@ -680,7 +804,67 @@ class Supervisor:
             return
         if self.is_sane and self._newness(best) > self._newness(holder):
             outdated = self.settings.shutdown_if_outdated
-            self._stop_holder(holder, f"newer version {best.version} takes over", now, out, shutdown=outdated)
+            origin = best.release or (f"generation {best.generation}" if best.generation is not None else best.identity)
+            reason = f"hand-over to {best.version} ({origin})"
+            self._stop_holder(holder, reason, now, out, shutdown=outdated)
+
+    def _expired(self, lease: Lease, now: float, out: list[Action]) -> str:
+        """Why an expired lease is free now (and a warning when its holder had been lost: the bot was silent)."""
+        who = f"{lease.identity} epoch {lease.epoch}"
+        if lease.restored and lease.wid is None and lease.lost is None:
+            return f"failover: the previous holder's lease ({who}) ended"
+        if lease.lost is not None and lease.lost_at is not None:
+            later = now - lease.lost_at
+            why = f"failover: {lease.identity} was lost ({lease.lost}) and its lease ended {later:.1f} s later"
+            if self.stopping is None:
+                out.append(Notify("warning", why))
+            return why
+        if lease.stopping:
+            return f"failover: {who} did not stop when asked ({lease.reason}) and its lease ended"
+        return f"failover: {who} stopped renewing its lease"
+
+    def health_line(self, now: float) -> str:
+        """The bot's health in one line (systemd's ``STATUS=``): who runs, how many stand by, or what is missing."""
+        if self.stopping is not None:
+            return f"stopping ({self.stopping}): the bot goes offline"
+        lease, waiting = self.lease, self.waiting_for(now)
+        holder = self.clients.get(lease.wid) if lease is not None and lease.wid is not None else None
+        standbys = sum(1 for w in self.clients.values() if self._candidate(w))
+        insane = "" if self.is_sane else "; is_sane false: try_again needed"
+        if holder is not None and lease is not None and not lease.stopping:
+            return (
+                f"running {holder.identity} (version {holder.version}, epoch {lease.epoch}); {standbys} standby{insane}"
+            )
+        return (waiting or "no worker running") + ("" if waiting and "try_again" in waiting else insane)
+
+    def waiting_for(self, now: float) -> str | None:
+        """What a promotion waits for, and how long (None: a worker runs, or nothing is to be waited for)."""
+        lease = self.lease
+        if self.stopping is not None:
+            return f"nothing: the supervisor stops ({self.stopping})"
+        if lease is not None:
+            left = max(0.0, lease.expires - now)
+            who = f"{lease.identity} epoch {lease.epoch}"
+            if lease.wid is None and lease.restored:
+                return f"waiting for the previous holder's lease ({who}) to end in {left:.0f} s"
+            if lease.wid is None:
+                lost = f", lost ({lease.lost})" if lease.lost else ""
+                return f"waiting for the lease of {lease.identity} (epoch {lease.epoch}{lost}) to end in {left:.0f} s"
+            if lease.stopping:
+                return f"waiting for {lease.identity} to stop ({lease.reason}); its lease ends in {left:.0f} s at most"
+            return None
+        workers = [w for w in self.clients.values() if w.role is not Role.GONE]
+        if any(self._candidate(w) for w in workers):
+            return None  # promoted at the next event
+        if any(w.role is Role.CHECKING for w in workers):
+            return "waiting for a worker to pass its health check"
+        if any(w.role is Role.STANDBY and w.approved for w in workers):
+            return "waiting for a standby whose Discord Gateway is up"
+        if any(w.role in (Role.CONNECTED, Role.IDENTIFIED, Role.STANDBY) for w in workers):
+            return "waiting for a worker to log in to Discord (ready), then pass its health check"
+        if not self.is_sane:
+            return f"crash loop: {len(workers)} workers; try_again needed"
+        return "waiting for a worker to start and connect"
 
     def _gateway_deadline(self) -> float | None:
         """When a holder whose Gateway is down hands over, if a standby with its Gateway up stands by."""
@@ -699,6 +883,7 @@ class Supervisor:
     ) -> None:
         assert self.lease is not None
         self.lease.stopping = True
+        self.lease.reason = reason
         self.lease.stop_deadline = now + self.settings.stop_timeout
         self._move(holder, Trigger.STOP, out, reason)
         if shutdown:

@@ -14,7 +14,17 @@ health-checks it and, if it passes, hands over to it with the cache. Then:
   fails: ``RollbackFinished(ok=False)`` — the core sets ``is_sane = false``
   and says so loudly; nothing more is deployed until ``try_again``.
 
-Requests that arrive during a deploy coalesce into one more deploy after it.
+Requests that arrive during a deploy coalesce into one more deploy after it; ``request`` returns a ticket
+and ``outcome_of(ticket)`` waits for the deploy that served it (``deploy --wait``).
+
+The install step is no verdict on the commit: a failure (a pip hiccup, the network) is tried once more,
+then the deploy ends as ``install failed`` without marking the commit bad, so the next request tries
+again. When the requirements did not change (the same hash of the requirements files and the install
+command as the last known good release), its environment (``.venv``) is copied instead (hard links,
+paths inside rewritten) and the install step is skipped. Each phase is logged with its duration.
+
+After a (re)start, ``resume`` has workers start from the last known good release, its tree and its
+environment, never from the checkout (which may lag it: its ``.venv`` is the first start's).
 
 Dev mode (``urban_robot.dev``) puts a snapshot of a working tree through the same gate with
 ``try_tree``: no git, no ``last_known_good``, no rollback. A rejected tree's candidate is
@@ -24,9 +34,13 @@ candidate that passed), so it simply keeps running.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +54,88 @@ from ._service import UrbanRobot
 from ._store import atomic_write
 
 log = logging.getLogger("urban_robot.deploy")
+
+ENVIRONMENT = ".venv"  # the release's environment, as docs/deploying.md's install step makes it
+INSTALLED = ".urban-robot-installed"  # in a release: the requirements hash its install step succeeded for
+# What an environment is built from: same content (and same install command) -> the same environment.
+REQUIREMENTS = (
+    "requirements*.txt",
+    "requirements/*.txt",
+    "pyproject.toml",
+    "setup.py",
+    "setup.cfg",
+    "poetry.lock",
+    "uv.lock",
+    "Pipfile.lock",
+)
+RESULTS_KEPT = 50
+
+
+def requirements_hash(release: Path, install: Sequence[str]) -> str:
+    """A hash of the requirements files in ``release`` (by name and content) and of the install command."""
+    digest = hashlib.sha256(json.dumps(list(install)).encode())
+    for path in sorted({p for pattern in REQUIREMENTS for p in release.glob(pattern) if p.is_file()}):
+        digest.update(b"\0" + str(path.relative_to(release)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def copy_environment(source: Path, target: Path) -> None:
+    """Copy a virtualenv from one release to another: files hard-linked (copied across file systems), and the
+    old release's path rewritten where a venv records it (scripts' shebangs, activate, ``.pth`` files), in new
+    files, never through the links."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, symlinks=True, copy_function=link)
+    old, new = str(source.parent).encode(), str(target.parent).encode()
+    candidates = [p for p in (target / "bin").iterdir() if p.is_file() and not p.is_symlink()]
+    candidates += [p for p in target.glob("lib/python*/site-packages/*.pth") if p.is_file()]
+    candidates += [target / "pyvenv.cfg"] if (target / "pyvenv.cfg").is_file() else []
+    for path in candidates:
+        data = path.read_bytes()
+        if old in data and b"\0" not in data[:1024]:  # text, naming the old release
+            fresh = path.with_name(path.name + ".urban-robot-tmp")
+            fresh.write_bytes(data.replace(old, new))
+            shutil.copymode(path, fresh)
+            fresh.replace(path)  # a new inode: the old release's file is untouched
+
+
+class _Phases:
+    """Each phase of one deploy, logged with its duration as it ends, and summed up at the end."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.done: list[tuple[str, float]] = []
+        self.started = trio.current_time()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        began = trio.current_time()
+        try:
+            yield
+        finally:
+            self.note(name, trio.current_time() - began)
+
+    def note(self, name: str, seconds: float) -> None:
+        self.done.append((name, seconds))
+        log.info("%s: %s took %.2f s", self.what, name, seconds)
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.done)
+        return f"{trio.current_time() - self.started:.2f} s ({parts})"
+
+
+@attrs.frozen
+class DeployResult:
+    """One deploy's outcome for ``deploy --wait``: the commit (or "-"), the outcome word, and why."""
+
+    commit: str
+    outcome: str
+    detail: str = ""
 
 
 class GitLike(Protocol):
@@ -62,6 +158,7 @@ class _Verdict:
         self.identity: str | None = None
         self.outcome: str | None = None
         self.done = trio.Event()
+        self.times: dict[str, float] = {"spawned": trio.current_time()}  # when it reached each step
 
     def settle(self, outcome: str) -> None:
         if self.outcome is None:
@@ -95,6 +192,8 @@ class Deployer:
         verdict_timeout: float = 180.0,
         install_timeout: float = 600.0,
         bad_commits_file: Path | None = None,
+        install_retry_delay: float = 5.0,
+        environment: str = ENVIRONMENT,
     ) -> None:
         self.robot = robot
         self.children = children
@@ -104,6 +203,8 @@ class Deployer:
         self.install = list(install) if install else None
         self.verdict_timeout = verdict_timeout
         self.install_timeout = install_timeout
+        self.install_retry_delay = install_retry_delay  # one more try after this long: an install hiccup is no verdict
+        self.environment = environment
         # Commits that failed: skipped until a newer one or try_again. Kept in ``bad_commits_file`` so that a
         # restarted supervisor does not try (and roll back) the same broken head again at its first poll.
         self.bad_commits_file = bad_commits_file
@@ -112,6 +213,13 @@ class Deployer:
         self.outcome_observers: list[Callable[[str, str], None]] = []  # (commit, outcome) as each deploy ends
         self._verdict: _Verdict | None = None
         self._pending: str | None = None
+        self._tickets = 0  # deploy requests handed out
+        self.results: list[tuple[int, DeployResult]] = []  # (the last ticket it served, result), newest last
+        self._result_added = trio.Event()
+        self.busy = False  # a deploy runs
+        self._last = DeployResult("-", "none")
+        self._detail = ""  # why the current deploy ended as it did, for deploy --wait
+        self._install_error = ""
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -122,11 +230,36 @@ class Deployer:
         children.exit_observers.append(self._child_exited)
 
     # -- triggers ---------------------------------------------------------------------------------
-    def request(self, reason: str) -> None:
-        """Ask for a deploy (webhook, API, poll); never blocks; coalesces while one runs."""
+    def request(self, reason: str) -> int:
+        """Ask for a deploy (webhook, API, poll); never blocks; coalesces while one runs. A ticket for
+        ``outcome_of``."""
+        self._tickets += 1
         self._pending = reason
         self._idle = trio.Event()
         self._wake.set()
+        return self._tickets
+
+    async def outcome_of(self, ticket: int) -> DeployResult:
+        """The result of the deploy that served request ``ticket`` (waits for it to end)."""
+        while True:
+            for served, result in self.results:
+                if served >= ticket:
+                    return result
+            await self._result_added.wait()
+
+    def expect(self, commit: str) -> tuple[int, str]:
+        """What a deploy request for ``commit`` will really do, for the webhook's answer: 200 and why not, or 202."""
+        core = self.robot.core
+        short = commit[:12]
+        if not core.is_sane:
+            return 200, f"not deploying {short}: is_sane is false (crash loop or failed rollback); try-again first"
+        if commit == core.last_known_good_hash:
+            return 200, f"already running {short}"
+        if commit in self.bad_commits:
+            return 200, f"known bad: {short} failed before; push a fix, or try-again to retry it"
+        if self.busy:
+            return 202, f"deploying {short} after the deploy under way"
+        return 202, f"deploying {short}"
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -151,7 +284,15 @@ class Deployer:
                 self._wake = trio.Event()
                 while self._pending is not None:
                     reason, self._pending = self._pending, None
-                    await self.deploy(reason)
+                    serves = self._tickets  # every request so far is served by this deploy
+                    self.busy = True
+                    try:
+                        await self.deploy(reason)
+                    finally:
+                        self.busy = False
+                    self.results = [*self.results[-RESULTS_KEPT + 1 :], (serves, self._last)]
+                    self._result_added.set()
+                    self._result_added = trio.Event()
                 self._idle.set()
 
     async def _poll(self, interval: float) -> None:
@@ -162,12 +303,14 @@ class Deployer:
     # -- one deploy ---------------------------------------------------------------------------------
     async def deploy(self, reason: str) -> str:
         """Deploy the branch's head now; the outcome in a word (also kept in ``history``)."""
+        self._detail = ""
         try:
             async with self._one_at_a_time:
                 commit, outcome = await self._deploy(reason)
         except UrbanRobotError as exc:  # fetch or release failed: nothing was started
             log.error("deploy (%s) failed before starting anything: %s", reason, exc)
-            commit, outcome = "-", "error"
+            commit, outcome, self._detail = "-", "error", str(exc)
+        self._last = DeployResult(commit, outcome, self._detail)
         self.history.append((commit, outcome))
         for observe in self.outcome_observers:
             observe(commit, outcome)
@@ -177,23 +320,75 @@ class Deployer:
         core = self.robot.core
         if not core.is_sane:
             log.warning("deploy (%s) skipped: is_sane is false; an operator must say try_again", reason)
+            self._detail = "is_sane is false: try-again first"
             return "-", "insane"
-        await self.git.fetch()
-        target = await self.git.remote_head(self.branch)
+        phases = _Phases(f"deploy ({reason})")
+        with phases.phase("fetch"):
+            await self.git.fetch()
+            target = await self.git.remote_head(self.branch)
         if target == core.last_known_good_hash:
             return target, "up to date"
         if target in self.bad_commits:
             log.info("deploy (%s) skipped: %s already failed; waiting for a newer commit", reason, target[:12])
+            self._detail = "it failed before; push a fix, or try-again to retry it"
             return target, "known bad"
-        release = await self.git.release(target, self.releases_dir)
-        if self.install and not await self._install(release):
-            await self._failed(target, None, "install step failed")
-            return target, "failed"
-        outcome = await self._try_candidate(target, release)
+        phases.what = f"deploy of {target[:12]}"
+        with phases.phase("release worktree"):
+            release = await self.git.release(target, self.releases_dir)
+        if self.install and not await self._prepare_environment(release, phases):
+            # No verdict on the commit: not marked bad, nothing started, the running worker untouched.
+            self._detail = f"install step failed twice: {self._install_error}; the next deploy request tries again"
+            log.error("deploy of %s: %s", target[:12], self._detail)
+            return target, "install failed"
+        outcome = await self._try_candidate(target, release, phases)
         if outcome == "promoted":
             await self._succeeded(target, release)
+            log.info("deployed %s in %s", target[:12], phases.summary())
             return target, "deployed"
+        self._detail = outcome
+        log.warning("deploy of %s failed after %s", target[:12], phases.summary())
         return target, "failed"
+
+    # -- the release's environment -------------------------------------------------------------------
+    def _installed(self, release: Path) -> str | None:
+        try:
+            return (release / INSTALLED).read_text().strip() or None
+        except OSError:
+            return None
+
+    async def _prepare_environment(self, release: Path, phases: _Phases) -> bool:
+        """Install the release's environment, or reuse the last known good release's if its requirements match."""
+        assert self.install is not None
+        wanted = requirements_hash(release, self.install)
+        if self._installed(release) == wanted:
+            log.info("%s: environment already installed in %s", phases.what, release)
+            return True
+        good = self.robot.core.last_known_good_hash
+        previous = self.releases_dir / good if good is not None else None
+        if previous is not None and previous != release and self._installed(previous) == wanted:
+            source = previous / self.environment
+            if source.is_dir() and not (release / self.environment).exists():
+                with phases.phase(f"environment copied from {good[:12] if good else '?'} (requirements unchanged)"):
+                    try:
+                        await trio.to_thread.run_sync(copy_environment, source, release / self.environment)
+                    except OSError as exc:
+                        log.warning("cannot copy %s (%s): installing instead", source, exc)
+                        await trio.to_thread.run_sync(shutil.rmtree, release / self.environment, True)
+                    else:
+                        (release / INSTALLED).write_text(wanted + "\n")
+                        return True
+        for attempt in (1, 2):
+            with phases.phase("install" if attempt == 1 else "install (second try)"):
+                ok = await self._install(release)
+            if ok:
+                (release / INSTALLED).write_text(wanted + "\n")
+                return True
+            if attempt == 1:
+                log.warning(
+                    "install step failed (%s); trying once more in %g s", self._install_error, self.install_retry_delay
+                )
+                await trio.sleep(self.install_retry_delay)
+        return False
 
     async def _install(self, release: Path) -> bool:
         assert self.install is not None
@@ -204,23 +399,58 @@ class Deployer:
             if result.returncode == 0:
                 return True
             tail = (result.stderr or result.stdout).decode(errors="replace").strip().splitlines()[-1:] or [""]
+            self._install_error = f"exit status {result.returncode}: {tail[0]}"
             log.error("install step %s failed (%s): %s", self.install, result.returncode, tail[0])
             return False
+        self._install_error = f"took longer than {self.install_timeout:g} s"
         log.error("install step %s took longer than %ss", self.install, self.install_timeout)
         return False
 
-    async def _try_candidate(self, target: str, release: Path) -> str:
-        verdict = await self._run_candidate(f"deploy {target[:12]}", release)
+    async def resume(self) -> None:
+        """At start: children run the last known good release (its tree and its environment), not the checkout."""
+        good = self.robot.core.last_known_good_hash
+        if good is None:
+            return  # nothing deployed yet: the checkout as it is
+        try:
+            release = await self.git.release(good, self.releases_dir)
+        except UrbanRobotError as exc:
+            log.error("cannot make the last known good release %s (%s): workers start from the checkout", good, exc)
+            return
+        # Its environment is there unless someone deleted it (a release made before install markers existed has
+        # its .venv and no marker: it was promoted, so it worked).
+        installed = self._installed(release) is not None or (release / self.environment).exists()
+        if self.install and not installed:
+            phases = _Phases(f"restart on {good[:12]}")  # its environment is gone (deleted by hand?): build it
+            if not await self._prepare_environment(release, phases):
+                log.error("cannot install the last known good release %s: workers start from the checkout", good)
+                return
+        self.children.cwd = release
+        self.children.release = f"deploy {good[:12]}"
+        log.info("workers start from the last known good release %s (%s)", good[:12], release)
+
+    # -- the candidate ---------------------------------------------------------------------------------
+    async def _try_candidate(self, target: str, release: Path, phases: _Phases) -> str:
+        verdict = await self._run_candidate(f"deploy {target[:12]}", release, release=f"deploy {target[:12]}")
+        times = verdict.times
+        for name, start, end in (
+            ("candidate start (spawn to ready)", "spawned", "checking"),
+            ("health check", "checking", "passed"),
+            ("hand-over", "passed", "running"),
+        ):
+            if start in times and end in times:
+                phases.note(name, times[end] - times[start])
         if verdict.outcome != "promoted":
             await self._failed(target, verdict.identity, verdict.outcome or "failed")
         return verdict.outcome or "failed"
 
-    async def _run_candidate(self, reason: str, cwd: Path) -> _Verdict:
+    async def _run_candidate(self, reason: str, cwd: Path, *, release: str | None = None) -> _Verdict:
         """Spawn the code in ``cwd`` at generation + 1 and wait for the core's verdict on it."""
         verdict = _Verdict(self.children.generation + 1)
         self._verdict = verdict
         try:
-            verdict.identity = self.children.spawn(reason, generation=verdict.generation, cwd=cwd, backoff=False)
+            verdict.identity = self.children.spawn(
+                reason, generation=verdict.generation, cwd=cwd, backoff=False, release=release
+            )
             with trio.move_on_after(self.verdict_timeout):
                 await verdict.done.wait()
             verdict.settle("no verdict in time")
@@ -229,6 +459,7 @@ class Deployer:
         return verdict
 
     async def _succeeded(self, target: str, release: Path) -> None:
+        self.children.release = f"deploy {target[:12]}"
         await self._adopt(release, "standby of the new release", confirmed=target)
         try:
             await self.git.reset_to(target)  # the repository's checkout follows what runs
@@ -246,7 +477,14 @@ class Deployer:
         self.children.top_up(reason)
 
     async def _failed(self, target: str, identity: str | None, why: str) -> None:
-        log.warning("deploy of %s failed: %s; rolling back", target[:12], why)
+        tail = self.children.tail(identity) if identity is not None else []
+        quoted = "".join(f"\n  | {line}" for line in tail)
+        log.warning(
+            "deploy of %s failed: %s; rolling back%s",
+            target[:12],
+            why,
+            f"; last lines of {identity}:{quoted}" if tail else "",
+        )
         self.bad_commits.add(target)
         await trio.to_thread.run_sync(self._save_bad_commits)
         await self._stop_candidate(identity, "deploy failed")
@@ -318,12 +556,19 @@ class Deployer:
         verdict = self._verdict
         if verdict is None:
             return
-        if isinstance(action, RoleChanged) and action.new == "running":
+        if isinstance(action, RoleChanged):
             worker = self.robot.core.clients.get(action.wid)
-            if worker is not None and worker.identity == verdict.identity:
+            if worker is None or worker.identity != verdict.identity:
+                return
+            step = {"checking": "checking", "running": "running"}.get(action.new)
+            if action.old == "checking" and action.new == "standby":
+                step = "passed"
+            if step is not None:
+                verdict.times.setdefault(step, trio.current_time())
+            if action.new == "running":
                 verdict.settle("promoted")
         elif isinstance(action, RollBack) and action.generation == verdict.generation:
-            verdict.settle(f"health check: {action.reason}")
+            verdict.settle(f"health check: {action.reason}" + (f" ({action.detail})" if action.detail else ""))
 
     def _child_exited(self, identity: str, returncode: Any) -> None:
         verdict = self._verdict

@@ -21,6 +21,8 @@ class Connected:
     # The deploy generation the process manager spawned this identity with (None: not a child it knows).
     # It outranks whatever the worker claims in ``identify``: a child cannot promote itself past a deploy.
     generation: int | None = None
+    # What the process manager started it from, for the reasons people read ("deploy 747c50f12ab3"); None: unknown.
+    release: str | None = None
 
 
 @attrs.frozen
@@ -84,10 +86,20 @@ class Disconnected:
 
 
 @attrs.frozen
-class HeartbeatSilence:
-    """The shell's watchdog heard nothing from ``wid`` for longer than the limit."""
+class Spoke:
+    """``wid`` sent an event the shell could not parse: answered with the error, and still a sign of life."""
 
     wid: str
+
+
+@attrs.frozen
+class Frozen:
+    """The kernel reports the process of ``identity`` stopped (SIGSTOP, a debugger): it runs no code at all.
+
+    The process manager's answer to ``CheckFrozen``; only a process it spawned (or adopted) is ever reported.
+    """
+
+    identity: str
 
 
 @attrs.frozen
@@ -99,6 +111,8 @@ class ProcessExited:
     # A newer generation than the one confirmed (a deploy's or dev mode's candidate) that exited: the
     # deploy failed, and the deployer rolls back. No loss of the running code: not counted, not replaced.
     candidate: bool = False
+    uptime: float | None = None  # seconds it lived (None: unknown, e.g. adopted)
+    tail: tuple[str, ...] = ()  # the last lines of its output, secrets redacted, control characters escaped
 
 
 @attrs.frozen
@@ -152,7 +166,8 @@ Event = (
     | ShutdownAck
     | WorkerFailed
     | Disconnected
-    | HeartbeatSilence
+    | Spoke
+    | Frozen
     | ProcessExited
     | TimerFired
     | TryAgain
@@ -185,7 +200,17 @@ class Close:
     wid: str
     reason: str
     identity: str | None = None
-    hung: bool = False  # alive but unresponsive: a process manager should stop its process
+    # Alive but unresponsive: the process manager kills its process (SIGKILL) at once; the lease it may
+    # hold is released only by the ``ProcessExited`` that follows (or by its expiry), never by this close.
+    hung: bool = False
+
+
+@attrs.frozen
+class CheckFrozen:
+    """Ask the process manager whether the process of child ``identity`` is stopped (answer: ``Frozen``)."""
+
+    wid: str
+    identity: str
 
 
 @attrs.frozen
@@ -210,12 +235,23 @@ class Spawn:
 
 
 @attrs.frozen
+class TopUp:
+    """Bring the workers back to their count (one running plus the standbys) at once, the restart back-off reset.
+
+    ``try_again``'s answer to a crash loop: how many that is, is the process manager's count, not the core's.
+    """
+
+    reason: str
+
+
+@attrs.frozen
 class RollBack:
     """Ask the deployer to return to the last known good code."""
 
     reason: str
     version: str | None = None
     generation: int | None = None
+    detail: str = ""  # what failed, for people: "failing: modules.music; 50% healthy, 100% needed"
 
 
 @attrs.frozen
@@ -235,4 +271,4 @@ class RoleChanged:
     reason: str = ""
 
 
-Action = Reply | Send | Close | Persist | PersistCache | Spawn | RollBack | Notify | RoleChanged
+Action = Reply | Send | Close | CheckFrozen | Persist | PersistCache | Spawn | TopUp | RollBack | Notify | RoleChanged

@@ -4,24 +4,34 @@
     logging ── DiscordLogHandler ──▶ ┘                     oldest when the bounded queue is full
                                      │
                                      ▼
-                              Notifier.run() ── discord_send() ──▶ Discord REST v10 (channel or DM)
+                              Notifier.run() ─┬─ discord_send() ──▶ Discord REST v10 (channel or DM), bot token
+                                              └─ webhook_send() ──▶ a channel webhook, no token: alone, or when
+                                                                    Discord refuses the bot's route (401/403/404)
 
-``discord_send`` is the only place that talks HTTP: it splits long messages,
-waits out 429s and exhausted rate-limit buckets, retries 5xx and network
-errors a bounded number of times, and turns everything else into one
-``NotifyError`` line saying what failed and what to do. The bot token goes
-into the ``Authorization`` header and nowhere else: not into messages, log
-lines, exception texts or reprs.
+``discord_send`` and ``webhook_send`` are the only places that talk HTTP (both
+through ``_Api.post``): they split long messages, wait out 429s and exhausted
+rate-limit buckets, retry 5xx and network errors a bounded number of times,
+and turn everything else into one ``NotifyError`` line saying what failed and
+what to do. The bot token goes into the ``Authorization`` header and nowhere
+else; the webhook's URL (its token is in it) goes into the request line and
+nowhere else: neither is in messages, log lines, exception texts or reprs.
+
+The webhook is what still reaches the operator when the bot token is refused,
+which is exactly when the bot's route cannot: a worker that cannot log in is
+the alert that matters most.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import math
 import os
+import re
+import urllib.parse
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -41,6 +51,9 @@ MAX_ATTEMPTS = 5  # per request, 429s included
 BACKOFF = 1.0  # first wait after a 5xx or a network error; doubles each time
 MAX_WAIT = 3600.0  # a longer retry_after is garbage (or a ban that outlasts any alert)
 REDACTED = "[redacted]"
+WEBHOOK_ENV = "URBAN_ROBOT_NOTIFY_WEBHOOK"  # the configuration's variable, named in hints
+BOT_ROUTE_RETRY = 600.0  # seconds a refused bot route is left alone while the webhook stands in
+REFUSED = (401, 403, 404)  # the bot's route is refused: token (401), channel or user (403, 404)
 LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -111,6 +124,53 @@ def _span(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 60 and seconds % 60 == 0 else f"{seconds:g} s"
 
 
+WEBHOOK_PATH = re.compile(r"/webhooks/([0-9]{1,20})/([A-Za-z0-9_-]{1,200})/?\Z")
+WEBHOOK_FORM = "https://discord.com/api/webhooks/<id>/<token> (a channel's Integrations → Webhooks → Copy Webhook URL)"
+
+
+@attrs.frozen(repr=False)
+class DiscordWebhook:
+    """A channel webhook's URL (Discord's "Execute Webhook"). Its token is a secret: the repr shows the id only.
+
+    ``parse`` takes ``https://discord.com/api/webhooks/<id>/<token>`` or any http(s) URL whose path ends in
+    ``/webhooks/<id>/<token>`` (a proxy, a local fake Discord).
+    """
+
+    url: str  # as given, without a trailing slash
+    id: str
+    token: str
+
+    @classmethod
+    def parse(cls, text: str) -> DiscordWebhook:
+        """The webhook, or ``NotifyError`` saying what is wrong without a word of the URL (it holds the token)."""
+        text = text.strip()
+        parts = _split_url(text)
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _bad_webhook("not an http:// or https:// URL")
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            raise _bad_webhook("a user@, ?query or #fragment in it")
+        match = WEBHOOK_PATH.search(parts.path)
+        if match is None:
+            raise _bad_webhook("its path does not end in /webhooks/<id>/<token>")
+        return cls(text.rstrip("/"), match.group(1), match.group(2))
+
+    def __repr__(self) -> str:
+        return f"DiscordWebhook(id={self.id!r}, token={REDACTED!r})"
+
+
+def _split_url(text: str) -> urllib.parse.SplitResult | None:
+    if not text or not (text.isascii() and text.isprintable()) or any(c.isspace() for c in text):
+        return None
+    try:
+        return urllib.parse.urlsplit(text)
+    except ValueError:
+        return None
+
+
+def _bad_webhook(problem: str) -> NotifyError:
+    return NotifyError(f"{problem}: expected {WEBHOOK_FORM} (value hidden)")
+
+
 # -- HTTP ---------------------------------------------------------------------------------------------------
 @attrs.define(eq=False)
 class DiscordState:
@@ -157,26 +217,41 @@ def _json(response: httpx.Response) -> Any:
 
 @attrs.frozen
 class _Api:
-    client: httpx.AsyncClient
-    token: str = attrs.field(repr=False)
-    base_url: str
-    state: DiscordState
+    """One destination's HTTP: the bot's REST API (``authorization`` set) or a webhook's URL (no credential)."""
 
-    async def post(self, path: str, body: dict[str, Any], what: str, hints: Mapping[int, str]) -> httpx.Response:
+    client: httpx.AsyncClient
+    secret: str = attrs.field(repr=False)  # redacted from every text: the bot token, or the webhook's token
+    base_url: str = attrs.field(repr=False)  # a webhook's holds its token
+    state: DiscordState
+    unauthorized: str  # the whole line for a 401: what was refused and what to do
+    authorization: str | None = attrs.field(default=None, repr=False)
+
+    async def post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        what: str,
+        hints: Mapping[int, str],
+        *,
+        route: str | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
         """POST with Discord's manners: wait for the route, retry 429/5xx/network a few times, explain refusals."""
-        route = f"POST {path}"
+        route = route or f"POST {path}"
         last, pause = "", 0.0
         for attempt in range(MAX_ATTEMPTS):
             await trio.sleep(pause)
             await self.state.wait_turn(route)
             pause = BACKOFF * 2**attempt  # after a 5xx or a network error; a 429 says how long itself
             try:
-                response = await self.client.post(self.base_url + path, json=body, headers=self._headers())
+                response = await self.client.post(
+                    self.base_url + path, json=body, headers=self._headers(), params=params
+                )
             except httpx.TransportError as exc:
-                last = redact(f"{type(exc).__name__}: {exc}", self.token)
+                last = redact(f"{type(exc).__name__}: {exc}", self.secret)
                 continue
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                raise NotifyError(redact(f"{what} failed: {type(exc).__name__}: {exc}", self.token)) from exc
+                raise NotifyError(redact(f"{what} failed: {type(exc).__name__}: {exc}", self.secret)) from exc
             self.state.learn(route, response)
             if response.status_code == 429:
                 self.state.rate_limited(route, response)
@@ -192,15 +267,18 @@ class _Api:
         )
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bot {self.token}", "User-Agent": USER_AGENT}
+        headers = {"User-Agent": USER_AGENT}
+        if self.authorization is not None:
+            headers["Authorization"] = self.authorization
+        return headers
 
     def _refusal(self, response: httpx.Response, what: str, hints: Mapping[int, str]) -> str:
         status = response.status_code
         if status == 401:
-            return "Discord refused the bot token (401): check BOT_TOKEN"
+            return self.unauthorized
         body = _json(response)
         detail = body.get("message") if isinstance(body, dict) else None
-        detail = f": {' '.join(redact(str(detail), self.token).split())[:200]}" if detail else ""
+        detail = f": {' '.join(redact(str(detail), self.secret).split())[:200]}" if detail else ""
         hint = hints.get(status, "check the destination id and the bot's permissions")
         return f"Discord refused {what} ({status}{detail}): {hint}"
 
@@ -233,7 +311,14 @@ async def discord_send(
     for this call only.
     """
     check_token(token)
-    api = _Api(client, token, base_url.rstrip("/"), state or DiscordState())
+    api = _Api(
+        client,
+        token,
+        base_url.rstrip("/"),
+        state or DiscordState(),
+        "Discord refused the bot token (401): check BOT_TOKEN",
+        authorization=f"Bot {token}",
+    )
     if dm:
         user = _snowflake(destination, "user")
         channel, where, hints = await _dm_channel(api, user), f"sending a DM to user {user}", _DM_HINTS
@@ -242,8 +327,60 @@ async def discord_send(
         where, hints = f"sending a message to channel {channel}", _CHANNEL_HINTS
     for part in split_message(redact(message, token)):
         if part.strip():  # Discord refuses blank content (and would trim it anyway)
-            body = {"content": part, "allowed_mentions": {"parse": []}}  # log text must not ping @everyone
-            await api.post(f"/channels/{channel}/messages", body, where, hints)
+            await api.post(f"/channels/{channel}/messages", _content(part), where, hints)
+
+
+def _content(part: str) -> dict[str, Any]:
+    return {"content": part, "allowed_mentions": {"parse": []}}  # log text must not ping @everyone
+
+
+_WEBHOOK_FIX = f"create a webhook in the channel's settings (Integrations → Webhooks) and set {WEBHOOK_ENV} to its URL"
+_WEBHOOK_HINTS = {403: _WEBHOOK_FIX, 404: f"it was deleted or its URL is wrong: {_WEBHOOK_FIX}"}
+
+
+async def webhook_send(
+    webhook: DiscordWebhook, message: str, *, client: httpx.AsyncClient, state: DiscordState | None = None
+) -> None:
+    """Post ``message`` through ``webhook`` (no bot token needed); ``NotifyError`` when Discord does not take it.
+
+    ``?wait=true`` makes Discord answer with the message, so a refusal is an error here, not a silent 204.
+    """
+    api = _Api(
+        client,
+        webhook.token,
+        webhook.url,
+        state or DiscordState(),
+        f"Discord refused the webhook (401: its token is wrong): {_WEBHOOK_FIX}",
+    )
+    what, route = f"posting through webhook {webhook.id}", f"POST /webhooks/{webhook.id}"
+    with _hidden_from_httpx_logs(webhook.token):
+        for part in split_message(redact(message, webhook.token)):
+            if part.strip():
+                await api.post("", _content(part), what, _WEBHOOK_HINTS, route=route, params={"wait": "true"})
+
+
+class _Redacting(logging.Filter):
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret in message:
+            record.msg, record.args = redact(message, self.secret), None
+        return True
+
+
+@contextlib.contextmanager
+def _hidden_from_httpx_logs(secret: str) -> Iterator[None]:
+    """httpx logs each request's URL at INFO, and a webhook's URL holds its token: not while this one is in use."""
+    logger = logging.getLogger("httpx")
+    hide = _Redacting(secret)
+    logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hide)
 
 
 async def _dm_channel(api: _Api, user: str) -> str:
@@ -277,16 +414,24 @@ class Notifier:
     ``window`` seconds go out once at once and once more as a count when the
     window ends; past ``queue_size`` waiting messages the oldest are dropped,
     and the next message that gets through says how many were lost.
+
+    Destinations: the bot's route (``token`` and ``destination``, a channel or
+    with ``dm`` a user), a ``webhook``, or both. With both, the bot's route is
+    used and the webhook stands in when Discord refuses it (401, 403, 404) —
+    for ``BOT_ROUTE_RETRY`` seconds, then the bot's route is tried again; one
+    log line and the first message through the webhook say why. With no
+    webhook, a refused token is one critical log line, not one per message.
     """
 
     client: httpx.AsyncClient
-    token: str = attrs.field(repr=False)
-    destination: int | str
+    token: str | None = attrs.field(default=None, repr=False)
+    destination: int | str | None = None
     dm: bool = False
     base_url: str = DISCORD_API
     level: str = "info"
     window: float = 300.0
     queue_size: int = 100
+    webhook: DiscordWebhook | None = attrs.field(default=None, repr=False)
     dropped: int = attrs.field(default=0, init=False)
     failed: int = attrs.field(default=0, init=False)
     _queue: deque[Notify] = attrs.field(factory=deque, init=False, repr=False)
@@ -296,14 +441,24 @@ class Notifier:
     _trio_token: trio.lowlevel.TrioToken | None = attrs.field(default=None, init=False, repr=False)
     _sending: bool = attrs.field(default=False, init=False, repr=False)
     _progress: trio.Event = attrs.field(factory=trio.Event, init=False, repr=False)
+    _bot_refused_until: float = attrs.field(default=-math.inf, init=False, repr=False)  # the webhook stands in
+    _said_unreachable: bool = attrs.field(default=False, init=False, repr=False)
+    _why_webhook: str = attrs.field(default="", init=False, repr=False)  # said by the next message it carries
 
     def __attrs_post_init__(self) -> None:
-        check_token(self.token)  # a bad token is a configuration error at start-up, not 100 failed sends later
-        _snowflake(self.destination, "user" if self.dm else "channel")
+        if self.destination is None and self.webhook is None:
+            raise NotifyError(f"no destination for notifications: set LOGGING_CHANNEL or {WEBHOOK_ENV}")
+        if self.destination is not None:
+            check_token(self.token or "")  # a bad token is a configuration error at start-up, not 100 failed sends
+            _snowflake(self.destination, "user" if self.dm else "channel")
         if self.level not in LEVELS:
             raise NotifyError(f"unknown notification level {self.level!r}: use one of {', '.join(LEVELS)}")
         if self.queue_size < 1 or not self.window >= 0:
             raise NotifyError("the notification queue needs room for one message and a window of 0 s or more")
+
+    def redact(self, text: str) -> str:
+        """``text`` without the bot token or the webhook's token."""
+        return redact(redact(text, self.token or ""), self.webhook.token if self.webhook else "")
 
     @classmethod
     def from_env(cls, client: httpx.AsyncClient, env: Mapping[str, str] = os.environ) -> Notifier | None:
@@ -384,20 +539,15 @@ class Notifier:
 
     async def _deliver(self, note: Notify) -> None:
         dropped, failed = self.dropped, self.failed
-        text = _lost(dropped, failed) + PREFIX.get(note.level, "") + note.message
+        text = self.redact(_lost(dropped, failed) + PREFIX.get(note.level, "") + note.message)
         try:
-            await discord_send(
-                self.destination,
-                text,
-                self.token,
-                self.dm,
-                client=self.client,
-                base_url=self.base_url,
-                state=self._state,
-            )
+            await self._send(text)
         except NotifyError as exc:
             self.failed += 1
-            log.warning("a notification did not reach Discord: %s", exc)
+            if exc.status == 401 and self.webhook is None and self.destination is not None:
+                self._unreachable(exc)
+            else:
+                log.warning("a notification did not reach Discord: %s", exc)
         except Exception:
             # A bug here must cost one message, not the supervisor whose nursery this task shares.
             self.failed += 1
@@ -405,6 +555,44 @@ class Notifier:
         else:
             self.dropped -= dropped  # only what this message reported: more may have been lost meanwhile
             self.failed -= failed
+
+    async def _send(self, text: str) -> None:
+        """The bot's route unless it was refused lately and a webhook stands in; the webhook alone if so configured."""
+        if self.destination is not None and (self.webhook is None or trio.current_time() >= self._bot_refused_until):
+            try:
+                await discord_send(
+                    self.destination,
+                    text,
+                    self.token or "",
+                    self.dm,
+                    client=self.client,
+                    base_url=self.base_url,
+                    state=self._state,
+                )
+            except NotifyError as exc:
+                if self.webhook is None or exc.status not in REFUSED:
+                    raise
+                self._bot_refused_until = trio.current_time() + BOT_ROUTE_RETRY
+                log.warning("notifications go through the webhook for %s: %s", _span(BOT_ROUTE_RETRY), exc)
+                self._why_webhook = f"(sent through the webhook: {exc})\n"
+            else:
+                self._said_unreachable = False  # a later refusal is news again
+                return
+        assert self.webhook is not None  # a Notifier has a destination, a webhook, or both
+        await webhook_send(self.webhook, self._why_webhook + text, client=self.client, state=self._state)
+        self._why_webhook = ""
+
+    def _unreachable(self, exc: NotifyError) -> None:
+        """The token is refused and nothing else can reach the operator: say so once, loudly, with the way out."""
+        if self._said_unreachable:
+            log.debug("a notification did not reach Discord: %s", exc)
+            return
+        self._said_unreachable = True
+        log.critical(
+            "notifications cannot be delivered: %s; set %s to a channel webhook's URL so they reach you even then",
+            exc,
+            WEBHOOK_ENV,
+        )
 
 
 def _lost(dropped: int, failed: int) -> str:
@@ -437,7 +625,7 @@ class DiscordLogHandler(logging.Handler):
         if _SENDING.get() or getattr(record, "_already_notified", False) or _is_own(record.name):
             return
         try:
-            text = redact(self.format(record), self.notifier.token)
+            text = self.notifier.redact(self.format(record))
             self.notifier.notify(Notify(_level_name(record.levelno), text))
         except Exception:
             self.handleError(record)

@@ -3,9 +3,10 @@
 One task (``_loop``) feeds the core, one event at a time, and carries out the
 actions it returns, in order: that single sequence is what makes the core's
 decisions the system's. Everything that could block sits elsewhere: each
-worker has a sender task (its bounded outbox) and a heartbeat watchdog, both
-started in its connection's nursery, so they end when the connection does;
-the cache is written by its own task (latest wins). The state (epoch!) is
+worker has a sender task (its bounded outbox), started in its connection's
+nursery, so it ends when the connection does; the cache is written by its own
+task (latest wins). A worker's silence is no task here: it is a deadline of
+the core's, fed by the one timer (``_timer``) like every other deadline. The state (epoch!) is
 written before any later action of the same event is carried out.
 """
 
@@ -38,7 +39,6 @@ from ._events import (
     Event,
     HealthReport,
     Heartbeat,
-    HeartbeatSilence,
     Identified,
     Notify,
     Persist,
@@ -50,7 +50,9 @@ from ._events import (
     Send,
     ShutdownAck,
     Spawn,
+    Spoke,
     TimerFired,
+    TopUp,
     TryAgain,
     WorkerFailed,
 )
@@ -78,7 +80,6 @@ class _Conn:
     identity: Identity
     outbox: trio.MemorySendChannel[tuple[str, Any]]
     inbox: trio.MemoryReceiveChannel[tuple[str, Any]]
-    beat: trio.Event = attrs.Factory(trio.Event)
 
 
 class UrbanRobot:
@@ -114,6 +115,8 @@ class UrbanRobot:
         self.spawner = spawner
         # The generation the process manager spawned an identity with (None: not its child): Connected carries it.
         self.spawned_generation: Callable[[str], int | None] = lambda identity: None
+        self.spawned_release: Callable[[str], str | None] = lambda identity: None  # what it runs, for reasons
+        self.top_up: Callable[[str], object] | None = None  # TopUp: the process manager back to its count, at once
         self.roll_back = roll_back
         self.notify = notify
         self.blocking_io = blocking_io  # file writes; tests on a virtual clock run them inline
@@ -242,6 +245,9 @@ class UrbanRobot:
 
     def _side_effect(self, action: Action) -> None:
         if isinstance(action, Close):
+            if action.hung:
+                name = action.identity or action.wid
+                log.warning("worker %s fenced off (%s): connection closed", name, action.reason)
             self.server.close(action.wid, action.reason)
         elif isinstance(action, PersistCache):
             self._cache_queued += 1
@@ -268,6 +274,9 @@ class UrbanRobot:
         elif isinstance(action, Spawn):
             if self.spawner is not None:
                 self.spawner(action.reason)
+        elif isinstance(action, TopUp):
+            if self.top_up is not None:
+                self.top_up(action.reason)
         elif isinstance(action, RollBack):
             if self.roll_back is not None:
                 self.roll_back(action)
@@ -303,18 +312,6 @@ class UrbanRobot:
             async for event, data in conn.inbox:
                 await self.server.emit(event, data, to=conn.sid)
 
-    async def _watchdog(self, conn: _Conn) -> None:
-        """Silence past ``silence_limit`` is death: the core fences the worker off."""
-        while True:
-            with trio.move_on_after(self.settings.silence_limit):
-                await conn.beat.wait()
-                conn.beat = trio.Event()
-                continue
-            log.warning("worker %s silent for %ss", conn.identity.name, self.settings.silence_limit)
-            await self.submit(HeartbeatSilence(conn.sid))
-            self.server.close(conn.sid, "heartbeat silence")  # whatever the core made of it
-            return
-
     async def _unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, str]:
         name = self.conns[sid].identity.name if sid in self.conns else sid
         log.info("unknown event %r from %s ignored", event[:80], name)  # a name can be megabytes long
@@ -335,6 +332,7 @@ class UrbanRobot:
             "epoch": core.epoch,
             "is_sane": core.is_sane,
             "last_known_good": core.last_known_good_hash,
+            "waiting_for": core.waiting_for(now),
             "cache_age": None if core.cache_age is None else now - core.cache_age,
             "workers": [
                 {
@@ -394,11 +392,11 @@ class _WorkerNamespace(Namespace):
         conn = _Conn(sid, identity, outbox, inbox)
         self.robot.conns[sid] = conn
         self.server.start_task(sid, self.robot._sender, conn)
-        if not identity.admin:
-            self.server.start_task(sid, self.robot._watchdog, conn)
         try:
             generation = None if identity.admin else self.robot.spawned_generation(identity.name)
-            await self.robot.submit(Connected(sid, identity.name, admin=identity.admin, generation=generation))
+            release = None if identity.admin else self.robot.spawned_release(identity.name)
+            connected = Connected(sid, identity.name, admin=identity.admin, generation=generation, release=release)
+            await self.robot.submit(connected)
         except BaseException:
             # Cancelled: the connection closed while it was being registered. No disconnect handler
             # will run for it, so undo here, or it stays in the core as a ghost worker for good.
@@ -430,12 +428,12 @@ class _WorkerNamespace(Namespace):
         conn = self.robot.conns.get(sid)
         if conn is None:
             return {"error": "not connected"}
-        conn.beat.set()
         data = args[0] if args else None
         try:
             event = make(parse_request(name, data))
         except MalformedMessage as exc:
             if malformed is None:
+                await self.robot.submit(Spoke(sid))  # garbage, but from a live worker (§5.2: it resets the silence)
                 return {"error": str(exc)}
             event = malformed(data)
         slot = await self.robot._submit(event)

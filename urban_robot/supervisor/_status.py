@@ -11,6 +11,7 @@ credential (``Authorization: Bearer <token>``, as the admin POST routes do): the
       "epoch": int,                     # the last lease epoch handed out
       "is_sane": bool,                  # false: no spawns, deploys or hand-overs until try_again
       "last_known_good": str | null,    # the last deployed commit confirmed by a promotion
+      "waiting_for": str | null,        # what a promotion waits for, and how long (null: a worker runs)
       "cache_age": float | null,        # seconds since the running worker's cache was accepted
       "lease": null | {"identity": str, "epoch": int, "connected": bool, "confirmed": bool,
                        "stopping": bool, "expires_in": float},

@@ -13,8 +13,10 @@ in the body looked at. The signature covers the body, not the headers, so the de
 is a de-duplication of GitHub's redeliveries, not a replay defence; replaying a signed body can at
 worst ask again for a deploy of a commit the deployer already knows.
 
-``webhook_route(gate, on_deploy)`` wraps the gate as a ``Server.add_route`` handler. The secret is
-never logged and never in a repr; reasons quote payload strings with ``repr`` so they stay one line.
+``webhook_route(gate, on_deploy)`` wraps the gate as a ``Server.add_route`` handler. ``on_deploy`` may
+answer what will really happen instead of the gate's 202: ``(200, "already running <sha12>")`` for a commit
+the deployer would skip (already running, known bad, deploying stopped), ``(202, ...)`` when it queued one.
+The secret is never logged and never in a repr; reasons quote payload strings with ``repr`` so they stay one line.
 """
 
 from __future__ import annotations
@@ -208,7 +210,10 @@ def _short(text: str, limit: int = 80) -> str:
 RouteHandler = Callable[[Request], Awaitable[Response]]
 
 
-def webhook_route(gate: WebhookGate, on_deploy: Callable[[Commit], None]) -> RouteHandler:
+OnDeploy = Callable[[Commit], object]  # (status, text) answers instead of the gate; anything else: the 202
+
+
+def webhook_route(gate: WebhookGate, on_deploy: OnDeploy) -> RouteHandler:
     """A ``Server.add_route("POST", path, ...)`` handler; ``on_deploy`` must not block (queue the deploy)."""
     quiet = Throttled(log)  # anyone can POST: at most a line per kind of refusal per 10 s, with counts
 
@@ -227,13 +232,14 @@ def webhook_route(gate: WebhookGate, on_deploy: Callable[[Commit], None]) -> Rou
     return handle
 
 
-def _schedule(gate: WebhookGate, decision: Deploy, on_deploy: Callable[[Commit], None]) -> Response:
+def _schedule(gate: WebhookGate, decision: Deploy, on_deploy: OnDeploy) -> Response:
     try:
-        on_deploy(decision.commit)
+        answer = on_deploy(decision.commit)
     except Exception:
         # Not scheduled: let GitHub's "redeliver" try again instead of being ignored as seen.
         gate.forget(decision.delivery)
         log.exception("webhook deploy of %s could not be scheduled", decision.commit.sha)
         return Response.text(503, "deploy could not be scheduled; redeliver later")
-    log.info("webhook: %s", decision.reason)
-    return Response.text(decision.status, decision.reason)
+    status, reason = answer if isinstance(answer, tuple) else (decision.status, decision.reason)
+    log.info("webhook: %s", reason)
+    return Response.text(status, reason)

@@ -6,7 +6,8 @@ bot does comes from ``bot.json`` in the same commit, so each commit is a differe
     {"version": "1.1", "health": {...}, "crash": false, "hang": false, "cache_bytes": 0}
 
 ``crash`` exits at start (a broken import), ``hang`` never connects (stuck before ready),
-``cache_bytes`` writes a cache that large once it processes (hand-over benchmarks).
+``cache_bytes`` writes a cache that large once it processes (hand-over benchmarks). It logs each step on
+stdout (its log file) and reconnects when the supervisor goes away, as a real bot would.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ async def _run(config: dict[str, Any]) -> None:
         version=config.get("version", "1.0"),
         health=config.get("health", HEALTHY),
         generation=int(os.environ.get("URBAN_ROBOT_GENERATION", "0")) or None,
+        name=os.environ["URBAN_ROBOT_SECRET"].rpartition(".")[0],
+        echo=True,
     )
     async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run)
+        nursery.start_soon(lambda: worker.run(reconnect=True))
         if config.get("cache_bytes"):  # aside: a standby that never processes must still end when told
             nursery.start_soon(write_cache_once_processing, worker, int(config["cache_bytes"]))
         await worker.done.wait()
@@ -48,6 +51,7 @@ async def _run(config: dict[str, Any]) -> None:
 
 def main(config_file: Path = Path("bot.json")) -> None:
     config = json.loads(config_file.read_text())
+    print(f"stand-in bot {config.get('version', '1.0')} in {Path.cwd()}", flush=True)
     if config.get("crash"):
         raise SystemExit("crashing at start, as bot.json says")
     if config.get("hang"):

@@ -1,45 +1,116 @@
-"""``python -m urban_robot.testing.worker``: a simulated bot as a real process.
+"""``python -m urban_robot.testing.worker``: the rehearsal bot, a simulated bot as a real process.
 
-Reads ``URBAN_ROBOT_URL``, ``URBAN_ROBOT_SECRET`` and ``URBAN_ROBOT_GENERATION``
-like any Helium child. ``--cache-bytes N`` makes it write an N-byte cache once
-it processes (for hand-over benchmarks).
+Reads ``URBAN_ROBOT_URL``, ``URBAN_ROBOT_SECRET`` and ``URBAN_ROBOT_GENERATION`` like any Helium child,
+reconnects when the supervisor goes away (a restarted supervisor adopts it), and logs each step on stdout
+(the worker's log file). It never logs in to Discord.
+
+What it does comes from ``rehearsal.toml`` in its working directory — the checkout, or a deploy's release
+directory — so a commit of the bot's repository that changes that file rehearses a bad deploy::
+
+    version = "1.1"                      # what it identifies as (default: --version, else 1.0)
+    requires = ["tinydep"]               # modules it imports at start: missing ones crash it, as a real bot
+    crash = "broken on purpose"          # exit 1 at start with this message (a broken import, say)
+    hang = true                          # start but never connect (stuck before ready)
+    failing_cogs = ["modules.music"]     # report these cogs false in the health check (vital ones fail it)
+    cache_bytes = 0                      # write a cache this large once it processes (hand-over benchmarks)
+    journal = "/tmp/journal"             # append "<unix time> <identity> processing|idle" on each change
+
+``--cache-bytes N`` is ``cache_bytes`` from the command line. Without the file it is a healthy bot.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
 
 import trio
 
-from ._sim import SimulatedWorker
+from ._sim import HEALTHY, SimulatedWorker
 from .bot import write_cache_once_processing
 
+REHEARSAL_FILE = "rehearsal.toml"
+JOURNAL_EVERY = 0.02  # seconds between looks at whether it processes (a lease lapses without an event)
 
-async def main(version: str, cache_bytes: int) -> None:
+
+def rehearsal(directory: Path = Path(".")) -> dict[str, Any]:
+    """The behaviour ``rehearsal.toml`` in ``directory`` asks for ({} without one)."""
+    path = directory / REHEARSAL_FILE
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def health(failing: list[str]) -> dict[str, Any]:
+    if not failing:
+        return HEALTHY
+    cogs: dict[str, bool] = {"modules.utilities": True, **dict.fromkeys(failing, False)}
+    return {"OK": False, "percent": 100 * sum(cogs.values()) / len(cogs), "cogs": cogs}
+
+
+async def journal(worker: SimulatedWorker, path: str, name: str) -> None:
+    """Append each change of whether ``worker`` processes, with the wall-clock time (the restart benchmark)."""
+    was = None
+    while True:
+        now = worker.processing
+        if now != was:
+            with open(path, "a") as file:
+                file.write(f"{time.time():.6f} {name} {'processing' if now else 'idle'}\n")
+            was = now
+        await trio.sleep(JOURNAL_EVERY)
+
+
+async def main(config: dict[str, Any]) -> None:
+    name = os.environ["URBAN_ROBOT_SECRET"].rpartition(".")[0]
     worker = SimulatedWorker(
         os.environ["URBAN_ROBOT_URL"],
         os.environ["URBAN_ROBOT_SECRET"],
-        version=version,
+        version=str(config.get("version", "1.0")),
         generation=int(os.environ.get("URBAN_ROBOT_GENERATION", "0")) or None,
-        name=os.environ["URBAN_ROBOT_SECRET"].rpartition(".")[0],
+        health=health(list(config.get("failing_cogs", []))),
+        name=name,
         echo=True,
     )
     async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: worker.run(reconnect=True, task_status=task_status))
-        if cache_bytes:  # aside: a standby that never processes must still end when told
-            nursery.start_soon(write_cache_once_processing, worker, cache_bytes)
+        nursery.start_soon(lambda: worker.run(reconnect=True))
+        if config.get("cache_bytes"):  # aside: a standby that never processes must still end when told
+            nursery.start_soon(write_cache_once_processing, worker, int(config["cache_bytes"]))
+        if config.get("journal"):
+            nursery.start_soon(journal, worker, str(config["journal"]), name)
         await worker.done.wait()
         nursery.cancel_scope.cancel()
 
 
+def start(config: dict[str, Any]) -> None:
+    """Do what the rehearsal asks at start: import, crash or hang; then run."""
+    print(f"rehearsal bot in {Path.cwd()}: {config or 'healthy'}", flush=True)
+    for module in config.get("requires", []):
+        importlib.import_module(module)  # ModuleNotFoundError, as a real bot whose dependency is missing
+    if config.get("crash"):
+        raise SystemExit(f"crashing at start, as {REHEARSAL_FILE} says: {config['crash']}")
+    if config.get("hang"):
+        print("hanging before it connects, as rehearsal.toml says", flush=True)
+        time.sleep(3600)
+    trio.run(main, config)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--version", default="1.0")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version")
     parser.add_argument("--cache-bytes", type=int, default=0)
     args = parser.parse_args()
+    settings = rehearsal()
+    if args.version:
+        settings.setdefault("version", args.version)
+    if args.cache_bytes:
+        settings["cache_bytes"] = args.cache_bytes
     try:
-        trio.run(main, args.version, args.cache_bytes)
+        start(settings)
     except KeyboardInterrupt:
         sys.exit(0)

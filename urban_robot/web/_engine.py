@@ -407,10 +407,16 @@ class EngineServer:
             session: Session | None = None
             if query.sid is not None:
                 session = self.sessions.get(query.sid)
-                if session is None or session.transport != "polling" or session.upgrading:
-                    raise EngineError(EngineErrorCode.UNKNOWN_SID if session is None else EngineErrorCode.BAD_REQUEST)
+                if session is None:
+                    raise EngineError(EngineErrorCode.UNKNOWN_SID)
         except EngineError as exc:
             return Response(exc.status, exc.body(), content_type="application/json")
+        if session is not None and (session.transport != "polling" or session.upgrading):
+            # A second upgrade of a session that has one (done or under way): the reference server accepts the
+            # WebSocket and closes it at once (engine.io's onWebSocket), and clients expect a close, not a 400.
+            ws = await upgrade.accept(max_message=self.preauth_message)
+            await ws.close()
+            return None
         ws = await upgrade.accept(max_message=session.max_message if session is not None else self.preauth_message)
         if session is None:
             session = await self._open_session("websocket", request)

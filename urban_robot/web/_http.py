@@ -6,10 +6,12 @@ per connection, and lower memory per idle connection; h11 and wsproto still
 do all HTTP and WebSocket parsing. Limits bound every peer: request head and
 body sizes, one absolute deadline to send a whole request (head and body: a
 body trickling a byte at a time is cut at it), and an idle keep-alive
-time-out; and they bound all peers together: past ``max_connections`` open
-connections (and held slots, see ``ConnectionGate.hold``) a new one is closed
-at once (a flood must not exhaust file descriptors or memory, and the
-connections already open, the workers' among them, keep being served).
+time-out; and, when ``max_connections`` is set, they bound all peers together:
+past that many open connections (and held slots, see ``ConnectionGate.hold``) a
+new one is closed at once (a flood must not exhaust file descriptors or memory,
+and the connections already open, the workers' among them, keep being served).
+A library ``Server`` has no such cap by default, as python-socketio and the Node
+server have none; the supervisor sets its own (``max_connections``, 512).
 
 Order of checks on each request, cheapest and least trusting first: the head
 (``max_head``), the ``Host`` header against ``allowed_hosts`` (421: DNS
@@ -57,7 +59,7 @@ class Limits:
     max_head: int = 16 * 1024
     request_timeout: float = 20.0  # from a request's first byte to its last, head and body (slowloris)
     keepalive_timeout: float = 60.0  # between requests on one connection
-    max_connections: int = 512  # open at once (WebSockets included); more are closed on arrival
+    max_connections: int | None = None  # open at once (WebSockets included); more are closed on arrival. None: no cap
     #: Host names served (DNS rebinding); None = any. Loopback names and the address the peer connected to
     #: are always served: a rebinding page sends its own name, never an IP literal of this host.
     allowed_hosts: frozenset[str] | None = attrs.field(default=None, converter=_hosts)
@@ -338,7 +340,7 @@ LIMIT_LOG_EVERY = 60.0  # seconds between "connection limit reached" lines while
 
 
 class ConnectionGate:
-    """Serves each accepted connection unless ``limits.max_connections`` are open (or held) already.
+    """Serves each accepted connection unless ``limits.max_connections`` (if set) are open (or held) already.
 
     A refused connection is closed before anything is read from it. The refusal is logged as one
     warning when the limit is first reached, then at most once a minute with the count refused since.
@@ -355,9 +357,13 @@ class ConnectionGate:
         self._logged_at = -math.inf
         self.quiet = Throttled(log)  # lines strangers cause on these connections: one per kind per 10 s
 
+    def full(self) -> bool:
+        cap = self.limits.max_connections
+        return cap is not None and self.open + self.held >= cap
+
     def hold(self) -> bool:
         """Take a slot if one is free (False: none is; refuse what wanted it)."""
-        if self.open + self.held >= self.limits.max_connections:
+        if self.full():
             self._note_refusal()
             return False
         self.held += 1
@@ -367,7 +373,7 @@ class ConnectionGate:
         self.held -= 1
 
     async def handle(self, stream: trio.abc.Stream) -> None:
-        if self.open + self.held >= self.limits.max_connections:
+        if self.full():
             self._note_refusal()
             await trio.aclose_forcefully(stream)
             return

@@ -4,17 +4,24 @@ Measured in the supervisor's process, on one clock:
 - crash failover: from SIGKILL of the running worker to the standby's
   ``process_commands`` (and to the answer of its first renewal, after which it
   processes);
+- hang takeover, at the DEFAULT timings (``Settings()``): from SIGSTOP of the
+  running worker (its socket stays open, it sends nothing) to the answer of
+  another worker's first renewal, after which that one processes. Each round
+  also checks P1 on the way: the frozen holder's exit was reported (its lease
+  released) before the grant, or its lease ran out first;
 - planned hand-over with a large cache: from sending ``coma`` to the running
   worker to answering the new holder's first renewal. The real gap (old stops
   → new starts) lies inside this window, so the figure is an upper bound.
 
 The last line printed is one JSON object:
-{"failover_p50_ms", "failover_p99_ms", "handover_10mb_gap_ms", "runs", ...}
+{"failover_p50_ms", "failover_p99_ms", "handover_10mb_gap_ms", "runs",
+ "hang_takeover_p50_ms", "hang_takeover_p99_ms", "hang_rounds", ...}
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +43,7 @@ WORKER = [sys.executable, "-m", "urban_robot.testing.worker"]
 SETTINGS = Settings(
     token="bench-token", interval=2, grace=2, lease_margin=1, spawn_workers=True, crash_loop_losses=1_000_000
 )
+DEFAULT_TIMINGS = Settings(token="bench-token", spawn_workers=True, crash_loop_losses=1_000_000)
 
 
 class Recorder:
@@ -67,11 +75,11 @@ def renewal_of(epoch: int) -> Any:
 
 
 async def setup(
-    nursery: trio.Nursery, state_dir: Path, command: list[str], count: int
+    nursery: trio.Nursery, state_dir: Path, command: list[str], count: int, settings: Settings = SETTINGS
 ) -> tuple[UrbanRobot, Children, Recorder]:
     store = StateStore(state_dir)
     store.prepare()
-    robot = UrbanRobot(SETTINGS, store, Credentials(store.secret_key()))
+    robot = UrbanRobot(settings, store, Credentials(store.secret_key()))
     recorder = Recorder()
     robot.observers.append(recorder)
     port = await nursery.start(robot.run, "127.0.0.1", 0)
@@ -85,6 +93,7 @@ async def setup(
         policy=ChildPolicy(backoff_base=0.0),
     )
     robot.spawner = children.spawn
+    robot.spawned_generation = children.generation_of  # as serve() wires it: the core knows its children
     robot.observers.append(children.on_action)
     await nursery.start(children.run, count)
     return robot, children, recorder
@@ -120,6 +129,31 @@ async def crash_failover(kills: int, state_dir: Path) -> tuple[list[float], list
     return to_grant, to_processing
 
 
+async def hang_takeover(rounds: int, state_dir: Path) -> tuple[list[float], int]:
+    """SIGSTOP the holder ``rounds`` times at the default timings: ms until another worker is renewed."""
+    takeovers, early_grants = [], 0
+    async with trio.open_nursery() as nursery:
+        robot, children, recorder = await setup(nursery, state_dir, WORKER, 2, DEFAULT_TIMINGS)
+        for _ in range(rounds):
+            await standby_ready(robot, recorder)
+            lease = robot.core.lease
+            assert lease is not None
+            frozen, pid = lease.identity, children.processes[lease.identity].pid
+            mark = len(recorder.actions)
+            stopped_at = trio.current_time()
+            os.kill(pid, signal.SIGSTOP)
+            _, grant = await recorder.wait_for(is_grant, mark)
+            epoch = grant.data["d"]["epoch"]  # type: ignore[union-attr]
+            renewed_at, _ = await recorder.wait_for(renewal_of(epoch), mark)
+            takeovers.append((renewed_at - stopped_at) * 1000)
+            if frozen in children.processes and robot.core.epoch == epoch:
+                early_grants += 1  # granted while the frozen process lived: only its lease's expiry allows that
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # clean-up before the next round (the old code left it stopped)
+        nursery.cancel_scope.cancel()
+    return takeovers, early_grants
+
+
 async def planned_handover(cache_bytes: int, state_dir: Path) -> float:
     command = [*WORKER, "--cache-bytes", str(cache_bytes)]
     async with trio.open_nursery() as nursery:
@@ -142,8 +176,9 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def main(kills: int, cache_mb: float, handovers: int) -> dict[str, Any]:
+async def main(kills: int, cache_mb: float, handovers: int, hangs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
+        hang, alive_at_grant = await hang_takeover(hangs, Path(tmp) / "hang") if hangs else ([0.0], 0)
         to_grant, to_processing = await crash_failover(kills, Path(tmp) / "failover")
         gaps = [
             await planned_handover(int(cache_mb * 1_000_000), Path(tmp) / f"handover-{i}") for i in range(handovers)
@@ -156,6 +191,11 @@ async def main(kills: int, cache_mb: float, handovers: int) -> dict[str, Any]:
         "handover_10mb_gap_ms": round(statistics.median(gaps), 1),
         "handover_gaps_ms": [round(g, 1) for g in gaps],
         "runs": kills,
+        "hang_takeover_p50_ms": round(statistics.median(hang), 1),
+        "hang_takeover_p99_ms": round(percentile(hang, 99), 1),
+        "hang_takeover_max_ms": round(max(hang), 1),
+        "hang_rounds": hangs,
+        "hang_granted_while_frozen_alive": alive_at_grant,
     }
 
 
@@ -164,9 +204,15 @@ if __name__ == "__main__":
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--cache-mb", type=float, default=10)
     parser.add_argument("--handovers", type=int, default=3)
+    parser.add_argument("--hangs", type=int, default=20, help="SIGSTOP rounds at the default timings (0: skip)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    result = trio.run(main, args.kills, args.cache_mb, args.handovers)
+    result = trio.run(main, args.kills, args.cache_mb, args.handovers, args.hangs)
+    print(
+        f"hang takeover at the default timings, {args.hangs} SIGSTOPs: frozen -> another worker renewed "
+        f"p50 {result['hang_takeover_p50_ms']} ms, p99 {result['hang_takeover_p99_ms']} ms "
+        f"(granted while the frozen process was alive: {result['hang_granted_while_frozen_alive']})"
+    )
     print(
         f"crash failover, {result['runs']} SIGKILLs: death -> process_commands p50 {result['failover_p50_ms']} ms, "
         f"p99 {result['failover_p99_ms']} ms; death -> first renewal p50 {result['failover_to_processing_p50_ms']} ms"

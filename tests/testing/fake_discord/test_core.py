@@ -32,11 +32,11 @@ class Harness:
         self.gateway.open(conn, "c", NOW)
         return self.send(conn, 2, {"token": TOKEN, "intents": intents, "properties": {}})
 
-    def call(self, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> Any:
+    def call(self, method: str, path: str, body: Any = None, token: str | None = TOKEN, query: str = "") -> Any:
         headers = {"authorization": f"Bot {token}"} if token else {}
         data = json.dumps(body).encode() if body is not None else b""
         headers["content-type"] = "application/json"
-        return self.rest.handle(RestRequest(method, path, "", headers, data, "c"), NOW)
+        return self.rest.handle(RestRequest(method, path, query, headers, data, "c"), NOW)
 
 
 def names(actions: list[Any]) -> list[Any]:
@@ -151,6 +151,34 @@ def test_two_sessions_get_every_event_and_the_second_callback_is_refused() -> No
     )
     assert [c.outcome for c in h.core.callbacks] == ["ok", "already_acknowledged"]
     assert h.call("POST", f"/interactions/{interaction.id}/wrong/callback", {"type": 4}).body["code"] == 10062
+
+
+def test_a_channel_webhook_posts_without_a_bot_token_and_follow_ups_still_work() -> None:
+    h = Harness()
+    h.login(1)
+    log = h.world.channel_named("bot-log")
+    hook = h.core.create_webhook(log, "Urban Robot", NOW)
+    path = f"/webhooks/{hook.id}/{hook.token}"
+    posted = h.call("POST", path, {"content": "🚨 refused", "allowed_mentions": {"parse": []}}, None, "wait=true")
+    assert posted.status == 200 and posted.body["webhook_id"] == str(hook.id)
+    author = posted.body["author"]
+    assert (author["id"], author["username"], author["bot"]) == (str(hook.id), "Urban Robot", True)
+    assert names(posted.actions) == ["MESSAGE_CREATE"]  # the channel sees it
+    quiet = h.call("POST", path, {"content": "no wait"}, token=None)
+    assert (quiet.status, quiet.body) == (204, None)
+    records = [(p.channel_id, p.content, p.route, p.webhook_id, p.token) for p in h.core.posted]
+    assert records == [(log.id, "🚨 refused", "webhook", hook.id, ""), (log.id, "no wait", "webhook", hook.id, "")]
+    wrong = h.call("POST", f"/webhooks/{hook.id}/x{hook.token}", {"content": "a"}, token=None)
+    assert (wrong.status, wrong.body["code"]) == (401, 50027)  # Invalid Webhook Token
+    assert h.call("POST", path, {"content": ""}, token=None).body["code"] == 50006
+    assert h.call("POST", path, {"content": "x" * 2001}, token=None).body["code"] == 50035
+    unknown = h.call("POST", f"/webhooks/{hook.id + 1}/{hook.token}", {"content": "a"}, token=None)
+    assert (unknown.status, unknown.body["code"]) == (404, 10015)  # Unknown Webhook
+    # An interaction's follow-up shares the route: the application id stands where a webhook id does.
+    interaction, _ = h.core.slash_command("echo", {}, h.world.channel_named("general"), h.world.bot, NOW)
+    h.call("POST", f"/interactions/{interaction.id}/{interaction.token}/callback", {"type": 5}, token=None)
+    followup = h.call("POST", f"/webhooks/{h.world.application_id}/{interaction.token}", {"content": "later"}, None)
+    assert followup.status == 200 and h.core.posted[-1].route == "followup" and h.core.posted[-1].webhook_id is None
 
 
 def test_rest_checks_the_token_and_records_unknown_routes() -> None:

@@ -17,6 +17,7 @@ Every route takes and returns JSON; each maps to one method of ``FakeDiscord``:
     POST /_fake/gateway/close        {code, reason?, session?, client?}          → {count}
     POST /_fake/gateway/drop         {session?, client?}                         → {count}
     POST /_fake/gateway/outage       {seconds, session?, client?}                → {count}
+    POST /_fake/webhooks      {channel?, name?, client?}                          → {url}
     POST /_fake/settings      {token?, add_token?: {token, label}, enabled_intents?: [names]}
     POST /_fake/faults        {route?, count?, status?, retry_after?, global?}
 
@@ -125,6 +126,10 @@ class Control:
 
     def post_gateway_outage(self, seconds: float, **kw: Any) -> Any:
         return {"count": self.fake.outage(float(seconds), **kw)}
+
+    # ------------------------------------------------------------------ webhooks
+    def post_webhooks(self, channel: str = "bot-log", name: str = "Urban Robot", client: str | None = None) -> Any:
+        return {"url": self.fake.create_webhook(channel, name=name, client=client)}
 
     # ------------------------------------------------------------------ settings
     def post_settings(

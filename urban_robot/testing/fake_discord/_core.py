@@ -33,6 +33,19 @@ class Interaction:
 
 
 @attrs.frozen
+class Webhook:
+    """A channel webhook (``FakeDiscord.create_webhook``): ``POST /webhooks/{id}/{token}`` posts, no bot token."""
+
+    id: int
+    token: str
+    channel: Channel
+    name: str
+
+    def user(self) -> User:
+        return User(self.id, self.name, bot=True)  # the author Discord shows on a webhook's messages
+
+
+@attrs.frozen
 class Fault:
     """Answer the next ``count`` requests to ``route`` with ``status`` (429 carries ``retry_after``)."""
 
@@ -59,6 +72,7 @@ class FakeCore:
         self.gateway = gateway
         self.messages: dict[int, JSON] = {}  # every message, the users' and the bot's, by id
         self.interactions: dict[int, Interaction] = {}
+        self.webhooks: dict[int, Webhook] = {}
         self.commands: dict[int | None, list[JSON]] = {}  # guild id (None: global) → the synced commands
         self.faults: list[Fault] = []
         self.events: list[SentEvent] = []
@@ -158,6 +172,15 @@ class FakeCore:
                 data["member"] = guild.member_payload(user.id)
         return self._dispatch("MESSAGE_REACTION_ADD", data, message_id, Audience(channel.guild_id, intent), now)
 
+    def create_webhook(self, channel: Channel, name: str, now: float) -> Webhook:
+        """A webhook in ``channel``, as its settings' Integrations → Webhooks makes one."""
+        webhook = Webhook(self.world.ids.next(now), secrets.token_urlsafe(51), channel, name)
+        self.webhooks[webhook.id] = webhook
+        return webhook
+
+    def webhook(self, webhook_id: str) -> Webhook | None:
+        return self.webhooks.get(int(webhook_id)) if webhook_id.isdigit() else None
+
     # ------------------------------------------------------------------ the bot posts (REST calls these)
     def bot_message(
         self,
@@ -169,8 +192,9 @@ class FakeCore:
         token: str,
         route: str,
         interaction_id: int | None = None,
+        webhook: Webhook | None = None,
     ) -> tuple[JSON, list[Action]]:
-        """Record a message the bot created and tell the gateway (the bot sees its own messages)."""
+        """Record a message the bot (or a ``webhook``) created and tell the gateway (the bot sees its own messages)."""
         message_id = self.world.ids.next(now)
         content = str(body.get("content") or "")
         extra: JSON = {key: body[key] for key in ("embeds", "components", "tts", "flags") if body.get(key) is not None}
@@ -186,10 +210,14 @@ class FakeCore:
                 "user": self.interactions[interaction_id].user.payload(),
                 "authorizing_integration_owners": {},
             }
-        message = self.world.message_payload(message_id, channel, self.world.bot, content, now, extra=extra)
+        if webhook is not None:
+            extra["webhook_id"] = str(webhook.id)
+        author = webhook.user() if webhook is not None else self.world.bot
+        message = self.world.message_payload(message_id, channel, author, content, now, extra=extra)
+        webhook_id = webhook.id if webhook is not None else None
         self.posted.append(
             PostedMessage(
-                message_id, channel.id, content, now, client, token, route, reply_to, interaction_id, body=body
+                message_id, channel.id, content, now, client, token, route, reply_to, interaction_id, webhook_id, body
             )
         )
         ephemeral = int(body.get("flags") or 0) & 64

@@ -8,7 +8,7 @@ consumers; its session keeps the events for a RESUME).
 URLs (``url`` is ``http://127.0.0.1:PORT``; a process may put ``/c/<client>`` in front of any of them to
 name itself in the records — ``point_discord_py_at`` does):
 
-    /api/v10/...                  REST (any /api/vN)
+    /api/v10/...                  REST (any /api/vN, or /api/ alone: Discord's webhook URLs have no version)
     /gateway                      the gateway (WebSocket; ?v=10&encoding=json[&compress=zlib-stream])
     /gateway/resume/<session id>  the resume_gateway_url READY hands out (a per-session outage refuses it)
     /_fake/...                    the control API (``_control.py``)
@@ -42,7 +42,7 @@ log = logging.getLogger("urban_robot.testing.fake_discord")
 OUTBOX = 1000  # messages queued for one gateway connection before it counts as a slow consumer
 MAX_MESSAGE = 1_000_000
 CLIENT_TAG = re.compile(r"^/c/([A-Za-z0-9_.-]{1,64})(/.*)$")
-REST_PATH = re.compile(r"^/api/v\d+(/.*)$")
+REST_PATH = re.compile(r"^/api(?:/v\d+)?(/.*)$")  # unversioned too, as webhook URLs are
 GATEWAY_PATH = re.compile(r"^/gateway(?:/resume/([0-9a-f]+))?/?$|^/?$")
 DEFAULT_TOKEN = "fake-discord-token"
 
@@ -504,6 +504,18 @@ class FakeDiscord:
         actions = self.gateway.outage(self._clock() + seconds, chosen)
         self._done(actions)
         return len(actions)
+
+    # ------------------------------------------------------------------ webhooks
+    def create_webhook(
+        self, channel: str | int | Channel = "bot-log", *, name: str = "Urban Robot", client: str | None = None
+    ) -> str:
+        """A webhook in ``channel``; returns its URL (``<url>/api/webhooks/<id>/<token>``, ``/c/<client>`` first if
+        given, so the records name who posts). Posting to it needs no bot token; ``posted`` records each message
+        with ``route="webhook"`` and ``webhook_id``."""
+        webhook = self.core.create_webhook(self.channel(channel), name, self._clock())
+        self._notify()
+        tag = f"/c/{client}" if client else ""
+        return f"{self.url}{tag}/api/webhooks/{webhook.id}/{webhook.token}"
 
     # ------------------------------------------------------------------ settings
     def set_token(self, token: str) -> None:

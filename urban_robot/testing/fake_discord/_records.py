@@ -44,17 +44,18 @@ class SentEvent:
 
 @attrs.frozen
 class PostedMessage:
-    """A message the bot created over REST."""
+    """A message the bot created over REST, or one posted through a channel webhook (``route`` "webhook")."""
 
     id: int
     channel_id: int
     content: str
     at: float
     client: str
-    token: str  # the label of the token that authorised it
-    route: str  # "channel", "interaction_callback" or "followup"
+    token: str  # the label of the token that authorised it ("" when none was sent: webhooks need none)
+    route: str  # "channel", "interaction_callback", "followup" or "webhook"
     reply_to: int | None = None  # message_reference.message_id, when the bot replied to a message
     interaction_id: int | None = None  # the interaction this answers (callback or follow-up)
+    webhook_id: int | None = None  # the channel webhook it came through (``FakeDiscord.create_webhook``)
     body: JSON = attrs.field(factory=dict, eq=False, repr=False)  # the JSON the bot sent
 
 

@@ -1,7 +1,8 @@
 """The fake's REST API, sans-IO: a request in, a status, a JSON body and gateway actions out.
 
 Only the routes discord.py calls in a bot's ordinary life are implemented (login, gateway discovery,
-messages, DMs, interaction callbacks and follow-ups, command sync); anything else is answered 404 with
+messages, DMs, interaction callbacks and follow-ups, command sync), and executing a channel webhook (what
+the supervisor's notifier does when the bot's token is refused); anything else is answered 404 with
 Discord's JSON error shape and recorded in ``unknown_routes``, so a gap shows instead of hiding.
 """
 
@@ -197,14 +198,19 @@ def _get_channel(rest: Rest, request: RestRequest, args: dict[str, str], now: fl
     return RestResult(200, rest._channel(args["channel_id"]).payload())
 
 
-@route("POST", "/channels/{channel_id}/messages")
-def _post_message(rest: Rest, request: RestRequest, args: dict[str, str], now: float) -> RestResult:
-    channel = rest._channel(args["channel_id"])
+def _message_body(request: RestRequest) -> JSON:
     body = _json_body(request)
     if not (body.get("content") or body.get("embeds") or body.get("components") or body.get("attachments")):
         raise RestError(400, "Cannot send an empty message", 50006)
     if len(str(body.get("content") or "")) > 2000:
         raise RestError(400, "Invalid Form Body", 50035)
+    return body
+
+
+@route("POST", "/channels/{channel_id}/messages")
+def _post_message(rest: Rest, request: RestRequest, args: dict[str, str], now: float) -> RestResult:
+    channel = rest._channel(args["channel_id"])
+    body = _message_body(request)
     token = rest._token(request)
     message, actions = rest.core.bot_message(channel, body, now, client=request.client, token=token, route="channel")
     return RestResult(200, message, actions=actions)
@@ -297,9 +303,33 @@ def _label_or_blank(rest: Rest, request: RestRequest) -> str:
         return ""
 
 
-@route("POST", "/webhooks/{application_id}/{token}", auth=False)
-def _followup(rest: Rest, request: RestRequest, args: dict[str, str], now: float) -> RestResult:
-    interaction = rest._interaction_by_token(args["application_id"], args["token"])
+@route("POST", "/webhooks/{webhook_id}/{token}", auth=False)
+def _execute_webhook(rest: Rest, request: RestRequest, args: dict[str, str], now: float) -> RestResult:
+    """A channel webhook's message, or an interaction's follow-up: Discord serves both here (an application id
+    and an interaction token stand where a webhook's id and token do), so the id is looked up in both."""
+    webhook = rest.core.webhook(args["webhook_id"])
+    if webhook is None:
+        return _followup(rest, request, args["webhook_id"], args["token"], now)
+    if webhook.token != args["token"]:
+        raise RestError(401, "Invalid Webhook Token", 50027)
+    body = _message_body(request)
+    message, actions = rest.core.bot_message(
+        webhook.channel,
+        body,
+        now,
+        client=request.client,
+        token=_label_or_blank(rest, request),
+        route="webhook",
+        webhook=webhook,
+    )
+    query = dict(part.partition("=")[::2] for part in request.query.split("&") if part)
+    if query.get("wait", "").lower() in ("true", "1"):
+        return RestResult(200, message, actions=actions)
+    return RestResult(204, None, actions=actions)  # Discord's answer without ?wait=true: no message, no errors
+
+
+def _followup(rest: Rest, request: RestRequest, application_id: str, token: str, now: float) -> RestResult:
+    interaction = rest._interaction_by_token(application_id, token)
     if interaction.answered_by is None:
         raise RestError(404, "Unknown Webhook", 10015)  # Discord wants the interaction acknowledged first
     body = _json_body(request)
