@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -147,7 +148,8 @@ def test_a_paused_holder_does_not_act_after_the_standby_took_over(tmp_path: Path
             fake.do("messages", content="!ping", author="bob")
             first = wait_until(lambda: [p for p in _pongs(fake) if p["client"] == client_of(standby)], 10, "a pong")[0]
         finally:
-            os.kill(holder["pid"], signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # main's hang failover may have killed the frozen holder
+                os.kill(holder["pid"], signal.SIGCONT)
         time.sleep(3)
         late = [p for p in fake.posts(prefix="slow done") if p["at"] > first["at"]]
         assert not late, late
