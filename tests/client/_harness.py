@@ -50,8 +50,7 @@ class Harness(RestartableSupervisor):
             version=version,
             on_hello=lambda hello: rec.note("hello", hello),
             on_start_processing=lambda: rec.note("start"),
-            on_stop_processing=lambda reason: rec.note("stop", reason),
-            **kwargs,
+            **{"on_stop_processing": lambda reason: rec.note("stop", reason), **kwargs},
         )
         return worker, rec
 

@@ -183,6 +183,30 @@ async def test_hand_over_moves_the_cache(harness: Harness, autojump_clock: Any) 
     assert harness.robot is not None and harness.robot.status()["epoch"] == 2
 
 
+async def test_a_drain_in_on_stop_processing_is_cut_where_the_lease_view_ends(
+    harness: Harness, autojump_clock: Any
+) -> None:
+    """Red team finding 1, trio side: a pause that waits 100 s for its work is cancelled when the lease it had
+    ends; the coma is acknowledged then and the newer worker starts after it, not 100 s later."""
+    seen: list[tuple[str, float]] = []
+
+    async def pause(reason: str) -> None:
+        seen.append(("pause", trio.current_time()))
+        try:
+            await trio.sleep(100)
+        finally:
+            seen.append(("over", trio.current_time()))
+
+    old, _ = await harness.started("1.0", on_stop_processing=pause)
+    await old.processing_started.wait()
+    await trio.sleep(5)  # between heartbeats: the lease view ends 15 s after the last renewing one was sent
+    new, new_rec = await harness.started("1.1")
+    await new.processing_started.wait()
+    (paused, over) = (at for _, at in seen)
+    assert 0 < over - paused <= SETTINGS.lease  # cut at the lease end, not 100 s later
+    assert new_rec.times("start")[0] >= over and not old.processing
+
+
 async def test_failing_vital_cog_gets_shut_down(harness: Harness, autojump_clock: Any) -> None:
     async def music() -> bool:
         return True

@@ -22,11 +22,31 @@ from ._discord_fakes import OfflineBot, button, message, modal_submit, run_virtu
 
 
 class Switch:
-    """A lease that the test turns on and off."""
+    """A lease that the test turns on and off (``draining``: not processing, but within the lease's drain)."""
 
     def __init__(self) -> None:
-        self.processing = False
+        self._processing = False
+        self.draining = False
         self.in_flight = InFlight()
+        self._edge = asyncio.Event()
+
+    @property
+    def processing(self) -> bool:
+        return self._processing
+
+    @processing.setter
+    def processing(self, on: bool) -> None:
+        self._processing = on
+        self._edge.set()
+        self._edge = asyncio.Event()
+
+    @property
+    def acting(self) -> bool:
+        return self._processing or self.draining
+
+    async def until_processing(self) -> None:
+        while not self._processing:
+            await self._edge.wait()
 
 
 class Panel(discord.ui.View):
@@ -144,7 +164,7 @@ def test_while_processing_every_kind_of_entry_point_runs_once() -> None:
         switch.processing = True
         feed_everything(bot)
         assert len(switch.in_flight) >= 9  # every piece of work was adopted as in flight
-        await switch.in_flight.settle(drain=True, timeout=5)
+        await switch.in_flight.settle(until=asyncio.get_running_loop().time() + 5, timeout=1)
         assert len(switch.in_flight) == 0
         assert sorted((x for x in ran if x != "on_interaction"), key=str) == sorted(EVERYTHING, key=str)
         assert ran.count("on_interaction") == 4  # the slash command, the button, the select, the modal
@@ -212,14 +232,11 @@ def test_loop_iterations_are_gated_and_a_cancelled_iteration_does_not_end_the_lo
             bodies.append(asyncio.get_running_loop().time())
             await proceed.wait()
 
-        await tick.start()  # a standby: three iterations, none ran
-        assert bodies == []
-
         switch.processing = True
         task = tick.start()
         while not bodies:
             await asyncio.sleep(0.5)
-        await switch.in_flight.settle(drain=False, timeout=1)  # the lease ends: the iteration is cancelled...
+        await switch.in_flight.settle(timeout=1)  # the lease ends: the iteration is cancelled...
         switch.processing = False
         await task  # ...and the loop went on (its other iterations skipped), ending normally
         assert len(bodies) == 1 and not tick.failed()
@@ -231,6 +248,133 @@ def test_loop_iterations_are_gated_and_a_cancelled_iteration_does_not_end_the_lo
 
         await housekeeping.start()
         assert bodies[1:] == [-1, -1]
+
+    run_virtual(scenario)
+
+
+def test_a_loop_starts_when_the_worker_processes_and_before_and_after_loop_are_gated() -> None:
+    """Red team findings 3 and 4: a loop started in setup_hook, before any lease, loses nothing; a standby
+    runs neither its before_loop nor its iterations; after_loop runs only where the lease is held."""
+
+    async def scenario() -> None:
+        switch = Switch()
+        current_lease.set(switch)
+        ran: list[tuple[str, float]] = []
+        clock = asyncio.get_running_loop().time
+
+        @tasks.loop(count=1)
+        async def once() -> None:
+            ran.append(("once", clock()))
+
+        @once.before_loop
+        async def before_once() -> None:
+            ran.append(("before", clock()))
+
+        @once.after_loop
+        async def after_once() -> None:
+            ran.append(("after", clock()))
+
+        task = once.start()  # in setup_hook: nobody processes yet
+        await asyncio.sleep(60)
+        assert ran == [] and not task.done()  # waiting, not skipped
+        switch.processing = True
+        started = clock()
+        await task
+        assert ran == [("before", started), ("once", started), ("after", started)]
+
+        ran.clear()
+
+        @tasks.loop(seconds=10, count=4)
+        async def tick() -> None:
+            ran.append(("tick", clock()))
+
+        @tick.after_loop
+        async def after_tick() -> None:
+            ran.append(("after", clock()))
+
+        begun = clock()
+        ticking = tick.start()
+        await asyncio.sleep(15)
+        switch.processing = False  # a hand-over: later iterations (and after_loop) are skipped here
+        await ticking
+        assert [name for name, _ in ran] == ["tick", "tick"] and not tick.failed()
+        assert [at - begun for _, at in ran] == pytest.approx([0, 10], abs=0.01)  # discord.py sleeps on the wall clock
+
+    run_virtual(scenario)
+
+
+def test_on_ready_is_kept_until_the_worker_first_processes_then_runs_once_with_its_latest_arguments() -> None:
+    """Red team finding 2: READY comes before any lease; its listeners run when this worker first processes."""
+
+    async def scenario() -> None:
+        ran: list[Any] = []
+
+        class Ready(OfflineBot):
+            async def on_ready(self) -> None:
+                ran.append("on_ready method")
+
+        bot, switch = Ready(), Switch()
+        await bot.prepare()
+        gates = install(bot, switch)
+
+        @bot.listen("on_ready")
+        async def announce() -> None:
+            ran.append("listener")
+
+        @bot.listen("on_member_join")
+        async def greet(member: Any) -> None:
+            ran.append(("join", member))
+
+        bot.dispatch("ready")
+        bot.dispatch("ready")  # a reconnection: the listeners are kept once each
+        bot.dispatch("member_join", "early")  # any other event is dropped as before
+        await asyncio.sleep(1)
+        assert ran == []
+        switch.processing = True
+        gates.started()
+        await switch.in_flight.settle(until=asyncio.get_running_loop().time() + 1, timeout=1)
+        assert sorted(ran) == ["listener", "on_ready method"]
+        switch.processing = False
+        bot.dispatch("ready")  # once it has processed, on_ready is gated like any listener
+        switch.processing = True
+        gates.started()  # a later start does not replay it
+        await asyncio.sleep(1)
+        assert len(ran) == 2
+
+    run_virtual(scenario)
+
+
+def test_a_plain_client_with_a_command_tree_is_gated_and_its_lifecycle_seen() -> None:
+    """Red team finding 8: a ``discord.Client`` has no add_listener; the attachment hooks its dispatch."""
+
+    async def scenario() -> None:
+        ran: list[Any] = []
+        client = discord.Client(intents=discord.Intents.default())
+        tree = app_commands.CommandTree(client)
+
+        @tree.command()
+        async def hello(interaction: discord.Interaction) -> None:
+            ran.append("/hello")
+
+        async def on_ready() -> None:
+            ran.append("user's on_ready")
+
+        client.on_ready = on_ready  # type: ignore[method-assign]
+        await client._async_setup_hook()
+        client._connection.application_id = 4242
+        seen: list[str] = []
+        switch = Switch()
+        gates = install(client, switch, {"ready": lambda: seen.append("ready"), "connect": lambda: seen.append("up")})
+        client._connection.dispatch("connect")  # what the Gateway's parsers call
+        client._connection.parsers["INTERACTION_CREATE"](slash("hello"))
+        client.dispatch("ready")
+        await asyncio.sleep(1)
+        assert seen == ["up", "ready"] and ran == []
+        switch.processing = True
+        gates.started()
+        client._connection.parsers["INTERACTION_CREATE"](slash("hello"))
+        await switch.in_flight.settle(until=asyncio.get_running_loop().time() + 1, timeout=1)
+        assert sorted(ran) == ["/hello", "user's on_ready"]
 
     run_virtual(scenario)
 
@@ -255,7 +399,7 @@ def test_in_flight_work_is_drained_within_the_timeout_or_cancelled() -> None:
         bot.dispatch("member_join", 3.0)
         bot.dispatch("member_join", 10.0)
         start = asyncio.get_running_loop().time()
-        await switch.in_flight.settle(drain=True, timeout=5)
+        await switch.in_flight.settle(until=start + 5, timeout=1)
         assert asyncio.get_running_loop().time() - start == pytest.approx(5)
         assert ran == [("done", 3.0), ("cancelled", 10.0)]
 
@@ -281,7 +425,7 @@ def test_an_auto_sharded_bot_is_gated_the_same_way() -> None:
         assert ran == []
         switch.processing = True
         bot._connection.parsers["INTERACTION_CREATE"](slash("hello"))
-        await switch.in_flight.settle(drain=True, timeout=5)
+        await switch.in_flight.settle(until=asyncio.get_running_loop().time() + 5, timeout=1)
         assert ran == ["/hello"]
 
     run_virtual(scenario)
@@ -298,6 +442,13 @@ def test_the_discord_py_internals_the_gates_rely_on() -> None:
         assert call in source
     assert "parsers[attr[6:].upper()]" in inspect.getsource(discord.state.ConnectionState.__init__)
     assert "self.coro(" in inspect.getsource(tasks.Loop._loop)
+    loop_source = inspect.getsource(tasks.Loop._loop)
+    assert "_call_loop_function('before_loop')" in loop_source and "_call_loop_function('after_loop')" in loop_source
+    assert "getattr(self, '_' + name)" in inspect.getsource(tasks.Loop._call_loop_function)
+    assert "ConnectionState(dispatch=self.dispatch" in inspect.getsource(discord.Client._get_state)
+    assert "ws._dispatch = client.dispatch" in inspect.getsource(discord.gateway.DiscordWebSocket.from_client)
+    assert list(inspect.signature(discord.http.HTTPClient.request).parameters)[:2] == ["self", "route"]
+    assert "async_context.get()" in inspect.getsource(discord.InteractionResponse.send_message)
     assert isinstance(app_commands.CommandTree._from_interaction, object)
 
     class NotDiscordPy:

@@ -143,6 +143,47 @@ def test_coma_stops_processing_and_drains_work_in_flight_before_the_final_cache_
     run_virtual(scenario)
 
 
+def test_a_drain_never_outlives_the_lease_view_whatever_the_drain_timeout() -> None:
+    """Red team finding 1: a coma 3 s before the lease view ends, work that needs 12 s, drain_timeout 30 s:
+    the work is cancelled when the view ends (§8.1 rule 3), and only then are the final cache and the ack sent."""
+
+    async def scenario() -> None:
+        supervisor, bot = FakeSupervisor(), OfflineBot()
+        ran: list[tuple[str, float]] = []
+
+        @bot.listen("on_member_join")
+        async def welcome(name: str) -> None:
+            try:
+                await asyncio.sleep(12)
+                ran.append(("welcomed", now()))
+            except asyncio.CancelledError:
+                ran.append(("cancelled", now()))
+                raise
+
+        att, steps = make_attachment(bot, supervisor, get_cache=lambda: {}, drain_timeout=30)
+        runner = asyncio.create_task(att.run())
+        grant = await serve_until_processing(supervisor)
+        grant.answer(RENEWAL)
+        await steps.wait_for(StartProcessing)
+        ends = grant.at + 15
+        assert att.lease_ends == ends
+        await asyncio.sleep(ends - 3 - now())  # the next heartbeat (at +10) goes unanswered: no renewal
+        bot.dispatch("member_join", "alice")
+        supervisor.cmd("coma", reason="gateway down", cache_sync=True)
+        assert att.acting and not att.processing  # draining: its work may still write to Discord
+        (_, stop) = await steps.wait_for(StopProcessing)
+        assert stop == StopProcessing("coma", drain=True, lease_ends=ends)
+        async with asyncio.timeout(60):  # virtual seconds
+            final = await supervisor.skip_until("cache_sync")
+        assert final.at == ends and ran == [("cancelled", ends)]  # not at now + 30, not at alice's + 12
+        assert not att.acting  # drained: no write to Discord from here on (the HTTP gate refuses it)
+        final.answer({"accepted": True})
+        (await supervisor.next("coma")).answer({})
+        await leave(supervisor, att, runner)
+
+    run_virtual(scenario)
+
+
 def test_transient_login_errors_are_retried_with_the_protocol_backoff() -> None:
     async def scenario() -> None:
         supervisor, bot = FakeSupervisor(), OfflineBot()
@@ -381,23 +422,63 @@ async def attempts(port: int) -> None:
     assert any("Unclosed client session" in c for c in complaints)
 
 
-def test_attach_reads_the_environment_and_raises_a_project_error_without_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_attach_reads_the_environment_and_keeps_a_configuration_error_for_run(monkeypatch: pytest.MonkeyPatch) -> None:
     from urban_robot.integrations.discord import AttachError
     from urban_robot.protocol import ConfigError
 
     for name in ("URBAN_ROBOT_URL", "URBAN_ROBOT_SECRET", "URBAN_ROBOT_GENERATION", "URBAN_ROBOT_DISCORD_URL"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(AttachError, match="URBAN_ROBOT_URL"):
-        attach(OfflineBot(), version="1.0")
+    att = attach(OfflineBot(), version="1.0")  # started by hand: no traceback at the attach line
+    assert isinstance(att.problem, AttachError) and "URBAN_ROBOT_URL" in str(att.problem)
     assert AttachError is ConfigError
+    with pytest.raises(ConfigError, match="URBAN_ROBOT_URL"):
+        asyncio.run(att.run())
     monkeypatch.setenv("URBAN_ROBOT_URL", "http://127.0.0.1:1")
-    with pytest.raises(ConfigError, match="URBAN_ROBOT_SECRET"):
-        attach(OfflineBot(), version="1.0")
+    assert "URBAN_ROBOT_SECRET" in str(attach(OfflineBot(), version="1.0").problem)
     monkeypatch.setenv("URBAN_ROBOT_SECRET", "child-1.abc")
     monkeypatch.setenv("URBAN_ROBOT_GENERATION", "7")
     att = attach(OfflineBot(), version="1.0")
+    assert att.problem is None
     assert att.endpoint.url == "http://127.0.0.1:1" and att.endpoint.generation == 7
     assert "child-1.abc" not in repr(att)
+
+
+BY_HAND = """
+import discord
+from discord.ext import commands
+from urban_robot.integrations.discord import attach
+
+bot = commands.Bot(command_prefix="!", intents=discord.Intents.default())
+attach(bot, version="1.0").run_forever()
+"""
+
+
+def test_a_bot_run_by_hand_says_in_one_line_how_to_start_it(tmp_path: Any) -> None:
+    """Red team finding 11: ``python main.py`` without the supervisor: one line, exit status 2, no traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "main.py").write_text(BY_HAND)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("URBAN_ROBOT")}
+    done = subprocess.run(
+        [sys.executable, "main.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+    assert "URBAN_ROBOT_URL" in done.stderr and "python -m urban_robot" in done.stderr
+    assert "README step 4" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_default_vital_cogs_are_the_seeds_for_a_bot_and_none_for_a_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("URBAN_ROBOT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("URBAN_ROBOT_SECRET", "child-1.abc")
+    monkeypatch.delenv("URBAN_ROBOT_DISCORD_URL", raising=False)
+    assert attach(OfflineBot(), version="1.0").vital_cogs == ("modules.utilities",)
+    client = attach(discord.Client(intents=discord.Intents.default()), version="1.0")
+    assert client.vital_cogs == () and client.problem is None
+    assert client.health_report() == {"OK": True, "percent": 100.0, "cogs": {}}
+    again = attach(client.bot, version="1.0")  # attached twice: said, not raised
+    assert again.problem is not None and "once" in str(again.problem)
 
 
 def test_health_report_shape() -> None:

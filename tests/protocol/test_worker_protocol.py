@@ -149,12 +149,39 @@ def test_coma_stops_before_the_final_cache_and_the_ack() -> None:
     effects = p.pushed("cmd", {"t": "coma", "d": {"reason": "newer", "cache_sync": True}}, now=2.0)
     assert not p.processing(2.0)  # from this instant: nothing new starts
     assert kinds(effects) == ["StopProcessing", "CollectCache"]
-    assert effects[-2] == StopProcessing("coma", drain=True)
+    assert effects[-2] == StopProcessing("coma", drain=True, lease_ends=15.0)  # the view's end, before the drop
     cache = only_send(p.cache_collected({"r": 1}, now=2.5))
     assert cache.request.message == CacheSync({"r": 1})
     coma = only_send(p.answered(cache.request.id, {"accepted": True}, now=3.0))
     assert coma.request.message == Coma("newer")
     assert p.answered(coma.request.id, {}, now=3.1) == [] and p.link is Link.SERVING
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        lambda p, now: p.pushed("cmd", {"t": "coma", "d": {"reason": "r", "cache_sync": True}}, now),
+        lambda p, now: p.pushed("cmd", {"t": "shutdown", "d": {"reason": "r", "cache_sync": False}}, now),
+        lambda p, now: p.coma("gateway down", now),
+        lambda p, now: p.shutdown("SIGTERM", now),
+        lambda p, now: p.fail("token refused", "reset it", now),
+    ],
+)
+def test_a_drain_carries_the_end_of_the_lease_view_it_must_not_outlive(stop: Any) -> None:
+    """§8.1 rule 3: the grant is dropped at once, but the drain may last only as long as the lease it had."""
+    p = served()
+    beat = granted(p, now=5.0)
+    p.answered(beat.request.id, {"epoch": 1, "lease": 15}, now=6.0)  # the view ends at 5 + 15 = 20
+    [effect] = [e for e in stop(p, 12.0) if isinstance(e, StopProcessing)]
+    assert effect.drain and effect.lease_ends == 20.0 and p.lease.until == float("-inf")
+    assert effect.drain_until(now=12.0, timeout=30.0) == 20.0  # the lease ends first
+    assert effect.drain_until(now=12.0, timeout=5.0) == 17.0  # the drain time-out ends first
+    assert effect.drain_until(now=21.0, timeout=5.0) == 20.0  # carried out late: in the past, cancel at once
+
+
+def test_a_stop_without_drain_cancels_at_once() -> None:
+    stop = StopProcessing("lease ran out", drain=False, lease_ends=100.0)
+    assert stop.drain_until(now=50.0, timeout=30.0) == 50.0
 
 
 def test_coma_without_cache_sync_acks_after_the_stop() -> None:

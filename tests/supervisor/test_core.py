@@ -495,6 +495,50 @@ def test_exit_after_an_asked_shutdown_is_no_crash() -> None:
     assert d.core.is_sane is True
 
 
+def _holder_asked_to_shut_down_as_outdated(d: Driver) -> None:
+    d.join("b", version="2.0")  # newer, with shutdown_if_outdated: the holder is told cmd shutdown
+    d.feed(ShutdownAck("a", "outdated"))
+
+
+def _told_coma_answers_shutdown(d: Driver) -> None:
+    d.join("b", version="2.0")  # newer: the holder is told cmd coma, and says shutdown (SIGTERM meanwhile)
+    d.feed(ShutdownAck("a", "SIGTERM"))
+
+
+# How the holder "a" (renewed; a standby "b" may join) left, and then its process exited with status 0:
+# counted toward a crash loop? replaced? (docs/protocol.md §12)
+EXITS = [
+    ("no word", lambda d: None, True, True),
+    ("shutdown unasked (kill PID)", lambda d: d.feed(ShutdownAck("a", "SIGTERM")), False, True),
+    ("told to shut down (outdated)", _holder_asked_to_shut_down_as_outdated, False, False),
+    ("told coma, said shutdown", _told_coma_answers_shutdown, False, True),
+    ("coma unasked, then exited", lambda d: d.feed(ComaAck("a", "by itself")), True, True),
+    ("failed", lambda d: d.feed(WorkerFailed("a", "token refused", "reset it")), True, True),
+    ("the supervisor stops", lambda d: d.feed(Stopping("SIGTERM")), False, False),
+]
+
+
+@pytest.mark.parametrize(("how", "leave", "counted", "replaced"), EXITS, ids=[e[0] for e in EXITS])
+def test_which_exits_are_counted_and_which_are_replaced(how: str, leave: Any, counted: bool, replaced: bool) -> None:
+    d = Driver(Settings(token="t", spawn_workers=True, shutdown_if_outdated="outdated" in how, crash_loop_losses=5))
+    d.join("a")
+    d.renew("a", 1)
+    leave(d)
+    out = d.feed(ProcessExited("id-a", 0), at=7)
+    assert d.core.losses == ([7] if counted else [])
+    assert [a.reason for a in out if isinstance(a, Spawn)] == (
+        [f"replace id-a: {'exited (0)' if counted else 'it shut down by itself'}"] if replaced else []
+    )
+
+
+def test_a_worker_that_quits_by_itself_is_not_replaced_while_insane() -> None:
+    d = Driver(Settings(spawn_workers=True))
+    d.join("a")
+    d.feed(RollbackFinished(False, "broken"))
+    d.feed(ShutdownAck("a", "SIGTERM"))
+    assert not [a for a in d.feed(ProcessExited("id-a", 0)) if isinstance(a, Spawn)]
+
+
 def test_confirmed_deploy_becomes_last_known_good_and_is_persisted() -> None:
     d = Driver()
     out = d.feed(DeployConfirmed("abc123" * 6))

@@ -185,7 +185,7 @@ class Worker:
         finally:
             with trio.CancelScope(shield=True):
                 self.protocol.lease.drop()
-                await self._stop_processing("the worker stopped")
+                await self._stop_processing(StopProcessing("the worker stopped", drain=False))
         if self._refused is not None:
             raise self._refused
 
@@ -293,7 +293,7 @@ class Worker:
             if self.processing_flag.set(True):
                 await call_user(self.on_start_processing, what="on_start_processing")
         elif isinstance(effect, StopProcessing):
-            await self._stop_processing(effect.reason)
+            await self._stop_processing(effect)
         elif isinstance(effect, ApplyCache):
             await call_user(self.set_cache, effect.cache, what="set_cache")
         elif isinstance(effect, CollectCache):
@@ -350,10 +350,18 @@ class Worker:
         log.info("health report: %r", report)
         self._feed(self.protocol.health_collected(report, trio.current_time()))
 
-    async def _stop_processing(self, reason: str) -> None:
-        if self.processing_flag.set(False):
-            log.info("stopped processing: %s", reason)
-            await call_user(self.on_stop_processing, reason, what="on_stop_processing")
+    async def _stop_processing(self, stop: StopProcessing) -> None:
+        if not self.processing_flag.set(False):
+            return
+        log.info("stopped processing: %s", stop.reason)
+        # A drain (coma/shutdown): on_stop_processing may wait for the work in flight, but not past the lease
+        # view (§8.1 rule 3): the supervisor may promote another worker then. Not a drain: the lease is over
+        # already, the callback is how the bot learns it, so it runs whole (it should cancel, not wait).
+        deadline = stop.drain_until(trio.current_time(), math.inf) if stop.drain else math.inf
+        with trio.move_on_at(deadline) as scope:
+            await call_user(self.on_stop_processing, stop.reason, what="on_stop_processing")
+        if scope.cancelled_caught:
+            log.warning("on_stop_processing was cancelled: the lease ended before it returned")
 
     # -- what the bot can call -----------------------------------------------------------------------
     def frames(self, message: Message) -> list[Frame]:

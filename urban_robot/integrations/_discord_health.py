@@ -17,7 +17,7 @@ import aiohttp
 import attrs
 import discord
 
-TOKEN_HINT = "the token was refused: reset it in the Discord developer portal (Bot → Reset Token) and update BOT_TOKEN"
+TOKEN_HINT = "reset it in the Discord developer portal (Bot → Reset Token) and update BOT_TOKEN"
 _CLOSE_CODES = {
     4004: ("token refused by the Gateway (close 4004)", TOKEN_HINT),
     4010: ("invalid shard (close 4010)", "check shard_id and shard_count"),

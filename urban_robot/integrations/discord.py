@@ -1,4 +1,4 @@
-"""Attach a discord.py bot (``commands.Bot`` or ``AutoShardedBot``) to Urban Robot in one call.
+"""Attach a discord.py bot (``commands.Bot``, ``AutoShardedBot`` or a ``discord.Client``) to Urban Robot in one call.
 
     bot = commands.Bot(command_prefix="!", intents=intents)
     attachment = attach(bot, version="1.2.0", get_cache=..., set_cache=...)
@@ -26,7 +26,8 @@ any user code with side effects. Errors (all in the project's tree, ``urban_robo
      ├─ ConfigError            no supervisor URL or secret (also exported here as AttachError)
      ├─ AuthenticationFailed   the supervisor refused the secret
      ├─ DiscordRefused         Discord refused the bot for good (bad token, privileged intents…)
-     └─ IncompatibleDiscordPy  a discord.py without the internals the gates need
+     ├─ IncompatibleDiscordPy  a discord.py without the internals the gates need
+     └─ NotProcessing          a write to Discord from a worker without the lease (also a discord.ClientException)
 
 Neither the secret nor the Discord token is ever logged or shown in a ``repr``.
 """
@@ -37,9 +38,11 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
 import random
 import signal
+import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Protocol
 
@@ -70,7 +73,7 @@ from ..protocol import (
     WorkerError,
     WorkerProtocol,
 )
-from ._discord_gates import IncompatibleDiscordPy, InFlight, current_lease, everywhere, install
+from ._discord_gates import Gates, IncompatibleDiscordPy, InFlight, NotProcessing, current_lease, everywhere, install
 from ._discord_health import judge
 
 __all__ = [
@@ -81,6 +84,7 @@ __all__ = [
     "Disconnected",
     "DiscordRefused",
     "IncompatibleDiscordPy",
+    "NotProcessing",
     "attach",
     "everywhere",
 ]
@@ -88,9 +92,13 @@ __all__ = [
 log = logging.getLogger("urban_robot.integrations.discord")
 
 AttachError = ConfigError  # the name this module's configuration error had before urban_robot.protocol
+START_HINT = "start the bot under the supervisor: python -m urban_robot (README step 4)"
+_UNCONFIGURED = Endpoint("http://unconfigured.invalid", "")  # attach() without an endpoint: run() raises instead
 CacheGetter = Callable[[], Any]  # returns the cache, or an awaitable of it
 CacheSetter = Callable[[Any], Any]  # may return an awaitable
 _WIRE = (Send, Log, DropConnection, Reconnect)
+_LIFECYCLE = ("ready", "connect", "disconnect", "resumed", "shard_ready", "shard_connect", "shard_disconnect",
+              "shard_resumed")  # fmt: skip
 
 
 class DiscordRefused(WorkerError):
@@ -114,7 +122,7 @@ class Disconnected:
 
 @attrs.frozen
 class BotClosed:
-    """``bot.close()`` returned: the Gateway closed normally."""
+    """``bot.close()`` returned: the Gateway got a close frame (discord.py 2.x: code 4000), sessions are closed."""
 
 
 Observer = Callable[[Any], None]  # gets each Effect once carried out, and Connected/Disconnected/BotClosed
@@ -153,7 +161,7 @@ def attach(
     bot: Any,
     *,
     version: str,
-    vital_cogs: Iterable[str] = ("modules.utilities",),
+    vital_cogs: Iterable[str] | None = None,
     get_cache: CacheGetter | None = None,
     set_cache: CacheSetter | None = None,
     url: str | None = None,
@@ -169,16 +177,28 @@ def attach(
     ``get_cache()`` returns the bot's cache (any JSON value, bytes allowed) for ``cache_sync``;
     ``set_cache(cache)`` receives the caches the supervisor pushes. Either may be a coroutine.
     ``observer(step)`` (optional) sees each step the shell carries out, for status pages and tests.
+    ``vital_cogs`` defaults to ``("modules.utilities",)`` for a bot with extensions (``commands.Bot``) and to
+    none for a ``discord.Client``, which has none.
     With ``URBAN_ROBOT_DISCORD_URL`` set, discord.py is pointed at that (fake) Discord first.
+
+    A configuration error (no ``URBAN_ROBOT_URL``: the bot was started by hand) does not raise here: it is
+    kept, ``run()`` raises it and ``run_forever()`` says it in one line and exits with status 2.
     """
     if os.environ.get("URBAN_ROBOT_DISCORD_URL"):
         from ..testing.fake_discord import configure_from_environment  # test code, imported only when asked
 
         configure_from_environment()
-    endpoint = Endpoint.resolve(url, secret, generation)
+    problem: ConfigError | None = None
+    try:
+        endpoint = Endpoint.resolve(url, secret, generation)
+    except ConfigError as exc:
+        endpoint, problem = _UNCONFIGURED, exc
+    if vital_cogs is None:
+        vital_cogs = ("modules.utilities",) if hasattr(bot, "load_extension") else ()
     return Attachment(
         bot,
         endpoint,
+        problem=problem,
         version=version,
         vital_cogs=tuple(vital_cogs),
         get_cache=get_cache,
@@ -206,6 +226,7 @@ class Attachment:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         client: ClientFactory = socketio_client,
+        problem: WorkerError | None = None,
     ) -> None:
         self.bot, self.endpoint, self.vital_cogs = bot, endpoint, vital_cogs
         self.get_cache, self.set_cache, self.observer = get_cache, set_cache, observer
@@ -216,6 +237,7 @@ class Attachment:
         self.in_flight = InFlight()
         self._client = client
         self._processing = False  # StartProcessing carried out, StopProcessing not yet
+        self._drain_until = -math.inf  # the last StopProcessing's drain ends then (never past the lease)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._group: asyncio.TaskGroup | None = None
         self._sio: SocketIOClient | None = None
@@ -231,11 +253,16 @@ class Attachment:
         self._stopping: str | None = None
         self._bot_closed = False
         self._shards_down: set[int] = set()
-        install(bot, self)
-        for event in ("ready", "connect", "disconnect", "resumed"):
-            bot.add_listener(getattr(self, f"_on_{event}"), f"on_{event}")
-        for event in ("ready", "connect", "disconnect", "resumed"):  # AutoShardedBot: per shard
-            bot.add_listener(getattr(self, f"_on_shard_{event}"), f"on_shard_{event}")
+        self._edge = asyncio.Event()  # set (and replaced) at each start and stop of processing
+        lifecycle = {event: getattr(self, f"_on_{event}") for event in _LIFECYCLE}
+        self.problem = problem  # a reason this attachment cannot run: run() raises it, run_forever() says it
+        if problem is None:
+            try:
+                self.gates: Gates | None = install(bot, self, lifecycle)
+            except WorkerError as exc:
+                self.gates, self.problem = None, exc
+        else:
+            self.gates = None
 
     def __repr__(self) -> str:
         return f"<Attachment {self.version} {self.endpoint.url} processing={self.processing}>"
@@ -260,6 +287,16 @@ class Attachment:
         """May the bot act for users right now (a renewed lease that has not run out)?"""
         return self._processing and self._loop is not None and self.protocol.processing(self._loop.time())
 
+    @property
+    def acting(self) -> bool:
+        """Processing, or draining the work in flight within the lease: may the bot write to Discord now?"""
+        return self.processing or (self._loop is not None and self._loop.time() < self._drain_until)
+
+    async def until_processing(self) -> None:
+        """Return once this worker processes (at once if it does)."""
+        while not self.processing:
+            await self._edge.wait()
+
     def health_report(self) -> dict[str, Any]:
         """``{OK, percent, cogs}`` (§9): every loaded extension, and every vital cog, loaded or not."""
         cogs = {name: True for name in getattr(self.bot, "extensions", {}) or {}}
@@ -270,7 +307,13 @@ class Attachment:
 
     # -- running ---------------------------------------------------------------------------------------
     def run_forever(self) -> None:
-        """Run until shut down; SIGTERM and SIGINT shut down cleanly. A failure exits with status 1."""
+        """Run until shut down; SIGTERM and SIGINT shut down cleanly. A failure exits with status 1; an attachment
+        that cannot run (not started by the supervisor, a discord.py it cannot gate) says why in one line and
+        exits with status 2."""
+        if self.problem is not None:
+            hint = f" — {START_HINT}" if isinstance(self.problem, ConfigError) else ""
+            print(f"urban_robot: cannot attach the bot: {self.problem}{hint}", file=sys.stderr)
+            raise SystemExit(2)
         try:
             asyncio.run(self._run_with_signals())
         except WorkerError as exc:
@@ -292,8 +335,11 @@ class Attachment:
 
         Returns once shut down (``cmd shutdown``, :meth:`shutdown`, a signal, or the bot closed by itself),
         after ``bot.close()``. Raises :class:`AuthenticationFailed` if the supervisor refuses the secret and
-        :class:`DiscordRefused` if Discord refuses the bot for good.
+        :class:`DiscordRefused` if Discord refuses the bot for good, and what kept :func:`attach` from wiring
+        the bot (:class:`ConfigError`, :class:`IncompatibleDiscordPy`) before doing anything.
         """
+        if self.problem is not None:
+            raise self.problem
         self._loop = asyncio.get_running_loop()
         current_lease.set(self)  # tasks.Loop iterations started from here on are gated by this attachment
         try:
@@ -304,14 +350,14 @@ class Attachment:
                 group.create_task(self._execute(self._user))
                 await self._connect_forever()
                 await self._finished.wait()  # the Finish effect carried out, after everything before it
-                await self._close_bot()  # the Gateway closes normally; bot.connect() returns
+                await self._close_bot()  # a close frame to the Gateway; bot.connect() returns
                 raise _Done
         except* _Done:
             pass
         finally:
             self._group = None
             self._processing = False
-            await self.in_flight.settle(drain=False, timeout=self.timeouts.close)
+            await self.in_flight.settle(timeout=self.timeouts.close)
             await self._close_bot()
         if self._error is not None:
             raise self._error
@@ -413,6 +459,8 @@ class Attachment:
         for effect in effects:
             if isinstance(effect, Reconnect):
                 self._reconnect = effect.delay
+            elif isinstance(effect, StopProcessing):  # decided now: the HTTP gate lets the drain write until then
+                self._drain_until = effect.drain_until(self._now(), self.drain_timeout)
         if effects:
             (self._wire if all(isinstance(e, _WIRE) for e in effects) else self._user).put_nowait(effects)
             self._deadline_moved.set()
@@ -430,9 +478,14 @@ class Attachment:
             log.log(effect.level, "%s", effect.message)
         elif isinstance(effect, StartProcessing):
             self._processing = True
+            self._flip()
+            assert self.gates is not None  # run() does not start without them
+            self.gates.started()  # the first time: on_ready's listeners run now
         elif isinstance(effect, StopProcessing):
-            self._processing = False  # no new work from here; then the work in flight ends
-            await self.in_flight.settle(drain=effect.drain, timeout=self.drain_timeout)
+            self._processing = False  # no new work from here; then the work in flight ends, within the lease
+            self._flip()
+            await self.in_flight.settle(until=self._drain_until, timeout=self.timeouts.close)
+            self._drain_until = -math.inf  # drained: nothing more is written, the acknowledgement may follow
             log.info("stopped processing: %s", effect.reason)
         elif isinstance(effect, ApplyCache):
             await _call_user(self.set_cache, effect.cache, what="set_cache")
@@ -452,7 +505,7 @@ class Attachment:
             if effect.error is not None and self._error is None:
                 self._error = WorkerError(effect.error)
             self._finished.set()
-            self._drop("the worker has finished")
+            self._drop("the worker has finished", expected=True)
         # Reconnect: read by _feed
 
     async def _write(self, send: Send) -> None:
@@ -482,9 +535,9 @@ class Attachment:
         self._feed(effects)
         return await waiter
 
-    def _drop(self, why: str) -> None:
+    def _drop(self, why: str, *, expected: bool = False) -> None:
         if not self._lost.is_set():
-            log.warning("dropping the connection: %s", why)
+            log.log(logging.INFO if expected else logging.WARNING, "dropping the connection: %s", why)
             self._why = why
             self._lost.set()
 
@@ -520,7 +573,7 @@ class Attachment:
             verdict = judge(exc, getattr(self.bot, "intents", None))
             return await self._discord_failed(verdict.reason, verdict.hint)
         if self._stopping is None and not self.protocol.finished:
-            self.stop("the bot closed")  # by itself (bot.close() in its own code): not to be replaced
+            self.stop("the bot closed")  # by itself (bot.close() in its own code): no crash, but replaced
 
     async def _reset_http(self) -> None:
         """Close the session a failed ``static_login`` opened; closing it closed its connector: let login make one."""
@@ -530,46 +583,39 @@ class Attachment:
         self.bot.http.connector = discord.utils.MISSING
 
     async def _discord_failed(self, reason: str, hint: str) -> None:
-        log.error("Discord refused this bot: %s. %s", reason, hint)
+        log.error("%s", f"{reason}: {hint}" if hint else reason)
         self._error = DiscordRefused(reason, hint)
         self._stopping = reason
         self._feed(self.protocol.fail(reason, hint, self._now()))
         await self._close_bot()
 
-    @everywhere
-    async def _on_ready(self) -> None:
+    # discord.py's Gateway events, seen by the attachment on every worker (called from the bot's dispatch)
+    def _on_ready(self) -> None:
         self._feed(self.protocol.discord_is_ready(self._now()))
         self._feed(self.protocol.gateway_changed(True, self._now()))
 
-    @everywhere
-    async def _on_connect(self) -> None:
+    def _on_connect(self) -> None:
         if not self._sharded:
             self._feed(self.protocol.gateway_changed(True, self._now()))
 
-    @everywhere
-    async def _on_resumed(self) -> None:
-        await self._on_connect()
+    def _on_resumed(self) -> None:
+        self._on_connect()
 
-    @everywhere
-    async def _on_disconnect(self) -> None:
+    def _on_disconnect(self) -> None:
         if not self._sharded:
             self._feed(self.protocol.gateway_changed(False, self._now()))
 
-    @everywhere
-    async def _on_shard_ready(self, shard_id: int) -> None:
-        await self._on_shard_connect(shard_id)
+    def _on_shard_ready(self, shard_id: int) -> None:
+        self._on_shard_connect(shard_id)
 
-    @everywhere
-    async def _on_shard_connect(self, shard_id: int) -> None:
+    def _on_shard_connect(self, shard_id: int) -> None:
         self._shards_down.discard(shard_id)
         self._feed(self.protocol.gateway_changed(not self._shards_down, self._now()))
 
-    @everywhere
-    async def _on_shard_resumed(self, shard_id: int) -> None:
-        await self._on_shard_connect(shard_id)
+    def _on_shard_resumed(self, shard_id: int) -> None:
+        self._on_shard_connect(shard_id)
 
-    @everywhere
-    async def _on_shard_disconnect(self, shard_id: int) -> None:
+    def _on_shard_disconnect(self, shard_id: int) -> None:
         self._shards_down.add(shard_id)
         self._feed(self.protocol.gateway_changed(False, self._now()))
 
@@ -580,7 +626,8 @@ class Attachment:
         return isinstance(self.bot, discord.AutoShardedClient)
 
     async def _close_bot(self) -> None:
-        """``bot.close()`` once, bounded: the Gateway closes with 1000, aiohttp sessions are closed."""
+        """``bot.close()`` once, bounded: the Gateway gets a close frame (discord.py 2.x sends 4000, which Discord
+        treats as resumable, not 1000), aiohttp sessions are closed."""
         if self._bot_closed:
             return
         self._bot_closed = True
@@ -592,6 +639,10 @@ class Attachment:
         self._observe(BotClosed())
 
     # -- small things ----------------------------------------------------------------------------------------
+    def _flip(self) -> None:
+        self._edge.set()
+        self._edge = asyncio.Event()
+
     def _now(self) -> float:
         return (self._loop or asyncio.get_running_loop()).time()
 

@@ -186,7 +186,7 @@ class Coma(Outbound):
 
 @attrs.frozen
 class Shutdown(Outbound):
-    """§5.7: stopped processing and leaving; not to be replaced."""
+    """§5.7: stopped processing and leaving (no crash; replaced unless the supervisor asked for it)."""
 
     event: ClassVar[str] = "shutdown"
     reason: str = attrs.field(default="", validator=_string)

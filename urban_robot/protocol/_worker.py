@@ -18,13 +18,17 @@ Processing (docs/protocol.md §8.1) is a property of the lease view, not of the 
 while a grant has been renewed and the renewal's ``sent_at + lease`` has not passed, connected or not.
 ``cmd coma``/``cmd shutdown`` drop the grant at once; the :class:`StopProcessing` effect (drain the
 user's work in flight) is carried out *before* the final cache and the acknowledgement are sent, so
-the acknowledgement is the supervisor's proof that the worker stopped (§8.1 rule 5).
+the acknowledgement is the supervisor's proof that the worker stopped (§8.1 rule 5). A drain is
+bounded by the lease: the effect carries the instant this worker's own view of the lease ends (taken
+before the grant was dropped), and no work in flight outlives it (§8.1 rule 3) — the supervisor may
+promote another worker when its own, later, view ends, acknowledgement or not.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
 from typing import Any
 
@@ -96,10 +100,17 @@ class StartProcessing:
 
 @attrs.frozen
 class StopProcessing:
-    """Stop acting for users. ``drain``: let work in flight finish (bounded) before the next effect; else cancel it."""
+    """Stop acting for users, before the next effect. ``drain``: let work in flight finish, but never past
+    ``lease_ends`` — the instant this worker's own view of the lease ends (§8.1 rule 3) — nor past the
+    shell's drain time-out; then cancel it. Not ``drain``: cancel it at once."""
 
     reason: str
     drain: bool
+    lease_ends: float = -math.inf
+
+    def drain_until(self, now: float, timeout: float) -> float:
+        """When work in flight must be over: ``min(now + timeout, lease_ends)`` for a drain, ``now`` otherwise."""
+        return min(now + timeout, self.lease_ends) if self.drain else now
 
 
 @attrs.frozen
@@ -360,8 +371,7 @@ class WorkerProtocol:
 
     def coma(self, reason: str, now: float) -> list[Effect]:
         """Stop processing by ourselves, then tell the supervisor (releases the lease)."""
-        self.lease.drop()
-        out = self._stop("coma", drain=True)
+        out = self._drop_and_drain("coma")
         if self.link is Link.SERVING:  # unasked: no final cache (§5.6)
             out.append(self._send(Coma(reason), now))
         return out
@@ -454,8 +464,7 @@ class WorkerProtocol:
 
     def _on_stop(self, stop: Stop, now: float, out: list[Effect]) -> None:
         out.append(Log(logging.INFO, f"asked for {stop.name}: {stop.reason}"))
-        self.lease.drop()  # first: no new work from this instant
-        out.extend(self._stop(stop.name, drain=True))  # carried out before anything below is sent (§8.1 rule 5)
+        out.extend(self._drop_and_drain(stop.name))  # carried out before anything below is sent (§8.1 rule 5)
         final: Coma | Shutdown = Shutdown(stop.reason) if stop.shutdown else Coma(stop.reason)
         finish = Finish(stop.reason) if stop.shutdown else None
         if stop.cache_sync:
@@ -472,8 +481,7 @@ class WorkerProtocol:
 
     def _leave(self, message: Shutdown | Failed, finish: Finish, now: float) -> list[Effect]:
         held = self.lease.grant is not None
-        self.lease.drop()
-        out = self._stop(message.reason, drain=True)
+        out = self._drop_and_drain(message.reason)
         if self.link is not Link.SERVING:
             self.link = Link.FINISHED
             return [*out, finish]
@@ -484,9 +492,15 @@ class WorkerProtocol:
             out.append(self._send_final(message, finish, now))
         return out
 
-    def _stop(self, reason: str, *, drain: bool) -> list[Effect]:
+    def _drop_and_drain(self, reason: str) -> list[Effect]:
+        """Drop the grant (no new work from this instant) and drain the work in flight until the lease view ends."""
+        ends = self.lease.until  # before the drop forgets it
+        self.lease.drop()
+        return self._stop(reason, drain=True, lease_ends=ends)
+
+    def _stop(self, reason: str, *, drain: bool, lease_ends: float = -math.inf) -> list[Effect]:
         """The edge of processing: said once, and only when it was said to have started."""
         if not self._announced:
             return []
         self._announced = False
-        return [StopProcessing(reason, drain)]
+        return [StopProcessing(reason, drain, lease_ends)]

@@ -238,7 +238,8 @@ class Supervisor:
         self.last_known_good_hash: str | None = None
         self.lease: Lease | None = None
         self.losses: list[float] = []  # when worker processes exited unasked (crash-loop detection)
-        self.leaving: set[str] = set()  # identities asked to shut down: their exit is no crash
+        self.leaving: set[str] = set()  # identities WE asked to shut down: their exit is neither counted nor replaced
+        self.quitting: set[str] = set()  # identities that said shutdown unasked: replaced, not counted
         self.failures: dict[str, Failure] = {}  # the last failure per kind of worker (``kind``)
         self.stopping: str | None = None  # why the supervisor stops; set: no promotion, no spawn, ever again
         self.vacancy = "no worker running"  # why nobody holds the lease: the next promotion's reason
@@ -343,8 +344,6 @@ class Supervisor:
     # -- helpers -------------------------------------------------------------------------------
     def _move(self, w: Worker, trigger: Trigger, out: list[Action], reason: str = "") -> None:
         new = next_role(w.role, trigger)
-        if new is Role.SHUTTING_DOWN:
-            self.leaving.add(w.identity)
         if new is not w.role:
             epoch = self.lease.epoch if self.lease is not None and self.lease.wid == w.wid else None
             out.append(RoleChanged(w.wid, w.role.value, new.value, epoch, reason))
@@ -589,6 +588,7 @@ class Supervisor:
     def _fail_check(self, w: Worker, reason: str, out: list[Action], report: Any = None) -> None:
         w.check_deadline = math.inf
         self._move(w, Trigger.FAIL, out, reason)
+        self.leaving.add(w.identity)  # told to go (the deployer rolls back): its exit is no crash
         out.append(self._cmd(w, "shutdown", {"reason": reason, "cache_sync": False}))
         fix = f" — {HEALTH_REPORT_FIX}" if reason == "health_check_malformed" else self._failing_cogs(report, reason)
         out.append(Notify("warning", f"{w.identity} (version {w.version}) failed its health check: {reason}{fix}"))
@@ -639,6 +639,8 @@ class Supervisor:
     def _on_ShutdownAck(self, e: ShutdownAck, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
         self._move(w, Trigger.SHUTDOWN_ACK, out, e.reason)
+        if w.role is Role.SHUTTING_DOWN and w.identity not in self.leaving:
+            self.quitting.add(w.identity)  # it goes by itself (a signal, bot.close()): no crash, but replaced
         out.append(Reply({}))
         if self._holds(w):
             self._release(out, self._acknowledged(w, "shut down", e.reason))
@@ -656,6 +658,7 @@ class Supervisor:
         w.check_deadline = math.inf
         self._move(w, Trigger.FAILED, out, f"failed: {e.reason}")
         self.leaving.discard(w.identity)  # its exit is a crash (counted, replaced), whatever it was asked before
+        self.quitting.discard(w.identity)
         out.append(Reply({}))
         failure = Failure(w.identity, w.generation, w.version, e.reason, e.hint, now)
         self.failures[self.kind(w)] = failure
@@ -678,12 +681,17 @@ class Supervisor:
         # Counted (and replaced) whether or not its connection is still known: the disconnect often
         # comes first, and a child can die before it ever connects. Only an exit is a reason to
         # replace: a lost connection may come back, and a hung child is killed first (Close ... hung).
-        asked = e.identity in self.leaving
+        # Asked (we told it to shut down): neither counted nor replaced. Quit by itself (it said shutdown
+        # unasked: a SIGTERM, the bot's own close()): replaced, not counted. Anything else: counted and replaced.
+        asked, by_itself = e.identity in self.leaving, e.identity in self.quitting
         self.leaving.discard(e.identity)
+        self.quitting.discard(e.identity)
         if not asked and not e.candidate and self.stopping is None:
-            self._count_loss(e, now, out)
+            if not by_itself:
+                self._count_loss(e, now, out)
             if self.settings.spawn_workers and self.is_sane:
-                out.append(Spawn(f"replace {e.identity}: exited ({e.returncode})"))
+                how = "it shut down by itself" if by_itself else f"exited ({e.returncode})"
+                out.append(Spawn(f"replace {e.identity}: {how}"))
         if self.lease is not None and self.lease.identity == e.identity:
             # Proof: nothing runs in a dead process.
             why = self.lease.reason if self.lease.stopping and self.lease.reason else ""
@@ -749,7 +757,7 @@ class Supervisor:
             lease.stop_deadline = now + self.settings.stop_timeout
         for w in list(self.clients.values()):
             if self._holds(w):
-                self.leaving.add(w.identity)  # its exit is no crash
+                self.leaving.add(w.identity)  # asked to go: its exit is no crash
                 if w.role is Role.RUNNING:
                     self._move(w, Trigger.STOP, out, e.reason)
                 out.append(self._cmd(w, "shutdown", {"reason": e.reason, "cache_sync": True}))
@@ -763,6 +771,7 @@ class Supervisor:
 
     def _shutdown(self, w: Worker, reason: str, out: list[Action]) -> None:
         self._move(w, Trigger.SHUTDOWN, out, reason)
+        self.leaving.add(w.identity)  # asked to go: its exit is no crash
         out.append(self._cmd(w, "shutdown", {"reason": reason, "cache_sync": False}))
 
     def _reconcile(self, now: float, out: list[Action]) -> None:
@@ -877,6 +886,8 @@ class Supervisor:
         self.lease.reason = reason
         self.lease.stop_deadline = now + self.settings.stop_timeout
         self._move(holder, Trigger.STOP, out, reason)
+        if shutdown:
+            self.leaving.add(holder.identity)  # asked to go (outdated): its exit is no crash
         out.append(self._cmd(holder, "shutdown" if shutdown else "coma", {"reason": reason, "cache_sync": True}))
 
     def _promote(self, w: Worker, now: float, out: list[Action], reason: str) -> None:

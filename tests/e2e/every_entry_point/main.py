@@ -3,8 +3,9 @@
 Each entry point (``!ping``, ``!remind`` and ``!reminder`` in ``on_message``, the slash commands ``/hello``
 and ``/feedback``, the persistent view's button and select, the feedback modal, ``on_member_join`` and a
 ``tasks.loop``) runs only while ``attachment.processing`` is true — by hand, as a bot author gates what
-``attach`` does not. With ``E2E_UNSAFE_BOT=1`` none is gated: every logged-in worker acts, and the checker
-must say so (``twice > 0``). Its answers follow ``tests/e2e/_harness.EXAMPLE_PROFILE``.
+``attach`` does not. With ``E2E_UNSAFE_BOT=1`` none is gated (attach's HTTP gate is undone too): every
+logged-in worker acts, and the checker must say so (``twice > 0``). Its answers follow
+``tests/e2e/_harness.EXAMPLE_PROFILE``.
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ intents.message_content = True
 intents.members = True
 bot = Helium(command_prefix="?", intents=intents)  # "!ping" is answered in on_message, gated by hand
 attachment = integration.attach(bot, version=VERSION, get_cache=get_cache, set_cache=set_cache)
+if UNSAFE:  # and past attach's catch-all at the HTTP boundary: every logged-in worker writes to Discord
+    import types
+
+    from discord.webhook.async_ import AsyncWebhookAdapter, async_context
+
+    bot.http.request = types.MethodType(discord.http.HTTPClient.request, bot.http)  # type: ignore[method-assign]
+    async_context.set(AsyncWebhookAdapter())  # type: ignore[no-untyped-call]
 
 
 @bot.tree.command(description="Say hello")
