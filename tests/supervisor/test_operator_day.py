@@ -90,6 +90,8 @@ async def test_try_again_after_a_partial_crash_loop_brings_the_standby_back_at_o
         [standby] = [c for c in app.children.children.values() if c.pid != watch.holder_pid()]
         os.kill(standby.pid, signal.SIGKILL)
         await watch.until(lambda: not app.robot.core.is_sane)
+        # is_sane falls when the core decides; its notification is carried out after the state write: wait for it
+        await watch.until(lambda: any(n.level == "critical" for n in watch.notes))
         assert len(app.children.children) == 1  # no replacement in a crash loop
         [critical] = [n.message for n in watch.notes if n.level == "critical"]
         assert critical.startswith("crash loop: 1 workers lost within 300s (1 left)")
@@ -246,6 +248,7 @@ async def test_a_crash_is_a_warning_that_quotes_the_worker_and_logs_finds_it_aft
         (tmp_path / "bot" / "rehearsal.toml").write_text("crash = \"ImportError: cannot import name 'x'\"\n")
         os.kill(watch.holder_pid(), signal.SIGKILL)
         await watch.until(lambda: not app.robot.core.is_sane)  # its replacement crashes at start: a crash loop
+        await watch.until(lambda: any(n.level == "critical" for n in watch.notes))  # carried out after the write
         app.stop("test over")
     [first] = [n for n in watch.notes if n.message.startswith("worker ")]
     assert first.level == "warning" and first.message.startswith(f"worker {crashed} exited (-9) after ")
