@@ -10,7 +10,7 @@ import trio.testing
 
 from urban_robot.client import Worker
 
-from ._harness import SETTINGS, Harness
+from ._harness import SETTINGS, UTILITIES_OK, Harness
 
 
 async def test_first_worker_runs(harness: Harness, autojump_clock: Any) -> None:
@@ -98,6 +98,40 @@ async def test_keeps_processing_only_until_its_view_ends_when_the_supervisor_die
     await worker.processing_stopped.wait()
     assert rec.times("stop") == [pytest.approx(until, abs=1e-6)]
     assert not worker.processing
+
+
+async def test_processing_ends_with_the_lease_even_while_the_stop_waits_behind_user_code(
+    harness: Harness, autojump_clock: Any
+) -> None:
+    """``processing`` is the lease view's answer, not only the shell's flag: a stop queued behind a slow callback
+    does not let the worker act past its lease."""
+    busy = trio.Event()
+    started = trio.Event()
+
+    async def slow_start() -> None:
+        started.set()
+        await busy.wait()  # the user executor is here, so the lease's StopProcessing waits behind it
+
+    worker = Worker(
+        harness.url,
+        harness.credentials.child_secret("child-slow"),
+        version="1.0",
+        health_checks=UTILITIES_OK,
+        auto_ready=True,
+        on_start_processing=slow_start,
+    )
+    await harness.nursery.start(worker.run)
+    await started.wait()
+    assert worker.processing
+    harness.stop()  # no more renewals
+    await worker.connected.off.wait()
+    until = worker.lease.until
+    await trio.sleep_until(until)
+    assert worker.processing_flag  # the stop is not carried out yet...
+    assert not worker.processing  # ...but the lease has ended
+    busy.set()
+    await worker.processing_stopped.wait()
+    assert trio.current_time() == until
 
 
 class Tap:
