@@ -134,6 +134,29 @@ async def test_processing_ends_with_the_lease_even_while_the_stop_waits_behind_u
     assert trio.current_time() == until
 
 
+async def test_a_slow_callback_holds_up_no_heartbeat(harness: Harness, autojump_clock: Any) -> None:
+    """Effects that only write go on their own executor: user code that takes long costs no renewal."""
+    busy = trio.Event()
+
+    async def slow_start() -> None:
+        await busy.wait()
+
+    worker = Worker(
+        harness.url,
+        harness.credentials.child_secret("child-slow"),
+        version="1.0",
+        health_checks=UTILITIES_OK,
+        auto_ready=True,
+        on_start_processing=slow_start,
+    )
+    await harness.nursery.start(worker.run)
+    await worker.processing_started.wait()
+    await trio.sleep(3 * SETTINGS.lease)  # the user executor is in slow_start all along
+    assert worker.processing and worker.lease.until > trio.current_time()
+    assert worker.sessions == 1 and harness.robot is not None and harness.robot.status()["epoch"] == 1
+    busy.set()
+
+
 class Tap:
     """Every WebSocket message the server receives, as it came off the wire."""
 
