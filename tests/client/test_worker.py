@@ -249,9 +249,11 @@ async def test_failing_vital_cog_gets_shut_down(harness: Harness, autojump_clock
 
     checks = {"modules.utilities": broken, "modules.music": music}
     worker, rec = harness.worker(health_checks=checks)
+    start = trio.current_time()
     with trio.fail_after(60):
         await worker.run()  # returns once shut down
     assert worker.shut_down and not worker.processing and rec.times("start") == []
+    assert trio.current_time() - start < 1  # its report came at once: no time-out decided it
     assert harness.robot is not None
     await trio.testing.wait_all_tasks_blocked()
     assert harness.robot.conns == {}
