@@ -143,6 +143,40 @@ def test_coma_stops_processing_and_drains_work_in_flight_before_the_final_cache_
     run_virtual(scenario)
 
 
+def test_a_run_cancelled_from_outside_stops_processing_cancels_the_work_and_closes_the_bot() -> None:
+    async def scenario() -> None:
+        supervisor, bot = FakeSupervisor(), OfflineBot()
+        ended: list[tuple[str, float]] = []
+
+        @bot.listen("on_member_join")
+        async def greet(seconds: float) -> None:
+            try:
+                await asyncio.sleep(seconds)
+                ended.append(("greeted", now()))
+            except asyncio.CancelledError:
+                ended.append(("cancelled", now()))
+                raise
+
+        att, steps = make_attachment(bot, supervisor)
+        runner = asyncio.create_task(att.run())
+        beat = await serve_until_processing(supervisor)
+        beat.answer(RENEWAL)
+        await steps.wait_for(StartProcessing)
+        bot.dispatch("member_join", 5.0)
+        await asyncio.sleep(1)
+        cancelled_at = now()
+        runner.cancel()  # e.g. the program's own task group ends, well within the lease
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        assert att.lease_ends > now() and not att.processing  # the attachment is gone: no more work
+        assert ended == [("cancelled", cancelled_at)]  # cancelled at once, not drained
+        assert bot.is_closed()
+        async with asyncio.timeout(1):
+            await att.shutdown("too late")  # after the run: nothing to wait for
+
+    run_virtual(scenario)
+
+
 def test_transient_login_errors_are_retried_with_the_protocol_backoff() -> None:
     async def scenario() -> None:
         supervisor, bot = FakeSupervisor(), OfflineBot()
