@@ -157,6 +157,24 @@ async def test_a_slow_callback_holds_up_no_heartbeat(harness: Harness, autojump_
     busy.set()
 
 
+async def test_a_coma_whose_connection_is_lost_before_the_answer_returns_none(
+    harness: Harness, autojump_clock: Any
+) -> None:
+    assert harness.robot is not None
+    server = harness.robot.server
+    worker, _ = await harness.started()
+    await worker.processing_started.wait()
+
+    async def lost(sid: str, *args: Any) -> Any:
+        server.close(sid)  # the connection goes while the coma waits for its answer
+        await trio.sleep_forever()
+
+    server.on("coma", lost)
+    with trio.fail_after(SETTINGS.interval):  # not left waiting for an answer that cannot come
+        assert await worker.coma("tired") is None
+    assert not worker.processing and worker.lease.grant is None
+
+
 class Tap:
     """Every WebSocket message the server receives, as it came off the wire."""
 
