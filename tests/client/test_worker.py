@@ -216,6 +216,18 @@ async def test_dry_run_frames_are_byte_equal_to_the_wire(harness: Harness, autoj
     await worker.ready()
     assert tap.frames[before:] == predicted
 
+    predicted = await worker.coma("tired", dry_run=True)
+    before = len(tap.frames)
+    assert await worker.coma("tired") == {}  # the supervisor's answer
+    assert tap.frames[before:] == predicted and not worker.processing
+
+    await trio.testing.wait_all_tasks_blocked()
+    [predicted_shutdown] = await worker.shutdown("bye", dry_run=True)
+    assert await worker.shutdown("bye") is None  # it returns once the run has finished...
+    assert worker.shut_down  # ...after the final cache and the shutdown, the last frame written
+    shutdown_message = predicted_shutdown.lstrip("0123456789")
+    assert isinstance(tap.frames[-1], str) and tap.frames[-1].endswith(shutdown_message)
+
 
 async def test_malformed_server_messages_are_logged_not_fatal(
     harness: Harness, autojump_clock: Any, caplog: pytest.LogCaptureFixture
