@@ -175,6 +175,16 @@ async def test_a_coma_whose_connection_is_lost_before_the_answer_returns_none(
     assert not worker.processing and worker.lease.grant is None
 
 
+async def test_a_standby_shutting_down_gets_the_answer(harness: Harness, autojump_clock: Any) -> None:
+    holder, _ = await harness.started()
+    await holder.processing_started.wait()
+    standby, _ = await harness.started()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not standby.processing and standby.lease.grant is None
+    assert await standby.shutdown("bye") == {}  # the supervisor's answer, once it came
+    assert standby.shut_down and holder.processing
+
+
 class Tap:
     """Every WebSocket message the server receives, as it came off the wire."""
 
