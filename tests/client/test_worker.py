@@ -185,6 +185,15 @@ async def test_a_standby_shutting_down_gets_the_answer(harness: Harness, autojum
     assert standby.shut_down and holder.processing
 
 
+async def test_a_worker_that_fails_ends_its_run_with_the_reason(harness: Harness, autojump_clock: Any) -> None:
+    worker, _ = await harness.started()
+    await worker.processing_started.wait()
+    with trio.fail_after(SETTINGS.interval):
+        await worker.fail("Discord refused the token", "reset it in the developer portal")
+    assert worker.shut_down and not worker.processing
+    assert worker.error == "Discord refused the token: reset it in the developer portal"
+
+
 class Tap:
     """Every WebSocket message the server receives, as it came off the wire."""
 
