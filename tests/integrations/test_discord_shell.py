@@ -177,6 +177,35 @@ def test_a_run_cancelled_from_outside_stops_processing_cancels_the_work_and_clos
     run_virtual(scenario)
 
 
+def test_a_listener_that_shuts_the_bot_down_is_not_drained_and_returns_once_the_shutdown_is_answered() -> None:
+    async def scenario() -> None:
+        supervisor, bot = FakeSupervisor(), OfflineBot()
+        returned: list[float] = []
+
+        @bot.listen("on_member_join")
+        async def farewell(name: str) -> None:
+            await att.shutdown(f"asked by {name}")
+            returned.append(now())
+
+        att, steps = make_attachment(bot, supervisor, drain_timeout=30)
+        runner = asyncio.create_task(att.run())
+        beat = await serve_until_processing(supervisor)
+        beat.answer(RENEWAL)
+        await steps.wait_for(StartProcessing)
+        asked = now()
+        bot.dispatch("member_join", "alice")
+        while (emitted := await supervisor.inbox.get()).event != "shutdown":
+            emitted.answer({"accepted": True} if emitted.event == "cache_sync" else {})
+        assert emitted.at == asked  # its own drain did not wait for it (30 s, then a cancel)
+        await asyncio.sleep(3)
+        assert returned == []  # shutdown() waits for the answer...
+        emitted.answer({})
+        await runner
+        assert returned == [asked + 3]  # ...and was not cancelled as work in flight
+
+    run_virtual(scenario)
+
+
 def test_transient_login_errors_are_retried_with_the_protocol_backoff() -> None:
     async def scenario() -> None:
         supervisor, bot = FakeSupervisor(), OfflineBot()
