@@ -194,6 +194,13 @@ async def test_a_worker_that_fails_ends_its_run_with_the_reason(harness: Harness
     assert worker.error == "Discord refused the token: reset it in the developer portal"
 
 
+async def test_extra_checks_do_not_hide_the_cogs_from_the_report(harness: Harness, autojump_clock: Any) -> None:
+    worker, _ = await harness.started(extra_checks={"database": lambda: True})
+    with trio.fail_after(SETTINGS.interval):  # the vital cog is reported as a cog, so the report passes
+        await worker.processing_started.wait()
+    assert worker.processing
+
+
 class Tap:
     """Every WebSocket message the server receives, as it came off the wire."""
 
