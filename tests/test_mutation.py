@@ -5,9 +5,12 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 
@@ -115,3 +118,48 @@ def test_a_run_reports_killed_and_survived_and_leaves_the_tree_alone(tmp_path: P
     [report] = json.loads((tmp_path / "r.json").read_text())
     assert [o["outcome"] for o in report["outcomes"]] == ["killed", "survived"]
     assert module.read_bytes() == before
+
+
+BLOCKING_TEST = """
+import os
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def test_passes_clean_then_waits_for_a_stop():
+    runs = HERE / "runs"
+    runs.write_text(runs.read_text() + "x" if runs.exists() else "x")
+    if runs.read_text() == "x":
+        return  # the clean run
+    with open(HERE / "pid", "w") as fifo:  # a FIFO: the test reads it, so no waiting by time
+        fifo.write(f"{os.getpid()} {os.getcwd()}")
+    os.read(os.open(HERE / "never", os.O_RDONLY), 1)  # nobody writes: only a signal ends this
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_the_running_tests_stops_the_run(tmp_path: Path) -> None:
+    # The forked test run has the runner's command line, so `kill PID` may find it instead of the runner:
+    # it used to fail the test in progress (the mutant counted as killed) and the run went on.
+    (tmp_path / "test_block.py").write_text(BLOCKING_TEST)
+    os.mkfifo(tmp_path / "pid")
+    os.mkfifo(tmp_path / "never")
+    command = [sys.executable, "scripts/mutation/run.py", "urban_robot/supervisor/_roles.py", "--only", "1,2"]
+    proc = subprocess.Popen(
+        [*command, "--", str(tmp_path / "test_block.py")], cwd=ROOT, stdout=PIPE, stderr=PIPE, text=True
+    )
+    try:
+        with open(tmp_path / "pid") as fifo:
+            pid, sandbox = fifo.read().split(" ", 1)
+        os.kill(int(pid), signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "stopped (SIGTERM)" in err
+    assert "#1" not in out  # no verdict on the mutant whose run was stopped
+    assert (tmp_path / "runs").read_text() == "xx"  # and no further mutant
+    assert not Path(sandbox).exists()

@@ -158,6 +158,8 @@ class Sandbox:
             if proc.poll() is None:  # timed out, or we are being stopped: the whole session goes
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
+        if proc.returncode == -signal.SIGTERM:  # stopped from outside, as in _forked
+            raise SystemExit("a test run was stopped (SIGTERM): the mutation run stops too")
         tail = output.decode(errors="replace").strip().splitlines()[-1:]
         return ("passed" if proc.returncode == 0 else "failed"), time.monotonic() - started, "".join(tail)
 
@@ -171,6 +173,9 @@ class Sandbox:
         if pid == 0:  # the child: never returns
             code = 99
             try:
+                # A stop meant for the run: the runner's handler would only fail the running test (the mutant
+                # then counted as killed, the run going on), so the child dies of it and the runner stops.
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 os.setsid()  # its own process group, so that a time-out takes whatever it started too
                 fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 os.dup2(fd, 1)
@@ -205,6 +210,10 @@ class Sandbox:
         text = output.read_text(errors="replace") if output.exists() else ""
         if status is None:
             return "timeout", seconds, text
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM:
+            # Stopped from outside (a forked run has the runner's command line, so `kill PID` often finds it
+            # first): no verdict on the mutant, and the whole run stops.
+            raise SystemExit("a test run was stopped (SIGTERM): the mutation run stops too")
         return ("passed" if os.waitstatus_to_exitcode(status) == 0 else "failed"), seconds, text
 
     def remove(self) -> None:

@@ -8,9 +8,10 @@ import pytest
 import trio
 import trio.testing
 
+from tests._helpers import child_secret
 from urban_robot.client import Worker
 
-from ._harness import SETTINGS, Harness
+from ._harness import SETTINGS, UTILITIES_OK, Harness
 
 
 async def test_first_worker_runs(harness: Harness, autojump_clock: Any) -> None:
@@ -100,6 +101,107 @@ async def test_keeps_processing_only_until_its_view_ends_when_the_supervisor_die
     assert not worker.processing
 
 
+async def test_processing_ends_with_the_lease_even_while_the_stop_waits_behind_user_code(
+    harness: Harness, autojump_clock: Any
+) -> None:
+    """``processing`` is the lease view's answer, not only the shell's flag: a stop queued behind a slow callback
+    does not let the worker act past its lease."""
+    busy = trio.Event()
+    started = trio.Event()
+
+    async def slow_start() -> None:
+        started.set()
+        await busy.wait()  # the user executor is here, so the lease's StopProcessing waits behind it
+
+    worker = Worker(
+        harness.url,
+        child_secret(harness.credentials, "child-slow"),
+        version="1.0",
+        health_checks=UTILITIES_OK,
+        auto_ready=True,
+        on_start_processing=slow_start,
+    )
+    await harness.nursery.start(worker.run)
+    await started.wait()
+    assert worker.processing
+    harness.stop()  # no more renewals
+    await worker.connected.off.wait()
+    until = worker.lease.until
+    await trio.sleep_until(until)
+    assert worker.processing_flag  # the stop is not carried out yet...
+    assert not worker.processing  # ...but the lease has ended
+    busy.set()
+    await worker.processing_stopped.wait()
+    assert trio.current_time() == until
+
+
+async def test_a_slow_callback_holds_up_no_heartbeat(harness: Harness, autojump_clock: Any) -> None:
+    """Effects that only write go on their own executor: user code that takes long costs no renewal."""
+    busy = trio.Event()
+
+    async def slow_start() -> None:
+        await busy.wait()
+
+    worker = Worker(
+        harness.url,
+        child_secret(harness.credentials, "child-slow"),
+        version="1.0",
+        health_checks=UTILITIES_OK,
+        auto_ready=True,
+        on_start_processing=slow_start,
+    )
+    await harness.nursery.start(worker.run)
+    await worker.processing_started.wait()
+    await trio.sleep(3 * SETTINGS.lease)  # the user executor is in slow_start all along
+    assert worker.processing and worker.lease.until > trio.current_time()
+    assert worker.sessions == 1 and harness.robot is not None and harness.robot.status()["epoch"] == 1
+    busy.set()
+
+
+async def test_a_coma_whose_connection_is_lost_before_the_answer_returns_none(
+    harness: Harness, autojump_clock: Any
+) -> None:
+    assert harness.robot is not None
+    server = harness.robot.server
+    worker, _ = await harness.started()
+    await worker.processing_started.wait()
+
+    async def lost(sid: str, *args: Any) -> Any:
+        server.close(sid)  # the connection goes while the coma waits for its answer
+        await trio.sleep_forever()
+
+    server.on("coma", lost)
+    with trio.fail_after(SETTINGS.interval):  # not left waiting for an answer that cannot come
+        assert await worker.coma("tired") is None
+    assert not worker.processing and worker.lease.grant is None
+
+
+async def test_a_standby_shutting_down_gets_the_answer(harness: Harness, autojump_clock: Any) -> None:
+    holder, _ = await harness.started()
+    await holder.processing_started.wait()
+    standby, _ = await harness.started()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not standby.processing and standby.lease.grant is None
+    assert await standby.shutdown("bye") == {}  # the supervisor's answer, once it came
+    assert standby.shut_down and holder.processing
+
+
+async def test_a_worker_that_fails_ends_its_run_with_the_reason(harness: Harness, autojump_clock: Any) -> None:
+    worker, _ = await harness.started()
+    await worker.processing_started.wait()
+    with trio.fail_after(SETTINGS.interval):
+        await worker.fail("Discord refused the token", "reset it in the developer portal")
+    assert worker.shut_down and not worker.processing
+    assert worker.error == "Discord refused the token: reset it in the developer portal"
+
+
+async def test_extra_checks_do_not_hide_the_cogs_from_the_report(harness: Harness, autojump_clock: Any) -> None:
+    worker, _ = await harness.started(extra_checks={"database": lambda: True})
+    with trio.fail_after(SETTINGS.interval):  # the vital cog is reported as a cog, so the report passes
+        await worker.processing_started.wait()
+    assert worker.processing
+
+
 class Tap:
     """Every WebSocket message the server receives, as it came off the wire."""
 
@@ -140,6 +242,18 @@ async def test_dry_run_frames_are_byte_equal_to_the_wire(harness: Harness, autoj
     before = len(tap.frames)
     await worker.ready()
     assert tap.frames[before:] == predicted
+
+    predicted = await worker.coma("tired", dry_run=True)
+    before = len(tap.frames)
+    assert await worker.coma("tired") == {}  # the supervisor's answer
+    assert tap.frames[before:] == predicted and not worker.processing
+
+    await trio.testing.wait_all_tasks_blocked()
+    [predicted_shutdown] = await worker.shutdown("bye", dry_run=True)
+    assert await worker.shutdown("bye") is None  # it returns once the run has finished...
+    assert worker.shut_down  # ...after the final cache and the shutdown, the last frame written
+    shutdown_message = predicted_shutdown.lstrip("0123456789")
+    assert isinstance(tap.frames[-1], str) and tap.frames[-1].endswith(shutdown_message)
 
 
 async def test_malformed_server_messages_are_logged_not_fatal(
@@ -216,9 +330,11 @@ async def test_failing_vital_cog_gets_shut_down(harness: Harness, autojump_clock
 
     checks = {"modules.utilities": broken, "modules.music": music}
     worker, rec = harness.worker(health_checks=checks)
+    start = trio.current_time()
     with trio.fail_after(60):
         await worker.run()  # returns once shut down
     assert worker.shut_down and not worker.processing and rec.times("start") == []
+    assert trio.current_time() - start < 1  # its report came at once: no time-out decided it
     assert harness.robot is not None
     await trio.testing.wait_all_tasks_blocked()
     assert harness.robot.conns == {}

@@ -7,6 +7,7 @@ no task is even scheduled. While processing, each kind of entry point runs exact
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 from typing import Any
 
@@ -15,10 +16,10 @@ import pytest
 from discord import app_commands
 from discord.ext import commands, tasks
 
-from urban_robot.integrations._discord_gates import IncompatibleDiscordPy, InFlight, current_lease, install
+from urban_robot.integrations._discord_gates import IncompatibleDiscordPy, InFlight, current_lease, install, run_gated
 from urban_robot.integrations.discord import everywhere
 
-from ._discord_fakes import OfflineBot, button, message, modal_submit, run_virtual, select, slash
+from ._discord_fakes import OfflineBot, button, message, modal_submit, now, run_virtual, select, slash
 
 
 class Switch:
@@ -404,6 +405,75 @@ def test_in_flight_work_is_drained_within_the_timeout_or_cancelled() -> None:
         assert ran == [("done", 3.0), ("cancelled", 10.0)]
 
     run_virtual(scenario)
+
+
+def test_a_cancel_does_not_wait_and_work_released_from_the_drain_is_left_alone() -> None:
+    async def scenario() -> None:
+        in_flight = InFlight()
+        ended: dict[str, str] = {}
+
+        async def work(name: str) -> None:
+            try:
+                await asyncio.sleep(3)
+                ended[name] = "done"
+            except asyncio.CancelledError:
+                ended[name] = "cancelled"
+                raise
+
+        kept, cut = asyncio.create_task(work("kept")), asyncio.create_task(work("cut"))
+        await asyncio.sleep(0)  # both started
+        in_flight.adopt(kept)
+        in_flight.adopt(cut)
+        in_flight.release(kept)  # what a command that shuts the bot down does with itself
+        assert len(in_flight) == 1
+        start = now()
+        await in_flight.settle(timeout=5)  # the lease ended: no time given to finish (until: the past)
+        assert now() == start and ended == {"cut": "cancelled"}
+        await kept
+        assert ended["kept"] == "done"
+
+    run_virtual(scenario)
+
+
+def test_gated_work_gives_its_result_and_the_callers_own_cancellation_goes_on() -> None:
+    async def scenario() -> None:
+        switch = Switch()
+        switch.processing = True
+
+        async def answer() -> int:
+            return 42
+
+        assert await run_gated(switch, answer) == 42
+
+        async def forever() -> None:
+            await asyncio.Event().wait()
+
+        caller = asyncio.create_task(run_gated(switch, forever))
+        await asyncio.sleep(0)
+        assert len(switch.in_flight) == 1
+        caller.cancel()  # e.g. loop.cancel(): the caller is cancelled, not only the work
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert caller.cancelled()
+
+    run_virtual(scenario)
+
+
+def test_a_loop_outside_any_attachment_runs_and_a_restarted_loop_is_wrapped_once() -> None:
+    async def scenario() -> None:
+        bodies: list[str] = []
+
+        @tasks.loop(seconds=1, count=1)
+        async def tick() -> None:
+            bodies.append("ran")
+
+        original = tick.coro
+        await tick.start()  # no current_lease here: not an attachment's loop, so not gated
+        await tick.start()  # restarted: wrapped at most once
+        assert bodies == ["ran", "ran"]
+        assert tick.coro.__wrapped__ is original  # type: ignore[attr-defined]
+
+    contextvars.Context().run(run_virtual, scenario)
 
 
 def test_an_auto_sharded_bot_is_gated_the_same_way() -> None:

@@ -181,6 +181,67 @@ def test_a_drain_never_outlives_the_lease_view_whatever_the_drain_timeout() -> N
         (await supervisor.next("coma")).answer({})
         await leave(supervisor, att, runner)
 
+
+def test_a_run_cancelled_from_outside_stops_processing_cancels_the_work_and_closes_the_bot() -> None:
+    async def scenario() -> None:
+        supervisor, bot = FakeSupervisor(), OfflineBot()
+        ended: list[tuple[str, float]] = []
+
+        @bot.listen("on_member_join")
+        async def greet(seconds: float) -> None:
+            try:
+                await asyncio.sleep(seconds)
+                ended.append(("greeted", now()))
+            except asyncio.CancelledError:
+                ended.append(("cancelled", now()))
+                raise
+
+        att, steps = make_attachment(bot, supervisor)
+        runner = asyncio.create_task(att.run())
+        beat = await serve_until_processing(supervisor)
+        beat.answer(RENEWAL)
+        await steps.wait_for(StartProcessing)
+        bot.dispatch("member_join", 5.0)
+        await asyncio.sleep(1)
+        cancelled_at = now()
+        runner.cancel()  # e.g. the program's own task group ends, well within the lease
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        assert att.lease_ends > now() and not att.processing  # the attachment is gone: no more work
+        assert ended == [("cancelled", cancelled_at)]  # cancelled at once, not drained
+        assert bot.is_closed()
+        async with asyncio.timeout(1):
+            await att.shutdown("too late")  # after the run: nothing to wait for
+
+    run_virtual(scenario)
+
+
+def test_a_listener_that_shuts_the_bot_down_is_not_drained_and_returns_once_the_shutdown_is_answered() -> None:
+    async def scenario() -> None:
+        supervisor, bot = FakeSupervisor(), OfflineBot()
+        returned: list[float] = []
+
+        @bot.listen("on_member_join")
+        async def farewell(name: str) -> None:
+            await att.shutdown(f"asked by {name}")
+            returned.append(now())
+
+        att, steps = make_attachment(bot, supervisor, drain_timeout=30)
+        runner = asyncio.create_task(att.run())
+        beat = await serve_until_processing(supervisor)
+        beat.answer(RENEWAL)
+        await steps.wait_for(StartProcessing)
+        asked = now()
+        bot.dispatch("member_join", "alice")
+        while (emitted := await supervisor.inbox.get()).event != "shutdown":
+            emitted.answer({"accepted": True} if emitted.event == "cache_sync" else {})
+        assert emitted.at == asked  # its own drain did not wait for it (30 s, then a cancel)
+        await asyncio.sleep(3)
+        assert returned == []  # shutdown() waits for the answer...
+        emitted.answer({})
+        await runner
+        assert returned == [asked + 3]  # ...and was not cancelled as work in flight
+
     run_virtual(scenario)
 
 
