@@ -206,7 +206,7 @@ def test_a_holder_shutting_down_by_itself_hands_its_cache_over_first() -> None:
     p.answered(beat.request.id, {"epoch": 1, "lease": 15}, now=0.1)
     effects = p.shutdown("bye", now=1.0)
     assert kinds(effects) == ["StopProcessing", "CollectCache"] and not p.processing(1.0)
-    assert effects[0] == StopProcessing("bye", drain=True)  # its work in flight ends before the cache is taken
+    assert effects[0] == StopProcessing("bye", True, 15.0)  # work in flight ends (by its lease end) before the cache
     cache = only_send(p.cache_collected([1], now=1.1))
     shutdown = only_send(p.answered(cache.request.id, {"accepted": True}, now=1.2))
     assert shutdown.request.message == Shutdown("bye")
@@ -316,7 +316,8 @@ def test_a_coma_by_itself_stops_processing_before_it_says_so() -> None:
     beat = granted(p, now=0.0)
     p.answered(beat.request.id, {"epoch": 1, "lease": 15}, now=0.1)
     effects = p.coma("gateway lost", now=1.0)
-    assert [e for e in effects if not type(e).__name__ == "Log"][:1] == [StopProcessing("coma", drain=True)]
+    # drained until the worker's own lease view ends (0.0 sent + 15), never longer (§8.1 rule 3)
+    assert [e for e in effects if not type(e).__name__ == "Log"][:1] == [StopProcessing("coma", True, 15.0)]
     assert kinds(effects) == ["StopProcessing", "send:coma"]
     assert only_send(effects).request.message == Coma("gateway lost")
     assert not p.processing(1.0) and p.lease.grant is None
@@ -329,5 +330,5 @@ def test_a_coma_while_disconnected_stops_processing_and_sends_nothing() -> None:
     p.answered(beat.request.id, {"epoch": 1, "lease": 15}, now=0.1)
     p.disconnected(0.5)
     assert p.processing(1.0)  # a lease view outlives the connection ...
-    assert p.coma("going away", now=1.0) == [StopProcessing("coma", drain=True)]  # ... until it is given up
+    assert p.coma("going away", now=1.0) == [StopProcessing("coma", True, 15.0)]  # ... until it is given up
     assert not p.processing(1.0)

@@ -1056,7 +1056,9 @@ def test_a_worker_may_say_shutdown_in_any_role_and_its_exit_is_no_crash() -> Non
     out = d.feed(ShutdownAck("a", "leaving"))
     assert out[-1] == Reply({}) and d.core.clients["a"].role is Role.SHUTTING_DOWN
     out = d.feed(ProcessExited("id-a", 0))
-    assert not any(isinstance(x, Spawn) for x in out) and d.core.is_sane
+    # Unasked (kill PID, the bot's own close()): not counted, but replaced — only asked exits are not (§12)
+    assert d.core.is_sane and d.core.losses == []
+    assert [x.reason for x in out if isinstance(x, Spawn)] == ["replace id-a: it shut down by itself"]
     assert "a" not in d.core.clients
 
 
