@@ -73,7 +73,7 @@ async def _started(app: App, options: Options, demo: bool, nursery: trio.Nursery
     port = app.url.rsplit(":", 1)[1]
     print(
         f"Admin API on {app.url}/api/ (credential in {options.state_dir / 'admin.token'} unless configured);"
-        f" try: python -m urban_robot --port {port} status",
+        f" try: python -m urban_robot --port {port} --state-dir {options.state_dir} status",
         flush=True,
     )
     if not demo:
@@ -87,7 +87,13 @@ async def _started(app: App, options: Options, demo: bool, nursery: trio.Nursery
         flush=True,
     )
     await trio.sleep(1)
-    pids = ", ".join(f"{identity} pid {child.pid}" for identity, child in app.children.children.items())
+    lease = app.robot.core.lease
+    running = lease.identity if lease is not None else None
+
+    def described(identity: str, pid: int) -> str:
+        return f"{identity} pid {pid}" + (" (running)" if identity == running else "")
+
+    pids = ", ".join(described(identity, child.pid) for identity, child in app.children.children.items())
     print(f"Workers: {pids}. Kill the running one and watch the standby take over; Ctrl+C stops.", flush=True)
 
 

@@ -656,7 +656,7 @@ class Supervisor:
         w = self._worker(e.wid)
         held = self._holds(w)
         w.check_deadline = math.inf
-        self._move(w, Trigger.FAILED, out, f"failed: {e.reason}")
+        self._move(w, Trigger.FAILED, out, e.reason)  # the role says "failed" already
         self.leaving.discard(w.identity)  # its exit is a crash (counted, replaced), whatever it was asked before
         self.quitting.discard(w.identity)
         out.append(Reply({}))
