@@ -162,7 +162,7 @@ def test_no_leaked_sessions_across_supervisor_restarts(tmp_path: Path) -> None:
     import sys
 
     with supervised(tmp_path, BOT, env=FAST) as (fake, supervisor):
-        holder, _ = supervisor.two_up()
+        holder, standby = supervisor.two_up()
         os.killpg(supervisor.process.pid, signal.SIGKILL)
         supervisor.process.wait()
         time.sleep(6)
@@ -175,7 +175,8 @@ def test_no_leaked_sessions_across_supervisor_restarts(tmp_path: Path) -> None:
             start_new_session=True,
         )
         again = supervisor.holder(40)
-        assert again["pid"] == holder["pid"]
+        # Adopted, or (when its reconnect back-off outlasted the restored lease) the standby: no new process either way
+        assert again["pid"] in {holder["pid"], standby["pid"]}
         fake.do("messages", content="!ping", author="bob")
         wait_until(lambda: len(_pongs(fake)) >= 1, 10, "a pong")
         logs = supervisor.worker_logs()
