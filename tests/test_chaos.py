@@ -108,7 +108,8 @@ def soak(*args: str) -> tuple[int, str, dict[str, Any]]:
         timeout=220,
     )
     lines = done.stdout.strip().splitlines()
-    assert lines, done.stderr[-3000:]
+    # No JSON last line: the soak could not run (exit 2); its reason is on stderr, its files are kept.
+    assert lines and lines[-1].startswith("{"), (done.returncode, done.stdout[-1000:], done.stderr[-3000:])
     return done.returncode, done.stdout + done.stderr, json.loads(lines[-1])
 
 

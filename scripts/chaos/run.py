@@ -289,10 +289,12 @@ deploy_timeout = {30 if self.fake else 10}  # a commit that hangs before ready m
 
 [workers]
 interval = 1
-grace = 1
+grace = 2
 lease_margin = 0.5
-frozen_limit = 1.5  # the defaults' shape (interval + 1.5, interval + 7) squeezed under this lease (2 s + 0.5)
-hang_limit = 2  # a partitioned child is killed (released on its exit) before its lease would run out
+frozen_limit = 1.5  # the defaults' shape (interval + 1.5, interval + 7) squeezed under this lease (3 s + 0.5)
+# A partitioned child is killed (released on its exit) before its lease would run out; 3 s, not 2: with 2 s a
+# child stalled by the soak's own load on two cores was killed again and again until the soak could not settle.
+hang_limit = 3
 {slow_login or "health_timeout = 5"}
 crash_loop_losses = 0  # off: the soak kills workers on purpose
 restart_backoff = 0.2
