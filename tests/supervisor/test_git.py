@@ -118,6 +118,20 @@ async def test_fetch_sees_the_new_head_without_moving_the_checkout(repos: Repos)
     assert await repo.is_ancestor(bad, bad)
 
 
+async def test_on_branch_is_only_for_commits_in_the_fetched_branchs_history(repos: Repos) -> None:
+    on_main = repos.push({"x": "1"}, "on main")
+    git(repos.dev, "switch", "--quiet", "-c", "feature")
+    elsewhere = commit(repos.dev, {"x": "2"}, "on a feature branch")
+    git(repos.dev, "push", "--quiet", "origin", "feature")
+    repo = Git(repos.managed)
+    await repo.fetch()
+    assert await repo.on_branch(repos.good, "main") and await repo.on_branch(on_main, "main")
+    assert await repo.rev_parse(elsewhere) == elsewhere  # fetched, yet not on main
+    assert not await repo.on_branch(elsewhere, "main")
+    assert await repo.on_branch(elsewhere, "feature")
+    assert not await repo.on_branch("0123456789abcdef0123456789abcdef01234567", "main")  # no such commit
+
+
 # ---------------------------------------------------------------------------- releases
 async def test_releases_hold_their_commits_files_whatever_happens_after(repos: Repos) -> None:
     bad = repos.push(dict(BAD_FILES), "Bad version")

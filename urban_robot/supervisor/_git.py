@@ -89,6 +89,11 @@ class Git:
         done = await self._run("merge-base", "--is-ancestor", _revision(ancestor), _revision(descendant), ok=(0, 1))
         return done.returncode == 0
 
+    async def on_branch(self, commit: str, branch: str, remote: str = "origin") -> bool:
+        """Whether ``commit`` exists and is ``remote``'s ``branch`` (as last fetched) or in its history."""
+        found = await self._run("cat-file", "-e", _revision(commit) + "^{commit}", ok=range(256))
+        return found.returncode == 0 and await self.is_ancestor(commit, f"refs/remotes/{_revision(remote)}/{branch}")
+
     # ------------------------------------------------------------------ changing
     async def fetch(self, remote: str = "origin") -> None:
         await self._git("fetch", "--prune", "--quiet", _revision(remote), timeout=self.fetch_timeout)
