@@ -117,8 +117,8 @@ def push(branch: str = "main", sha: str = "a" * 40) -> bytes:
 
 async def test_webhooks_forged_unsigned_replayed_or_other_branch_deploy_nothing(running: Running) -> None:
     deployer = running.app.deployer
-    requested: list[str] = []
-    deployer.request = lambda reason: requested.append(reason)  # type: ignore[method-assign]
+    requested: list[tuple[str, str | None]] = []
+    deployer.request = lambda reason, commit=None: requested.append((reason, commit))  # type: ignore[method-assign]
     url = running.app.url + "/webhook/github"
     body = push()
 
@@ -149,8 +149,9 @@ async def test_webhooks_forged_unsigned_replayed_or_other_branch_deploy_nothing(
         "other branch": 200,
     }
     assert "is not 'main'" in answers["other branch"].text
-    assert first.status_code == 202 and requested == ["webhook"]  # the control: a good one does deploy
-    assert replayed.status_code == 200 and "already seen" in replayed.text and requested == ["webhook"]
+    done = [("webhook", "a" * 40)]  # the signed body's commit, exactly
+    assert first.status_code == 202 and requested == done  # the control: a good one does deploy
+    assert replayed.status_code == 200 and "already seen" in replayed.text and requested == done
 
 
 async def raw_request(url: str, method: str, path: str, authorization: str | None) -> bytes:

@@ -9,6 +9,7 @@ failing the percentage, crashing at import, hanging before it is ready.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -48,18 +49,18 @@ class World:
             git(self.work, "config", key, value)
         self.notes: list[Notify] = []
 
-    def commit(self, message: str, **bot: Any) -> str:
+    def commit(self, message: str, *, branch: str = "main", **bot: Any) -> str:
         config = {"version": "1.0", "health": HEALTHY, **bot}
         (self.work / "main.py").write_text(BOT)
         (self.work / "bot.json").write_text(json.dumps(config))
         git(self.work, "add", "-A")
         git(self.work, "commit", "-q", "-m", message)
-        git(self.work, "push", "-q", "origin", "HEAD:main")
+        git(self.work, "push", "-q", "origin", f"HEAD:{branch}")
         return git(self.work, "rev-parse", "HEAD")
 
 
 async def start(
-    nursery: trio.Nursery, world: World, tmp: Path, notify: Any = None
+    nursery: trio.Nursery, world: World, tmp: Path, notify: Any = None, *, require_deploy_tag: bool = False
 ) -> tuple[UrbanRobot, Children, Deployer, str]:
     git(tmp, "clone", "-q", str(world.upstream), str(world.repo))
     store = StateStore(tmp / "state")
@@ -84,16 +85,20 @@ async def start(
         verdict_timeout=3,
         bad_commits_file=tmp / "state" / "bad_commits.json",
     )
-    gate = WebhookGate(WebhookConfig(secret=SECRET, branch="main"))
-    robot.server.add_route("POST", "/webhook/github", webhook_route(gate, lambda commit: deployer.request("webhook")))
+    gate = WebhookGate(WebhookConfig(secret=SECRET, branch="main", require_deploy_tag=require_deploy_tag))
+    robot.server.add_route(
+        "POST", "/webhook/github", webhook_route(gate, lambda commit: deployer.request_push(commit.sha))
+    )
     await nursery.start(children.run, 1)
     await nursery.start(deployer.run)
     return robot, children, deployer, url
 
 
-async def push_webhook(url: str, commit: str, delivery: str, *, secret: bytes = SECRET) -> httpx.Response:
+async def push_webhook(
+    url: str, commit: str, delivery: str, *, secret: bytes = SECRET, message: str = "update"
+) -> httpx.Response:
     body = json.dumps(
-        {"ref": "refs/heads/main", "after": commit, "head_commit": {"id": commit, "message": "update"}}
+        {"ref": "refs/heads/main", "after": commit, "head_commit": {"id": commit, "message": message}}
     ).encode()
     headers = {
         "X-GitHub-Event": "push",
@@ -224,9 +229,12 @@ async def test_failed_rollback_makes_the_supervisor_insane_until_try_again(
         assert robot.core.is_sane is False
         assert any(n.level == "critical" and "rollback failed" in n.message for n in world.notes)
         newer = world.commit("newer", version="3.0")
-        assert (await push_webhook(url, newer, "d-4")).status_code == 202
-        await trio.sleep(0.1)
-        await deployer.wait_idle()
+        refused = await push_webhook(url, newer, "d-4")
+        assert (refused.status_code, refused.text) == (
+            200,
+            f"not deploying {newer[:12]}: is_sane is false (crash loop or failed rollback); try-again first",
+        )
+        await deployer.outcome_of(deployer.request("admin API"))
     assert deployer.history[-1] == ("-", "insane")  # nothing deploys until an operator says try_again
     assert robot.core.last_known_good_hash == good
 
@@ -294,3 +302,81 @@ async def test_a_failing_install_step_is_an_error_to_retry_not_a_bad_commit(
         result = await deployer.outcome_of(ticket)
     assert (result.commit, result.outcome) == (newer, "deployed")
     assert deployer.expect(newer) == (200, f"already running {newer[:12]}")
+
+
+async def test_the_webhook_deploys_its_tagged_commit_not_the_untagged_head_above_it(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The [DEPLOY] rule is checked on the announced commit, and that commit is the one deployed: an untagged
+    commit pushed on top before the deploy fetches is not deployed in its place."""
+    world = World(tmp_path)
+    world.commit("[DEPLOY] v1", version="1.0")
+    with trio.fail_after(60):
+        robot, _children, deployer, url = await start(nursery, world, tmp_path, require_deploy_tag=True)
+        await running_identity(robot)
+        tagged = world.commit("[DEPLOY] v2", version="2.0")
+        untagged = world.commit("v3, work in progress", version="3.0")  # the branch head when the deploy fetches
+        assert (await push_webhook(url, tagged, "d-tagged", message="[DEPLOY] v2")).status_code == 202
+        ignored = await push_webhook(url, untagged, "d-untagged", message="v3, work in progress")
+        assert (ignored.status_code, ignored.text) == (200, "head commit message does not start with [DEPLOY]")
+        await trio.sleep(0.1)
+        await deployer.wait_idle()
+    assert deployer.history == [(tagged, "deployed")]
+    assert robot.core.last_known_good_hash == tagged
+    assert git(world.repo, "rev-parse", "HEAD") == tagged
+    holder = robot.core.clients[robot.core.lease.wid]  # type: ignore[union-attr,index]
+    assert holder.version == "2.0"
+
+
+async def test_a_webhook_cannot_deploy_a_commit_of_another_branch(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A signed push for ``main`` naming a commit that is only on another branch is refused after the fetch."""
+    world = World(tmp_path)
+    good = world.commit("good")
+    with trio.fail_after(60):
+        robot, _children, deployer, url = await start(nursery, world, tmp_path)
+        await running_identity(robot)
+        assert await deployer.deploy("first deploy") == "deployed"
+        git(world.work, "switch", "-q", "-c", "experiment")
+        other = world.commit("experiment", branch="experiment", version="9.0")
+        assert (await push_webhook(url, other, "d-other")).status_code == 202
+        await trio.sleep(0.1)
+        await deployer.wait_idle()
+    assert deployer.history[-1] == (other, "not on branch")
+    assert robot.core.last_known_good_hash == good and git(world.repo, "rev-parse", "HEAD") == good
+    assert other not in deployer.bad_commits  # no verdict on the commit: it was never tried
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals == [
+        f"deploy (webhook) refused: {other[:12]} is not on origin/main (another branch's commit, or force-pushed away)"
+    ]
+
+
+async def test_the_newest_announced_commit_wins_and_an_older_one_is_never_deployed_after_it(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two webhooks in quick succession deploy the newer commit once; a late delivery of the older one (or a
+    replayed body) is ignored with a log line instead of moving the bot back."""
+    caplog.set_level(logging.INFO, logger="urban_robot.deploy")
+    world = World(tmp_path)
+    world.commit("v1", version="1.0")
+    with trio.fail_after(60):
+        robot, _children, deployer, url = await start(nursery, world, tmp_path)
+        await running_identity(robot)
+        v2 = world.commit("v2", version="2.0")
+        v3 = world.commit("v3", version="3.0")
+        world.commit("v4, not announced yet", version="4.0")
+        deployer.request("webhook", v3)  # both arrive before the deploy loop runs: newest first, then older
+        deployer.request("webhook", v2)
+        await trio.sleep(0.1)
+        await deployer.wait_idle()
+        assert deployer.history == [(v3, "deployed")]
+        late = await push_webhook(url, v2, "d-late")
+        assert late.status_code == 202  # the answer comes before the fetch that tells
+        await trio.sleep(0.1)
+        await deployer.wait_idle()
+    assert deployer.history == [(v3, "deployed"), (v2, "outdated")]
+    assert robot.core.last_known_good_hash == v3 and git(world.repo, "rev-parse", "HEAD") == v3
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"deploy (webhook): {v2[:12]} skipped, {v3[:12]} was announced too and is newer" in messages
+    assert f"deploy (webhook) ignored: {v2[:12]} is older than the deployed {v3[:12]}" in messages

@@ -6,6 +6,7 @@ import itertools
 import json
 import logging
 from typing import Any
+from unittest.mock import ANY
 from urllib.parse import quote
 
 import httpx
@@ -213,6 +214,18 @@ def test_deploy_tag_rule(message: str | None, deploys: bool) -> None:
     assert isinstance(decision, Deploy) is deploys
     if not deploys:
         assert decision == Ignored("head commit message does not start with [DEPLOY]")
+
+
+def test_the_rule_reads_the_message_of_the_commit_deployed() -> None:
+    """``head_commit`` naming another commit than ``after`` would let one commit's tag admit another."""
+    gate = WebhookGate(WebhookConfig(secret=SECRET, require_deploy_tag=True))
+    other = "0123456789abcdef0123456789abcdef01234567"
+    body = json.dumps({"ref": "refs/heads/main", "after": SHA, "head_commit": {"id": other, "message": "[DEPLOY] x"}})
+    assert decide(body.encode(), gate) == Refused(400, "push payload's head_commit is not its 'after' commit")
+    same = json.dumps(
+        {"ref": "refs/heads/main", "after": SHA, "head_commit": {"id": SHA.upper(), "message": "[DEPLOY]"}}
+    )
+    assert decide(same.encode(), gate) == Deploy(Commit(SHA, "main", "[DEPLOY]"), ANY)
 
 
 def test_without_the_rule_any_message_deploys() -> None:

@@ -28,7 +28,7 @@ from ._notify import DISCORD_API, DiscordLogHandler, DiscordWebhook, Notifier
 from ._service import UrbanRobot
 from ._status import install_status_routes
 from ._store import StateStore
-from ._webhook import Commit, WebhookConfig, WebhookGate, webhook_route
+from ._webhook import WebhookConfig, WebhookGate, webhook_route
 
 log = logging.getLogger("urban_robot")
 
@@ -223,16 +223,10 @@ def _routes(robot: UrbanRobot, deployer: Deployer, options: Options, app: App) -
         )
     )
 
-    def on_push(commit: Commit) -> tuple[int, str]:
-        status, text = deployer.expect(commit.sha)  # answer what will really happen
-        if status == 202:
-            deployer.request("webhook")
-        return status, text
-
     robot.server.add_route(
         "POST",
         "/webhook/github",
-        webhook_route(gate, on_push),
+        webhook_route(gate, lambda commit: deployer.request_push(commit.sha)),  # the verified commit, no other
         max_body=gate.config.max_body,  # 413 from Content-Length, before the body is read
     )
 

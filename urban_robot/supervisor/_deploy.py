@@ -1,9 +1,12 @@
 """The deployer: one deploy at a time, each health-gated, each failure rolled back by itself.
 
-A deploy: fetch; if the branch's head is new (not the last known good, not a
-commit that already failed), build a release directory for exactly that
-commit (so no running worker's files change under it); run the optional
-install step there; spawn a candidate at generation + 1. The core
+A deploy: fetch; pick the target — the branch's head for the API, a poll or
+``try_again``; for the webhook, exactly the commit it announced (and verified),
+provided it is on the branch and not older than the last known good commit;
+if the target is new (not the last known good, not a commit that already
+failed), build a release directory for exactly that commit (so no running
+worker's files change under it); run the optional install step there; spawn
+a candidate at generation + 1. The core
 health-checks it and, if it passes, hands over to it with the cache. Then:
 
 - promoted → ``DeployConfirmed``: the commit is the last known good (persisted),
@@ -15,7 +18,10 @@ health-checks it and, if it passes, hands over to it with the cache. Then:
   and says so loudly; nothing more is deployed until ``try_again``.
 
 Requests that arrive during a deploy coalesce into one more deploy after it; ``request`` returns a ticket
-and ``outcome_of(ticket)`` waits for the deploy that served it (``deploy --wait``).
+and ``outcome_of(ticket)`` waits for the deploy that served it (``deploy --wait``). When they coalesce, the
+newest wins: a request for the head beats announced commits (the head is their descendant); among announced
+commits, one whose descendant was announced too is dropped, and of two side by side the later request wins.
+A commit older than the last known good one is never deployed from a webhook (a replayed or late delivery).
 
 The install step is no verdict on the commit: a failure (a pip hiccup, the network) is tried once more,
 then the deploy ends as ``install failed`` without marking the commit bad, so the next request tries
@@ -69,6 +75,7 @@ REQUIREMENTS = (
     "Pipfile.lock",
 )
 RESULTS_KEPT = 50
+ANNOUNCED_KEPT = 20  # announced commits waiting for a deploy; more (a flood of pushes) drop the oldest
 
 
 def requirements_hash(release: Path, install: Sequence[str]) -> str:
@@ -143,6 +150,10 @@ class GitLike(Protocol):
 
     async def remote_head(self, branch: str) -> str: ...
 
+    async def on_branch(self, commit: str, branch: str) -> bool: ...
+
+    async def is_ancestor(self, ancestor: str, descendant: str) -> bool: ...
+
     async def release(self, sha: str, releases_dir: Path) -> Path: ...
 
     async def reset_to(self, sha: str) -> None: ...
@@ -212,7 +223,8 @@ class Deployer:
         self.history: list[tuple[str, str]] = []  # (commit or "-", outcome), newest last
         self.outcome_observers: list[Callable[[str, str], None]] = []  # (commit, outcome) as each deploy ends
         self._verdict: _Verdict | None = None
-        self._pending: str | None = None
+        self._head_wanted: str | None = None  # the reason of a pending request for the branch head
+        self._announced: dict[str, str] = {}  # pending requests for announced commits: commit -> reason, oldest first
         self._tickets = 0  # deploy requests handed out
         self.results: list[tuple[int, DeployResult]] = []  # (the last ticket it served, result), newest last
         self._result_added = trio.Event()
@@ -230,11 +242,17 @@ class Deployer:
         children.exit_observers.append(self._child_exited)
 
     # -- triggers ---------------------------------------------------------------------------------
-    def request(self, reason: str) -> int:
-        """Ask for a deploy (webhook, API, poll); never blocks; coalesces while one runs. A ticket for
-        ``outcome_of``."""
+    def request(self, reason: str, commit: str | None = None) -> int:
+        """Ask for a deploy of the branch head (API, poll) or, with ``commit``, of exactly that commit (the
+        webhook's); never blocks; coalesces while one runs. A ticket for ``outcome_of``."""
         self._tickets += 1
-        self._pending = reason
+        if commit is None:
+            self._head_wanted = reason
+        else:
+            self._announced.pop(commit, None)  # asked again: now the latest request
+            self._announced[commit] = reason
+            while len(self._announced) > ANNOUNCED_KEPT:
+                del self._announced[next(iter(self._announced))]
         self._idle = trio.Event()
         self._wake.set()
         return self._tickets
@@ -246,6 +264,13 @@ class Deployer:
                 if served >= ticket:
                     return result
             await self._result_added.wait()
+
+    def request_push(self, commit: str) -> tuple[int, str]:
+        """The webhook's ``on_deploy``: request a deploy of the announced ``commit`` if one would run; the answer."""
+        status, text = self.expect(commit)
+        if status == 202:
+            self.request("webhook", commit)
+        return status, text
 
     def expect(self, commit: str) -> tuple[int, str]:
         """What a deploy request for ``commit`` will really do, for the webhook's answer: 200 and why not, or 202."""
@@ -282,12 +307,16 @@ class Deployer:
             while True:
                 await self._wake.wait()
                 self._wake = trio.Event()
-                while self._pending is not None:
-                    reason, self._pending = self._pending, None
+                while self._head_wanted is not None or self._announced:
+                    head_reason, self._head_wanted = self._head_wanted, None
+                    announced, self._announced = self._announced, {}
                     serves = self._tickets  # every request so far is served by this deploy
                     self.busy = True
                     try:
-                        await self.deploy(reason)
+                        if head_reason is not None:  # the head is the newest of all: it serves them all
+                            await self.deploy(head_reason)
+                        else:
+                            await self.deploy(next(reversed(announced.values())), announced=list(announced))
                     finally:
                         self.busy = False
                     self.results = [*self.results[-RESULTS_KEPT + 1 :], (serves, self._last)]
@@ -301,12 +330,13 @@ class Deployer:
             self.request("periodic fetch")
 
     # -- one deploy ---------------------------------------------------------------------------------
-    async def deploy(self, reason: str) -> str:
-        """Deploy the branch's head now; the outcome in a word (also kept in ``history``)."""
+    async def deploy(self, reason: str, *, announced: Sequence[str] = ()) -> str:
+        """Deploy the branch's head now, or the newest of the ``announced`` commits (oldest request first) on
+        the branch; the outcome in a word (also kept in ``history``)."""
         self._detail = ""
         try:
             async with self._one_at_a_time:
-                commit, outcome = await self._deploy(reason)
+                commit, outcome = await self._deploy(reason, announced)
         except UrbanRobotError as exc:  # fetch or release failed: nothing was started
             log.error("deploy (%s) failed before starting anything: %s", reason, exc)
             commit, outcome, self._detail = "-", "error", str(exc)
@@ -316,7 +346,7 @@ class Deployer:
             observe(commit, outcome)
         return outcome
 
-    async def _deploy(self, reason: str) -> tuple[str, str]:
+    async def _deploy(self, reason: str, announced: Sequence[str]) -> tuple[str, str]:
         core = self.robot.core
         if not core.is_sane:
             log.warning("deploy (%s) skipped: is_sane is false; an operator must say try_again", reason)
@@ -325,9 +355,14 @@ class Deployer:
         phases = _Phases(f"deploy ({reason})")
         with phases.phase("fetch"):
             await self.git.fetch()
-            target = await self.git.remote_head(self.branch)
+            target = await self.git.remote_head(self.branch) if not announced else await self._newest(reason, announced)
+        if target is None:
+            self._detail = f"no announced commit is on {self.branch!r}"
+            return announced[-1], "not on branch"
         if target == core.last_known_good_hash:
             return target, "up to date"
+        if announced and await self._older_than_deployed(reason, target):
+            return target, "outdated"
         if target in self.bad_commits:
             log.info("deploy (%s) skipped: %s already failed; waiting for a newer commit", reason, target[:12])
             self._detail = "it failed before; push a fix, or try-again to retry it"
@@ -348,6 +383,32 @@ class Deployer:
         self._detail = outcome
         log.warning("deploy of %s failed after %s", target[:12], phases.summary())
         return target, "failed"
+
+    async def _newest(self, reason: str, announced: Sequence[str]) -> str | None:
+        """The newest announced commit on the branch: a webhook may not deploy another branch's commit."""
+        newest: str | None = None
+        for commit in announced:
+            if not await self.git.on_branch(commit, self.branch):
+                log.warning(
+                    "deploy (%s) refused: %s is not on origin/%s (another branch's commit, or force-pushed away)",
+                    reason,
+                    commit[:12],
+                    self.branch,
+                )
+            elif newest is None or not await self.git.is_ancestor(commit, newest):
+                newest = commit  # a descendant of the one before, or side by side with it: the later request wins
+            else:
+                log.info("deploy (%s): %s skipped, %s was announced too and is newer", reason, commit[:12], newest[:12])
+        return newest
+
+    async def _older_than_deployed(self, reason: str, target: str) -> bool:
+        """Whether ``target`` is in the last known good commit's history: never deploy an older commit again."""
+        good = self.robot.core.last_known_good_hash
+        if good is None or not await self.git.is_ancestor(target, good):
+            return False
+        log.info("deploy (%s) ignored: %s is older than the deployed %s", reason, target[:12], good[:12])
+        self._detail = f"older than the deployed {good[:12]}"
+        return True
 
     # -- the release's environment -------------------------------------------------------------------
     def _installed(self, release: Path) -> str | None:

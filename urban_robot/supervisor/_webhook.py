@@ -6,12 +6,16 @@
                               400 missing headers, malformed JSON or a push without a ref/commit
     Ignored(reason)           200: ping ("pong"), other events, tags, other branches, deleted
                               branches, a delivery seen before, no ``[DEPLOY]`` tag when required
-    Deploy(commit, delivery)  202: deploy ``commit``
+    Deploy(commit, delivery)  202: deploy ``commit`` (``after``, the pushed head: exactly this commit is deployed)
 
 Checks run cheapest and least trusting first: size, then the signature, and only then is anything
 in the body looked at. The signature covers the body, not the headers, so the delivery-id memory
 is a de-duplication of GitHub's redeliveries, not a replay defence; replaying a signed body can at
-worst ask again for a deploy of a commit the deployer already knows.
+worst ask again for a deploy of a commit that was once the branch's head, which the deployer ignores
+when it is older than the deployed one (and refuses when it is no longer on the branch).
+
+The ``[DEPLOY]`` rule reads ``head_commit.message``; with the rule on, a ``head_commit`` whose ``id`` is not
+``after`` is refused, so the message checked is always that of the commit deployed.
 
 ``webhook_route(gate, on_deploy)`` wraps the gate as a ``Server.add_route`` handler. ``on_deploy`` may
 answer what will really happen instead of the gate's 202: ``(200, "already running <sha12>")`` for a commit
@@ -174,6 +178,8 @@ class WebhookGate:
         if len(after) not in (40, 64) or not _HEX.issuperset(after):
             raise _BadPayload("push payload's 'after' is not a commit id")
         message = _head_message(payload)
+        if self.config.require_deploy_tag and _head_id(payload) not in (None, after.lower()):
+            raise _BadPayload("push payload's head_commit is not its 'after' commit")
         if self.config.require_deploy_tag and not message.startswith(DEPLOY_TAG):
             return Ignored(f"head commit message does not start with {DEPLOY_TAG}")
         return Deploy(Commit(after.lower(), branch, message), delivery)
@@ -201,6 +207,12 @@ def _head_message(payload: dict[str, Any]) -> str:
     head = payload.get("head_commit")
     message = head.get("message") if isinstance(head, dict) else None
     return message if isinstance(message, str) else ""
+
+
+def _head_id(payload: dict[str, Any]) -> str | None:
+    head = payload.get("head_commit")
+    commit = head.get("id") if isinstance(head, dict) else None
+    return commit.lower() if isinstance(commit, str) else None
 
 
 def _short(text: str, limit: int = 80) -> str:
