@@ -329,3 +329,84 @@ def test_status_says_what_a_start_waits_for_and_deploy_wait_prints_the_outcome()
     failed = {"commit": "747c50f12ab3" + "0" * 28, "outcome": "failed", "detail": "health check: vital_cog_failed"}
     assert format_deploy_outcome(failed) == "failed 747c50f12ab3: health check: vital_cog_failed"
     assert format_deploy_outcome({"commit": "-", "outcome": "insane", "detail": ""}) == "insane"
+
+
+# ---- connection flags before or after the subcommand's name ----
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, dict[str, object]]]:
+    """What ``main`` hands to the subcommand (no supervisor needed), run where no configuration is."""
+    import urban_robot.__main__ as entry
+
+    calls: list[tuple[str, dict[str, object]]] = []
+    monkeypatch.chdir(tmp_path)
+    for name in ("URBAN_ROBOT_CONFIG", "URBAN_ROBOT_PORT", "URBAN_ROBOT_HOST", "URBAN_ROBOT_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(entry, "run_subcommand", lambda name, **kw: calls.append((name, kw)) or 0)
+    monkeypatch.setattr(entry, "worker_logs", lambda state_dir, worker, out, **kw: calls.append(("logs", kw)) or 0)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["status", "try-again", "deploy", "stop"])
+def test_connection_flags_work_after_the_subcommand_too(
+    recorded: list[tuple[str, dict[str, object]]], tmp_path: Path, name: str
+) -> None:
+    from urban_robot.__main__ import main
+
+    flags = ["--host", "127.0.0.2", "--port", "8123", "--state-dir", str(tmp_path / "s")]
+    assert main([*flags, name]) == 0
+    assert main([name, *flags]) == 0
+    before, after = recorded
+    assert before == after
+    assert before[1]["url"] == "http://127.0.0.2:8123" and before[1]["state_dir"] == tmp_path / "s"
+
+
+def test_a_connection_flag_after_the_subcommand_wins_over_the_same_flag_before_it(
+    recorded: list[tuple[str, dict[str, object]]], tmp_path: Path
+) -> None:
+    from urban_robot.__main__ import main
+
+    (tmp_path / "other.toml").write_text("port = 8125\n")
+    assert main(["--port", "8124", "--state-dir", "first", "status", "--port", "8123", "--state-dir", "second"]) == 0
+    assert main(["--port", "8124", "status"]) == 0  # not given after: the one before stands
+    assert main(["deploy", "--config", "other.toml", "--wait"]) == 0
+    (_, wins), (_, stands), (_, configured) = recorded
+    assert (wins["url"], wins["state_dir"]) == ("http://127.0.0.1:8123", tmp_path / "second")
+    assert stands["url"] == "http://127.0.0.1:8124"
+    assert configured["url"] == "http://127.0.0.1:8125" and configured["wait"] is True
+
+
+def test_logs_takes_the_state_directory_and_checkout_after_its_name(
+    recorded: list[tuple[str, dict[str, object]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urban_robot.__main__ import main
+
+    monkeypatch.setenv("BOT_TOKEN", "MTIz.bot-token-SECRET")
+    bot = tmp_path / "bot"
+    bot.mkdir()
+    assert main(["logs", "--state-dir", str(tmp_path / "s"), "--helium-path", str(bot)]) == 0
+    assert main(["--state-dir", str(tmp_path / "s"), "--helium-path", str(bot), "logs"]) == 0
+    (_, after), (_, before) = recorded
+    assert after == before and after["log_dir"] == bot / "log"
+
+
+async def test_status_with_the_port_after_its_name_reaches_the_supervisor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's own words, ``urban-robot status --port N``, against a real socket."""
+    from urban_robot.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+
+    async def answer(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        body = b'{"workers": []}'
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(functools.partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
+        port = str(listener.socket.getsockname()[1])
+        argv = ["status", "--port", port, "--state-dir", str(tmp_path / "s"), "--json"]
+        code = await trio.to_thread.run_sync(main, argv)
+        nursery.cancel_scope.cancel()
+    assert code == 0 and json.loads(capsys.readouterr().out) == {"workers": []}

@@ -30,6 +30,21 @@ from .systemd import Liveness, SdNotify, run_watchdog, watchdog_interval
 DEMO_WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
 EXPLICIT_FLAGS = {"host", "port", "state_dir", "helium_path", "log_level"}  # typed flags of their own
 FLAG_DEST = "setting:"  # argparse destination prefix of the generic --<key> flags
+CONNECTION_FLAGS = (  # accepted after a subcommand's name too; given in both places, the one after it wins
+    ("--config", Path, "urban-robot.toml (default: $URBAN_ROBOT_CONFIG or ./urban-robot.toml)"),
+    ("--host", str, "the supervisor's host (default: from the configuration)"),
+    ("--port", int, "the supervisor's port (default: from the configuration)"),
+    ("--state-dir", Path, "the supervisor's state directory, where admin.token is (default: from the configuration)"),
+)
+
+
+def _connection_flags(sub: argparse.ArgumentParser, *, skip: tuple[str, ...] = ()) -> None:
+    """``status --port 8080`` as well as ``--port 8080 status``: the same destinations as the top-level flags,
+    with no default of their own, so a flag after the subcommand's name overrides one before it and an absent
+    one leaves the top-level value alone."""
+    for flag, kind, help_text in CONNECTION_FLAGS:
+        if flag not in skip:
+            sub.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
 
 
 def demo_options(host: str, port: int, state_dir: Path) -> Options:
@@ -162,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         help="dev mode's own state (default: PATH/.urban-robot-dev)",
     )
     dev.add_argument("--ignore", action="append", default=[], metavar="PATTERN", help="glob of paths not to watch/copy")
+    _connection_flags(dev, skip=("--port", "--state-dir"))
     logs = commands.add_parser("logs", help="print a worker's log (the newest worker's by default)")
     logs.add_argument("worker", nargs="?", help="the worker's identity, e.g. child-3f2a1c-2 (see status)")
     logs.add_argument(
@@ -170,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep printing; without a worker: every worker's lines, prefixed, new workers too (Ctrl+C stops)",
     )
+    _connection_flags(logs)
+    logs.add_argument("--helium-path", type=Path, default=argparse.SUPPRESS, help="the bot's checkout (its log/)")
     for name, help_text in (
         ("status", "show the running supervisor's workers and state"),
         ("try-again", "forget known-bad commits, set is_sane again, and deploy"),
@@ -179,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--url", help="the supervisor's address (default: from --host/--port and the configuration)")
         sub.add_argument("--json", action="store_true", help="print the supervisor's JSON answer as it is")
+        _connection_flags(sub)
         if name == "deploy":
             sub.add_argument("--wait", action="store_true", help="wait for the deploy to end and print its outcome")
     parser.add_argument("--log-format", choices=FORMATS, default="text", help="text (default) or json lines")
