@@ -45,9 +45,9 @@ bench-hostile *ARGS:
 
 # Chaos soak (real supervisor and workers under random faults, promises checked; default 10 min), then `fuzz`.
 # `just chaos 120 --discord-py`: the workers are real discord.py bots on the fake Discord.
-chaos SECONDS="600" *ARGS:
+# `fuzz` is a dependency run after the soak, not a nested `just`: that would drop overrides (`just python=… chaos`).
+chaos SECONDS="600" *ARGS: && fuzz
     {{python}} scripts/chaos/run.py --seconds {{SECONDS}} {{ARGS}}
-    {{just_executable()}} fuzz
 
 # Fuzz the codecs and the HTTP/WebSocket edge with URBAN_ROBOT_FUZZ_SCALE (20) times CI's example counts.
 fuzz:
