@@ -319,6 +319,13 @@ KEYS: tuple[Key, ...] = (
         _DEFAULTS.max_connections,
         "HTTP connections open at once on the port; more are closed on arrival",
     ),
+    Key(
+        "cache_max",
+        "URBAN_ROBOT_CACHE_MAX",
+        _integer(1, None),
+        _DEFAULTS.cache_max,
+        "bytes of the largest cache kept (as the worker encoded it); a larger sync is refused",
+    ),
     Key("standbys", "URBAN_ROBOT_STANDBYS", _integer(0, None), 1, "warm standby workers besides the running one"),
     Key("branch", "URBAN_ROBOT_BRANCH", _string, "main", "the git branch that is deployed"),
     Key(
@@ -773,6 +780,7 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         crash_loop_losses=values["workers.crash_loop_losses"],
         crash_loop_window=values["workers.crash_loop_window"],
         max_connections=values["max_connections"],
+        cache_max=values["cache_max"],
         spawn_workers=True,  # serve() always attaches a process manager
     )
     stop = values["workers.stop_timeout"]

@@ -28,6 +28,7 @@ from urban_robot.protocol import (
     StartProcessing,
     StopProcessing,
     Timeouts,
+    decode_value,
 )
 
 from ._discord_fakes import (
@@ -129,7 +130,7 @@ def test_coma_stops_processing_and_drains_work_in_flight_before_the_final_cache_
         beat.answer({})
         final = await supervisor.next("cache_sync")
         assert final.at == began + 12  # written when alice's welcome had finished, not before
-        assert final.data == {"cache": {"welcomed": ["alice"]}}
+        assert decode_value(final.data["set"][""]) == {"welcomed": ["alice"]} and final.data["full"] is True
         final.answer({"accepted": True})
         ack = await supervisor.next("coma")
         assert ack.at == began + 12 and ack.data == {"reason": "newer version"}

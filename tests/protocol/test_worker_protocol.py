@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 
 from urban_robot.protocol import (
+    PART_BYTES,
     ApplyCache,
     Backoff,
+    CacheChange,
+    CacheMap,
     CacheSync,
     CollectCache,
     Coma,
@@ -21,6 +24,7 @@ from urban_robot.protocol import (
     Heartbeat,
     Identify,
     Link,
+    Log,
     Login,
     Ready,
     Reconnect,
@@ -31,6 +35,7 @@ from urban_robot.protocol import (
     StopProcessing,
     Timeouts,
     WorkerProtocol,
+    encode_value,
 )
 
 HELLO = {"protocol": 1, "token": "tok", "process_commands": False, "interval": 10, "lease": 15, "epoch": 0}
@@ -151,7 +156,7 @@ def test_coma_stops_before_the_final_cache_and_the_ack() -> None:
     assert kinds(effects) == ["StopProcessing", "CollectCache"]
     assert effects[-2] == StopProcessing("coma", drain=True, lease_ends=15.0)  # the view's end, before the drop
     cache = only_send(p.cache_collected({"r": 1}, now=2.5))
-    assert cache.request.message == CacheSync({"r": 1})
+    assert cache.request.message == CacheSync(1, 0, 1, True, {"": b'{"r":1}'})  # the plain cache: entry ""
     coma = only_send(p.answered(cache.request.id, {"accepted": True}, now=3.0))
     assert coma.request.message == Coma("newer")
     assert p.answered(coma.request.id, {}, now=3.1) == [] and p.link is Link.SERVING
@@ -293,7 +298,11 @@ def test_a_gateway_change_is_reported_at_once_in_a_heartbeat() -> None:
 def test_pushes_become_effects() -> None:
     p = served()
     assert kinds(p.pushed("cmd", {"t": "health_check", "d": {}}, 0.0)) == ["RunHealthCheck"]
-    assert p.pushed("cache_sync", {"cache": {"a": 1}}, 0.0) == [ApplyCache({"a": 1})]
+    assert p.pushed("cache_sync", {"sync": 1, "part": 0, "parts": 1, "full": True, "set": {"": b'{"a":1}'}}, 0.0) == [
+        ApplyCache({"a": 1})
+    ]
+    [refused] = p.pushed("cache_sync", {"cache": {"a": 1}}, 0.0)  # the old form: said, not applied
+    assert isinstance(refused, Log) and "no longer accepted" in refused.message
     report = only_send(p.health_collected(HealthReport(OK=True), 0.1))
     assert report.request.deadline == 0.1 + Timeouts().health
     assert kinds(p.pushed("cmd", {"t": "ok", "d": {}}, 0.0)) == []
@@ -332,3 +341,68 @@ def test_a_coma_while_disconnected_stops_processing_and_sends_nothing() -> None:
     assert p.processing(1.0)  # a lease view outlives the connection ...
     assert p.coma("going away", now=1.0) == [StopProcessing("coma", True, 15.0)]  # ... until it is given up
     assert not p.processing(1.0)
+
+
+# -- the cache in parts, and a CacheMap's deltas (§11) ----------------------------------------------------------
+def mapped(cache: CacheMap) -> WorkerProtocol:
+    p = served()
+    p.cache, p.mapped = cache, True
+    return p
+
+
+def sends_of(effects: list[Any]) -> list[CacheSync]:
+    return [e.request.message for e in effects if isinstance(e, Send) and isinstance(e.request.message, CacheSync)]
+
+
+def test_a_plain_cache_larger_than_a_part_goes_in_parts_and_the_last_answer_is_the_syncs() -> None:
+    p = served()
+    value = "x" * (PART_BYTES + 10)
+    parts = sends_of(p.sync_cache(value, 1.0))
+    assert [(m.part, m.parts, m.full) for m in parts] == [(0, 2, True), (1, 2, True)]
+    assert b"".join(m.set[""] for m in parts) == encode_value(value)
+
+
+def test_a_cache_map_sends_everything_first_then_only_what_changed() -> None:
+    cache = CacheMap({"a": 1, "b": [2]})
+    p = mapped(cache)
+    [first] = sends_of(p.sync_cache(None, 1.0))
+    assert first.full and set(first.set) == {"a", "b"}
+    [send] = [e for e in p.sync_cache(None, 1.0) if isinstance(e, Send)]  # nothing changed: an empty delta
+    p.answered(send.request.id - 1, {"accepted": True}, 1.1)  # the first sync is kept: in step from here
+    cache["a"] = 10
+    del cache["b"]
+    [delta] = sends_of(p.sync_cache(None, 2.0))
+    assert not delta.full and delta.set == {"a": b"10"} and delta.delete == ("b",)
+
+
+def test_a_refused_delta_with_resync_is_sent_again_whole_and_the_final_waits_for_it() -> None:
+    cache = CacheMap({"a": 1})
+    p = mapped(cache)
+    beat = granted(p, now=0.0)
+    p.answered(beat.request.id, {"epoch": 1, "lease": 15}, now=0.1)
+    [full] = [e for e in p.sync_cache(None, 0.2) if isinstance(e, Send)]
+    p.answered(full.request.id, {"accepted": True}, 0.3)
+    cache["a"] = 2
+    effects = p.pushed("cmd", {"t": "coma", "d": {"reason": "newer", "cache_sync": True}}, now=1.0)
+    assert kinds(effects) == ["StopProcessing", "send:cache_sync"]  # no CollectCache: the map is here
+    [final] = [e for e in effects if isinstance(e, Send)]
+    assert not final.request.message.full and final.request.message.set == {"a": b"2"}
+    again = p.answered(final.request.id, {"accepted": False, "error": "not shared", "resync": True}, 1.1)
+    [whole] = [e for e in again if isinstance(e, Send)]
+    assert whole.request.message.full and whole.request.message.set == {"a": b"2"}
+    coma = only_send(p.answered(whole.request.id, {"accepted": True}, 1.2))
+    assert coma.request.message == Coma("newer")
+
+
+def test_pushes_in_parts_update_a_cache_map_in_place() -> None:
+    cache = CacheMap()
+    p = mapped(cache)
+    change = CacheChange(True, {"k": (encode_value({"deep": [1, b"\x00"]}),), "j": (b"3",)})
+    effects: list[Any] = []
+    for part in change.parts(7, part_bytes=5):
+        effects += p.pushed("cache_sync", part.payload(), 0.0)
+    assert effects == [ApplyCache(cache)] and dict(cache) == {"k": {"deep": [1, b"\x00"]}, "j": 3}
+    delta = CacheChange(False, {"j": (b"4",)}, frozenset({"k"}))
+    [part] = delta.parts(8)
+    assert p.pushed("cache_sync", part.payload(), 0.0) == [ApplyCache(cache)] and dict(cache) == {"j": 4}
+    assert not cache.changed  # what the supervisor pushed is not ours to send back

@@ -204,8 +204,10 @@ async def test_a_worker_cannot_act_as_admin_or_as_another_worker(
         hello = await twin.call("identify", {"version": "1.0", "epoch": epoch, "lease_token": "0" * 32})
         assert hello["process_commands"] is False and hello["token"] == TOKEN  # authenticated: it does get hello
         assert await twin.call("heartbeat", {"epoch": epoch}) == {"epoch": epoch, "lease": 0}
-        assert (await twin.call("cache_sync", {"cache": {"evil": True}}))["accepted"] is False
-        assert core.cache != {"evil": True}
+        kept = core.cache
+        forged = {"sync": 1, "part": 0, "parts": 1, "full": True, "set": {}}  # an empty cache: all it could wipe
+        assert (await twin.call("cache_sync", forged))["accepted"] is False
+        assert core.cache is kept
 
         # A second identify on a connection is refused; a reserved event closes only that connection.
         assert "error" in await rogue.call("identify", {"version": "1.0"})

@@ -11,8 +11,9 @@ import trio
 import trio.testing
 import trio_websocket
 
-from tests._helpers import MemoryListener, child_secret, raw_memory_client
+from tests._helpers import MemoryListener, child_secret, plain, raw_memory_client
 from urban_robot._errors import ProtocolError
+from urban_robot.protocol import CacheSync
 from urban_robot.socketio import Server
 from urban_robot.socketio._packets import Decoder
 from urban_robot.testing._plugin import SupervisorHarness
@@ -73,20 +74,24 @@ async def test_an_unauthenticated_peer_cannot_pile_up_attachments(autojump_clock
     assert server._engine.sessions == {}
 
 
-async def test_a_cache_too_deep_to_store_is_refused_and_the_supervisor_lives(
+async def test_a_cache_too_deep_for_any_decoder_is_kept_as_bytes_and_the_old_form_is_refused(
     urban_robot_supervisor: SupervisorHarness,
 ) -> None:
     harness = urban_robot_supervisor
     holder = await harness.worker("1.0")
     await holder.wait_for("processing")
     deep: Any = []
-    for _ in range(300):  # decodes fine, but the store's and the encoder's recursion would fail on it
+    for _ in range(300):
         deep = [deep]
-    assert await holder._emit("cache_sync", {"cache": {"deep": deep}}) == {
-        "error": "cache nested deeper than 100 levels"
-    }
+    answer = await holder._emit("cache_sync", {"cache": {"deep": deep}})  # the old form: decoded by nobody
+    assert "no longer accepted" in answer["error"] and "docs/protocol.md" in answer["error"]
+    # What the supervisor never decodes it cannot choke on: 100,000 levels of nesting are just bytes to it.
+    entry = b"[" * 100_000 + b"]" * 100_000
+    part = CacheSync(1, 0, 1, True, {"deep": entry})
+    assert await holder._emit("cache_sync", part.payload()) == {"accepted": True}
+    assert harness.robot.core.cache.entries["deep"] == (entry,)
     assert await holder.write("flat", [1, 2]) is True  # the supervisor and the connection both live on
-    assert harness.robot.core.cache == {"flat": [1, 2]}
+    assert plain(harness.robot.core.cache) == {"flat": [1, 2]}
 
 
 async def test_refused_connections_are_logged_below_warning(

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from tests._helpers import cache_sync, image, plain, pushed
+from urban_robot.protocol import CacheChange
 from urban_robot.supervisor import (
-    CacheSync,
+    CacheSync as CacheSyncEvent,
     CheckFrozen,
     Close,
     ComaAck,
@@ -164,16 +166,17 @@ def test_newer_version_takes_over_with_the_final_cache() -> None:
     d = Driver()
     d.join("old", version="0.0.9")
     d.renew("old", 1)
-    d.feed(CacheSync("old", {"reminders": [1]}))
+    d.feed(cache_sync("old", {"reminders": [1]}))
     out = d.join("new", version="0.0.10")  # PEP 440: 0.0.10 is newer than 0.0.9
     assert d.cmds(out, "old") == ["coma"]
     coma = next(a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.event == "cmd")
     assert coma == {"reason": "hand-over to 0.0.10 (id-new)", "cache_sync": True}
     assert d.cmds(out, "new") == []  # not before the old one stopped
     assert d.renew("old", 1)["lease"] == 0  # a stopping holder gets no renewal
-    out = d.feed(CacheSync("old", {"reminders": [1, 2]}))
-    assert Send("new", "cache_sync", {"cache": {"reminders": [1, 2]}}) in out
-    assert PersistCache({"reminders": [1, 2]}, 0.0, final=True) in out
+    out = d.feed(cache_sync("old", {"reminders": [1, 2]}))
+    assert pushed(out, "new") == {"reminders": [1, 2]}
+    [kept] = [a for a in out if isinstance(a, PersistCache)]
+    assert plain(kept.image) == {"reminders": [1, 2]} and kept.cache_age == 0.0 and kept.final
     out = d.feed(ComaAck("old", "newer version"))
     assert d.grant(out, "new")["epoch"] == 2
     assert not any(isinstance(a, Send) and a.event == "cache_sync" for a in out)  # it has the latest already
@@ -181,11 +184,11 @@ def test_newer_version_takes_over_with_the_final_cache() -> None:
 
 
 def test_cache_reaches_the_new_holder_before_process_commands() -> None:
-    d = Driver(cache={"restored": True})
+    d = Driver(cache=image({"restored": True}))
     out = d.join("a")
     sends = [(a.event, a.data) for a in out if isinstance(a, Send) and a.wid == "a"]
-    assert sends[0] == ("cache_sync", {"cache": {"restored": True}})
-    assert sends[1][1]["t"] == "process_commands"
+    assert pushed(out, "a") == {"restored": True}
+    assert sends[0][0] == "cache_sync" and sends[1][1]["t"] == "process_commands"
 
 
 def test_not_newer_stays_in_coma_or_is_shut_down_if_outdated() -> None:
@@ -219,7 +222,7 @@ def test_running_worker_killed_standby_promoted_at_once() -> None:
     d.join("a")
     d.renew("a", 1)
     d.join("b")
-    d.feed(CacheSync("a", {"n": 1}))
+    d.feed(cache_sync("a", {"n": 1}))
     out = d.feed(ProcessExited("id-a", -9), at=3)
     assert d.grant(out, "b")["epoch"] == 2
     assert Close("a", "process exited", "id-a") in out
@@ -359,7 +362,7 @@ def test_restart_restores_epoch_sanity_and_waits_out_the_old_lease() -> None:
     d.join("a")
     d.renew("a", 1)
     state = [a for a in d.actions if isinstance(a, Persist)][-1].state
-    restarted = Driver(state=state, cache={"kept": 1}, now=100)
+    restarted = Driver(state=state, cache=image({"kept": 1}), now=100)
     restarted.now = 100
     out = restarted.join("b")
     assert restarted.cmds(out, "b") == []  # the old holder may still process until 100 + 17
@@ -367,14 +370,14 @@ def test_restart_restores_epoch_sanity_and_waits_out_the_old_lease() -> None:
     out = restarted.feed(TimerFired(), at=117)
     grant = restarted.grant(out, "b")
     assert grant["epoch"] == 2
-    assert Send("b", "cache_sync", {"cache": {"kept": 1}}) in out
+    assert pushed(out, "b") == {"kept": 1}
 
 
 def test_cache_from_a_standby_is_refused() -> None:
     d = Driver()
     d.join("a")
     d.join("b")
-    out = d.feed(CacheSync("b", {"evil": True}))
+    out = d.feed(cache_sync("b", {"evil": True}))
     assert Reply({"accepted": False, "error": "only the running worker's cache is kept"}) in out
     assert d.core.cache is None
 
@@ -385,7 +388,7 @@ def test_cache_sync_fans_out_to_ready_standbys() -> None:
     d.renew("a", 1)
     d.join("b")
     d.join("c")
-    out = d.feed(CacheSync("a", [1]), at=5)
+    out = d.feed(cache_sync("a", [1]), at=5)
     assert {a.wid for a in out if isinstance(a, Send) and a.event == "cache_sync"} == {"b", "c"}
     assert d.core.cache_age == 5
 
@@ -591,7 +594,7 @@ def stopped_core() -> tuple[Driver, list[Any]]:
     d = Driver(SPAWNING)
     d.join("a")
     d.renew("a", 1)
-    d.feed(CacheSync("a", {"kept": 1}))
+    d.feed(cache_sync("a", {"kept": 1}))
     d.join("b")
     d.feed(Connected("c", identity="id-c"))
     out = d.feed(Stopping("SIGTERM"))
@@ -612,8 +615,9 @@ def test_stopping_asks_every_worker_to_shut_down_the_holder_with_its_final_cache
     assert [a.event for a in out if isinstance(a, Send)] == ["hello", "cmd"] and d.cmds(out, "c") == ["shutdown"]
     assert d.renew("a", 1)["lease"] == 0  # the holder is going: no more renewals
     assert d.feed(Stopping("API")) == []  # one stop, one notification
-    out = d.feed(CacheSync("a", {"kept": 2}))
-    assert PersistCache({"kept": 2}, d.now, final=True) in out  # its final cache is kept
+    out = d.feed(cache_sync("a", {"kept": 2}))
+    [kept] = [a for a in out if isinstance(a, PersistCache)]
+    assert plain(kept.image) == {"kept": 2} and kept.cache_age == d.now and kept.final  # its final cache is kept
     out = d.feed(ShutdownAck("a", "SIGTERM"))
     assert d.core.lease is None and Persist(d.core.state()) in out and d.core.state()["holder"] is None
     assert not any(isinstance(a, Send) and a.data.get("t") == "process_commands" for a in out)  # "b" stays put
@@ -726,7 +730,7 @@ def test_a_renewal_just_in_time_moves_the_end_and_one_at_the_end_is_refused() ->
     d.now = 16.5
     assert d.renew("a", 1) == {"epoch": 1, "lease": 15}  # to 33.5
     d.feed(Heartbeat("b"), at=20)
-    d.feed(CacheSync("a", {"n": 1}), at=30)  # it talks, so its silence (15 s) does not fence it first
+    d.feed(cache_sync("a", {"n": 1}), at=30)  # it talks, so its silence (15 s) does not fence it first
     d.feed(Heartbeat("b"), at=30)
     assert d.core.next_deadline() == 33.5
     d.now = 33.5
@@ -955,13 +959,13 @@ def test_a_holder_that_stops_without_its_final_cache_is_reported() -> None:
     d = Driver()
     d.join("old", version="1.0")
     d.renew("old", 1)
-    d.feed(CacheSync("old", {"n": 1}))
+    d.feed(cache_sync("old", {"n": 1}))
     d.join("new", version="2.0")
     out = d.feed(ComaAck("old", "no final cache"))
     assert Notify("warning", "id-old stopped without a final cache; using the last one") in out
-    d.feed(CacheSync("new", {"n": 2}))
+    d.feed(cache_sync("new", {"n": 2}))
     d.join("newer", version="3.0")
-    d.feed(CacheSync("new", {"n": 3}))  # the final one, after the coma
+    d.feed(cache_sync("new", {"n": 3}))  # the final one, after the coma
     out = d.feed(ComaAck("new", "with its final cache"))
     assert not any(isinstance(a, Notify) and a.level == "warning" for a in out)
 
@@ -1130,19 +1134,20 @@ def test_a_worker_that_missed_the_fan_out_gets_the_cache_before_its_grant() -> N
     d.renew("a", 1)
     d.feed(Connected("b", identity="id-b"))
     d.feed(Identified("b", version="1.0"))  # logging in to Discord: no fan-out to it yet
-    d.feed(CacheSync("a", {"n": 1}), at=1)
+    d.feed(cache_sync("a", {"n": 1}), at=1)
     d.feed(Ready("b"))
     d.feed(HealthReport("b", HEALTHY))
     out = d.feed(ProcessExited("id-a", -9), at=2)
     sends = [(x.event, x.data) for x in out if isinstance(x, Send) and x.wid == "b"]
-    assert sends[0] == ("cache_sync", {"cache": {"n": 1}}) and sends[1][1]["t"] == "process_commands"
+    assert pushed(out, "b") == {"n": 1}
+    assert sends[0][0] == "cache_sync" and sends[1][1]["t"] == "process_commands"
 
 
 def test_a_holder_promoted_again_is_not_sent_its_own_cache() -> None:
     d = Driver()
     d.join("a")
     d.renew("a", 1)
-    d.feed(CacheSync("a", {"n": 1}))
+    d.feed(cache_sync("a", {"n": 1}))
     out = d.feed(ComaAck("a", "stopped by itself"), at=1)  # unasked; still the newest: promoted again
     assert d.grant(out, "a")["epoch"] == 2
     assert not any(isinstance(x, Send) and x.event == "cache_sync" for x in out)
@@ -1233,7 +1238,7 @@ def test_a_fenced_holder_is_forgotten() -> None:
     d.join("a")
     d.renew("a", 1)
     d.join("b")
-    d.feed(CacheSync("a", {"n": 1}), at=10)  # alive but not renewing (a stuck heartbeat task)
+    d.feed(cache_sync("a", {"n": 1}), at=10)  # alive but not renewing (a stuck heartbeat task)
     d.feed(Heartbeat("b"), at=10)
     out = d.feed(TimerFired(), at=17)
     assert Close("a", "lease expired", "id-a", hung=True) in out
@@ -1343,3 +1348,89 @@ def test_only_the_first_loss_of_a_window_is_notified_until_the_crash_loop() -> N
     d.feed(WorkerFailed("a", "the token was refused", "reset it"))
     out = d.feed(ProcessExited("id-a", 1))
     assert not any(m.startswith("worker ") for m in notes(out))  # its failure was announced (critical) already
+
+
+# -- the cache as bytes, in parts, and deltas (§11) -----------------------------------------------------------
+def parts_of(wid: str, change: Any, sync: int, part_bytes: int = 4) -> list[Any]:
+    return [CacheSyncEvent(wid, p) for p in change.parts(sync, part_bytes)]
+
+
+def test_a_cache_in_parts_is_kept_as_the_bytes_that_came_and_forwarded_once_complete() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    change = CacheChange(True, {"x": (b"0123456789",), "y": (b"",)})
+    *first, last = parts_of("a", change, sync=1)
+    for part in first:
+        out = d.feed(part)
+        assert out == [Reply({"accepted": True, "part": part.part.part})]  # staged: nothing kept or pushed yet
+    assert d.core.cache is None
+    out = d.feed(last)
+    assert Reply({"accepted": True}) in out
+    assert d.core.cache is not None and dict(d.core.cache.entries) == {"x": (b"0123", b"4567", b"89"), "y": (b"",)}
+    forwarded = [a for a in out if isinstance(a, Send) and a.wid == "b"]
+    assert [a.data for a in forwarded] == [  # re-cut at the supervisor's own part size (1 MiB)
+        {"sync": 1, "part": 0, "parts": 1, "full": True, "set": {"x": b"0123456789", "y": b""}}
+    ]
+
+
+def test_a_delta_is_applied_to_the_bytes_and_forwarded_as_a_delta_to_a_standby_that_has_the_base() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    d.feed(cache_sync("a", {"n": 1}))  # "" = the plain entry; b has it by the fan-out
+    delta = CacheChange(False, {"k": (b"v",)}, frozenset({""}))
+    out = d.feed(parts_of("a", delta, sync=2)[0])
+    assert Reply({"accepted": True}) in out and dict(d.core.cache.entries) == {"k": (b"v",)}
+    [push] = [a for a in out if isinstance(a, Send) and a.wid == "b"]
+    assert push.data == {"sync": 2, "part": 0, "parts": 1, "full": False, "set": {"k": b"v"}, "delete": [""]}
+    [kept] = [a for a in out if isinstance(a, PersistCache)]
+    assert (kept.base, kept.seq, kept.change) == (1, 2, delta)
+
+
+def test_a_standby_that_missed_a_sync_gets_the_whole_image_not_the_delta() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.feed(cache_sync("a", {"n": 1}))
+    d.join("b")  # after the first sync: it does not have the base
+    out = d.feed(parts_of("a", CacheChange(False, {"k": (b"v",)}), sync=2)[0])
+    [push] = [a for a in out if isinstance(a, Send) and a.wid == "b"]
+    assert push.data["full"] is True and push.data["set"] == {"": b'{"n":1}', "k": b"v"}
+
+
+def test_a_delta_on_a_cache_the_worker_does_not_share_is_refused_with_resync() -> None:
+    d = Driver(cache=image({"restored": 1}))
+    d.join("a")  # pushed the restored cache before its grant: it shares it
+    d.renew("a", 1)
+    d.core.clients["a"].cache_seq = 0  # as if it had reconnected since
+    out = d.feed(parts_of("a", CacheChange(False, {"k": (b"v",)}), sync=1)[0])
+    assert len(out) == 1 and out[0].data["resync"] is True and "whole cache" in out[0].data["error"]
+    assert plain(d.core.cache) == {"restored": 1}  # untouched
+
+
+def test_a_sync_past_cache_max_is_refused_as_it_arrives_and_its_other_parts_alike() -> None:
+    d = Driver(Settings(token="t", interval=10, grace=5, lease_margin=2, cache_max=10))
+    d.join("a")
+    d.renew("a", 1)
+    parts = parts_of("a", CacheChange(True, {"x": (b"z" * 30,)}), sync=1, part_bytes=8)
+    assert d.feed(parts[0]) == [Reply({"accepted": True, "part": 0})]
+    refused = d.feed(parts[1])  # 16 bytes staged > 10
+    assert refused == [Reply({"accepted": False, "error": "cache larger than the supervisor's cache_max (10 bytes)"})]
+    assert [d.feed(p) for p in parts[2:]] == [refused] * 2  # the rest of the sync: the same answer, nothing staged
+    assert d.core.cache is None and d.core.clients["a"].cache_in is None
+
+
+def test_parts_out_of_order_are_refused_and_nothing_half_made_is_kept() -> None:
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    parts = parts_of("a", CacheChange(True, {"x": (b"0123456789",)}), sync=1)
+    d.feed(parts[0])
+    [answer] = d.feed(parts[2])
+    assert answer.data["accepted"] is False and "out of order" in answer.data["error"]
+    assert d.core.cache is None
+    out = d.feed(cache_sync("a", {"ok": True}, sync=2))  # a new sync starts clean
+    assert Reply({"accepted": True}) in out and plain(d.core.cache) == {"ok": True}

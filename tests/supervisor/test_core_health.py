@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests._helpers import cache_sync
 from tests.supervisor.test_core import HEALTHY, Driver
 from urban_robot.supervisor import (
-    CacheSync,
     ComaAck,
     Connected,
     HealthReport,
@@ -70,7 +70,7 @@ def test_holder_hands_over_exactly_at_down_since_plus_limit_not_before() -> None
     assert coma == {"reason": "gateway down for 3.0 s: hand-over to id-b", "cache_sync": True}
     assert d.cmds(out, "b") == []  # the normal hand-over: not before the holder stopped
     assert reply(gateway(d, "a", False, at=13.5))["lease"] == 0
-    d.feed(CacheSync("a", {"n": 1}), at=13.6)
+    d.feed(cache_sync("a", {"n": 1}), at=13.6)
     out = d.feed(ComaAck("a", "asked"), at=13.7)
     assert d.grant(out, "b")["epoch"] == 2
     assert d.core.clients["a"].role is Role.STANDBY

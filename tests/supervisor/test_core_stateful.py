@@ -38,6 +38,7 @@ import attrs
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from tests._helpers import cache_sync, image, plain, pushed
 from urban_robot.supervisor import (
     CacheSync,
     CheckFrozen,
@@ -137,7 +138,7 @@ class SupervisorWorld(RuleBasedStateMachine):
                 self.last_persisted_epoch = action.state["epoch"]
                 self.state = action.state
             elif isinstance(action, PersistCache):
-                self.persisted_cache = action.cache
+                self.persisted_cache = plain(action.image)
             elif isinstance(action, Send):
                 self.check_send(action)
                 self.inbox.setdefault(action.wid, []).append(action)
@@ -264,7 +265,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         if message.event == "hello" and message.data["process_commands"]:
             proc.granted = message.data["epoch"]
         elif message.event == "cache_sync":
-            proc.cache = message.data["cache"]
+            proc.cache = pushed([message], message.wid)
         elif message.event == "cmd":
             self.obey(proc, message.data["t"], message.data["d"])
 
@@ -280,7 +281,7 @@ class SupervisorWorld(RuleBasedStateMachine):
             proc.stop(self.now)
             proc.granted = None
             if data.get("cache_sync"):
-                self.feed(CacheSync(wid, proc.cache))
+                self.feed(cache_sync(wid, proc.cache))
             self.feed(ComaAck(wid, "asked") if name == "coma" else ShutdownAck(wid, "asked"))
 
     def report(self, proc: Proc, event: HealthReport, healthy: bool) -> None:
@@ -337,7 +338,7 @@ class SupervisorWorld(RuleBasedStateMachine):
     def write_cache(self, data: st.DataObject) -> None:
         proc = data.draw(st.sampled_from([p for p in self.connected() if p.processing(self.now) and not p.hung]))
         proc.cache = {"write": next(self.cache_counter), "by": proc.identity}
-        out = self.feed(CacheSync(proc.wid, proc.cache))  # type: ignore[arg-type]
+        out = self.feed(cache_sync(proc.wid, proc.cache))  # type: ignore[arg-type]
         replies = [a for a in out if isinstance(a, Reply)]
         if replies[0].data.get("accepted"):
             self.accepted_cache = proc.cache
@@ -366,7 +367,7 @@ class SupervisorWorld(RuleBasedStateMachine):
                     Heartbeat(wid, 99),
                     Identified(wid, version="9.9"),
                     TryAgain(wid),
-                    CacheSync(wid, {"forged": True}),
+                    cache_sync(wid, {"forged": True}),
                 ]
             )
         )
@@ -376,8 +377,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         out = self.feed(event)
         if isinstance(event, CacheSync) and any(isinstance(a, Reply) and a.data.get("accepted") for a in out):
             assert proc.processing(self.now) or proc.granted is not None or self.core.running_client == wid
-            proc.cache = event.cache
-            self.accepted_cache = event.cache
+            proc.cache = self.accepted_cache = {"forged": True}
 
     @precondition(lambda self: bool(self.connected()))
     @rule(data=st.data())
@@ -469,7 +469,8 @@ class SupervisorWorld(RuleBasedStateMachine):
     @rule()
     def restart_supervisor(self) -> None:
         """Our own crash: a new core from what was persisted; every connection drops."""
-        self.core = Supervisor(SETTINGS, state=self.state, cache=self.persisted_cache, now=self.now)
+        kept = image(self.persisted_cache) if self.persisted_cache is not None else None
+        self.core = Supervisor(SETTINGS, state=self.state, cache=kept, now=self.now)
         self.stopping = False
         assert self.core.epoch == self.last_persisted_epoch
         self.inbox.clear()

@@ -270,7 +270,7 @@ async def test_metrics_count_promotions_failovers_and_hand_overs(
     assert m["urban_robot_workers"][(("role", "checking"),)] == 0
     assert set(m["urban_robot_heartbeat_age_seconds"]) == {(("worker", "child-1"),), (("worker", "child-2"),)}
     assert all(0 <= age < SETTINGS.interval for age in m["urban_robot_heartbeat_age_seconds"].values())
-    assert m["urban_robot_cache_bytes"][()] == harness.robot.store.cache_path.stat().st_size > 0
+    assert m["urban_robot_cache_bytes"][()] == harness.robot.core.cache.size > 0
     assert m["urban_robot_cache_age_seconds"][()] >= 0
 
     # a failover: the running worker's process dies; the standby takes over at once

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests._helpers import image, plain
+from urban_robot.protocol import CacheChange, CacheImage, decode_value, encode_value
 from urban_robot.supervisor import Settings, StateError, StateStore, Supervisor
 from urban_robot.supervisor._store import atomic_write
 
@@ -86,16 +88,16 @@ def test_a_failed_rename_leaves_the_old_file_and_no_temporary(store: StateStore,
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(store: StateStore, monkeypatch: Any) -> None:
-    store.save_cache({"kept": EVERY_BYTE})
+    store.save_cache(image({"kept": EVERY_BYTE}), 1)
 
     def broken_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="Input/output"):
-        store.save_cache({"lost": 1})
+        store.save_cache(image({"lost": 1}), 2)
     monkeypatch.undo()
-    assert store.load_cache()[0] == {"kept": EVERY_BYTE}
+    assert plain(store.load_cache()[0]) == {"kept": EVERY_BYTE}
     assert leftovers(store.directory) == []
 
 
@@ -109,7 +111,7 @@ def test_atomic_write_replaces_the_whole_file(tmp_path: Path) -> None:
 
 def test_files_are_private(store: StateStore) -> None:
     store.save_state({"epoch": 1})
-    store.save_cache({"a": 1})
+    store.save_cache(image({"a": 1}), 1)
     store.secret_key()
     store.lock()
     try:
@@ -162,25 +164,72 @@ def test_nothing_saved_yet_loads_as_nothing(tmp_path: Path) -> None:
         [1, 2.5, True, None, "é", {"k": []}],
     ],
 )
-def test_a_cache_comes_back_exactly(store: StateStore, cache: Any) -> None:
-    store.save_cache(cache)
-    loaded, _ = store.load_cache()
+def test_a_cache_value_comes_back_exactly_through_its_entry(cache: Any) -> None:
+    loaded = decode_value(encode_value(cache))
     assert loaded == cache
     assert type(loaded) is type(cache)
 
 
-def test_bytes_stay_bytes_and_tuples_become_lists(store: StateStore) -> None:
-    store.save_cache({"a": bytearray(b"\xff\x00"), "t": (1, b"\x01")})
-    loaded, _ = store.load_cache()
+def test_bytes_stay_bytes_and_tuples_become_lists() -> None:
+    loaded = decode_value(encode_value({"a": bytearray(b"\xff\x00"), "t": (1, b"\x01")}))
     assert loaded == {"a": b"\xff\x00", "t": [1, b"\x01"]}
     assert type(loaded["a"]) is bytes and type(loaded["t"][1]) is bytes
 
 
+def test_the_store_keeps_the_entries_bytes_exactly_never_decoding_them(store: StateStore) -> None:
+    entries = {"": (EVERY_BYTE, b"not json at all"), "é/key": (b"",), "x" * 512: (EVERY_BYTE[::-1],)}
+    store.save_cache(CacheImage.of(entries), 1)
+    loaded, _ = store.load_cache()
+    assert loaded is not None and {k: b"".join(v) for k, v in loaded.entries.items()} == {
+        k: b"".join(v) for k, v in entries.items()
+    }
+    assert loaded.size == sum(len(c) for v in entries.values() for c in v)
+
+
 def test_the_cache_remembers_when_it_was_saved(store: StateStore) -> None:
     before = time.time()
-    store.save_cache({"n": 1})
+    store.save_cache(image({"n": 1}), 1)
     _, saved_at = store.load_cache()
     assert saved_at is not None and before <= saved_at <= time.time()
+
+
+def test_deltas_are_appended_then_the_file_is_written_whole_once_they_outgrow_the_image(store: StateStore) -> None:
+    kept = CacheImage.of({"big": (b"b" * (2 << 20),), "n": (b"0",)})
+    store.save_cache(kept, 1)
+    size = store.cache_path.stat().st_size
+    for n in range(1, 4):
+        change = CacheChange(False, {"n": (str(n).encode(),)}, frozenset({"gone"} if n == 2 else ()))
+        kept = kept.apply(change)
+        store.save_cache(kept, n + 1, [(n, change)])
+    grown = store.cache_path.stat().st_size
+    assert size < grown < size + 200  # three small records appended, not three copies of 2 MiB
+    assert dict(store.load_cache()[0].entries) == dict(kept.entries)  # type: ignore[union-attr]
+    store.save_cache(kept, 99, [(50, CacheChange(False, {"n": (b"x",)}))])  # not what the file holds: whole
+    assert store.cache_path.stat().st_size == size
+
+
+def test_a_sync_cut_short_on_disk_is_left_out_and_cut_off(store: StateStore) -> None:
+    kept = image({"a": 1})
+    store.save_cache(kept, 1)
+    committed = store.cache_path.read_bytes()
+    change = CacheChange(False, {"b": (b"2" * 1000,)})
+    store.save_cache(kept.apply(change), 2, [(1, change)])
+    store.cache_path.write_bytes(store.cache_path.read_bytes()[:-20])  # the commit record never made it
+    loaded, _ = store.load_cache()
+    assert plain(loaded) == {"a": 1}
+    assert store.cache_path.read_bytes() == committed  # the torn tail is gone: the next append follows a commit
+    store.save_cache(loaded.apply(change), 2, [(1, change)])  # type: ignore[union-attr]
+    assert store.load_cache()[0].entries["b"] == (b"2" * 1000,)  # type: ignore[union-attr]
+
+
+def test_a_cache_json_of_an_earlier_version_is_taken_over_once(store: StateStore) -> None:
+    store.prepare()
+    old = {"saved_at": 1700000000.0, "cache": {"r": [1, {"$bytes": "AAE="}], "esc": {"$dict": {"$bytes": "x"}}}}
+    store.old_cache_path.write_text(json.dumps(old))
+    loaded, saved_at = store.load_cache()
+    assert plain(loaded) == {"r": [1, b"\x00\x01"], "esc": {"$bytes": "x"}} and saved_at == 1700000000.0
+    assert not store.old_cache_path.exists() and store.cache_path.exists()
+    assert plain(store.load_cache()[0]) == plain(loaded)
 
 
 # -- damage -----------------------------------------------------------------------------------------
@@ -209,24 +258,40 @@ def test_a_damaged_state_is_a_clear_error_and_is_left_for_the_operator(store: St
     "content",
     [
         b"",
+        b'{"saved_at": 1700000000.0, "cache": {"a": 1}}',  # not a cache.bin at all
+        b"URCACHE1" + b"X\x00\x00\x00\x00" + bytes(8),  # an unknown record
+        b"URCACHE1" + b"S\x00\x00\x00\x01" + bytes(8) + b"\xff",  # a key that is not UTF-8
+    ],
+)
+def test_a_damaged_cache_is_set_aside_not_lost(store: StateStore, content: bytes) -> None:
+    store.prepare()
+    store.cache_path.write_bytes(content)
+    assert store.load_cache() == (None, None)
+    assert not store.cache_path.exists()
+    [aside] = [p for p in store.directory.iterdir() if p.name.startswith("cache.bin.damaged-")]
+    assert aside.read_bytes() == content
+    assert abs(int(aside.name.rsplit("-", 1)[1]) - time.time()) < 5
+    assert store.load_cache() == (None, None)  # and the next start begins without a cache
+    store.save_cache(image({"fresh": 1}), 1)
+    assert plain(store.load_cache()[0]) == {"fresh": 1}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
         b'{"saved_at": 1700000000.0, "cache": {"a": [1, 2',  # truncated
         b'{"cache": {"a": 1}}',  # no saved_at
-        b'{"saved_at": 1700000000.0}',  # no cache
         b'{"saved_at": "yesterday", "cache": 1}',
         b'{"saved_at": 1700000000.0, "cache": {"$bytes": "not base64!"}}',
         b"[]",
     ],
 )
-def test_a_damaged_cache_is_set_aside_not_lost(store: StateStore, content: bytes) -> None:
-    store.cache_path.write_bytes(content)
+def test_a_damaged_cache_json_of_an_earlier_version_is_set_aside(store: StateStore, content: bytes) -> None:
+    store.prepare()
+    store.old_cache_path.write_bytes(content)
     assert store.load_cache() == (None, None)
-    assert not store.cache_path.exists()
     [aside] = [p for p in store.directory.iterdir() if p.name.startswith("cache.json.damaged-")]
     assert aside.read_bytes() == content
-    assert abs(int(aside.name.rsplit("-", 1)[1]) - time.time()) < 5
-    assert store.load_cache() == (None, None)  # and the next start begins without a cache
-    store.save_cache({"fresh": 1})
-    assert store.load_cache()[0] == {"fresh": 1}
 
 
 # -- the directory, the key, the lock ---------------------------------------------------------------
@@ -327,7 +392,7 @@ def test_no_file_descriptor_is_leaked(store: StateStore) -> None:
     before = open_fds()
     for n in range(20):
         store.save_state({"epoch": n})
-        store.save_cache({"n": n})
+        store.save_cache(image({"n": n}), n)
         store.load_state()
         store.load_cache()
     assert open_fds() == before

@@ -27,6 +27,7 @@ from ..protocol import (
     ApplyCache,
     AuthenticationFailed,
     Backoff,
+    CacheMap,
     CacheSync,
     CollectCache,
     Coma,
@@ -73,6 +74,10 @@ class Worker:
     ``hello`` arrives (``hello.token`` logs in to Discord), ``on_start_processing()`` /
     ``on_stop_processing(reason)`` at the edges of the lease, ``get_cache()`` for the final cache
     before a coma/shutdown, ``set_cache(cache)`` for each ``cache_sync`` push.
+
+    The cache (docs/workers.md "Cache"): a plain value (``get_cache``/``set_cache``, sent whole), or
+    ``cache=CacheMap()``: a mapping whose changed keys alone are synced (``await sync_cache()``) and
+    which pushes update in place (``set_cache``, if given, then gets the map).
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class Worker:
         extra_checks: Mapping[str, Check] | None = None,
         get_cache: Callback | None = None,
         set_cache: Callback | None = None,
+        cache: CacheMap | None = None,
         on_hello: Callback | None = None,
         on_start_processing: Callback | None = None,
         on_stop_processing: Callback | None = None,
@@ -101,6 +107,8 @@ class Worker:
         self.timeouts = timeouts or Timeouts()
         self.protocol = WorkerProtocol(identity, self.timeouts, backoff or Backoff(), rng or random.Random())
         self.protocol.discord_ready = auto_ready
+        if cache is not None:
+            self.protocol.cache, self.protocol.mapped = cache, True
         self.health_checks = dict(health_checks or {})
         self.extra_checks = dict(extra_checks or {})
         self.get_cache, self.set_cache, self.on_hello = get_cache, set_cache, on_hello
@@ -410,9 +418,16 @@ class Worker:
         """Queue an event (delivered once, in order, across reconnects): a :class:`Delivery`."""
         return self._queue(Custom(event, data if data is not None else {}), dry_run)
 
-    def sync_cache(self, cache: Any, *, dry_run: bool = False) -> Any:
-        """Queue ``cache_sync {cache}`` (the holder's whole cache): a :class:`Delivery`."""
-        return self._queue(CacheSync(cache), dry_run)
+    async def sync_cache(self, cache: Any = None) -> Any:
+        """Send the cache now, in parts (§5.5): a plain ``cache`` whole, or with ``cache=CacheMap()`` the keys
+        that changed (``cache`` ignored). The answer to its last part (``{"accepted": true}`` once kept);
+        None when not connected or lost with the connection."""
+        return await self._request(list(self.protocol.sync_cache(cache, trio.current_time())), CacheSync)
+
+    @property
+    def cache(self) -> CacheMap:
+        """The worker's cache map (with ``cache=CacheMap()``; for a plain cache, the last values pushed)."""
+        return self.protocol.cache
 
     def _queue(self, message: Message, dry_run: bool) -> Any:
         return self.frames(message) if dry_run else self.outbox.put(message)
@@ -432,7 +447,8 @@ class Worker:
         if dry_run:
             return self.frames(Shutdown(reason))
         effects = self.protocol.shutdown(reason, trio.current_time())
-        if any(isinstance(e, CollectCache) for e in effects):
+        if any(isinstance(e, CollectCache) or (isinstance(e, Send) and isinstance(e.request.message, CacheSync))
+               for e in effects):  # fmt: skip
             self._feed(effects)  # the shutdown goes out after the final cache; run ends after its answer
             await self._run_done_or_finished()
             return None

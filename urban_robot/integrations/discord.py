@@ -52,7 +52,7 @@ from ..protocol import (
     ApplyCache,
     AuthenticationFailed,
     Backoff,
-    CacheSync,
+    CacheMap,
     CollectCache,
     ConfigError,
     ConnectionLost,
@@ -80,6 +80,7 @@ __all__ = [
     "AttachError",
     "Attachment",
     "BotClosed",
+    "CacheMap",
     "Connected",
     "Disconnected",
     "DiscordRefused",
@@ -164,6 +165,7 @@ def attach(
     vital_cogs: Iterable[str] | None = None,
     get_cache: CacheGetter | None = None,
     set_cache: CacheSetter | None = None,
+    cache: CacheMap | None = None,
     url: str | None = None,
     secret: str | None = None,
     generation: int | None = None,
@@ -174,8 +176,10 @@ def attach(
 
     ``url``, ``secret`` and ``generation`` default to ``URBAN_ROBOT_URL``, ``URBAN_ROBOT_SECRET``
     and ``URBAN_ROBOT_GENERATION``, which the supervisor gives every child it spawns.
-    ``get_cache()`` returns the bot's cache (any JSON value, bytes allowed) for ``cache_sync``;
-    ``set_cache(cache)`` receives the caches the supervisor pushes. Either may be a coroutine.
+    ``get_cache()`` returns the bot's cache (any JSON value, bytes allowed) for ``cache_sync``, sent whole;
+    ``set_cache(cache)`` receives the caches the supervisor pushes. Either may be a coroutine. Or
+    ``cache=CacheMap()``: a mapping whose changed keys alone are synced (``await attachment.sync_cache()``)
+    and which the supervisor's pushes update in place (``set_cache``, if given, then gets the map).
     ``observer(step)`` (optional) sees each step the shell carries out, for status pages and tests.
     ``vital_cogs`` defaults to ``("modules.utilities",)`` for a bot with extensions (``commands.Bot``) and to
     none for a ``discord.Client``, which has none.
@@ -203,6 +207,7 @@ def attach(
         vital_cogs=tuple(vital_cogs),
         get_cache=get_cache,
         set_cache=set_cache,
+        cache=cache,
         observer=observer,
         drain_timeout=drain_timeout,
     )
@@ -220,6 +225,7 @@ class Attachment:
         vital_cogs: tuple[str, ...] = ("modules.utilities",),
         get_cache: CacheGetter | None = None,
         set_cache: CacheSetter | None = None,
+        cache: CacheMap | None = None,
         observer: Observer | None = None,
         drain_timeout: float = 5.0,
         timeouts: Timeouts | None = None,
@@ -234,6 +240,8 @@ class Attachment:
         self.timeouts = timeouts or Timeouts()
         identity = Identify(version, os.getpid(), endpoint.generation)
         self.protocol = WorkerProtocol(identity, self.timeouts, backoff or Backoff(), rng or random.Random())
+        if cache is not None:
+            self.protocol.cache, self.protocol.mapped = cache, True
         self.in_flight = InFlight()
         self._client = client
         self._processing = False  # StartProcessing carried out, StopProcessing not yet
@@ -381,12 +389,24 @@ class Attachment:
             await self._finished.wait()
 
     async def sync_cache(self) -> bool:
-        """Send the cache (from ``get_cache``) to the supervisor after a change; only while processing."""
-        if not self.processing or self.get_cache is None:
+        """Send the cache to the supervisor after a change, only while processing: from ``get_cache``, whole,
+        or with ``cache=CacheMap()`` its changed keys. True once the supervisor kept it."""
+        if not self.processing:
             return False
-        cache = await _call_user(self.get_cache, what="get_cache")
-        answer = await self._request(self.protocol.send(CacheSync(cache), self._now()))
+        if self.protocol.mapped:
+            effects = self.protocol.sync_cache(None, self._now())
+        elif self.get_cache is not None:
+            cache = await _call_user(self.get_cache, what="get_cache")
+            effects = self.protocol.sync_cache(cache, self._now())
+        else:
+            return False
+        answer = await self._request(list(effects))
         return isinstance(answer, dict) and answer.get("accepted") is True
+
+    @property
+    def cache(self) -> CacheMap:
+        """The bot's cache map (with ``cache=CacheMap()``; for a plain cache, the last values pushed)."""
+        return self.protocol.cache
 
     # -- the connection --------------------------------------------------------------------------------
     async def _connect_forever(self) -> None:

@@ -5,6 +5,19 @@ No sockets, no clocks, no event loop: the supervisor (trio), the trio worker cli
 discord.py integration are shells around these values. docs/protocol.md is the normative text.
 """
 
+from ._cache import (
+    PART_BYTES as PART_BYTES,
+    PLAIN as PLAIN,
+    Assembly as Assembly,
+    CacheChange as CacheChange,
+    CacheImage as CacheImage,
+    CacheMap as CacheMap,
+    Chunks as Chunks,
+    decode_value as decode_value,
+    encode_value as encode_value,
+    plain_change as plain_change,
+    plain_value as plain_value,
+)
 from ._endpoint import Backoff as Backoff, Endpoint as Endpoint, Timeouts as Timeouts
 from ._errors import (
     AckTimeout as AckTimeout,
@@ -18,14 +31,13 @@ from ._errors import (
 )
 from ._lease import Grant as Grant, HeartbeatSent as HeartbeatSent, LeaseView as LeaseView
 from ._messages import (
-    MAX_CACHE_DEPTH as MAX_CACHE_DEPTH,
+    MAX_CACHE_KEY_LENGTH as MAX_CACHE_KEY_LENGTH,
     MAX_REASON_LENGTH as MAX_REASON_LENGTH,
     MAX_SECRET_LENGTH as MAX_SECRET_LENGTH,
     MAX_VERSION_LENGTH as MAX_VERSION_LENGTH,
     PROTOCOL_VERSION as PROTOCOL_VERSION,
     REQUEST_EVENTS as REQUEST_EVENTS,
     RESERVED_EVENTS as RESERVED_EVENTS,
-    CachePush as CachePush,
     CacheSync as CacheSync,
     Coma as Coma,
     Command as Command,
@@ -49,7 +61,7 @@ from ._messages import (
     UnknownCommand as UnknownCommand,
     command_payload as command_payload,
     is_int as is_int,
-    nested_within as nested_within,
+    parse_cache_sync as parse_cache_sync,
     parse_command as parse_command,
     parse_hello as parse_hello,
     parse_push as parse_push,

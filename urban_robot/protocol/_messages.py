@@ -24,7 +24,6 @@ from ._errors import MalformedMessage
 MAX_VERSION_LENGTH = 128  # identify.version
 MAX_REASON_LENGTH = 200  # coma/shutdown/failed reasons are cut to this for logs
 MAX_SECRET_LENGTH = 512  # CONNECT auth.secret
-MAX_CACHE_DEPTH = 100  # lists and dicts within lists and dicts in a cache
 PROTOCOL_VERSION = 1
 _SECRET_KEYS = frozenset({"token", "lease_token", "secret"})
 
@@ -85,20 +84,6 @@ def _bool(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 def _reason(value: Any) -> str:
     """A free-text reason as the supervisor keeps it: a string, cut for logs."""
     return str(value if value is not None else "")[:MAX_REASON_LENGTH]
-
-
-def nested_within(data: Any, limit: int = MAX_CACHE_DEPTH) -> bool:
-    """Whether ``data`` (decoded JSON) nests lists and dicts at most ``limit`` deep; iterative, never recursing."""
-    stack = [(data, 1)]
-    while stack:
-        item, depth = stack.pop()
-        values = item.values() if type(item) is dict else item if type(item) is list else ()
-        for value in values:
-            if type(value) is dict or type(value) is list:
-                if depth >= limit:
-                    return False
-                stack.append((value, depth + 1))
-    return True
 
 
 # -- worker → supervisor ---------------------------------------------------------------------------
@@ -168,12 +153,90 @@ class HealthReport(Outbound):
     cogs: dict[str, bool] = attrs.field(factory=dict, validator=_cogs)
 
 
+MAX_CACHE_KEY_LENGTH = 512  # characters of one cache entry's key
+MAX_CACHE_PARTS = 1 << 20  # parts of one cache sync
+
+
+def _cache_entries(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, dict):
+        raise MalformedMessage("cache_sync set must map keys to bytes")
+    for key, data in value.items():
+        if not isinstance(key, str) or len(key) > MAX_CACHE_KEY_LENGTH:
+            raise MalformedMessage(f"cache keys must be strings of at most {MAX_CACHE_KEY_LENGTH} characters")
+        if type(data) is not bytes:
+            raise MalformedMessage(
+                f"cache entry {key[:80]!r} must be bytes (a binary attachment), not {type(data).__name__}"
+            )
+
+
+def _keys(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _entries_repr(value: dict[str, bytes]) -> str:
+    return f"<{len(value)} entries>"
+
+
+def _cache_deletes(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(k, str) and len(k) <= MAX_CACHE_KEY_LENGTH for k in value):
+        raise MalformedMessage("cache_sync delete must be a list of keys")
+
+
 @attrs.frozen
 class CacheSync(Outbound):
-    """§5.5: the holder's whole cache."""
+    """§5.5 / §6.2: one part of a cache sync, both directions; entries are bytes the supervisor never decodes.
+
+    A sync is ``parts`` messages with the same ``sync`` number, ``part`` 0, 1, … in order. ``full``: the
+    entries replace the whole cache; otherwise a delta: ``set`` entries replace theirs, ``delete`` keys go.
+    A key in several parts of one sync has its bytes concatenated (a value larger than a part).
+    """
 
     event: ClassVar[str] = "cache_sync"
-    cache: Any = None
+    sync: int = attrs.field(validator=_int)
+    part: int = attrs.field(validator=_int)
+    parts: int = attrs.field(validator=_int)
+    full: bool = attrs.field(validator=_bool)
+    set: dict[str, bytes] = attrs.field(factory=dict, validator=_cache_entries, repr=_entries_repr)
+    delete: tuple[str, ...] = attrs.field(default=(), converter=_keys, validator=_cache_deletes)
+
+    def __attrs_post_init__(self) -> None:
+        if self.sync < 1 or not 1 <= self.parts <= MAX_CACHE_PARTS or not 0 <= self.part < self.parts:
+            raise MalformedMessage("cache_sync needs sync >= 1 and 0 <= part < parts")
+        if self.full and self.delete:
+            raise MalformedMessage("a full cache_sync has no delete list")
+
+    @property
+    def last(self) -> bool:
+        return self.part == self.parts - 1
+
+    @property
+    def size(self) -> int:
+        return sum(len(v) for v in self.set.values())
+
+    def payload(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "sync": self.sync,
+            "part": self.part,
+            "parts": self.parts,
+            "full": self.full,
+            "set": self.set,
+        }
+        if self.delete:
+            body["delete"] = list(self.delete)
+        return body
+
+
+def parse_cache_sync(data: Any) -> CacheSync:
+    """One part of a cache sync, from either side; the v0 form ``{cache: value}`` is refused with what to do."""
+    if not isinstance(data, dict):
+        raise MalformedMessage("the payload must be an object")
+    if "cache" in data and "sync" not in data:
+        raise MalformedMessage(
+            "cache_sync {cache: value} is no longer accepted: the cache travels as bytes in parts "
+            "{sync, part, parts, full, set} (docs/protocol.md §5.5); update the worker's SDK"
+        )
+    sync: CacheSync = _build(CacheSync, data)
+    return sync
 
 
 @attrs.frozen
@@ -307,14 +370,8 @@ class UnknownCommand:
     name: str
 
 
-@attrs.frozen
-class CachePush:
-    event: ClassVar[str] = "cache_sync"
-    cache: Any
-
-
 Command = Ok | HealthCheck | ProcessCommands | Stop | UnknownCommand
-Push = Hello | CachePush | Command
+Push = Hello | CacheSync | Command
 
 
 def command_payload(command: Ok | HealthCheck | ProcessCommands | Stop) -> dict[str, Any]:
@@ -374,9 +431,7 @@ def parse_push(event: str, data: Any) -> Push | None:
         if event == "cmd":
             return parse_command(data)
         if event == "cache_sync":
-            if not isinstance(data, dict) or "cache" not in data:
-                raise MalformedMessage("cache_sync needs {cache: ...}")
-            return CachePush(data["cache"])
+            return parse_cache_sync(data)
     except MalformedMessage as exc:
         raise MalformedMessage(f"malformed {event!r} {redact(data)!r}: {exc}") from None
     return None
@@ -388,19 +443,11 @@ def _identify(d: dict[str, Any]) -> Identify:
     return Identify(version, d.get("pid"), d.get("generation"), d.get("epoch"), d.get("lease_token"))
 
 
-def _cache_sync(d: dict[str, Any]) -> CacheSync:
-    if "cache" not in d:
-        raise MalformedMessage("cache_sync needs {cache: ...}")
-    if not nested_within(d["cache"]):
-        raise MalformedMessage(f"cache nested deeper than {MAX_CACHE_DEPTH} levels")
-    return CacheSync(d["cache"])
-
-
 _PARSERS: dict[str, Any] = {
     "identify": _identify,
     "heartbeat": lambda d: Heartbeat(d.get("epoch"), d.get("gateway")),
     "ready": lambda d: Ready(),
-    "cache_sync": _cache_sync,
+    "cache_sync": parse_cache_sync,
     "coma": lambda d: Coma(_reason(d.get("reason"))),
     "shutdown": lambda d: Shutdown(_reason(d.get("reason"))),
     "failed": lambda d: Failed(_reason(d.get("reason")), str(d.get("hint") or "")[: MAX_REASON_LENGTH * 2]),

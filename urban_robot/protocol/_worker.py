@@ -34,11 +34,11 @@ from typing import Any
 
 import attrs
 
+from ._cache import Assembly, CacheMap, plain_change, plain_value
 from ._endpoint import Backoff, Timeouts
 from ._errors import MalformedMessage
 from ._lease import HeartbeatSent, LeaseView
 from ._messages import (
-    CachePush,
     CacheSync,
     Coma,
     Failed,
@@ -120,7 +120,8 @@ class CollectCache:
 
 @attrs.frozen
 class ApplyCache:
-    """Give ``cache`` (a push from the supervisor) to the bot's ``set_cache``."""
+    """Give ``cache`` (a push from the supervisor, decoded) to the bot's ``set_cache``: the plain value, or
+    for a :class:`CacheMap` bot the map itself, already updated."""
 
     cache: Any = attrs.field(repr=False)
 
@@ -204,6 +205,14 @@ class WorkerProtocol:
     _final_cache_request: int | None = None
     _finishing: Finish | None = None  # finish once request _finish_after is answered (or the connection goes)
     _finish_after: int | None = None
+    # The cache (docs/protocol.md §11): a CacheMap bot's own map (``mapped``: deltas, no CollectCache), or
+    # for a plain cache the values pushed to us. ``_cache_in_step``: the supervisor holds what we hold (on
+    # this connection), so a delta applies.
+    cache: CacheMap = attrs.Factory(CacheMap)
+    mapped: bool = False
+    _cache_in_step: bool = False
+    _syncs: int = 0
+    _incoming: Assembly = attrs.Factory(lambda: Assembly(limit=1 << 62))
 
     # -- what the shell asks ------------------------------------------------------------------------
     def processing(self, now: float) -> bool:
@@ -232,6 +241,8 @@ class WorkerProtocol:
         self.session += 1
         self.link = Link.IDENTIFYING
         self._hello_this_session = False
+        self._cache_in_step = False  # a new connection: the supervisor checks anew what we hold
+        self._incoming.reset()
         grant = self.lease.grant
         claim = {"epoch": grant.epoch, "lease_token": grant.lease_token} if grant is not None else {}
         identify = Identify(**{**self.identity.payload(), **claim})
@@ -279,6 +290,8 @@ class WorkerProtocol:
             return self._on_identify_answer(answer, now)
         if isinstance(message, Heartbeat):
             self._on_renewal(request, answer, now, out)
+        elif isinstance(message, CacheSync):
+            self._on_cache_answer(request_id, message, answer, now, out)
         elif (error := _error_of(answer)) is not None:
             out.append(Log(logging.ERROR, f"the supervisor refused {message.event!r}: {error}"))
         if request_id == self._final_cache_request and self._after_cache is not None:
@@ -303,8 +316,8 @@ class WorkerProtocol:
             if self.link is Link.IDENTIFYING:  # the push twin came before the ack: act on the first (§5.1)
                 self._drop_pending(Identify)
                 self._on_hello(push, now, out)
-        elif isinstance(push, CachePush):
-            out.append(ApplyCache(push.cache))
+        elif isinstance(push, CacheSync):
+            self._on_cache_push(push, out)
         elif isinstance(push, HealthCheck):
             out.append(RunHealthCheck())
         elif isinstance(push, ProcessCommands):
@@ -357,9 +370,24 @@ class WorkerProtocol:
         """The bot's cache, asked for by :class:`CollectCache` (the final cache of a coma/shutdown)."""
         if self._after_cache is None or self.link is not Link.SERVING:
             return []
-        send = self._send(CacheSync(cache), now)
-        self._final_cache_request = send.request.id
-        return [send]
+        sends = self.sync_cache(cache, now)
+        self._final_cache_request = sends[-1].request.id if sends else None
+        return list(sends)
+
+    def sync_cache(self, cache: Any, now: float) -> list[Send]:
+        """A sync of the bot's cache, in parts (§5.5): a plain ``cache`` whole; a :class:`CacheMap` bot's
+        changed keys (``cache`` ignored), or all of them while the supervisor may not hold the rest.
+        Nothing while not connected. The last part's answer is the sync's."""
+        if self.link is not Link.SERVING:
+            if self.mapped:
+                self.cache.mark_all()  # whoever we talk to next needs all of it
+            return []
+        if self.mapped:
+            change = self.cache.take(full=not self._cache_in_step)
+        else:
+            change = plain_change(cache)
+        self._syncs += 1
+        return [self._send(part, now) for part in change.parts(self._syncs)]
 
     def send(self, message: Message, now: float) -> list[Effect]:
         """A message the bot sends by itself (a cache update, a custom event): sent now if connected."""
@@ -469,9 +497,50 @@ class WorkerProtocol:
         finish = Finish(stop.reason) if stop.shutdown else None
         if stop.cache_sync:
             self._after_cache = (final, finish)
-            out.append(CollectCache())
+            self._collect(now, out)
         else:
             out.append(self._send_final(final, finish, now))
+
+    def _collect(self, now: float, out: list[Effect]) -> None:
+        """The final cache: a CacheMap bot's changes go at once; a plain cache is asked of the bot first."""
+        if not self.mapped:
+            out.append(CollectCache())
+            return
+        sends = self.sync_cache(None, now)
+        self._final_cache_request = sends[-1].request.id
+        out.extend(sends)
+
+    def _on_cache_answer(self, request_id: int, part: CacheSync, answer: Any, now: float, out: list[Effect]) -> None:
+        error = _error_of(answer)
+        if error is None:
+            if part.last:
+                self._cache_in_step = True
+            return
+        self._cache_in_step = False
+        if self.mapped:
+            self.cache.mark_all()
+        if not part.last:
+            return  # the supervisor refuses the rest of the sync alike: said once, for its last part
+        if isinstance(answer, dict) and answer.get("resync") is True and self.mapped and self.link is Link.SERVING:
+            out.append(Log(logging.INFO, f"the supervisor asked for the whole cache ({error})"))
+            sends = self.sync_cache(None, now)
+            if request_id == self._final_cache_request:
+                self._final_cache_request = sends[-1].request.id
+            out.extend(sends)
+            return
+        out.append(Log(logging.ERROR, f"the supervisor refused 'cache_sync': {error}"))
+
+    def _on_cache_push(self, push: CacheSync, out: list[Effect]) -> None:
+        try:
+            change = self._incoming.add(push)
+            if change is None:
+                return
+            self.cache.apply(change)
+        except MalformedMessage as exc:
+            out.append(Log(logging.ERROR, f"ignored a cache push from the supervisor: {exc}"))
+            return
+        self._cache_in_step = True
+        out.append(ApplyCache(self.cache if self.mapped else plain_value(self.cache)))
 
     def _send_final(self, message: Message, finish: Finish | None, now: float) -> Send:
         send = self._send(message, now)
@@ -487,7 +556,7 @@ class WorkerProtocol:
             return [*out, finish]
         if held:  # our cache is the newest there is: hand it over first
             self._after_cache = (message, finish)
-            out.append(CollectCache())
+            self._collect(now, out)
         else:
             out.append(self._send_final(message, finish, now))
         return out

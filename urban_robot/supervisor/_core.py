@@ -50,7 +50,14 @@ from typing import Any
 import attrs
 from packaging.version import InvalidVersion, Version
 
-from ..protocol import MAX_VERSION_LENGTH, PROTOCOL_VERSION
+from ..protocol import (
+    MAX_VERSION_LENGTH,
+    PROTOCOL_VERSION,
+    Assembly,
+    CacheImage,
+    CacheSync as CacheSyncMessage,
+    MalformedMessage,
+)
 from ._events import (
     Action,
     CacheSync,
@@ -123,7 +130,8 @@ class Settings:
     spawn_workers: bool = False  # ask for replacements (when a process manager is attached)
     crash_loop_losses: int = 5  # this many unexpected worker losses ... (0: never a crash loop)
     crash_loop_window: float = 300.0  # ... within this many seconds = crash loop: is_sane = False
-    max_message: int = 64 * 1024 * 1024  # largest Socket.IO message (a cache) a worker may send
+    max_message: int = 4 * 1024 * 1024  # largest Socket.IO message a worker may send (a cache part is 1 MiB)
+    cache_max: int = 256 * 1024 * 1024  # the largest cache (its entries' bytes) kept; it travels in parts
     max_connections: int = 512  # HTTP connections open at once on the port (workers, dashboards, API, webhooks)
 
     @property
@@ -155,6 +163,8 @@ class Worker:
     approved: bool = False  # passed its health check
     check_deadline: float = math.inf
     cache_seq: int = 0  # which of our caches it has
+    cache_in: Assembly | None = None  # the cache sync it is sending us, part by part (the holder only)
+    cache_refused: tuple[int, str] | None = None  # (sync, why): the rest of a refused sync is refused alike
     spawned_generation: int | None = None  # what the process manager spawned it as: outranks its own claim
     release: str | None = None  # what the process manager started it from ("deploy 747c50f12ab3"), for reasons
     gateway: bool | None = None  # its Discord Gateway as last reported (None: never reported, counts as up)
@@ -222,7 +232,7 @@ class Supervisor:
         settings: Settings,
         *,
         state: dict[str, Any] | None = None,
-        cache: Any = None,
+        cache: CacheImage | None = None,
         now: float = 0.0,
         new_token: Callable[[], str] = lambda: secrets.token_hex(16),
     ) -> None:
@@ -230,7 +240,7 @@ class Supervisor:
         self._new_token = new_token
         self.clients: dict[str, Worker] = {}
         self.admins: set[str] = set()
-        self.cache: Any = cache
+        self.cache: CacheImage | None = cache
         self.cache_age: float | None = None
         self.cache_seq = 1 if cache is not None else 0
         self.epoch = 0
@@ -612,22 +622,60 @@ class Supervisor:
         return f" ({'; '.join(parts)})" if parts else ""
 
     def _on_CacheSync(self, e: CacheSync, now: float, out: list[Action]) -> None:
-        w = self._worker(e.wid)
+        """One part of the holder's cache sync (§11): staged as bytes, applied once the last part is in."""
+        w, part = self._worker(e.wid), e.part
+        if w.cache_refused is not None and w.cache_refused[0] == part.sync and part.part > 0:
+            out.append(Reply({"accepted": False, "error": w.cache_refused[1]}))
+            return
+        w.cache_refused = None
         if not self._holds(w):
-            out.append(Reply({"accepted": False, "error": "only the running worker's cache is kept"}))
+            self._refuse_cache(w, part.sync, {"error": "only the running worker's cache is kept"}, out)
             return
         assert self.lease is not None
-        self.cache, self.cache_age = e.cache, now
+        if w.cache_in is None:
+            w.cache_in = Assembly(self.settings.cache_max)
+        try:
+            change = w.cache_in.add(part)
+        except MalformedMessage as exc:
+            self._refuse_cache(w, part.sync, {"error": str(exc)}, out)
+            return
+        if change is None:
+            out.append(Reply({"accepted": True, "part": part.part}))
+            return
+        if not change.full and (self.cache is None or w.cache_seq != self.cache_seq):
+            why = "a delta on a cache this worker does not share with the supervisor: send the whole cache"
+            self._refuse_cache(w, part.sync, {"error": why, "resync": True}, out)
+            return
+        base = self.cache_seq
+        image = (self.cache or CacheImage()).apply(change)
+        if image.size > self.settings.cache_max:
+            why = f"cache larger than the supervisor's cache_max ({self.settings.cache_max} bytes)"
+            self._refuse_cache(w, part.sync, {"error": why}, out)
+            return
+        self.cache, self.cache_age = image, now
         self.cache_seq += 1
         w.cache_seq = self.cache_seq
         if self.lease.stopping:
             self.lease.final_cache = True
         out.append(Reply({"accepted": True}))
-        out.append(PersistCache(e.cache, now, final=self.lease.stopping))
+        out.append(PersistCache(image, change, base, self.cache_seq, now, final=self.lease.stopping))
+        delta, whole = change.parts(self.cache_seq), None
         for other in self.clients.values():
             if other.role in (Role.STANDBY, Role.CHECKING):
-                other.cache_seq = self.cache_seq
-                out.append(Send(other.wid, "cache_sync", {"cache": e.cache}))
+                if change.full or other.cache_seq == base:
+                    self._push_cache(other, delta, out)
+                else:  # it missed an earlier sync: the whole image
+                    whole = whole or image.as_change().parts(self.cache_seq)
+                    self._push_cache(other, whole, out)
+
+    def _refuse_cache(self, w: Worker, sync: int, answer: dict[str, Any], out: list[Action]) -> None:
+        w.cache_in = None  # nothing staged is kept
+        w.cache_refused = (sync, str(answer["error"]))
+        out.append(Reply({"accepted": False, **answer}))
+
+    def _push_cache(self, w: Worker, parts: list[CacheSyncMessage], out: list[Action]) -> None:
+        w.cache_seq = self.cache_seq
+        out.extend(Send(w.wid, "cache_sync", p.payload()) for p in parts)
 
     def _on_ComaAck(self, e: ComaAck, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -896,9 +944,8 @@ class Supervisor:
         self.lease = Lease(w.identity, w.wid, self.epoch, expires, token=self._new_token())
         self._move(w, Trigger.PROMOTE, out, reason)
         out.append(Persist(self.state()))  # the epoch is on disk before anyone may use it
-        if self.cache is not None and w.cache_seq < self.cache_seq:
-            w.cache_seq = self.cache_seq
-            out.append(Send(w.wid, "cache_sync", {"cache": self.cache}))
+        if self.cache is not None and w.cache_seq != self.cache_seq:
+            self._push_cache(w, self.cache.as_change().parts(self.cache_seq), out)
         grant = {"epoch": self.epoch, "lease": self.settings.lease, "lease_token": self.lease.token, "reason": reason}
         out.append(self._cmd(w, "process_commands", grant))
         out.append(Notify("info", f"{w.identity} (version {w.version}) is running, epoch {self.epoch}: {reason}"))

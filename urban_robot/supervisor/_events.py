@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 
+from ..protocol import CacheChange, CacheImage, CacheSync as CacheSyncMessage
+
 
 # -- events ---------------------------------------------------------------------
 @attrs.frozen
@@ -55,8 +57,10 @@ class HealthReport:
 
 @attrs.frozen
 class CacheSync:
+    """One part of a cache sync (§5.5), its entries still bytes."""
+
     wid: str
-    cache: Any
+    part: CacheSyncMessage
 
 
 @attrs.frozen
@@ -222,7 +226,13 @@ class Persist:
 
 @attrs.frozen
 class PersistCache:
-    cache: Any
+    """Keep ``image`` (cache number ``seq``) on disk: ``change`` applied to number ``base`` made it, so a
+    writer holding ``base`` may append the change instead of writing the whole image."""
+
+    image: CacheImage = attrs.field(repr=False)
+    change: CacheChange = attrs.field(repr=False)
+    base: int
+    seq: int
     cache_age: float  # the ``now`` at which it was accepted
     # A hand-over's final cache is acknowledged at once: it also goes to the successor before it processes.
     # Any other accepted cache is acknowledged only once it is on disk (or writing it failed, loudly).

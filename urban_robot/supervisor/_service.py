@@ -129,7 +129,7 @@ class UrbanRobot:
         self.handled_observers: list[Callable[[Event], None]] = []  # ... and once its actions are carried out
         self._send_events, self._events = trio.open_memory_channel[tuple[Event, _Slot | None]](OUTBOX_SIZE)
         self._timer_scope = trio.CancelScope()
-        self._cache_pending: list[tuple[int, Any]] = []  # (write number, cache): the latest only
+        self._cache_pending: list[tuple[int, PersistCache]] = []  # (write number, what to keep), in order
         self._cache_wake = trio.Event()
         self._cache_queued = 0  # caches handed to the writer
         self._cache_written = 0  # the newest of them on disk (or given up on, loudly)
@@ -251,7 +251,7 @@ class UrbanRobot:
             self.server.close(action.wid, action.reason)
         elif isinstance(action, PersistCache):
             self._cache_queued += 1
-            self._cache_pending[:] = [(self._cache_queued, action.cache)]  # a newer cache replaces an unwritten one
+            self._cache_pending.append((self._cache_queued, action))  # written together: appended, or the newest whole
             self._cache_wake.set()
             if not action.final:
                 self._ack_after = self._cache_queued
@@ -297,9 +297,11 @@ class UrbanRobot:
         while True:
             await self._cache_wake.wait()
             self._cache_wake = trio.Event()
-            write, cache = self._cache_pending.pop()
+            batch, self._cache_pending = self._cache_pending, []
+            write, newest = batch[-1]
+            changes = [(a.base, a.change) for _, a in batch]
             try:
-                await self.blocking_io(self.store.save_cache, cache)
+                await self.blocking_io(self.store.save_cache, newest.image, newest.seq, changes)
             except OSError as exc:
                 log.critical("cannot write %s: %s", self.store.cache_path, exc.strerror)
             self._cache_written = write  # also every older write it replaced
@@ -467,7 +469,7 @@ class _WorkerNamespace(Namespace):
         return await self._event(sid, "health_check", args, make, malformed=make)
 
     async def on_cache_sync(self, sid: str, *args: Any) -> Any:
-        return await self._event(sid, "cache_sync", args, lambda m: CacheSync(sid, m.cache))
+        return await self._event(sid, "cache_sync", args, lambda m: CacheSync(sid, m))
 
     async def on_coma(self, sid: str, *args: Any) -> Any:
         return await self._event(sid, "coma", args, lambda m: ComaAck(sid, m.reason))

@@ -63,7 +63,7 @@ Definitions behind the metrics (all times on the supervisor's trio clock):
   neither is the very first promotion (epoch 1).
 - a *restart* is a ``Spawn`` the core asked for: a replacement for a worker process that exited
   unasked, or ``try_again`` with no worker left.
-- ``urban_robot_cache_bytes`` is the size of the cache file on disk (JSON, as last persisted).
+- ``urban_robot_cache_bytes`` is the size of the kept cache: its entries' bytes, as the worker encoded them.
 """
 
 from __future__ import annotations
@@ -402,12 +402,12 @@ class MetricsCollector(Collector):
                 "Seconds since the kept cache was accepted.",
                 value=now - core.cache_age,
             )
-        try:
-            size = robot.store.cache_path.stat().st_size
-        except OSError:
-            size = None
-        if size is not None:
-            yield GaugeMetricFamily("urban_robot_cache_bytes", "Size of the persisted cache file (JSON).", value=size)
+        if core.cache is not None:
+            yield GaugeMetricFamily(
+                "urban_robot_cache_bytes",
+                "Bytes of the kept cache's entries (as the worker encoded them).",
+                value=core.cache.size,
+            )
 
         if self.deployer is not None:
             deploys = CounterMetricFamily("urban_robot_deploys", "Deploy attempts by outcome.", labels=["outcome"])

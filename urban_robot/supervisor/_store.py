@@ -13,7 +13,8 @@ and no file here is opened through a symlink (a planted ``lock`` link would
 truncate the file it points to).
 
     <state-dir>/state.json   epoch, is_sane, last known good, lease holder
-    <state-dir>/cache.json   the running worker's last accepted cache and its age
+    <state-dir>/cache.bin    the running worker's last accepted cache: its entries' bytes as they came,
+                             a snapshot then appended deltas, each sync ending in a commit record
     <state-dir>/secret.key   32 random bytes; children's secrets are HMACs of it
 """
 
@@ -22,15 +23,25 @@ from __future__ import annotations
 import base64
 import errno
 import fcntl
+import itertools
 import json
 import os
 import secrets
 import stat
+import struct
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .._errors import UrbanRobotError
+from ..protocol import CacheChange, CacheImage, Chunks, encode_value
+
+CACHE_MAGIC = b"URCACHE1"
+# One record: op, key length, value length; then the key (UTF-8) and the value. Ops: F a snapshot begins
+# (every entry before it is gone), S set, D delete, C commit (value: saved_at, a big-endian double).
+_RECORD = struct.Struct(">cIQ")
+_COMMIT = struct.Struct(">d")
 
 
 class StateError(UrbanRobotError):
@@ -76,13 +87,14 @@ def read_private(path: Path) -> bytes:
         return file.read()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:
     # Unpredictable and exclusive: a name planted in advance cannot catch the data.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, _NEW, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in [data] if isinstance(data, bytes) else data:
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -96,19 +108,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def _encode(value: Any) -> Any:
-    """JSON can't hold bytes (binary attachments): tag them, and escape look-alikes."""
-    if isinstance(value, (bytes, bytearray)):
-        return {"$bytes": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, dict):
-        encoded = {k: _encode(v) for k, v in value.items()}
-        return {"$dict": encoded} if set(value) in ({"$bytes"}, {"$dict"}) else encoded
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    return value
-
-
 def _decode(value: Any) -> Any:
+    """A cache.json of before the cache was bytes: bytes were tagged ``$bytes``, look-alikes ``$dict``."""
     if isinstance(value, dict):
         if set(value) == {"$bytes"}:
             return base64.b64decode(value["$bytes"])
@@ -124,7 +125,10 @@ class StateStore:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.state_path = self.directory / "state.json"
-        self.cache_path = self.directory / "cache.json"
+        self.cache_path = self.directory / "cache.bin"
+        self.old_cache_path = self.directory / "cache.json"  # before the cache was bytes: read once, then removed
+        self._cache_on_disk: int | None = None  # the cache number cache.bin holds (None: unknown, write it whole)
+        self._journal = 0  # bytes appended to cache.bin since its snapshot
         self.key_path = self.directory / "secret.key"
         self._lock_fd: int | None = None
 
@@ -181,26 +185,95 @@ class StateStore:
             ) from None
         return state
 
-    def load_cache(self) -> tuple[Any, float | None]:
-        """The persisted cache and its age (wall-clock seconds); a damaged file is kept aside, not lost."""
+    def load_cache(self) -> tuple[CacheImage | None, float | None]:
+        """The persisted cache (number 1 from now on) and when it was saved (wall clock); never decoded.
+
+        A sync whose commit record is missing (a write cut short) is left out and cut off the file; a
+        damaged file is kept aside, not lost.
+        """
         try:
-            raw = read_private(self.cache_path)
+            fd = os.open(self.cache_path, os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return self._load_old_cache()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateError(f"{self.cache_path} is a symbolic link: refused (move it away)") from None
+            raise
+        with os.fdopen(fd, "r+b") as file:
+            try:
+                entries, saved_at, end = _read_cache(file)
+            except ValueError:
+                file.close()
+                aside = self.cache_path.with_name(f"cache.bin.damaged-{int(time.time())}")
+                os.replace(self.cache_path, aside)
+                return None, None
+            if file.seek(0, os.SEEK_END) > end:
+                file.truncate(end)
+        self._cache_on_disk, self._journal = 1, 0
+        if saved_at is None:
+            return None, None
+        return CacheImage.of(entries), saved_at
+
+    def _load_old_cache(self) -> tuple[CacheImage | None, float | None]:
+        try:
+            raw = read_private(self.old_cache_path)
         except FileNotFoundError:
             return None, None
         try:
             stored = json.loads(raw)
-            return _decode(stored["cache"]), float(stored["saved_at"])
+            entry = encode_value(_decode(stored["cache"]))
+            saved_at = float(stored["saved_at"])
         except (ValueError, KeyError, TypeError):
-            aside = self.cache_path.with_name(f"cache.json.damaged-{int(time.time())}")
-            os.replace(self.cache_path, aside)
+            aside = self.old_cache_path.with_name(f"cache.json.damaged-{int(time.time())}")
+            os.replace(self.old_cache_path, aside)
             return None, None
+        image = CacheImage.of({"": (entry,)})
+        self._snapshot(image, saved_at)
+        self.old_cache_path.unlink()
+        return image, saved_at
+
+    def save_cache(self, image: CacheImage, seq: int, changes: Sequence[tuple[int, CacheChange]] = ()) -> None:
+        """Keep cache number ``seq``: append ``changes`` ((base, change) each, in order) when they continue
+        what the file holds and the deltas stay smaller than the image; else write the image whole."""
+        added = sum(c.size for _, c in changes)
+        chain = bool(changes) and all(not c.full for _, c in changes)
+        chain = chain and changes[0][0] == self._cache_on_disk
+        chain = chain and all(later[0] == earlier[0] + 1 for earlier, later in itertools.pairwise(changes))
+        if chain and self._journal + added < max(image.size, 1 << 20):
+            self._append(changes)
+            self._journal += added
+        else:
+            self._snapshot(image, time.time())
+            self._journal = 0
+        self._cache_on_disk = seq
+
+    def _snapshot(self, image: CacheImage, saved_at: float) -> None:
+        def pieces() -> Iterable[bytes]:
+            yield CACHE_MAGIC
+            yield _RECORD.pack(b"F", 0, 0)
+            for key, chunks in image.entries.items():
+                yield from _set_record(key, chunks)
+            yield from _commit(saved_at)
+
+        atomic_write(self.cache_path, pieces())
+
+    def _append(self, changes: Sequence[tuple[int, CacheChange]]) -> None:
+        fd = os.open(self.cache_path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        with os.fdopen(fd, "ab") as file:
+            for _, change in changes:
+                for key in sorted(change.delete):
+                    name = key.encode()
+                    file.write(_RECORD.pack(b"D", len(name), 0) + name)
+                for key, chunks in change.set.items():
+                    for piece in _set_record(key, chunks):
+                        file.write(piece)
+                for piece in _commit(time.time()):
+                    file.write(piece)
+            file.flush()
+            os.fsync(file.fileno())
 
     def save_state(self, state: dict[str, Any]) -> None:
         atomic_write(self.state_path, json.dumps(state, indent=1, sort_keys=True).encode())
-
-    def save_cache(self, cache: Any) -> None:
-        body = {"saved_at": time.time(), "cache": _encode(cache)}
-        atomic_write(self.cache_path, json.dumps(body, separators=(",", ":")).encode())
 
     def secret_key(self) -> bytes:
         try:
@@ -212,3 +285,51 @@ class StateStore:
         key = secrets.token_bytes(32)
         atomic_write(self.key_path, key)
         return key
+
+
+def _set_record(key: str, chunks: Chunks) -> Iterable[bytes]:
+    name = key.encode()
+    yield _RECORD.pack(b"S", len(name), sum(len(c) for c in chunks)) + name
+    yield from chunks
+
+
+def _commit(saved_at: float) -> Iterable[bytes]:
+    yield _RECORD.pack(b"C", 0, _COMMIT.size) + _COMMIT.pack(saved_at)
+
+
+def _read_cache(file: BinaryIO) -> tuple[dict[str, Chunks], float | None, int]:
+    """Replay cache.bin: the committed entries, the last commit's saved_at, and where the last commit ends.
+
+    Each value is read into its own bytes (never the whole file at once: memory stays near the cache's
+    size). Raises ValueError for a file that is not a cache file.
+    """
+    if file.read(len(CACHE_MAGIC)) != CACHE_MAGIC:
+        raise ValueError("not a cache file")
+    committed: dict[str, Chunks] = {}
+    entries: dict[str, Chunks] = {}
+    saved_at: float | None = None
+    end = file.tell()
+    while True:
+        head = file.read(_RECORD.size)
+        if len(head) < _RECORD.size:
+            return committed, saved_at, end  # the end, or a record cut short: left out
+        op, key_length, value_length = _RECORD.unpack(head)
+        key_bytes = file.read(key_length)
+        value = file.read(value_length)
+        if len(key_bytes) < key_length or len(value) < value_length:
+            return committed, saved_at, end
+        try:
+            key = key_bytes.decode()
+        except UnicodeDecodeError:
+            raise ValueError("a key is not UTF-8") from None
+        if op == b"F":
+            entries = {}
+        elif op == b"S":
+            entries[key] = (value,)
+        elif op == b"D":
+            entries.pop(key, None)
+        elif op == b"C" and value_length == _COMMIT.size:
+            (saved_at,) = _COMMIT.unpack(value)
+            committed, entries, end = entries, dict(entries), file.tell()
+        else:
+            raise ValueError(f"unknown record {op!r}")

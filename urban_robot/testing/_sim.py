@@ -22,7 +22,18 @@ import trio
 import trio_websocket
 
 from ..engineio import PacketType, decode_packet
-from ..protocol import CacheSync, Coma, Heartbeat, Identify, Message, Ready, Shutdown
+from ..protocol import (
+    Assembly,
+    CacheMap,
+    Coma,
+    Heartbeat,
+    Identify,
+    MalformedMessage,
+    Message,
+    Ready,
+    Shutdown,
+    parse_cache_sync,
+)
 from ..socketio import Decoder, Packet, PacketType as SioType, encode
 
 log = logging.getLogger("urban_robot.testing")
@@ -50,7 +61,13 @@ class SimulatedWorker:
         self.name = name
         self.echo = echo  # print each step on stdout (a child's log file)
         self.slow = 0.0  # seconds to wait before answering each command
-        self.cache: Any = None
+        self.cache = CacheMap()  # its cache: the changed keys are synced (a CacheMap bot) ...
+        self.plain = False  # ... or, set, the whole cache at every sync (a plain-cache bot)
+        self._cache_in_step = False  # the supervisor holds what we hold: a delta applies
+        self._syncs = 0
+        self._incoming = Assembly(limit=1 << 62)
+        self._cache_lock = trio.Lock()  # one sync's parts go out together
+        self._send_lock = trio.Lock()  # one packet's messages (text, then attachments) go out together
         self.token: str | None = None
         self.interval = 30.0
         self.granted: int | None = None
@@ -133,6 +150,7 @@ class SimulatedWorker:
             await ws.send_message("40" + json.dumps({"secret": self.secret}))
             self._connected = trio.Event()
             self._decoder = Decoder()
+            self._cache_in_step = False
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._reader, nursery)
                 task_status.started()
@@ -174,7 +192,22 @@ class SimulatedWorker:
             done.set()
         elif packet.type is SioType.EVENT:
             event, *args = packet.data
-            nursery.start_soon(self._on_event, event, args[0] if args else None)
+            if event == "cache_sync":  # applied here, in order: before any command that follows it
+                self._on_cache_push(args[0] if args else None)
+            else:
+                nursery.start_soon(self._on_event, event, args[0] if args else None)
+
+    def _on_cache_push(self, data: Any) -> None:
+        try:
+            change = self._incoming.add(parse_cache_sync(data))
+            if change is not None:
+                self.cache.apply(change)
+        except MalformedMessage as exc:
+            self._note("bad_cache_push", str(exc))
+            return
+        if change is not None:
+            self._cache_in_step = True
+            self._note("cache_received", dict(self.cache))
 
     async def _on_event(self, event: str, data: Any) -> None:
         if event == "hello":
@@ -184,9 +217,6 @@ class SimulatedWorker:
             if data.get("process_commands"):
                 self.granted = data["epoch"]
                 await self.heartbeat()
-        elif event == "cache_sync":
-            self.cache = data["cache"]
-            self._note("cache_received", data["cache"])
         elif event == "cmd":
             await self._on_cmd(data["t"], data.get("d") or {})
 
@@ -205,7 +235,7 @@ class SimulatedWorker:
             self.processing_until = -math.inf
             self._note("stopped", name)
             if data.get("cache_sync"):
-                await self._send(CacheSync(self.cache))
+                await self.sync_cache()
             reason = str(data.get("reason", ""))
             await self._send(Shutdown(reason) if name == "shutdown" else Coma(reason))
             if name == "shutdown":
@@ -238,24 +268,52 @@ class SimulatedWorker:
         """A cache write while processing: kept locally, synced to the supervisor."""
         if not self.processing:
             return False
-        self.cache = {**(self.cache or {}), key: value}
-        reply = await self._send(CacheSync(self.cache))
+        self.cache[key] = value
+        reply = await self.sync_cache()
         return bool(isinstance(reply, dict) and reply.get("accepted"))
+
+    async def sync_cache(self) -> Any:
+        """Send the cache in parts (what changed, or all of it) and return the last part's answer."""
+        async with self._cache_lock:
+            change = self.cache.take(full=self.plain or not self._cache_in_step)
+            self._syncs += 1
+            waiters = [await self._emit_nowait(part.event, part.payload()) for part in change.parts(self._syncs)]
+        answers = [await self._answer(w) for w in waiters]
+        reply = answers[-1] if answers else None
+        accepted = isinstance(reply, dict) and reply.get("accepted") is True
+        self._cache_in_step = accepted
+        if not accepted:
+            self.cache.mark_all()
+            if isinstance(reply, dict) and reply.get("resync") is True:
+                return await self.sync_cache()
+        return reply
 
     async def _send(self, message: Message) -> Any:
         return await self._emit(message.event, message.payload())
 
     async def _emit(self, event: str, data: Any) -> Any:
         """Emit with an ack and wait for it; None if the connection went first."""
+        return await self._answer(await self._emit_nowait(event, data))
+
+    async def _emit_nowait(self, event: str, data: Any) -> tuple[trio.Event, list[Any]] | None:
+        """Emit with an ack; what to wait on for it (None: not sent)."""
         if self._ws is None or self.hung:
             return None
         ack_id = next(self._ids)
         done, answer = trio.Event(), list[Any]()
         self._acks[ack_id] = (done, answer)
         try:
-            for message in encode(Packet(SioType.EVENT, "/", [event, data], ack_id)):
-                await self._ws.send_message("4" + message if isinstance(message, str) else message)
+            async with self._send_lock:
+                for message in encode(Packet(SioType.EVENT, "/", [event, data], ack_id)):
+                    await self._ws.send_message("4" + message if isinstance(message, str) else message)
         except trio_websocket.ConnectionClosed:
             return None
+        return done, answer
+
+    @staticmethod
+    async def _answer(waiter: tuple[trio.Event, list[Any]] | None) -> Any:
+        if waiter is None:
+            return None
+        done, answer = waiter
         await done.wait()
         return answer[0] if answer else None
