@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests._helpers import read_until
+from tests._helpers import plain, pushed, read_until
 from urban_robot.dev import Debouncer, DevMode, Tree, develop
 from urban_robot.supervisor import Settings
 from urban_robot.supervisor._app import Options
@@ -98,13 +98,13 @@ async def test_a_good_change_is_swapped_in_with_the_cache(nursery: trio.Nursery,
         while core.cache is None:  # the running worker writes its cache once it processes
             await trio.sleep(0.05)
         accepted: list[Any] = []
-        handed: dict[str, Any] = {}
+        handed: list[Any] = []
 
         def observe(action: object) -> None:
             if isinstance(action, PersistCache):
-                accepted.append(action.cache)
+                accepted.append(plain(action.image))
             elif isinstance(action, Send) and action.event == "cache_sync":
-                handed[action.wid] = action.data["cache"]
+                handed.append(action)
 
         dev.app.robot.observers.append(observe)
         write_bot(dev.tree.root, version="2.0")
@@ -118,7 +118,7 @@ async def test_a_good_change_is_swapped_in_with_the_cache(nursery: trio.Nursery,
     holder = core.clients[core.lease.wid]  # type: ignore[union-attr,index]
     assert holder.version == "2.0" and holder.generation == 2
     assert accepted and len(accepted[-1]["blob"]) == 64  # the old worker's final cache, taken at its coma ...
-    assert handed[holder.wid] == accepted[-1]  # ... is what the new worker was given before it processed
+    assert pushed(handed, holder.wid) == accepted[-1]  # ... is what the new worker was given before it processed
     assert gone(old_pid) and not gone(new_pid)
     assert dev.app.children.cwd == dev.tree.snapshots / "2"
     assert "generation 1 is running" in out.getvalue()

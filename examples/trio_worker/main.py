@@ -46,7 +46,7 @@ async def main() -> None:
             await worker.processing_started.wait()
             while worker.processing:
                 cache["ticks"] += 1  # the bot's work, only while it holds the lease
-                worker.sync_cache(cache)
+                await worker.sync_cache(cache)  # kept by the supervisor (on disk) once this returns
                 await trio.sleep(1)
 
 

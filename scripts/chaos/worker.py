@@ -121,7 +121,7 @@ class ChaosBot:
         self.written += 1
         key = f"{self.identity}:{self.written}"
         self.cache[key] = self.written
-        answer = await worker.sync_cache(dict(self.cache)).wait()
+        answer = await worker.sync_cache(dict(self.cache))
         if isinstance(answer, dict) and answer.get("accepted") is True:
             self.journal.write("write", key=key, epoch=self.epoch())
 

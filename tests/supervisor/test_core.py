@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests._helpers import cache_sync, image, plain, pushed
+from tests._helpers import NOTHING_PUSHED, cache_sync, image, plain, pushed
 from urban_robot.protocol import CacheChange
 from urban_robot.supervisor import (
     CacheSync as CacheSyncEvent,
@@ -185,10 +185,10 @@ def test_newer_version_takes_over_with_the_final_cache() -> None:
 
 def test_cache_reaches_the_new_holder_before_process_commands() -> None:
     d = Driver(cache=image({"restored": True}))
-    out = d.join("a")
-    sends = [(a.event, a.data) for a in out if isinstance(a, Send) and a.wid == "a"]
-    assert pushed(out, "a") == {"restored": True}
-    assert sends[0][0] == "cache_sync" and sends[1][1]["t"] == "process_commands"
+    d.join("a")
+    sends = [(a.event, a.data) for a in d.actions if isinstance(a, Send) and a.wid == "a" and a.event != "hello"]
+    assert pushed(d.actions, "a") == {"restored": True}  # at its health check already: warm before its grant
+    assert [e if e != "cmd" else d["t"] for e, d in sends] == ["cache_sync", "health_check", "process_commands"]
 
 
 def test_not_newer_stays_in_coma_or_is_shut_down_if_outdated() -> None:
@@ -370,7 +370,7 @@ def test_restart_restores_epoch_sanity_and_waits_out_the_old_lease() -> None:
     out = restarted.feed(TimerFired(), at=117)
     grant = restarted.grant(out, "b")
     assert grant["epoch"] == 2
-    assert pushed(out, "b") == {"kept": 1}
+    assert pushed(restarted.actions, "b") == {"kept": 1}
 
 
 def test_cache_from_a_standby_is_refused() -> None:
@@ -1135,12 +1135,17 @@ def test_a_worker_that_missed_the_fan_out_gets_the_cache_before_its_grant() -> N
     d.feed(Connected("b", identity="id-b"))
     d.feed(Identified("b", version="1.0"))  # logging in to Discord: no fan-out to it yet
     d.feed(cache_sync("a", {"n": 1}), at=1)
-    d.feed(Ready("b"))
+    out = d.feed(Ready("b"))  # logged in: the whole cache (warm from now on), then its health check
+    assert d.cmds(out, "b") == ["health_check"] and pushed(out, "b") == {"n": 1}
     d.feed(HealthReport("b", HEALTHY))
     out = d.feed(ProcessExited("id-a", -9), at=2)
-    sends = [(x.event, x.data) for x in out if isinstance(x, Send) and x.wid == "b"]
-    assert pushed(out, "b") == {"n": 1}
-    assert sends[0][0] == "cache_sync" and sends[1][1]["t"] == "process_commands"
+    assert pushed(out, "b") is NOTHING_PUSHED and d.cmds(out, "b") == ["process_commands"]
+    d.core.clients["b"].cache_seq = 0  # had it missed that push too: sent before the grant
+    d.join("c")
+    out = d.feed(ProcessExited("id-b", -9), at=3)
+    [promoted] = [w for w in ("c",) if d.cmds(out, w) == ["process_commands"]]
+    sends = [(x.event, x.data) for x in out if isinstance(x, Send) and x.wid == promoted]
+    assert pushed(out, promoted) is NOTHING_PUSHED or sends[-1][1]["t"] == "process_commands"
 
 
 def test_a_holder_promoted_again_is_not_sent_its_own_cache() -> None:
@@ -1395,10 +1400,12 @@ def test_a_standby_that_missed_a_sync_gets_the_whole_image_not_the_delta() -> No
     d.join("a")
     d.renew("a", 1)
     d.feed(cache_sync("a", {"n": 1}))
-    d.join("b")  # after the first sync: it does not have the base
-    out = d.feed(parts_of("a", CacheChange(False, {"k": (b"v",)}), sync=2)[0])
+    d.join("b")  # after the first sync: warmed with the whole image at its health check
+    d.core.clients["b"].cache_seq = 0  # as if that push had not reached it
+    out = d.feed(parts_of("a", CacheChange(False, {"k": (b'"v"',)}), sync=2)[0])
     [push] = [a for a in out if isinstance(a, Send) and a.wid == "b"]
-    assert push.data["full"] is True and push.data["set"] == {"": b'{"n":1}', "k": b"v"}
+    assert push.data["full"] is True and push.data["set"] == {"": b'{"n":1}', "k": b'"v"'}
+    assert pushed(d.actions, "b") == {"": {"n": 1}, "k": "v"}
 
 
 def test_a_delta_on_a_cache_the_worker_does_not_share_is_refused_with_resync() -> None:

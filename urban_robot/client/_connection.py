@@ -168,6 +168,9 @@ class Connection:
         waiter.done.set()
 
 
+RECEIVE_BUFFER = 256 * 1024
+
+
 @asynccontextmanager
 async def open_connection(ws_url: str, secret: str, ack_ids: AckIds, timeouts: Timeouts) -> AsyncIterator[Connection]:
     """A connected, authenticated connection (CONNECT acknowledged), closed on exit."""
@@ -175,6 +178,7 @@ async def open_connection(ws_url: str, secret: str, ack_ids: AckIds, timeouts: T
         async with trio_websocket.open_websocket_url(
             ws_url,
             max_message_size=MAX_MESSAGE,
+            receive_buffer_size=RECEIVE_BUFFER,  # trio-websocket's 4 KiB makes a 1 MiB cache part 256 reads
             connect_timeout=timeouts.connect,
             disconnect_timeout=timeouts.close,
         ) as ws:

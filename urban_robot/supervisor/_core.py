@@ -557,7 +557,9 @@ class Supervisor:
         elif w.role is Role.STANDBY and not w.approved:
             self._move(w, Trigger.CHECK, out)
             w.check_deadline = now + self.settings.health_timeout
-            out.append(self._cmd(w, "health_check"))
+            if self.cache is not None and w.cache_seq != self.cache_seq:  # warm from now on (§11.3): then deltas
+                self._push_cache(w, self.cache.as_change().parts(self.cache_seq), out)
+            out.append(self._cmd(w, "health_check"))  # after the cache: its report says it arrived (pushes keep order)
 
     def _on_HealthReport(self, e: HealthReport, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)

@@ -143,7 +143,9 @@ class SimulatedWorker:
 
     async def _session(self, task_status: trio.TaskStatus[None]) -> None:
         ws_url = self.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
-        async with trio_websocket.open_websocket_url(ws_url, max_message_size=64 * 1024 * 1024) as ws:
+        async with trio_websocket.open_websocket_url(
+            ws_url, max_message_size=64 * 1024 * 1024, receive_buffer_size=256 * 1024
+        ) as ws:
             self._ws = ws
             opened = await ws.get_message()
             assert isinstance(opened, str) and opened.startswith("0")

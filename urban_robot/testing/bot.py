@@ -6,12 +6,14 @@ bot does comes from ``bot.json`` in the same commit, so each commit is a differe
     {"version": "1.1", "health": {...}, "crash": false, "hang": false, "cache_bytes": 0}
 
 ``crash`` exits at start (a broken import), ``hang`` never connects (stuck before ready),
-``cache_bytes`` writes a cache that large once it processes (hand-over benchmarks). It logs each step on
+``cache_bytes`` writes a cache that large once it processes (hand-over benchmarks: 1 MB keys of which
+``cache_changed`` bytes change before the hand-over, or with ``cache_plain`` one value sent whole). It logs each step on
 stdout (its log file) and reconnects when the supervisor goes away, as a real bot would.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -25,10 +27,31 @@ from ._sim import HEALTHY, SimulatedWorker
 MAIN_PY = "from urban_robot.testing.bot import main\n\nmain()\n"
 
 
-async def write_cache_once_processing(worker: SimulatedWorker, size: int) -> None:
-    """Write a ``size``-byte cache as soon as ``worker`` processes (hand-over benchmarks)."""
+async def write_cache_once_processing(
+    worker: SimulatedWorker, size: int, changed: int = 0, *, plain: bool = False
+) -> None:
+    """Write a ``size``-byte cache as soon as ``worker`` processes (hand-over benchmarks).
+
+    A CacheMap bot: 1 MB keys, synced once; then ``changed`` bytes of keys are rewritten and left for the
+    final cache (a delta: the hand-over after that much change). ``plain``: one ``size``-character string
+    sent whole at every sync, its final cache too (a bot whose ``get_cache`` returns the whole value)."""
     await worker.wait_for("processing")
-    await worker.write("blob", os.urandom(size))
+    if plain:
+        worker.plain = True
+        await worker.write("blob", os.urandom(size // 2 + 1).hex()[:size])
+        return
+    step = 1_000_000
+    for n, start in enumerate(range(0, size, step)):
+        worker.cache[f"k{n}"] = os.urandom(step // 2).hex()[: min(step, size - start)]
+    await worker.sync_cache()
+    left = changed
+    for n in range(0, size // step + 1):
+        if left <= 0:
+            break
+        piece = min(step, left)
+        worker.cache[f"k{n}"] = os.urandom(piece // 2 + 1).hex()[:piece]
+        left -= piece
+    worker._note("cache_changed", changed)
 
 
 async def _run(config: dict[str, Any]) -> None:
@@ -44,7 +67,8 @@ async def _run(config: dict[str, Any]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: worker.run(reconnect=True))
         if config.get("cache_bytes"):  # aside: a standby that never processes must still end when told
-            nursery.start_soon(write_cache_once_processing, worker, int(config["cache_bytes"]))
+            write = functools.partial(write_cache_once_processing, plain=bool(config.get("cache_plain")))
+            nursery.start_soon(write, worker, int(config["cache_bytes"]), int(config.get("cache_changed") or 0))
         await worker.done.wait()
         nursery.cancel_scope.cancel()
 

@@ -225,10 +225,17 @@ def is_ack_of(wid: str | None) -> Callable[[Action], bool]:
 
 
 async def good_deploy(
-    app: App, recorder: Recorder, repos: Repos, http: httpx.AsyncClient, n: int, cache_bytes: int, fresh: bool
+    app: App,
+    recorder: Recorder,
+    repos: Repos,
+    http: httpx.AsyncClient,
+    n: int,
+    cache_bytes: int,
+    fresh: bool,
+    cache: dict[str, Any],
 ) -> GoodDeploy:
     version = f"2.{n}"
-    commit = await repos.commit(f"good {n}", version=version, cache_bytes=cache_bytes)
+    commit = await repos.commit(f"good {n}", version=version, cache_bytes=cache_bytes, **cache)
     await steady(app, recorder, cache_bytes)
     if fresh:
         await tidy(app)
@@ -326,14 +333,17 @@ async def failed_deploy(
     )
 
 
-async def main(rounds: int, cache_mb: float, fresh: bool) -> dict[str, Any]:
+async def main(
+    rounds: int, cache_mb: float, fresh: bool, changed_mb: float | None = None, plain: bool = False
+) -> dict[str, Any]:
     cache_bytes = int(cache_mb * 1_000_000)
+    cache = {"cache_changed": int((changed_mb or 0) * 1_000_000), "cache_plain": plain}
     good: list[GoodDeploy] = []
     failed: list[FailedDeploy] = []
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
         repos = Repos(Path(tmp))
         await repos.create()
-        await repos.commit("first", version="1.0", cache_bytes=cache_bytes)
+        await repos.commit("first", version="1.0", cache_bytes=cache_bytes, **cache)
         await git(repos.tmp, "clone", "-q", str(repos.upstream), str(repos.managed))
         options = Options(
             helium_path=repos.managed,
@@ -355,7 +365,7 @@ async def main(rounds: int, cache_mb: float, fresh: bool) -> dict[str, Any]:
                 assert app.robot.core.last_known_good_hash is not None, app.deployer.history
             for n in range(1, rounds + 1):
                 with trio.fail_after(STEP_TIMEOUT):
-                    good.append(await good_deploy(app, recorder, repos, http, n, cache_bytes, fresh))
+                    good.append(await good_deploy(app, recorder, repos, http, n, cache_bytes, fresh, cache))
                 with trio.fail_after(STEP_TIMEOUT):
                     failed.append(await failed_deploy(app, recorder, repos, http, n, cache_bytes, fresh))
                 g, f = good[-1], failed[-1]
@@ -369,7 +379,7 @@ async def main(rounds: int, cache_mb: float, fresh: bool) -> dict[str, Any]:
                 )
             processes = len(app.children.children)
             nursery.cancel_scope.cancel()  # Children stops every child it started
-    return {
+    result: dict[str, Any] = {
         "deploy_to_processing_s": round(statistics.median(g.to_processing_s for g in good), 3),
         "handover_gap_ms": round(statistics.median(g.handover_ms for g in good), 1),
         "failed_deploy_gap_ms": round(max(f.gap_ms for f in failed), 1),
@@ -392,12 +402,28 @@ async def main(rounds: int, cache_mb: float, fresh: bool) -> dict[str, Any]:
         "failed_deploy_spawn_backoffs_s": [round(f.backoff_s, 2) for f in failed],
         "worker_processes_at_end": processes,
     }
+    result["cache_plain"] = plain
+    if changed_mb is not None:  # the hand-over's final cache is a delta of changed_mb
+        result["delta_handover_gap_ms"] = result["handover_gap_ms"]
+        result["changed_mb"] = changed_mb
+    return result
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cache-mb", type=float, default=10)
+    parser.add_argument(
+        "--changed-mb",
+        type=float,
+        default=None,
+        help="the bot (a CacheMap of 1 MB keys) changes this many MB before each hand-over: its final cache is a delta",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="a bot whose cache is one value sent whole at every sync, its final cache too (the worst case)",
+    )
     parser.add_argument(
         "--fresh",
         action="store_true",
@@ -407,7 +433,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     # Failed deploys warn by design (health check failed, rolling back); errors are still shown.
     logging.basicConfig(level=logging.ERROR)
-    result = trio.run(main, args.rounds, args.cache_mb, args.fresh)
+    result = trio.run(main, args.rounds, args.cache_mb, args.fresh, args.changed_mb, args.plain)
     print(
         f"webhook -> new version processing (first renewal answered), median of {result['rounds']}: "
         f"{result['deploy_to_processing_s']} s; without the spawn backoff: "
