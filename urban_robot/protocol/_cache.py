@@ -14,6 +14,7 @@ largest message. :class:`Assembly` puts the parts back together on the receiving
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
@@ -99,6 +100,15 @@ class CacheChange:
     def size(self) -> int:
         """Bytes of entries it carries."""
         return sum(_size(c) for c in self.set.values())
+
+    def digest(self) -> bytes:
+        """A fingerprint of a full change's entries: a plain cache sent again unchanged need not travel."""
+        h = hashlib.blake2b(digest_size=16)
+        for key in sorted(self.set):
+            h.update(len(key).to_bytes(4, "big") + key.encode() + _size(self.set[key]).to_bytes(8, "big"))
+            for chunk in self.set[key]:
+                h.update(chunk)
+        return h.digest()
 
     def parts(self, sync: int, part_bytes: int = PART_BYTES) -> list[CacheSync]:
         """The messages that carry this change as sync number ``sync``, each with at most ``part_bytes``."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from ._cache import Assembly, CacheMap, plain_change, plain_value
+from ._cache import Assembly, CacheChange, CacheMap, plain_change, plain_value
 from ._endpoint import Backoff, Timeouts
 from ._errors import MalformedMessage
 from ._lease import HeartbeatSent, LeaseView
@@ -212,6 +212,10 @@ class WorkerProtocol:
     mapped: bool = False
     _cache_in_step: bool = False
     _syncs: int = 0
+    # A plain cache: the fingerprint of what the supervisor holds, and of each sync in flight (an unchanged
+    # cache is sent as an empty delta: a hand-over then moves nothing the standbys do not have).
+    _plain_kept: bytes | None = None
+    _plain_sent: dict[int, bytes] = attrs.Factory(dict)
     _incoming: Assembly = attrs.Factory(lambda: Assembly(limit=1 << 62))
 
     # -- what the shell asks ------------------------------------------------------------------------
@@ -242,6 +246,7 @@ class WorkerProtocol:
         self.link = Link.IDENTIFYING
         self._hello_this_session = False
         self._cache_in_step = False  # a new connection: the supervisor checks anew what we hold
+        self._plain_kept = None
         self._incoming.reset()
         grant = self.lease.grant
         claim = {"epoch": grant.epoch, "lease_token": grant.lease_token} if grant is not None else {}
@@ -382,11 +387,14 @@ class WorkerProtocol:
             if self.mapped:
                 self.cache.mark_all()  # whoever we talk to next needs all of it
             return []
+        self._syncs += 1
         if self.mapped:
             change = self.cache.take(full=not self._cache_in_step)
         else:
             change = plain_change(cache)
-        self._syncs += 1
+            digest = self._plain_sent[self._syncs] = change.digest()
+            if self._cache_in_step and digest == self._plain_kept:
+                change = CacheChange(False)  # unchanged since the supervisor kept it: nothing to move
         return [self._send(part, now) for part in change.parts(self._syncs)]
 
     def send(self, message: Message, now: float) -> list[Effect]:
@@ -512,11 +520,12 @@ class WorkerProtocol:
 
     def _on_cache_answer(self, request_id: int, part: CacheSync, answer: Any, now: float, out: list[Effect]) -> None:
         error = _error_of(answer)
+        kept = self._plain_sent.pop(part.sync, None) if part.last else None
         if error is None:
             if part.last:
-                self._cache_in_step = True
+                self._cache_in_step, self._plain_kept = True, kept
             return
-        self._cache_in_step = False
+        self._cache_in_step, self._plain_kept = False, None
         if self.mapped:
             self.cache.mark_all()
         if not part.last:
@@ -536,6 +545,7 @@ class WorkerProtocol:
             if change is None:
                 return
             self.cache.apply(change)
+            self._plain_kept = None if self.mapped or not change.full else change.digest()
         except MalformedMessage as exc:
             out.append(Log(logging.ERROR, f"ignored a cache push from the supervisor: {exc}"))
             return

@@ -24,6 +24,7 @@ import trio_websocket
 from ..engineio import PacketType, decode_packet
 from ..protocol import (
     Assembly,
+    CacheChange,
     CacheMap,
     Coma,
     Heartbeat,
@@ -67,6 +68,7 @@ class SimulatedWorker:
         self._syncs = 0
         self._incoming = Assembly(limit=1 << 62)
         self._cache_lock = trio.Lock()  # one sync's parts go out together
+        self._plain_kept: bytes | None = None  # plain: the fingerprint of what the supervisor holds
         self._send_lock = trio.Lock()  # one packet's messages (text, then attachments) go out together
         self.token: str | None = None
         self.interval = 30.0
@@ -278,12 +280,18 @@ class SimulatedWorker:
         """Send the cache in parts (what changed, or all of it) and return the last part's answer."""
         async with self._cache_lock:
             change = self.cache.take(full=self.plain or not self._cache_in_step)
+            digest = None
+            if self.plain:  # as the SDKs do with a plain cache: an unchanged one is an empty delta
+                digest = change.digest()
+                if self._cache_in_step and digest == self._plain_kept:
+                    change = CacheChange(False)
             self._syncs += 1
             waiters = [await self._emit_nowait(part.event, part.payload()) for part in change.parts(self._syncs)]
         answers = [await self._answer(w) for w in waiters]
         reply = answers[-1] if answers else None
         accepted = isinstance(reply, dict) and reply.get("accepted") is True
         self._cache_in_step = accepted
+        self._plain_kept = digest if accepted else None
         if not accepted:
             self.cache.mark_all()
             if isinstance(reply, dict) and reply.get("resync") is True:

@@ -27,8 +27,13 @@ from ._sim import HEALTHY, SimulatedWorker
 MAIN_PY = "from urban_robot.testing.bot import main\n\nmain()\n"
 
 
+def small_objects(size: int) -> dict[str, Any]:
+    """About ``size`` bytes of JSON in small objects (the cache that froze the supervisor when it decoded)."""
+    return {f"r{n}": [n, "tea at 5", {"u": n % 977}] for n in range(size // 40 + 1)}
+
+
 async def write_cache_once_processing(
-    worker: SimulatedWorker, size: int, changed: int = 0, *, plain: bool = False
+    worker: SimulatedWorker, size: int, changed: int = 0, *, plain: bool = False, small: bool = False
 ) -> None:
     """Write a ``size``-byte cache as soon as ``worker`` processes (hand-over benchmarks).
 
@@ -36,9 +41,10 @@ async def write_cache_once_processing(
     final cache (a delta: the hand-over after that much change). ``plain``: one ``size``-character string
     sent whole at every sync, its final cache too (a bot whose ``get_cache`` returns the whole value)."""
     await worker.wait_for("processing")
-    if plain:
+    if plain or small:
         worker.plain = True
-        await worker.write("blob", os.urandom(size // 2 + 1).hex()[:size])
+        await worker.write("blob", small_objects(size) if small else os.urandom(size // 2 + 1).hex()[:size])
+        worker._note("cache_written", size)
         return
     step = 1_000_000
     for n, start in enumerate(range(0, size, step)):

@@ -21,6 +21,7 @@ directory — so a commit of the bot's repository that changes that file rehears
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
@@ -80,7 +81,12 @@ async def main(config: dict[str, Any]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: worker.run(reconnect=True))
         if config.get("cache_bytes"):  # aside: a standby that never processes must still end when told
-            nursery.start_soon(write_cache_once_processing, worker, int(config["cache_bytes"]))
+            write = functools.partial(
+                write_cache_once_processing,
+                plain=bool(config.get("cache_plain")),
+                small=bool(config.get("cache_small")),
+            )
+            nursery.start_soon(write, worker, int(config["cache_bytes"]), int(config.get("cache_changed") or 0))
         if config.get("journal"):
             nursery.start_soon(journal, worker, str(config["journal"]), name)
         await worker.done.wait()
@@ -104,12 +110,16 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version")
     parser.add_argument("--cache-bytes", type=int, default=0)
+    parser.add_argument("--cache-plain", action="store_true", help="one value sent whole at every sync")
+    parser.add_argument("--cache-small", action="store_true", help="a plain cache of small objects")
     args = parser.parse_args()
     settings = rehearsal()
     if args.version:
         settings.setdefault("version", args.version)
     if args.cache_bytes:
         settings["cache_bytes"] = args.cache_bytes
+        settings["cache_plain"] = args.cache_plain
+        settings["cache_small"] = args.cache_small
     try:
         start(settings)
     except KeyboardInterrupt:
