@@ -19,7 +19,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, strategies as st
 
 from tests._fuzz import examples
-from urban_robot.web._websocket import FAST_FRAME, WebSocket, WebSocketClosed
+from urban_robot.web._websocket import FAST_FRAME, YIELD_EVERY, WebSocket, WebSocketClosed
 
 
 def frame(
@@ -147,3 +147,32 @@ async def test_over_a_real_socket_reads_and_writes_the_descriptor() -> None:
         with pytest.raises(WebSocketClosed):
             await ws.receive()
     await stream.aclose()
+
+
+async def test_a_task_that_only_sends_still_yields_and_is_cancelled() -> None:
+    a, b = socket.socketpair()  # its buffer takes every write below at once: none of them waits
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(a))
+    ws = WebSocket(stream, b"", max_message=1_000)
+    ticks = 0
+
+    async def other() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.sleep(0)
+        before = ticks
+        for _ in range(3 * YIELD_EVERY):
+            await ws.send("x")
+        assert ticks - before >= 2  # the other task ran meanwhile
+        nursery.cancel_scope.cancel()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await ws.send("x")
+    assert scope.cancelled_caught
+    await stream.aclose()
+    assert len(b.recv(1 << 16)) == 3 * YIELD_EVERY * 3
+    b.close()

@@ -17,15 +17,19 @@ the server's CPU per ack. So, on a TCP socket:
   everything unusual exactly as before;
 - reads and writes go to the socket's descriptor directly: a write that the
   kernel takes at once costs no trip through trio's scheduler (trio's stream
-  would yield after it), and a read after a short one waits for readability
+  would yield after each), and a read after a short one waits for readability
   first instead of trying a ``recv`` that would fail (a full read tries again
   at once, at most ``EAGER_READS`` times in a row, so a flood still yields).
+  Both still raise ``Cancelled`` when cancelled, as trio's do; and every
+  ``YIELD_EVERY`` writes that did not wait (all connections together) yield
+  once, so a task that does nothing but send cannot starve the others.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from typing import ClassVar
 
 import trio
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -40,6 +44,7 @@ CLOSE_TIMEOUT = 2.0
 LARGE = 64 * 1024
 FAST_FRAME = 64 * 1024  # the largest payload parsed here; larger frames stream through wsproto
 EAGER_READS = 16  # reads in a row without waiting, while each fills its buffer
+YIELD_EVERY = 32  # writes that did not wait, across all connections, between two yields
 _POSIX = os.name == "posix"  # os.read / os.write on a socket's descriptor
 
 
@@ -90,6 +95,7 @@ class WebSocketClosed(Exception):
 
 class WebSocket:
     _fast_frames = True  # False: wsproto parses every frame (the tests compare both)
+    _unyielded: ClassVar[list[int]] = [0]  # writes since the last yield, shared by every connection
 
     def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, *, max_message: int) -> None:
         self._stream = stream
@@ -205,6 +211,7 @@ class WebSocket:
         sock = self._sock
         if sock is None:
             return bytes(await self._stream.receive_some(max_bytes))
+        await trio.lowlevel.checkpoint_if_cancelled()
         eager = self._full_read and self._eager < EAGER_READS
         while True:
             if eager:
@@ -268,6 +275,7 @@ class WebSocket:
         """
         if self.closed is not None:
             raise self.closed
+        await trio.lowlevel.checkpoint_if_cancelled()
         lock = self._send_lock
         if lock.locked():
             await lock.acquire()
@@ -306,6 +314,11 @@ class WebSocket:
                 except OSError as exc:
                     raise trio.BrokenResourceError(str(exc)) from exc
                 if sent == len(data):
+                    unyielded = self._unyielded
+                    unyielded[0] += 1
+                    if unyielded[0] >= YIELD_EVERY:
+                        unyielded[0] = 0
+                        await trio.lowlevel.cancel_shielded_checkpoint()  # what was written stays written
                     return
                 data = memoryview(data)[sent:]  # the rest as trio writes it: waiting for room
             await self._stream.send_all(data)
