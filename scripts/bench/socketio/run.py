@@ -446,7 +446,7 @@ def summary(meds: dict[str, dict[str, dict[str, float]]], loads: dict[str, list[
             "ratios": {
                 peer: {k: None if v is None else round(v, 3) for k, v in r.items()} for peer, r in ratios(med).items()
             },
-            "loadavg": [loads[name][0], loads[name][-1]] if loads[name] else [],
+            "loadavg": [round(loads[name][0], 2), round(loads[name][-1], 2)] if loads[name] else [],
         }
     return out
 
@@ -481,13 +481,15 @@ argument as the ack, all configured for 20 MB messages (ping interval 25 s, time
 Urban Robot's `urban_robot.socketio.Server` (trio, h11 + wsproto), python-socketio's
 `AsyncServer` on uvicorn (ASGI; the `bench` extra installs `uvicorn[standard]`, as it is
 usually deployed: uvloop, httptools and the C-accelerated `websockets`) and python-socketio's
-`AsyncServer` on aiohttp.
-python-socketio runs as its servers are usually started: uvicorn through its uvloop loop
-factory (what `uvicorn.run` does with the `standard` extra; a plain `asyncio.run` would leave
-it on the standard loop), aiohttp through `web.run_app` with its defaults.
+`AsyncServer` on aiohttp. The peers start as they are usually started: uvicorn on uvloop, its
+fastest loop, through its loop factory (what `uvicorn.run` does; a plain `asyncio.run` would
+leave it on the standard loop, as this benchmark did before 2026-12-06), aiohttp through
+`web.run_app` with its defaults.
 Two placements, measured in the same run: **pinned**, the server on CPU {server_cpu} and the
 load generator on CPU {loadgen_cpu}; **unpinned**, everything placed by the scheduler, as a
-service usually runs (this is where an independent harness found us behind).
+service usually runs (this is where an independent harness found us behind). Pinning
+places the benchmark's own processes only: on a shared machine other jobs still run on
+both CPUs, and their share is the last row of each table.
 Every measurement starts a fresh server process; placements and servers alternate within
 each run and each table gives the median of {runs} runs. All traffic is WebSocket transport.
 
