@@ -101,7 +101,8 @@ class WebSocket:
         self._stream = stream
         self._sock = stream.socket if _POSIX and isinstance(stream, trio.SocketStream) else None
         self._ws = Connection(ConnectionType.SERVER)
-        self._buf = bytes(trailing_data)  # received, not yet parsed nor handed to wsproto
+        self._buf = bytes(trailing_data)  # from ``_pos`` on: received, not yet parsed nor handed to wsproto
+        self._pos = 0
         self._owed = 0  # bytes of the frame wsproto is parsing that it has not been given yet
         self._fragmented = False  # wsproto holds the start of a fragmented message
         self._full_read = True  # the last read filled its buffer: more may be waiting
@@ -135,38 +136,40 @@ class WebSocket:
                 raise self.closed from exc
             if not data:
                 self._ws.receive_data(None)
-            elif self._buf:
-                self._buf += data
+            elif self._pos < len(self._buf):
+                self._buf = self._buf[self._pos :] + data
+                self._pos = 0
             else:
-                self._buf = bytes(data)
+                self._buf, self._pos = data, 0
 
     def _split(self) -> str | bytes | _Handed | None:
         """The next common frame's message; HANDED if a frame went to wsproto; None if more bytes are needed."""
-        buf = self._buf
+        # Offsets into one buffer: consuming a frame copies nothing but its payload, however many a read held.
+        buf, start = self._buf, self._pos
         size = len(buf)
         if self._owed:
-            n = min(self._owed, size)
+            n = min(self._owed, size - start)
             if not n:
                 return None
             self._owed -= n
-            self._buf = buf[n:]
-            self._ws.receive_data(buf[:n])
+            self._pos = start + n
+            self._ws.receive_data(buf[start : start + n])
             return HANDED
-        if size < 2:
+        if size - start < 2:
             return None
-        b0, b1 = buf[0], buf[1]
+        b0, b1 = buf[start], buf[start + 1]
         length = b1 & 0x7F
-        pos = 2
+        pos = start + 2
         minimal = True
         if length == 126:
-            if size < 4:
+            if size - start < 4:
                 return None
-            length, pos = int.from_bytes(buf[2:4], "big"), 4
+            length, pos = int.from_bytes(buf[pos : pos + 2], "big"), pos + 2
             minimal = length > 125
         elif length == 127:
-            if size < 10:
+            if size - start < 10:
                 return None
-            length, pos = int.from_bytes(buf[2:10], "big"), 10
+            length, pos = int.from_bytes(buf[pos : pos + 8], "big"), pos + 8
             minimal = length > 0xFFFF
         masked = b1 & 0x80
         if masked:
@@ -187,14 +190,14 @@ class WebSocket:
                 return None  # at most FAST_FRAME bytes and a header wait here
             payload = _unmask(buf[pos:end], buf[pos - 4 : pos])
             if opcode == 2:
-                self._buf = buf[end:]
+                self._pos = end
                 return payload
             try:
                 text = payload.decode("utf-8")
             except UnicodeDecodeError:
                 pass  # wsproto closes with its usual code and reason
             else:
-                self._buf = buf[end:]
+                self._pos = end
                 return text
         # Anything else goes to wsproto, whole frames only (a large one as it arrives).
         if opcode in (1, 2):
@@ -203,8 +206,8 @@ class WebSocket:
             self._fragmented = False
         n = min(end, size)
         self._owed = end - n
-        self._buf = buf[n:]
-        self._ws.receive_data(buf[:n])
+        self._pos = n
+        self._ws.receive_data(buf[start:n])
         return HANDED
 
     async def _read(self, max_bytes: int) -> bytes:
