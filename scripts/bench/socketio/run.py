@@ -17,8 +17,9 @@ as its last line one JSON object::
      "unpinned": {... the same keys ...}}
 
 Metrics: p50_us, p99_us, acks_per_s, cpu_us_per_ack, kib_per_conn, big_ms,
-big_peak_x, server_cpu_pct, loadgen_cpu_pct, other_cpu_pct. A full run also
-rewrites the "Socket.IO server" section of docs/benchmarks.md.
+big_peak_x, server_cpu_pct, loadgen_cpu_pct, other_cpu_pct. A full run (both
+placements, not ``--quick``) also rewrites the "Socket.IO server" section of
+docs/benchmarks.md.
 
     .venv/bin/python scripts/bench/socketio/run.py [--quick] [--runs N]
         [--placement both|pinned|unpinned] [--no-pin] [--no-docs]

@@ -3,7 +3,9 @@
 ``python servers.py KIND`` binds 127.0.0.1 on a free port, prints ``PORT <n>``
 once it accepts connections, and serves until killed. Every kind answers the
 ``echo`` event with its argument as the ack and takes messages up to
-``MAX_PAYLOAD`` bytes, so the 10 MB test fits everywhere.
+``MAX_PAYLOAD`` bytes, so the 10 MB test fits everywhere. The peers start as
+they are usually deployed: uvicorn on uvloop through its own loop factory,
+aiohttp through ``web.run_app``.
 """
 
 from __future__ import annotations
