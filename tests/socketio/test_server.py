@@ -11,6 +11,7 @@ import trio.testing
 
 from tests._helpers import MemoryListener, raw_memory_client
 from urban_robot.socketio import Disconnected, Later, Namespace, Server
+from urban_robot.socketio._server import MAX_EARLY_EVENTS
 
 
 async def serve(nursery: trio.Nursery, server: Server) -> MemoryListener:
@@ -283,6 +284,79 @@ async def test_reserved_event_sent_before_the_connect_ack_closes_only_that_clien
         await polite.connect_namespace()
         await polite.send('421["echo","ok"]')
         assert await polite.receive() == '431["ok"]'
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+async def test_events_past_the_early_buffer_wait_for_the_connect_and_are_all_answered(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, trusted: bool
+) -> None:
+    """Found by fuzzing (tests/web/test_fuzz_edge.py, in CI): an event past the early buffer was dropped unanswered.
+
+    Before its CONNECT is decided, a client's events are buffered up to 4 KiB of JSON (untrusted) and 100 events;
+    past that the reader now waits for the decision instead of dropping them, and all are handled in order.
+    """
+    server = Server(async_handlers=False, namespaces=["/", "/first"])
+    gate = trio.Event()
+    handled: list[int] = []
+
+    @server.on("connect")
+    async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
+        await gate.wait()  # the client's burst arrives while we decide
+
+    @server.on("echo")
+    async def echo(sid: str, n: int, padding: str) -> int:
+        handled.append(n)
+        return n
+
+    listener = await serve(nursery, server)
+    count = MAX_EARLY_EVENTS + 20
+    async with raw_memory_client(listener) as client:
+        if trusted:  # a second namespace's events: no byte bound (trusted), the count bound still holds
+            await client.connect_namespace("/first")
+        await client.send("40")
+        for n in range(1, count + 1):
+            padding = "x" * 1000 if n <= 5 else ""  # 5 kB at first: past the 4 KiB buffered before authentication
+            await client.send(f'42{n}["echo",{n},"{padding}"]')
+        await trio.testing.wait_all_tasks_blocked()
+        assert handled == []  # nothing handled before the CONNECT is accepted ...
+        gate.set()
+        acks: list[str | bytes] = []
+        with trio.move_on_after(60):  # virtual time: every answer comes at once, or never
+            connected = await client.receive()
+            assert isinstance(connected, str) and connected.startswith("40{"), connected
+            while len(acks) < count:
+                acks.append(await client.receive())
+    assert acks == [f"43{n}[{n}]" for n in range(1, count + 1)]  # ... then every one, in order
+    assert handled == list(range(1, count + 1))
+
+
+async def test_events_waiting_for_a_refused_connect_are_dropped_with_it(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = Server(async_handlers=False, connect_timeout=5)
+    gate = trio.Event()
+    handled: list[int] = []
+
+    @server.on("connect")
+    async def connect(sid: str, environ: dict[str, Any], auth: Any) -> None:
+        await gate.wait()
+        raise ConnectionRefusedError("no")
+
+    @server.on("echo")
+    async def echo(sid: str, n: int, padding: str) -> int:
+        handled.append(n)
+        return n
+
+    listener = await serve(nursery, server)
+    async with raw_memory_client(listener) as client:
+        await client.send("40")
+        for n in range(1, 10):
+            await client.send(f'42{n}["echo",{n},"{"x" * 1000}"]')
+        await trio.testing.wait_all_tasks_blocked()
+        gate.set()
+        assert await client.receive() == '44{"message":"no"}'  # the refusal is the answer: no acks follow
+        assert await client.receive() == "1"  # closed when no CONNECT succeeded within connect_timeout
+    assert handled == []
 
 
 async def test_a_later_answer_does_not_hold_up_the_clients_next_events(

@@ -12,8 +12,8 @@ import trio
 import trio.testing
 import trio_websocket
 
-from tests._helpers import RestartableSupervisor, child_secret, plain
-from urban_robot.supervisor import HealthReport, Persist, ProcessExited, Settings, UrbanRobot
+from tests._helpers import RestartableSupervisor, child_secret, plain, raw_client
+from urban_robot.supervisor import HealthReport, Persist, ProcessExited, Settings, TryAgain, UrbanRobot
 from urban_robot.testing import SimulatedWorker
 
 SETTINGS = Settings(token="discord-token-xyz", interval=10, grace=5, lease_margin=2, health_timeout=20)
@@ -252,3 +252,51 @@ async def test_a_failed_state_write_grants_nothing(harness: Harness, autojump_cl
     assert json.loads(harness.store.state_path.read_text())["epoch"] == 2
     await b.wait_for("processing")
     assert "processing" not in [name for _, name, _ in a.log]
+
+
+async def test_a_burst_sent_before_the_connect_ack_is_answered_whole(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Every event gets its ack, even when a worker sends more than 4 KiB before its CONNECT is acknowledged.
+
+    The burst the fuzz test found in CI (tests/web/test_fuzz_edge.py): identify, an unasked ``shutdown``
+    with odd keys, an event named "" with odd arguments, ``ready`` with extra arguments, sent at once
+    while the supervisor is still deciding on the CONNECT (here: its core waits on a slow state write).
+    Before authentication only 4 KiB of such events were buffered; the rest were dropped unanswered and
+    the worker waited for acks until the silence fence closed its connection.
+    """
+    harness = RestartableSupervisor(nursery, tmp_path / "state", SETTINGS)
+    robot = await harness.start()
+    disk_free = trio.Event()
+
+    async def slow_disk(fn: Any, *args: Any) -> Any:
+        await disk_free.wait()
+        return fn(*args)
+
+    robot.blocking_io = slow_disk
+    nursery.start_soon(robot.submit, TryAgain(None))  # the core is busy writing state.json: a CONNECT waits
+    odd = "odd \u00e9\U0001f916 " * 150  # about 2 KiB of JSON each
+    burst: list[tuple[str, list[Any]]] = [
+        ("identify", [{"version": "0.1"}]),
+        ("shutdown", [{"x": odd, "reason": ["not", "a", "string"], "": None}]),
+        ("", [{"a": odd}, -1, None]),
+        ("ready", [{"x": 2**53}, [odd[:500]], {}]),
+    ]
+    assert sum(len(json.dumps(event)) for event in burst) > 4096  # over the pre-authentication buffer
+    async with raw_client(harness.url) as worker:
+        await worker.send("40" + json.dumps({"secret": child_secret(harness.credentials, "child-fuzz-2")}))
+        for n, (name, args) in enumerate(burst, start=1):
+            await worker.send(f"42{n}" + json.dumps([name, *args]))
+        await trio.testing.wait_all_tasks_blocked()  # the server read what it could while the CONNECT waits
+        disk_free.set()
+        acks: dict[int, Any] = {}
+        with trio.move_on_after(5):  # each answer comes at once: seconds mean none is coming
+            while len(acks) < len(burst):
+                frame = await worker.receive()
+                assert isinstance(frame, str) and frame[:1] == "4", frame
+                if frame.startswith("43"):
+                    ack_id, _, answer = frame[2:].partition("[")
+                    acks[int(ack_id)] = json.loads("[" + answer)
+    assert sorted(acks) == [1, 2, 3, 4], acks
+    assert acks[1][0]["protocol"] == 1
+    assert acks[2] == [{}]
+    assert acks[3] == [{"error": "unknown event ''"}]
+    assert acks[4] == [{}]

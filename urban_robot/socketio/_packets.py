@@ -60,8 +60,8 @@ class Packet:
     id: int | None = None
 
 
-def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+#: ``json.dumps(data, separators=(",", ":"), allow_nan=False)`` without building an encoder per call.
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def encode(packet: Packet) -> list[str | bytes]:

@@ -13,7 +13,10 @@ handler accepted is trusted (``Session.trust``): from then on it may send
 ``max_payload`` and binary attachments. Before that its messages are a few
 kilobytes (``preauth_message``), binary packets close it, and no packet's JSON
 is parsed unless it could be used: a CONNECT, or an event for a namespace it
-is connecting to (those together at most ``preauth_message`` characters).
+is connecting to (those together at most ``preauth_message`` characters, and at
+most ``MAX_EARLY_EVENTS``). Events past that bound are not dropped: the client's
+reader waits, unparsed packet in hand, until the ``connect`` handler has decided
+(backpressure, as a full buffer is anywhere else), so every event is handled.
 """
 
 from __future__ import annotations
@@ -80,6 +83,15 @@ def _arity(handler: Handler) -> int | None:
     return count
 
 
+class _Undecided(Exception):
+    """Raised by ``Client.admit``: this event must wait until ``socket``'s CONNECT is decided (and its early
+    events handled), then be decoded again; nothing was parsed or kept."""
+
+    def __init__(self, socket: Socket) -> None:
+        super().__init__(socket.namespace)
+        self.socket = socket
+
+
 class Later:
     """Return ``Later(wait)`` from an event handler to acknowledge when ``await wait()`` returns its answer.
 
@@ -109,6 +121,7 @@ class Socket:
         "acks",
         "buffer",
         "client",
+        "decided",
         "early",
         "early_size",
         "gone",
@@ -125,6 +138,7 @@ class Socket:
         self.buffer: list[list[str | bytes]] | None = []  # until the CONNECT is acknowledged
         self.early: list[Packet] = []  # events that arrived while the connect handler ran
         self.early_size = 0  # their JSON, in characters
+        self.decided = trio.Event()  # the connect handler decided and the early events were handled (or it left)
         self.acks: dict[int, Callable[..., Any]] = {}
         self.ack_counter = 0
         self.session: dict[str, Any] = {}
@@ -144,7 +158,12 @@ class Client:
         self.sockets: dict[str, Socket] = {}
 
     def admit(self, head: Head) -> bool:
-        """Whether a packet is worth parsing; before authentication only a CONNECT and a little more are."""
+        """Whether a packet is worth parsing; before authentication only a CONNECT and a little more are.
+
+        Raises ``_Undecided`` for an event that must wait for its namespace's CONNECT to be decided: past the
+        early buffer's bounds (an event dropped here would never be answered), or arriving after the
+        acceptance while the early events are still being handled (it must not overtake them).
+        """
         trusted = self.engine.trusted
         if head.type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK) and not trusted:
             raise ProtocolError("binary packets need an authenticated connection")
@@ -153,11 +172,13 @@ class Client:
         socket = self.sockets.get(head.namespace)
         if socket is None:
             return False  # nobody on that namespace: it would be dropped anyway, unparsed now
-        if socket.buffer is not None and head.type is PacketType.EVENT:
+        if head.type in (PacketType.EVENT, PacketType.BINARY_EVENT) and not socket.decided.is_set():
+            if socket.buffer is None:
+                raise _Undecided(socket)
             if len(socket.early) >= MAX_EARLY_EVENTS:
-                return False
+                raise _Undecided(socket)
             if not trusted and socket.early_size + head.size > self.engine.server.preauth_message:
-                return False
+                raise _Undecided(socket)
             socket.early_size += head.size
         return True
 
@@ -314,7 +335,16 @@ class Server:
     async def engine_message(self, session: Session, message: str | bytes, start: int = 0) -> None:
         """Decode and dispatch; a ``ProtocolError`` propagates and the engine closes the session."""
         client: Client = session.data
-        packet = client.decoder.feed(message, start, client.admit)
+        while True:
+            try:
+                packet = client.decoder.feed(message, start, client.admit)
+            except _Undecided as wait:
+                # More than the early buffer holds before authentication: read nothing more from this client
+                # until its CONNECT is decided, then decode this packet again (accepted: handled in order;
+                # refused or gone: dropped, its CONNECT_ERROR or close being the answer).
+                await wait.socket.decided.wait()
+                continue
+            break
         if packet is not None:
             await self._dispatch(client, packet)
 
@@ -357,6 +387,12 @@ class Server:
         client.engine.nursery.start_soon(self._run_connect, socket, packet.data)
 
     async def _run_connect(self, socket: Socket, auth: Any) -> None:
+        try:
+            await self._decide_connect(socket, auth)
+        finally:
+            socket.decided.set()  # the reader may go on: events that waited are handled after the early ones
+
+    async def _decide_connect(self, socket: Socket, auth: Any) -> None:
         handler = self._handler(socket.namespace, "connect")
         refusal: BaseException | None = None
         accepted = True
@@ -462,6 +498,7 @@ class Server:
             self._leave(socket, room)
         socket.acks.clear()
         socket.gone.set()
+        socket.decided.set()  # a reader waiting for its CONNECT drops what it held: nobody is there
         if not client.sockets and not client.engine.closed:
             client.engine.deadline = trio.current_time() + self.connect_timeout
         if socket.buffer is None:  # it was connected: tell its disconnect handler

@@ -106,7 +106,7 @@ async def small_cache(mb: float, state_dir: Path) -> dict[str, Any]:
     command = [*WORKER, "--cache-bytes", str(size), "--cache-small"]
     lag, answers = Lag(), list[float]()
     async with trio.open_nursery() as nursery:
-        robot, children, recorder = await setup(nursery, state_dir, command, 3, PATIENT)
+        robot, _, recorder = await setup(nursery, state_dir, command, 3, PATIENT)
         time_heartbeats(robot, answers)
         nursery.start_soon(lag.run)
         await all_ready(robot, recorder, 3)

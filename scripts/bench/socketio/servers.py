@@ -3,7 +3,9 @@
 ``python servers.py KIND`` binds 127.0.0.1 on a free port, prints ``PORT <n>``
 once it accepts connections, and serves until killed. Every kind answers the
 ``echo`` event with its argument as the ack and takes messages up to
-``MAX_PAYLOAD`` bytes, so the 10 MB test fits everywhere.
+``MAX_PAYLOAD`` bytes, so the 10 MB test fits everywhere. The peers start as
+they are usually deployed: uvicorn on uvloop through its own loop factory,
+aiohttp through ``web.run_app``.
 """
 
 from __future__ import annotations
@@ -82,7 +84,17 @@ def run_uvicorn() -> None:
     import uvicorn
 
     app = socketio.ASGIApp(_python_socketio("asgi"))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws_max_size=MAX_PAYLOAD)
+    # uvicorn as ``uvicorn.run`` starts it with the ``standard`` extra: uvloop (its fastest loop), and by
+    # default httptools and websockets' sans-I/O protocol. ``Server.run`` builds the loop from
+    # ``get_loop_factory``; a plain ``asyncio.run`` would leave uvicorn on the standard loop.
+    config = uvicorn.Config(
+        app,
+        loop="uvloop",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        ws_max_size=MAX_PAYLOAD,
+    )
     server = uvicorn.Server(config)
 
     async def main() -> None:
@@ -94,26 +106,19 @@ def run_uvicorn() -> None:
         _announce(server.servers[0].sockets[0].getsockname()[1])
         await task
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(main())
 
 
 def run_aiohttp() -> None:
-    import asyncio
-
     from aiohttp import web
 
     app = web.Application(client_max_size=MAX_PAYLOAD)
     _python_socketio("aiohttp").attach(app)
-
-    async def main() -> None:
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        sock = _listening_socket()
-        await web.SockSite(runner, sock).start()
-        _announce(sock.getsockname()[1])
-        await asyncio.Event().wait()
-
-    asyncio.run(main())
+    sock = _listening_socket()
+    # web.run_app with its defaults, as an aiohttp service is usually started; its ``print``
+    # runs once the site is serving, which is when run.py may connect.
+    web.run_app(app, sock=sock, print=lambda *_args: _announce(sock.getsockname()[1]))
 
 
 def main(argv: list[str]) -> int:
