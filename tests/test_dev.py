@@ -117,7 +117,7 @@ async def test_a_good_change_is_swapped_in_with_the_cache(nursery: trio.Nursery,
     assert new != old and new_epoch == epoch + 1
     holder = core.clients[core.lease.wid]  # type: ignore[union-attr,index]
     assert holder.version == "2.0" and holder.generation == 2
-    assert accepted and len(accepted[-1]["blob"]) == 64  # the old worker's final cache, taken at its coma ...
+    assert accepted and len(accepted[-1]["k0"]) == 64  # the old worker's final cache, taken at its coma ...
     assert pushed(handed, holder.wid) == accepted[-1]  # ... is what the new worker was given before it processed
     assert gone(old_pid) and not gone(new_pid)
     assert dev.app.children.cwd == dev.tree.snapshots / "2"

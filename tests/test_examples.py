@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests._helpers import plain
 from urban_robot.supervisor import Options, Settings, serve
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "trio_worker" / "main.py"
@@ -26,7 +27,9 @@ async def test_trio_worker_example_runs_under_the_supervisor(nursery: trio.Nurse
     app = await nursery.start(serve, options)
     core = app.robot.core
     with trio.fail_after(30):
-        while not (core.lease and core.lease.confirmed and (core.cache or {}).get("ticks", 0) >= 2):
+        while not (
+            core.lease and core.lease.confirmed and (plain(core.cache) if core.cache else {}).get("ticks", 0) >= 2
+        ):
             await trio.sleep(0.05)  # real processes: nothing in this process to wait on
     roles = sorted(w["role"] for w in app.robot.status()["workers"])
     assert roles == ["running", "standby"]

@@ -61,6 +61,8 @@ from chaos.fake_discord import FakeDiscord  # noqa: E402
 from chaos.proxy import Proxy  # noqa: E402
 from chaos.worker import start_ticks  # noqa: E402
 
+from urban_robot.protocol import PLAIN, decode_value  # noqa: E402
+from urban_robot.supervisor._store import peek_cache  # noqa: E402
 from urban_robot.testing.fake_discord import DEFAULT_TOKEN  # noqa: E402
 from urban_robot.testing.traffic import OverHTTP, Profile, Traffic  # noqa: E402
 
@@ -580,12 +582,12 @@ admin_token = "chaos-admin-token-0123456789"
         return answers.judge(items, records, DISCORD_PROFILE, self.wall_epochs)
 
     async def supervisor_cache(self, dump: set[str]) -> set[str] | None:
-        """The supervisor's persisted cache.json, once it holds the final holder's cache (or after 5 s)."""
+        """The supervisor's persisted cache.bin, once it holds the final holder's cache (or after 5 s)."""
         keys: set[str] | None = None
         with trio.move_on_after(5):
             while True:
-                stored = read_json(self.state_dir / "cache.json")
-                cache = stored.get("cache") if isinstance(stored, dict) else None
+                image = peek_cache(self.state_dir / "cache.bin")
+                cache = decode_value(image.entries[PLAIN]) if image is not None and PLAIN in image.entries else None
                 keys = set(cache) if isinstance(cache, dict) else None
                 if keys is not None and dump <= keys:
                     break
@@ -677,7 +679,7 @@ def summary(result: dict[str, Any]) -> str:
         f"  P2 no processor: {result['no_processor_total_s']} s in all, longest {result['no_processor_longest_s']} s,"
         f" p99 {result['no_processor_p99_s']} s over {result['no_processor_stretches']} stretches",
         f"  P3 acknowledged cache writes checked: {result['writes_checked']}, lost: {result['writes_lost']}"
-        f" (final holder {result['final_holder']}; missing from the supervisor's cache.json:"
+        f" (final holder {result['final_holder']}; missing from the supervisor's cache.bin:"
         f" {result['writes_missing_from_supervisor_cache']})",
         f"  P4 bad commits that processed: {result['bad_commits_processed']}",
         f"  supervisor starts {result['supervisor_starts']}, worker processes {result['worker_processes']},"

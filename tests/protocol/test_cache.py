@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from urban_robot.protocol import (
+    ENTRY_OVERHEAD,
     Assembly,
     CacheChange,
     CacheImage,
@@ -55,7 +56,8 @@ def test_an_image_is_the_dictionary_its_changes_describe(
         for key in deletes - sets.keys():
             expected.pop(key, None)
         expected.update(joined(sets))
-    assert joined(image.entries) == expected and image.size == sum(len(v) for v in expected.values())
+    weight = sum(len(k) + ENTRY_OVERHEAD + len(v) for k, v in expected.items())
+    assert joined(image.entries) == expected and image.size == weight
 
 
 def test_a_part_out_of_order_or_past_the_limit_is_refused_and_nothing_stays_staged() -> None:
@@ -65,7 +67,7 @@ def test_a_part_out_of_order_or_past_the_limit_is_refused_and_nothing_stays_stag
     with pytest.raises(MalformedMessage, match="out of order"):
         assembly.add(parts[2])
     assert not assembly.staging
-    small = Assembly(limit=5)
+    small = Assembly(limit=4 + 1 + ENTRY_OVERHEAD + 2)  # room for the first part (and the key), not the second
     small.add(parts[0])
     with pytest.raises(MalformedMessage, match="cache_max"):
         small.add(parts[1])
@@ -114,3 +116,10 @@ def test_an_entry_that_is_not_json_is_a_clear_error_not_a_crash() -> None:
     with pytest.raises(MalformedMessage, match="cannot be encoded"):
         encode_value({"a set": {1, 2}})
     assert CacheSync(1, 0, 1, True).last
+
+
+def test_empty_entries_weigh_something_so_ten_million_of_them_pass_cache_max() -> None:
+    keys = {f"k{n}": (b"",) for n in range(1000)}
+    assembly = Assembly(limit=1000 * ENTRY_OVERHEAD)  # their keys alone take it past the limit
+    with pytest.raises(MalformedMessage, match="cache_max"):
+        assembly.add(CacheChange(True, keys).parts(1)[0])

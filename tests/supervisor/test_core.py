@@ -1419,13 +1419,13 @@ def test_a_delta_on_a_cache_the_worker_does_not_share_is_refused_with_resync() -
 
 
 def test_a_sync_past_cache_max_is_refused_as_it_arrives_and_its_other_parts_alike() -> None:
-    d = Driver(Settings(token="t", interval=10, grace=5, lease_margin=2, cache_max=10))
+    d = Driver(Settings(token="t", interval=10, grace=5, lease_margin=2, cache_max=80))  # 8 bytes + key + 64 fit
     d.join("a")
     d.renew("a", 1)
     parts = parts_of("a", CacheChange(True, {"x": (b"z" * 30,)}), sync=1, part_bytes=8)
     assert d.feed(parts[0]) == [Reply({"accepted": True, "part": 0})]
-    refused = d.feed(parts[1])  # 16 bytes staged > 10
-    assert refused == [Reply({"accepted": False, "error": "cache larger than the supervisor's cache_max (10 bytes)"})]
+    refused = d.feed(parts[1])  # 16 bytes, the key and its overhead: 81 > 80
+    assert refused == [Reply({"accepted": False, "error": "cache larger than the supervisor's cache_max (80 bytes)"})]
     assert [d.feed(p) for p in parts[2:]] == [refused] * 2  # the rest of the sync: the same answer, nothing staged
     assert d.core.cache is None and d.core.clients["a"].cache_in is None
 

@@ -183,7 +183,7 @@ def test_the_store_keeps_the_entries_bytes_exactly_never_decoding_them(store: St
     assert loaded is not None and {k: b"".join(v) for k, v in loaded.entries.items()} == {
         k: b"".join(v) for k, v in entries.items()
     }
-    assert loaded.size == sum(len(c) for v in entries.values() for c in v)
+    assert loaded.size == CacheImage.of(entries).size
 
 
 def test_the_cache_remembers_when_it_was_saved(store: StateStore) -> None:

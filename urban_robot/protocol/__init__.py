@@ -6,6 +6,7 @@ discord.py integration are shells around these values. docs/protocol.md is the n
 """
 
 from ._cache import (
+    ENTRY_OVERHEAD as ENTRY_OVERHEAD,
     PART_BYTES as PART_BYTES,
     PLAIN as PLAIN,
     Assembly as Assembly,

@@ -66,12 +66,12 @@ def _untag(obj: dict[str, Any]) -> Any:
 def encode_value(value: Any) -> bytes:
     """One cache value as an entry: UTF-8 JSON, bytes as ``{"$bytes": base64}`` (docs/protocol.md §11)."""
     try:
-        text = json.dumps(value, separators=(",", ":"), default=_bytes_default, allow_nan=False)
-        if '"$bytes"' in text or '"$dict"' in text:  # bytes, or a dict that looks like a tag: the careful way
-            text = json.dumps(_tagged(value), separators=(",", ":"), allow_nan=False)
+        data = json.dumps(value, separators=(",", ":"), default=_bytes_default, allow_nan=False).encode()
+        if b'"$' in data and (b'"$bytes"' in data or b'"$dict"' in data):  # bytes, or a look-alike: carefully
+            data = json.dumps(_tagged(value), separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise MalformedMessage(f"the cache cannot be encoded: {exc}") from None
-    return text.encode()
+    return data
 
 
 def decode_value(entry: bytes | Chunks) -> Any:
@@ -83,8 +83,15 @@ def decode_value(entry: bytes | Chunks) -> Any:
         raise MalformedMessage(f"a cache entry is not valid: {exc}") from None
 
 
+ENTRY_OVERHEAD = 64  # what an entry weighs besides its key and bytes: 10 million empty ones are not free
+
+
 def _size(chunks: Chunks) -> int:
     return sum(len(c) for c in chunks)
+
+
+def _weight(key: str, chunks: Chunks) -> int:
+    return len(key) + ENTRY_OVERHEAD + _size(chunks)
 
 
 # -- one change, and its parts ----------------------------------------------------------------------
@@ -103,7 +110,7 @@ class CacheChange:
 
     def digest(self) -> bytes:
         """A fingerprint of a full change's entries: a plain cache sent again unchanged need not travel."""
-        h = hashlib.blake2b(digest_size=16)
+        h = hashlib.sha256()  # hardware-accelerated where it matters: 100 MB in ~90 ms here
         for key in sorted(self.set):
             h.update(len(key).to_bytes(4, "big") + key.encode() + _size(self.set[key]).to_bytes(8, "big"))
             for chunk in self.set[key]:
@@ -172,7 +179,7 @@ class Assembly:
             raise MalformedMessage(
                 f"cache_sync part out of order: got sync {part.sync} part {part.part}, expected {expected}"
             )
-        self._size += part.size
+        self._size += part.size + sum(len(k) + ENTRY_OVERHEAD for k in part.set if k not in self._set)
         if self._size > self.limit:
             self.reset()
             raise MalformedMessage(f"cache larger than the supervisor's cache_max ({self.limit} bytes)")
@@ -193,11 +200,11 @@ class CacheImage:
     returns a new image, so a writer thread may read an old one while the next is made."""
 
     entries: Mapping[str, Chunks] = attrs.field(factory=dict, repr=lambda v: f"<{len(v)} entries>")
-    size: int = 0
+    size: int = 0  # what it weighs: every entry's bytes, key and ENTRY_OVERHEAD (what cache_max bounds)
 
     @classmethod
     def of(cls, entries: Mapping[str, Chunks]) -> CacheImage:
-        return cls(dict(entries), sum(_size(c) for c in entries.values()))
+        return cls(dict(entries), sum(_weight(k, c) for k, c in entries.items()))
 
     def apply(self, change: CacheChange) -> CacheImage:
         if change.full:
@@ -206,12 +213,12 @@ class CacheImage:
         size = self.size
         for key in change.delete:
             if key in entries:
-                size -= _size(entries.pop(key))
+                size -= _weight(key, entries.pop(key))
         for key, chunks in change.set.items():
             if key in entries:
-                size -= _size(entries[key])
+                size -= _weight(key, entries[key])
             entries[key] = chunks
-            size += _size(chunks)
+            size += _weight(key, chunks)
         return CacheImage(entries, size)
 
     def as_change(self) -> CacheChange:

@@ -287,6 +287,17 @@ class StateStore:
         return key
 
 
+def peek_cache(path: Path) -> CacheImage | None:
+    """The committed cache in ``path``, read only (never cut, moved or written): for tools and tests that
+    look at a running supervisor's state directory. None if absent or not a cache file."""
+    try:
+        with open(path, "rb") as file:
+            entries, saved_at, _ = _read_cache(file)
+    except (OSError, ValueError):
+        return None
+    return CacheImage.of(entries) if saved_at is not None else None
+
+
 def _set_record(key: str, chunks: Chunks) -> Iterable[bytes]:
     name = key.encode()
     yield _RECORD.pack(b"S", len(name), sum(len(c) for c in chunks)) + name
