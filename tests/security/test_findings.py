@@ -13,7 +13,7 @@ import trio_websocket
 
 from tests._helpers import MemoryListener, child_secret, plain, raw_memory_client
 from urban_robot._errors import ProtocolError
-from urban_robot.protocol import CacheSync
+from urban_robot.protocol import CacheMap, CacheSync
 from urban_robot.socketio import Server
 from urban_robot.socketio._packets import Decoder
 from urban_robot.testing._plugin import SupervisorHarness
@@ -128,3 +128,26 @@ async def test_a_reserved_event_sent_before_the_connect_ack_closes_only_that_con
             await bystander.send("3")  # the bystander's session is still served
             assert len(server._engine.sessions) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cache_key_with_a_lone_surrogate_is_refused_not_fatal(
+    urban_robot_supervisor: SupervisorHarness,
+) -> None:
+    """JSON may carry ``"\\ud800"``: a str with no UTF-8 form. A holder that set or deleted such a key crashed the
+    whole supervisor when cache.bin was written (UnicodeEncodeError in the cache writer). Refused at the door now."""
+    harness = urban_robot_supervisor
+    holder = await harness.worker("1.0")
+    await holder.wait_for("processing")
+    good = CacheSync(1, 0, 1, True, {"ok": b"1"}).payload()
+    assert await holder._emit("cache_sync", good) == {"accepted": True}
+    bad_set = {"sync": 2, "part": 0, "parts": 1, "full": True, "set": {"\ud800": b"1"}}
+    answer = await holder._emit("cache_sync", bad_set)
+    assert "accepted" not in answer and "valid Unicode" in answer["error"]  # malformed (§7)
+    bad_delete = {"sync": 3, "part": 0, "parts": 1, "full": False, "set": {}, "delete": ["x\udfff"]}
+    answer = await holder._emit("cache_sync", bad_delete)
+    assert "accepted" not in answer and "valid Unicode" in answer["error"]  # malformed (§7)
+    await harness.robot.caches_written()
+    assert await holder.write("flat", [1, 2]) is True  # the supervisor and its cache writer both live on
+    assert plain(harness.robot.core.cache) == {"flat": [1, 2]}
+    with pytest.raises(TypeError, match="lone surrogates"):
+        CacheMap()["\ud83d"] = 1  # a bot is told at once, not by a refused sync later

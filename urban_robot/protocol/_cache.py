@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from ._errors import MalformedMessage
-from ._messages import CacheSync
+from ._messages import CacheSync, cache_key_ok
 
 PART_BYTES = 1024 * 1024  # entry bytes per message: a part never holds a connection (or a heartbeat) up for long
 PLAIN = ""  # the key of a plain (whole-value) cache
@@ -244,8 +244,8 @@ class CacheMap(MutableMapping[str, Any]):
         return self._data[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if not isinstance(key, str) or len(key) > 512:
-            raise TypeError("cache keys are strings of at most 512 characters")
+        if not cache_key_ok(key):
+            raise TypeError("cache keys are valid Unicode strings of at most 512 characters (no lone surrogates)")
         self._data[key] = value
         self._dirty.add(key)
         self._deleted.discard(key)

@@ -157,12 +157,29 @@ MAX_CACHE_KEY_LENGTH = 512  # characters of one cache entry's key
 MAX_CACHE_PARTS = 1 << 20  # parts of one cache sync
 
 
+def cache_key_ok(key: Any) -> bool:
+    """A key the cache can hold: a string of at most 512 characters that is valid Unicode (JSON may carry a lone
+    surrogate such as ``"\\ud800"``; it has no UTF-8 form, so cache.bin could not write it)."""
+    if not isinstance(key, str) or len(key) > MAX_CACHE_KEY_LENGTH:
+        return False
+    if key.isascii():
+        return True
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_KEY_RULE = f"cache keys must be valid Unicode strings of at most {MAX_CACHE_KEY_LENGTH} characters"
+
+
 def _cache_entries(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, dict):
         raise MalformedMessage("cache_sync set must map keys to bytes")
     for key, data in value.items():
-        if not isinstance(key, str) or len(key) > MAX_CACHE_KEY_LENGTH:
-            raise MalformedMessage(f"cache keys must be strings of at most {MAX_CACHE_KEY_LENGTH} characters")
+        if not cache_key_ok(key):
+            raise MalformedMessage(_KEY_RULE)
         if type(data) is not bytes:
             raise MalformedMessage(
                 f"cache entry {key[:80]!r} must be bytes (a binary attachment), not {type(data).__name__}"
@@ -178,8 +195,10 @@ def _entries_repr(value: dict[str, bytes]) -> str:
 
 
 def _cache_deletes(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, tuple) or not all(isinstance(k, str) and len(k) <= MAX_CACHE_KEY_LENGTH for k in value):
+    if not isinstance(value, tuple):
         raise MalformedMessage("cache_sync delete must be a list of keys")
+    if not all(cache_key_ok(k) for k in value):
+        raise MalformedMessage(f"cache_sync delete: {_KEY_RULE}")
 
 
 @attrs.frozen
