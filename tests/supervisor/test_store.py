@@ -411,3 +411,35 @@ def test_state_json_is_the_same_bytes_for_the_same_state(store: StateStore) -> N
     store.save_state({"epoch": 2, "is_sane": True})
     assert store.state_path.read_bytes() == first  # keys sorted: comparable across restarts and by diff
     assert json.loads(first) == {"epoch": 2, "is_sane": True} and b"\n" in first  # for people to read
+
+
+def test_deltas_of_deletes_or_nothing_count_toward_the_snapshot_too(store: StateStore) -> None:
+    """An empty delta (a plain cache sent unchanged) or one of deletes alone carries no entry bytes, but each
+    adds records and a commit to cache.bin: they counted as nothing, so the file grew without end."""
+    kept = image({"a": 1})
+    store.save_cache(kept, 1)
+    seq = 1
+    for _ in range(40):  # 40 × 100 deltas, each deleting one absent 512-character key: ~2 MB of records
+        changes = []
+        for _ in range(100):
+            changes.append((seq, CacheChange(False, {}, frozenset({"k" * 512}))))
+            seq += 1
+        store.save_cache(kept, seq, changes)
+    assert store.cache_path.stat().st_size < 2 * (1 << 20)  # written whole once the journal passed 1 MiB
+    assert plain(store.load_cache()[0]) == {"a": 1}
+
+
+def test_replaying_many_commits_is_linear_not_a_copy_of_the_cache_per_commit(store: StateStore) -> None:
+    """A bot with 200,000 keys that syncs one changed key at a time: 5,000 deltas fit the journal easily (it
+    may hold up to the image's size). Replay copied every entry at each commit: minutes at start-up."""
+    kept = CacheImage.of({f"user:{i}": (b'{"xp":1}',) for i in range(200_000)})
+    store.save_cache(kept, 1)
+    changes = [(n, CacheChange(False, {f"user:{n}": (b'{"xp":2}',)})) for n in range(1, 5001)]
+    store.save_cache(kept, 5001, changes)  # appended in one go
+    assert store._journal > 0  # appended: 5,000 commit records follow the snapshot
+    started = time.perf_counter()
+    loaded, _ = StateStore(store.directory).load_cache()
+    took = time.perf_counter() - started
+    assert loaded is not None and loaded.entries["user:5000"] == (b'{"xp":2}',)
+    assert loaded.entries["user:5001"] == (b'{"xp":1}',)
+    assert took < 5, f"replay took {took:.1f} s"  # linear: well under a second; a copy per commit: ~16 s here

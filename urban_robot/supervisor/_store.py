@@ -235,7 +235,7 @@ class StateStore:
     def save_cache(self, image: CacheImage, seq: int, changes: Sequence[tuple[int, CacheChange]] = ()) -> None:
         """Keep cache number ``seq``: append ``changes`` ((base, change) each, in order) when they continue
         what the file holds and the deltas stay smaller than the image; else write the image whole."""
-        added = sum(c.size for _, c in changes)
+        added = sum(_journal_bytes(c) for _, c in changes)  # what it adds on disk: records, keys, commit too
         chain = bool(changes) and all(not c.full for _, c in changes)
         chain = chain and changes[0][0] == self._cache_on_disk
         chain = chain and all(later[0] == earlier[0] + 1 for earlier, later in itertools.pairwise(changes))
@@ -304,6 +304,14 @@ def _set_record(key: str, chunks: Chunks) -> Iterable[bytes]:
     yield from chunks
 
 
+def _journal_bytes(change: CacheChange) -> int:
+    """The bytes ``change`` adds to cache.bin: an empty delta or one of deletes alone is not free (its commit,
+    its records): counted so, a run of them ends in a snapshot instead of a file that only grows."""
+    keys = sum(len(k.encode()) for k in itertools.chain(change.delete, change.set))
+    records = len(change.delete) + len(change.set) + 1
+    return change.size + keys + records * _RECORD.size + _COMMIT.size
+
+
 def _commit(saved_at: float) -> Iterable[bytes]:
     yield _RECORD.pack(b"C", 0, _COMMIT.size) + _COMMIT.pack(saved_at)
 
@@ -317,7 +325,7 @@ def _read_cache(file: BinaryIO) -> tuple[dict[str, Chunks], float | None, int]:
     if file.read(len(CACHE_MAGIC)) != CACHE_MAGIC:
         raise ValueError("not a cache file")
     committed: dict[str, Chunks] = {}
-    entries: dict[str, Chunks] = {}
+    pending: list[tuple[bytes, str, bytes]] = []  # the records since the last commit, applied when it comes
     saved_at: float | None = None
     end = file.tell()
     while True:
@@ -333,14 +341,17 @@ def _read_cache(file: BinaryIO) -> tuple[dict[str, Chunks], float | None, int]:
             key = key_bytes.decode()
         except UnicodeDecodeError:
             raise ValueError("a key is not UTF-8") from None
-        if op == b"F":
-            entries = {}
-        elif op == b"S":
-            entries[key] = (value,)
-        elif op == b"D":
-            entries.pop(key, None)
+        if op in (b"F", b"S", b"D"):
+            pending.append((op, key, value))
         elif op == b"C" and value_length == _COMMIT.size:
             (saved_at,) = _COMMIT.unpack(value)
-            committed, entries, end = entries, dict(entries), file.tell()
+            for op, key, value in pending:  # each record applied once: replay is linear in the file, not
+                if op == b"F":  # in commits × entries (a copy of every entry at each commit)
+                    committed = {}
+                elif op == b"S":
+                    committed[key] = (value,)
+                else:
+                    committed.pop(key, None)
+            pending, end = [], file.tell()
         else:
             raise ValueError(f"unknown record {op!r}")
