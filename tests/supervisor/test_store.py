@@ -443,3 +443,15 @@ def test_replaying_many_commits_is_linear_not_a_copy_of_the_cache_per_commit(sto
     assert loaded is not None and loaded.entries["user:5000"] == (b'{"xp":2}',)
     assert loaded.entries["user:5001"] == (b'{"xp":1}',)
     assert took < 5, f"replay took {took:.1f} s"  # linear: well under a second; a copy per commit: ~16 s here
+
+
+def test_a_record_announcing_more_than_the_file_holds_is_a_torn_tail_not_a_memory_error(store: StateStore) -> None:
+    """A damaged length field (2**62 bytes) was passed to read(), which allocates it first: MemoryError at start."""
+    import struct
+
+    store.save_cache(image({"a": 1}), 1)
+    committed = store.cache_path.read_bytes()
+    store.cache_path.write_bytes(committed + b"S" + struct.pack(">IQ", 1, 1 << 62) + b"k" + b"x" * 100)
+    loaded, _ = store.load_cache()
+    assert plain(loaded) == {"a": 1}
+    assert store.cache_path.read_bytes() == committed

@@ -324,6 +324,7 @@ def _read_cache(file: BinaryIO) -> tuple[dict[str, Chunks], float | None, int]:
     """
     if file.read(len(CACHE_MAGIC)) != CACHE_MAGIC:
         raise ValueError("not a cache file")
+    size = os.fstat(file.fileno()).st_size
     committed: dict[str, Chunks] = {}
     pending: list[tuple[bytes, str, bytes]] = []  # the records since the last commit, applied when it comes
     saved_at: float | None = None
@@ -333,6 +334,8 @@ def _read_cache(file: BinaryIO) -> tuple[dict[str, Chunks], float | None, int]:
         if len(head) < _RECORD.size:
             return committed, saved_at, end  # the end, or a record cut short: left out
         op, key_length, value_length = _RECORD.unpack(head)
+        if file.tell() + key_length + value_length > size:  # cut short (or garbage): never read() 2**63 bytes
+            return committed, saved_at, end
         key_bytes = file.read(key_length)
         value = file.read(value_length)
         if len(key_bytes) < key_length or len(value) < value_length:
