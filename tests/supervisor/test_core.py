@@ -1441,3 +1441,19 @@ def test_parts_out_of_order_are_refused_and_nothing_half_made_is_kept() -> None:
     assert d.core.cache is None
     out = d.feed(cache_sync("a", {"ok": True}, sync=2))  # a new sync starts clean
     assert Reply({"accepted": True}) in out and plain(d.core.cache) == {"ok": True}
+
+
+def test_a_former_holders_unfinished_sync_is_dropped_with_its_lease() -> None:
+    """A holder stages part 0 of a sync it never finishes (up to cache_max), then acknowledges a coma: its staged
+    bytes stayed with its connection for good. A chain of holders could each leave cache_max behind (§11.6
+    promises at most twice cache_max: the kept cache and one sync arriving)."""
+    d = Driver()
+    d.join("old", version="0.0.9")
+    d.renew("old", 1)
+    first = CacheChange(True, {"big": (b"x" * 10,)}).parts(1, part_bytes=5)[0]  # part 0 of 2
+    assert Reply({"accepted": True, "part": 0}) in d.feed(CacheSyncEvent("old", first))
+    assert d.core.clients["old"].cache_in is not None and d.core.clients["old"].cache_in.staging
+    d.join("new", version="0.0.10")
+    d.feed(ComaAck("old", "newer version"))
+    assert d.core.lease is not None and d.core.lease.wid == "new"
+    assert d.core.clients["old"].cache_in is None  # nothing of it is held any more

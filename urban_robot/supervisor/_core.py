@@ -436,6 +436,9 @@ class Supervisor:
         assert lease is not None
         if lease.stopping and not lease.final_cache and self.cache is not None:
             out.append(Notify("warning", f"{lease.identity} stopped without a final cache; using the last one"))
+        holder = self.clients.get(lease.wid)
+        if holder is not None:
+            holder.cache_in = None  # a sync it left unfinished is never applied now: its staged bytes go
         self.lease = None
         self.vacancy = why
         out.append(Persist(self.state()))
