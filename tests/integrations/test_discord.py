@@ -19,7 +19,7 @@ import trio
 from discord.ext import commands
 
 from tests._helpers import child_secret
-from urban_robot.integrations.discord import Attachment, Disconnected, attach
+from urban_robot.integrations.discord import Attachment, CacheMap, Disconnected, attach
 from urban_robot.protocol import ApplyCache, CollectCache, Log, Login, Send, StartProcessing, StopProcessing
 from urban_robot.supervisor import Credentials, Settings, StateStore, UrbanRobot
 
@@ -290,5 +290,34 @@ async def test_holder_is_adopted_again_after_a_supervisor_restart(harness: Harne
         assert bot.tokens == [TOKEN]  # logged in once: a reconnection to the supervisor is not a new login
         await att.shutdown("test over")
         await asyncio.wait_for(runner, 5)
+
+    await in_asyncio(scenario)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a plain cache is the one entry '' and a CacheMap reads it as the key '': a deploy from a plain bot "
+    "(get_cache returning a dict) to a CacheMap bot finds the whole old cache under cache[''], and a later plain "
+    "version gets {'': old, ...new keys} back. Spreading a lone '' dict into keys on push would fix it but "
+    "changes what a CacheMap that uses the key '' itself sees: a design decision (protocol.md §11.7)",
+)
+async def test_a_deploy_from_a_plain_cache_bot_to_a_cachemap_bot_keeps_the_keys(harness: Harness) -> None:
+    async def scenario() -> None:
+        old_bot, new_bot = CommandBot(), CommandBot()
+        old_cache: dict[str, Any] = {"alice": "tea at 5", "bob": b"walk at 6"}
+        reminders = CacheMap()
+        old, old_steps = harness.attach(old_bot, "child-1", version="1.0", get_cache=lambda: old_cache)
+        new, new_steps = harness.attach(new_bot, "child-2", version="1.1", cache=reminders)
+        old_runner = asyncio.create_task(old.run())
+        await old_steps.wait_for(StartProcessing)
+        assert await old.sync_cache() is True
+        new_runner = asyncio.create_task(new.run())
+        await new_steps.wait_for(StartProcessing)
+        try:
+            assert dict(reminders) == {"alice": "tea at 5", "bob": b"walk at 6"}  # got: {"": {...}}
+        finally:
+            await new.shutdown("test over")
+            await old.shutdown("test over")
+            await asyncio.wait_for(asyncio.gather(old_runner, new_runner), 5)
 
     await in_asyncio(scenario)
