@@ -263,10 +263,15 @@ def test_a_damaged_state_is_a_clear_error_and_is_left_for_the_operator(store: St
         b"URCACHE1" + b"S\x00\x00\x00\x01" + bytes(8) + b"\xff",  # a key that is not UTF-8
     ],
 )
-def test_a_damaged_cache_is_set_aside_not_lost(store: StateStore, content: bytes) -> None:
+def test_a_damaged_cache_is_set_aside_not_lost(
+    store: StateStore, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     store.prepare()
     store.cache_path.write_bytes(content)
     assert store.load_cache() == (None, None)
+    # said loudly: the bot starts without its cache (it was silent: the operator never knew it was gone)
+    [said] = [r for r in caplog.records if "cache.bin" in r.getMessage() and "set aside" in r.getMessage()]
+    assert said.levelname == "CRITICAL"
     assert not store.cache_path.exists()
     [aside] = [p for p in store.directory.iterdir() if p.name.startswith("cache.bin.damaged-")]
     assert aside.read_bytes() == content

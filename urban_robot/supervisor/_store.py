@@ -25,6 +25,7 @@ import errno
 import fcntl
 import itertools
 import json
+import logging
 import os
 import secrets
 import stat
@@ -36,6 +37,8 @@ from typing import Any, BinaryIO
 
 from .._errors import UrbanRobotError
 from ..protocol import CacheChange, CacheImage, Chunks, encode_value
+
+log = logging.getLogger("urban_robot.supervisor")
 
 CACHE_MAGIC = b"URCACHE1"
 # One record: op, key length, value length; then the key (UTF-8) and the value. Ops: F a snapshot begins
@@ -202,10 +205,11 @@ class StateStore:
         with os.fdopen(fd, "r+b") as file:
             try:
                 entries, saved_at, end = _read_cache(file)
-            except ValueError:
+            except ValueError as exc:
                 file.close()
                 aside = self.cache_path.with_name(f"cache.bin.damaged-{int(time.time())}")
                 os.replace(self.cache_path, aside)
+                log.critical("%s is damaged (%s): set aside as %s; starting without a cache", self.cache_path, exc, aside)
                 return None, None
             if file.seek(0, os.SEEK_END) > end:
                 file.truncate(end)
@@ -226,6 +230,7 @@ class StateStore:
         except (ValueError, KeyError, TypeError):
             aside = self.old_cache_path.with_name(f"cache.json.damaged-{int(time.time())}")
             os.replace(self.old_cache_path, aside)
+            log.critical("%s is damaged: set aside as %s; starting without a cache", self.old_cache_path, aside)
             return None, None
         image = CacheImage.of({"": (entry,)})
         self._snapshot(image, saved_at)
