@@ -436,7 +436,7 @@ class Supervisor:
         assert lease is not None
         if lease.stopping and not lease.final_cache and self.cache is not None:
             out.append(Notify("warning", f"{lease.identity} stopped without a final cache; using the last one"))
-        holder = self.clients.get(lease.wid)
+        holder = self.clients.get(lease.wid) if lease.wid is not None else None
         if holder is not None:
             holder.cache_in = None  # a sync it left unfinished is never applied now: its staged bytes go
         self.lease = None
@@ -924,7 +924,7 @@ class Supervisor:
         lease = self.lease
         if lease is None or lease.stopping or lease.wid is None:
             return None
-        holder = self.clients.get(lease.wid)
+        holder = self.clients.get(lease.wid) if lease.wid is not None else None
         if holder is None or holder.gateway_down_since is None:
             return None
         if not any(self._candidate(w) for w in self.clients.values()):

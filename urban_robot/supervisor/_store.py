@@ -209,7 +209,9 @@ class StateStore:
                 file.close()
                 aside = self.cache_path.with_name(f"cache.bin.damaged-{int(time.time())}")
                 os.replace(self.cache_path, aside)
-                log.critical("%s is damaged (%s): set aside as %s; starting without a cache", self.cache_path, exc, aside)
+                log.critical(
+                    "%s is damaged (%s): set aside as %s; starting without a cache", self.cache_path, exc, aside
+                )
                 return None, None
             if file.seek(0, os.SEEK_END) > end:
                 file.truncate(end)
