@@ -294,13 +294,6 @@ async def test_holder_is_adopted_again_after_a_supervisor_restart(harness: Harne
     await in_asyncio(scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a plain cache is the one entry '' and a CacheMap reads it as the key '': a deploy from a plain bot "
-    "(get_cache returning a dict) to a CacheMap bot finds the whole old cache under cache[''], and a later plain "
-    "version gets {'': old, ...new keys} back. Spreading a lone '' dict into keys on push would fix it but "
-    "changes what a CacheMap that uses the key '' itself sees: a design decision (protocol.md §11.7)",
-)
 async def test_a_deploy_from_a_plain_cache_bot_to_a_cachemap_bot_keeps_the_keys(harness: Harness) -> None:
     async def scenario() -> None:
         old_bot, new_bot = CommandBot(), CommandBot()

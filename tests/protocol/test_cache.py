@@ -123,3 +123,15 @@ def test_empty_entries_weigh_something_so_ten_million_of_them_pass_cache_max() -
     assembly = Assembly(limit=1000 * ENTRY_OVERHEAD)  # their keys alone take it past the limit
     with pytest.raises(MalformedMessage, match="cache_max"):
         assembly.add(CacheChange(True, keys).parts(1)[0])
+
+
+def test_a_plain_caches_dict_becomes_keys_of_a_cache_map_and_the_key_empty_is_reserved() -> None:
+    cache = CacheMap()
+    cache.apply(CacheChange(True, {"": (encode_value({"alice": 1, "bob": b"\x00"}),)}))
+    assert cache.spread_plain() and dict(cache) == {"alice": 1, "bob": b"\x00"}
+    assert set(cache.take(full=True).set) == {"alice", "bob"}  # sent whole: the supervisor held the '' form
+    kept = CacheMap()
+    kept.apply(CacheChange(True, {"": (b"[1, 2]",)}))  # not a dict: stays what it was
+    assert not kept.spread_plain() and dict(kept) == {"": [1, 2]}
+    with pytest.raises(TypeError, match="plain cache"):
+        cache[""] = 1

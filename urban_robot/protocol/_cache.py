@@ -246,6 +246,8 @@ class CacheMap(MutableMapping[str, Any]):
     def __setitem__(self, key: str, value: Any) -> None:
         if not cache_key_ok(key):
             raise TypeError("cache keys are valid Unicode strings of at most 512 characters (no lone surrogates)")
+        if key == PLAIN:
+            raise TypeError("the key '' holds a plain cache (a whole value): a CacheMap's keys are not empty")
         self._data[key] = value
         self._dirty.add(key)
         self._deleted.discard(key)
@@ -299,6 +301,18 @@ class CacheMap(MutableMapping[str, Any]):
             self._data[key] = decode_value(chunks)
         self._dirty.clear()
         self._deleted.clear()
+
+    def spread_plain(self) -> bool:
+        """A plain cache (a bot of an earlier version kept the whole value under ``""``) becomes keys when it
+        is a dict: a deploy from a plain-cache bot to a CacheMap bot keeps the data under its own keys.
+        True if it did: every key then counts as changed (the supervisor still holds the ``""`` form)."""
+        value = self._data.get(PLAIN)
+        if set(self._data) != {PLAIN} or not isinstance(value, dict) or not all(map(cache_key_ok, value)):
+            return False
+        self._data = {k: v for k, v in value.items() if k != PLAIN}
+        self._dirty = set(self._data)
+        self._deleted = set()
+        return True
 
 
 def plain_change(value: Any) -> CacheChange:

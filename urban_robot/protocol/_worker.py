@@ -545,11 +545,12 @@ class WorkerProtocol:
             if change is None:
                 return
             self.cache.apply(change)
+            spread = self.mapped and self.cache.spread_plain()  # a plain bot's cache, deployed to a CacheMap bot
             self._plain_kept = None if self.mapped or not change.full else change.digest()
         except MalformedMessage as exc:
             out.append(Log(logging.ERROR, f"ignored a cache push from the supervisor: {exc}"))
             return
-        self._cache_in_step = True
+        self._cache_in_step = not spread  # spread: the supervisor holds the '' form, the next sync is whole
         out.append(ApplyCache(self.cache if self.mapped else plain_value(self.cache)))
 
     def _send_final(self, message: Message, finish: Finish | None, now: float) -> Send:
