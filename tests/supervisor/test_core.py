@@ -330,6 +330,61 @@ def test_a_late_frozen_answer_does_not_fence_a_child_that_spoke_since() -> None:
     assert d.feed(Frozen("id-a")) == [] and d.core.running_client == "a"
 
 
+def test_a_holder_the_watch_sees_stopped_is_fenced_at_once_and_released_only_by_its_exit() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)  # heard at 0
+    join_child(d, "b")
+    out = d.feed(Frozen("id-a", seen=0.3), at=0.32)  # SIGSTOP at ~0.28, seen by the 50 ms watch
+    assert Close("a", "stopped: its process was stopped by a signal, silent for 0.3 s", "id-a", hung=True) in out
+    assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.wid is None  # not before its exit
+    out = d.feed(ProcessExited("id-a", -9), at=0.33)
+    assert d.grant(out, "b")["reason"] == "failover: id-a exited (-9)"
+
+
+def test_a_holder_that_spoke_after_the_watch_saw_it_stopped_is_not_fenced() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    d.now = 0.4
+    d.renew("a", 1)  # SIGCONT: it spoke again before the watch's report was handled
+    assert d.feed(Frozen("id-a", seen=0.3), at=0.41) == [] and d.core.running_client == "a"
+
+
+def test_a_stopped_standby_is_not_promoted_until_it_speaks_again() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    join_child(d, "b")
+    assert d.feed(Frozen("id-b", seen=0.2), at=0.2) == []  # a stopped standby: not fenced at once ...
+    out = d.feed(ProcessExited("id-a", -9), at=0.5)
+    assert d.cmds(out, "b") == [] and d.core.lease is None  # ... but not handed a grant it cannot take
+    out = d.feed(Heartbeat("b"), at=0.9)  # SIGCONT: it speaks, and is promoted at once
+    assert d.grant(out, "b")["epoch"] == 2
+
+
+def test_a_disconnected_holder_the_watch_sees_stopped_is_killed_instead_of_waiting_out_its_lease() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    join_child(d, "b")
+    d.feed(Disconnected("a"), at=0.5)  # the lease stands: it may still process
+    out = d.feed(Frozen("id-a", seen=0.6), at=0.6)
+    assert out == [Close("", "stopped holder without a connection", "id-a", hung=True)]
+    assert d.core.lease is not None  # released by the exit that confirms the kill
+    assert d.grant(d.feed(ProcessExited("id-a", -9), at=0.61), "b")["epoch"] == 2
+
+
+def test_a_restored_lease_whose_holder_is_seen_stopped_ends_with_its_exit() -> None:
+    state = {"epoch": 4, "holder": {"identity": "id-a", "epoch": 4, "token": "t"}}
+    d = Driver(CHILD_SETTINGS, state=state)  # an earlier supervisor's holder, adopted but not reconnected
+    join_child(d, "b")
+    assert d.cmds(d.actions, "b") == ["health_check"]  # waits for the restored lease (12 s)
+    out = d.feed(Frozen("id-a", seen=0.1), at=0.1)
+    assert out == [Close("", "stopped holder without a connection", "id-a", hung=True)]
+    assert d.grant(d.feed(ProcessExited("id-a", -9), at=0.12), "b")["epoch"] == 5
+
+
 def test_an_external_worker_is_never_probed_nor_fenced_before_its_silence_limit() -> None:
     d = Driver(CHILD_SETTINGS)
     d.join("a")  # no generation from the process manager: not our child

@@ -155,6 +155,10 @@ class SupervisorWorld(RuleBasedStateMachine):
         """The core closed a connection; a child fenced off as hung is SIGKILLed (its exit reported later)."""
         proc = self.proc_of(action.wid)
         if proc is None:
+            # No connection (a holder that lost its own): the process manager kills the process by its identity.
+            lost = [p for p in self.procs if p.identity == action.identity and p.alive and p.wid is None]
+            if action.hung and lost and lost[0].child:
+                lost[0].killed = True
             return
         self.inbox.pop(action.wid, None)
         proc.wid = None
@@ -425,6 +429,14 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from([p for p in self.procs if p.probed and p.alive]))
         proc.probed = False
         self.feed(Frozen(proc.identity))
+
+    @precondition(lambda self: any(p.child and p.alive for p in self.procs))
+    @rule(data=st.data())
+    def watch_sees_stopped(self, data: st.DataObject) -> None:
+        """The process manager's watch saw a child stopped by a signal, connected or not, silent since or (a race
+        with SIGCONT) not: whatever the core does about it, no lease may be released before the exit."""
+        proc = data.draw(st.sampled_from([p for p in self.procs if p.child and p.alive]))
+        self.feed(Frozen(proc.identity, seen=self.now - data.draw(st.sampled_from([0.0, 0.5, 5.0]))))
 
     @precondition(lambda self: any(p.killed for p in self.procs))
     @rule(data=st.data())

@@ -33,7 +33,9 @@ reports its process stopped (``CheckFrozen`` -> ``Frozen``), or silent for ``han
 state, it is dropped and killed (``Close(hung=True)``: SIGKILL), and its lease is released by the
 ``ProcessExited`` that confirms the kill, not before. ``hang_limit`` is longer than a slow but
 healthy bot's stall (an event loop blocked 5 s) and shorter than the lease, so a silent child is
-replaced in seconds, not a lease.
+replaced in seconds, not a lease. The process manager also watches its children unasked: a holder it
+sees stopped by a signal (``Frozen(seen=...)``, state ``T``: nothing healthy is ever in it) and silent
+since is fenced at once, connected or not; a stopped standby is not promoted until it speaks again.
 
 Stopping (``Stopping``) is for good: every worker is asked to shut down (the
 holder with its final cache), and from then on nobody is promoted and no
@@ -162,6 +164,7 @@ class Worker:
     warned: set[str] = attrs.Factory(set)  # protocol rules it broke on this connection (each warned once)
     heard: float = 0.0  # when it last said anything (core time): its one liveness clock
     probe_at: float = math.inf  # when to ask the kernel next whether its process is stopped (children only)
+    stopped: bool = False  # the kernel saw its process stopped by a signal and it has not spoken since
 
     @property
     def child(self) -> bool:
@@ -318,6 +321,7 @@ class Supervisor:
     # -- liveness ------------------------------------------------------------------------------
     def _heard(self, w: Worker, now: float) -> None:
         w.heard = now
+        w.stopped = False  # it runs again (SIGCONT)
         w.probe_at = now + self.settings.frozen_after if w.child else math.inf
 
     def _silence_deadline(self, w: Worker) -> float:
@@ -366,7 +370,7 @@ class Supervisor:
 
     def _candidate(self, w: Worker) -> bool:
         """May be promoted: an approved standby whose Discord Gateway is not known to be down."""
-        return w.role is Role.STANDBY and w.approved and w.gateway is not False
+        return w.role is Role.STANDBY and w.approved and w.gateway is not False and not w.stopped
 
     def _ran_fine(self, w: Worker) -> None:
         """Forget the failures ``w`` proves past: its own kind's, and those of older generations than its."""
@@ -444,10 +448,22 @@ class Supervisor:
         pass  # heard (in handle): that is all a message the shell could not parse does
 
     def _on_Frozen(self, e: Frozen, now: float, out: list[Action]) -> None:
+        lease = self.lease
         for w in [w for w in self.clients.values() if w.identity == e.identity and w.child]:
             silent = now - w.heard
+            if e.seen is not None and w.heard <= e.seen:  # stopped by a signal, and no word since
+                w.stopped = True  # a standby is not promoted while it cannot even take its grant
+                if self._holds(w):
+                    # It processes nothing while stopped, and will not by itself: fenced now, not after a silence
+                    # (nothing healthy is ever in state T; the lease is released by its exit, as for any fence).
+                    self._fence(w, f"stopped: its process was stopped by a signal, silent for {silent:.1f} s", now, out)
+                    continue
             if now >= w.heard + self.settings.frozen_after:  # it may have been continued (and spoken) since
                 self._fence(w, f"frozen: its process is stopped, silent for {silent:.1f} s", now, out)
+        if e.seen is not None and lease is not None and lease.identity == e.identity and lease.wid is None:
+            # The holder's connection is gone (dropped while it was stopped, or an earlier supervisor's lease) and
+            # its process is stopped: killed now, its exit releases the lease, instead of waiting out the lease.
+            out.append(Close("", "stopped holder without a connection", e.identity, hung=True))
 
     def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)

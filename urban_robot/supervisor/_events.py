@@ -96,10 +96,13 @@ class Spoke:
 class Frozen:
     """The kernel reports the process of ``identity`` stopped (SIGSTOP, a debugger): it runs no code at all.
 
-    The process manager's answer to ``CheckFrozen``; only a process it spawned (or adopted) is ever reported.
+    The process manager's answer to ``CheckFrozen`` (``seen`` None), or what its watch saw unasked: the
+    process stopped by a signal (state ``T``, not a debugger's ``t``) at ``seen`` (core time). Only a
+    process it spawned (or adopted) is ever reported.
     """
 
     identity: str
+    seen: float | None = None
 
 
 @attrs.frozen
