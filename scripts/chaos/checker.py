@@ -25,6 +25,8 @@ from typing import Any
 import attrs
 
 GAP = 0.1  # seconds without a command that P2 counts as "no processor" even inside a segment
+# A fault is journaled just before it is done; a holder's last command can come a moment before that line.
+MARK_SLACK = 0.05
 
 
 @attrs.define
@@ -133,7 +135,7 @@ def causes(spans: list[tuple[float, float]], marks: list[dict[str, Any]]) -> lis
     found = []
     ordered = sorted(marks, key=lambda m: m["t"])
     for start, end in spans:
-        before = [m for m in ordered if m["t"] <= start]
+        before = [m for m in ordered if m["t"] <= start + MARK_SLACK]
         mark = before[-1] if before else None
         found.append((mark["kind"] if mark else "start", start - mark["t"] if mark else 0.0, end - start))
     return found

@@ -466,9 +466,9 @@ admin_token = "chaos-admin-token-0123456789"
         with trio.move_on_after(3):
             while True:  # a worker between two connections has nothing to drop: try again shortly
                 target = await self.target(params["holder"], routed=True)
-                if target is not None:
-                    self.mark("drop", target)
+                holder = target is not None and target[0] == self.holder()
                 if target is not None and self.proxy.drop(target[0]) > 0:
+                    self.mark("drop", "holder" if holder else "standby")
                     return True
                 await trio.sleep(0.1)
         return False

@@ -336,7 +336,8 @@ def test_a_holder_the_watch_sees_stopped_is_fenced_at_once_and_released_only_by_
     d.renew("a", 1)  # heard at 0
     join_child(d, "b")
     out = d.feed(Frozen("id-a", seen=0.3), at=0.32)  # SIGSTOP at ~0.28, seen by the 50 ms watch
-    assert Close("a", "stopped: its process was stopped by a signal, silent for 0.3 s", "id-a", hung=True) in out
+    closes = [a for a in out if isinstance(a, Close)]  # one kill: the fence, not also a lost-holder kill
+    assert closes == [Close("a", "stopped: its process was stopped by a signal, silent for 0.3 s", "id-a", hung=True)]
     assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.wid is None  # not before its exit
     out = d.feed(ProcessExited("id-a", -9), at=0.33)
     assert d.grant(out, "b")["reason"] == "failover: id-a exited (-9)"
@@ -383,6 +384,42 @@ def test_a_restored_lease_whose_holder_is_seen_stopped_ends_with_its_exit() -> N
     out = d.feed(Frozen("id-a", seen=0.1), at=0.1)
     assert out == [Close("", "stopped holder without a connection", "id-a", hung=True)]
     assert d.grant(d.feed(ProcessExited("id-a", -9), at=0.12), "b")["epoch"] == 5
+
+
+def test_a_lost_child_holder_not_back_within_hang_limit_is_killed_before_its_lease_ends() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)  # heard at 0: our lease view ends at 12, the hang limit at 8
+    join_child(d, "b")
+    d.feed(Disconnected("a"), at=0.5)  # partitioned, or its reconnects fail: it may still process
+    for t in range(1, 8):
+        d.feed(Heartbeat("b"), at=t)  # the standby keeps talking
+        assert d.core.next_deadline() == min(8, t + 2.5)
+    out = d.feed(TimerFired(), at=8)
+    assert out == [Close("", "hung: lost (disconnected) and silent for 8 s", "id-a", hung=True)]
+    assert d.core.lease is not None and d.feed(TimerFired(), at=8.5) == []  # once; the exit releases it
+    assert d.grant(d.feed(ProcessExited("id-a", -9), at=8.51), "b")["reason"] == "failover: id-a exited (-9)"
+
+
+def test_a_lost_child_holder_that_comes_back_in_time_is_adopted_not_killed() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    d.feed(Disconnected("a"), at=0.5)
+    d.feed(Connected("a2", identity="id-a", generation=1), at=2)
+    out = d.feed(Identified("a2", version="1.0", pid=100, generation=1, epoch=1, lease_token="token-1"))
+    assert d.core.running_client == "a2" and not any(isinstance(a, Close) for a in out)
+    assert d.core.next_deadline() == 2 + 2.5  # its own silence probe, no kill at 8
+    d.feed(Heartbeat("a2", 1), at=7)
+    assert not any(isinstance(a, Close) for a in d.feed(TimerFired(), at=8))
+
+
+def test_a_lost_external_holder_is_never_killed_its_lease_runs_out() -> None:
+    d = Driver(CHILD_SETTINGS)
+    d.join("a")  # not our child
+    d.renew("a", 1)
+    d.feed(Disconnected("a"), at=0.5)
+    assert d.core.next_deadline() == 12
 
 
 def test_an_external_worker_is_never_probed_nor_fenced_before_its_silence_limit() -> None:

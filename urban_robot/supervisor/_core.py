@@ -204,6 +204,9 @@ class Lease:
     lost: str | None = None  # how its holder was lost (disconnected, heartbeat silence), while it may still process
     lost_at: float | None = None
     restored: bool = False  # read from state.json at start: held by a worker of an earlier supervisor
+    # A child holder lost (no connection) and not back by then is killed (its exit releases the lease), as a
+    # connected one silent for hang_limit would be: it cannot renew, and its lease may outlast hang_limit.
+    fence_at: float = math.inf
 
 
 def quote_tail(tail: tuple[str, ...] | list[str]) -> str:
@@ -304,6 +307,7 @@ class Supervisor:
         deadlines = [w.check_deadline for w in self.clients.values() if w.role is Role.CHECKING]
         if self.lease is not None:
             deadlines.append(self.lease.expires)
+            deadlines.append(self.lease.fence_at)
             if self.lease.stopping:
                 deadlines.append(self.lease.stop_deadline)
         gateway = self._gateway_deadline()
@@ -343,7 +347,16 @@ class Supervisor:
     def _fence(self, w: Worker, reason: str, now: float, out: list[Action]) -> None:
         """Drop ``w`` and close its connection as hung: a child's process is killed, its exit releases its lease."""
         self._forget(w, out, reason, now)
+        if self.lease is not None and self.lease.identity == w.identity:
+            self.lease.fence_at = math.inf  # killed just below
         out.append(Close(w.wid, reason, w.identity, hung=True))
+
+    def _check_lost_holder(self, now: float, out: list[Action]) -> None:
+        lease = self.lease
+        if lease is not None and lease.wid is None and lease.fence_at <= now:
+            lease.fence_at = math.inf
+            reason = f"hung: lost ({lease.lost}) and silent for {self.settings.hang_after:g} s"
+            out.append(Close("", reason, lease.identity, hung=True))
 
     # -- helpers -------------------------------------------------------------------------------
     def _move(self, w: Worker, trigger: Trigger, out: list[Action], reason: str = "") -> None:
@@ -398,6 +411,8 @@ class Supervisor:
                 # later, usually ends the lease at once (and the promotion says so); if not, its expiry does.
                 self.lease.wid = None
                 self.lease.lost, self.lease.lost_at = reason, now
+                if w.child and self.stopping is None:
+                    self.lease.fence_at = w.heard + self.settings.hang_after
 
     def _count_loss(self, e: ProcessExited, now: float, out: list[Action]) -> None:
         """An unasked exit: a warning the first time in the window, quoting the worker's last lines; the next
@@ -449,6 +464,7 @@ class Supervisor:
 
     def _on_Frozen(self, e: Frozen, now: float, out: list[Action]) -> None:
         lease = self.lease
+        lost = lease is not None and lease.identity == e.identity and lease.wid is None  # before any fence below
         for w in [w for w in self.clients.values() if w.identity == e.identity and w.child]:
             silent = now - w.heard
             if e.seen is not None and w.heard <= e.seen:  # stopped by a signal, and no word since
@@ -460,9 +476,10 @@ class Supervisor:
                     continue
             if now >= w.heard + self.settings.frozen_after:  # it may have been continued (and spoken) since
                 self._fence(w, f"frozen: its process is stopped, silent for {silent:.1f} s", now, out)
-        if e.seen is not None and lease is not None and lease.identity == e.identity and lease.wid is None:
+        if e.seen is not None and lease is not None and lost:
             # The holder's connection is gone (dropped while it was stopped, or an earlier supervisor's lease) and
             # its process is stopped: killed now, its exit releases the lease, instead of waiting out the lease.
+            lease.fence_at = math.inf
             out.append(Close("", "stopped holder without a connection", e.identity, hung=True))
 
     def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
@@ -499,6 +516,7 @@ class Supervisor:
                 out.append(RoleChanged(stale.wid, stale.role.value, Role.GONE.value, None, "replaced"))
                 out.append(Close(stale.wid, "replaced by a newer connection"))
             lease.wid = w.wid
+            lease.fence_at = math.inf  # back in time
             w.approved = True
             self._move(w, Trigger.ADOPT, out, "reconnected lease holder")
             hello["process_commands"] = True
@@ -719,6 +737,7 @@ class Supervisor:
     def _on_TimerFired(self, e: TimerFired, now: float, out: list[Action]) -> None:
         for w in list(self.clients.values()):
             self._check_silence(w, now, out)
+        self._check_lost_holder(now, out)
         for w in list(self.clients.values()):
             if w.role is Role.CHECKING and w.check_deadline <= now:
                 self._fail_check(w, "health_check_timeout", out)
