@@ -21,6 +21,7 @@ from urban_robot.supervisor import (
     HealthReport,
     Heartbeat,
     Identified,
+    Kill,
     Notify,
     Persist,
     PersistCache,
@@ -336,8 +337,10 @@ def test_a_holder_the_watch_sees_stopped_is_fenced_at_once_and_released_only_by_
     d.renew("a", 1)  # heard at 0
     join_child(d, "b")
     out = d.feed(Frozen("id-a", seen=0.3), at=0.32)  # SIGSTOP at ~0.28, seen by the 50 ms watch
-    closes = [a for a in out if isinstance(a, Close)]  # one kill: the fence, not also a lost-holder kill
-    assert closes == [Close("a", "stopped: its process was stopped by a signal, silent for 0.3 s", "id-a", hung=True)]
+    # One kill, and no close: the connection ends with the process (as a crashed worker's does).
+    assert [a for a in out if isinstance(a, Close | Kill)] == [
+        Kill("id-a", "stopped: its process was stopped by a signal, silent for 0.3 s")
+    ]
     assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.wid is None  # not before its exit
     out = d.feed(ProcessExited("id-a", -9), at=0.33)
     assert d.grant(out, "b")["reason"] == "failover: id-a exited (-9)"
@@ -371,7 +374,7 @@ def test_a_disconnected_holder_the_watch_sees_stopped_is_killed_instead_of_waiti
     join_child(d, "b")
     d.feed(Disconnected("a"), at=0.5)  # the lease stands: it may still process
     out = d.feed(Frozen("id-a", seen=0.6), at=0.6)
-    assert out == [Close("", "stopped holder without a connection", "id-a", hung=True)]
+    assert out == [Kill("id-a", "stopped holder without a connection")]
     assert d.core.lease is not None  # released by the exit that confirms the kill
     assert d.grant(d.feed(ProcessExited("id-a", -9), at=0.61), "b")["epoch"] == 2
 
@@ -382,7 +385,7 @@ def test_a_restored_lease_whose_holder_is_seen_stopped_ends_with_its_exit() -> N
     join_child(d, "b")
     assert d.cmds(d.actions, "b") == ["health_check"]  # waits for the restored lease (12 s)
     out = d.feed(Frozen("id-a", seen=0.1), at=0.1)
-    assert out == [Close("", "stopped holder without a connection", "id-a", hung=True)]
+    assert out == [Kill("id-a", "stopped holder without a connection")]
     assert d.grant(d.feed(ProcessExited("id-a", -9), at=0.12), "b")["epoch"] == 5
 
 
@@ -396,7 +399,7 @@ def test_a_lost_child_holder_not_back_within_hang_limit_is_killed_before_its_lea
         d.feed(Heartbeat("b"), at=t)  # the standby keeps talking
         assert d.core.next_deadline() == min(8, t + 2.5)
     out = d.feed(TimerFired(), at=8)
-    assert out == [Close("", "hung: lost (disconnected) and silent for 8 s", "id-a", hung=True)]
+    assert out == [Kill("id-a", "hung: lost (disconnected) and silent for 8 s")]
     assert d.core.lease is not None and d.feed(TimerFired(), at=8.5) == []  # once; the exit releases it
     assert d.grant(d.feed(ProcessExited("id-a", -9), at=8.51), "b")["reason"] == "failover: id-a exited (-9)"
 

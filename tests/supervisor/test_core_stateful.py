@@ -49,6 +49,7 @@ from urban_robot.supervisor import (
     HealthReport,
     Heartbeat,
     Identified,
+    Kill,
     Persist,
     PersistCache,
     ProcessExited,
@@ -145,20 +146,29 @@ class SupervisorWorld(RuleBasedStateMachine):
                 assert not self.stopping, "a spawn asked for while stopping"
             elif isinstance(action, Close):
                 self.closed(action)
+            elif isinstance(action, Kill):
+                self.killed(action)
             elif isinstance(action, CheckFrozen):
                 proc = self.proc_of(action.wid)
                 if proc is not None:
                     proc.probed = True
         return out
 
+    def killed(self, action: Kill) -> None:
+        """The process manager SIGKILLs a child (its exit reported later); it says nothing more from now on."""
+        proc = next((p for p in self.procs if p.identity == action.identity and p.alive), None)
+        if proc is None or not proc.child:
+            return
+        if proc.wid is not None:
+            self.inbox.pop(proc.wid, None)
+        proc.wid = None
+        proc.pending_heartbeats.clear()
+        proc.killed = True
+
     def closed(self, action: Close) -> None:
         """The core closed a connection; a child fenced off as hung is SIGKILLed (its exit reported later)."""
         proc = self.proc_of(action.wid)
         if proc is None:
-            # No connection (a holder that lost its own): the process manager kills the process by its identity.
-            lost = [p for p in self.procs if p.identity == action.identity and p.alive and p.wid is None]
-            if action.hung and lost and lost[0].child:
-                lost[0].killed = True
             return
         self.inbox.pop(action.wid, None)
         proc.wid = None

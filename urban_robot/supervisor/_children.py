@@ -49,7 +49,7 @@ import trio
 
 from .._errors import UrbanRobotError
 from ..logs import read_tail
-from ._events import CheckFrozen, Close, Frozen, ProcessExited, Send
+from ._events import CheckFrozen, Close, Frozen, Kill, ProcessExited, Send
 from ._store import atomic_write, read_private
 
 log = logging.getLogger("urban_robot.children")
@@ -442,6 +442,8 @@ class Children:
             if worker is not None:
                 self.asked.add(worker.identity)  # the supervisor asked it to go
         if isinstance(action, Close) and action.hung and action.identity in self.children:
+            self.kill(action.identity, action.reason)
+        if isinstance(action, Kill) and action.identity in self.children:
             self.kill(action.identity, action.reason)
         if isinstance(action, CheckFrozen) and action.identity in self.children:
             child = self.children[action.identity]

@@ -67,6 +67,7 @@ from ._events import (
     HealthReport,
     Heartbeat,
     Identified,
+    Kill,
     Notify,
     Persist,
     PersistCache,
@@ -356,7 +357,7 @@ class Supervisor:
         if lease is not None and lease.wid is None and lease.fence_at <= now:
             lease.fence_at = math.inf
             reason = f"hung: lost ({lease.lost}) and silent for {self.settings.hang_after:g} s"
-            out.append(Close("", reason, lease.identity, hung=True))
+            out.append(Kill(lease.identity, reason))
 
     # -- helpers -------------------------------------------------------------------------------
     def _move(self, w: Worker, trigger: Trigger, out: list[Action], reason: str = "") -> None:
@@ -472,7 +473,12 @@ class Supervisor:
                 if self._holds(w):
                     # It processes nothing while stopped, and will not by itself: fenced now, not after a silence
                     # (nothing healthy is ever in state T; the lease is released by its exit, as for any fence).
-                    self._fence(w, f"stopped: its process was stopped by a signal, silent for {silent:.1f} s", now, out)
+                    # Killed, not closed first: its connection ends with the process, as a crashed worker's does.
+                    reason = f"stopped: its process was stopped by a signal, silent for {silent:.1f} s"
+                    self._forget(w, out, reason, now)
+                    if self.lease is not None:  # (an unconfirmed grant was released by the forgetting)
+                        self.lease.fence_at = math.inf
+                    out.append(Kill(w.identity, reason))
                     continue
             if now >= w.heard + self.settings.frozen_after:  # it may have been continued (and spoken) since
                 self._fence(w, f"frozen: its process is stopped, silent for {silent:.1f} s", now, out)
@@ -480,7 +486,7 @@ class Supervisor:
             # The holder's connection is gone (dropped while it was stopped, or an earlier supervisor's lease) and
             # its process is stopped: killed now, its exit releases the lease, instead of waiting out the lease.
             lease.fence_at = math.inf
-            out.append(Close("", "stopped holder without a connection", e.identity, hung=True))
+            out.append(Kill(e.identity, "stopped holder without a connection"))
 
     def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)

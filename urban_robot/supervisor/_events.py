@@ -209,6 +209,18 @@ class Close:
 
 
 @attrs.frozen
+class Kill:
+    """SIGKILL the process of child ``identity`` now; its connection, if any, ends with it (not closed first).
+
+    For a holder whose process is stopped or whose connection is gone: the lease it may hold is released only
+    by the ``ProcessExited`` that follows (or by its expiry), never by this action.
+    """
+
+    identity: str
+    reason: str
+
+
+@attrs.frozen
 class CheckFrozen:
     """Ask the process manager whether the process of child ``identity`` is stopped (answer: ``Frozen``)."""
 
@@ -274,4 +286,6 @@ class RoleChanged:
     reason: str = ""
 
 
-Action = Reply | Send | Close | CheckFrozen | Persist | PersistCache | Spawn | TopUp | RollBack | Notify | RoleChanged
+Action = (
+    Reply | Send | Close | Kill | CheckFrozen | Persist | PersistCache | Spawn | TopUp | RollBack | Notify | RoleChanged
+)
