@@ -14,7 +14,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 from chaos import answers, checker  # noqa: E402
-from chaos.run import FAULTS, commit_schedule, fault_schedule  # noqa: E402
+from chaos.run import FAULTS, by_cause, commit_schedule, fault_schedule  # noqa: E402
 
 
 def cmd(t: float, who: str, epoch: int | None, ver: str = "1.0") -> dict[str, Any]:
@@ -74,6 +74,28 @@ def test_a_frozen_holder_counts_as_no_processor_although_its_segment_goes_on() -
     verdict = checker.check(events, set(), set(), 0.0, 2.0)
     assert verdict.violations == []
     assert verdict.idle == pytest.approx([0.5])
+
+
+def test_each_stretch_without_a_processor_is_put_down_to_the_last_fault_before_it() -> None:
+    events = [
+        *commands("a", 1, 0.0, 1.0),
+        {"e": "chaos", "t": 0.9, "id": "soak", "kind": "hang_worker:holder"},
+        *commands("b", 2, 1.4, 2.0),
+        {"e": "chaos", "t": 1.8, "id": "soak", "kind": "kill_worker:holder"},
+        *commands("c", 3, 2.1, 3.0),
+    ]
+    verdict = checker.check(sorted(events, key=lambda e: e["t"]), set(), set(), 0.0, 3.0)
+    assert verdict.violations == [] and verdict.segments == 3  # the soak's own lines are no worker's
+    assert [(kind, round(ago, 3), round(length, 3)) for kind, ago, length in verdict.idle_causes] == [
+        ("hang_worker:holder", 0.1, 0.4),
+        ("kill_worker:holder", 0.2, 0.1),
+    ]
+    assert by_cause(verdict.idle_causes)["hang_worker:holder"] == {
+        "n": 1,
+        "total_s": 0.4,
+        "longest_s": 0.4,
+        "median_after_s": 0.1,
+    }
 
 
 def test_lost_writes_and_bad_commits_are_violations() -> None:

@@ -9,7 +9,8 @@
   holder processing under an old epoch is caught even between two of its own segments).
 - **P2**: time in the window covered by no segment. For this measure only, a segment is also cut
   where its worker journaled nothing for ``GAP`` seconds (a frozen holder whose lease had not run
-  out yet processes nothing either).
+  out yet processes nothing either). Each stretch is put down to the last fault or commit the soak
+  journaled before it began (``{"e": "chaos", "kind": ...}`` lines).
 - **P3**: every key journaled as acknowledged is in the final holder's cache dump.
 - **P4**: no command journaled by a worker running a bad commit's version.
 """
@@ -24,6 +25,8 @@ from typing import Any
 import attrs
 
 GAP = 0.1  # seconds without a command that P2 counts as "no processor" even inside a segment
+# A fault is journaled just before it is done; a holder's last command can come a moment before that line.
+MARK_SLACK = 0.05
 
 
 @attrs.define
@@ -108,17 +111,34 @@ def epoch_violations(events: Iterable[dict[str, Any]]) -> list[str]:
 
 def idle_stretches(segs: list[Segment], since: float, until: float) -> list[float]:
     """Durations of the stretches of [since, until] that no segment covers."""
-    stretches = []
+    return [end - start for start, end in idle_spans(segs, since, until)]
+
+
+def idle_spans(segs: list[Segment], since: float, until: float) -> list[tuple[float, float]]:
+    """The stretches of [since, until] that no segment covers, as (start, end)."""
+    spans = []
     covered = since
     for seg in sorted(segs, key=lambda s: s.start):
         if seg.end < since or seg.start > until:
             continue
         if seg.start > covered:
-            stretches.append(min(seg.start, until) - covered)
+            spans.append((covered, min(seg.start, until)))
         covered = max(covered, seg.end)
     if until > covered:
-        stretches.append(until - covered)
-    return stretches
+        spans.append((covered, until))
+    return spans
+
+
+def causes(spans: list[tuple[float, float]], marks: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+    """Each stretch's likely cause: the last fault or commit the soak journaled (``"e": "chaos"``) before
+    the stretch began, as (kind, seconds from it to the stretch's start, the stretch's length)."""
+    found = []
+    ordered = sorted(marks, key=lambda m: m["t"])
+    for start, end in spans:
+        before = [m for m in ordered if m["t"] <= start + MARK_SLACK]
+        mark = before[-1] if before else None
+        found.append((mark["kind"] if mark else "start", start - mark["t"] if mark else 0.0, end - start))
+    return found
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -138,6 +158,7 @@ class Verdict:
     writes_checked: int
     writes_lost: list[str]
     bad_commands: list[str]
+    idle_causes: list[tuple[str, float, float]] = attrs.Factory(list)  # (kind, fault to stretch, stretch)
 
     @property
     def violations(self) -> list[str]:
@@ -162,6 +183,7 @@ def check(events: list[dict[str, Any]], dump: set[str], bad_versions: set[str], 
         for a, b in pairs
     ]
     written = {e["key"] for e in events if e["e"] == "write"}
+    spans = idle_spans(segments(events, gap=GAP), since, until)
     bad: dict[str, int] = {}
     for e in events:
         if e["e"] == "cmd" and e["ver"] in bad_versions:
@@ -171,7 +193,8 @@ def check(events: list[dict[str, Any]], dump: set[str], bad_versions: set[str], 
         segments=len(segs),
         overlaps=described,
         epoch_problems=epoch_violations(events),
-        idle=idle_stretches(segments(events, gap=GAP), since, until),
+        idle=[end - start for start, end in spans],
+        idle_causes=causes(spans, [e for e in events if e["e"] == "chaos"]),
         writes_checked=len(written),
         writes_lost=sorted(written - dump),
         bad_commands=[f"{who}: {n} commands" for who, n in bad.items()],

@@ -25,7 +25,10 @@ commit processed, epochs only increasing, also across supervisor restarts in sta
 
 The last line printed is one JSON object:
 {"duration_s", "faults": {kind: count}, "overlaps", "no_processor_total_s", "no_processor_share",
- "no_processor_longest_s", "no_processor_p99_s", "writes_checked", "writes_lost", "bad_commits_processed", ...}
+ "no_processor_longest_s", "no_processor_p99_s", "no_processor_by_cause", "writes_checked", "writes_lost",
+ "bad_commits_processed", ...}
+``no_processor_share`` is a fraction (0.02 = 2% of ``duration_s``); ``no_processor_by_cause`` puts each stretch
+down to the fault (``kind:holder``, ``kind:standby``) or commit the soak journaled last before it began.
 Exit status 1 on any violation (each is printed), 2 if the soak itself could not run.
 """
 
@@ -392,6 +395,18 @@ admin_token = "chaos-admin-token-0123456789"
         return None
 
     # -- faults --------------------------------------------------------------------------------------------
+    def mark(self, kind: str, target: tuple[str, int, int | None] | str | None = None) -> None:
+        """Journal a fault (or commit) the moment it takes effect: the checker puts each stretch without a
+        processor down to the last one before it. ``target``: the worker hurt (said as holder or standby)."""
+        if isinstance(target, tuple):
+            target = "holder" if target[0] == self.holder() else "standby"
+        line = {"e": "chaos", "t": time.monotonic(), "id": "soak", "kind": f"{kind}:{target}" if target else kind}
+        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(line) + "\n").encode())  # one write on O_APPEND, as the workers do
+        finally:
+            os.close(fd)
+
     async def inject(self, kind: str, params: dict[str, Any]) -> None:
         action = getattr(self, f"_{kind}")
         if await action(params):
@@ -401,11 +416,17 @@ admin_token = "chaos-admin-token-0123456789"
 
     async def _kill_worker(self, params: dict[str, Any]) -> bool:
         target = await self.target(params["holder"])
-        return target is not None and signal_pid(target[1], target[2], signal.SIGKILL)
+        if target is None:
+            return False
+        self.mark("kill_worker", target)
+        return signal_pid(target[1], target[2], signal.SIGKILL)
 
     async def _hang_worker(self, params: dict[str, Any]) -> bool:
         target = await self.target(params["holder"])
-        if target is None or not signal_pid(target[1], target[2], signal.SIGSTOP):
+        if target is None:
+            return False
+        self.mark("hang_worker", target)
+        if not signal_pid(target[1], target[2], signal.SIGSTOP):
             return False
         self.stopped[target[1]] = target[2]
         try:
@@ -417,7 +438,10 @@ admin_token = "chaos-admin-token-0123456789"
 
     async def _partition(self, params: dict[str, Any]) -> bool:
         target = await self.target(params["holder"], routed=True)
-        if target is None or not self.proxy.partition(target[0]):
+        if target is None:
+            return False
+        self.mark("partition", target)
+        if not self.proxy.partition(target[0]):
             return False
         try:
             await trio.sleep(params["duration"])
@@ -432,6 +456,7 @@ admin_token = "chaos-admin-token-0123456789"
             if target is None:
                 return False
             identity = target[0]
+        self.mark("delay", target if identity else "everyone")
         self.proxy.set_delay(identity, params["latency"])
         try:
             await trio.sleep(params["duration"])
@@ -443,7 +468,9 @@ admin_token = "chaos-admin-token-0123456789"
         with trio.move_on_after(3):
             while True:  # a worker between two connections has nothing to drop: try again shortly
                 target = await self.target(params["holder"], routed=True)
+                holder = target is not None and target[0] == self.holder()
                 if target is not None and self.proxy.drop(target[0]) > 0:
+                    self.mark("drop", "holder" if holder else "standby")
                     return True
                 await trio.sleep(0.1)
         return False
@@ -451,6 +478,7 @@ admin_token = "chaos-admin-token-0123456789"
     async def _kill_supervisor(self, params: dict[str, Any]) -> bool:
         assert self.supervisor is not None
         async with self.supervisor.lock:
+            self.mark("kill_supervisor")
             await self.supervisor.kill()
             try:
                 await trio.sleep(params["duration"])
@@ -460,6 +488,7 @@ admin_token = "chaos-admin-token-0123456789"
         return True
 
     async def _notify_429(self, params: dict[str, Any]) -> bool:
+        self.mark("notify_429")
         self.discord.flood(params["duration"])
         return True
 
@@ -475,6 +504,7 @@ admin_token = "chaos-admin-token-0123456789"
                 try:
                     status = await push_webhook(http, f"http://127.0.0.1:{self.sup_port}", commit, f"chaos-{n}")
                     if status == 202:
+                        self.mark(f"commit_{kind}")
                         return
                 except httpx.HTTPError:
                     pass  # the supervisor is down right now: GitHub would redeliver, so do we
@@ -622,6 +652,8 @@ admin_token = "chaos-admin-token-0123456789"
             "no_processor_longest_s": round(max(idle, default=0.0), 3),
             "no_processor_p99_s": round(checker.percentile(idle, 99), 3),
             "no_processor_stretches": len(idle),
+            # Seconds without a processor by what the soak did last before each stretch (fault:target, commit_kind).
+            "no_processor_by_cause": by_cause(verdict.idle_causes) if answered is None else None,
             "writes_checked": verdict.writes_checked,
             "writes_lost": len(verdict.writes_lost),
             "bad_commits_processed": len(verdict.bad_commands),
@@ -668,6 +700,21 @@ admin_token = "chaos-admin-token-0123456789"
             signal_pid(pid, ticks, signal.SIGKILL)
 
 
+def by_cause(causes: list[tuple[str, float, float]]) -> dict[str, dict[str, float]]:
+    """Per cause: how many stretches, their total and longest seconds, and the median delay from it to them."""
+    out: dict[str, dict[str, float]] = {}
+    for kind in sorted({kind for kind, _, _ in causes}):
+        mine = [(ago, length) for k, ago, length in causes if k == kind]
+        lengths = [length for _, length in mine]
+        out[kind] = {
+            "n": len(mine),
+            "total_s": round(sum(lengths), 3),
+            "longest_s": round(max(lengths), 3),
+            "median_after_s": round(sorted(ago for ago, _ in mine)[len(mine) // 2], 3),
+        }
+    return dict(sorted(out.items(), key=lambda item: -item[1]["total_s"]))
+
+
 def summary(result: dict[str, Any]) -> str:
     faults = ", ".join(f"{kind} {n}" for kind, n in result["faults"].items())
     commits = ", ".join(f"{kind} {n}" for kind, n in result["commits"].items())
@@ -677,7 +724,16 @@ def summary(result: dict[str, Any]) -> str:
         f" ({result['commands']} commands in {result['processing_segments']} segments);"
         f" epoch violations: {result['epoch_violations']} (last epoch {result['epochs_granted']})",
         f"  P2 no processor: {result['no_processor_total_s']} s in all, longest {result['no_processor_longest_s']} s,"
-        f" p99 {result['no_processor_p99_s']} s over {result['no_processor_stretches']} stretches",
+        f" p99 {result['no_processor_p99_s']} s over {result['no_processor_stretches']} stretches"
+        f" ({result['no_processor_share']:.2%} of the soak)",
+        "  P2 by cause: "
+        + (
+            ", ".join(
+                f"{kind} {c['total_s']} s/{c['n']:g} (longest {c['longest_s']})"
+                for kind, c in (result["no_processor_by_cause"] or {}).items()
+            )
+            or "-"
+        ),
         f"  P3 acknowledged cache writes checked: {result['writes_checked']}, lost: {result['writes_lost']}"
         f" (final holder {result['final_holder']}; missing from the supervisor's cache.bin:"
         f" {result['writes_missing_from_supervisor_cache']})",

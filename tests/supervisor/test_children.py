@@ -252,10 +252,39 @@ async def test_the_kernel_says_which_silent_child_is_stopped(nursery: trio.Nurse
         await trio.sleep(0.01)  # the kernel stops it asynchronously
     children.on_action(CheckFrozen("w1", frozen.identity))
     children.on_action(CheckFrozen("w2", blocked.identity))  # asleep (a blocked event loop): not stopped
-    await robot.changed.wait()
+    while Frozen(frozen.identity) not in robot.events:
+        await robot.changed.wait()
     await trio.testing.wait_all_tasks_blocked()
-    assert robot.events == [Frozen(frozen.identity)]
+    answers = [e for e in robot.events if isinstance(e, Frozen) and e.seen is None]  # not the watch's own report
+    assert answers == [Frozen(frozen.identity)]
     for child in (frozen, blocked):
+        children.on_action(Close("w", "test over", child.identity, hung=True))
+    await robot.exits(2)
+
+
+@pytest.mark.slow
+async def test_the_watch_reports_each_stop_by_a_signal_once_and_only_stops(nursery: trio.Nursery) -> None:
+    robot = FakeRobot()
+    children = Children(robot, python("import time; time.sleep(60)"), cwd=Path("."), url="u")
+    await nursery.start(children.run, 2)
+    while len(children.children) < 2:
+        await trio.sleep(0.01)
+    frozen, asleep = children.children.values()
+
+    async def reports() -> list[Frozen]:
+        await trio.sleep(0.3)  # six rounds of the watch
+        return [e for e in robot.events if isinstance(e, Frozen)]
+
+    os.kill(frozen.pid, signal.SIGSTOP)
+    stopped_at = trio.current_time()
+    [report] = await reports()  # once, however long it stays stopped; the sleeping one never
+    assert report.identity == frozen.identity and report.seen is not None
+    assert 0 <= report.seen - stopped_at < 0.2  # within a round or two of the watch, not a silence limit
+    os.kill(frozen.pid, signal.SIGCONT)
+    assert len(await reports()) == 1  # running again: nothing more
+    os.kill(frozen.pid, signal.SIGSTOP)
+    assert len(await reports()) == 2  # a new stop is a new report
+    for child in (frozen, asleep):
         children.on_action(Close("w", "test over", child.identity, hung=True))
     await robot.exits(2)
 

@@ -23,6 +23,7 @@ from urban_robot.supervisor import (
     HealthReport,
     Heartbeat,
     Identified,
+    Kill,
     Notify,
     Persist,
     PersistCache,
@@ -331,6 +332,100 @@ def test_a_late_frozen_answer_does_not_fence_a_child_that_spoke_since() -> None:
     assert d.feed(TimerFired(), at=2.5) == [CheckFrozen("a", "id-a")]
     d.renew("a", 1)  # SIGCONT: it spoke again before the kernel's answer was handled
     assert d.feed(Frozen("id-a")) == [] and d.core.running_client == "a"
+
+
+def test_a_holder_the_watch_sees_stopped_is_fenced_at_once_and_released_only_by_its_exit() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)  # heard at 0
+    join_child(d, "b")
+    out = d.feed(Frozen("id-a", seen=0.3), at=0.32)  # SIGSTOP at ~0.28, seen by the 50 ms watch
+    # One kill, and no close: the connection ends with the process (as a crashed worker's does).
+    assert [a for a in out if isinstance(a, Close | Kill)] == [
+        Kill("id-a", "stopped: its process was stopped by a signal, silent for 0.3 s")
+    ]
+    assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.wid is None  # not before its exit
+    out = d.feed(ProcessExited("id-a", -9), at=0.33)
+    assert d.grant(out, "b")["reason"] == "failover: id-a exited (-9)"
+
+
+def test_a_holder_that_spoke_after_the_watch_saw_it_stopped_is_not_fenced() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    d.now = 0.4
+    d.renew("a", 1)  # SIGCONT: it spoke again before the watch's report was handled
+    assert d.feed(Frozen("id-a", seen=0.3), at=0.41) == [] and d.core.running_client == "a"
+
+
+def test_a_stopped_standby_is_not_promoted_until_it_speaks_again() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    join_child(d, "b")
+    assert d.feed(Frozen("id-b", seen=0.2), at=0.2) == []  # a stopped standby: not fenced at once ...
+    out = d.feed(ProcessExited("id-a", -9), at=0.5)
+    assert d.cmds(out, "b") == [] and d.core.lease is None  # ... but not handed a grant it cannot take
+    out = d.feed(Heartbeat("b"), at=0.9)  # SIGCONT: it speaks, and is promoted at once
+    assert d.grant(out, "b")["epoch"] == 2
+
+
+def test_a_disconnected_holder_the_watch_sees_stopped_is_killed_instead_of_waiting_out_its_lease() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    join_child(d, "b")
+    d.feed(Disconnected("a"), at=0.5)  # the lease stands: it may still process
+    out = d.feed(Frozen("id-a", seen=0.6), at=0.6)
+    assert out == [Kill("id-a", "stopped holder without a connection")]
+    assert d.core.lease is not None  # released by the exit that confirms the kill
+    assert d.grant(d.feed(ProcessExited("id-a", -9), at=0.61), "b")["epoch"] == 2
+
+
+def test_a_restored_lease_whose_holder_is_seen_stopped_ends_with_its_exit() -> None:
+    state = {"epoch": 4, "holder": {"identity": "id-a", "epoch": 4, "token": "t"}}
+    d = Driver(CHILD_SETTINGS, state=state)  # an earlier supervisor's holder, adopted but not reconnected
+    join_child(d, "b")
+    assert d.cmds(d.actions, "b") == ["health_check"]  # waits for the restored lease (12 s)
+    out = d.feed(Frozen("id-a", seen=0.1), at=0.1)
+    assert out == [Kill("id-a", "stopped holder without a connection")]
+    assert d.grant(d.feed(ProcessExited("id-a", -9), at=0.12), "b")["epoch"] == 5
+
+
+def test_a_lost_child_holder_not_back_within_hang_limit_is_killed_before_its_lease_ends() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)  # heard at 0: our lease view ends at 12, the hang limit at 8
+    join_child(d, "b")
+    d.feed(Disconnected("a"), at=0.5)  # partitioned, or its reconnects fail: it may still process
+    for t in range(1, 8):
+        d.feed(Heartbeat("b"), at=t)  # the standby keeps talking
+        assert d.core.next_deadline() == min(8, t + 2.5)
+    out = d.feed(TimerFired(), at=8)
+    assert out == [Kill("id-a", "hung: lost (disconnected) and silent for 8 s")]
+    assert d.core.lease is not None and d.feed(TimerFired(), at=8.5) == []  # once; the exit releases it
+    assert d.grant(d.feed(ProcessExited("id-a", -9), at=8.51), "b")["reason"] == "failover: id-a exited (-9)"
+
+
+def test_a_lost_child_holder_that_comes_back_in_time_is_adopted_not_killed() -> None:
+    d = Driver(CHILD_SETTINGS)
+    join_child(d, "a")
+    d.renew("a", 1)
+    d.feed(Disconnected("a"), at=0.5)
+    d.feed(Connected("a2", identity="id-a", generation=1), at=2)
+    out = d.feed(Identified("a2", version="1.0", pid=100, generation=1, epoch=1, lease_token="token-1"))
+    assert d.core.running_client == "a2" and not any(isinstance(a, Close) for a in out)
+    assert d.core.next_deadline() == 2 + 2.5  # its own silence probe, no kill at 8
+    d.feed(Heartbeat("a2", 1), at=7)
+    assert not any(isinstance(a, Close) for a in d.feed(TimerFired(), at=8))
+
+
+def test_a_lost_external_holder_is_never_killed_its_lease_runs_out() -> None:
+    d = Driver(CHILD_SETTINGS)
+    d.join("a")  # not our child
+    d.renew("a", 1)
+    d.feed(Disconnected("a"), at=0.5)
+    assert d.core.next_deadline() == 12
 
 
 def test_an_external_worker_is_never_probed_nor_fenced_before_its_silence_limit() -> None:

@@ -50,6 +50,7 @@ from urban_robot.supervisor import (
     HealthReport,
     Heartbeat,
     Identified,
+    Kill,
     Persist,
     PersistCache,
     ProcessExited,
@@ -146,11 +147,24 @@ class SupervisorWorld(RuleBasedStateMachine):
                 assert not self.stopping, "a spawn asked for while stopping"
             elif isinstance(action, Close):
                 self.closed(action)
+            elif isinstance(action, Kill):
+                self.killed(action)
             elif isinstance(action, CheckFrozen):
                 proc = self.proc_of(action.wid)
                 if proc is not None:
                     proc.probed = True
         return out
+
+    def killed(self, action: Kill) -> None:
+        """The process manager SIGKILLs a child (its exit reported later); it says nothing more from now on."""
+        proc = next((p for p in self.procs if p.identity == action.identity and p.alive), None)
+        if proc is None or not proc.child:
+            return
+        if proc.wid is not None:
+            self.inbox.pop(proc.wid, None)
+        proc.wid = None
+        proc.pending_heartbeats.clear()
+        proc.killed = True
 
     def closed(self, action: Close) -> None:
         """The core closed a connection; a child fenced off as hung is SIGKILLed (its exit reported later)."""
@@ -425,6 +439,14 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from([p for p in self.procs if p.probed and p.alive]))
         proc.probed = False
         self.feed(Frozen(proc.identity))
+
+    @precondition(lambda self: any(p.child and p.alive for p in self.procs))
+    @rule(data=st.data())
+    def watch_sees_stopped(self, data: st.DataObject) -> None:
+        """The process manager's watch saw a child stopped by a signal, connected or not, silent since or (a race
+        with SIGCONT) not: whatever the core does about it, no lease may be released before the exit."""
+        proc = data.draw(st.sampled_from([p for p in self.procs if p.child and p.alive]))
+        self.feed(Frozen(proc.identity, seen=self.now - data.draw(st.sampled_from([0.0, 0.5, 5.0]))))
 
     @precondition(lambda self: any(p.killed for p in self.procs))
     @rule(data=st.data())

@@ -1,9 +1,10 @@
 """A frozen holder under the DEFAULT timings (``Settings()``: interval 1 s, grace 9 s, margin 2 s), with real
 worker processes (``python -m urban_robot.testing.worker``) under the assembled supervisor (``serve``).
 
-The kernel fences it: silent for ``frozen_limit`` (2.5 s) while /proc says it is stopped, it is SIGKILLed and
-its lease released by its confirmed exit, so the standby processes in well under the 10 s lease, and never
-while the frozen process still exists.
+The kernel fences it: the process manager's 50 ms watch sees it stopped by a signal (/proc state T), it is
+SIGKILLed at once and its lease released by its confirmed exit, so the standby processes within a second
+(about 50 ms on an idle machine), not after ``frozen_limit`` (2.5 s) nor the 10 s lease, and never while the
+frozen process still exists.
 
 Times are ``time.monotonic()`` (CLOCK_MONOTONIC, one clock for every process on the host): the worker logs
 each step with it (``SimulatedWorker(echo=True)``), this test takes its own with it.
@@ -102,7 +103,8 @@ async def test_a_sigstopped_holder_is_killed_and_the_standby_processes_within_5_
 
     assert successor == standby
     assert code == -signal.SIGKILL  # killed while stopped: never continued, so it never ran another instruction
-    assert started - stopped_at < 5.0, f"{started - stopped_at:.2f} s from SIGSTOP to the standby processing"
+    # Not a silence limit (2.5 s): the watch's round (50 ms), the kill, the promotion; 1 s leaves room for load.
+    assert started - stopped_at < 1.0, f"{started - stopped_at:.2f} s from SIGSTOP to the standby processing"
     # No overlap: the grant left after the frozen process's exit was seen (waitpid), and the standby processed
     # only once its grant was renewed, later still.
     assert stopped_at < exited_at <= granted_at < started

@@ -49,7 +49,7 @@ import trio
 
 from .._errors import UrbanRobotError
 from ..logs import read_tail
-from ._events import CheckFrozen, Close, Frozen, ProcessExited, Send
+from ._events import CheckFrozen, Close, Frozen, Kill, ProcessExited, Send
 from ._store import atomic_write, read_private
 
 log = logging.getLogger("urban_robot.children")
@@ -132,6 +132,9 @@ class ChildPolicy:
     stable_uptime: float = 60.0  # a child that lived this long resets the backoff
     log_keep: int = 20
     log_max_bytes: int = 100 * 1024 * 1024
+    # How often the kernel is asked whether a child is stopped by a signal (``Frozen(seen=...)``): a stopped
+    # lease holder is fenced when this sees it. Reading /proc/<pid>/stat takes microseconds.
+    stop_watch: float = 0.05
 
 
 @attrs.define(eq=False)
@@ -155,10 +158,10 @@ def start_ticks(pid: int) -> int | None:
     return int(stat[19]) if stat is not None else None  # field 22
 
 
-def stopped(pid: int, ticks: int | None) -> bool:
+def stopped(pid: int, ticks: int | None, states: tuple[str, ...] = ("T", "t")) -> bool:
     """Whether the kernel has ``pid`` (still the process started at ``ticks``) stopped: T (a signal) or t (traced)."""
     stat = _stat(pid)
-    return stat is not None and int(stat[19]) == ticks and stat[0] in ("T", "t")
+    return stat is not None and int(stat[19]) == ticks and stat[0] in states
 
 
 def _uid(pid: int) -> int | None:
@@ -250,8 +253,25 @@ class Children:
             adopted = self._adopt_survivors()
             for _ in range(max(0, count - adopted)):
                 self.spawn("start-up")
+            nursery.start_soon(self._watch_stops)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _watch_stops(self) -> None:
+        """Tell the supervisor when a child is stopped by a signal (SIGSTOP: state T), once per stop.
+
+        A debugger's stop (t: py-spy, gdb) is left to the silence probe (``CheckFrozen``): it is brief, and
+        an operator's. Adopted children are watched alike (no SIGCHLD reaches us from them)."""
+        seen: set[str] = set()
+        while True:
+            await trio.sleep(self.policy.stop_watch)
+            for identity, child in list(self.children.items()):
+                if not stopped(child.pid, child.start_ticks, ("T",)):
+                    seen.discard(identity)
+                elif identity not in seen:
+                    seen.add(identity)
+                    await self.robot.submit(Frozen(identity, seen=trio.current_time()))
+            seen &= set(self.children)
 
     def spawn(
         self,
@@ -422,6 +442,8 @@ class Children:
             if worker is not None:
                 self.asked.add(worker.identity)  # the supervisor asked it to go
         if isinstance(action, Close) and action.hung and action.identity in self.children:
+            self.kill(action.identity, action.reason)
+        if isinstance(action, Kill) and action.identity in self.children:
             self.kill(action.identity, action.reason)
         if isinstance(action, CheckFrozen) and action.identity in self.children:
             child = self.children[action.identity]

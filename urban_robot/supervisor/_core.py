@@ -33,7 +33,9 @@ reports its process stopped (``CheckFrozen`` -> ``Frozen``), or silent for ``han
 state, it is dropped and killed (``Close(hung=True)``: SIGKILL), and its lease is released by the
 ``ProcessExited`` that confirms the kill, not before. ``hang_limit`` is longer than a slow but
 healthy bot's stall (an event loop blocked 5 s) and shorter than the lease, so a silent child is
-replaced in seconds, not a lease.
+replaced in seconds, not a lease. The process manager also watches its children unasked: a holder it
+sees stopped by a signal (``Frozen(seen=...)``, state ``T``: nothing healthy is ever in it) and silent
+since is fenced at once, connected or not; a stopped standby is not promoted until it speaks again.
 
 Stopping (``Stopping``) is for good: every worker is asked to shut down (the
 holder with its final cache), and from then on nobody is promoted and no
@@ -72,6 +74,7 @@ from ._events import (
     HealthReport,
     Heartbeat,
     Identified,
+    Kill,
     Notify,
     Persist,
     PersistCache,
@@ -172,6 +175,7 @@ class Worker:
     warned: set[str] = attrs.Factory(set)  # protocol rules it broke on this connection (each warned once)
     heard: float = 0.0  # when it last said anything (core time): its one liveness clock
     probe_at: float = math.inf  # when to ask the kernel next whether its process is stopped (children only)
+    stopped: bool = False  # the kernel saw its process stopped by a signal and it has not spoken since
 
     @property
     def child(self) -> bool:
@@ -211,6 +215,9 @@ class Lease:
     lost: str | None = None  # how its holder was lost (disconnected, heartbeat silence), while it may still process
     lost_at: float | None = None
     restored: bool = False  # read from state.json at start: held by a worker of an earlier supervisor
+    # A child holder lost (no connection) and not back by then is killed (its exit releases the lease), as a
+    # connected one silent for hang_limit would be: it cannot renew, and its lease may outlast hang_limit.
+    fence_at: float = math.inf
 
 
 def quote_tail(tail: tuple[str, ...] | list[str]) -> str:
@@ -311,6 +318,7 @@ class Supervisor:
         deadlines = [w.check_deadline for w in self.clients.values() if w.role is Role.CHECKING]
         if self.lease is not None:
             deadlines.append(self.lease.expires)
+            deadlines.append(self.lease.fence_at)
             if self.lease.stopping:
                 deadlines.append(self.lease.stop_deadline)
         gateway = self._gateway_deadline()
@@ -328,6 +336,7 @@ class Supervisor:
     # -- liveness ------------------------------------------------------------------------------
     def _heard(self, w: Worker, now: float) -> None:
         w.heard = now
+        w.stopped = False  # it runs again (SIGCONT)
         w.probe_at = now + self.settings.frozen_after if w.child else math.inf
 
     def _silence_deadline(self, w: Worker) -> float:
@@ -349,7 +358,16 @@ class Supervisor:
     def _fence(self, w: Worker, reason: str, now: float, out: list[Action]) -> None:
         """Drop ``w`` and close its connection as hung: a child's process is killed, its exit releases its lease."""
         self._forget(w, out, reason, now)
+        if self.lease is not None and self.lease.identity == w.identity:
+            self.lease.fence_at = math.inf  # killed just below
         out.append(Close(w.wid, reason, w.identity, hung=True))
+
+    def _check_lost_holder(self, now: float, out: list[Action]) -> None:
+        lease = self.lease
+        if lease is not None and lease.wid is None and lease.fence_at <= now:
+            lease.fence_at = math.inf
+            reason = f"hung: lost ({lease.lost}) and silent for {self.settings.hang_after:g} s"
+            out.append(Kill(lease.identity, reason))
 
     # -- helpers -------------------------------------------------------------------------------
     def _move(self, w: Worker, trigger: Trigger, out: list[Action], reason: str = "") -> None:
@@ -376,7 +394,7 @@ class Supervisor:
 
     def _candidate(self, w: Worker) -> bool:
         """May be promoted: an approved standby whose Discord Gateway is not known to be down."""
-        return w.role is Role.STANDBY and w.approved and w.gateway is not False
+        return w.role is Role.STANDBY and w.approved and w.gateway is not False and not w.stopped
 
     def _ran_fine(self, w: Worker) -> None:
         """Forget the failures ``w`` proves past: its own kind's, and those of older generations than its."""
@@ -404,6 +422,8 @@ class Supervisor:
                 # later, usually ends the lease at once (and the promotion says so); if not, its expiry does.
                 self.lease.wid = None
                 self.lease.lost, self.lease.lost_at = reason, now
+                if w.child and self.stopping is None:
+                    self.lease.fence_at = w.heard + self.settings.hang_after
 
     def _count_loss(self, e: ProcessExited, now: float, out: list[Action]) -> None:
         """An unasked exit: a warning the first time in the window, quoting the worker's last lines; the next
@@ -457,10 +477,29 @@ class Supervisor:
         pass  # heard (in handle): that is all a message the shell could not parse does
 
     def _on_Frozen(self, e: Frozen, now: float, out: list[Action]) -> None:
+        lease = self.lease
+        lost = lease is not None and lease.identity == e.identity and lease.wid is None  # before any fence below
         for w in [w for w in self.clients.values() if w.identity == e.identity and w.child]:
             silent = now - w.heard
+            if e.seen is not None and w.heard <= e.seen:  # stopped by a signal, and no word since
+                w.stopped = True  # a standby is not promoted while it cannot even take its grant
+                if self._holds(w):
+                    # It processes nothing while stopped, and will not by itself: fenced now, not after a silence
+                    # (nothing healthy is ever in state T; the lease is released by its exit, as for any fence).
+                    # Killed, not closed first: its connection ends with the process, as a crashed worker's does.
+                    reason = f"stopped: its process was stopped by a signal, silent for {silent:.1f} s"
+                    self._forget(w, out, reason, now)
+                    if self.lease is not None:  # (an unconfirmed grant was released by the forgetting)
+                        self.lease.fence_at = math.inf
+                    out.append(Kill(w.identity, reason))
+                    continue
             if now >= w.heard + self.settings.frozen_after:  # it may have been continued (and spoken) since
                 self._fence(w, f"frozen: its process is stopped, silent for {silent:.1f} s", now, out)
+        if e.seen is not None and lease is not None and lost:
+            # The holder's connection is gone (dropped while it was stopped, or an earlier supervisor's lease) and
+            # its process is stopped: killed now, its exit releases the lease, instead of waiting out the lease.
+            lease.fence_at = math.inf
+            out.append(Kill(e.identity, "stopped holder without a connection"))
 
     def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
         w = self._worker(e.wid)
@@ -496,6 +535,7 @@ class Supervisor:
                 out.append(RoleChanged(stale.wid, stale.role.value, Role.GONE.value, None, "replaced"))
                 out.append(Close(stale.wid, "replaced by a newer connection"))
             lease.wid = w.wid
+            lease.fence_at = math.inf  # back in time
             w.approved = True
             self._move(w, Trigger.ADOPT, out, "reconnected lease holder")
             hello["process_commands"] = True
@@ -756,6 +796,7 @@ class Supervisor:
     def _on_TimerFired(self, e: TimerFired, now: float, out: list[Action]) -> None:
         for w in list(self.clients.values()):
             self._check_silence(w, now, out)
+        self._check_lost_holder(now, out)
         for w in list(self.clients.values()):
             if w.role is Role.CHECKING and w.check_deadline <= now:
                 self._fail_check(w, "health_check_timeout", out)

@@ -100,10 +100,13 @@ class Spoke:
 class Frozen:
     """The kernel reports the process of ``identity`` stopped (SIGSTOP, a debugger): it runs no code at all.
 
-    The process manager's answer to ``CheckFrozen``; only a process it spawned (or adopted) is ever reported.
+    The process manager's answer to ``CheckFrozen`` (``seen`` None), or what its watch saw unasked: the
+    process stopped by a signal (state ``T``, not a debugger's ``t``) at ``seen`` (core time). Only a
+    process it spawned (or adopted) is ever reported.
     """
 
     identity: str
+    seen: float | None = None
 
 
 @attrs.frozen
@@ -210,6 +213,18 @@ class Close:
 
 
 @attrs.frozen
+class Kill:
+    """SIGKILL the process of child ``identity`` now; its connection, if any, ends with it (not closed first).
+
+    For a holder whose process is stopped or whose connection is gone: the lease it may hold is released only
+    by the ``ProcessExited`` that follows (or by its expiry), never by this action.
+    """
+
+    identity: str
+    reason: str
+
+
+@attrs.frozen
 class CheckFrozen:
     """Ask the process manager whether the process of child ``identity`` is stopped (answer: ``Frozen``)."""
 
@@ -281,4 +296,6 @@ class RoleChanged:
     reason: str = ""
 
 
-Action = Reply | Send | Close | CheckFrozen | Persist | PersistCache | Spawn | TopUp | RollBack | Notify | RoleChanged
+Action = (
+    Reply | Send | Close | Kill | CheckFrozen | Persist | PersistCache | Spawn | TopUp | RollBack | Notify | RoleChanged
+)
