@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from urban_robot.client import Backoff, Timeouts, Worker
+from urban_robot.client import Timeouts, Worker
 
 COMMAND_EVERY = 0.005  # seconds between synthetic commands
 WRITE_EVERY = 0.2  # seconds between cache writes while processing
@@ -148,7 +148,6 @@ class ChaosBot:
             on_stop_processing=self.on_stop,
             # The soak's leases are 2 s: a hung connection must be noticed and redone well within one.
             timeouts=Timeouts(connect=2, handshake=2, ack=2, health=2, close=0.5),
-            backoff=Backoff(initial=0.1, cap=2.0),
         )
         self.worker = worker
         async with trio.open_nursery() as nursery:

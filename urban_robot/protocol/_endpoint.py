@@ -59,10 +59,15 @@ class Timeouts:
 
 @attrs.frozen
 class Backoff:
-    """Capped exponential back-off with jitter: attempt n waits ``min(cap, initial·factor^n)·U(1-jitter, 1)``."""
+    """Capped exponential back-off with jitter: attempt n waits ``min(cap, initial·factor^n)·U(1-jitter, 1)``.
 
-    initial: float = 0.5
-    cap: float = 30.0
+    The supervisor is local: a refused connect costs microseconds, and every second waited past its
+    restart is a second of the holder's lease gone before it is adopted (docs/reliability.md). Hence a
+    short cap, not the 30 s a remote service would get.
+    """
+
+    initial: float = 0.1
+    cap: float = 1.0
     factor: float = 2.0
     jitter: float = 0.5
 
