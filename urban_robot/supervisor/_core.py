@@ -356,11 +356,17 @@ class Supervisor:
             out.append(CheckFrozen(w.wid, w.identity))
 
     def _fence(self, w: Worker, reason: str, now: float, out: list[Action]) -> None:
-        """Drop ``w`` and close its connection as hung: a child's process is killed, its exit releases its lease."""
+        """Drop ``w`` as hung: a child's process is killed (its connection ends with it, its exit releases its
+        lease); an external worker's connection is closed."""
         self._forget(w, out, reason, now)
         if self.lease is not None and self.lease.identity == w.identity:
             self.lease.fence_at = math.inf  # killed just below
-        out.append(Close(w.wid, reason, w.identity, hung=True))
+        if w.child:
+            # Not closed from our side first: closing the connection of a process stopped a moment ago has stalled
+            # the whole supervisor (docs/reliability.md); a killed process's connection ends as a crash's does.
+            out.append(Kill(w.identity, reason))
+        else:
+            out.append(Close(w.wid, reason, w.identity, hung=True))
 
     def _check_lost_holder(self, now: float, out: list[Action]) -> None:
         lease = self.lease
