@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -314,7 +315,7 @@ api_url = "{self.discord.url}"
 [secrets]
 bot_token = "{DEFAULT_TOKEN if self.fake else "chaos-bot-token"}"
 webhook_secret = "{SECRET.decode()}"
-admin_token = "chaos-admin-token-0123456789"
+admin_token = "{secrets.token_urlsafe(24)}"
 """
         )
         env = dict(os.environ)
