@@ -710,14 +710,13 @@ class Supervisor:
             self.lease.final_cache = True
         out.append(Reply({"accepted": True}))
         out.append(PersistCache(image, change, base, self.cache_seq, now, final=self.lease.stopping))
-        delta, whole = change.parts(self.cache_seq), None
+        cut: dict[bool, list[CacheSyncMessage]] = {}  # the parts, made once and only if someone gets them
         for other in self.clients.values():
             if other.role in (Role.STANDBY, Role.CHECKING):
-                if change.full or other.cache_seq == base:
-                    self._push_cache(other, delta, out)
-                else:  # it missed an earlier sync: the whole image
-                    whole = whole or image.as_change().parts(self.cache_seq)
-                    self._push_cache(other, whole, out)
+                whole = not change.full and other.cache_seq != base  # it missed an earlier sync: the whole image
+                if whole not in cut:
+                    cut[whole] = (image.as_change() if whole else change).parts(self.cache_seq)
+                self._push_cache(other, cut[whole], out)
 
     def _refuse_cache(self, w: Worker, sync: int, answer: dict[str, Any], out: list[Action]) -> None:
         w.cache_in = None  # nothing staged is kept
