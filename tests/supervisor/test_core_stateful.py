@@ -510,8 +510,10 @@ class SupervisorWorld(RuleBasedStateMachine):
             return
         since = self.core.clients[lease.wid].gateway_down_since
         better = [
-            w for w in self.core.clients.values() if w.role is Role.STANDBY and w.approved and w.gateway is not False
-        ]
+            w
+            for w in self.core.clients.values()
+            if w.role is Role.STANDBY and w.approved and w.gateway is not False and not w.stopped  # §12: a stopped
+        ]  # standby is not promoted until it speaks again
         assert since is None or not better or self.now < since + SETTINGS.gateway_down_limit, (
             f"the holder's Gateway is down since {since}, a standby has one, and no hand-over began by {self.now}"
         )
