@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))  # the tests' DevTools driver
 
 from tests._browser import open_browser  # noqa: E402
 from urban_robot.supervisor import Settings  # noqa: E402
-from urban_robot.supervisor._app import App, Options, serve  # noqa: E402
+from urban_robot.supervisor._assembly import App, Options, serve  # noqa: E402
 from urban_robot.testing.bot import MAIN_PY  # noqa: E402
 
 ADMIN = "screenshot-admin-token"

@@ -12,7 +12,7 @@ import pytest
 
 from urban_robot._errors import UrbanRobotError
 from urban_robot.config import KEYS, Config, ConfigError, load_config, read_dotenv
-from urban_robot.supervisor._app import Options
+from urban_robot.supervisor._assembly import Options
 
 TOKEN = "MTIz.bot-token-SECRET"
 WEBHOOK = "webhook-SECRET-0123456"  # secrets we check ourselves are at least 16 characters

@@ -23,9 +23,9 @@ import trio
 from tests._helpers import plain, pushed, read_until
 from urban_robot.dev import Debouncer, DevMode, Tree, develop
 from urban_robot.supervisor import Settings
-from urban_robot.supervisor._app import Options
+from urban_robot.supervisor._assembly import Options
 from urban_robot.supervisor._children import ChildPolicy
-from urban_robot.supervisor._events import PersistCache, Send
+from urban_robot.supervisor._events import Action, PersistCache, Send
 from urban_robot.testing.bot import MAIN_PY
 
 HEALTHY = {"OK": True, "percent": 100, "cogs": {"modules.utilities": True}}
@@ -106,7 +106,7 @@ async def test_a_good_change_is_swapped_in_with_the_cache(nursery: trio.Nursery,
             elif isinstance(action, Send) and action.event == "cache_sync":
                 handed.append(action)
 
-        dev.app.robot.observers.append(observe)
+        dev.app.bus.subscribe(Action, observe)
         write_bot(dev.tree.root, version="2.0")
         await attempts(dev, 1)
         new, new_pid, new_epoch = await running(dev)

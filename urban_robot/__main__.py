@@ -102,7 +102,7 @@ async def _started(app: App, options: Options, demo: bool, nursery: trio.Nursery
         flush=True,
     )
     await trio.sleep(1)
-    lease = app.robot.core.lease
+    lease = app.robot.snapshot().lease
     running = lease.identity if lease is not None else None
 
     def described(identity: str, pid: int) -> str:
@@ -125,21 +125,15 @@ async def _follow_health(app: App, notify: SdNotify, every: float = 1.0) -> None
     looked at after the core handled something, at most once a ``every`` seconds."""
     if not notify.enabled:
         return
-    changed = trio.Event()
-
-    def poke(event: object) -> None:
-        changed.set()
-
-    app.robot.handled_observers.append(poke)
     said = ""
     while not app.stop_requested.is_set():  # once stopping, STOPPING=1 says so
-        line = app.robot.core.health_line(trio.current_time())
+        changed = app.changed()  # taken before the look: a change after it wakes us at once
+        line = app.robot.snapshot().health_line
         if line != said:
             await notify.status(line)
             said = line
         await trio.sleep(every)
         await changed.wait()
-        changed = trio.Event()
 
 
 def main(argv: list[str] | None = None) -> int:

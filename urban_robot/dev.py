@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,10 +45,11 @@ from .cli import run_command
 from .config import Config, ConfigError, load_config
 from .logs import LogFormat
 from .supervisor import Settings
-from .supervisor._app import App, Options, serve
-from .supervisor._core import Worker
+from .supervisor._assembly import App, Options, Seams, build
+from .supervisor._children import Launch
 from .supervisor._deploy import TreeOutcome
-from .supervisor._events import Event, HealthReport, RoleChanged, TryAgain
+from .supervisor._events import HealthReport, RoleChanged, TryAgain
+from .supervisor._snapshot import WorkerView
 
 log = logging.getLogger("urban_robot.dev")
 
@@ -161,26 +162,19 @@ class DevMode:
     """Watch ``tree``, try each change on the running supervisor ``app``, print what happened to ``out``."""
 
     def __init__(
-        self, app: App, tree: Tree, *, out: TextIO, quiet: float = QUIET, verdict_timeout: float = VERDICT_TIMEOUT
+        self, app: App, tree: Tree, *, out: TextIO, quiet: float = QUIET, logs: dict[Path, str] | None = None
     ) -> None:
+        """``app`` is built (``develop`` wires what dev mode hears: ``on_role``, ``on_report``), not yet running.
+        ``logs`` is filled by the children's launch (``noting_logs``): snapshot -> its candidate's log file."""
         self.app = app
         self.tree = tree
         self.out = out
         self.changes = Debouncer(quiet)
         self.attempts: list[Attempt] = []
-        self._logs: dict[Path, str] = {}  # snapshot -> its candidate's log file
+        self._logs = logs if logs is not None else {}
         self._reports: dict[str, Any] = {}  # identity -> its last health report
         self._snapshots: dict[Path, int] = {app.children.cwd: app.children.generation}
         self._scope = trio.CancelScope()
-        children, robot = app.children, app.robot
-        app.deployer.verdict_timeout = verdict_timeout
-        children.launch = self._recording_log(children.launch)
-        # One worker of the current code, whatever died: a crashed candidate is no reason to start another.
-        robot.spawner = children.top_up
-        robot.observers.append(self._observe)
-        robot.event_observers.append(self._note_report)
-        if robot.core.lease is not None and robot.core.lease.wid in robot.core.clients:  # promoted before we looked
-            self._say_running(robot.core.clients[robot.core.lease.wid], robot.core.lease.epoch)
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -227,7 +221,7 @@ class DevMode:
         """Snapshot the tree and put it through the gate; the attempt, also printed and kept."""
         number = len(self.attempts) + 1
         robot, children = self.app.robot, self.app.children
-        if not robot.core.is_sane:  # a new save is the developer saying try_again
+        if not robot.snapshot().is_sane:  # a new save is the developer saying try_again
             await robot.submit(TryAgain(None))
         try:
             snapshot = await trio.to_thread.run_sync(self.tree.snapshot)
@@ -252,11 +246,11 @@ class DevMode:
         return attempt
 
     def _swapped(self, result: TreeOutcome, seconds: float) -> str:
-        core = self.app.robot.core
-        holder = core.clients.get(core.lease.wid) if core.lease is not None and core.lease.wid else None
-        if core.cache is None:
+        snap = self.app.robot.snapshot()
+        holder = snap.running
+        if snap.cache_bytes is None:
             cache = "no cache to hand over"
-        elif holder is not None and holder.cache_seq == core.cache_seq:
+        elif holder is not None and holder.cache_current:
             cache = "cache handed over"
         else:
             cache = "cache not handed over"
@@ -265,8 +259,7 @@ class DevMode:
     def _rejected(self, result: TreeOutcome, log_file: str | None) -> str:
         tail = _tail(log_file)
         why = self._explain(result, tail)
-        core = self.app.robot.core
-        holder = core.clients.get(core.lease.wid) if core.lease is not None and core.lease.wid else None
+        holder = self.app.robot.snapshot().running
         still = (
             f"generation {holder.generation} keeps running"
             if holder is not None
@@ -296,34 +289,24 @@ class DevMode:
             return f"{outcome}: {tail[-1]}"
         return outcome
 
-    # -- watching the supervisor ------------------------------------------------------------------
-    def _observe(self, action: Any) -> None:
-        if not (isinstance(action, RoleChanged) and action.new == "running"):
+    # -- watching the supervisor (subscribed in ``develop``) ---------------------------------------
+    def on_role(self, action: RoleChanged) -> None:
+        """A worker of the current generation started running (after a crash, say): say so."""
+        if action.new != "running":
             return
-        worker = self.app.robot.core.clients.get(action.wid)
+        worker = self.app.robot.snapshot().worker(action.wid)
         if worker is None or (worker.generation or 0) > self.app.children.generation:
             return  # a candidate: try_change says how its swap went
         self._say_running(worker, action.epoch)
 
-    def _say_running(self, worker: Worker, epoch: int | None) -> None:
+    def _say_running(self, worker: WorkerView, epoch: int | None) -> None:
         self.say(f"generation {worker.generation} is running ({worker.identity}, epoch {epoch})")
 
-    def _note_report(self, event: Event) -> None:
-        if isinstance(event, HealthReport):
-            worker = self.app.robot.core.clients.get(event.wid)
-            if worker is not None:
-                self._reports[worker.identity] = event.report
-
-    def _recording_log(self, launch: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        """Children's launch, noting each log file by working directory: a snapshot's candidate's log."""
-
-        async def launch_noting_log(command: Any, *, cwd: Path, stdout: Any = None, **kwargs: Any) -> Any:
-            name = getattr(stdout, "name", None)
-            if isinstance(name, str):
-                self._logs[Path(cwd)] = name
-            return await launch(command, cwd=cwd, stdout=stdout, **kwargs)
-
-        return launch_noting_log
+    def on_report(self, event: HealthReport) -> None:
+        """Keep each worker's health report: a rejected change names its failing cogs."""
+        worker = self.app.robot.snapshot().worker(event.wid)
+        if worker is not None:
+            self._reports[worker.identity] = event.report
 
     def _prune(self) -> None:
         """Delete the snapshots no worker runs from (nor will restart from)."""
@@ -388,7 +371,8 @@ async def develop(
     """Supervise copies of ``tree`` with ``options`` made dev mode's (``dev_options``), swapping in each change.
 
     ``options.helium_path`` is replaced by the first copy. Returns once ``DevMode.stop()`` (or
-    ``POST /api/stop``) has stopped the workers.
+    ``POST /api/stop``) has stopped the workers. Dev mode's assembly: ``build`` with its seams, plus what
+    dev mode hears.
     """
     root = tree.resolve()
     state_dir = options.state_dir.resolve()
@@ -400,18 +384,36 @@ async def develop(
         ignore_file.chmod(0o600)  # nothing in the state directory may be writable by others
     dev_tree = Tree(root, state_dir / "dev", skip=(state_dir, root / "log"), patterns=tuple(ignore))
     first = await trio.to_thread.run_sync(_first_snapshot, dev_tree, state_dir)
-    options = attrs.evolve(options, helium_path=first, state_dir=state_dir)
+    options = attrs.evolve(
+        options, helium_path=first, state_dir=state_dir, log_dir=state_dir / "log", deploy_timeout=verdict_timeout
+    )
+    logs: dict[Path, str] = {}
+    # One worker of the current code, whatever died: a crashed candidate is no reason to start another.
+    app = build(options, seams=Seams(launch=noting_logs(logs), on_spawn="top up"))
+    dev = DevMode(app, dev_tree, out=out, quiet=quiet, logs=logs)
+    app.bus.subscribe(RoleChanged, dev.on_role)
+    app.bus.subscribe(HealthReport, dev.on_report)
     async with trio.open_nursery() as nursery:
-        app: App = await nursery.start(serve, options)
-        app.children.log_dir = state_dir / "log"
+        await nursery.start(app.run)
         print(
             f"Urban Robot dev mode: watching {root}; each change is health-checked and swapped in (Ctrl+C stops).",
             file=out,
         )
         print(dashboard_line(app.url, options.admin_token, options.state_dir, out), file=out, flush=True)
-        dev = DevMode(app, dev_tree, out=out, quiet=quiet, verdict_timeout=verdict_timeout)
         await nursery.start(dev.run)
         task_status.started(dev)
+
+
+def noting_logs(logs: dict[Path, str], launch: Launch = trio.lowlevel.open_process) -> Launch:
+    """Children's ``launch``, noting each log file by working directory in ``logs``: a snapshot's candidate's log."""
+
+    async def launch_noting_log(command: Any, *, cwd: Path, stdout: Any = None, **kwargs: Any) -> Any:
+        name = getattr(stdout, "name", None)
+        if isinstance(name, str):
+            logs[Path(cwd)] = name
+        return await launch(command, cwd=cwd, stdout=stdout, **kwargs)
+
+    return launch_noting_log
 
 
 def _first_snapshot(tree: Tree, state_dir: Path) -> Path:

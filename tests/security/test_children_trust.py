@@ -24,7 +24,7 @@ import trio
 from urban_robot.cli import explain_error, worker_logs
 from urban_robot.config import KEYS, NAME
 from urban_robot.supervisor import Credentials, ProcessExited
-from urban_robot.supervisor._app import App, serve
+from urban_robot.supervisor._assembly import App, serve
 from urban_robot.supervisor._children import ChildPolicy, Children, RunAs, RunAsError, start_ticks
 from urban_robot.supervisor._store import StateStore
 

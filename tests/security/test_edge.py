@@ -29,7 +29,7 @@ from tests._helpers import QUICK, dashboard_client, worker_options
 from urban_robot.cli import run_subcommand
 from urban_robot.config import load_config
 from urban_robot.logs import JsonFormatter, Redactor, configure_logging
-from urban_robot.supervisor._app import App, Options, serve
+from urban_robot.supervisor._assembly import App, Options, serve
 from urban_robot.supervisor._webhook import sign
 
 from .._helpers import read_until

@@ -13,7 +13,7 @@ import trio_websocket
 from urban_robot.supervisor._api import COOKIE, admin_route, cookie_value
 from urban_robot.supervisor._auth import LoginThrottle
 from urban_robot.supervisor._dashboard import install_dashboard
-from urban_robot.supervisor._status import install_status_routes
+from urban_robot.supervisor._status import StatusTracker, install_status_routes
 
 ADMIN = "admin-token-of-sixteen-or-more"
 
@@ -36,7 +36,8 @@ def test_after_three_free_failures_each_wait_doubles_up_to_a_minute() -> None:
 async def admin(urban_robot_supervisor: Any) -> Any:
     robot = urban_robot_supervisor.robot
     robot.logins = LoginThrottle(base=30)  # waits no loaded machine outlasts between two requests
-    tracker = install_status_routes(robot, admin_token=ADMIN)
+    tracker = StatusTracker(robot)
+    install_status_routes(robot, tracker, admin_token=ADMIN)
     install_dashboard(robot, tracker, admin_token=ADMIN)
     return urban_robot_supervisor
 

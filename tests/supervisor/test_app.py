@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from tests._helpers import WORKER, worker_options
-from urban_robot.supervisor._app import App, Options, serve
+from urban_robot.supervisor import ProcessExited
+from urban_robot.supervisor._assembly import App, Options, serve
 from urban_robot.supervisor._children import ChildPolicy
 
 pytestmark = pytest.mark.slow
@@ -58,7 +59,6 @@ async def test_supervisor_restart_adopts_children_and_the_holder_keeps_processin
         holder2, epoch2 = await settled(app2)
     assert (holder2, epoch2) == (holder, epoch)  # same holder, same lease: no failover happened
     # An adopted child's generation is still the supervisor's record (children.json), handed to the core.
-    assert app2.robot.spawned_generation == app2.children.generation_of
     assert all(
         w.spawned_generation == app2.children.children[w.identity].generation for w in app2.robot.core.clients.values()
     )
@@ -96,7 +96,7 @@ async def test_a_standby_of_the_cache_writing_test_worker_stops_when_asked(
     exits: list[tuple[str, int | None]] = []
     with trio.fail_after(30):
         app, _ = await start(nursery, options)
-        app.children.exit_observers.append(lambda identity, code: exits.append((identity, code)))
+        app.bus.subscribe(ProcessExited, lambda exited: exits.append((exited.identity, exited.returncode)))
         holder, _ = await settled(app)
         [standby] = [identity for identity in app.children.children if identity != holder]
         await app.children.stop(standby, ask=lambda: app.robot.ask_shutdown(standby, "test"))

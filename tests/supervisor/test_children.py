@@ -367,9 +367,10 @@ async def test_a_spawn_that_waited_out_its_backoff_is_dropped_once_spawning_stop
     """The crash loop is declared while a replacement waits out its back-off: it never starts (issue 12)."""
     launcher = FakeLauncher()
     policy = ChildPolicy(backoff_base=5, jitter=0, stable_uptime=30)
-    children = Children(FakeRobot(), ["bot"], cwd=Path("."), url="u", policy=policy, launch=launcher)
     spawning = [True]
-    children.may_spawn = lambda: spawning[0]
+    children = Children(
+        FakeRobot(), ["bot"], cwd=Path("."), url="u", policy=policy, launch=launcher, may_spawn=lambda: spawning[0]
+    )
     await nursery.start(children.run, 1)
     _, process = await launcher.nth(0)
     process.returncode = 1

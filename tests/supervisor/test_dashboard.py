@@ -28,7 +28,7 @@ import trio.testing
 from tests._browser import Page, chromium_or_skip, open_browser
 from tests._helpers import MemoryListener, dashboard_client, raw_memory_client, worker_options
 from urban_robot.socketio import Server
-from urban_robot.supervisor._app import App, serve
+from urban_robot.supervisor._assembly import App, serve
 from urban_robot.supervisor._dashboard import NAMESPACE, DashboardNamespace, page_response
 from urban_robot.supervisor._events import Action, Heartbeat, RoleChanged, WorkerFailed
 from urban_robot.supervisor._status import StatusTracker
@@ -82,7 +82,7 @@ async def live(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Live]:
     with trio.fail_after(30):
         app: App = await nursery.start(serve, options)
     supervised = Live(app)
-    app.robot.observers.append(supervised.observe)
+    app.bus.subscribe(Action, supervised.observe)
     with trio.fail_after(30):
         await supervised.until(lambda: supervised.holder() and supervised.standby())
     yield supervised
@@ -163,10 +163,9 @@ async def test_the_page_shows_the_workers_and_follows_a_promotion_within_a_secon
 
         def on_promotion(action: Action) -> None:
             if isinstance(action, RoleChanged) and (action.old, action.new) == ("standby", "running"):
-                identity = app.robot.core.clients[action.wid].identity
-                promoted.append((time.perf_counter(), time.time(), identity))
+                promoted.append((time.perf_counter(), time.time(), action.identity))
 
-        app.robot.observers.append(on_promotion)
+        app.bus.subscribe(RoleChanged, on_promotion)
         assert await page.evaluate(PROMOTION_WATCH % json.dumps(holder)) is True
         killed = time.perf_counter()
         os.kill(app.children.children[holder].pid, signal.SIGKILL)

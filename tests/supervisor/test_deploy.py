@@ -19,11 +19,11 @@ import httpx
 import pytest
 import trio
 
-from urban_robot.supervisor import Credentials, Notifier, Notify, Settings, Spawn, StateStore, UrbanRobot
+from urban_robot.supervisor import Notifier, Notify, Options, Settings, Spawn, UrbanRobot, build
 from urban_robot.supervisor._children import ChildPolicy, Children
 from urban_robot.supervisor._deploy import Deployer
 from urban_robot.supervisor._git import Git
-from urban_robot.supervisor._webhook import WebhookConfig, WebhookGate, sign, webhook_route
+from urban_robot.supervisor._webhook import sign
 from urban_robot.testing.bot import MAIN_PY
 
 pytestmark = pytest.mark.slow
@@ -62,36 +62,25 @@ class World:
 async def start(
     nursery: trio.Nursery, world: World, tmp: Path, notify: Any = None, *, require_deploy_tag: bool = False
 ) -> tuple[UrbanRobot, Children, Deployer, str]:
+    """A whole supervisor (``build``, as ``serve`` makes it) on a clone of the world's repository: one worker."""
     git(tmp, "clone", "-q", str(world.upstream), str(world.repo))
-    store = StateStore(tmp / "state")
-    store.prepare()
-    robot = UrbanRobot(SETTINGS, store, Credentials(store.secret_key()), notify=notify or world.notes.append)
-    port = await nursery.start(robot.run, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{port}"
-    children = Children(
-        robot,
-        [sys.executable, "main.py"],
-        cwd=world.repo,
-        url=url,
-        log_dir=tmp / "log",
+    options = Options(
+        world.repo,
+        settings=SETTINGS,
+        command=[sys.executable, "main.py"],
+        state_dir=tmp / "state",
+        port=0,
+        standbys=0,
+        webhook_secret=SECRET,
+        require_deploy_tag=require_deploy_tag,
+        deploy_timeout=3,
         policy=ChildPolicy(kill_timeout=2, term_timeout=0.5),
+        log_dir=tmp / "log",
     )
-    robot.spawner = children.spawn
-    deployer = Deployer(
-        robot,
-        children,
-        Git(world.repo),
-        releases_dir=tmp / "releases",
-        verdict_timeout=3,
-        bad_commits_file=tmp / "state" / "bad_commits.json",
-    )
-    gate = WebhookGate(WebhookConfig(secret=SECRET, branch="main", require_deploy_tag=require_deploy_tag))
-    robot.server.add_route(
-        "POST", "/webhook/github", webhook_route(gate, lambda commit: deployer.request_push(commit.sha))
-    )
-    await nursery.start(children.run, 1)
-    await nursery.start(deployer.run)
-    return robot, children, deployer, url
+    app = build(options)
+    app.bus.subscribe(Notify, notify or world.notes.append)
+    await nursery.start(app.run)
+    return app.robot, app.children, app.deployer, app.url
 
 
 async def push_webhook(
@@ -138,7 +127,7 @@ async def test_bad_commit_is_rolled_back_and_the_old_worker_keeps_running(
         assert robot.core.last_known_good_hash == good
         first, epoch = await running_identity(robot), robot.core.epoch
         spawns: list[Spawn] = []
-        robot.observers.append(lambda action: spawns.append(action) if isinstance(action, Spawn) else None)
+        robot.bus.subscribe(Spawn, spawns.append)
         broken = world.commit("broken", version="2.0", **bad)
         forged = await push_webhook(url, broken, "d-forged", secret=b"wrong")
         assert forged.status_code == 401

@@ -21,8 +21,8 @@ import pytest
 import trio
 
 from tests._helpers import worker_options
-from urban_robot.supervisor import Action, Reply, Send, Settings
-from urban_robot.supervisor._app import App, serve
+from urban_robot.supervisor import Action, ProcessExited, Reply, Send, Settings
+from urban_robot.supervisor._assembly import App, serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -62,7 +62,7 @@ async def start(nursery: trio.Nursery, tmp_path: Path) -> tuple[App, Actions]:
     assert DEFAULT_TIMINGS.interval == 1 and DEFAULT_TIMINGS.lease == 10 and DEFAULT_TIMINGS.frozen_after == 2.5
     app: App = await nursery.start(serve, worker_options(tmp_path, DEFAULT_TIMINGS))
     actions = Actions()
-    app.robot.observers.append(actions)
+    app.bus.subscribe(Action, actions)
     return app, actions
 
 
@@ -89,7 +89,7 @@ async def test_a_sigstopped_holder_is_killed_and_the_standby_processes_within_5_
     exits: list[tuple[float, str, int | None]] = []
     with trio.fail_after(60):
         app, actions = await start(nursery, tmp_path)
-        app.children.exit_observers.append(lambda identity, code: exits.append((time.monotonic(), identity, code)))
+        app.bus.subscribe(ProcessExited, lambda e: exits.append((time.monotonic(), e.identity, e.returncode)))
         holder = await settled(app, actions)
         [standby] = [identity for identity in app.children.children if identity != holder]
         frozen = app.children.children[holder]

@@ -25,7 +25,7 @@ import trio
 
 from tests._helpers import QUICK, worker_options
 from urban_robot.cli import run_subcommand, worker_logs
-from urban_robot.supervisor import App, ChildPolicy, Notify, Options, Role, serve
+from urban_robot.supervisor import App, ChildPolicy, Handled, Notify, Options, Role, serve
 from urban_robot.supervisor._webhook import sign
 
 pytestmark = pytest.mark.slow
@@ -43,8 +43,8 @@ class Watch:
         self.app = app
         self.changed = trio.Event()
         self.notes: list[Notify] = []
-        app.robot.handled_observers.append(lambda event: self.changed.set())
-        app.robot.observers.append(lambda a: self.notes.append(a) if isinstance(a, Notify) else None)
+        app.bus.subscribe(Handled, lambda handled: self.changed.set())
+        app.bus.subscribe(Notify, self.notes.append)
 
     async def until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():

@@ -13,7 +13,17 @@ import trio.testing
 import trio_websocket
 
 from tests._helpers import RestartableSupervisor, child_secret, plain, raw_client
-from urban_robot.supervisor import HealthReport, Persist, ProcessExited, Settings, TryAgain, UrbanRobot
+from urban_robot.supervisor import (
+    Action,
+    Handled,
+    HealthReport,
+    Notify,
+    Persist,
+    ProcessExited,
+    Settings,
+    TryAgain,
+    UrbanRobot,
+)
 from urban_robot.testing import SimulatedWorker
 
 SETTINGS = Settings(token="discord-token-xyz", interval=10, grace=5, lease_margin=2, health_timeout=20)
@@ -229,10 +239,10 @@ async def test_a_failed_state_write_grants_nothing(harness: Harness, autojump_cl
 
     robot.blocking_io = failing_disk
     notes: list[Any] = []
-    robot.notify = notes.append
+    robot.bus.subscribe(Notify, notes.append)
     seen: list[Any] = []  # the actions carried out, each step closed by the event it answered
-    robot.observers.append(seen.append)
-    robot.handled_observers.append(lambda event: seen.append(("handled", event)))
+    robot.bus.subscribe(Action, seen.append)
+    robot.bus.subscribe(Handled, lambda handled: seen.append(("handled", handled.event)))
     a = await harness.worker()
     await a.wait_for("cmd:health_check")
     await trio.sleep(SETTINGS.interval * 1.5)  # a heartbeats meanwhile
@@ -240,7 +250,8 @@ async def test_a_failed_state_write_grants_nothing(harness: Harness, autojump_cl
     assert "cmd:process_commands" not in names and "processing" not in names
     [persist] = [x for x in seen if isinstance(x, Persist)]
     assert persist.state["epoch"] == 1
-    after = seen[seen.index(persist) + 1]
+    alarm, after = seen[seen.index(persist) + 1 : seen.index(persist) + 3]
+    assert isinstance(alarm, Notify) and alarm.level == "critical"  # the failed write, said on the bus too
     assert after == ("handled", HealthReport(a_wid(robot), a.health))  # the rest of the step (the grant) dropped
     assert notes[0].level == "critical" and "No space left on device" in notes[0].message
     assert not any("is running" in n.message for n in notes)

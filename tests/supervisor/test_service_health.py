@@ -72,7 +72,7 @@ async def test_a_failed_holder_is_replaced_at_once_and_its_failure_shown(harness
     a, b = await pair(harness)
     assert harness.robot is not None
     notes: list[Notify] = []
-    harness.robot.notify = notes.append
+    harness.robot.bus.subscribe(Notify, notes.append)
     failed_at = trio.current_time()
     a.granted, a.processing_until = None, -1.0  # it stopped processing before it said so (§5.9)
     assert await a._emit("failed", REFUSED) == {}
@@ -152,7 +152,7 @@ async def test_a_child_without_generation_gets_the_one_it_was_spawned_with(
     harness: Harness, autojump_clock: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert harness.robot is not None
-    harness.robot.spawned_generation = {"child-1": 4}.get
+    harness.credentials.bind("child-1", generation=4)  # what the process manager spawned it as
     a = await harness.worker()  # sends no generation, as a seeds-era bot
     _, hello = await a.wait_for("hello")
     assert "send URBAN_ROBOT_GENERATION" in hello["warning"]
@@ -166,7 +166,8 @@ async def test_a_child_claiming_a_newer_generation_does_not_outrank_a_deploy(
     harness: Harness, autojump_clock: Any
 ) -> None:
     assert harness.robot is not None
-    harness.robot.spawned_generation = {"child-1": 3, "child-2": 2}.get
+    harness.credentials.bind("child-1", generation=3)  # what the process manager spawned them as
+    harness.credentials.bind("child-2", generation=2)
     deployed = SimulatedWorker(harness.url, child_secret(harness.credentials, "child-1"), generation=3, name="child-1")
     await harness.nursery.start(deployed.run)
     await deployed.wait_for("processing")

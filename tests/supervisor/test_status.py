@@ -15,7 +15,17 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests._helpers import child_secret
-from urban_robot.supervisor import Credentials, ProcessExited, Settings, StateStore, UrbanRobot
+from urban_robot.supervisor import (
+    Action,
+    Credentials,
+    Event,
+    Handled,
+    ProcessExited,
+    Settings,
+    Spawn,
+    StateStore,
+    UrbanRobot,
+)
 from urban_robot.supervisor._status import StatusTracker, install_status_routes
 from urban_robot.testing import SimulatedWorker
 
@@ -25,8 +35,8 @@ SETTINGS = Settings(
 ADMIN = "admin-secret-abc"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 WORKER_KEYS = {
-    "id",
     "identity",
+    "sid",
     "pid",
     "role",
     "version",
@@ -125,11 +135,18 @@ async def start(nursery: trio.Nursery, tmp_path: Path, *, public_metrics: bool =
     store.prepare()
     credentials = Credentials(store.secret_key(), admin_token=ADMIN)
     spawned: list[str] = []
-    robot = UrbanRobot(SETTINGS, store, credentials, spawner=spawned.append, blocking_io=inline)
-    port = await nursery.start(robot.run, "127.0.0.1", 0)
+    robot = UrbanRobot(SETTINGS, store, credentials, blocking_io=inline)
     deployer, children, notifier = FakeDeployer(), FakeChildren(), FakeNotifier()
-    tracker = install_status_routes(
+    tracker = StatusTracker(robot, deployer=deployer)
+    # The views' part of the assembly (``_assembly.build``), with fakes for the parts they read.
+    robot.bus.subscribe(Spawn, lambda spawn: spawned.append(spawn.reason))
+    robot.bus.subscribe(Event, tracker.note)
+    robot.bus.subscribe(Action, tracker.observe)
+    robot.bus.subscribe(Handled, tracker.noted)
+    port = await nursery.start(robot.run, "127.0.0.1", 0)
+    install_status_routes(
         robot,
+        tracker,
         admin_token=ADMIN,
         deployer=deployer,
         children=children,
@@ -177,7 +194,8 @@ async def test_status_names_the_running_worker_and_the_standby(clock: trio.testi
         assert 0 <= worker["heartbeat_age"] < SETTINGS.interval
         assert worker["version"] == "1.0"
     running, standby = workers[a.name], workers[b.name]
-    assert body["running"] == running["id"]
+    assert body["running"] == a.name  # the identity (its connection id is the worker's "sid")
+    assert running["sid"] != a.name and len({w["sid"] for w in workers.values()}) == 2
     assert (running["role"], running["epoch"]) == ("running", 1)
     assert (standby["role"], standby["epoch"]) == ("standby", None)
     assert body["epoch"] == 1 and body["is_sane"] is True and body["last_known_good"] is None
@@ -215,7 +233,7 @@ async def test_a_disconnected_worker_is_forgotten(clock: trio.testing.MockClock,
     await a.drop()
     while harness.robot.conns:
         await trio.sleep(0.1)
-    assert harness.tracker.last_seen == {}
+    assert harness.tracker._names == {}  # nothing of it is kept: the tracker's only per-connection record
     body = await harness.status()
     assert body["workers"] == [] and body["running"] is None
     assert body["lease"]["identity"] == a.name and body["lease"]["connected"] is False
@@ -247,7 +265,7 @@ async def test_no_admin_token_configured_refuses_everyone(
     store = StateStore(tmp_path / "state")
     robot = UrbanRobot(SETTINGS, store, Credentials(b"k" * 32), blocking_io=inline)
     port = await nursery.start(robot.run, "127.0.0.1", 0)
-    install_status_routes(robot, admin_token=None)
+    install_status_routes(robot, StatusTracker(robot), admin_token=None)
     async with httpx.AsyncClient(timeout=None) as http:
         for path in ("/api/status", "/metrics"):
             response = await http.get(f"http://127.0.0.1:{port}{path}", headers={"Authorization": "Bearer anything"})

@@ -24,15 +24,8 @@ def free_port() -> int:
 
 
 async def until(app: App, predicate: object) -> None:
-    changed = trio.Event()
-
-    def poke(event: object) -> None:
-        changed.set()
-
-    app.robot.handled_observers.append(poke)
     while not predicate():  # type: ignore[operator]
-        await changed.wait()
-        changed = trio.Event()
+        await app.changed().wait()
 
 
 @pytest.mark.parametrize("command", ["bot", "worker"])

@@ -1,10 +1,12 @@
 """Urban Robot itself: the sans-IO decision core and the trio services around it.
 
-Start here: ``serve(Options(...))`` runs a whole supervisor (see docs/deploying.md).
+Start here: ``serve(Options(...))`` runs a whole supervisor (see docs/deploying.md); ``build(options, seams=...)``
+makes one without running it (``_assembly``: every part and who hears what, in one file).
 """
 
-from ._app import App as App, Options as Options, serve as serve
+from ._assembly import App as App, Options as Options, Seams as Seams, build as build, serve as serve
 from ._auth import Credentials as Credentials, Identity as Identity
+from ._bus import Bus as Bus, Handled as Handled, ViewsChanged as ViewsChanged
 from ._children import ChildPolicy as ChildPolicy, Children as Children
 from ._core import (
     Lease as Lease,
@@ -26,5 +28,11 @@ from ._notify import (
 )
 from ._roles import TRANSITIONS as TRANSITIONS, Role as Role, RoleError as RoleError, Trigger as Trigger
 from ._service import UrbanRobot as UrbanRobot
+from ._snapshot import (
+    FailureView as FailureView,
+    LeaseView as LeaseView,
+    Snapshot as Snapshot,
+    WorkerView as WorkerView,
+)
 from ._store import StateError as StateError, StateStore as StateStore
 from ._webhook import WebhookConfig as WebhookConfig, WebhookGate as WebhookGate, webhook_route as webhook_route

@@ -30,6 +30,8 @@ ADMIN = "admin"
 class Identity:
     name: str
     admin: bool = False
+    generation: int | None = None  # a child's: the generation its spawn was bound with (it outranks its own claim)
+    release: str | None = None  # a child's: what it runs ("deploy 747c50f12ab3"), for reasons
 
 
 @attrs.define(eq=False)
@@ -39,16 +41,23 @@ class Credentials:
     worker_secrets: Mapping[str, str] = attrs.field(factory=dict, repr=False)  # name -> secret
     # identity -> nonce of each child spawn the supervisor has now (started or adopted): only these get in
     _spawns: dict[str, str] = attrs.field(factory=dict, init=False, repr=False)
+    # identity -> (generation, release) of that spawn: a verified child's Identity carries them
+    _spawned_as: dict[str, tuple[int | None, str | None]] = attrs.field(factory=dict, init=False, repr=False)
 
-    def bind(self, identity: str, nonce: str | None = None) -> str:
+    def bind(
+        self, identity: str, nonce: str | None = None, *, generation: int | None = None, release: str | None = None
+    ) -> str:
         """Make ``identity``'s spawn (with ``nonce``: an adopted one's, from the registry; else a fresh one) the one
-        whose secret is valid, and return that secret. Any earlier secret of ``identity`` is refused from now on."""
+        whose secret is valid, and return that secret. Any earlier secret of ``identity`` is refused from now on.
+        ``generation`` and ``release`` are what the process manager spawned it as: its verified Identity says so."""
         self._spawns[identity] = nonce if nonce is not None else secrets.token_hex(16)
+        self._spawned_as[identity] = (generation, release)
         return self.child_secret(identity)
 
     def revoke(self, identity: str) -> None:
         """``identity``'s process is gone: its secret is refused from now on."""
         self._spawns.pop(identity, None)
+        self._spawned_as.pop(identity, None)
 
     def nonce(self, identity: str) -> str | None:
         """The nonce ``identity``'s current spawn is bound with (kept in the children registry), or None."""
@@ -80,7 +89,8 @@ class Credentials:
         if nonce is None:
             return None  # not a child the supervisor has now: exited, never spawned, or not adopted
         if hmac.compare_digest(secret.encode(), self.secret_for(identity, nonce).encode()):
-            return Identity(identity)
+            generation, release = self._spawned_as.get(identity, (None, None))
+            return Identity(identity, generation=generation, release=release)
         return None
 
 

@@ -201,7 +201,7 @@ class Children:
         command: Sequence[str],
         *,
         cwd: Path,
-        url: str,
+        url: str = "",
         log_dir: Path | None = None,
         registry: Path | None = None,
         generation: int = 1,
@@ -209,6 +209,7 @@ class Children:
         launch: Launch = trio.lowlevel.open_process,
         rng: random.Random | None = None,
         run_as: RunAs | None = None,
+        may_spawn: Callable[[], bool] = lambda: True,
     ) -> None:
         self.robot = robot
         self.command = list(command)
@@ -222,7 +223,6 @@ class Children:
         self.rng = rng or random.Random()
         self.run_as = run_as
         self.children: dict[str, Child] = {}
-        self.exit_observers: list[Callable[[str, int | None], None]] = []
         self.asked: set[str] = set()  # children asked to stop: their exit is no crash
         self.target = 0  # how many children run() keeps (one running + the hot standbys)
         # When this manager stops: stop the children (default), or leave them to the next supervisor.
@@ -231,7 +231,7 @@ class Children:
         self.quick_deaths = 0  # consecutive children that died before stable_uptime
         self.release: str | None = None  # what children of the current generation run, for reasons ("deploy …")
         # Whether a spawn that waited out its back-off may still start (the core may have said "no more spawns").
-        self.may_spawn: Callable[[], bool] = lambda: True
+        self.may_spawn = may_spawn
         self.logs: dict[str, str] = {}  # identity -> log file, exited children's too (the last LOGS_KEPT)
         self._nonces: dict[str, str] = {}  # identity -> its spawn's nonce, as long as its log is named: to redact
         self._waiting: dict[str, tuple[int, trio.CancelScope]] = {}  # spawns in their back-off: generation, scope
@@ -245,8 +245,13 @@ class Children:
         return self.children
 
     # -- running ------------------------------------------------------------------------------
-    async def run(self, count: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Adopt surviving children, start more up to ``count``, then manage them until cancelled."""
+    async def run(
+        self, count: int, url: str | None = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Adopt surviving children, start more up to ``count``, then manage them until cancelled. ``url`` is
+        where children connect (``URBAN_ROBOT_URL``): known once the supervisor's port is bound."""
+        if url is not None:
+            self.url = url
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.target = count
@@ -358,7 +363,8 @@ class Children:
         if self.stopping:
             return  # its back-off ended during a stop
         output = self._log_file(identity)
-        self.robot.credentials.bind(identity)  # a fresh nonce: this spawn's secret, no earlier one's
+        # A fresh nonce: this spawn's secret, no earlier one's; its Identity says what we spawned it as.
+        self.robot.credentials.bind(identity, generation=generation, release=release)
         try:
             process = await self.launch(
                 self.command,
@@ -374,8 +380,8 @@ class Children:
             self.robot.credentials.revoke(identity)
             log.error("cannot start %s in %s: %s", " ".join(self.command), cwd, exc.strerror or exc)
             self.quick_deaths += 1
-            for observer in self.exit_observers:
-                observer(identity, None)
+            candidate = generation > self.generation
+            await self.robot.submit(ProcessExited(identity, None, candidate=candidate, uptime=0.0))  # as any exit
             return
         finally:
             if output is not subprocess.DEVNULL:
@@ -411,8 +417,6 @@ class Children:
         elif not candidate:  # a failed candidate is new code failing, not the running code crashing
             self.quick_deaths = self.quick_deaths + 1 if uptime < self.policy.stable_uptime else 0
         log.info("%s (pid %s) exited with %s after %.1fs", child.identity, child.pid, returncode, uptime)
-        for observer in self.exit_observers:
-            observer(child.identity, returncode)
         try:
             lived = uptime if child.process is not None else None  # an adopted child started before we saw it
             exited = ProcessExited(child.identity, returncode, candidate=candidate, uptime=lived, tail=tail)
@@ -486,16 +490,20 @@ class Children:
             await child.reported.wait()
 
     async def stop(self, identity: str, ask: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Stop one child politely: ``ask`` (the shutdown cmd), then SIGTERM, then SIGKILL."""
+        """Stop one child politely: ``ask`` (the shutdown cmd), then SIGTERM, then SIGKILL; return once its exit
+        is reported to the supervisor (or it could not be made to go)."""
         child = self.children.get(identity)
         if child is None:
             return
         self.asked.add(identity)
-        if ask is not None:
-            await ask()
-            if await self._wait_gone(child, self.policy.term_timeout):
-                return
-        await self._terminate(child)
+        if ask is None or not await self._wait_gone_asked(child, ask):
+            await self._terminate(child)
+        with trio.move_on_after(self.policy.kill_timeout):  # reported a moment after the exit is seen
+            await child.reported.wait()
+
+    async def _wait_gone_asked(self, child: Child, ask: Callable[[], Awaitable[None]]) -> bool:
+        await ask()
+        return await self._wait_gone(child, self.policy.term_timeout)
 
     async def _terminate(self, child: Child) -> None:
         self._signal(child, signal.SIGTERM)
@@ -532,7 +540,8 @@ class Children:
             child = self._verify(identity, info)
             if child is None:
                 continue
-            self.robot.credentials.bind(identity, child.nonce)  # its secret, and only its, is valid again
+            # Its secret, and only its, is valid again; the generation and release it was spawned with, too.
+            self.robot.credentials.bind(identity, child.nonce, generation=child.generation, release=child.release)
             self.children[identity] = child
             self._remember(child)
             assert self._nursery is not None

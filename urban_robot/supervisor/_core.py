@@ -96,6 +96,7 @@ from ._events import (
     WorkerFailed,
 )
 from ._roles import Role, RoleError, Trigger, next_role
+from ._snapshot import FailureView, LeaseView, Snapshot, WorkerView
 
 STATE_VERSION = 1
 # What a worker says (the §5 events): each one proves it alive. Connected starts its clock.
@@ -284,6 +285,47 @@ class Supervisor:
             if lease is None
             else {"identity": lease.identity, "epoch": lease.epoch, "token": lease.token},
         }
+
+    def snapshot(self, now: float) -> Snapshot:
+        """What this core knows at ``now``, frozen: the one thing views read (``_snapshot``)."""
+        lease = self.lease
+        holder_sid = lease.wid if lease is not None else None
+        return Snapshot(
+            at=now,
+            epoch=self.epoch,
+            is_sane=self.is_sane,
+            stopping=self.stopping,
+            last_known_good=self.last_known_good_hash,
+            lease=None
+            if lease is None
+            else LeaseView(
+                lease.identity, lease.wid, lease.epoch, lease.confirmed, lease.stopping, max(0.0, lease.expires - now)
+            ),
+            workers=tuple(
+                WorkerView(
+                    identity=w.identity,
+                    sid=w.wid,
+                    role=w.role.value,
+                    pid=w.pid,
+                    version=w.version,
+                    generation=w.generation,
+                    holds=lease.epoch if lease is not None and w.wid == holder_sid else None,
+                    silent_for=max(0.0, now - w.heard),
+                    gateway=w.gateway,
+                    gateway_down_for=None if w.gateway_down_since is None else now - w.gateway_down_since,
+                    cache_current=self.cache is not None and w.cache_seq == self.cache_seq,
+                )
+                for w in self.clients.values()
+            ),
+            failures=tuple(
+                FailureView(kind, f.identity, f.generation, f.version, f.reason, f.hint, now - f.at)
+                for kind, f in sorted(self.failures.items(), key=lambda item: item[1].at)
+            ),
+            waiting_for=self.waiting_for(now),
+            health_line=self.health_line(now),
+            cache_age=None if self.cache_age is None else now - self.cache_age,
+            cache_bytes=None if self.cache is None else self.cache.size,
+        )
 
     def _restore(self, state: dict[str, Any], now: float) -> None:
         self.epoch = int(state.get("epoch", 0))

@@ -138,7 +138,7 @@ class DashboardNamespace(Namespace):
         self._changed = trio.Event()
         self.quiet = Throttled(log)  # refusals: at most a line per 10 s, with counts
 
-    def poke(self) -> None:
+    def poke(self, _changed: object = None) -> None:
         """Something shown may have changed: wake every pusher (each waits out its own gap)."""
         self._changed.set()
         self._changed = trio.Event()
@@ -184,7 +184,10 @@ def install_dashboard(
     tick: float = TICK,
     gap: float = GAP,
 ) -> DashboardNamespace:
-    """Serve ``GET /`` and the ``/dashboard`` namespace on the supervisor's port (after ``install_status_routes``)."""
+    """Serve ``GET /`` and the ``/dashboard`` namespace on the supervisor's port (after ``install_status_routes``).
+
+    The namespace pushes a new status when poked (``DashboardNamespace.poke``): the assembly subscribes that to
+    ``ViewsChanged``."""
     html = importlib.resources.files(__package__).joinpath("dashboard.html").read_text(encoding="utf-8")
     # The page learns only whether a cookie came (an HttpOnly one is invisible to it), not what it holds.
     pages = {
@@ -204,8 +207,7 @@ def install_dashboard(
     namespace = DashboardNamespace(admin_token, snapshot, tick=tick, gap=gap, throttle=robot.logins)
     robot.server.register_namespace(namespace)
     robot.server.add_route("GET", "/", serve_page)
-    tracker.listeners.append(namespace.poke)
-    return namespace
+    return namespace  # the assembly has ViewsChanged poke it
 
 
 __all__ = ["NAMESPACE", "DashboardNamespace", "install_dashboard", "page_response", "token_matches"]

@@ -45,7 +45,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -221,7 +221,6 @@ class Deployer:
         self.bad_commits_file = bad_commits_file
         self.bad_commits: set[str] = self._load_bad_commits()
         self.history: list[tuple[str, str]] = []  # (commit or "-", outcome), newest last
-        self.outcome_observers: list[Callable[[str, str], None]] = []  # (commit, outcome) as each deploy ends
         self._verdict: _Verdict | None = None
         self._head_wanted: str | None = None  # the reason of a pending request for the branch head
         self._announced: dict[str, str] = {}  # pending requests for announced commits: commit -> reason, oldest first
@@ -237,9 +236,6 @@ class Deployer:
         self._idle.set()
         self._nursery: trio.Nursery | None = None
         self._one_at_a_time = trio.Lock()  # deploys and dev-mode trees share the one candidate slot
-        robot.observers.append(self._observe)
-        robot.roll_back = self.on_rollback
-        children.exit_observers.append(self._child_exited)
 
     # -- triggers ---------------------------------------------------------------------------------
     def request(self, reason: str, commit: str | None = None) -> int:
@@ -274,11 +270,11 @@ class Deployer:
 
     def expect(self, commit: str) -> tuple[int, str]:
         """What a deploy request for ``commit`` will really do, for the webhook's answer: 200 and why not, or 202."""
-        core = self.robot.core
+        snap = self.robot.snapshot()
         short = commit[:12]
-        if not core.is_sane:
+        if not snap.is_sane:
             return 200, f"not deploying {short}: is_sane is false (crash loop or failed rollback); try-again first"
-        if commit == core.last_known_good_hash:
+        if commit == snap.last_known_good:
             return 200, f"already running {short}"
         if commit in self.bad_commits:
             return 200, f"known bad: {short} failed before; push a fix, or try-again to retry it"
@@ -342,13 +338,11 @@ class Deployer:
             commit, outcome, self._detail = "-", "error", str(exc)
         self._last = DeployResult(commit, outcome, self._detail)
         self.history.append((commit, outcome))
-        for observe in self.outcome_observers:
-            observe(commit, outcome)
+        self.robot.bus.publish(self._last)  # who hears it: the assembly's business
         return outcome
 
     async def _deploy(self, reason: str, announced: Sequence[str]) -> tuple[str, str]:
-        core = self.robot.core
-        if not core.is_sane:
+        if not self.robot.snapshot().is_sane:
             log.warning("deploy (%s) skipped: is_sane is false; an operator must say try_again", reason)
             self._detail = "is_sane is false: try-again first"
             return "-", "insane"
@@ -359,7 +353,7 @@ class Deployer:
         if target is None:
             self._detail = f"no announced commit is on {self.branch!r}"
             return announced[-1], "not on branch"
-        if target == core.last_known_good_hash:
+        if target == self.robot.snapshot().last_known_good:  # looked at after the fetch: now
             return target, "up to date"
         if announced and await self._older_than_deployed(reason, target):
             return target, "outdated"
@@ -403,7 +397,7 @@ class Deployer:
 
     async def _older_than_deployed(self, reason: str, target: str) -> bool:
         """Whether ``target`` is in the last known good commit's history: never deploy an older commit again."""
-        good = self.robot.core.last_known_good_hash
+        good = self.robot.snapshot().last_known_good
         if good is None or not await self.git.is_ancestor(target, good):
             return False
         log.info("deploy (%s) ignored: %s is older than the deployed %s", reason, target[:12], good[:12])
@@ -424,7 +418,7 @@ class Deployer:
         if self._installed(release) == wanted:
             log.info("%s: environment already installed in %s", phases.what, release)
             return True
-        good = self.robot.core.last_known_good_hash
+        good = self.robot.snapshot().last_known_good
         previous = self.releases_dir / good if good is not None else None
         if previous is not None and previous != release and self._installed(previous) == wanted:
             source = previous / self.environment
@@ -469,7 +463,7 @@ class Deployer:
 
     async def resume(self) -> None:
         """At start: children run the last known good release (its tree and its environment), not the checkout."""
-        good = self.robot.core.last_known_good_hash
+        good = self.robot.snapshot().last_known_good
         if good is None:
             return  # nothing deployed yet: the checkout as it is
         try:
@@ -589,7 +583,7 @@ class Deployer:
         candidate is stopped and nothing else changes — no commit is marked bad, nothing rolls back.
         """
         async with self._one_at_a_time:
-            if not self.robot.core.is_sane:
+            if not self.robot.snapshot().is_sane:
                 return TreeOutcome("is_sane is false: say try_again first", None, self.children.generation + 1)
             verdict = await self._run_candidate(label, tree)
             outcome = verdict.outcome or "failed"
@@ -601,7 +595,7 @@ class Deployer:
             return TreeOutcome(outcome, verdict.identity, verdict.generation)
 
     async def roll_back(self, why: str) -> None:
-        good = self.robot.core.last_known_good_hash
+        good = self.robot.snapshot().last_known_good
         if good is None:
             await self.robot.submit(RollbackFinished(True, f"{why}; no earlier deploy to return to"))
             return

@@ -28,6 +28,7 @@ from ..protocol import MalformedMessage, parse_request
 from ..socketio import ConnectionRefusedError, Later, Namespace, Server
 from ..web import Limits
 from ._auth import Credentials, Identity, LoginThrottle
+from ._bus import Bus, Handled
 from ._core import Settings, Supervisor
 from ._events import (
     Action,
@@ -46,17 +47,15 @@ from ._events import (
     Ready,
     Reply,
     RoleChanged,
-    RollBack,
     Send,
     ShutdownAck,
-    Spawn,
     Spoke,
     TimerFired,
-    TopUp,
     TryAgain,
     WorkerFailed,
 )
 from ._notify import ALREADY_NOTIFIED
+from ._snapshot import Snapshot
 from ._store import StateStore
 
 log = logging.getLogger("urban_robot.supervisor")
@@ -91,10 +90,8 @@ class UrbanRobot:
         store: StateStore,
         credentials: Credentials,
         *,
+        bus: Bus | None = None,
         server: Server | None = None,
-        spawner: Callable[[str], object] | None = None,
-        roll_back: Callable[[RollBack], None] | None = None,
-        notify: Callable[[Notify], None] | None = None,
         blocking_io: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
         allowed_hosts: Iterable[str] = (),
     ) -> None:
@@ -112,21 +109,14 @@ class UrbanRobot:
                 allowed_hosts=frozenset(allowed_hosts),
             ),
         )
-        self.spawner = spawner
-        # The generation the process manager spawned an identity with (None: not its child): Connected carries it.
-        self.spawned_generation: Callable[[str], int | None] = lambda identity: None
-        self.spawned_release: Callable[[str], str | None] = lambda identity: None  # what it runs, for reasons
-        self.top_up: Callable[[str], object] | None = None  # TopUp: the process manager back to its count, at once
-        self.roll_back = roll_back
-        self.notify = notify
+        # Each event as the core takes it, each action as it is carried out, ``Handled`` after: who hears them
+        # is the assembly's business (``_assembly.build``); Spawn, TopUp, RollBack and Notify are carried out there.
+        self.bus = bus or Bus()
         self.blocking_io = blocking_io  # file writes; tests on a virtual clock run them inline
         self.quiet = Throttled(log)  # lines strangers cause: at most one per kind per 10 s, with counts
         self.logins = LoginThrottle()  # wrong credentials per address: admin logins wait, exponentially
         self.core: Supervisor = Supervisor(settings)
         self.conns: dict[str, _Conn] = {}
-        self.observers: list[Callable[[Action], None]] = []  # see each action as it is carried out
-        self.event_observers: list[Callable[[Event], None]] = []  # see each event as it is submitted
-        self.handled_observers: list[Callable[[Event], None]] = []  # ... and once its actions are carried out
         self._send_events, self._events = trio.open_memory_channel[tuple[Event, _Slot | None]](OUTBOX_SIZE)
         self._timer_scope = trio.CancelScope()
         self._cache_pending: list[tuple[int, PersistCache]] = []  # (write number, what to keep), in order
@@ -168,8 +158,6 @@ class UrbanRobot:
 
     def submit_nowait(self, event: Event) -> None:
         """Queue ``event`` for the core without waiting for it (HTTP routes, other threads of work)."""
-        for observe in self.event_observers:
-            observe(event)
         self._send_events.send_nowait((event, None))
 
     async def submit(self, event: Event) -> Any:
@@ -177,8 +165,6 @@ class UrbanRobot:
         return (await self._submit(event)).value
 
     async def _submit(self, event: Event) -> _Slot:
-        for observe in self.event_observers:
-            observe(event)
         slot = _Slot()
         await self._send_events.send((event, slot))
         await slot.done.wait()
@@ -186,11 +172,11 @@ class UrbanRobot:
 
     async def _loop(self) -> None:
         async for event, slot in self._events:
+            self.bus.publish(event)
             actions = self.core.handle(event, trio.current_time())
             self._ack_after = None
             reply = await self._carry_out(actions)
-            for observe in self.handled_observers:
-                observe(event)
+            self.bus.publish(Handled(event))
             if slot is not None:
                 slot.value, slot.write = reply, self._ack_after
                 slot.done.set()
@@ -208,8 +194,7 @@ class UrbanRobot:
     async def _carry_out(self, actions: list[Action]) -> Any:
         reply = None
         for action in actions:
-            for observer in self.observers:
-                observer(action)
+            self.bus.publish(action)
             if isinstance(action, Reply):
                 reply = action.data
             elif isinstance(action, Send):
@@ -227,7 +212,9 @@ class UrbanRobot:
         except OSError as exc:
             message = f"cannot write {self.store.state_path}: {exc.strerror}; promotions wait until it can"
             log.critical(message)
-            self._side_effect(Notify("critical", message))
+            notify = Notify("critical", message)
+            self.bus.publish(notify)
+            self._side_effect(notify)
             return False
         return True
 
@@ -269,21 +256,7 @@ class UrbanRobot:
         elif isinstance(action, Notify):
             # Marked so the Discord log bridge does not post what the notifier posts already.
             log.log(NOTIFY_LEVELS.get(action.level, logging.INFO), "%s", action.message, extra=ALREADY_NOTIFIED)
-            if self.notify is not None:
-                self.notify(action)
-        elif isinstance(action, Spawn):
-            if self.spawner is not None:
-                self.spawner(action.reason)
-        elif isinstance(action, TopUp):
-            if self.top_up is not None:
-                self.top_up(action.reason)
-        elif isinstance(action, RollBack):
-            if self.roll_back is not None:
-                self.roll_back(action)
-            else:
-                log.warning(
-                    "a health check failed (%s) and no deployer is attached: nothing to roll back", action.reason
-                )
+        # Spawn, TopUp, RollBack, Kill, CheckFrozen, Notify's delivery: the bus's subscribers carry them out.
 
     async def _timer(self) -> None:
         while True:
@@ -326,41 +299,48 @@ class UrbanRobot:
                 self._send(Send(conn.sid, "cmd", {"t": "shutdown", "d": {"reason": reason, "cache_sync": False}}))
         await trio.lowlevel.checkpoint()
 
+    def snapshot(self) -> Snapshot:
+        """What the core knows now, frozen: what every view reads (``_snapshot``)."""
+        return self.core.snapshot(trio.current_time())
+
     def status(self) -> dict[str, Any]:
-        core = self.core
-        now = trio.current_time()
+        """The core's part of ``GET /api/status`` (``_status`` adds the rest), from one snapshot."""
+        snap = self.snapshot()
+        running = snap.running
+        wall = time.time()
         return {
-            "running": core.running_client,
-            "epoch": core.epoch,
-            "is_sane": core.is_sane,
-            "last_known_good": core.last_known_good_hash,
-            "waiting_for": core.waiting_for(now),
-            "cache_age": None if core.cache_age is None else now - core.cache_age,
+            "running": None if running is None else running.identity,
+            "epoch": snap.epoch,
+            "is_sane": snap.is_sane,
+            "last_known_good": snap.last_known_good,
+            "waiting_for": snap.waiting_for,
+            "cache_age": snap.cache_age,
             "workers": [
                 {
-                    "id": w.wid,
                     "identity": w.identity,
+                    "sid": w.sid,
                     "pid": w.pid,
-                    "role": w.role.value,
+                    "role": w.role,
                     "version": w.version,
                     "generation": w.generation,
-                    "epoch": core.lease.epoch if core.lease is not None and core.lease.wid == w.wid else None,
+                    "epoch": w.holds,
+                    "heartbeat_age": w.silent_for,
                     "gateway": w.gateway,
-                    "gateway_down_for": None if w.gateway_down_since is None else now - w.gateway_down_since,
+                    "gateway_down_for": w.gateway_down_for,
                 }
-                for w in core.clients.values()
+                for w in snap.workers
             ],
             "failures": [
                 {
-                    "kind": kind,
+                    "kind": f.kind,
                     "identity": f.identity,
                     "generation": f.generation,
                     "version": f.version,
                     "reason": f.reason,
                     "hint": f.hint,
-                    "at": time.time() - (now - f.at),  # wall-clock Unix time, as the timeline's
+                    "at": wall - f.ago,  # wall-clock Unix time, as the timeline's
                 }
-                for kind, f in sorted(core.failures.items(), key=lambda item: item[1].at)
+                for f in snap.failures
             ],
         }
 
@@ -395,9 +375,10 @@ class _WorkerNamespace(Namespace):
         self.robot.conns[sid] = conn
         self.server.start_task(sid, self.robot._sender, conn)
         try:
-            generation = None if identity.admin else self.robot.spawned_generation(identity.name)
-            release = None if identity.admin else self.robot.spawned_release(identity.name)
-            connected = Connected(sid, identity.name, admin=identity.admin, generation=generation, release=release)
+            # A child's generation and release are what we spawned it as (its credential says), not its own claim.
+            connected = Connected(
+                sid, identity.name, admin=identity.admin, generation=identity.generation, release=identity.release
+            )
             await self.robot.submit(connected)
         except BaseException:
             # Cancelled: the connection closed while it was being registered. No disconnect handler

@@ -7,7 +7,7 @@ credential (``Authorization: Bearer <token>``, as the admin POST routes do): the
 ``GET /api/status`` answers ``200`` with::
 
     {
-      "running": wid | null,            # the connected lease holder's connection id
+      "running": str | null,            # the connected lease holder's identity
       "epoch": int,                     # the last lease epoch handed out
       "is_sane": bool,                  # false: no spawns, deploys or hand-overs until try_again
       "last_known_good": str | null,    # the last deployed commit confirmed by a promotion
@@ -15,8 +15,8 @@ credential (``Authorization: Bearer <token>``, as the admin POST routes do): the
       "cache_age": float | null,        # seconds since the running worker's cache was accepted
       "lease": null | {"identity": str, "epoch": int, "connected": bool, "confirmed": bool,
                        "stopping": bool, "expires_in": float},
-      "workers": [{"id": wid, "identity": str, "pid": int | null, "role": str, "version": str | null,
-                   "generation": int | null, "heartbeat_age": float | null, "epoch": int | null,
+      "workers": [{"identity": str, "sid": str, "pid": int | null, "role": str, "version": str | null,
+                   "generation": int | null, "heartbeat_age": float, "epoch": int | null,
                    "gateway": bool | null, "gateway_down_for": float | null}],
       "failures": [{"kind": str, "identity": str, "generation": int | null, "version": str | null,
                     "reason": str, "hint": str, "at": float}],             # oldest first
@@ -27,8 +27,11 @@ credential (``Authorization: Bearer <token>``, as the admin POST routes do): the
       "timeline": [{"at": float, "kind": str, "level": str, "worker": str | null, "text": str}]
     }
 
+A worker is named by its ``identity`` (the process manager's name for it, or ``worker:NAME``); ``sid`` is its
+connection id, which tells two connections of one identity apart (a reconnect before the old one is gone).
 ``heartbeat_age`` is the time since the worker's last message of any kind (heartbeats are most of
-them), ``null`` before the first. ``epoch`` in a worker is the lease epoch it holds, if it holds it.
+them), or since it connected: the core's one liveness clock, which fences it off when it grows past the
+limit. ``epoch`` in a worker is the lease epoch it holds, if it holds it.
 ``gateway`` is the worker's Discord Gateway as it last reported it (``null``: it never said, counted as
 up); ``gateway_down_for`` the seconds since it reported it down, while it is down.
 
@@ -36,11 +39,9 @@ up); ``gateway_down_for`` the seconds since it reported it down, while it is dow
 children, or one external worker): who, what could not work, what to do, and when (``at``, wall-clock
 Unix time). One stays until a worker of its kind (or of a newer generation) passes a health check.
 
-The tracker learns when each worker was last heard from through ``robot.event_observers`` (every
-message a worker sends reaches the core as an event): it notes the time of each event that carries a
-worker's connection id; it also observes the core's actions
-(``robot.observers``) to count promotions, failovers and replacement spawns. Observers alone cannot
-see heartbeats: a heartbeat's only action is its ``Reply``, which names no worker.
+Everything but the tracker's counts and timeline is read from one ``Snapshot`` of the core. The tracker
+hears (subscribed in ``_assembly.build``) each core event (``note``), each action (``observe``: promotions,
+failovers, replacement spawns, ``is_sane`` from each persisted state) and each deploy's result (``deployed``).
 
 ``timeline`` is what happened lately, oldest first, at most ``TIMELINE_SIZE`` entries (a ring: the
 oldest go first): ``at`` is wall-clock Unix time; ``kind`` one of ``role`` (a worker's role changed;
@@ -48,10 +49,9 @@ not the steps every start takes, to ``identified`` and ``checking``),
 ``worker`` (connected, disconnected, process exited, spawn asked for), ``deploy`` (a deploy's outcome),
 ``rollback`` (asked for, finished), ``sanity`` (``is_sane`` changed, ``try_again``), ``notice`` (a warning
 the core raised: failed health check, crash loop...); ``level`` is ``info``, ``warning`` or ``critical``.
-It is fed by the same taps (and ``submit_nowait``, the HTTP routes' way in) and by the deployer's
-``outcome_observers`` (its history has no clock); repeated no-op deploy outcomes (``up to date``,
-``known bad``, ``insane``: a periodic fetch) are noted once.
-``listeners`` are called after anything the views show may have changed (the dashboard pushes then).
+Repeated no-op deploy outcomes (``up to date``, ``known bad``, ``insane``: a periodic fetch) are noted once.
+The tracker publishes ``ViewsChanged`` on the bus after anything the views show may have changed (the
+dashboard pushes then).
 
 Definitions behind the metrics (all times on the supervisor's trio clock):
 
@@ -84,42 +84,24 @@ from prometheus_client.registry import Collector
 from ..web import Request, Response
 from ._api import RouteHandler, cookie_matches, refusal
 from ._auth import LoginThrottle
+from ._bus import ViewsChanged
 from ._events import (
     Action,
-    CacheSync,
-    ComaAck,
     Connected,
     Disconnected,
-    HealthReport,
-    Heartbeat,
-    Identified,
     Notify,
+    Persist,
     ProcessExited,
-    Ready,
     Reply,
     RoleChanged,
     RollBack,
     RollbackFinished,
-    ShutdownAck,
     Spawn,
     TryAgain,
-    WorkerFailed,
 )
 from ._roles import Role
 from ._service import UrbanRobot
 
-# What a worker sends (through ``_WorkerNamespace``): each is proof of life of connection ``wid``.
-WORKER_MESSAGES = (
-    Connected,
-    Identified,
-    Heartbeat,
-    Ready,
-    HealthReport,
-    CacheSync,
-    ComaAck,
-    ShutdownAck,
-    WorkerFailed,
-)
 DEPLOY_HISTORY_SHOWN = 10
 TIMELINE_SIZE = 200
 QUIET_DEPLOY_OUTCOMES = frozenset({"up to date", "known bad", "insane"})  # noted once, not at every poll
@@ -153,34 +135,32 @@ class _NotifierLike(Protocol):
 
 
 class StatusTracker:
-    """Counts and clocks the supervisor's public views depend on; ``attach`` it once per ``UrbanRobot``."""
+    """Counts and the timeline the supervisor's public views add to the core's snapshot.
 
-    def __init__(self, robot: UrbanRobot, *, wall_clock: Callable[[], float] = time.time) -> None:
+    What it hears is subscribed in one place (``_assembly.build``): ``note`` each core event,
+    ``observe`` each action, ``noted`` each ``Handled``, ``deployed`` each ``DeployResult``."""
+
+    def __init__(
+        self,
+        robot: UrbanRobot,
+        *,
+        deployer: _DeployerLike | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self.robot = robot
-        self.last_seen: dict[str, float] = {}  # wid -> trio time of its last message
         self.promotions = 0
         self.failovers = 0
         self.restarts = 0
         self.timeline = Timeline(clock=wall_clock)
-        self.listeners: list[Callable[[], None]] = []  # called when what the views show may have changed
         self._clean_release = False  # the last lease ended with the holder's ack
-        self._names: dict[str, str] = {}  # wid -> identity, while connected (RoleChanged names only the wid)
+        self._names: dict[str, str] = {}  # sid -> identity, while connected (Disconnected names only the sid)
         self._sane: bool | None = None
         self._deploys_seen = 0
-        self._deployer: _DeployerLike | None = None
-
-    def attach(self) -> StatusTracker:
-        self.robot.observers.append(self.observe)
-        self.robot.event_observers.append(self.note)  # every worker message reaches the core as an event
-        self.robot.handled_observers.append(self.noted)
-        return self
-
-    def follow(self, deployer: _DeployerLike) -> None:
-        """Note each deploy's outcome in the timeline when it ends (the deployer's history has no clock)."""
         self._deployer = deployer
-        observers = getattr(deployer, "outcome_observers", None)
-        if observers is not None:
-            observers.append(lambda commit, outcome: self.sync_deploys())
+
+    def deployed(self, result: object) -> None:
+        """A deploy ended (``DeployResult``): note it in the timeline (the deployer's history has no clock)."""
+        self.sync_deploys()
 
     def sync_deploys(self) -> None:
         """Add the deploy outcomes not yet in the timeline; a repeated no-op outcome only once."""
@@ -198,10 +178,6 @@ class StatusTracker:
         self._deploys_seen = len(history)
 
     def note(self, event: Any) -> None:
-        if isinstance(event, WORKER_MESSAGES):
-            self.last_seen[event.wid] = trio.current_time()
-        elif isinstance(event, Disconnected):
-            self.last_seen.pop(event.wid, None)
         if isinstance(event, Connected):
             self._names[event.wid] = event.identity
             self._add("worker", f"{event.identity} connected", event.identity)
@@ -217,11 +193,12 @@ class StatusTracker:
             self.timeline.add("rollback", text, level="info" if event.ok else "critical")
             self._changed()
 
-    def noted(self, event: Any) -> None:
-        """After the core handled ``event``: forget a gone connection's name; note an ``is_sane`` change."""
-        if isinstance(event, Disconnected):
-            self._names.pop(event.wid, None)
-        self._check_sanity()
+    def noted(self, handled: Any) -> None:
+        """After the core handled an event (``Handled``): forget a gone connection's name."""
+        if isinstance(handled.event, Disconnected):
+            self._names.pop(handled.event.wid, None)
+        if self._sane is None:  # the first look (an unhealthy start is news); then each persisted change
+            self._check_sanity(self.robot.snapshot().is_sane)
 
     def observe(self, action: Action) -> None:
         if isinstance(action, RoleChanged):
@@ -243,13 +220,10 @@ class StatusTracker:
             self.timeline.add("rollback", f"rollback asked for: {action.version} {action.reason}", level="warning")
         elif isinstance(action, Notify) and action.level != "info":  # info ones repeat other entries
             self.timeline.add("notice", action.message, level=action.level)
+        elif isinstance(action, Persist):  # every change of is_sane is persisted
+            self._check_sanity(bool(action.state.get("is_sane", True)))
         if not isinstance(action, Reply):  # a Reply alone (a heartbeat's renewal) changes nothing shown
-            self._check_sanity()
             self._changed()
-
-    def heartbeat_age(self, wid: str, now: float) -> float | None:
-        seen = self.last_seen.get(wid)
-        return None if seen is None else max(0.0, now - seen)
 
     def _note_role(self, action: RoleChanged) -> None:
         if action.new in QUIET_ROLES:
@@ -260,8 +234,7 @@ class StatusTracker:
         level = "warning" if action.new == Role.GONE.value and action.old == Role.RUNNING.value else "info"
         self.timeline.add("role", f"{name}: {action.old} → {action.new}{epoch}{reason}", level=level, worker=name)
 
-    def _check_sanity(self) -> None:
-        sane = self.robot.core.is_sane
+    def _check_sanity(self, sane: bool) -> None:
         if sane == self._sane:
             return
         if self._sane is not None or not sane:  # the first look notes only an unhealthy start
@@ -275,8 +248,7 @@ class StatusTracker:
         self._changed()
 
     def _changed(self) -> None:
-        for listener in self.listeners:
-            listener()
+        self.robot.bus.publish(ViewsChanged())
 
 
 def status(
@@ -288,21 +260,18 @@ def status(
 ) -> dict[str, Any]:
     """The body of ``GET /api/status`` (see the module docstring)."""
     robot = tracker.robot
-    now = trio.current_time()
     body = robot.status()
-    for worker in body["workers"]:
-        worker["heartbeat_age"] = tracker.heartbeat_age(worker["id"], now)
-    lease = robot.core.lease
+    lease = robot.snapshot().lease
     body["lease"] = (
         None
         if lease is None
         else {
             "identity": lease.identity,
             "epoch": lease.epoch,
-            "connected": lease.wid is not None,
+            "connected": lease.sid is not None,
             "confirmed": lease.confirmed,
             "stopping": lease.stopping,
-            "expires_in": max(0.0, lease.expires - now),
+            "expires_in": lease.expires_in,
         }
     )
     body["promotions"] = tracker.promotions
@@ -344,18 +313,16 @@ class MetricsCollector(Collector):
         self.notifier = notifier
 
     def collect(self) -> Iterator[Metric]:
-        robot = self.tracker.robot
-        core = robot.core
-        now = trio.current_time()
+        snap = self.tracker.robot.snapshot()
 
         workers = GaugeMetricFamily("urban_robot_workers", "Connected workers by role.", labels=["role"])
-        roles = collections.Counter(w.role.value for w in core.clients.values())
+        roles = collections.Counter(w.role for w in snap.workers)
         for role in Role:
             workers.add_metric([role.value], roles.get(role.value, 0))
         yield workers
-        yield GaugeMetricFamily("urban_robot_epoch", "The last lease epoch handed out.", value=core.epoch)
+        yield GaugeMetricFamily("urban_robot_epoch", "The last lease epoch handed out.", value=snap.epoch)
         yield GaugeMetricFamily(
-            "urban_robot_is_sane", "1 while spawns, deploys and hand-overs are allowed.", value=int(core.is_sane)
+            "urban_robot_is_sane", "1 while spawns, deploys and hand-overs are allowed.", value=int(snap.is_sane)
         )
         yield CounterMetricFamily(
             "urban_robot_promotions_total", "Workers promoted standby -> running.", value=self.tracker.promotions
@@ -370,10 +337,8 @@ class MetricsCollector(Collector):
         )
 
         ages: dict[str, float] = {}
-        for w in core.clients.values():
-            age = self.tracker.heartbeat_age(w.wid, now)
-            if age is not None:
-                ages[w.identity] = min(age, ages.get(w.identity, math.inf))  # one series per worker identity
+        for w in snap.workers:
+            ages[w.identity] = min(w.silent_for, ages.get(w.identity, math.inf))  # one series per worker identity
         heartbeat = GaugeMetricFamily(
             "urban_robot_heartbeat_age_seconds", "Seconds since the worker's last message.", labels=["worker"]
         )
@@ -386,27 +351,25 @@ class MetricsCollector(Collector):
             "1 while the worker's Discord Gateway is connected, 0 while it is down (workers that report it).",
             labels=["worker"],
         )
-        reported = {w.identity: w.gateway for w in core.clients.values() if w.gateway is not None}
+        reported = {w.identity: w.gateway for w in snap.workers if w.gateway is not None}
         for identity, up in sorted(reported.items()):
             gateway.add_metric([identity], int(up))
         yield gateway
         yield GaugeMetricFamily(
             "urban_robot_worker_failures",
             "Kinds of worker whose last one said it cannot work (failed), not yet followed by one that works.",
-            value=len(core.failures),
+            value=len(snap.failures),
         )
 
-        if core.cache_age is not None:
+        if snap.cache_age is not None:
             yield GaugeMetricFamily(
-                "urban_robot_cache_age_seconds",
-                "Seconds since the kept cache was accepted.",
-                value=now - core.cache_age,
+                "urban_robot_cache_age_seconds", "Seconds since the kept cache was accepted.", value=snap.cache_age
             )
-        if core.cache is not None:
+        if snap.cache_bytes is not None:
             yield GaugeMetricFamily(
                 "urban_robot_cache_bytes",
                 "Bytes of the kept cache's entries (as the worker encoded them).",
-                value=core.cache.size,
+                value=snap.cache_bytes,
             )
 
         if self.deployer is not None:
@@ -456,20 +419,15 @@ def _guarded(
 
 def install_status_routes(
     robot: UrbanRobot,
+    tracker: StatusTracker,
     *,
     admin_token: str | None,
     deployer: _DeployerLike | None = None,
     children: _ChildrenLike | None = None,
     notifier: _NotifierLike | None = None,
     public_metrics: bool = False,
-) -> StatusTracker:
-    """Serve ``GET /api/status`` and ``GET /metrics`` on the supervisor's port; the tracker behind them.
-
-    Call it once, before workers connect (their heartbeat ages are learnt from then on).
-    """
-    tracker = StatusTracker(robot).attach()
-    if deployer is not None:
-        tracker.follow(deployer)
+) -> None:
+    """Serve ``GET /api/status`` and ``GET /metrics`` on the supervisor's port, with ``tracker``'s counts."""
     registry = CollectorRegistry(auto_describe=False)  # private: never the process-global default registry
     registry.register(MetricsCollector(tracker, deployer=deployer, children=children, notifier=notifier))
 
@@ -482,7 +440,6 @@ def install_status_routes(
     throttle = robot.logins
     robot.server.add_route("GET", "/api/status", _guarded(admin_token, False, status_view, throttle))
     robot.server.add_route("GET", "/metrics", _guarded(admin_token, public_metrics, metrics_view, throttle))
-    return tracker
 
 
 __all__ = ["MetricsCollector", "StatusTracker", "Timeline", "install_status_routes", "status"]

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import trio
 
-from ..supervisor import Credentials, Notify, ProcessExited, Settings, StateStore, UrbanRobot
+from ..supervisor import App, Credentials, Notify, Options, ProcessExited, Seams, Settings, UrbanRobot, build
 from ._sim import HEALTHY, SimulatedWorker
 
 TEST_SETTINGS = Settings(token="test-discord-token", interval=10, grace=5, lease_margin=2, health_timeout=20)
@@ -39,12 +39,22 @@ async def _inline(fn: Any, *args: Any) -> Any:
 
 @attrs.define(eq=False)
 class SupervisorHarness:
-    robot: UrbanRobot
-    url: str
-    credentials: Credentials
+    app: App
     nursery: trio.Nursery
     notes: list[Notify] = attrs.Factory(list)
     count: int = 0
+
+    @property
+    def robot(self) -> UrbanRobot:
+        return self.app.robot
+
+    @property
+    def url(self) -> str:
+        return self.app.url
+
+    @property
+    def credentials(self) -> Credentials:
+        return self.app.robot.credentials
 
     async def worker(
         self, version: str = "1.0", *, health: Any = HEALTHY, generation: int | None = None, identity: str | None = None
@@ -76,19 +86,24 @@ class SupervisorHarness:
     @property
     def running(self) -> str | None:
         """The identity of the lease holder, if any."""
-        lease = self.robot.core.lease
+        lease = self.robot.snapshot().lease
         return lease.identity if lease is not None else None
 
 
 @pytest.fixture
 async def urban_robot_supervisor(nursery: trio.Nursery, tmp_path: Path) -> SupervisorHarness:
-    store = StateStore(tmp_path / "urban-robot-state")
-    store.prepare()
-    credentials = Credentials(store.secret_key(), admin_token="test-admin-token")
+    options = Options(
+        tmp_path,
+        settings=TEST_SETTINGS,
+        state_dir=tmp_path / "urban-robot-state",
+        port=0,
+        admin_token="test-admin-token",
+    )
+    app = build(options, seams=Seams(spawn=False, blocking_io=_inline))  # simulated workers: no process to start
     notes: list[Notify] = []
-    robot = UrbanRobot(TEST_SETTINGS, store, credentials, notify=notes.append, blocking_io=_inline)
-    port = await nursery.start(robot.run, "127.0.0.1", 0)
-    return SupervisorHarness(robot, f"http://127.0.0.1:{port}", credentials, nursery, notes)
+    app.bus.subscribe(Notify, notes.append)
+    await nursery.start(app.run)
+    return SupervisorHarness(app, nursery, notes)
 
 
 @attrs.define(eq=False)

@@ -53,7 +53,7 @@ import httpx
 import trio
 
 from urban_robot.supervisor import Role, Settings
-from urban_robot.supervisor._app import App, Options, serve
+from urban_robot.supervisor._assembly import App, Options, serve
 from urban_robot.supervisor._children import ChildPolicy
 from urban_robot.supervisor._events import Action, Event, Heartbeat, PersistCache, Reply, RoleChanged, Send
 from urban_robot.supervisor._webhook import sign
