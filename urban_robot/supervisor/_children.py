@@ -29,6 +29,7 @@ never signalled: a planted registry cannot get a foreign process killed.
 
 from __future__ import annotations
 
+import collections
 import grp
 import itertools
 import json
@@ -233,6 +234,8 @@ class Children:
         # Whether a spawn that waited out its back-off may still start (the core may have said "no more spawns").
         self.may_spawn = may_spawn
         self.logs: dict[str, str] = {}  # identity -> log file, exited children's too (the last LOGS_KEPT)
+        # (when, back-off) of the last spawns: how long restarts were held back (the deploy benchmark reads it)
+        self.delays: collections.deque[tuple[float, float]] = collections.deque(maxlen=100)
         self._nonces: dict[str, str] = {}  # identity -> its spawn's nonce, as long as its log is named: to redact
         self._waiting: dict[str, tuple[int, trio.CancelScope]] = {}  # spawns in their back-off: generation, scope
         self._numbers = itertools.count(1)
@@ -298,6 +301,7 @@ class Children:
             log.info("not spawning %s (%s): the supervisor stops", identity, reason)
             return identity
         delay = self.backoff() if backoff else 0.0
+        self.delays.append((trio.current_time(), delay))
         log.info("spawning %s (%s)%s", identity, reason, f" in {delay:.1f}s" if delay else "")
         try:
             self._nursery.start_soon(

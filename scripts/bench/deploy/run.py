@@ -23,9 +23,9 @@ two commits upstream and announces each with a signed GitHub push webhook
   (0 when all is well).
 
 Times are taken in the supervisor's process on one clock, from an observer on
-``robot.observers`` (the core's actions) and a wrapper around the core's
-``handle`` that attributes heartbeat answers to the lease holder (an action
-does not say whom it answers). Medians over the rounds are reported, and the
+the app's bus (the core's actions, and each heartbeat with the ``Handled`` that
+closes it, so that its answer is attributed to the lease holder of the moment:
+an action does not say whom it answers). Medians over the rounds are reported, and the
 largest failed-deploy gap. ``--fresh`` is a diagnostic: before each deploy it
 stops every standby but the holder and resets the children's restart backoff
 (two effects that grew from round to round before deploys retired older
@@ -53,9 +53,10 @@ import httpx
 import trio
 
 from urban_robot.supervisor import Role, Settings
-from urban_robot.supervisor._assembly import App, Options, serve
+from urban_robot.supervisor._assembly import App, Options, build
+from urban_robot.supervisor._bus import Handled
 from urban_robot.supervisor._children import ChildPolicy
-from urban_robot.supervisor._events import Action, Event, Heartbeat, PersistCache, Reply, RoleChanged, Send
+from urban_robot.supervisor._events import Action, Heartbeat, PersistCache, Reply, RoleChanged, Send
 from urban_robot.supervisor._webhook import sign
 from urban_robot.testing.bot import MAIN_PY
 
@@ -109,42 +110,40 @@ class Renewal:
 
 
 class Recorder:
-    """Timestamps of the core's actions and of the holder's renewals, and an event to wait on."""
+    """Timestamps of the core's actions and of the holder's renewals, and an event to wait on.
+
+    Subscribed to the app's bus (as ``build`` subscribes the supervisor's own parts): each action, and each
+    heartbeat with the ``Handled`` that closes it, so that a heartbeat's answer is attributed to the lease
+    holder of that moment (the answer itself names no worker)."""
 
     def __init__(self, app: App) -> None:
+        self.app = app
         self.actions: list[tuple[float, Action]] = []
         self.renewals: list[Renewal] = []
         self.changed = trio.Event()
-        self.backoffs: list[tuple[float, float]] = []  # (when, delay) of every spawn
-        app.robot.observers.append(self._observe)
-        backoff = app.children.backoff
+        self._holder: tuple[str, str, int] | None = None  # (sid, identity, epoch) of the heartbeat being handled
+        app.bus.subscribe(Action, self._observe)
+        app.bus.subscribe(Heartbeat, self._heartbeat)
+        app.bus.subscribe(Handled, self._handled)
 
-        def traced_backoff() -> float:
-            delay = backoff()
-            self.backoffs.append((trio.current_time(), delay))
-            return delay
+    def _heartbeat(self, event: Heartbeat) -> None:
+        lease = self.app.robot.snapshot().lease  # before the core handles it: whose lease it renews
+        if lease is not None and lease.sid == event.wid:
+            self._holder = (lease.sid, lease.identity, lease.epoch)
 
-        app.children.backoff = traced_backoff  # type: ignore[method-assign]
-        core = app.robot.core  # replaced only when the service starts, which it has
-        handle = core.handle
-
-        def traced(event: Event, now: float) -> list[Action]:
-            lease = core.lease
-            holder = (lease.wid, lease.identity, lease.epoch) if lease is not None else None
-            actions = handle(event, now)
-            if isinstance(event, Heartbeat) and holder is not None and event.wid == holder[0]:
-                reply = next((a.data for a in actions if isinstance(a, Reply)), None)
-                granted = isinstance(reply, dict) and bool(reply.get("lease"))
-                self.renewals.append(Renewal(trio.current_time(), holder[1], holder[2], granted))
-            return actions
-
-        core.handle = traced  # type: ignore[method-assign]
+    def _handled(self, handled: Handled) -> None:
+        self._holder = None
 
     def backoff_since(self, since: float) -> float:
-        return sum(delay for at, delay in self.backoffs if at >= since)
+        return sum(delay for at, delay in self.app.children.delays if at >= since)
 
     def _observe(self, action: Action) -> None:
-        self.actions.append((trio.current_time(), action))
+        now = trio.current_time()
+        self.actions.append((now, action))
+        if self._holder is not None and isinstance(action, Reply):
+            granted = isinstance(action.data, dict) and bool(action.data.get("lease"))
+            self.renewals.append(Renewal(now, self._holder[1], self._holder[2], granted))
+            self._holder = None
         self.changed.set()
         self.changed = trio.Event()
 
@@ -356,8 +355,9 @@ async def main(
             policy=POLICY,
         )
         async with httpx.AsyncClient(timeout=30) as http, trio.open_nursery() as nursery:
-            app: App = await nursery.start(serve, options)
-            recorder = Recorder(app)
+            app = build(options)
+            recorder = Recorder(app)  # subscribed before anything runs: it misses nothing
+            await nursery.start(app.run)
             with trio.fail_after(STEP_TIMEOUT):  # the first deploy: the checkout's commit becomes last known good
                 await steady(app, recorder, 0)
                 app.deployer.request("bench start")

@@ -34,7 +34,7 @@ from typing import Any
 
 import trio
 
-from urban_robot.supervisor import Credentials, Role, Send, Settings, StateStore, UrbanRobot
+from urban_robot.supervisor import Options, Role, Send, Settings, UrbanRobot, build
 from urban_robot.supervisor._children import ChildPolicy, Children
 from urban_robot.supervisor._events import Action, Reply
 
@@ -77,26 +77,23 @@ def renewal_of(epoch: int) -> Any:
 async def setup(
     nursery: trio.Nursery, state_dir: Path, command: list[str], count: int, settings: Settings = SETTINGS
 ) -> tuple[UrbanRobot, Children, Recorder]:
-    store = StateStore(state_dir)
-    store.prepare()
-    robot = UrbanRobot(settings, store, Credentials(store.secret_key()))
-    recorder = Recorder()
-    robot.observers.append(recorder)
-    port = await nursery.start(robot.run, "127.0.0.1", 0)
-    # Every kill is a "quick death": without this the restart backoff would double up to a minute.
-    children = Children(
-        robot,
-        command,
-        cwd=Path.cwd(),
-        url=f"http://127.0.0.1:{port}",
-        log_dir=state_dir / "log",
+    """A supervisor as ``serve`` makes it (``build``), ``count`` workers of ``command``, every action recorded."""
+    options = Options(
+        Path.cwd(),
+        settings=settings,
+        command=command,
+        state_dir=state_dir,
+        port=0,
+        standbys=count - 1,
+        # Every kill is a "quick death": without this the restart backoff would double up to a minute.
         policy=ChildPolicy(backoff_base=0.0),
+        log_dir=state_dir / "log",
     )
-    robot.spawner = children.spawn
-    robot.spawned_generation = children.generation_of  # as serve() wires it: the core knows its children
-    robot.observers.append(children.on_action)
-    await nursery.start(children.run, count)
-    return robot, children, recorder
+    app = build(options)
+    recorder = Recorder()
+    app.bus.subscribe(Action, recorder)
+    await nursery.start(app.run)
+    return app.robot, app.children, recorder
 
 
 async def standby_ready(robot: UrbanRobot, recorder: Recorder) -> None:
