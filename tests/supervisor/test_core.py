@@ -1030,17 +1030,17 @@ def test_a_minimal_state_restores_as_sane_with_no_holder() -> None:
 
 
 def test_promotion_and_role_changes_are_announced_with_the_epoch() -> None:
-    """Observers (the deployer confirms a deploy by it, the status page) see each role change."""
+    """Observers (the status page, dev mode, the log) see each role change, with whose it is."""
     d = Driver()
     out = d.join("a")
     changes = [a for a in out if isinstance(a, RoleChanged)]
     assert changes == [
-        RoleChanged("a", "checking", "standby", None, "health check passed"),
-        RoleChanged("a", "standby", "running", 1, "no worker running"),
+        RoleChanged("a", "id-a", "checking", "standby", None, "health check passed"),
+        RoleChanged("a", "id-a", "standby", "running", 1, "no worker running"),
     ]
     out = d.feed(ProcessExited("id-a", 1), at=1)
     assert [a for a in out if isinstance(a, RoleChanged)] == [
-        RoleChanged("a", "running", "gone", None, "process exited (1)")
+        RoleChanged("a", "id-a", "running", "gone", None, "process exited (1)")
     ]
 
 
@@ -1168,7 +1168,7 @@ def test_a_holder_reconnecting_before_its_old_connection_is_noticed_replaces_it(
     d.renew("a", 1)
     d.feed(Connected("a2", identity="id-a"), at=1)  # its old connection has not dropped yet, as far as we know
     out = d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
-    assert RoleChanged("a", "running", "gone", None, "replaced") in out
+    assert RoleChanged("a", "id-a", "running", "gone", None, "replaced") in out
     assert Close("a", "replaced by a newer connection") in out
     assert "a" not in d.core.clients and d.core.running_client == "a2"
     assert not any(isinstance(x, Notify) for x in out)  # its own connection: no loss, no alarm

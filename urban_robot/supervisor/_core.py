@@ -380,7 +380,7 @@ class Supervisor:
         new = next_role(w.role, trigger)
         if new is not w.role:
             epoch = self.lease.epoch if self.lease is not None and self.lease.wid == w.wid else None
-            out.append(RoleChanged(w.wid, w.role.value, new.value, epoch, reason))
+            out.append(RoleChanged(w.wid, w.identity, w.role.value, new.value, epoch, reason))
             w.role = new
 
     def _worker(self, wid: str) -> Worker:
@@ -390,7 +390,7 @@ class Supervisor:
         return w
 
     def _cmd(self, w: Worker, name: str, data: dict[str, Any] | None = None) -> Send:
-        return Send(w.wid, "cmd", {"t": name, "d": data or {}})
+        return Send(w.wid, "cmd", {"t": name, "d": data or {}}, w.identity)
 
     def _newness(self, w: Worker) -> tuple[int, Version]:
         return (w.generation if w.generation is not None else -1, version_key(w.version))
@@ -538,7 +538,7 @@ class Supervisor:
             assert lease is not None
             if lease.wid is not None and lease.wid in self.clients:
                 stale = self.clients.pop(lease.wid)  # its own earlier connection: no loss, no alarm
-                out.append(RoleChanged(stale.wid, stale.role.value, Role.GONE.value, None, "replaced"))
+                out.append(RoleChanged(stale.wid, stale.identity, stale.role.value, Role.GONE.value, None, "replaced"))
                 out.append(Close(stale.wid, "replaced by a newer connection"))
             lease.wid = w.wid
             lease.fence_at = math.inf  # back in time

@@ -200,6 +200,7 @@ class Send:
     wid: str
     event: str
     data: Any
+    identity: str | None = None  # the worker's, for observers (None: not known, e.g. the shell's own sends)
 
 
 @attrs.frozen
@@ -290,6 +291,7 @@ class RoleChanged:
     """For observers (logs, dashboard timeline, deployer)."""
 
     wid: str
+    identity: str  # whose connection ``wid`` is: no observer needs the core's table to tell
     old: str
     new: str
     epoch: int | None = None
