@@ -1553,3 +1553,21 @@ def test_a_former_holders_unfinished_sync_is_dropped_with_its_lease() -> None:
     d.feed(ComaAck("old", "newer version"))
     assert d.core.lease is not None and d.core.lease.wid == "new"
     assert d.core.clients["old"].cache_in is None  # nothing of it is held any more
+
+
+def test_a_cache_sync_from_a_holder_before_its_first_renewal_is_refused() -> None:
+    """Found by the stateful test: a promoted worker's sync sent before its grant (a stale one) replaced the newer
+    cache the grant pushed to it, and the next holder would have started from the stale one (P3)."""
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    d.feed(cache_sync("a", {"write": 1}))
+    d.feed(WorkerFailed("a", "login refused"))  # released: b promoted, its grant (and our cache) on the way
+    assert d.core.running_client == "b" and d.core.lease is not None and not d.core.lease.confirmed
+    out = d.feed(cache_sync("b", {"stale": True}))
+    assert [a.data.get("accepted") for a in out if isinstance(a, Reply)] == [False]
+    assert not any(isinstance(a, PersistCache) for a in out) and plain(d.core.cache) == {"write": 1}
+    d.renew("b", 2)
+    out = d.feed(cache_sync("b", {"write": 2}))  # processing now: kept
+    assert [a.data.get("accepted") for a in out if isinstance(a, Reply)] == [True]

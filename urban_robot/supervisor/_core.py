@@ -722,6 +722,13 @@ class Supervisor:
             self._refuse_cache(w, part.sync, {"error": "only the running worker's cache is kept"}, out)
             return
         assert self.lease is not None
+        if not self.lease.confirmed and not self.lease.stopping:
+            # It processes nothing before its first renewal (P1), and messages keep their order: a sync now was sent
+            # before its grant (a stale one), never a cache it made under this lease. Kept, it would replace the
+            # newer cache the grant pushed to it, and the next holder would start from the stale one (P3).
+            why = "not processing yet: a cache is kept only once the grant's lease was renewed"
+            self._refuse_cache(w, part.sync, {"error": why}, out)
+            return
         if w.cache_in is None:
             w.cache_in = Assembly(self.settings.cache_max)
         try:
