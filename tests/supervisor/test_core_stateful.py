@@ -527,8 +527,10 @@ class SupervisorWorld(RuleBasedStateMachine):
         kept = image(self.persisted_cache) if self.persisted_cache is not None else None
         self.core = Supervisor(SETTINGS, state=self.state, cache=kept, now=self.now)
         self.stopping = False
-        for identity in self.candidates - set(self.judged):
-            self.judged[identity] = "lost with the supervisor"  # and its deployer: nobody waits for it any more
+        # The new core knows no candidate (the deployer that waited for verdicts went with the old one): from now
+        # on those workers are workers like any other, judged against or not.
+        self.candidates.clear()
+        self.judged.clear()
         assert self.core.epoch == self.last_persisted_epoch
         self.inbox.clear()
         for proc in self.procs:
