@@ -323,7 +323,8 @@ async def test_sigterm_asks_the_workers_to_shut_down_releases_the_lease_and_the_
                 proc.send_signal(signal.SIGTERM)
                 during_stop = (await read_to_end(proc.stdout)).decode()
                 assert await proc.wait() == 0
-        identities = set(re.findall(r"worker (child-\S+): checking -> standby: health check passed", seen.decode()))
+        passed = r"worker (child-\S+) \(\S+\): checking -> standby: health check passed"
+        identities = set(re.findall(passed, seen.decode()))
         assert "is running" not in during_stop and "spawning" not in during_stop  # no promotion, no replacement
         exits = dict(re.findall(r"(child-\S+) \(pid \d+\) exited with (\S+) ", during_stop))
         assert len(identities) == 2 and exits == dict.fromkeys(identities, "0")  # a SIGTERM would be -15

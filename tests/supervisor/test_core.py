@@ -1030,17 +1030,17 @@ def test_a_minimal_state_restores_as_sane_with_no_holder() -> None:
 
 
 def test_promotion_and_role_changes_are_announced_with_the_epoch() -> None:
-    """Observers (the deployer confirms a deploy by it, the status page) see each role change."""
+    """Observers (the status page, dev mode, the log) see each role change, with whose it is."""
     d = Driver()
     out = d.join("a")
     changes = [a for a in out if isinstance(a, RoleChanged)]
     assert changes == [
-        RoleChanged("a", "checking", "standby", None, "health check passed"),
-        RoleChanged("a", "standby", "running", 1, "no worker running"),
+        RoleChanged("a", "id-a", "checking", "standby", None, "health check passed"),
+        RoleChanged("a", "id-a", "standby", "running", 1, "no worker running"),
     ]
     out = d.feed(ProcessExited("id-a", 1), at=1)
     assert [a for a in out if isinstance(a, RoleChanged)] == [
-        RoleChanged("a", "running", "gone", None, "process exited (1)")
+        RoleChanged("a", "id-a", "running", "gone", None, "process exited (1)")
     ]
 
 
@@ -1168,7 +1168,7 @@ def test_a_holder_reconnecting_before_its_old_connection_is_noticed_replaces_it(
     d.renew("a", 1)
     d.feed(Connected("a2", identity="id-a"), at=1)  # its old connection has not dropped yet, as far as we know
     out = d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
-    assert RoleChanged("a", "running", "gone", None, "replaced") in out
+    assert RoleChanged("a", "id-a", "running", "gone", None, "replaced") in out
     assert Close("a", "replaced by a newer connection") in out
     assert "a" not in d.core.clients and d.core.running_client == "a2"
     assert not any(isinstance(x, Notify) for x in out)  # its own connection: no loss, no alarm
@@ -1553,3 +1553,21 @@ def test_a_former_holders_unfinished_sync_is_dropped_with_its_lease() -> None:
     d.feed(ComaAck("old", "newer version"))
     assert d.core.lease is not None and d.core.lease.wid == "new"
     assert d.core.clients["old"].cache_in is None  # nothing of it is held any more
+
+
+def test_a_cache_sync_from_a_holder_before_its_first_renewal_is_refused() -> None:
+    """Found by the stateful test: a promoted worker's sync sent before its grant (a stale one) replaced the newer
+    cache the grant pushed to it, and the next holder would have started from the stale one (P3)."""
+    d = Driver()
+    d.join("a")
+    d.renew("a", 1)
+    d.join("b")
+    d.feed(cache_sync("a", {"write": 1}))
+    d.feed(WorkerFailed("a", "login refused"))  # released: b promoted, its grant (and our cache) on the way
+    assert d.core.running_client == "b" and d.core.lease is not None and not d.core.lease.confirmed
+    out = d.feed(cache_sync("b", {"stale": True}))
+    assert [a.data.get("accepted") for a in out if isinstance(a, Reply)] == [False]
+    assert not any(isinstance(a, PersistCache) for a in out) and plain(d.core.cache) == {"write": 1}
+    d.renew("b", 2)
+    out = d.feed(cache_sync("b", {"write": 2}))  # processing now: kept
+    assert [a.data.get("accepted") for a in out if isinstance(a, Reply)] == [True]

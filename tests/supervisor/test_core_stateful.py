@@ -17,6 +17,11 @@ processing. After every step the promises are checked:
   ``gateway_down_limit`` while a standby with its Gateway up stands by has
   been asked to hand over (no step ends with such a hand-over overdue).
 
+Some children are a deploy's candidates (``CandidateStarted`` before they connect): each gets exactly
+one ``Verdict`` (none twice, none lost while the core keeps no candidate pending), a candidate's failed
+health check is no ``RollBack`` too, and a verdict is final: a candidate judged against is never granted
+the lease, and one judged promoted holds it.
+
 Workers report their Gateway up or down (or never, as the seeds' workers) in
 heartbeats, and may say ``failed`` (they cannot work) before they exit.
 
@@ -41,6 +46,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from tests._helpers import cache_sync, image, plain, pushed
 from urban_robot.supervisor import (
     CacheSync,
+    CandidateStarted,
     CheckFrozen,
     Close,
     ComaAck,
@@ -56,6 +62,7 @@ from urban_robot.supervisor import (
     ProcessExited,
     Ready,
     Reply,
+    RollBack,
     RollbackFinished,
     Send,
     Settings,
@@ -65,6 +72,7 @@ from urban_robot.supervisor import (
     Supervisor,
     TimerFired,
     TryAgain,
+    Verdict,
     WorkerFailed,
 )
 from urban_robot.supervisor._roles import Role
@@ -128,11 +136,21 @@ class SupervisorWorld(RuleBasedStateMachine):
         self.cache_counter = itertools.count(1)
         self.admin = "admin-0"
         self.stopping = False  # the supervisor was told to stop: nothing is promoted or spawned any more
+        self.candidates: set[str] = set()  # deploy candidates started (CandidateStarted) ...
+        self.judged: dict[str, str] = {}  # ... and the verdict each got: identity -> outcome
         self.feed(Connected(self.admin, identity="admin", admin=True))
 
     # -- plumbing -------------------------------------------------------------------------
     def feed(self, event: Any) -> list[Any]:
         out = self.core.handle(event, self.now)
+        for verdict in [a for a in out if isinstance(a, Verdict)]:
+            assert verdict.identity in self.candidates, "a verdict on a worker that is no candidate"
+            assert verdict.identity not in self.judged, f"a second verdict on {verdict.identity}"
+            self.judged[verdict.identity] = verdict.outcome
+            if verdict.promoted:
+                assert self.core.lease is not None and self.core.lease.identity == verdict.identity
+            if verdict.outcome == "failed health check":
+                assert not any(isinstance(a, RollBack) for a in out), "a candidate's failure also asked for a RollBack"
         for action in out:
             if isinstance(action, Persist):
                 assert action.state["epoch"] >= self.last_persisted_epoch, "persisted epoch went back"
@@ -186,6 +204,8 @@ class SupervisorWorld(RuleBasedStateMachine):
             self.last_grant = epoch
             proc = self.proc_of(action.wid)
             assert proc is not None and proc.passed, "promoted without a passed health check"
+            judged = self.judged.get(proc.identity, "promoted")
+            assert judged == "promoted", f"{proc.identity} promoted after its verdict: {judged}"
             assert self.core.clients[action.wid].gateway is not False, "promoted while its Gateway is down"
 
     def proc_of(self, wid: str) -> Proc | None:
@@ -230,10 +250,23 @@ class SupervisorWorld(RuleBasedStateMachine):
         healthy=st.booleans(),
         gateway=st.sampled_from([None, True]),
         child=st.booleans(),
+        candidate=st.sampled_from([False, False, True]),
+        timeout=st.sampled_from([5, 30, 60]),
     )
-    def spawn(self, version: str, healthy: bool, gateway: bool | None, child: bool = True) -> None:
+    def spawn(
+        self,
+        version: str,
+        healthy: bool,
+        gateway: bool | None,
+        child: bool = True,
+        candidate: bool = False,
+        timeout: float = 60,
+    ) -> None:
         proc = Proc(identity=f"p{len(self.procs)}", version=version, healthy=healthy, gateway=gateway, child=child)
         self.procs.append(proc)
+        if candidate and child:  # a deploy's: announced before it can connect, as the deployer does
+            self.candidates.add(proc.identity)
+            self.feed(CandidateStarted(proc.identity, 2, timeout))
         self.connect(proc)
         self.feed(Ready(proc.wid))  # type: ignore[arg-type]  # logging in to Discord is quick here
 
@@ -494,6 +527,10 @@ class SupervisorWorld(RuleBasedStateMachine):
         kept = image(self.persisted_cache) if self.persisted_cache is not None else None
         self.core = Supervisor(SETTINGS, state=self.state, cache=kept, now=self.now)
         self.stopping = False
+        # The new core knows no candidate (the deployer that waited for verdicts went with the old one): from now
+        # on those workers are workers like any other, judged against or not.
+        self.candidates.clear()
+        self.judged.clear()
         assert self.core.epoch == self.last_persisted_epoch
         self.inbox.clear()
         for proc in self.procs:
@@ -517,6 +554,12 @@ class SupervisorWorld(RuleBasedStateMachine):
         assert since is None or not better or self.now < since + SETTINGS.gateway_down_limit, (
             f"the holder's Gateway is down since {since}, a standby has one, and no hand-over began by {self.now}"
         )
+
+    @invariant()
+    def every_candidate_judged_or_pending(self) -> None:
+        pending = self.candidates - set(self.judged)
+        trial = self.core.trial
+        assert pending <= ({trial.identity} if trial is not None else set()), f"a verdict lost: {pending}"
 
     @invariant()
     def at_most_one_processing_now(self) -> None:

@@ -56,6 +56,7 @@ from ._events import (
     Stopping,
     TopUp,
     TryAgain,
+    Verdict,
 )
 from ._git import Git
 from ._notify import DISCORD_API, DiscordLogHandler, DiscordWebhook, Notifier
@@ -269,7 +270,8 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
     bus.subscribe(TopUp, lambda top_up: children.top_up(top_up.reason, at_once=True))
     for kind in (Send, Close, Kill, CheckFrozen):
         bus.subscribe(kind, children.on_action)  # who was asked to go; fenced children killed; stops probed
-    bus.subscribe(RollBack, deployer.on_rollback)  # MERGE-VERDICT
+    bus.subscribe(Verdict, deployer.on_action)
+    bus.subscribe(RollBack, deployer.on_action)
     if notifier is not None:
         bus.subscribe(Notify, notifier.notify)
     bus.subscribe(Event, tracker.note)

@@ -445,10 +445,8 @@ class Children:
         """A supervisor observer: a child the core fenced off as hung is killed (then replaced); asked whether
         a silent child is stopped, the kernel answers."""
         if isinstance(action, Send) and action.event == "cmd" and action.data.get("t") == "shutdown":
-            core = getattr(self.robot, "core", None)
-            worker = core.clients.get(action.wid) if core is not None else None
-            if worker is not None:
-                self.asked.add(worker.identity)  # the supervisor asked it to go
+            if action.identity is not None:
+                self.asked.add(action.identity)  # the supervisor asked it to go
         if isinstance(action, Close) and action.hung and action.identity in self.children:
             self.kill(action.identity, action.reason)
         if isinstance(action, Kill) and action.identity in self.children:

@@ -37,6 +37,14 @@ replaced in seconds, not a lease. The process manager also watches its children 
 sees stopped by a signal (``Frozen(seen=...)``, state ``T``: nothing healthy is ever in it) and silent
 since is fenced at once, connected or not; a stopped standby is not promoted until it speaks again.
 
+A deploy's candidate is the core's to judge too: the deployer spawns it and says so (``CandidateStarted``,
+with its own time-out), and the core answers with exactly one ``Verdict`` on it: promoted when the lease is
+granted to it; else a failed health check (and then no ``RollBack``: the deployer rolls back on the verdict),
+its process's exit or its fencing before promotion, no verdict within the time-out, a newer candidate
+replacing it, or the supervisor stopping. A verdict is final: a candidate judged against is told to shut
+down and never promoted, whatever it does before its process is gone. ``RollBack`` is left for a newer
+worker that is no candidate (a replacement of a newer generation) failing its check.
+
 Stopping (``Stopping``) is for good: every worker is asked to shut down (the
 holder with its final cache), and from then on nobody is promoted and no
 spawn is asked for, whatever exits, drops or expires on the way down.
@@ -63,6 +71,7 @@ from ..protocol import (
 from ._events import (
     Action,
     CacheSync,
+    CandidateStarted,
     CheckFrozen,
     Close,
     ComaAck,
@@ -93,6 +102,7 @@ from ._events import (
     TimerFired,
     TopUp,
     TryAgain,
+    Verdict,
     WorkerFailed,
 )
 from ._roles import Role, RoleError, Trigger, next_role
@@ -221,6 +231,16 @@ class Lease:
     fence_at: float = math.inf
 
 
+@attrs.define
+class Trial:
+    """The deploy candidate awaiting its ``Verdict`` (``CandidateStarted``): at most one at a time."""
+
+    identity: str
+    generation: int
+    deadline: float  # core time: "no verdict in time" then
+    times: dict[str, float]  # when it reached each step: spawned, checking, passed, running
+
+
 def quote_tail(tail: tuple[str, ...] | list[str]) -> str:
     """A worker's last lines for a message: ``; last lines:`` then each as ``  | line`` (empty: nothing)."""
     return "; last lines:\n" + "\n".join(f"  | {line}" for line in tail) if tail else ""
@@ -261,6 +281,9 @@ class Supervisor:
         self.failures: dict[str, Failure] = {}  # the last failure per kind of worker (``kind``)
         self.stopping: str | None = None  # why the supervisor stops; set: no promotion, no spawn, ever again
         self.vacancy = "no worker running"  # why nobody holds the lease: the next promotion's reason
+        self.trial: Trial | None = None  # the deploy candidate awaiting its verdict
+        # Candidates judged against (identity -> why): told to shut down and never promoted, until they exit.
+        self.rejected: dict[str, str] = {}
         if state:
             self._restore(state, now)
 
@@ -367,6 +390,8 @@ class Supervisor:
         if gateway is not None:
             deadlines.append(gateway)
         deadlines.extend(self._silence_deadline(w) for w in self.clients.values())
+        if self.trial is not None:
+            deadlines.append(self.trial.deadline)
         finite = [d for d in deadlines if d != math.inf]
         return min(finite) if finite else None
 
@@ -400,6 +425,7 @@ class Supervisor:
     def _fence(self, w: Worker, reason: str, now: float, out: list[Action]) -> None:
         """Drop ``w`` as hung: a child's process is killed (its connection ends with it, its exit releases its
         lease); an external worker's connection is closed."""
+        self._judge_trial(w.identity, "fenced", f"fenced before it was promoted: {reason}", out, gone=True)
         self._forget(w, out, reason, now)
         if self.lease is not None and self.lease.identity == w.identity:
             self.lease.fence_at = math.inf  # killed just below
@@ -422,7 +448,7 @@ class Supervisor:
         new = next_role(w.role, trigger)
         if new is not w.role:
             epoch = self.lease.epoch if self.lease is not None and self.lease.wid == w.wid else None
-            out.append(RoleChanged(w.wid, w.role.value, new.value, epoch, reason))
+            out.append(RoleChanged(w.wid, w.identity, w.role.value, new.value, epoch, reason))
             w.role = new
 
     def _worker(self, wid: str) -> Worker:
@@ -432,7 +458,7 @@ class Supervisor:
         return w
 
     def _cmd(self, w: Worker, name: str, data: dict[str, Any] | None = None) -> Send:
-        return Send(w.wid, "cmd", {"t": name, "d": data or {}})
+        return Send(w.wid, "cmd", {"t": name, "d": data or {}}, w.identity)
 
     def _newness(self, w: Worker) -> tuple[int, Version]:
         return (w.generation if w.generation is not None else -1, version_key(w.version))
@@ -442,7 +468,13 @@ class Supervisor:
 
     def _candidate(self, w: Worker) -> bool:
         """May be promoted: an approved standby whose Discord Gateway is not known to be down."""
-        return w.role is Role.STANDBY and w.approved and w.gateway is not False and not w.stopped
+        return (
+            w.role is Role.STANDBY
+            and w.approved
+            and w.gateway is not False
+            and not w.stopped
+            and w.identity not in self.rejected
+        )
 
     def _ran_fine(self, w: Worker) -> None:
         """Forget the failures ``w`` proves past: its own kind's, and those of older generations than its."""
@@ -580,7 +612,7 @@ class Supervisor:
             assert lease is not None
             if lease.wid is not None and lease.wid in self.clients:
                 stale = self.clients.pop(lease.wid)  # its own earlier connection: no loss, no alarm
-                out.append(RoleChanged(stale.wid, stale.role.value, Role.GONE.value, None, "replaced"))
+                out.append(RoleChanged(stale.wid, stale.identity, stale.role.value, Role.GONE.value, None, "replaced"))
                 out.append(Close(stale.wid, "replaced by a newer connection"))
             lease.wid = w.wid
             lease.fence_at = math.inf  # back in time
@@ -595,6 +627,8 @@ class Supervisor:
         out.append(Send(w.wid, "hello", hello))
         if self.stopping is not None:  # (re)connected while we stop: its hello first, or a client cannot act on it
             self._shutdown(w, self.stopping, out)
+        elif w.identity in self.rejected:  # a deploy candidate judged against before it identified: the same
+            self._shutdown(w, f"candidate rejected: {self.rejected[w.identity]}", out)
 
     def _generation(self, w: Worker, claimed: int | None, out: list[Action]) -> str | None:
         """Its generation: the one we spawned it with if we did, else its claim; a warning if they differ."""
@@ -648,6 +682,7 @@ class Supervisor:
         elif w.role is Role.STANDBY and not w.approved:
             self._move(w, Trigger.CHECK, out)
             w.check_deadline = now + self.settings.health_timeout
+            self._trial_step(w, "checking", now)
             if self.cache is not None and w.cache_seq != self.cache_seq:  # warm from now on (§11.3): then deltas
                 self._push_cache(w, self.cache.as_change().parts(self.cache_seq), out)
             out.append(self._cmd(w, "health_check"))  # after the cache: its report says it arrived (pushes keep order)
@@ -663,6 +698,7 @@ class Supervisor:
             w.approved = True
             w.check_deadline = math.inf
             self._move(w, Trigger.PASS, out, "health check passed")
+            self._trial_step(w, "passed", now)
             self._ran_fine(w)  # it logged in to Discord and works
             if self.settings.shutdown_if_outdated and self._outdated(w):
                 self._shutdown(w, "outdated", out)
@@ -695,9 +731,12 @@ class Supervisor:
         out.append(self._cmd(w, "shutdown", {"reason": reason, "cache_sync": False}))
         fix = f" — {HEALTH_REPORT_FIX}" if reason == "health_check_malformed" else self._failing_cogs(report, reason)
         out.append(Notify("warning", f"{w.identity} (version {w.version}) failed its health check: {reason}{fix}"))
+        detail = self._failing_cogs(report, reason).strip(" ()") if reason != "health_check_malformed" else ""
+        why = f"health check: {reason}" + (f" ({detail})" if detail else "")
+        if self._judge_trial(w.identity, "failed health check", why, out):
+            return  # a deploy's candidate: its verdict is the one word on it (the deployer rolls back on it)
         holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
         if holder is None or self._newness(w) > self._newness(holder):
-            detail = self._failing_cogs(report, reason).strip(" ()") if reason != "health_check_malformed" else ""
             out.append(RollBack(reason, w.version, w.generation, detail))  # new code failed: go back
 
     def _failing_cogs(self, report: Any, reason: str) -> str:
@@ -725,6 +764,13 @@ class Supervisor:
             self._refuse_cache(w, part.sync, {"error": "only the running worker's cache is kept"}, out)
             return
         assert self.lease is not None
+        if not self.lease.confirmed and not self.lease.stopping:
+            # It processes nothing before its first renewal (P1), and messages keep their order: a sync now was sent
+            # before its grant (a stale one), never a cache it made under this lease. Kept, it would replace the
+            # newer cache the grant pushed to it, and the next holder would start from the stale one (P3).
+            why = "not processing yet: a cache is kept only once the grant's lease was renewed"
+            self._refuse_cache(w, part.sync, {"error": why}, out)
+            return
         if w.cache_in is None:
             w.cache_in = Assembly(self.settings.cache_max)
         try:
@@ -823,6 +869,8 @@ class Supervisor:
         # replace: a lost connection may come back, and a hung child is killed first (Close ... hung).
         # Asked (we told it to shut down): neither counted nor replaced. Quit by itself (it said shutdown
         # unasked: a SIGTERM, the bot's own close()): replaced, not counted. Anything else: counted and replaced.
+        self._judge_trial(e.identity, "exited", f"exited with {e.returncode} before it was promoted", out, gone=True)
+        self.rejected.pop(e.identity, None)  # identities are never reused: nothing more to refuse it
         asked, by_itself = e.identity in self.leaving, e.identity in self.quitting
         self.leaving.discard(e.identity)
         self.quitting.discard(e.identity)
@@ -841,6 +889,9 @@ class Supervisor:
             out.append(Close(w.wid, "process exited", w.identity))
 
     def _on_TimerFired(self, e: TimerFired, now: float, out: list[Action]) -> None:
+        trial = self.trial  # first: before any Persist (see _promote)
+        if trial is not None and trial.deadline <= now:
+            self._judge_trial(trial.identity, "timed out", "no verdict in time", out)
         for w in list(self.clients.values()):
             self._check_silence(w, now, out)
         self._check_lost_holder(now, out)
@@ -892,6 +943,8 @@ class Supervisor:
             return  # one stop, one notification
         self.stopping = e.reason
         out.append(Notify("warning", f"supervisor stopping: the bot goes offline ({e.reason})"))
+        if self.trial is not None:
+            self._judge_trial(self.trial.identity, "stopping", f"supervisor stopping ({e.reason})", out)
         lease = self.lease
         if lease is not None and not lease.stopping:
             lease.stopping = True  # no renewal, and no adoption of a reconnecting holder, from now on
@@ -905,7 +958,43 @@ class Supervisor:
             elif w.role not in (Role.CONNECTED, Role.SHUTTING_DOWN, Role.GONE):  # CONNECTED: once it identifies
                 self._shutdown(w, e.reason, out)
 
+    def _on_CandidateStarted(self, e: CandidateStarted, now: float, out: list[Action]) -> None:
+        old = self.trial
+        if old is not None:
+            # One candidate at a time (the deployer serialises them): the older one gets its verdict now and is
+            # rejected as any other (told to shut down, never promoted); its process is whoever started it's to stop.
+            self._judge_trial(old.identity, "replaced", f"replaced by a newer candidate, {e.identity}", out)
+        self.trial = Trial(e.identity, e.generation, now + e.timeout, {"spawned": now})
+        if self.stopping is not None:
+            self._judge_trial(e.identity, "stopping", f"supervisor stopping ({self.stopping})", out)
+
     # -- the decisions ----------------------------------------------------------------------------
+    def _trial_step(self, w: Worker, step: str, now: float) -> None:
+        """The deploy candidate reached ``step`` (its first time counts), for the phases the deployer logs."""
+        if self.trial is not None and self.trial.identity == w.identity:
+            self.trial.times.setdefault(step, now)
+
+    def _judge_trial(self, identity: str, outcome: str, detail: str, out: list[Action], *, gone: bool = False) -> bool:
+        """If ``identity`` is the deploy candidate: its one ``Verdict``, and it is a candidate no more.
+
+        A verdict is final: a candidate judged against is never promoted later (its process is the deployer's
+        to stop, which takes a moment). Still waiting (identified, standing by, being checked), it is told to
+        shut down now; not yet identified, as soon as it identifies (a client without its hello cannot act).
+        ``gone``: its process exited or is being killed, so there is nobody to tell.
+        """
+        trial = self.trial
+        if trial is None or trial.identity != identity:
+            return False
+        self.trial = None
+        out.append(Verdict(identity, trial.generation, outcome, detail, tuple(trial.times.items())))
+        if outcome != "promoted" and not gone:
+            self.rejected[identity] = detail
+            for w in [w for w in self.clients.values() if w.identity == identity]:
+                if w.role in (Role.IDENTIFIED, Role.STANDBY, Role.CHECKING):
+                    w.check_deadline = math.inf
+                    self._shutdown(w, f"candidate rejected: {detail}", out)
+        return True
+
     def _outdated(self, w: Worker) -> bool:
         holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
         return holder is not None and holder is not w and self._newness(w) < self._newness(holder)
@@ -1036,6 +1125,10 @@ class Supervisor:
         expires = now + self.settings.lease + self.settings.lease_margin
         self.lease = Lease(w.identity, w.wid, self.epoch, expires, token=self._new_token())
         self._move(w, Trigger.PROMOTE, out, reason)
+        self._trial_step(w, "running", now)
+        # Before the Persist: the shell carries out nothing after a Persist that failed, and a verdict lost is a
+        # deployer waiting for ever (the grant is not sent then either: the lease runs out unconfirmed).
+        self._judge_trial(w.identity, "promoted", reason, out)
         out.append(Persist(self.state()))  # the epoch is on disk before anyone may use it
         if self.cache is not None and w.cache_seq != self.cache_seq:
             self._push_cache(w, self.cache.as_change().parts(self.cache_seq), out)

@@ -6,8 +6,9 @@ provided it is on the branch and not older than the last known good commit;
 if the target is new (not the last known good, not a commit that already
 failed), build a release directory for exactly that commit (so no running
 worker's files change under it); run the optional install step there; spawn
-a candidate at generation + 1. The core
-health-checks it and, if it passes, hands over to it with the cache. Then:
+a candidate at generation + 1 and tell the core (``CandidateStarted``, with ``verdict_timeout``). The core
+health-checks it and, if it passes, hands over to it with the cache; whatever happens, the core gives one
+``Verdict`` on it (``on_action`` receives it), and the deployer infers nothing by itself. Then:
 
 - promoted → ``DeployConfirmed``: the commit is the last known good (persisted),
   the repository's checkout follows it, and replacements spawn from its release;
@@ -29,6 +30,9 @@ again. When the requirements did not change (the same hash of the requirements f
 command as the last known good release), its environment (``.venv``) is copied instead (hard links,
 paths inside rewritten) and the install step is skipped. Each phase is logged with its duration.
 
+A ``RollBack`` from the core (``on_action``) is another thing: a newer worker that is no candidate (a
+replacement of a newer generation) failed its check; the deployer returns the checkout to the last known good.
+
 After a (re)start, ``resume`` has workers start from the last known good release, its tree and its
 environment, never from the checkout (which may lag it: its ``.venv`` is the first start's).
 
@@ -48,14 +52,14 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import trio
 
 from .._errors import UrbanRobotError
 from ._children import Children
-from ._events import Action, DeployConfirmed, RetireOlder, RoleChanged, RollBack, RollbackFinished
+from ._events import Action, CandidateStarted, DeployConfirmed, RetireOlder, RollBack, RollbackFinished, Verdict
 from ._service import UrbanRobot
 from ._store import atomic_write
 
@@ -161,20 +165,12 @@ class GitLike(Protocol):
     async def prune_releases(self, keep: set[str]) -> None: ...
 
 
-class _Verdict:
-    """What became of one candidate: promoted, or failed with a reason."""
+@attrs.define
+class _Awaited:
+    """A candidate's verdict, once the core has given it."""
 
-    def __init__(self, generation: int) -> None:
-        self.generation = generation
-        self.identity: str | None = None
-        self.outcome: str | None = None
-        self.done = trio.Event()
-        self.times: dict[str, float] = {"spawned": trio.current_time()}  # when it reached each step
-
-    def settle(self, outcome: str) -> None:
-        if self.outcome is None:
-            self.outcome = outcome
-            self.done.set()
+    done: trio.Event = attrs.Factory(trio.Event)
+    verdict: Verdict | None = None
 
 
 @attrs.frozen
@@ -221,7 +217,7 @@ class Deployer:
         self.bad_commits_file = bad_commits_file
         self.bad_commits: set[str] = self._load_bad_commits()
         self.history: list[tuple[str, str]] = []  # (commit or "-", outcome), newest last
-        self._verdict: _Verdict | None = None
+        self._awaited: dict[str, _Awaited] = {}  # candidate identity -> its verdict to come
         self._head_wanted: str | None = None  # the reason of a pending request for the branch head
         self._announced: dict[str, str] = {}  # pending requests for announced commits: commit -> reason, oldest first
         self._tickets = 0  # deploy requests handed out
@@ -285,11 +281,15 @@ class Deployer:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    def on_rollback(self, action: RollBack) -> None:
-        """The core's rollback request (the service's ``roll_back`` hook)."""
-        if self._verdict is not None:
-            return  # a deploy in flight: its verdict handles it
-        if self._nursery is not None:
+    def on_action(self, action: Action) -> None:
+        """The core's actions that are the deployer's: a candidate's ``Verdict``, a ``RollBack`` (a newer worker
+        that is no candidate failed its health check). Any other action is not for the deployer."""
+        if isinstance(action, Verdict):
+            awaited = self._awaited.get(action.identity)
+            if awaited is not None and awaited.verdict is None:
+                awaited.verdict = action
+                awaited.done.set()
+        elif isinstance(action, RollBack) and self._nursery is not None:
             self._nursery.start_soon(self.roll_back, f"{action.version} failed its health check: {action.reason}")
 
     async def run(
@@ -486,7 +486,7 @@ class Deployer:
     # -- the candidate ---------------------------------------------------------------------------------
     async def _try_candidate(self, target: str, release: Path, phases: _Phases) -> str:
         verdict = await self._run_candidate(f"deploy {target[:12]}", release, release=f"deploy {target[:12]}")
-        times = verdict.times
+        times = dict(verdict.times)
         for name, start, end in (
             ("candidate start (spawn to ready)", "spawned", "checking"),
             ("health check", "checking", "passed"),
@@ -494,24 +494,26 @@ class Deployer:
         ):
             if start in times and end in times:
                 phases.note(name, times[end] - times[start])
-        if verdict.outcome != "promoted":
-            await self._failed(target, verdict.identity, verdict.outcome or "failed")
-        return verdict.outcome or "failed"
+        outcome = _outcome(verdict)
+        if not verdict.promoted:
+            await self._failed(target, verdict.identity, outcome)
+        return outcome
 
-    async def _run_candidate(self, reason: str, cwd: Path, *, release: str | None = None) -> _Verdict:
-        """Spawn the code in ``cwd`` at generation + 1 and wait for the core's verdict on it."""
-        verdict = _Verdict(self.children.generation + 1)
-        self._verdict = verdict
+    async def _run_candidate(self, reason: str, cwd: Path, *, release: str | None = None) -> Verdict:
+        """Spawn the code in ``cwd`` at generation + 1 and wait for the core's verdict on it (the core gives
+        one on every candidate, if only "no verdict in time" after ``verdict_timeout``)."""
+        generation = self.children.generation + 1
+        identity = self.children.spawn(reason, generation=generation, cwd=cwd, backoff=False, release=release)
+        # Told before the child can connect (the spawn only schedules its start); waited for from before the
+        # telling, since the verdict may come with it (the supervisor stopping).
+        awaited = self._awaited[identity] = _Awaited()
         try:
-            verdict.identity = self.children.spawn(
-                reason, generation=verdict.generation, cwd=cwd, backoff=False, release=release
-            )
-            with trio.move_on_after(self.verdict_timeout):
-                await verdict.done.wait()
-            verdict.settle("no verdict in time")
+            await self.robot.submit(CandidateStarted(identity, generation, self.verdict_timeout))
+            await awaited.done.wait()
         finally:
-            self._verdict = None
-        return verdict
+            del self._awaited[identity]
+        assert awaited.verdict is not None
+        return awaited.verdict
 
     async def _succeeded(self, target: str, release: Path) -> None:
         self.children.release = f"deploy {target[:12]}"
@@ -586,8 +588,8 @@ class Deployer:
             if not self.robot.snapshot().is_sane:
                 return TreeOutcome("is_sane is false: say try_again first", None, self.children.generation + 1)
             verdict = await self._run_candidate(label, tree)
-            outcome = verdict.outcome or "failed"
-            if outcome == "promoted":
+            outcome = _outcome(verdict)
+            if verdict.promoted:
                 await self._adopt(tree, f"standby of {label}")
             else:
                 log.info("%s rejected: %s", label, outcome)
@@ -606,26 +608,7 @@ class Deployer:
             return
         await self.robot.submit(RollbackFinished(True, f"{why}; back on {good[:12]}"))
 
-    # -- watching the core and the children ----------------------------------------------------------
-    def _observe(self, action: Action) -> None:
-        verdict = self._verdict
-        if verdict is None:
-            return
-        if isinstance(action, RoleChanged):
-            worker = self.robot.core.clients.get(action.wid)
-            if worker is None or worker.identity != verdict.identity:
-                return
-            step = {"checking": "checking", "running": "running"}.get(action.new)
-            if action.old == "checking" and action.new == "standby":
-                step = "passed"
-            if step is not None:
-                verdict.times.setdefault(step, trio.current_time())
-            if action.new == "running":
-                verdict.settle("promoted")
-        elif isinstance(action, RollBack) and action.generation == verdict.generation:
-            verdict.settle(f"health check: {action.reason}" + (f" ({action.detail})" if action.detail else ""))
 
-    def _child_exited(self, identity: str, returncode: Any) -> None:
-        verdict = self._verdict
-        if verdict is not None and identity == verdict.identity:
-            verdict.settle(f"exited with {returncode} before it was promoted")
+def _outcome(verdict: Verdict) -> str:
+    """What a deploy (or a dev-mode tree) says of its candidate: "promoted", or why not, in the core's words."""
+    return "promoted" if verdict.promoted else verdict.detail or verdict.outcome

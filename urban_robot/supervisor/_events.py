@@ -153,6 +153,21 @@ class RollbackFinished:
 
 
 @attrs.frozen
+class CandidateStarted:
+    """The deployer (or dev mode) spawned child ``identity`` at ``generation`` to put new code through the gate.
+
+    Submitted right after the spawn, before the child can connect. From then on the core watches that
+    candidate and gives exactly one ``Verdict`` on it: promoted, or why not (a failed health check, its
+    exit or fencing before promotion, no verdict within ``timeout`` seconds, the supervisor stopping).
+    There is one candidate at a time: a newer one replaces an older, which gets its verdict ("replaced") at once.
+    """
+
+    identity: str
+    generation: int
+    timeout: float  # seconds from now (core time) until "no verdict in time"
+
+
+@attrs.frozen
 class Stopping:
     """The supervisor stops (a signal, the admin API, Ctrl+C in dev mode): every worker is asked to shut down.
 
@@ -181,6 +196,7 @@ Event = (
     | DeployConfirmed
     | RetireOlder
     | RollbackFinished
+    | CandidateStarted
     | Stopping
 )
 
@@ -200,6 +216,7 @@ class Send:
     wid: str
     event: str
     data: Any
+    identity: str | None = None  # the worker's, for observers (None: not known, e.g. the shell's own sends)
 
 
 @attrs.frozen
@@ -271,7 +288,9 @@ class TopUp:
 
 @attrs.frozen
 class RollBack:
-    """Ask the deployer to return to the last known good code."""
+    """Ask the deployer to return to the last known good code: a newer worker that is no deploy candidate (a
+    replacement spawned at a newer generation, say) failed its health check. A candidate's failure is its
+    ``Verdict`` instead, never a ``RollBack`` too."""
 
     reason: str
     version: str | None = None
@@ -286,10 +305,35 @@ class Notify:
 
 
 @attrs.frozen
+class Verdict:
+    """The core's one answer on a deploy candidate (``CandidateStarted``), for the deployer.
+
+    ``outcome`` is one of ``"promoted"`` (the lease was granted to it), ``"failed health check"``,
+    ``"exited"`` (its process exited before it was promoted), ``"fenced"`` (hung or stopped: killed before it
+    was promoted), ``"timed out"`` (no verdict in time), ``"replaced"`` (a newer candidate started) or
+    ``"stopping"`` (the supervisor stops). ``detail`` says it for people ("health check: vital_cog_failed
+    (failing: modules.utilities)", "exited with 1 before it was promoted"); for a promotion, its reason.
+    ``times`` says when (core time) it reached each step it reached: ``spawned`` (the ``CandidateStarted``),
+    ``checking`` (ready, its health check asked), ``passed`` and ``running``.
+    """
+
+    identity: str
+    generation: int
+    outcome: str
+    detail: str = ""
+    times: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def promoted(self) -> bool:
+        return self.outcome == "promoted"
+
+
+@attrs.frozen
 class RoleChanged:
-    """For observers (logs, dashboard timeline, deployer)."""
+    """For observers (logs, dashboard timeline, dev mode)."""
 
     wid: str
+    identity: str  # whose connection ``wid`` is: no observer needs the core's table to tell
     old: str
     new: str
     epoch: int | None = None
@@ -297,5 +341,17 @@ class RoleChanged:
 
 
 Action = (
-    Reply | Send | Close | Kill | CheckFrozen | Persist | PersistCache | Spawn | TopUp | RollBack | Notify | RoleChanged
+    Reply
+    | Send
+    | Close
+    | Kill
+    | CheckFrozen
+    | Persist
+    | PersistCache
+    | Spawn
+    | TopUp
+    | RollBack
+    | Verdict
+    | Notify
+    | RoleChanged
 )

@@ -243,11 +243,11 @@ class UrbanRobot:
             if not action.final:
                 self._ack_after = self._cache_queued
         elif isinstance(action, RoleChanged):
-            name = self.conns[action.wid].identity.name if action.wid in self.conns else action.wid
             epoch = f" (epoch {action.epoch})" if action.epoch is not None else ""
             log.info(
-                "worker %s: %s -> %s%s%s",
-                name,
+                "worker %s (%s): %s -> %s%s%s",
+                action.identity,
+                action.wid,
                 action.old,
                 action.new,
                 epoch,

@@ -228,7 +228,7 @@ class StatusTracker:
     def _note_role(self, action: RoleChanged) -> None:
         if action.new in QUIET_ROLES:
             return
-        name = self._names.get(action.wid, action.wid)
+        name = action.identity
         epoch = f" (epoch {action.epoch})" if action.epoch is not None else ""
         reason = f": {action.reason}" if action.reason else ""
         level = "warning" if action.new == Role.GONE.value and action.old == Role.RUNNING.value else "info"
