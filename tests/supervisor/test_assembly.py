@@ -148,7 +148,7 @@ def test_build_wires_the_whole_graph_and_nothing_runs_until_run(tmp_path: Path) 
             ("Handled", "App._handled"),
         ]:
             assert (kind, subscriber) in graph
-        assert not any(kind == "Notify" for kind, _ in graph)  # no notifier configured: nobody to tell
+        assert ("Notify", "Notifier.notify") not in graph  # no notifier configured: nobody to tell
         assert app.url == "" and app.children.children == {}  # built, not running: no port, no process
     finally:
         app.store.unlock()

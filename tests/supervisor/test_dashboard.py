@@ -15,6 +15,7 @@ import os
 import signal
 import struct
 import time
+import types
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tests._browser import Page, chromium_or_skip, open_browser
 from tests._helpers import MemoryListener, dashboard_client, raw_memory_client, worker_options
 from urban_robot.socketio import Server
 from urban_robot.supervisor._assembly import App, serve
+from urban_robot.supervisor._bus import Bus, ViewsChanged
 from urban_robot.supervisor._dashboard import NAMESPACE, DashboardNamespace, page_response
 from urban_robot.supervisor._events import Action, Heartbeat, RoleChanged, WorkerFailed
 from urban_robot.supervisor._status import StatusTracker
@@ -356,9 +358,11 @@ def test_the_tracker_notes_deploy_outcomes_once_per_change() -> None:
     class History:
         history: list[tuple[str, str]] = attrs.Factory(list)
 
-    tracker = StatusTracker(None, wall_clock=lambda: 1.5)  # type: ignore[arg-type]  # no robot needed here
-    deployer = History()
-    tracker.follow(deployer)
+    deployer, bus = History(), Bus()
+    robot = types.SimpleNamespace(bus=bus)  # all the tracker needs of a robot here: where to say views changed
+    tracker = StatusTracker(robot, deployer=deployer, wall_clock=lambda: 1.5)  # type: ignore[arg-type]
+    changes: list[ViewsChanged] = []
+    bus.subscribe(ViewsChanged, changes.append)
     deployer.history += [("abc", "up to date")] * 3 + [("def", "failed"), ("abc", "up to date")]
     tracker.sync_deploys()
     tracker.sync_deploys()
@@ -368,3 +372,4 @@ def test_the_tracker_notes_deploy_outcomes_once_per_change() -> None:
         ("deploy of def: failed", "warning", 1.5),
         ("deploy of abc: up to date", "info", 1.5),
     ]
+    assert len(changes) == 3  # one push per entry, none for the repeats

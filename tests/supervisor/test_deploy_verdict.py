@@ -1,7 +1,7 @@
 """The deployer learns what became of its candidate from the core's ``Verdict``, and of nothing else.
 
-No processes, no git: a real core behind a minimal shell (events in, each action to the observers), a stand-in
-for the children. The end-to-end deploys are in test_deploy.py.
+No processes, no git: a real core behind a minimal shell (events in, each action on its bus, the deployer
+subscribed as ``build`` subscribes it), a stand-in for the children. The end-to-end deploys are in test_deploy.py.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from typing import Any, cast
 import trio
 
 from urban_robot.supervisor import (
+    Bus,
     CandidateStarted,
     Notify,
     ProcessExited,
     RollBack,
     RollbackFinished,
     Settings,
+    Snapshot,
     Stopping,
     Supervisor,
     TimerFired,
@@ -27,21 +29,23 @@ from urban_robot.supervisor._deploy import Deployer
 
 
 class Shell:
-    """The service as the deployer sees it: ``submit`` feeds the core, each action goes to ``observers``."""
+    """The service as the deployer sees it: ``submit`` feeds the core, each action is published on ``bus``."""
 
     def __init__(self) -> None:
         self.core = Supervisor(Settings())
-        self.observers: list[Any] = []
+        self.bus = Bus()
         self.events: list[Any] = []
         self.actions: list[Any] = []
         self.now = 0.0
+
+    def snapshot(self) -> Snapshot:
+        return self.core.snapshot(self.now)
 
     async def submit(self, event: Any) -> None:
         self.events.append(event)
         for action in self.core.handle(event, self.now):
             self.actions.append(action)
-            for observe in self.observers:
-                observe(action)
+            self.bus.publish(action)
         await trio.lowlevel.checkpoint()
 
 
@@ -61,7 +65,9 @@ class FakeChildren:
 
 
 def deployer(tmp_path: Path, shell: Shell, children: FakeChildren, **kwargs: Any) -> Deployer:
-    return Deployer(cast(Any, shell), cast(Any, children), cast(Any, None), releases_dir=tmp_path, **kwargs)
+    made = Deployer(cast(Any, shell), cast(Any, children), cast(Any, None), releases_dir=tmp_path, **kwargs)
+    shell.bus.subscribe(Verdict | RollBack, made.on_action)  # as build() subscribes it
+    return made
 
 
 async def started(shell: Shell) -> CandidateStarted:
@@ -75,7 +81,7 @@ async def test_the_candidate_is_announced_with_the_deployers_timeout_and_its_exi
 ) -> None:
     shell, children = Shell(), FakeChildren()
     d = deployer(tmp_path, shell, children, verdict_timeout=42)
-    assert shell.observers == [d.on_action]  # the one way in
+    assert ("Verdict", "Deployer.on_action") in shell.bus.subscriptions()  # the one way in
     results: list[Any] = []
 
     async def tree() -> None:

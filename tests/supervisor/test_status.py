@@ -231,8 +231,9 @@ async def test_a_disconnected_worker_is_forgotten(clock: trio.testing.MockClock,
     a = await harness.worker()
     await a.wait_for("processing")
     await a.drop()
-    while harness.robot.conns:
+    while harness.robot.conns or harness.robot.snapshot().workers:
         await trio.sleep(0.1)
+    await trio.testing.wait_all_tasks_blocked()  # the Disconnected handled to the end (Handled published)
     assert harness.tracker._names == {}  # nothing of it is kept: the tracker's only per-connection record
     body = await harness.status()
     assert body["workers"] == [] and body["running"] is None

@@ -192,7 +192,7 @@ async def push_webhook(http: httpx.AsyncClient, url: str, commit: str, delivery:
 
 async def steady(app: App, recorder: Recorder, cache_bytes: int) -> None:
     """Wait until a holder processes (renewed its lease) and, with a cache, has written its own."""
-    while (lease := app.robot.core.lease) is None or not lease.confirmed or lease.wid is None:
+    while (lease := app.robot.snapshot().lease) is None or not lease.confirmed or lease.sid is None:
         await recorder.changed.wait()
     if cache_bytes:
         last_grant = max(i for i, (_, a) in enumerate(recorder.actions) if is_grant(a))
@@ -201,9 +201,8 @@ async def steady(app: App, recorder: Recorder, cache_bytes: int) -> None:
 
 async def tidy(app: App) -> None:
     """``--fresh``: stop every standby (the earlier deploys' old holders) and reset the restart backoff."""
-    lease = app.robot.core.lease
-    for w in list(app.robot.core.clients.values()):
-        if w.role is Role.STANDBY and (lease is None or w.wid != lease.wid):
+    for w in app.robot.snapshot().workers:
+        if w.role == Role.STANDBY.value and w.holds is None:
             ask = functools.partial(app.robot.ask_shutdown, w.identity, "bench: --fresh")
             await app.children.stop(w.identity, ask=ask)
     app.children.quick_deaths = 0
@@ -238,21 +237,22 @@ async def good_deploy(
     await steady(app, recorder, cache_bytes)
     if fresh:
         await tidy(app)
-    lease = app.robot.core.lease
+    lease = app.robot.snapshot().lease
     assert lease is not None
     mark = len(recorder.actions)
     posted_at = trio.current_time()
     status = await push_webhook(http, app.url, commit, f"good-{n}")
     assert status == 202, f"webhook answered {status}"
-    coma, coma_at, _ = await recorder.wait_for(is_stop_of(lease.wid), mark)
-    _, acked_at, _ = await recorder.wait_for(is_ack_of(lease.wid), coma)
+    coma, coma_at, _ = await recorder.wait_for(is_stop_of(lease.sid), mark)
+    _, acked_at, _ = await recorder.wait_for(is_ack_of(lease.sid), coma)
     granted, granted_at, grant = await recorder.wait_for(is_grant, mark)
     assert isinstance(grant, Send)
     epoch = grant.data["d"]["epoch"]
     _, renewed_at, _ = await recorder.wait_for(renewal_of(epoch), mark)
     await app.deployer.wait_idle()
     assert app.deployer.history[-1] == (commit, "deployed"), app.deployer.history[-1]
-    holder = app.robot.core.clients[grant.wid]
+    holder = app.robot.snapshot().worker(grant.wid)
+    assert holder is not None, "the new holder is gone"
     assert holder.version == version, f"{holder.version} processes, not {version}"
     copies = sum(isinstance(a, Send) and a.event == "cache_sync" for _, a in recorder.actions[coma:granted])
     return GoodDeploy(
@@ -299,7 +299,7 @@ async def failed_deploy(
     await steady(app, recorder, cache_bytes)
     if fresh:
         await tidy(app)
-    lease = app.robot.core.lease
+    lease = app.robot.snapshot().lease
     assert lease is not None
     holder = (lease.identity, lease.epoch)
     first = len(recorder.renewals)
@@ -313,10 +313,10 @@ async def failed_deploy(
     end = await recorder.next_granted_renewal(rolled_back_at)
     start = next(r for r in reversed(recorder.renewals[:first]) if r.granted)
     window = [r for r in recorder.renewals if start.at < r.at <= end.at]
-    stop = is_stop_of(lease.wid)
+    stop = is_stop_of(lease.sid)
     stops = [at for at, a in recorder.actions[mark:] if stop(a) and at <= end.at]
     grants = [a for _, a in recorder.actions[mark:] if is_grant(a)]
-    now = app.robot.core.lease
+    now = app.robot.snapshot().lease
     kept = (
         not grants
         and not stops
@@ -362,7 +362,7 @@ async def main(
                 await steady(app, recorder, 0)
                 app.deployer.request("bench start")
                 await app.deployer.wait_idle()
-                assert app.robot.core.last_known_good_hash is not None, app.deployer.history
+                assert app.robot.snapshot().last_known_good is not None, app.deployer.history
             for n in range(1, rounds + 1):
                 with trio.fail_after(STEP_TIMEOUT):
                     good.append(await good_deploy(app, recorder, repos, http, n, cache_bytes, fresh, cache))
