@@ -26,7 +26,7 @@ from urban_robot.supervisor import Credentials, Settings, StateStore, UrbanRobot
 from ._discord_fakes import OfflineBot, Steps, message
 
 TOKEN = "discord-token-xyz-0123456789"
-SETTINGS = Settings(token=TOKEN, interval=0.5, grace=0.5, lease_margin=0.5, health_timeout=5, stop_timeout=5)
+SETTINGS = Settings(token=TOKEN, interval=0.5, grace=0.5, lease_margin=0.5, health_timeout=5, ack_timeout=5)
 LIMIT = 20.0  # seconds for any one scenario
 pytestmark = pytest.mark.slow  # real sockets, real clock: a second or two each
 

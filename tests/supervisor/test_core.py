@@ -49,7 +49,7 @@ from urban_robot.supervisor import (
 )
 
 HEALTHY = {"OK": True, "percent": 100, "cogs": {"modules.utilities": True, "modules.fun": True}}
-SETTINGS = Settings(token="secret-token", interval=10, grace=5, lease_margin=2, health_timeout=20, stop_timeout=8)
+SETTINGS = Settings(token="secret-token", interval=10, grace=5, lease_margin=2, health_timeout=20, ack_timeout=8)
 
 
 class Driver:
@@ -535,7 +535,7 @@ def test_holder_that_never_acknowledges_coma_keeps_the_lease_until_it_ends() -> 
     d.renew("old", 1)  # lease to 0 + 15 + 2 on our clock
     out = d.join("new", version="2.0")
     assert d.cmds(out, "old") == ["coma"]
-    for t in (1, 8, 16.9):  # stop_timeout passes (t=8), but only the lease proves anything
+    for t in (1, 8, 16.9):  # ack_timeout passes (t=8), but only the lease proves anything
         assert d.cmds(d.feed(TimerFired(), at=t), "new") == []
         assert d.cmds(d.feed(Heartbeat("new", None), at=t), "new") == []
         assert d.renew("old", 1)["lease"] == 0  # alive and talking, but no renewal while a stop is pending
@@ -886,7 +886,7 @@ def test_an_unanswered_coma_is_reported_at_the_stop_timeout_then_the_lease_decid
     d = Driver()
     d.join("old", version="1.0")
     d.renew("old", 1)
-    d.join("new", version="2.0", generation=None)  # asks old for coma at t=0; stop_timeout 8
+    d.join("new", version="2.0", generation=None)  # asks old for coma at t=0; ack_timeout 8
     assert d.core.next_deadline() == 8
     assert not any(isinstance(a, Notify) for a in d.feed(TimerFired(), at=7.999))
     out = d.feed(TimerFired(), at=8)
@@ -1088,7 +1088,7 @@ def test_the_defaults_are_the_documented_ones() -> None:
         return float(re.findall(r"[\d.]+", text.rsplit("=", 1)[-1])[0])
 
     got = Settings()
-    for name in ("interval", "grace", "lease_margin", "health_timeout", "stop_timeout", "healthy_percentage"):
+    for name in ("interval", "grace", "lease_margin", "health_timeout", "ack_timeout", "healthy_percentage"):
         assert getattr(got, name) == number(documented[name]), name
     assert got.lease == got.silence_limit == number(documented["lease"])
     assert list(got.vital_cogs) == json.loads(documented["vital_cogs"].strip("`"))

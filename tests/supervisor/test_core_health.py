@@ -31,7 +31,7 @@ from urban_robot.supervisor import (
 from urban_robot.supervisor._core import HEALTH_REPORT_FIX
 
 SETTINGS = Settings(
-    token="t", interval=10, grace=5, lease_margin=2, health_timeout=20, stop_timeout=8, gateway_down_limit=3
+    token="t", interval=10, grace=5, lease_margin=2, health_timeout=20, ack_timeout=8, gateway_down_limit=3
 )
 
 

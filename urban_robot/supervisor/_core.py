@@ -140,7 +140,7 @@ class Settings:
     # A holder whose Discord Gateway has been down this long hands over to a standby whose Gateway is up:
     # longer than a RESUME after op 7 (well under 1 s), shorter than most re-identifies after op 9 (1-5 s).
     gateway_down_limit: float = 3.0
-    stop_timeout: float = 30.0  # waiting for a coma/shutdown ack before relying on the lease
+    ack_timeout: float = 30.0  # waiting for a coma/shutdown ack before relying on the lease
     spawn_workers: bool = False  # ask for replacements (when a process manager is attached)
     crash_loop_losses: int = 5  # this many unexpected worker losses ... (0: never a crash loop)
     crash_loop_window: float = 300.0  # ... within this many seconds = crash loop: is_sane = False
@@ -948,7 +948,7 @@ class Supervisor:
         lease = self.lease
         if lease is not None and not lease.stopping:
             lease.stopping = True  # no renewal, and no adoption of a reconnecting holder, from now on
-            lease.stop_deadline = now + self.settings.stop_timeout
+            lease.stop_deadline = now + self.settings.ack_timeout
         for w in list(self.clients.values()):
             if self._holds(w):
                 self.leaving.add(w.identity)  # asked to go: its exit is no crash
@@ -1114,7 +1114,7 @@ class Supervisor:
         assert self.lease is not None
         self.lease.stopping = True
         self.lease.reason = reason
-        self.lease.stop_deadline = now + self.settings.stop_timeout
+        self.lease.stop_deadline = now + self.settings.ack_timeout
         self._move(holder, Trigger.STOP, out, reason)
         if shutdown:
             self.leaving.add(holder.identity)  # asked to go (outdated): its exit is no crash
