@@ -55,7 +55,7 @@ async def settled(app: App) -> None:
         while not (
             core.lease
             and core.lease.confirmed
-            and core.lease.wid
+            and core.lease.sid
             and any(w.approved and w.role.value == "standby" for w in core.clients.values())
         ):
             await trio.sleep(0.05)

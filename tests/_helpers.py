@@ -189,13 +189,13 @@ def dashboard_client(url: str, auth: Any) -> dict[str, Any]:
 
 
 # -- caches as the wire carries them (docs/protocol.md §11): parts of bytes ---------------------------------
-def cache_sync(wid: str, value: Any, sync: int = 1) -> Any:
-    """The core's event for a plain cache ``value`` sent by ``wid`` in one part (small values fit one)."""
+def cache_sync(sid: str, value: Any, sync: int = 1) -> Any:
+    """The core's event for a plain cache ``value`` sent by ``sid`` in one part (small values fit one)."""
     from urban_robot.protocol import plain_change
     from urban_robot.supervisor import CacheSync
 
     [part] = plain_change(value).parts(sync)
-    return CacheSync(wid, part)
+    return CacheSync(sid, part)
 
 
 def image(value: Any) -> Any:
@@ -217,14 +217,14 @@ def plain(image_or_none: Any) -> Any:
 NOTHING_PUSHED = object()
 
 
-def pushed(actions: Any, wid: str) -> Any:
-    """The plain cache the core's ``Send`` actions pushed to ``wid`` (applied in order), or ``NOTHING_PUSHED``."""
+def pushed(actions: Any, sid: str) -> Any:
+    """The plain cache the core's ``Send`` actions pushed to ``sid`` (applied in order), or ``NOTHING_PUSHED``."""
     from urban_robot.protocol import Assembly, CacheMap, parse_cache_sync, plain_value
     from urban_robot.supervisor import Send
 
     assembly, cache, got = Assembly(1 << 62), CacheMap(), False
     for action in actions:
-        if isinstance(action, Send) and action.wid == wid and action.event == "cache_sync":
+        if isinstance(action, Send) and action.sid == sid and action.event == "cache_sync":
             change = assembly.add(parse_cache_sync(action.data))
             if change is not None:
                 cache.apply(change)

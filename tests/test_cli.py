@@ -39,7 +39,7 @@ async def running_supervisor(nursery: trio.Nursery, tmp_path: Path, token: str) 
     options = worker_options(tmp_path, admin_token=token, standbys=1)
     app: App = await nursery.start(serve, options)
     core = app.robot.core
-    while not (core.lease and core.lease.confirmed and core.lease.wid):
+    while not (core.lease and core.lease.confirmed and core.lease.sid):
         await trio.sleep(0.05)  # real processes
     return app, core.lease.identity
 

@@ -65,9 +65,9 @@ async def start(
 async def running(dev: DevMode) -> tuple[str, int, int]:
     """The running worker's identity, pid and epoch, once one runs."""
     core = dev.app.robot.core
-    while core.lease is None or not core.lease.confirmed or core.lease.wid not in core.clients:
+    while core.lease is None or not core.lease.confirmed or core.lease.sid not in core.clients:
         await trio.sleep(0.05)  # real processes starting: polled, under the caller's fail_after
-    worker = core.clients[core.lease.wid]
+    worker = core.clients[core.lease.sid]
     assert worker.pid is not None
     return worker.identity, worker.pid, core.lease.epoch
 
@@ -115,10 +115,10 @@ async def test_a_good_change_is_swapped_in_with_the_cache(nursery: trio.Nursery,
     assert attempt.outcome == "promoted" and attempt.generation == 2
     assert attempt.message.startswith("generation 2 is running (swapped in ") and "cache handed over" in attempt.message
     assert new != old and new_epoch == epoch + 1
-    holder = core.clients[core.lease.wid]  # type: ignore[union-attr,index]
+    holder = core.clients[core.lease.sid]  # type: ignore[union-attr,index]
     assert holder.version == "2.0" and holder.generation == 2
     assert accepted and len(accepted[-1]["k0"]) == 64  # the old worker's final cache, taken at its coma ...
-    assert pushed(handed, holder.wid) == accepted[-1]  # ... is what the new worker was given before it processed
+    assert pushed(handed, holder.sid) == accepted[-1]  # ... is what the new worker was given before it processed
     assert gone(old_pid) and not gone(new_pid)
     assert dev.app.children.cwd == dev.tree.snapshots / "2"
     assert "generation 1 is running" in out.getvalue()
@@ -165,7 +165,7 @@ async def test_a_broken_change_leaves_the_old_worker_running_and_says_why(
     # Children are numbered as spawned: 1 the first worker, 2 the rejected candidate, 3 the fixed one. A crashed
     # candidate is no running worker lost: nothing was spawned to "replace" it.
     assert fixed.endswith("-3") and fixed_epoch == epoch + 1
-    assert dev.app.robot.core.clients[dev.app.robot.core.lease.wid].version == "2.1"  # type: ignore[union-attr,index]
+    assert dev.app.robot.core.clients[dev.app.robot.core.lease.sid].version == "2.1"  # type: ignore[union-attr,index]
 
 
 @pytest.mark.slow
@@ -196,11 +196,11 @@ async def test_a_burst_of_edits_is_one_candidate(nursery: trio.Nursery, tmp_path
             write_bot(dev.tree.root, version=f"1.{n}")
             await trio.sleep(0.05)  # the pace of a save burst (the input), shorter than dev mode's quiet period
         await attempts(dev, 1)
-        assert dev.app.robot.core.clients[dev.app.robot.core.lease.wid].version == "1.5"  # type: ignore[union-attr,index]
+        assert dev.app.robot.core.clients[dev.app.robot.core.lease.sid].version == "1.5"  # type: ignore[union-attr,index]
         write_bot(dev.tree.root, version="2.0")  # a later edit: any straggler from the burst would come before it
         await attempts(dev, 2)
     assert [a.outcome for a in dev.attempts] == ["promoted", "promoted"]
-    assert dev.app.robot.core.clients[dev.app.robot.core.lease.wid].version == "2.0"  # type: ignore[union-attr,index]
+    assert dev.app.robot.core.clients[dev.app.robot.core.lease.sid].version == "2.0"  # type: ignore[union-attr,index]
 
 
 async def test_debouncer_waits_for_quiet_and_remembers_a_change_made_meanwhile(autojump_clock: object) -> None:

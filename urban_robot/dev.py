@@ -294,7 +294,7 @@ class DevMode:
         """A worker of the current generation started running (after a crash, say): say so."""
         if action.new != "running":
             return
-        worker = self.app.robot.snapshot().worker(action.wid)
+        worker = self.app.robot.snapshot().worker(action.sid)
         if worker is None or (worker.generation or 0) > self.app.children.generation:
             return  # a candidate: try_change says how its swap went
         self._say_running(worker, action.epoch)
@@ -304,7 +304,7 @@ class DevMode:
 
     def on_report(self, event: HealthReport) -> None:
         """Keep each worker's health report: a rejected change names its failing cogs."""
-        worker = self.app.robot.snapshot().worker(event.wid)
+        worker = self.app.robot.snapshot().worker(event.sid)
         if worker is not None:
             self._reports[worker.identity] = event.report
 

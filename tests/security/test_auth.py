@@ -185,7 +185,7 @@ async def test_a_worker_cannot_act_as_admin_or_as_another_worker(
         await standby.wait_for("cmd:health_check")
         lease = core.lease
         assert lease is not None
-        epoch, holder_wid, token = core.epoch, lease.wid, holder.lease_token
+        epoch, holder_sid, token = core.epoch, lease.sid, holder.lease_token
         assert token and lease.identity == holder.name
 
         # A worker's try_again is refused and changes nothing (is_sane stays false).
@@ -220,5 +220,5 @@ async def test_a_worker_cannot_act_as_admin_or_as_another_worker(
         assert await admin.call("try_again", {}) == {"is_sane": True}
         assert "error" in await admin.call("identify", {"version": "1.0"})
         await holder.heartbeat()
-    assert core.lease is lease and (core.epoch, lease.wid, lease.identity) == (epoch, holder_wid, holder.name)
+    assert core.lease is lease and (core.epoch, lease.sid, lease.identity) == (epoch, holder_sid, holder.name)
     assert holder.processing and not any(name == "fenced" for _, name, _ in holder.log)

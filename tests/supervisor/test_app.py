@@ -35,7 +35,7 @@ async def settled(app: App) -> tuple[str, int]:
     while not (
         core.lease
         and core.lease.confirmed
-        and core.lease.wid
+        and core.lease.sid
         and any(w.approved and w.role.value == "standby" for w in core.clients.values())
     ):
         await trio.sleep(0.05)  # real processes: nothing inside this process to wait on

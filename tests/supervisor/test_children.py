@@ -232,7 +232,7 @@ async def test_a_child_fenced_off_as_hung_is_killed_at_once(
     _, process = await launcher.nth(0)
     [identity] = children.children
     fenced_at = trio.current_time()
-    children.on_action(Close("wid", "hung: silent for 8.0 s", identity, hung=True))
+    children.on_action(Close("sid", "hung: silent for 8.0 s", identity, hung=True))
     [exited] = await robot.exits(1)
     # SIGKILL, no SIGTERM first (a stopped process would not even take it), and no wait before it.
     assert exited.identity == identity and process.returncode == -signal.SIGKILL

@@ -68,25 +68,25 @@ class Driver:
         self.actions.extend(out)
         return out
 
-    def cmds(self, out: list[Any], wid: str) -> list[str]:
-        return [a.data["t"] for a in out if isinstance(a, Send) and a.wid == wid and a.event == "cmd"]
+    def cmds(self, out: list[Any], sid: str) -> list[str]:
+        return [a.data["t"] for a in out if isinstance(a, Send) and a.sid == sid and a.event == "cmd"]
 
-    def join(self, wid: str, version: str = "1.0", generation: int | None = None, report: Any = HEALTHY) -> list[Any]:
+    def join(self, sid: str, version: str = "1.0", generation: int | None = None, report: Any = HEALTHY) -> list[Any]:
         """Connect, identify, become ready and answer the health check."""
-        self.feed(Connected(wid, identity=f"id-{wid}"))
-        self.feed(Identified(wid, version=version, pid=100, generation=generation))
-        out = self.feed(Ready(wid))
-        assert self.cmds(out, wid) == ["health_check"]
-        return self.feed(HealthReport(wid, report))
+        self.feed(Connected(sid, identity=f"id-{sid}"))
+        self.feed(Identified(sid, version=version, pid=100, generation=generation))
+        out = self.feed(Ready(sid))
+        assert self.cmds(out, sid) == ["health_check"]
+        return self.feed(HealthReport(sid, report))
 
-    def grant(self, out: list[Any], wid: str) -> dict[str, Any]:
+    def grant(self, out: list[Any], sid: str) -> dict[str, Any]:
         [grant] = [
-            a.data["d"] for a in out if isinstance(a, Send) and a.wid == wid and a.data.get("t") == "process_commands"
+            a.data["d"] for a in out if isinstance(a, Send) and a.sid == sid and a.data.get("t") == "process_commands"
         ]
         return dict(grant)
 
-    def renew(self, wid: str, epoch: int | None) -> dict[str, Any]:
-        [reply] = [a for a in self.feed(Heartbeat(wid, epoch)) if isinstance(a, Reply)]
+    def renew(self, sid: str, epoch: int | None) -> dict[str, Any]:
+        [reply] = [a for a in self.feed(Heartbeat(sid, epoch)) if isinstance(a, Reply)]
         return dict(reply.data)
 
 
@@ -170,7 +170,7 @@ def test_newer_version_takes_over_with_the_final_cache() -> None:
     d.feed(cache_sync("old", {"reminders": [1]}))
     out = d.join("new", version="0.0.10")  # PEP 440: 0.0.10 is newer than 0.0.9
     assert d.cmds(out, "old") == ["coma"]
-    coma = next(a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.event == "cmd")
+    coma = next(a.data["d"] for a in out if isinstance(a, Send) and a.sid == "old" and a.event == "cmd")
     assert coma == {"reason": "hand-over to 0.0.10 (id-new)", "cache_sync": True}
     assert d.cmds(out, "new") == []  # not before the old one stopped
     assert d.renew("old", 1)["lease"] == 0  # a stopping holder gets no renewal
@@ -187,7 +187,7 @@ def test_newer_version_takes_over_with_the_final_cache() -> None:
 def test_cache_reaches_the_new_holder_before_process_commands() -> None:
     d = Driver(cache=image({"restored": True}))
     d.join("a")
-    sends = [(a.event, a.data) for a in d.actions if isinstance(a, Send) and a.wid == "a" and a.event != "hello"]
+    sends = [(a.event, a.data) for a in d.actions if isinstance(a, Send) and a.sid == "a" and a.event != "hello"]
     assert pushed(d.actions, "a") == {"restored": True}  # at its health check already: warm before its grant
     assert [e if e != "cmd" else d["t"] for e, d in sends] == ["cache_sync", "health_check", "process_commands"]
 
@@ -257,12 +257,12 @@ def test_silent_external_worker_is_dropped_and_its_lease_runs_out() -> None:
     assert d.cmds(out, "b") == ["process_commands"]
 
 
-def join_child(d: Driver, wid: str) -> list[Any]:
+def join_child(d: Driver, sid: str) -> list[Any]:
     """A worker the process manager spawned (generation 1): its silence is the kernel's to fence."""
-    d.feed(Connected(wid, identity=f"id-{wid}", generation=1))
-    d.feed(Identified(wid, version="1.0", pid=100, generation=1))
-    d.feed(Ready(wid))
-    return d.feed(HealthReport(wid, HEALTHY))
+    d.feed(Connected(sid, identity=f"id-{sid}", generation=1))
+    d.feed(Identified(sid, version="1.0", pid=100, generation=1))
+    d.feed(Ready(sid))
+    return d.feed(HealthReport(sid, HEALTHY))
 
 
 # interval, frozen_limit, hang_limit, lease = interval + grace, margin: the defaults' shape, scaled for reading.
@@ -300,7 +300,7 @@ def test_silent_child_is_killed_and_its_lease_released_only_by_its_exit(
     assert d.now == fenced_at and (probes == 1 if kernel_says_stopped else probes == 6)  # at 2.5, then each second
     assert Kill("id-a", reason) in out  # the process manager SIGKILLs it; its connection ends with it
     assert not any(isinstance(a, Close) for a in out)  # not closed from our side (docs/reliability.md)
-    assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.wid is None
+    assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.sid is None
     # No word yet (issue 12): the exit a moment later ends the lease, and the promotion says why.
     assert not any(isinstance(a, Notify) for a in out)
     out = d.feed(ProcessExited("id-a", -9), at=fenced_at + 0.01)  # waitpid: the kill is confirmed
@@ -345,7 +345,7 @@ def test_a_holder_the_watch_sees_stopped_is_fenced_at_once_and_released_only_by_
     assert [a for a in out if isinstance(a, Close | Kill)] == [
         Kill("id-a", "stopped: its process was stopped by a signal, silent for 0.3 s")
     ]
-    assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.wid is None  # not before its exit
+    assert d.cmds(out, "b") == [] and d.core.lease is not None and d.core.lease.sid is None  # not before its exit
     out = d.feed(ProcessExited("id-a", -9), at=0.33)
     assert d.grant(out, "b")["reason"] == "failover: id-a exited (-9)"
 
@@ -485,7 +485,7 @@ def test_cache_sync_fans_out_to_ready_standbys() -> None:
     d.join("b")
     d.join("c")
     out = d.feed(cache_sync("a", [1]), at=5)
-    assert {a.wid for a in out if isinstance(a, Send) and a.event == "cache_sync"} == {"b", "c"}
+    assert {a.sid for a in out if isinstance(a, Send) and a.event == "cache_sync"} == {"b", "c"}
     assert d.core.cache_age == 5
 
 
@@ -699,7 +699,7 @@ def stopped_core() -> tuple[Driver, list[Any]]:
 
 def test_stopping_asks_every_worker_to_shut_down_the_holder_with_its_final_cache() -> None:
     d, out = stopped_core()
-    shutdowns = {a.wid: a.data["d"] for a in out if isinstance(a, Send) and a.data.get("t") == "shutdown"}
+    shutdowns = {a.sid: a.data["d"] for a in out if isinstance(a, Send) and a.data.get("t") == "shutdown"}
     assert shutdowns == {
         "a": {"reason": "SIGTERM", "cache_sync": True},
         "b": {"reason": "SIGTERM", "cache_sync": False},
@@ -755,7 +755,7 @@ def test_a_holder_reconnecting_during_a_stop_is_not_adopted_but_shut_down() -> N
     out = d.feed(Identified("a2", "1.0", epoch=1, lease_token=grant["lease_token"]))
     [hello] = [a.data for a in out if isinstance(a, Send) and a.event == "hello"]
     assert hello["process_commands"] is False  # not adopted: it drops its grant and stops processing
-    assert d.cmds(out, "a2") == ["shutdown"] and d.core.lease is not None and d.core.lease.wid is None
+    assert d.cmds(out, "a2") == ["shutdown"] and d.core.lease is not None and d.core.lease.sid is None
 
 
 # -- the instant of each decision ------------------------------------------------------------------------
@@ -858,8 +858,8 @@ def test_a_grant_lasts_a_whole_lease_and_margin_before_its_first_renewal() -> No
     d.join("a")
     d.join("b")
     assert d.core.lease is not None and d.core.lease.expires == 5 + 15 + 2
-    for wid in ("a", "b"):  # the grant never reached a: it heartbeats as a standby would, without the epoch
-        d.feed(Heartbeat(wid), at=15)
+    for sid in ("a", "b"):  # the grant never reached a: it heartbeats as a standby would, without the epoch
+        d.feed(Heartbeat(sid), at=15)
     assert d.core.next_deadline() == 5 + 15 + 2
     assert d.cmds(d.feed(TimerFired(), at=21.999), "b") == []
     out = d.feed(TimerFired(), at=22)
@@ -891,8 +891,8 @@ def test_an_unanswered_coma_is_reported_at_the_stop_timeout_then_the_lease_decid
     assert not any(isinstance(a, Notify) for a in d.feed(TimerFired(), at=7.999))
     out = d.feed(TimerFired(), at=8)
     assert [a.level for a in out if isinstance(a, Notify)] == ["warning"]
-    for wid in ("old", "new"):  # both still talk: old's heartbeats are refused (stopping), not renewals
-        assert d.renew(wid, 1 if wid == "old" else None)["lease"] == 0
+    for sid in ("old", "new"):  # both still talk: old's heartbeats are refused (stopping), not renewals
+        assert d.renew(sid, 1 if sid == "old" else None)["lease"] == 0
     assert d.core.next_deadline() == 17  # the warning once; then only the lease's end
     assert not any(isinstance(a, Notify) for a in d.feed(TimerFired(), at=9))
     out = d.feed(TimerFired(), at=17)
@@ -946,7 +946,7 @@ def test_a_restored_holder_renews_on_reconnecting_and_an_impostor_does_not() -> 
     d.feed(Identified("a2", version="1.0", epoch=1, lease_token="token-1"))
     assert d.core.clients["a2"].role is Role.RUNNING and d.core.running_client == "a2"
     assert d.renew("a2", 1) == {"epoch": 1, "lease": 15}
-    assert d.core.lease is not None and d.core.lease.expires == 105 + 17 and d.core.lease.wid == "a2"
+    assert d.core.lease is not None and d.core.lease.expires == 105 + 17 and d.core.lease.sid == "a2"
 
 
 def test_a_restored_lease_that_has_ended_is_not_adopted() -> None:
@@ -1107,9 +1107,9 @@ def test_ready_again_in_each_role_as_the_protocol_says() -> None:
     d.join("sick", version="0.9", report={"OK": False, "percent": 0, "cogs": {"modules.utilities": True}})
     out = d.feed(Ready("old"))
     assert Reply({}) in out and d.cmds(out, "old") == ["ok"]
-    for wid, role in (("peer", Role.STANDBY), ("sick", Role.SHUTTING_DOWN)):
-        out = d.feed(Ready(wid))
-        assert out == [Reply({})] and d.core.clients[wid].role is role
+    for sid, role in (("peer", Role.STANDBY), ("sick", Role.SHUTTING_DOWN)):
+        out = d.feed(Ready(sid))
+        assert out == [Reply({})] and d.core.clients[sid].role is role
     d.join("new", version="2.0")  # old is asked for coma: stopping
     assert d.core.clients["old"].role is Role.STOPPING
     out = d.feed(Ready("old"))
@@ -1144,9 +1144,9 @@ def test_coma_from_a_worker_that_holds_nothing_changes_nothing() -> None:
     d.feed(Connected("c", identity="id-c"))
     d.feed(Identified("c", version="1.0"))
     d.feed(Ready("c"))  # checking
-    for wid, role in (("b", Role.STANDBY), ("c", Role.CHECKING)):
-        assert d.feed(ComaAck(wid, "idle")) == [Reply({})]
-        assert d.core.clients[wid].role is role
+    for sid, role in (("b", Role.STANDBY), ("c", Role.CHECKING)):
+        assert d.feed(ComaAck(sid, "idle")) == [Reply({})]
+        assert d.core.clients[sid].role is role
     assert d.core.running_client == "a" and d.renew("a", 1)["lease"] == 15
 
 
@@ -1206,7 +1206,7 @@ def test_health_verdicts(report: Any, verdict: str | None) -> None:
     if verdict is None:
         assert d.cmds(out, "a") == ["process_commands"]
     else:
-        shutdown = [x.data["d"] for x in out if isinstance(x, Send) and x.wid == "a"]
+        shutdown = [x.data["d"] for x in out if isinstance(x, Send) and x.sid == "a"]
         assert shutdown == [{"reason": verdict, "cache_sync": False}]
         said = f"id-a (version 1.0) failed its health check: {verdict}"
         assert any(isinstance(x, Notify) and x.level == "warning" and x.message.startswith(said) for x in out)
@@ -1240,7 +1240,7 @@ def test_a_worker_that_missed_the_fan_out_gets_the_cache_before_its_grant() -> N
     d.join("c")
     out = d.feed(ProcessExited("id-b", -9), at=3)
     [promoted] = [w for w in ("c",) if d.cmds(out, w) == ["process_commands"]]
-    sends = [(x.event, x.data) for x in out if isinstance(x, Send) and x.wid == promoted]
+    sends = [(x.event, x.data) for x in out if isinstance(x, Send) and x.sid == promoted]
     assert pushed(out, promoted) is NOTHING_PUSHED or sends[-1][1]["t"] == "process_commands"
 
 
@@ -1327,7 +1327,7 @@ def test_only_waiting_workers_of_older_generations_retire() -> None:
     d.feed(ComaAck("old", "newer generation"))
     assert d.core.running_client == "new"
     out = d.feed(RetireOlder(2))
-    shut = {x.wid: x.data["d"] for x in out if isinstance(x, Send) and x.data.get("t") == "shutdown"}
+    shut = {x.sid: x.data["d"] for x in out if isinstance(x, Send) and x.data.get("t") == "shutdown"}
     assert shut == {
         "old": {"reason": "outdated: generation 2 runs now", "cache_sync": False},
         "spare-old": {"reason": "outdated: generation 2 runs now", "cache_sync": False},
@@ -1361,7 +1361,7 @@ def test_a_hand_over_names_the_version_and_the_release_it_comes_from() -> None:
     d.feed(Identified("new", version="1.0", pid=101, generation=2))
     d.feed(Ready("new"))
     out = d.feed(HealthReport("new", HEALTHY))
-    [coma] = [a.data["d"] for a in out if isinstance(a, Send) and a.wid == "old" and a.data.get("t") == "coma"]
+    [coma] = [a.data["d"] for a in out if isinstance(a, Send) and a.sid == "old" and a.data.get("t") == "coma"]
     assert coma["reason"] == "hand-over to 1.0 (deploy 747c50f12ab3)"  # not "newer version 1.0 takes over"
     out = d.feed(ComaAck("old", coma["reason"]))
     assert d.grant(out, "new")["reason"] == "hand-over to 1.0 (deploy 747c50f12ab3)"
@@ -1452,8 +1452,8 @@ def test_only_the_first_loss_of_a_window_is_notified_until_the_crash_loop() -> N
 
 
 # -- the cache as bytes, in parts, and deltas (§11) -----------------------------------------------------------
-def parts_of(wid: str, change: Any, sync: int, part_bytes: int = 4) -> list[Any]:
-    return [CacheSyncEvent(wid, p) for p in change.parts(sync, part_bytes)]
+def parts_of(sid: str, change: Any, sync: int, part_bytes: int = 4) -> list[Any]:
+    return [CacheSyncEvent(sid, p) for p in change.parts(sync, part_bytes)]
 
 
 def test_a_cache_in_parts_is_kept_as_the_bytes_that_came_and_forwarded_once_complete() -> None:
@@ -1470,7 +1470,7 @@ def test_a_cache_in_parts_is_kept_as_the_bytes_that_came_and_forwarded_once_comp
     out = d.feed(last)
     assert Reply({"accepted": True}) in out
     assert d.core.cache is not None and dict(d.core.cache.entries) == {"x": (b"0123", b"4567", b"89"), "y": (b"",)}
-    forwarded = [a for a in out if isinstance(a, Send) and a.wid == "b"]
+    forwarded = [a for a in out if isinstance(a, Send) and a.sid == "b"]
     assert [a.data for a in forwarded] == [  # re-cut at the supervisor's own part size (1 MiB)
         {"sync": 1, "part": 0, "parts": 1, "full": True, "set": {"x": b"0123456789", "y": b""}}
     ]
@@ -1485,7 +1485,7 @@ def test_a_delta_is_applied_to_the_bytes_and_forwarded_as_a_delta_to_a_standby_t
     delta = CacheChange(False, {"k": (b"v",)}, frozenset({""}))
     out = d.feed(parts_of("a", delta, sync=2)[0])
     assert Reply({"accepted": True}) in out and dict(d.core.cache.entries) == {"k": (b"v",)}
-    [push] = [a for a in out if isinstance(a, Send) and a.wid == "b"]
+    [push] = [a for a in out if isinstance(a, Send) and a.sid == "b"]
     assert push.data == {"sync": 2, "part": 0, "parts": 1, "full": False, "set": {"k": b"v"}, "delete": [""]}
     [kept] = [a for a in out if isinstance(a, PersistCache)]
     assert (kept.base, kept.seq, kept.change) == (1, 2, delta)
@@ -1499,7 +1499,7 @@ def test_a_standby_that_missed_a_sync_gets_the_whole_image_not_the_delta() -> No
     d.join("b")  # after the first sync: warmed with the whole image at its health check
     d.core.clients["b"].cache_seq = 0  # as if that push had not reached it
     out = d.feed(parts_of("a", CacheChange(False, {"k": (b'"v"',)}), sync=2)[0])
-    [push] = [a for a in out if isinstance(a, Send) and a.wid == "b"]
+    [push] = [a for a in out if isinstance(a, Send) and a.sid == "b"]
     assert push.data["full"] is True and push.data["set"] == {"": b'{"n":1}', "k": b'"v"'}
     assert pushed(d.actions, "b") == {"": {"n": 1}, "k": "v"}
 
@@ -1551,7 +1551,7 @@ def test_a_former_holders_unfinished_sync_is_dropped_with_its_lease() -> None:
     assert d.core.clients["old"].cache_in is not None and d.core.clients["old"].cache_in.staging
     d.join("new", version="0.0.10")
     d.feed(ComaAck("old", "newer version"))
-    assert d.core.lease is not None and d.core.lease.wid == "new"
+    assert d.core.lease is not None and d.core.lease.sid == "new"
     assert d.core.clients["old"].cache_in is None  # nothing of it is held any more
 
 

@@ -44,9 +44,9 @@ def holder_and_standby(settings: Settings = SETTINGS) -> Driver:
     return d
 
 
-def gateway(d: Driver, wid: str, up: bool | None, at: float) -> list[Any]:
-    epoch = d.core.lease.epoch if d.core.lease is not None and d.core.lease.wid == wid else None
-    return d.feed(Heartbeat(wid, epoch, gateway=up), at=at)
+def gateway(d: Driver, sid: str, up: bool | None, at: float) -> list[Any]:
+    epoch = d.core.lease.epoch if d.core.lease is not None and d.core.lease.sid == sid else None
+    return d.feed(Heartbeat(sid, epoch, gateway=up), at=at)
 
 
 def reply(out: list[Any]) -> Any:
@@ -66,7 +66,7 @@ def test_holder_hands_over_exactly_at_down_since_plus_limit_not_before() -> None
     assert d.cmds(gateway(d, "a", False, at=12.5), "a") == []  # still down: the clock runs from the first report
     out = d.feed(TimerFired(), at=13)
     assert d.cmds(out, "a") == ["coma"]
-    coma = next(a.data["d"] for a in out if isinstance(a, Send) and a.wid == "a" and a.event == "cmd")
+    coma = next(a.data["d"] for a in out if isinstance(a, Send) and a.sid == "a" and a.event == "cmd")
     assert coma == {"reason": "gateway down for 3.0 s: hand-over to id-b", "cache_sync": True}
     assert d.cmds(out, "b") == []  # the normal hand-over: not before the holder stopped
     assert reply(gateway(d, "a", False, at=13.5))["lease"] == 0
@@ -109,7 +109,7 @@ def test_never_handed_over_to_a_standby_whose_gateway_is_down() -> None:
     gateway(d, "a", False, at=16)  # renewed
     out = gateway(d, "b", True, at=20)  # a standby with a Gateway, long past a's limit: at once
     assert d.cmds(out, "a") == ["coma"]
-    coma = next(a.data["d"] for a in out if isinstance(a, Send) and a.wid == "a" and a.event == "cmd")
+    coma = next(a.data["d"] for a in out if isinstance(a, Send) and a.sid == "a" and a.event == "cmd")
     assert coma["reason"] == "gateway down for 18.0 s: hand-over to id-b"
 
 
@@ -162,7 +162,7 @@ def test_the_newest_standby_with_a_gateway_takes_over() -> None:
     d.feed(HealthReport("c", HEALTHY))
     gateway(d, "a", False, at=1)
     out = d.feed(TimerFired(), at=4)
-    assert "hand-over to id-b" in next(a.data["d"]["reason"] for a in out if isinstance(a, Send) and a.wid == "a")
+    assert "hand-over to id-b" in next(a.data["d"]["reason"] for a in out if isinstance(a, Send) and a.sid == "a")
     d.feed(ComaAck("a", "asked"), at=4)
     assert d.core.running_client == "b"
 

@@ -102,7 +102,7 @@ class Proc:
     child: bool = False  # spawned by the process manager: fenced by a kill, released by its exit
     killed: bool = False  # SIGKILL sent, its exit not reported yet
     probed: bool = False  # the core asked the kernel whether it is stopped
-    wid: str | None = None
+    sid: str | None = None
     granted: int | None = None
     token: str | None = None
     passed: bool = False
@@ -160,7 +160,7 @@ class SupervisorWorld(RuleBasedStateMachine):
                 self.persisted_cache = plain(action.image)
             elif isinstance(action, Send):
                 self.check_send(action)
-                self.inbox.setdefault(action.wid, []).append(action)
+                self.inbox.setdefault(action.sid, []).append(action)
             elif isinstance(action, Spawn):
                 assert not self.stopping, "a spawn asked for while stopping"
             elif isinstance(action, Close):
@@ -168,7 +168,7 @@ class SupervisorWorld(RuleBasedStateMachine):
             elif isinstance(action, Kill):
                 self.killed(action)
             elif isinstance(action, CheckFrozen):
-                proc = self.proc_of(action.wid)
+                proc = self.proc_of(action.sid)
                 if proc is not None:
                     proc.probed = True
         return out
@@ -178,19 +178,19 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc = next((p for p in self.procs if p.identity == action.identity and p.alive), None)
         if proc is None or not proc.child:
             return
-        if proc.wid is not None:
-            self.inbox.pop(proc.wid, None)
-        proc.wid = None
+        if proc.sid is not None:
+            self.inbox.pop(proc.sid, None)
+        proc.sid = None
         proc.pending_heartbeats.clear()
         proc.killed = True
 
     def closed(self, action: Close) -> None:
         """The core closed a connection; a child fenced off as hung is SIGKILLed (its exit reported later)."""
-        proc = self.proc_of(action.wid)
+        proc = self.proc_of(action.sid)
         if proc is None:
             return
-        self.inbox.pop(action.wid, None)
-        proc.wid = None
+        self.inbox.pop(action.sid, None)
+        proc.sid = None
         proc.pending_heartbeats.clear()
         if action.hung and proc.child and proc.alive:
             proc.killed = True
@@ -202,17 +202,17 @@ class SupervisorWorld(RuleBasedStateMachine):
             assert epoch > self.last_grant, "epochs must strictly increase"
             assert epoch <= self.last_persisted_epoch, "grant sent before its epoch was persisted"
             self.last_grant = epoch
-            proc = self.proc_of(action.wid)
+            proc = self.proc_of(action.sid)
             assert proc is not None and proc.passed, "promoted without a passed health check"
             judged = self.judged.get(proc.identity, "promoted")
             assert judged == "promoted", f"{proc.identity} promoted after its verdict: {judged}"
-            assert self.core.clients[action.wid].gateway is not False, "promoted while its Gateway is down"
+            assert self.core.clients[action.sid].gateway is not False, "promoted while its Gateway is down"
 
-    def proc_of(self, wid: str) -> Proc | None:
-        return next((p for p in self.procs if p.wid == wid), None)
+    def proc_of(self, sid: str) -> Proc | None:
+        return next((p for p in self.procs if p.sid == sid), None)
 
     def connected(self) -> list[Proc]:
-        return [p for p in self.procs if p.wid is not None and p.alive]
+        return [p for p in self.procs if p.sid is not None and p.alive]
 
     def start_processing(self, proc: Proc, sent_at: float, lease: float) -> None:
         end = sent_at + lease
@@ -230,10 +230,10 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc.intervals.append([self.now, end])
 
     def connect(self, proc: Proc) -> None:
-        proc.wid = f"w{next(self.ids)}"
+        proc.sid = f"w{next(self.ids)}"
         proc.last_heard = self.now
-        self.feed(Connected(proc.wid, identity=proc.identity, generation=1 if proc.child else None))
-        self.feed(Identified(proc.wid, version=proc.version, pid=1, epoch=proc.granted, lease_token=proc.token))
+        self.feed(Connected(proc.sid, identity=proc.identity, generation=1 if proc.child else None))
+        self.feed(Identified(proc.sid, version=proc.version, pid=1, epoch=proc.granted, lease_token=proc.token))
 
     # -- workers arriving and talking ---------------------------------------------------------
     @initialize(pair=st.booleans(), order=st.randoms(use_true_random=False))
@@ -268,59 +268,59 @@ class SupervisorWorld(RuleBasedStateMachine):
             self.candidates.add(proc.identity)
             self.feed(CandidateStarted(proc.identity, 2, timeout))
         self.connect(proc)
-        self.feed(Ready(proc.wid))  # type: ignore[arg-type]  # logging in to Discord is quick here
+        self.feed(Ready(proc.sid))  # type: ignore[arg-type]  # logging in to Discord is quick here
 
-    @precondition(lambda self: any(p.alive and p.wid is None and not p.killed for p in self.procs))
+    @precondition(lambda self: any(p.alive and p.sid is None and not p.killed for p in self.procs))
     @rule(data=st.data())
     def reconnect(self, data: st.DataObject) -> None:
-        proc = data.draw(st.sampled_from([p for p in self.procs if p.alive and p.wid is None and not p.killed]))
+        proc = data.draw(st.sampled_from([p for p in self.procs if p.alive and p.sid is None and not p.killed]))
         self.connect(proc)
-        self.feed(Ready(proc.wid))  # type: ignore[arg-type]  # still logged in to Discord
+        self.feed(Ready(proc.sid))  # type: ignore[arg-type]  # still logged in to Discord
 
     @precondition(lambda self: bool(self.connected()))
     @rule(data=st.data())
     def ready(self, data: st.DataObject) -> None:
         proc = data.draw(st.sampled_from(self.connected()))
-        self.feed(Ready(proc.wid))  # type: ignore[arg-type]
+        self.feed(Ready(proc.sid))  # type: ignore[arg-type]
 
-    @precondition(lambda self: any(self.inbox.get(p.wid or "") for p in self.connected() if not p.hung))
+    @precondition(lambda self: any(self.inbox.get(p.sid or "") for p in self.connected() if not p.hung))
     @rule(data=st.data())
     def deliver(self, data: st.DataObject) -> None:
-        proc = data.draw(st.sampled_from([p for p in self.connected() if self.inbox.get(p.wid or "") and not p.hung]))
+        proc = data.draw(st.sampled_from([p for p in self.connected() if self.inbox.get(p.sid or "") and not p.hung]))
         self.deliver_one(proc)
 
     @rule(order=st.randoms(use_true_random=False))
     def settle(self, order: Any) -> None:
         """Every responsive worker reads everything, then heartbeats once: the quiet path."""
         for _ in range(50):
-            busy = [p for p in self.connected() if self.inbox.get(p.wid or "") and not p.hung]
+            busy = [p for p in self.connected() if self.inbox.get(p.sid or "") and not p.hung]
             if not busy:
                 break
             order.shuffle(busy)
             for proc in busy:
-                while proc.wid is not None and self.inbox.get(proc.wid) and not proc.hung:
+                while proc.sid is not None and self.inbox.get(proc.sid) and not proc.hung:
                     self.deliver_one(proc)
         beating = [p for p in self.connected() if not p.hung]
         order.shuffle(beating)
         for proc in beating:
-            if proc.wid is not None:
+            if proc.sid is not None:
                 proc.pending_heartbeats.append((self.now, proc.granted, proc.gateway))
                 self.heartbeat_now(proc)
 
     def deliver_one(self, proc: Proc) -> None:
-        message = self.inbox[proc.wid].pop(0)  # type: ignore[index]
+        message = self.inbox[proc.sid].pop(0)  # type: ignore[index]
         if message.event == "hello" and message.data["process_commands"]:
             proc.granted = message.data["epoch"]
         elif message.event == "cache_sync":
-            proc.cache = pushed([message], message.wid)
+            proc.cache = pushed([message], message.sid)
         elif message.event == "cmd":
             self.obey(proc, message.data["t"], message.data["d"])
 
     def obey(self, proc: Proc, name: str, data: dict[str, Any]) -> None:
-        wid = proc.wid
-        assert wid is not None
+        sid = proc.sid
+        assert sid is not None
         if name == "health_check":
-            self.report(proc, HealthReport(wid, HEALTHY if proc.healthy else SICK), proc.healthy)
+            self.report(proc, HealthReport(sid, HEALTHY if proc.healthy else SICK), proc.healthy)
         elif name == "process_commands":
             proc.granted = data["epoch"]
             proc.token = data["lease_token"]
@@ -328,8 +328,8 @@ class SupervisorWorld(RuleBasedStateMachine):
             proc.stop(self.now)
             proc.granted = None
             if data.get("cache_sync"):
-                self.feed(cache_sync(wid, proc.cache))
-            self.feed(ComaAck(wid, "asked") if name == "coma" else ShutdownAck(wid, "asked"))
+                self.feed(cache_sync(sid, proc.cache))
+            self.feed(ComaAck(sid, "asked") if name == "coma" else ShutdownAck(sid, "asked"))
 
     def report(self, proc: Proc, event: HealthReport, healthy: bool) -> None:
         """The worker's health report; ``passed`` follows the report the core took."""
@@ -351,11 +351,11 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from([p for p in self.connected() if not p.hung]))
         self.report_gateway(proc, up)
 
-    @precondition(lambda self: any(p.wid == self.core.running_client and not p.hung for p in self.connected()))
+    @precondition(lambda self: any(p.sid == self.core.running_client and not p.hung for p in self.connected()))
     @rule(outage=st.sampled_from([0.5, 2.9, 3, 4]))
     def holder_gateway_down(self, outage: float) -> None:
         """The holder's Gateway goes down (an outage, an op 9) for a while: the case hand-overs are for."""
-        self.report_gateway(next(p for p in self.connected() if p.wid == self.core.running_client), False)
+        self.report_gateway(next(p for p in self.connected() if p.sid == self.core.running_client), False)
         self.tick(outage)
 
     def report_gateway(self, proc: Proc, up: bool) -> None:
@@ -372,7 +372,7 @@ class SupervisorWorld(RuleBasedStateMachine):
     def heartbeat_now(self, proc: Proc) -> None:
         sent_at, epoch, up = proc.pending_heartbeats.pop(0)
         proc.last_heard = self.now
-        replies = [a for a in self.feed(Heartbeat(proc.wid, epoch, up)) if isinstance(a, Reply)]  # type: ignore[arg-type]
+        replies = [a for a in self.feed(Heartbeat(proc.sid, epoch, up)) if isinstance(a, Reply)]  # type: ignore[arg-type]
         lease = replies[0].data.get("lease", 0)
         if lease and epoch == proc.granted and not proc.hung:
             self.start_processing(proc, sent_at, lease)
@@ -385,7 +385,7 @@ class SupervisorWorld(RuleBasedStateMachine):
     def write_cache(self, data: st.DataObject) -> None:
         proc = data.draw(st.sampled_from([p for p in self.connected() if p.processing(self.now) and not p.hung]))
         proc.cache = {"write": next(self.cache_counter), "by": proc.identity}
-        out = self.feed(cache_sync(proc.wid, proc.cache))  # type: ignore[arg-type]
+        out = self.feed(cache_sync(proc.sid, proc.cache))  # type: ignore[arg-type]
         replies = [a for a in out if isinstance(a, Reply)]
         if replies[0].data.get("accepted"):
             self.accepted_cache = proc.cache
@@ -397,24 +397,24 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from(self.connected()))
         proc.stop(self.now)
         proc.granted = None
-        self.feed(ComaAck(proc.wid, "by itself") if coma else ShutdownAck(proc.wid, "by itself"))  # type: ignore[arg-type]
+        self.feed(ComaAck(proc.sid, "by itself") if coma else ShutdownAck(proc.sid, "by itself"))  # type: ignore[arg-type]
 
     @precondition(lambda self: bool(self.connected()))
     @rule(data=st.data())
     def duplicate_or_stale(self, data: st.DataObject) -> None:
         proc = data.draw(st.sampled_from(self.connected()))
-        wid = proc.wid
-        assert wid is not None
+        sid = proc.sid
+        assert sid is not None
         event = data.draw(
             st.sampled_from(
                 [
-                    Ready(wid),
-                    HealthReport(wid, HEALTHY),
-                    Heartbeat(wid, 0),
-                    Heartbeat(wid, 99),
-                    Identified(wid, version="9.9"),
-                    TryAgain(wid),
-                    cache_sync(wid, {"forged": True}),
+                    Ready(sid),
+                    HealthReport(sid, HEALTHY),
+                    Heartbeat(sid, 0),
+                    Heartbeat(sid, 99),
+                    Identified(sid, version="9.9"),
+                    TryAgain(sid),
+                    cache_sync(sid, {"forged": True}),
                 ]
             )
         )
@@ -423,7 +423,7 @@ class SupervisorWorld(RuleBasedStateMachine):
             return
         out = self.feed(event)
         if isinstance(event, CacheSync) and any(isinstance(a, Reply) and a.data.get("accepted") for a in out):
-            assert proc.processing(self.now) or proc.granted is not None or self.core.running_client == wid
+            assert proc.processing(self.now) or proc.granted is not None or self.core.running_client == sid
             proc.cache = self.accepted_cache = {"forged": True}
 
     @precondition(lambda self: bool(self.connected()))
@@ -434,7 +434,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc.stop(self.now)
         proc.granted = None
         proc.healthy = False  # whatever it becomes after a reconnection, it cannot pass a check any more
-        self.feed(WorkerFailed(proc.wid, "the token was refused", "reset it"))  # type: ignore[arg-type]
+        self.feed(WorkerFailed(proc.sid, "the token was refused", "reset it"))  # type: ignore[arg-type]
 
     # -- faults ------------------------------------------------------------------------------------
     @precondition(lambda self: bool([p for p in self.procs if p.alive]))
@@ -443,20 +443,20 @@ class SupervisorWorld(RuleBasedStateMachine):
         proc = data.draw(st.sampled_from([p for p in self.procs if p.alive]))
         proc.stop(self.now)
         proc.alive = proc.killed = False
-        if proc.wid is not None and disconnect_first:
-            self.feed(Disconnected(proc.wid))
+        if proc.sid is not None and disconnect_first:
+            self.feed(Disconnected(proc.sid))
         self.feed(ProcessExited(proc.identity, -9))
-        if proc.wid is not None and not disconnect_first:
-            self.feed(Disconnected(proc.wid))
-        proc.wid = None
+        if proc.sid is not None and not disconnect_first:
+            self.feed(Disconnected(proc.sid))
+        proc.sid = None
 
     @precondition(lambda self: bool(self.connected()))
     @rule(data=st.data())
     def partition(self, data: st.DataObject) -> None:
         proc = data.draw(st.sampled_from(self.connected()))
-        self.feed(Disconnected(proc.wid))  # type: ignore[arg-type]
-        self.inbox.pop(proc.wid, None)  # type: ignore[arg-type]
-        proc.wid = None
+        self.feed(Disconnected(proc.sid))  # type: ignore[arg-type]
+        self.inbox.pop(proc.sid, None)  # type: ignore[arg-type]
+        proc.sid = None
         proc.pending_heartbeats.clear()
 
     @precondition(lambda self: bool(self.connected()))
@@ -534,7 +534,7 @@ class SupervisorWorld(RuleBasedStateMachine):
         assert self.core.epoch == self.last_persisted_epoch
         self.inbox.clear()
         for proc in self.procs:
-            proc.wid = None
+            proc.sid = None
             proc.pending_heartbeats.clear()
         if self.persisted_cache is not None:
             assert self.persisted_cache == self.accepted_cache, "a restart lost an accepted cache"
@@ -543,9 +543,9 @@ class SupervisorWorld(RuleBasedStateMachine):
     @invariant()
     def no_gateway_handover_overdue(self) -> None:
         lease = self.core.lease
-        if lease is None or lease.stopping or lease.wid not in self.core.clients:
+        if lease is None or lease.stopping or lease.sid not in self.core.clients:
             return
-        since = self.core.clients[lease.wid].gateway_down_since
+        since = self.core.clients[lease.sid].gateway_down_since
         better = [
             w
             for w in self.core.clients.values()

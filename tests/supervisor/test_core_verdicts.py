@@ -39,10 +39,10 @@ def running(d: Driver) -> None:
     d.renew("a", 1)
 
 
-def arrive(d: Driver, wid: str, *, child: bool = True, at: float | None = None) -> None:
+def arrive(d: Driver, sid: str, *, child: bool = True, at: float | None = None) -> None:
     """The candidate's child connects and identifies (generation 2), not yet ready."""
-    d.feed(Connected(wid, identity=f"id-{wid}", generation=2 if child else None), at=at)
-    d.feed(Identified(wid, version="2.0", pid=200, generation=2))
+    d.feed(Connected(sid, identity=f"id-{sid}", generation=2 if child else None), at=at)
+    d.feed(Identified(sid, version="2.0", pid=200, generation=2))
 
 
 def test_a_candidate_handed_over_to_is_promoted_with_the_times_of_its_steps() -> None:

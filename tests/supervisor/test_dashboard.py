@@ -65,7 +65,7 @@ class Live:
     def holder(self) -> str | None:
         core = self.app.robot.core
         lease = core.lease
-        return lease.identity if lease is not None and lease.confirmed and lease.wid else None
+        return lease.identity if lease is not None and lease.confirmed and lease.sid else None
 
     def standby(self) -> str | None:
         ready = [w.identity for w in self.app.robot.core.clients.values() if w.approved and w.role.value == "standby"]
@@ -213,17 +213,17 @@ async def test_the_page_shows_the_workers_and_follows_a_promotion_within_a_secon
 async def test_the_page_shows_each_gateway_and_the_last_failure(chromium: str, live: Live) -> None:
     app = live.app
     standby = live.standby()
-    [wid] = [w.wid for w in app.robot.core.clients.values() if w.identity == standby]
+    [sid] = [w.sid for w in app.robot.core.clients.values() if w.identity == standby]
     row = f"document.querySelector('#workers tr[data-identity=\"{standby}\"]')"
     async with open_browser() as page:
         await page.navigate(f"{app.url}/?token={ADMIN}")
         await page.wait_for(STANDBY.format(identity=standby))
         assert await page.evaluate(f"{row}.cells[8].textContent") == "—"  # the demo worker never says: up
         assert await page.evaluate("document.getElementById('failures-box').hidden") is True
-        await app.robot.submit(Heartbeat(wid, None, gateway=False))  # as its heartbeat would say it
+        await app.robot.submit(Heartbeat(sid, None, gateway=False))  # as its heartbeat would say it
         shown = await page.wait_for(f"{row}?.querySelector('td.gateway.down')?.textContent")
         assert shown.startswith("down") and shown.endswith(" s")
-        await app.robot.submit(WorkerFailed(wid, "the token was refused", "reset it and update BOT_TOKEN"))
+        await app.robot.submit(WorkerFailed(sid, "the token was refused", "reset it and update BOT_TOKEN"))
         text = await page.wait_for("document.querySelector('#failures li')?.textContent")
         child = app.children.children[standby]
         assert text.startswith(f"last failure: {standby} (generation {child.generation}, version ")

@@ -195,7 +195,7 @@ async def test_good_commit_is_deployed_with_a_handover(nursery: trio.Nursery, tm
     assert deployer.history[-1] == (v2, "deployed")
     assert robot.core.last_known_good_hash == v2
     assert git(world.repo, "rev-parse", "HEAD") == v2
-    holder = robot.core.clients[robot.core.lease.wid]  # type: ignore[union-attr,index]
+    holder = robot.core.clients[robot.core.lease.sid]  # type: ignore[union-attr,index]
     assert holder.version == "2.0" and holder.generation == 3  # start-up 1, first deploy 2, v2 3
     assert json.loads((tmp_path / "state" / "state.json").read_text())["last_known_good"] == v2
 
@@ -313,7 +313,7 @@ async def test_the_webhook_deploys_its_tagged_commit_not_the_untagged_head_above
     assert deployer.history == [(tagged, "deployed")]
     assert robot.core.last_known_good_hash == tagged
     assert git(world.repo, "rev-parse", "HEAD") == tagged
-    holder = robot.core.clients[robot.core.lease.wid]  # type: ignore[union-attr,index]
+    holder = robot.core.clients[robot.core.lease.sid]  # type: ignore[union-attr,index]
     assert holder.version == "2.0"
 
 

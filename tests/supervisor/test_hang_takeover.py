@@ -72,7 +72,7 @@ async def settled(app: App, actions: Actions, not_holder: str | None = None) -> 
     while True:
         lease = core.lease
         standby = any(w.approved and w.role.value == "standby" for w in core.clients.values())
-        if lease and lease.confirmed and lease.wid and lease.identity != not_holder and (standby or not_holder):
+        if lease and lease.confirmed and lease.sid and lease.identity != not_holder and (standby or not_holder):
             return lease.identity
         await actions.changed.wait()
 

@@ -58,7 +58,7 @@ class Watch:
         """One confirmed holder and an approved standby: what was there."""
         core = self.app.robot.core
         standby = [w for w in core.clients.values() if w.role is Role.STANDBY and w.approved]
-        return core.lease is not None and core.lease.confirmed and core.lease.wid is not None and len(standby) == 1
+        return core.lease is not None and core.lease.confirmed and core.lease.sid is not None and len(standby) == 1
 
     def holder_pid(self) -> int:
         lease = self.app.robot.core.lease

@@ -45,9 +45,9 @@ class Harness(RestartableSupervisor):
         return worker
 
 
-def a_wid(robot: UrbanRobot, identity: str = "child-1") -> str:
-    [wid] = [sid for sid, conn in robot.conns.items() if conn.identity.name == identity]
-    return wid
+def a_sid(robot: UrbanRobot, identity: str = "child-1") -> str:
+    [sid] = [sid for sid, conn in robot.conns.items() if conn.identity.name == identity]
+    return sid
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ async def test_a_failed_state_write_grants_nothing(harness: Harness, autojump_cl
     assert persist.state["epoch"] == 1
     alarm, after = seen[seen.index(persist) + 1 : seen.index(persist) + 3]
     assert isinstance(alarm, Notify) and alarm.level == "critical"  # the failed write, said on the bus too
-    assert after == ("handled", HealthReport(a_wid(robot), a.health))  # the rest of the step (the grant) dropped
+    assert after == ("handled", HealthReport(a_sid(robot), a.health))  # the rest of the step (the grant) dropped
     assert notes[0].level == "critical" and "No space left on device" in notes[0].message
     assert not any("is running" in n.message for n in notes)
     assert not harness.store.state_path.exists()

@@ -168,7 +168,7 @@ class Settings:
 
 @attrs.define(eq=False)
 class Worker:
-    wid: str
+    sid: str
     identity: str
     role: Role = Role.CONNECTED
     version: str | None = None
@@ -213,7 +213,7 @@ class Failure:
 @attrs.define
 class Lease:
     identity: str
-    wid: str | None  # None while the holder is not connected (it may still be processing)
+    sid: str | None  # None while the holder is not connected (it may still be processing)
     epoch: int
     expires: float
     confirmed: bool = False  # the holder renewed at least once: it may be processing
@@ -291,11 +291,11 @@ class Supervisor:
     @property
     def ready_clients(self) -> dict[str, Worker]:
         ready = (Role.STANDBY, Role.CHECKING, Role.RUNNING, Role.STOPPING)
-        return {wid: w for wid, w in self.clients.items() if w.role in ready}
+        return {sid: w for sid, w in self.clients.items() if w.role in ready}
 
     @property
     def running_client(self) -> str | None:
-        return self.lease.wid if self.lease is not None else None
+        return self.lease.sid if self.lease is not None else None
 
     def state(self) -> dict[str, Any]:
         lease = self.lease
@@ -312,7 +312,7 @@ class Supervisor:
     def snapshot(self, now: float) -> Snapshot:
         """What this core knows at ``now``, frozen: the one thing views read (``_snapshot``)."""
         lease = self.lease
-        holder_sid = lease.wid if lease is not None else None
+        holder_sid = lease.sid if lease is not None else None
         return Snapshot(
             at=now,
             epoch=self.epoch,
@@ -322,17 +322,17 @@ class Supervisor:
             lease=None
             if lease is None
             else LeaseView(
-                lease.identity, lease.wid, lease.epoch, lease.confirmed, lease.stopping, max(0.0, lease.expires - now)
+                lease.identity, lease.sid, lease.epoch, lease.confirmed, lease.stopping, max(0.0, lease.expires - now)
             ),
             workers=tuple(
                 WorkerView(
                     identity=w.identity,
-                    sid=w.wid,
+                    sid=w.sid,
                     role=w.role.value,
                     pid=w.pid,
                     version=w.version,
                     generation=w.generation,
-                    holds=lease.epoch if lease is not None and w.wid == holder_sid else None,
+                    holds=lease.epoch if lease is not None and w.sid == holder_sid else None,
                     silent_for=max(0.0, now - w.heard),
                     gateway=w.gateway,
                     gateway_down_for=None if w.gateway_down_since is None else now - w.gateway_down_since,
@@ -367,8 +367,8 @@ class Supervisor:
     def handle(self, event: Event, now: float) -> list[Action]:
         """Apply ``event`` at time ``now``; the actions to carry out, in order."""
         out: list[Action] = []
-        if isinstance(event, SPOKEN) and event.wid in self.clients:
-            self._heard(self.clients[event.wid], now)
+        if isinstance(event, SPOKEN) and event.sid in self.clients:
+            self._heard(self.clients[event.sid], now)
         handler = getattr(self, "_on_" + type(event).__name__)
         try:
             handler(event, now, out)
@@ -420,7 +420,7 @@ class Supervisor:
             self._fence(w, f"hung: silent for {silent:.1f} s", now, out)
         elif w.probe_at <= now:
             w.probe_at = now + self.settings.interval  # asked again while the silence lasts
-            out.append(CheckFrozen(w.wid, w.identity))
+            out.append(CheckFrozen(w.sid, w.identity))
 
     def _fence(self, w: Worker, reason: str, now: float, out: list[Action]) -> None:
         """Drop ``w`` as hung: a child's process is killed (its connection ends with it, its exit releases its
@@ -434,11 +434,11 @@ class Supervisor:
             # the whole supervisor (docs/reliability.md); a killed process's connection ends as a crash's does.
             out.append(Kill(w.identity, reason))
         else:
-            out.append(Close(w.wid, reason, w.identity, hung=True))
+            out.append(Close(w.sid, reason, w.identity, hung=True))
 
     def _check_lost_holder(self, now: float, out: list[Action]) -> None:
         lease = self.lease
-        if lease is not None and lease.wid is None and lease.fence_at <= now:
+        if lease is not None and lease.sid is None and lease.fence_at <= now:
             lease.fence_at = math.inf
             reason = f"hung: lost ({lease.lost}) and silent for {self.settings.hang_after:g} s"
             out.append(Kill(lease.identity, reason))
@@ -447,24 +447,24 @@ class Supervisor:
     def _move(self, w: Worker, trigger: Trigger, out: list[Action], reason: str = "") -> None:
         new = next_role(w.role, trigger)
         if new is not w.role:
-            epoch = self.lease.epoch if self.lease is not None and self.lease.wid == w.wid else None
-            out.append(RoleChanged(w.wid, w.identity, w.role.value, new.value, epoch, reason))
+            epoch = self.lease.epoch if self.lease is not None and self.lease.sid == w.sid else None
+            out.append(RoleChanged(w.sid, w.identity, w.role.value, new.value, epoch, reason))
             w.role = new
 
-    def _worker(self, wid: str) -> Worker:
-        w = self.clients.get(wid)
+    def _worker(self, sid: str) -> Worker:
+        w = self.clients.get(sid)
         if w is None:
             raise RoleError("not an identified worker connection")
         return w
 
     def _cmd(self, w: Worker, name: str, data: dict[str, Any] | None = None) -> Send:
-        return Send(w.wid, "cmd", {"t": name, "d": data or {}}, w.identity)
+        return Send(w.sid, "cmd", {"t": name, "d": data or {}}, w.identity)
 
     def _newness(self, w: Worker) -> tuple[int, Version]:
         return (w.generation if w.generation is not None else -1, version_key(w.version))
 
     def _holds(self, w: Worker) -> bool:
-        return self.lease is not None and self.lease.wid == w.wid
+        return self.lease is not None and self.lease.sid == w.sid
 
     def _candidate(self, w: Worker) -> bool:
         """May be promoted: an approved standby whose Discord Gateway is not known to be down."""
@@ -492,7 +492,7 @@ class Supervisor:
     def _forget(self, w: Worker, out: list[Action], reason: str, now: float) -> None:
         if w.role is not Role.GONE:
             self._move(w, Trigger.LOST, out, reason)
-        del self.clients[w.wid]
+        del self.clients[w.sid]
         if self._holds(w):
             assert self.lease is not None
             if not self.lease.confirmed:
@@ -500,7 +500,7 @@ class Supervisor:
             else:
                 # Unreachable, maybe still processing: the lease stands. No word yet: its exit, seen a moment
                 # later, usually ends the lease at once (and the promotion says so); if not, its expiry does.
-                self.lease.wid = None
+                self.lease.sid = None
                 self.lease.lost, self.lease.lost_at = reason, now
                 if w.child and self.stopping is None:
                     self.lease.fence_at = w.heard + self.settings.hang_after
@@ -536,7 +536,7 @@ class Supervisor:
         assert lease is not None
         if lease.stopping and not lease.final_cache and self.cache is not None:
             out.append(Notify("warning", f"{lease.identity} stopped without a final cache; using the last one"))
-        holder = self.clients.get(lease.wid) if lease.wid is not None else None
+        holder = self.clients.get(lease.sid) if lease.sid is not None else None
         if holder is not None:
             holder.cache_in = None  # a sync it left unfinished is never applied now: its staged bytes go
         self.lease = None
@@ -546,19 +546,19 @@ class Supervisor:
     # -- events from workers ----------------------------------------------------------------------
     def _on_Connected(self, e: Connected, now: float, out: list[Action]) -> None:
         if e.admin:
-            self.admins.add(e.wid)
+            self.admins.add(e.sid)
         else:
-            self.clients[e.wid] = Worker(
-                e.wid, e.identity, generation=e.generation, spawned_generation=e.generation, release=e.release
+            self.clients[e.sid] = Worker(
+                e.sid, e.identity, generation=e.generation, spawned_generation=e.generation, release=e.release
             )
-            self._heard(self.clients[e.wid], now)
+            self._heard(self.clients[e.sid], now)
 
     def _on_Spoke(self, e: Spoke, now: float, out: list[Action]) -> None:
         pass  # heard (in handle): that is all a message the shell could not parse does
 
     def _on_Frozen(self, e: Frozen, now: float, out: list[Action]) -> None:
         lease = self.lease
-        lost = lease is not None and lease.identity == e.identity and lease.wid is None  # before any fence below
+        lost = lease is not None and lease.identity == e.identity and lease.sid is None  # before any fence below
         for w in [w for w in self.clients.values() if w.identity == e.identity and w.child]:
             silent = now - w.heard
             if e.seen is not None and w.heard <= e.seen:  # stopped by a signal, and no word since
@@ -582,7 +582,7 @@ class Supervisor:
             out.append(Kill(e.identity, "stopped holder without a connection"))
 
     def _on_Identified(self, e: Identified, now: float, out: list[Action]) -> None:
-        w = self._worker(e.wid)
+        w = self._worker(e.sid)
         if not isinstance(e.version, str) or len(e.version) > MAX_VERSION_LENGTH:
             raise RoleError("identify needs a version string")
         lease = self.lease
@@ -610,11 +610,11 @@ class Supervisor:
         }
         if adopt:
             assert lease is not None
-            if lease.wid is not None and lease.wid in self.clients:
-                stale = self.clients.pop(lease.wid)  # its own earlier connection: no loss, no alarm
-                out.append(RoleChanged(stale.wid, stale.identity, stale.role.value, Role.GONE.value, None, "replaced"))
-                out.append(Close(stale.wid, "replaced by a newer connection"))
-            lease.wid = w.wid
+            if lease.sid is not None and lease.sid in self.clients:
+                stale = self.clients.pop(lease.sid)  # its own earlier connection: no loss, no alarm
+                out.append(RoleChanged(stale.sid, stale.identity, stale.role.value, Role.GONE.value, None, "replaced"))
+                out.append(Close(stale.sid, "replaced by a newer connection"))
+            lease.sid = w.sid
             lease.fence_at = math.inf  # back in time
             w.approved = True
             self._move(w, Trigger.ADOPT, out, "reconnected lease holder")
@@ -624,7 +624,7 @@ class Supervisor:
         if warning:
             hello["warning"] = warning  # a v1 worker ignores keys it does not know; a person reading its log won't
         out.append(Reply(hello))
-        out.append(Send(w.wid, "hello", hello))
+        out.append(Send(w.sid, "hello", hello))
         if self.stopping is not None:  # (re)connected while we stop: its hello first, or a client cannot act on it
             self._shutdown(w, self.stopping, out)
         elif w.identity in self.rejected:  # a deploy candidate judged against before it identified: the same
@@ -654,10 +654,10 @@ class Supervisor:
         w.gateway_down_since = None if up else now
 
     def _on_Heartbeat(self, e: Heartbeat, now: float, out: list[Action]) -> None:
-        w = self._worker(e.wid)
+        w = self._worker(e.sid)
         self._note_gateway(w, e.gateway, now)
         lease = self.lease
-        holds = lease is not None and lease.wid == w.wid and lease.expires > now and not lease.stopping
+        holds = lease is not None and lease.sid == w.sid and lease.expires > now and not lease.stopping
         if holds and lease is not None and e.epoch == lease.epoch:
             lease.expires = now + self.settings.lease + self.settings.lease_margin
             lease.confirmed = True
@@ -674,7 +674,7 @@ class Supervisor:
             out.append(Reply({"epoch": self.epoch, "lease": 0}))
 
     def _on_Ready(self, e: Ready, now: float, out: list[Action]) -> None:
-        w = self._worker(e.wid)
+        w = self._worker(e.sid)
         self._move(w, Trigger.READY, out)
         out.append(Reply({}))
         if self._holds(w) and w.role is Role.RUNNING:
@@ -688,7 +688,7 @@ class Supervisor:
             out.append(self._cmd(w, "health_check"))  # after the cache: its report says it arrived (pushes keep order)
 
     def _on_HealthReport(self, e: HealthReport, now: float, out: list[Action]) -> None:
-        w = self._worker(e.wid)
+        w = self._worker(e.sid)
         if w.role is not Role.CHECKING:
             raise RoleError("no health check was asked of this worker")
         failure = self._judge(e.report)
@@ -735,7 +735,7 @@ class Supervisor:
         why = f"health check: {reason}" + (f" ({detail})" if detail else "")
         if self._judge_trial(w.identity, "failed health check", why, out):
             return  # a deploy's candidate: its verdict is the one word on it (the deployer rolls back on it)
-        holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
+        holder = self.clients.get(self.lease.sid) if self.lease is not None and self.lease.sid else None
         if holder is None or self._newness(w) > self._newness(holder):
             out.append(RollBack(reason, w.version, w.generation, detail))  # new code failed: go back
 
@@ -755,7 +755,7 @@ class Supervisor:
 
     def _on_CacheSync(self, e: CacheSync, now: float, out: list[Action]) -> None:
         """One part of the holder's cache sync (§11): staged as bytes, applied once the last part is in."""
-        w, part = self._worker(e.wid), e.part
+        w, part = self._worker(e.sid), e.part
         if w.cache_refused is not None and w.cache_refused[0] == part.sync and part.part > 0:
             out.append(Reply({"accepted": False, "error": w.cache_refused[1]}))
             return
@@ -813,17 +813,17 @@ class Supervisor:
 
     def _push_cache(self, w: Worker, parts: list[CacheSyncMessage], out: list[Action]) -> None:
         w.cache_seq = self.cache_seq
-        out.extend(Send(w.wid, "cache_sync", p.payload()) for p in parts)
+        out.extend(Send(w.sid, "cache_sync", p.payload()) for p in parts)
 
     def _on_ComaAck(self, e: ComaAck, now: float, out: list[Action]) -> None:
-        w = self._worker(e.wid)
+        w = self._worker(e.sid)
         self._move(w, Trigger.COMA_ACK, out, e.reason)
         out.append(Reply({}))
         if self._holds(w):
             self._release(out, self._acknowledged(w, "went into a coma", e.reason))
 
     def _on_ShutdownAck(self, e: ShutdownAck, now: float, out: list[Action]) -> None:
-        w = self._worker(e.wid)
+        w = self._worker(e.sid)
         self._move(w, Trigger.SHUTDOWN_ACK, out, e.reason)
         if w.role is Role.SHUTTING_DOWN and w.identity not in self.leaving:
             self.quitting.add(w.identity)  # it goes by itself (a signal, bot.close()): no crash, but replaced
@@ -839,7 +839,7 @@ class Supervisor:
         return f"{w.identity} {what} by itself" + (f" ({said})" if said else "")
 
     def _on_WorkerFailed(self, e: WorkerFailed, now: float, out: list[Action]) -> None:
-        w = self._worker(e.wid)
+        w = self._worker(e.sid)
         held = self._holds(w)
         w.check_deadline = math.inf
         self._move(w, Trigger.FAILED, out, e.reason)  # the role says "failed" already
@@ -858,8 +858,8 @@ class Supervisor:
             )  # it stopped processing before it said so (§5.9), as for a shutdown ack
 
     def _on_Disconnected(self, e: Disconnected, now: float, out: list[Action]) -> None:
-        self.admins.discard(e.wid)
-        w = self.clients.get(e.wid)
+        self.admins.discard(e.sid)
+        w = self.clients.get(e.sid)
         if w is not None:
             self._forget(w, out, "disconnected", now)
 
@@ -886,7 +886,7 @@ class Supervisor:
             self._release(out, why or f"failover: {e.identity} exited ({e.returncode})")
         for w in [w for w in self.clients.values() if w.identity == e.identity]:
             self._forget(w, out, f"process exited ({e.returncode})", now)
-            out.append(Close(w.wid, "process exited", w.identity))
+            out.append(Close(w.sid, "process exited", w.identity))
 
     def _on_TimerFired(self, e: TimerFired, now: float, out: list[Action]) -> None:
         trial = self.trial  # first: before any Persist (see _promote)
@@ -906,7 +906,7 @@ class Supervisor:
                 out.append(Notify("warning", message))
 
     def _on_TryAgain(self, e: TryAgain, now: float, out: list[Action]) -> None:
-        if e.wid is not None and e.wid not in self.admins:
+        if e.sid is not None and e.sid not in self.admins:
             out.append(Reply({"error": "try_again needs the admin credential"}))
             return
         self.is_sane = True
@@ -996,7 +996,7 @@ class Supervisor:
         return True
 
     def _outdated(self, w: Worker) -> bool:
-        holder = self.clients.get(self.lease.wid) if self.lease is not None and self.lease.wid else None
+        holder = self.clients.get(self.lease.sid) if self.lease is not None and self.lease.sid else None
         return holder is not None and holder is not w and self._newness(w) < self._newness(holder)
 
     def _shutdown(self, w: Worker, reason: str, out: list[Action]) -> None:
@@ -1008,9 +1008,9 @@ class Supervisor:
         lease = self.lease
         if lease is not None and lease.expires <= now:
             why = self._expired(lease, now, out)
-            if lease.wid is not None and lease.wid in self.clients:
+            if lease.sid is not None and lease.sid in self.clients:
                 # Connected yet not renewing in time (hung, or ignoring coma): fence it off for good.
-                self._fence(self.clients[lease.wid], "lease expired", now, out)
+                self._fence(self.clients[lease.sid], "lease expired", now, out)
             if self.lease is not None:  # forgetting an unconfirmed holder released it already
                 self._release(out, why)
         if self.stopping is not None:
@@ -1023,7 +1023,7 @@ class Supervisor:
             self._promote(best, now, out, self.vacancy)
             return
         lease = self.lease
-        holder = self.clients.get(lease.wid) if lease.wid is not None else None
+        holder = self.clients.get(lease.sid) if lease.sid is not None else None
         if lease.stopping or holder is None:
             return
         due = self._gateway_deadline()
@@ -1041,7 +1041,7 @@ class Supervisor:
     def _expired(self, lease: Lease, now: float, out: list[Action]) -> str:
         """Why an expired lease is free now (and a warning when its holder had been lost: the bot was silent)."""
         who = f"{lease.identity} epoch {lease.epoch}"
-        if lease.restored and lease.wid is None and lease.lost is None:
+        if lease.restored and lease.sid is None and lease.lost is None:
             return f"failover: the previous holder's lease ({who}) ended"
         if lease.lost is not None and lease.lost_at is not None:
             later = now - lease.lost_at
@@ -1058,7 +1058,7 @@ class Supervisor:
         if self.stopping is not None:
             return f"stopping ({self.stopping}): the bot goes offline"
         lease, waiting = self.lease, self.waiting_for(now)
-        holder = self.clients.get(lease.wid) if lease is not None and lease.wid is not None else None
+        holder = self.clients.get(lease.sid) if lease is not None and lease.sid is not None else None
         standbys = sum(1 for w in self.clients.values() if self._candidate(w))
         insane = "" if self.is_sane else "; is_sane false: try_again needed"
         if holder is not None and lease is not None and not lease.stopping:
@@ -1075,9 +1075,9 @@ class Supervisor:
         if lease is not None:
             left = max(0.0, lease.expires - now)
             who = f"{lease.identity} epoch {lease.epoch}"
-            if lease.wid is None and lease.restored:
+            if lease.sid is None and lease.restored:
                 return f"waiting for the previous holder's lease ({who}) to end in {left:.0f} s"
-            if lease.wid is None:
+            if lease.sid is None:
                 lost = f", lost ({lease.lost})" if lease.lost else ""
                 return f"waiting for the lease of {lease.identity} (epoch {lease.epoch}{lost}) to end in {left:.0f} s"
             if lease.stopping:
@@ -1099,9 +1099,9 @@ class Supervisor:
     def _gateway_deadline(self) -> float | None:
         """When a holder whose Gateway is down hands over, if a standby with its Gateway up stands by."""
         lease = self.lease
-        if lease is None or lease.stopping or lease.wid is None:
+        if lease is None or lease.stopping or lease.sid is None:
             return None
-        holder = self.clients.get(lease.wid) if lease.wid is not None else None
+        holder = self.clients.get(lease.sid) if lease.sid is not None else None
         if holder is None or holder.gateway_down_since is None:
             return None
         if not any(self._candidate(w) for w in self.clients.values()):
@@ -1123,7 +1123,7 @@ class Supervisor:
     def _promote(self, w: Worker, now: float, out: list[Action], reason: str) -> None:
         self.epoch += 1
         expires = now + self.settings.lease + self.settings.lease_margin
-        self.lease = Lease(w.identity, w.wid, self.epoch, expires, token=self._new_token())
+        self.lease = Lease(w.identity, w.sid, self.epoch, expires, token=self._new_token())
         self._move(w, Trigger.PROMOTE, out, reason)
         self._trial_step(w, "running", now)
         # Before the Persist: the shell carries out nothing after a Persist that failed, and a verdict lost is a

@@ -1,6 +1,6 @@
 """What the supervisor core takes in (events) and gives back (actions). Plain frozen values.
 
-Events carry the worker's id ``wid``: one id per authenticated connection,
+Events carry the worker's id ``sid``: one id per authenticated connection,
 chosen by the shell. Time is never read by the core: ``Supervisor.handle``
 receives ``now``.
 """
@@ -17,7 +17,7 @@ from ..protocol import CacheChange, CacheImage, CacheSync as CacheSyncMessage
 # -- events ---------------------------------------------------------------------
 @attrs.frozen
 class Connected:
-    wid: str
+    sid: str
     identity: str  # who the secret says this is (stable across reconnects of one process)
     admin: bool = False
     # The deploy generation the process manager spawned this identity with (None: not a child it knows).
@@ -29,7 +29,7 @@ class Connected:
 
 @attrs.frozen
 class Identified:
-    wid: str
+    sid: str
     version: str
     pid: int | None = None
     generation: int | None = None  # deploy generation, for children the supervisor spawned
@@ -39,19 +39,19 @@ class Identified:
 
 @attrs.frozen
 class Heartbeat:
-    wid: str
+    sid: str
     epoch: int | None = None
     gateway: bool | None = None  # the worker's Discord Gateway: up, down, or not reported
 
 
 @attrs.frozen
 class Ready:
-    wid: str
+    sid: str
 
 
 @attrs.frozen
 class HealthReport:
-    wid: str
+    sid: str
     report: Any  # validated by the core: {"OK": bool, "percent": number, "cogs": {name: bool}}
 
 
@@ -59,19 +59,19 @@ class HealthReport:
 class CacheSync:
     """One part of a cache sync (§5.5), its entries still bytes."""
 
-    wid: str
+    sid: str
     part: CacheSyncMessage
 
 
 @attrs.frozen
 class ComaAck:
-    wid: str
+    sid: str
     reason: str = ""
 
 
 @attrs.frozen
 class ShutdownAck:
-    wid: str
+    sid: str
     reason: str = ""
 
 
@@ -79,21 +79,21 @@ class ShutdownAck:
 class WorkerFailed:
     """The worker cannot work (Discord refused its login for good): it stopped processing and exits, as a crash."""
 
-    wid: str
+    sid: str
     reason: str
     hint: str = ""
 
 
 @attrs.frozen
 class Disconnected:
-    wid: str
+    sid: str
 
 
 @attrs.frozen
 class Spoke:
-    """``wid`` sent an event the shell could not parse: answered with the error, and still a sign of life."""
+    """``sid`` sent an event the shell could not parse: answered with the error, and still a sign of life."""
 
-    wid: str
+    sid: str
 
 
 @attrs.frozen
@@ -129,7 +129,7 @@ class TimerFired:
 
 @attrs.frozen
 class TryAgain:
-    wid: str | None  # an admin connection, or None when the HTTP API checked the credential
+    sid: str | None  # an admin connection, or None when the HTTP API checked the credential
 
 
 @attrs.frozen
@@ -211,9 +211,9 @@ class Reply:
 
 @attrs.frozen
 class Send:
-    """Emit ``event`` with ``data`` to worker ``wid`` (``hello``, ``cmd``, ``cache_sync``)."""
+    """Emit ``event`` with ``data`` to worker ``sid`` (``hello``, ``cmd``, ``cache_sync``)."""
 
-    wid: str
+    sid: str
     event: str
     data: Any
     identity: str | None = None  # the worker's, for observers (None: not known, e.g. the shell's own sends)
@@ -221,7 +221,7 @@ class Send:
 
 @attrs.frozen
 class Close:
-    wid: str
+    sid: str
     reason: str
     identity: str | None = None
     # Alive but unresponsive: the process manager kills its process (SIGKILL) at once; the lease it may
@@ -245,7 +245,7 @@ class Kill:
 class CheckFrozen:
     """Ask the process manager whether the process of child ``identity`` is stopped (answer: ``Frozen``)."""
 
-    wid: str
+    sid: str
     identity: str
 
 
@@ -332,8 +332,8 @@ class Verdict:
 class RoleChanged:
     """For observers (logs, dashboard timeline, dev mode)."""
 
-    wid: str
-    identity: str  # whose connection ``wid`` is: no observer needs the core's table to tell
+    sid: str
+    identity: str  # whose connection ``sid`` is: no observer needs the core's table to tell
     old: str
     new: str
     epoch: int | None = None

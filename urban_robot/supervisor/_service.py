@@ -219,23 +219,23 @@ class UrbanRobot:
         return True
 
     def _send(self, action: Send) -> None:
-        conn = self.conns.get(action.wid)
+        conn = self.conns.get(action.sid)
         if conn is None:
             return
         try:
             conn.outbox.send_nowait((action.event, action.data))
         except trio.WouldBlock:
             log.warning("worker %s is not reading its messages; closing its connection", conn.identity.name)
-            self.server.close(action.wid, "outbox full")
+            self.server.close(action.sid, "outbox full")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
     def _side_effect(self, action: Action) -> None:
         if isinstance(action, Close):
             if action.hung:
-                name = action.identity or action.wid
+                name = action.identity or action.sid
                 log.warning("worker %s fenced off (%s): connection closed", name, action.reason)
-            self.server.close(action.wid, action.reason)
+            self.server.close(action.sid, action.reason)
         elif isinstance(action, PersistCache):
             self._cache_queued += 1
             self._cache_pending.append((self._cache_queued, action))  # written together: appended, or the newest whole
@@ -247,7 +247,7 @@ class UrbanRobot:
             log.info(
                 "worker %s (%s): %s -> %s%s%s",
                 action.identity,
-                action.wid,
+                action.sid,
                 action.old,
                 action.new,
                 epoch,

@@ -179,10 +179,10 @@ class StatusTracker:
 
     def note(self, event: Any) -> None:
         if isinstance(event, Connected):
-            self._names[event.wid] = event.identity
+            self._names[event.sid] = event.identity
             self._add("worker", f"{event.identity} connected", event.identity)
-        elif isinstance(event, Disconnected) and event.wid in self._names:
-            self._add("worker", f"{self._names[event.wid]} disconnected", self._names[event.wid])
+        elif isinstance(event, Disconnected) and event.sid in self._names:
+            self._add("worker", f"{self._names[event.sid]} disconnected", self._names[event.sid])
         elif isinstance(event, ProcessExited):
             code = "" if event.returncode is None else f" with code {event.returncode}"
             self._add("worker", f"{event.identity} exited{code}", event.identity)
@@ -196,7 +196,7 @@ class StatusTracker:
     def noted(self, handled: Any) -> None:
         """After the core handled an event (``Handled``): forget a gone connection's name."""
         if isinstance(handled.event, Disconnected):
-            self._names.pop(handled.event.wid, None)
+            self._names.pop(handled.event.sid, None)
         if self._sane is None:  # the first look (an unhealthy start is news); then each persisted change
             self._check_sanity(self.robot.snapshot().is_sane)
 

@@ -128,7 +128,7 @@ class Recorder:
 
     def _heartbeat(self, event: Heartbeat) -> None:
         lease = self.app.robot.snapshot().lease  # before the core handles it: whose lease it renews
-        if lease is not None and lease.sid == event.wid:
+        if lease is not None and lease.sid == event.sid:
             self._holder = (lease.sid, lease.identity, lease.epoch)
 
     def _handled(self, handled: Handled) -> None:
@@ -168,8 +168,8 @@ def is_grant(action: Action) -> bool:
     return isinstance(action, Send) and action.event == "cmd" and action.data["t"] == "process_commands"
 
 
-def is_stop_of(wid: str | None) -> Callable[[Action], bool]:
-    return lambda a: isinstance(a, Send) and a.wid == wid and a.event == "cmd" and a.data["t"] in ("coma", "shutdown")
+def is_stop_of(sid: str | None) -> Callable[[Action], bool]:
+    return lambda a: isinstance(a, Send) and a.sid == sid and a.event == "cmd" and a.data["t"] in ("coma", "shutdown")
 
 
 def renewal_of(epoch: int) -> Callable[[Action], bool]:
@@ -218,8 +218,8 @@ class GoodDeploy:
     cache_copies: int  # 10 MB cache_sync sends queued during the hand-over (one per standby)
 
 
-def is_ack_of(wid: str | None) -> Callable[[Action], bool]:
-    return lambda a: isinstance(a, RoleChanged) and a.wid == wid and a.old == "stopping"
+def is_ack_of(sid: str | None) -> Callable[[Action], bool]:
+    return lambda a: isinstance(a, RoleChanged) and a.sid == sid and a.old == "stopping"
 
 
 async def good_deploy(
@@ -251,7 +251,7 @@ async def good_deploy(
     _, renewed_at, _ = await recorder.wait_for(renewal_of(epoch), mark)
     await app.deployer.wait_idle()
     assert app.deployer.history[-1] == (commit, "deployed"), app.deployer.history[-1]
-    holder = app.robot.snapshot().worker(grant.wid)
+    holder = app.robot.snapshot().worker(grant.sid)
     assert holder is not None, "the new holder is gone"
     assert holder.version == version, f"{holder.version} processes, not {version}"
     copies = sum(isinstance(a, Send) and a.event == "cache_sync" for _, a in recorder.actions[coma:granted])

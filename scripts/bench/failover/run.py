@@ -101,7 +101,7 @@ async def standby_ready(robot: UrbanRobot, recorder: Recorder) -> None:
     while True:
         core = robot.core
         standby = [w for w in core.clients.values() if w.role is Role.STANDBY and w.approved]
-        if core.lease is not None and core.lease.confirmed and core.lease.wid is not None and standby:
+        if core.lease is not None and core.lease.confirmed and core.lease.sid is not None and standby:
             return
         await recorder.changed.wait()
 
