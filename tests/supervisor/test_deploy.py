@@ -23,7 +23,8 @@ from urban_robot.supervisor import Credentials, Notifier, Notify, Settings, Spaw
 from urban_robot.supervisor._children import ChildPolicy, Children
 from urban_robot.supervisor._deploy import Deployer
 from urban_robot.supervisor._git import Git
-from urban_robot.supervisor._webhook import WebhookConfig, WebhookGate, sign, webhook_route
+from urban_robot.supervisor._webhook import WebhookConfig, WebhookGate, sign
+from urban_robot.supervisor._webhook_route import webhook_route
 from urban_robot.testing.bot import MAIN_PY
 
 pytestmark = pytest.mark.slow

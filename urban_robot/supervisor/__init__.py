@@ -27,4 +27,5 @@ from ._notify import (
 from ._roles import TRANSITIONS as TRANSITIONS, Role as Role, RoleError as RoleError, Trigger as Trigger
 from ._service import UrbanRobot as UrbanRobot
 from ._store import StateError as StateError, StateStore as StateStore
-from ._webhook import WebhookConfig as WebhookConfig, WebhookGate as WebhookGate, webhook_route as webhook_route
+from ._webhook import WebhookConfig as WebhookConfig, WebhookGate as WebhookGate
+from ._webhook_route import webhook_route as webhook_route

@@ -28,7 +28,8 @@ from ._notify import DISCORD_API, DiscordLogHandler, DiscordWebhook, Notifier
 from ._service import UrbanRobot
 from ._status import install_status_routes
 from ._store import StateStore
-from ._webhook import WebhookConfig, WebhookGate, webhook_route
+from ._webhook import WebhookConfig, WebhookGate
+from ._webhook_route import webhook_route
 
 log = logging.getLogger("urban_robot")
 
