@@ -9,15 +9,13 @@ queued one. A deploy that cannot be scheduled is answered 503 and forgotten by t
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from ..logs import Throttled
-from ..web import Request, Response
+from ..web import Request, Response, RouteHandler
 from ._webhook import Commit, Deploy, WebhookGate
 
 log = logging.getLogger("urban_robot.webhook")
-
-RouteHandler = Callable[[Request], Awaitable[Response]]
 
 OnDeploy = Callable[[Commit], object]  # (status, text) answers instead of the gate; anything else: the 202
 
