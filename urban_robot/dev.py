@@ -44,11 +44,18 @@ from ._bootstrap import config_errors, dashboard_line, prepare, run_until_stoppe
 from .cli import run_command
 from .config import Config, ConfigError, load_config
 from .logs import LogFormat
-from .supervisor import Settings
-from .supervisor._app import App, Options, serve
-from .supervisor._core import Worker
-from .supervisor._deploy import TreeOutcome
-from .supervisor._events import Event, HealthReport, RoleChanged, TryAgain
+from .supervisor import (
+    App,
+    Event,
+    HealthReport,
+    Options,
+    RoleChanged,
+    Settings,
+    TreeOutcome,
+    TryAgain,
+    Worker,
+    serve,
+)
 
 log = logging.getLogger("urban_robot.dev")
 
