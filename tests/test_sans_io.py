@@ -1,26 +1,36 @@
-"""The sans-IO parts import no I/O library (trio, asyncio, sockets, HTTP clients), directly or through ours.
+"""The sans-IO parts import no I/O library (trio, asyncio, sockets, HTTP clients) and read no clock,
+directly or through ours.
 
-Checked on the source, by parsing it: the codecs (every module under ``urban_robot/engineio/`` and
-``urban_robot/socketio/_packets.py``), the worker protocol (``urban_robot/protocol/``) and the
-supervisor's core (``_core.py``, its events and roles), following their imports of our own modules.
-(Importing ``urban_robot.socketio._packets`` at runtime also runs the package's
-``__init__``, which holds the trio server: that is the package's business, not the codec's.)
+Checked on the source, by parsing it: the codecs (``urban_robot/engineio/`` but its server,
+``urban_robot/socketio/_packets.py``), the worker protocol (``urban_robot/protocol/``), the supervisor's core
+(``_core.py``, its events, roles and snapshots, and the bus the shell publishes them on) and the webhook gate (``supervisor/_webhook.py``), following their
+imports of our own modules. A codec module may not even name trio for a type checker. A package face
+(``engineio/__init__.py``, ``socketio/__init__.py``) is walked for what importing it runs: its server is
+loaded by ``__getattr__`` on first use and named under ``if TYPE_CHECKING:``, neither of which runs on
+import (``tests/client/test_imports.py`` checks the same at run time, in a fresh interpreter).
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "urban_robot"
-CODECS = [*sorted((PACKAGE / "engineio").glob("*.py")), PACKAGE / "socketio" / "_packets.py"]
+SERVERS = {"engineio/_server.py", "socketio/_server.py", "socketio/_namespace.py"}  # the trio shells
+FACES = [PACKAGE / "engineio" / "__init__.py", PACKAGE / "socketio" / "__init__.py"]
+CODECS = [
+    *(p for p in sorted((PACKAGE / "engineio").glob("_*.py")) if str(p.relative_to(PACKAGE)) not in SERVERS),
+    PACKAGE / "socketio" / "_packets.py",
+]
 PROTOCOL = sorted((PACKAGE / "protocol").glob("*.py"))
-CORE = [PACKAGE / "supervisor" / name for name in ("_core.py", "_events.py", "_roles.py")]
-SANS_IO = [*CODECS, *PROTOCOL, *CORE]
+CORE = [PACKAGE / "supervisor" / name for name in ("_core.py", "_events.py", "_roles.py", "_snapshot.py", "_bus.py", "_webhook.py")]
+SANS_IO = [*FACES, *CODECS, *PROTOCOL, *CORE]
 IO_LIBRARIES = {"asyncio", "socket", "selectors", "subprocess", "threading", "httpx", "aiohttp", "socketio", "h11"}
+CLOCKS = {"time", "datetime"}  # time is passed in (``now``), never read
 DYNAMIC_IMPORTS = ("import_module", "__import__")
 
 
@@ -57,10 +67,33 @@ def dynamic_import(node: ast.AST) -> str | None:
     return str(node.args[0].value) if name in DYNAMIC_IMPORTS else None
 
 
+def runs_on_import(tree: ast.Module, is_package: bool) -> Iterator[ast.AST]:
+    """The nodes of ``tree``; for a package face, less what does not run when it is imported (its
+    ``if TYPE_CHECKING:`` blocks and its module ``__getattr__``, which loads the server on first use)."""
+    if not is_package:
+        yield from ast.walk(tree)
+        return
+    todo: list[ast.AST] = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo.extend(child for child in ast.iter_child_nodes(node) if not _lazy(child))
+
+
+def _lazy(node: ast.AST) -> bool:
+    if isinstance(node, ast.If):
+        test = node.test
+        return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+            isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+        )
+    return isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+
+
 def imported_names(tree: ast.Module, module: str, is_package: bool = False) -> set[str]:
-    """Absolute names of the modules ``tree`` imports, anywhere in it (functions, ``if`` blocks...)."""
+    """Absolute names of the modules ``tree`` imports, anywhere in it (functions, ``if`` blocks...);
+    for a package face, only what its import runs (see ``runs_on_import``)."""
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in runs_on_import(tree, is_package):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -93,19 +126,31 @@ def is_trio(name: str) -> bool:
 
 
 def is_io(name: str) -> bool:
-    return is_trio(name) or name.split(".")[0] in IO_LIBRARIES
+    return is_trio(name) or name.split(".")[0] in IO_LIBRARIES | CLOCKS
 
 
 def test_the_codec_modules_are_all_there() -> None:
     names = {str(path.relative_to(PACKAGE)) for path in CODECS}
-    assert {"engineio/__init__.py", "engineio/_packets.py", "engineio/_handshake.py"} <= names
-    assert "socketio/_packets.py" in names
-    assert all(path.is_file() for path in CODECS)
+    assert {"engineio/_packets.py", "engineio/_handshake.py", "socketio/_packets.py"} <= names
+    assert all(path.is_file() for path in [*CODECS, *FACES])
+
+
+def test_every_module_of_the_codec_packages_is_a_codec_a_face_or_a_declared_server() -> None:
+    """A new module in ``engineio/`` or ``socketio/`` is checked as a codec unless it is declared a server."""
+    for package in ("engineio", "socketio"):
+        for path in (PACKAGE / package).glob("*.py"):
+            assert path in CODECS or path in FACES or str(path.relative_to(PACKAGE)) in SERVERS, path
+
+
+def test_the_servers_are_what_the_faces_keep_out() -> None:
+    for name in SERVERS:
+        assert any(map(is_trio, reachable_imports(PACKAGE / name, ROOT))), name
 
 
 def test_the_protocol_and_core_modules_are_all_there() -> None:
     names = {str(path.relative_to(PACKAGE)) for path in PROTOCOL}
     assert {"protocol/__init__.py", "protocol/_messages.py", "protocol/_lease.py", "protocol/_worker.py"} <= names
+    assert {"protocol/_cache.py", "protocol/_endpoint.py", "protocol/_errors.py"} <= names
     assert all(path.is_file() for path in CORE)
 
 
@@ -119,6 +164,12 @@ def test_sans_io_module_imports_no_io_library(path: Path) -> None:
 def test_the_walk_follows_our_imports() -> None:
     assert "urban_robot._errors" in reachable_imports(PACKAGE / "protocol" / "__init__.py", ROOT)
     assert "urban_robot.protocol" in reachable_imports(PACKAGE / "supervisor" / "_core.py", ROOT)
+    assert "urban_robot.socketio._packets" in reachable_imports(PACKAGE / "protocol" / "_messages.py", ROOT)
+
+
+def test_a_clock_read_is_seen() -> None:
+    for source in ("import time", "from time import monotonic", "from datetime import datetime"):
+        assert any(map(is_io, imported_names(ast.parse(source), "urban_robot.protocol._x")))
 
 
 def test_python_socketio_is_told_from_ours() -> None:
@@ -159,11 +210,38 @@ def test_the_check_ignores_lookalikes(source: str) -> None:
         ("from .._errors import ProtocolError", "urban_robot.socketio._packets", False, "urban_robot._errors"),
         ("from ._packets import Packet", "urban_robot.engineio", True, "urban_robot.engineio._packets"),
         ("from . import _packets", "urban_robot.engineio._handshake", False, "urban_robot.engineio._packets"),
-        ("from ..web import _engine", "urban_robot.socketio._packets", False, "urban_robot.web._engine"),
+        ("from ..web import _http", "urban_robot.socketio._packets", False, "urban_robot.web._http"),
     ],
 )
 def test_relative_imports_are_resolved(source: str, module: str, is_package: bool, expected: str) -> None:
     assert expected in imported_names(ast.parse(source), module, is_package)
+
+
+FACE = """
+from typing import TYPE_CHECKING
+from ._packets import Packet as Packet
+if TYPE_CHECKING:
+    from ._server import Server as Server
+def __getattr__(name):
+    from . import _server
+    return getattr(_server, name)
+"""
+
+
+def test_a_face_is_walked_for_what_its_import_runs(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(FACE)
+    (package / "_packets.py").write_text("import json\n")
+    (package / "_server.py").write_text("import trio\n")
+    assert "trio" not in reachable_imports(package / "__init__.py", tmp_path)
+    (package / "_packets.py").write_text("import trio\n")  # eager: seen
+    assert "trio" in reachable_imports(package / "__init__.py", tmp_path)
+
+
+def test_a_codec_module_may_not_name_trio_even_for_a_type_checker() -> None:
+    names = imported_names(ast.parse(FACE), "urban_robot.engineio._x", is_package=False)
+    assert "urban_robot.engineio._server" in names
 
 
 def test_trio_imported_through_one_of_our_modules_is_seen(tmp_path: Path) -> None:

@@ -28,8 +28,7 @@ import httpx
 import trio
 
 from .logs import escape_controls, printable
-from .supervisor._children import RunAsError, log_identity
-from .supervisor._store import StateError, check_private, read_private
+from .supervisor import RunAsError, StateError, check_private, log_identity, read_private
 
 __all__ = [
     "ADMIN_TOKEN_FILE",

@@ -35,10 +35,7 @@ from typing import Any
 import attrs
 
 from ._errors import UrbanRobotError
-from .supervisor._assembly import Options
-from .supervisor._children import ChildPolicy
-from .supervisor._core import Settings
-from .supervisor._notify import DISCORD_API, WEBHOOK_ENV, DiscordWebhook, NotifyError
+from .supervisor import DISCORD_API, WEBHOOK_ENV, ChildPolicy, DiscordWebhook, NotifyError, Options, Settings
 
 log = logging.getLogger("urban_robot.config")
 

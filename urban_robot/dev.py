@@ -44,12 +44,19 @@ from ._bootstrap import config_errors, dashboard_line, prepare, run_until_stoppe
 from .cli import run_command
 from .config import Config, ConfigError, load_config
 from .logs import LogFormat
-from .supervisor import Settings
-from .supervisor._assembly import App, Options, Seams, build
-from .supervisor._children import Launch
-from .supervisor._deploy import TreeOutcome
-from .supervisor._events import HealthReport, RoleChanged, TryAgain
-from .supervisor._snapshot import WorkerView
+from .supervisor import (
+    App,
+    HealthReport,
+    Launch,
+    Options,
+    RoleChanged,
+    Seams,
+    Settings,
+    TreeOutcome,
+    TryAgain,
+    WorkerView,
+    build,
+)
 
 log = logging.getLogger("urban_robot.dev")
 

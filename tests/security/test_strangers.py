@@ -25,7 +25,7 @@ from urban_robot.socketio import ConnectionRefusedError, Decoder, PacketType, Se
 from urban_robot.socketio._packets import Head
 from urban_robot.web import Limits, Response
 
-PREAUTH_MESSAGE = 4096  # urban_robot.web._engine.PREAUTH_MESSAGE
+PREAUTH_MESSAGE = 4096  # urban_robot.engineio.PREAUTH_MESSAGE
 
 BIG = 8 * 1024 * 1024  # what every peer could send before: the workers' max_message was 64 MiB
 

@@ -28,8 +28,8 @@ from urban_robot.supervisor._webhook import (
     WebhookGate,
     sign,
     verify_signature,
-    webhook_route,
 )
+from urban_robot.supervisor._webhook_route import webhook_route
 from urban_robot.web import Request, Response
 
 SECRET = b"It's a Secret to Everybody"

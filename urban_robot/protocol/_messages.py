@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ..socketio._packets import (
+from ..socketio import (
     RESERVED_EVENTS as RESERVED_EVENTS,  # Socket.IO's own names: emitting one closes the connection (§2.1)
 )
 from ._errors import MalformedMessage

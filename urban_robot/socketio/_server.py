@@ -1,8 +1,10 @@
 """The trio Socket.IO v5 server, shaped like python-socketio's ``AsyncServer``.
 
-Layers: ``web._http`` parses HTTP and hands WebSocket upgrades over;
-``web._engine`` runs Engine.IO sessions (polling, WebSocket, upgrade, pings);
-this module runs Socket.IO on top: namespaces, handlers, acks, rooms.
+Layers: ``web`` parses HTTP, hands WebSocket upgrades over and routes requests
+(``web.Router``: this server's path to the Engine.IO server, other paths to
+``add_route`` handlers); ``engineio.EngineServer`` runs Engine.IO sessions
+(polling, WebSocket, upgrade, pings); this module runs Socket.IO on top:
+namespaces, handlers, acks, rooms.
 
 A client's handlers run in its Engine.IO session's nursery, so they are
 cancelled when the client goes; ``disconnect`` handlers run after that, in
@@ -31,18 +33,16 @@ from typing import Any, TypeVar, overload
 import trio
 
 from .._errors import ProtocolError, UrbanRobotError
-from ..web._engine import PREAUTH_MESSAGE, EngineServer, Reason, Session
-from ..web._http import ConnectionGate, HttpApp, Limits, PeerWatch, Request, Response, Upgrade
+from ..engineio import PREAUTH_MESSAGE, EngineServer, Reason, Session
+from ..web import ROUTE_BODY, ConnectionGate, Limits, RouteHandler, Router
 from ._namespace import Namespace
 from ._packets import RESERVED_EVENTS, Decoder, Head, Packet, PacketType, encode
 
 log = logging.getLogger("urban_robot.socketio")
 
 MAX_EARLY_EVENTS = 100
-ROUTE_BODY = 4096  # an added route's body limit unless it says otherwise (admin actions carry none)
 Handler = Callable[..., Any]
 H = TypeVar("H", bound=Handler)
-RouteHandler = Callable[[Request], Awaitable[Response]]
 
 
 class ConnectionRefusedError(builtins.ConnectionRefusedError):  # noqa: A001 - python-socketio's name
@@ -227,11 +227,10 @@ class Server:
         self.namespace_handlers: dict[str, Namespace] = {}
         self.sockets: dict[str, Socket] = {}
         self._rooms: dict[str, dict[str, set[str]]] = {}
-        self._routes: dict[tuple[str, str], tuple[RouteHandler, int]] = {}
         self._limits = http_limits or Limits(max_body=max_payload + 16 * 1024)
         self._cancel_scope: trio.CancelScope | None = None
-        self._router: HttpApp = _Router(self)
-        self.connections = ConnectionGate(self._router, self._limits)  # open HTTP connections, bounded
+        self.router = Router()  # this server's path to Engine.IO (below), other paths to add_route handlers
+        self.connections = ConnectionGate(self.router, self._limits)  # open HTTP connections, bounded
         self._engine = EngineServer(
             self,
             ping_interval=ping_interval,
@@ -242,6 +241,7 @@ class Server:
             preauth_message=preauth_message,
             gate=self.connections,
         )
+        self.router.mount(self.path, self._engine)
 
     # ------------------------------------------------------------------ registration
     @overload
@@ -274,8 +274,9 @@ class Server:
         """Serve ``handler`` for ``METHOD path`` on the same port (status API, webhooks, ...).
 
         A request whose body would pass ``max_body`` bytes is answered 413 before it is read whole.
+        The table is ``self.router``'s (``web.Router``); this is its shortcut.
         """
-        self._routes[(method.upper(), path)] = (handler, max_body)
+        self.router.add_route(method, path, handler, max_body=max_body)
 
     def _accepts(self, namespace: str) -> bool:
         return (
@@ -709,38 +710,4 @@ class Server:
             socket.client.engine.close(reason)
 
 
-class _Router:
-    """Socket.IO requests to the Engine.IO server, anything else to ``add_route`` handlers."""
-
-    def __init__(self, server: Server) -> None:
-        self._server = server
-
-    def body_limit(self, request: Request) -> int:
-        server = self._server
-        if request.path == server.path or request.path + "/" == server.path:
-            return server._engine.body_limit(request)
-        route = server._routes.get((request.method, request.path))
-        return route[1] if route is not None else 0
-
-    def too_large(self, request: Request) -> Response:
-        server = self._server
-        if request.path == server.path or request.path + "/" == server.path:
-            return server._engine.too_large(request)
-        return Response.text(413, "Payload too large")
-
-    async def handle_request(self, request: Request, peer: PeerWatch) -> Response:
-        server = self._server
-        if request.path == server.path or request.path + "/" == server.path:
-            return await server._engine.handle_request(request, peer)
-        route = server._routes.get((request.method, request.path))
-        if route is not None:
-            return await route[0](request)
-        if any(path == request.path for _, path in server._routes):
-            return Response.text(405, "Method not allowed")
-        return Response.text(404, "Not found")
-
-    async def handle_websocket(self, request: Request, upgrade: Upgrade) -> Response | None:
-        server = self._server
-        if request.path == server.path or request.path + "/" == server.path:
-            return await server._engine.handle_websocket(request, upgrade)
-        return Response.text(404, "Not found")
+AsyncServer = Server  # python-socketio's name

@@ -7,7 +7,13 @@ makes one without running it (``_assembly``: every part and who hears what, in o
 from ._assembly import App as App, Options as Options, Seams as Seams, build as build, serve as serve
 from ._auth import Credentials as Credentials, Identity as Identity
 from ._bus import Bus as Bus, Handled as Handled, ViewsChanged as ViewsChanged
-from ._children import ChildPolicy as ChildPolicy, Children as Children
+from ._children import (
+    ChildPolicy as ChildPolicy,
+    Children as Children,
+    Launch as Launch,
+    RunAsError as RunAsError,
+    log_identity as log_identity,
+)
 from ._core import (
     Lease as Lease,
     Settings as Settings,
@@ -15,10 +21,51 @@ from ._core import (
     Worker as Worker,
     version_key as version_key,
 )
-from ._deploy import Deployer as Deployer
-from ._events import *  # noqa: F403 - the event and action types are the core's vocabulary
+from ._deploy import Deployer as Deployer, TreeOutcome as TreeOutcome
+
+# The event and action types are the core's vocabulary; tests/supervisor/test_exports.py checks that
+# every one of them is here.
+from ._events import (
+    Action as Action,
+    CacheSync as CacheSync,
+    CandidateStarted as CandidateStarted,
+    CheckFrozen as CheckFrozen,
+    Close as Close,
+    ComaAck as ComaAck,
+    Connected as Connected,
+    DeployConfirmed as DeployConfirmed,
+    Disconnected as Disconnected,
+    Event as Event,
+    Frozen as Frozen,
+    HealthReport as HealthReport,
+    Heartbeat as Heartbeat,
+    Identified as Identified,
+    Kill as Kill,
+    Notify as Notify,
+    Persist as Persist,
+    PersistCache as PersistCache,
+    ProcessExited as ProcessExited,
+    Ready as Ready,
+    Reply as Reply,
+    RetireOlder as RetireOlder,
+    RoleChanged as RoleChanged,
+    RollBack as RollBack,
+    RollbackFinished as RollbackFinished,
+    Send as Send,
+    ShutdownAck as ShutdownAck,
+    Spawn as Spawn,
+    Spoke as Spoke,
+    Stopping as Stopping,
+    TimerFired as TimerFired,
+    TopUp as TopUp,
+    TryAgain as TryAgain,
+    Verdict as Verdict,
+    WorkerFailed as WorkerFailed,
+)
 from ._git import Git as Git, GitError as GitError
 from ._notify import (
+    DISCORD_API as DISCORD_API,
+    WEBHOOK_ENV as WEBHOOK_ENV,
     DiscordLogHandler as DiscordLogHandler,
     DiscordWebhook as DiscordWebhook,
     Notifier as Notifier,
@@ -34,5 +81,11 @@ from ._snapshot import (
     Snapshot as Snapshot,
     WorkerView as WorkerView,
 )
-from ._store import StateError as StateError, StateStore as StateStore
-from ._webhook import WebhookConfig as WebhookConfig, WebhookGate as WebhookGate, webhook_route as webhook_route
+from ._store import (
+    StateError as StateError,
+    StateStore as StateStore,
+    check_private as check_private,
+    read_private as read_private,
+)
+from ._webhook import WebhookConfig as WebhookConfig, WebhookGate as WebhookGate
+from ._webhook_route import webhook_route as webhook_route

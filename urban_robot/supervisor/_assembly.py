@@ -63,7 +63,8 @@ from ._notify import DISCORD_API, DiscordLogHandler, DiscordWebhook, Notifier
 from ._service import UrbanRobot
 from ._status import StatusTracker, install_status_routes
 from ._store import StateStore
-from ._webhook import WebhookConfig, WebhookGate, webhook_route
+from ._webhook import WebhookConfig, WebhookGate
+from ._webhook_route import webhook_route
 
 log = logging.getLogger("urban_robot")
 

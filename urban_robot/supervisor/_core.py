@@ -2,7 +2,7 @@
 
 State follows the seeds (``clients``, ``ready_clients``, ``running_client``,
 ``cache``, ``cache_age``, ``is_sane``, ``last_known_good_hash``) and keeps the
-promises of DESIGN.md §1:
+promises below (rules: docs/protocol.md §8–§11; soak checks: docs/reliability.md):
 
 P1  Processing is a lease (``Lease``) with a strictly increasing, persisted
     epoch. A worker is promoted only when no lease is held: the holder

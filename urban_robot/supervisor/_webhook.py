@@ -17,10 +17,9 @@ when it is older than the deployed one (and refuses when it is no longer on the 
 The ``[DEPLOY]`` rule reads ``head_commit.message``; with the rule on, a ``head_commit`` whose ``id`` is not
 ``after`` is refused, so the message checked is always that of the commit deployed.
 
-``webhook_route(gate, on_deploy)`` wraps the gate as a ``Server.add_route`` handler. ``on_deploy`` may
-answer what will really happen instead of the gate's 202: ``(200, "already running <sha12>")`` for a commit
-the deployer would skip (already running, known bad, deploying stopped), ``(202, ...)`` when it queued one.
-The secret is never logged and never in a repr; reasons quote payload strings with ``repr`` so they stay one line.
+The HTTP side, ``webhook_route(gate, on_deploy)``, lives in ``_webhook_route.py``: this module stays
+sans-IO (``tests/test_sans_io.py``). The secret is never logged and never in a repr; reasons quote payload
+strings with ``repr`` so they stay one line.
 """
 
 from __future__ import annotations
@@ -28,19 +27,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import string
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
 import attrs
-
-from ..logs import Throttled
-from ..web import Request, Response
-
-log = logging.getLogger("urban_robot.webhook")
 
 DEPLOY_TAG = "[DEPLOY]"
 SIGNATURE_PREFIX = "sha256="
@@ -217,41 +210,3 @@ def _head_id(payload: dict[str, Any]) -> str | None:
 
 def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
-
-
-RouteHandler = Callable[[Request], Awaitable[Response]]
-
-
-OnDeploy = Callable[[Commit], object]  # (status, text) answers instead of the gate; anything else: the 202
-
-
-def webhook_route(gate: WebhookGate, on_deploy: OnDeploy) -> RouteHandler:
-    """A ``Server.add_route("POST", path, ...)`` handler; ``on_deploy`` must not block (queue the deploy)."""
-    quiet = Throttled(log)  # anyone can POST: at most a line per kind of refusal per 10 s, with counts
-
-    async def handle(request: Request) -> Response:
-        if request.method != "POST":
-            return Response.text(405, "webhooks are POSTed", headers=(("Allow", "POST"),))
-        decision = gate.decide(request.headers, request.body)
-        if isinstance(decision, Deploy):
-            return _schedule(gate, decision, on_deploy)
-        # Refusals are INFO, not WARNING: anyone can send garbage, and the Discord log bridge
-        # must not turn a stranger's requests into a flood of alerts.
-        host = request.client[0] if request.client else "?"
-        quiet.info(f"refused-{decision.status}", "webhook from %s: %d %s", host, decision.status, decision.reason)
-        return Response.text(decision.status, decision.reason)
-
-    return handle
-
-
-def _schedule(gate: WebhookGate, decision: Deploy, on_deploy: OnDeploy) -> Response:
-    try:
-        answer = on_deploy(decision.commit)
-    except Exception:
-        # Not scheduled: let GitHub's "redeliver" try again instead of being ignored as seen.
-        gate.forget(decision.delivery)
-        log.exception("webhook deploy of %s could not be scheduled", decision.commit.sha)
-        return Response.text(503, "deploy could not be scheduled; redeliver later")
-    status, reason = answer if isinstance(answer, tuple) else (decision.status, decision.reason)
-    log.info("webhook: %s", reason)
-    return Response.text(status, reason)

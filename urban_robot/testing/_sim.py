@@ -1,6 +1,6 @@
 """A simulated Helium worker speaking the Urban Robot v1 protocol, for tests and benchmarks.
 
-It does what a well-behaved worker must (DESIGN.md §1, docs/protocol.md):
+It does what a well-behaved worker must (docs/protocol.md, §15's checklist):
 identify → hello → ready; answer health checks; process only after a lease
 renewal, counting the lease from when it *sent* the heartbeat that earned it;
 stop before acknowledging coma/shutdown, sending its final cache first.

@@ -41,8 +41,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from .fake_discord import FakeDiscord
-from .fake_discord._records import to_json
+from .fake_discord import FakeDiscord, to_json
 
 JSON = dict[str, Any]
 KINDS = ("ping", "slash", "button", "select", "modal", "join")

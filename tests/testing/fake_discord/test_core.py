@@ -226,6 +226,7 @@ def test_exports() -> None:
         "World",
         "configure_from_environment",
         "point_discord_py_at",
+        "to_json",
     ]
 
 

@@ -28,5 +28,6 @@ from ._records import (
     PostedMessage as PostedMessage,
     SentEvent as SentEvent,
     UnknownRoute as UnknownRoute,
+    to_json as to_json,
 )
 from ._world import Channel as Channel, Intents as Intents, User as User, World as World

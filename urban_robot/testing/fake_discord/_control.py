@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ...web._http import Request, Response
+from ...web import Request, Response
 from ._records import to_json
 
 if TYPE_CHECKING:

@@ -29,8 +29,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from ...web._http import ConnectionGate, Limits, PeerWatch, Request, Response, Upgrade
-from ...web._websocket import WebSocket, WebSocketClosed
+from ...web import ConnectionGate, Limits, PeerWatch, Request, Response, Upgrade, WebSocket, WebSocketClosed
 from ._core import FakeCore, Fault, Interaction
 from ._gateway import Action, Close, Drop, Gateway, Send, Settings, _Session
 from ._records import GatewayConnection, GatewaySession, InteractionCallback, PostedMessage, SentEvent, UnknownRoute

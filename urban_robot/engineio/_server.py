@@ -1,5 +1,8 @@
 """The Engine.IO v4 server on trio: sessions over HTTP long-polling and WebSocket.
 
+The trio shell around this package's sans-IO codec (``_packets``, ``_handshake``); it is an
+``HttpApp`` that ``web.Router`` mounts under the Socket.IO path.
+
 Each session has one owner task in the server's nursery. It holds the
 session's nursery (where the layer above runs that client's handlers, so a
 client's work dies with its connection) and runs the ping/pong clock. A
@@ -28,21 +31,10 @@ from typing import Any, Protocol
 import trio
 
 from .._errors import ProtocolError
-from ..engineio import (
-    EngineError,
-    Packet,
-    PacketType,
-    decode_packet,
-    decode_payload,
-    encode_packet,
-    encode_payload,
-    open_packet,
-    parse_query,
-)
-from ..engineio._handshake import EngineErrorCode
 from ..logs import Throttled
-from ._http import ConnectionGate, PeerWatch, Request, Response, Upgrade
-from ._websocket import WebSocket, WebSocketClosed
+from ..web import ConnectionGate, PeerWatch, Request, Response, Upgrade, WebSocket, WebSocketClosed
+from ._handshake import EngineError, EngineErrorCode, open_packet, parse_query
+from ._packets import Packet, PacketType, decode_packet, decode_payload, encode_packet, encode_payload
 
 log = logging.getLogger("urban_robot.engineio")
 
