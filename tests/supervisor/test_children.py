@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -406,3 +407,34 @@ async def test_top_up_at_once_resets_the_backoff_and_replaces_waiting_spawns(
     assert len(children.children) == 2 and children.quick_deaths == 0
     await trio.sleep(30)
     assert len(launcher.started) == 4  # the waiting spawn was replaced, not added
+
+
+async def test_an_exit_is_reported_without_waiting_for_the_registrys_write(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The registry's atomic write (an fsync) ran in the event loop before the exit was reported: every failover
+    waited for it. Now a writer writes the newest registry off the loop, and the exit goes first."""
+    launcher, robot, disk = FakeLauncher(), FakeRobot(), trio.Event()
+    writes: list[bytes] = []
+
+    async def slow_disk(fn: Any, *args: Any) -> None:
+        await disk.wait()  # the disk is slow: nothing is written until the test says so
+        fn(*args)
+        writes.append(registry.read_bytes())
+
+    registry = tmp_path / "children.json"
+    children = Children(
+        robot, ["bot"], cwd=tmp_path, url="u", registry=registry, launch=launcher, blocking_io=slow_disk
+    )
+    await nursery.start(children.run, 1)
+    _, process = await launcher.nth(0)
+    process.returncode = 1
+    process.exit.set()
+    with trio.fail_after(1):
+        [exited] = await robot.exits(1)  # reported while the registry's write still waits for the disk
+    assert exited.returncode == 1 and writes == []
+    disk.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert json.loads(registry.read_text()) == {}  # the newest registry is the one on disk
+    # The spawn's registry, if the writer had taken it before the exit, then the newest: never more, never older last.
+    assert [sorted(json.loads(w)) for w in writes] in ([[exited.identity], []], [[]])

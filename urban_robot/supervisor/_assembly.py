@@ -247,6 +247,7 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
         run_as=run_as,
         may_spawn=lambda: robot.snapshot().spawning,  # a spawn that waited out its back-off may still start?
         launch=seams.launch,
+        blocking_io=seams.blocking_io,
     )
     deployer = Deployer(
         robot,

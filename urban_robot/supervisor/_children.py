@@ -30,6 +30,7 @@ never signalled: a planted registry cannot get a foreign process killed.
 from __future__ import annotations
 
 import collections
+import functools
 import grp
 import itertools
 import json
@@ -211,6 +212,7 @@ class Children:
         rng: random.Random | None = None,
         run_as: RunAs | None = None,
         may_spawn: Callable[[], bool] = lambda: True,
+        blocking_io: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
     ) -> None:
         self.robot = robot
         self.command = list(command)
@@ -233,6 +235,9 @@ class Children:
         self.release: str | None = None  # what children of the current generation run, for reasons ("deploy …")
         # Whether a spawn that waited out its back-off may still start (the core may have said "no more spawns").
         self.may_spawn = may_spawn
+        self.blocking_io = blocking_io  # the registry's writes (fsync): never in the event loop, where they held up
+        self._registry_due: bytes | None = None  # the newest registry not written yet (latest wins)
+        self._registry_wake = trio.Event()
         self.logs: dict[str, str] = {}  # identity -> log file, exited children's too (the last LOGS_KEPT)
         # (when, back-off) of the last spawns: how long restarts were held back (the deploy benchmark reads it)
         self.delays: collections.deque[tuple[float, float]] = collections.deque(maxlen=100)
@@ -255,15 +260,22 @@ class Children:
         where children connect (``URBAN_ROBOT_URL``): known once the supervisor's port is bound."""
         if url is not None:
             self.url = url
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self.target = count
-            adopted = self._adopt_survivors()
-            for _ in range(max(0, count - adopted)):
-                self.spawn("start-up")
-            nursery.start_soon(self._watch_stops)
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._registry_writer)
+                await self._manage(nursery, count, task_status)
+        finally:
+            self._flush_registry()  # what changed last is on disk before we go
+
+    async def _manage(self, nursery: trio.Nursery, count: int, task_status: trio.TaskStatus[None]) -> None:
+        self.target = count
+        adopted = self._adopt_survivors()
+        for _ in range(max(0, count - adopted)):
+            self.spawn("start-up")
+        nursery.start_soon(self._watch_stops)
+        task_status.started()
+        await trio.sleep_forever()
 
     async def _watch_stops(self) -> None:
         """Tell the supervisor when a child is stopped by a signal (SIGSTOP: state T), once per stop.
@@ -412,7 +424,7 @@ class Children:
         await self._exited(child, returncode)
 
     async def _exited(self, child: Child, returncode: int | None) -> None:
-        self._forget(child)
+        self._forget(child, save=False)  # saved once the core knows: its disk work held up a failover's state write
         uptime = trio.current_time() - child.started
         tail = tuple(self.tail(child.identity))  # at most 16 KiB of a file just written: read inline
         candidate = child.generation > self.generation  # a deploy's candidate, never confirmed
@@ -426,6 +438,7 @@ class Children:
             exited = ProcessExited(child.identity, returncode, candidate=candidate, uptime=lived, tail=tail)
             await self.robot.submit(exited)
         finally:
+            self._save_registry()
             child.reported.set()
 
     def release_of(self, identity: str) -> str | None:
@@ -622,10 +635,11 @@ class Children:
             while len(kept) > LOGS_KEPT:
                 del kept[next(iter(kept))]  # the oldest: dicts keep insertion order
 
-    def _forget(self, child: Child) -> None:
+    def _forget(self, child: Child, *, save: bool = True) -> None:
         self.children.pop(child.identity, None)
         self.robot.credentials.revoke(child.identity)  # it exited: its secret is refused from now on
-        self._save_registry()
+        if save:
+            self._save_registry()
 
     def _load_registry(self) -> dict[str, dict[str, Any]]:
         if self.registry is None:
@@ -637,8 +651,41 @@ class Children:
             return {}
 
     def _save_registry(self) -> None:
+        """The registry as it is now, for the writer (a thread: an fsync in the event loop held up the exit
+        report, and so every failover, by a millisecond or more); written at once when no writer runs."""
         if self.registry is None:
             return
+        self._registry_due = self._registry_bytes()
+        if self._nursery is None:
+            self._flush_registry()
+        else:
+            self._registry_wake.set()
+
+    async def _registry_writer(self) -> None:
+        while True:
+            await self._registry_wake.wait()
+            self._registry_wake = trio.Event()
+            data, self._registry_due = self._registry_due, None
+            if data is not None and self.registry is not None:
+                await self._write_registry(data)
+
+    async def _write_registry(self, data: bytes) -> None:
+        assert self.registry is not None
+        try:
+            await self.blocking_io(functools.partial(atomic_write, self.registry, data, durable=False))
+        except OSError as exc:
+            log.error("cannot write %s: %s; a restarted supervisor may not adopt running workers", self.registry, exc)
+
+    def _flush_registry(self) -> None:
+        data, self._registry_due = self._registry_due, None
+        if data is None or self.registry is None:
+            return
+        try:
+            atomic_write(self.registry, data, durable=False)  # its children die with the machine: no fsync
+        except OSError as exc:
+            log.error("cannot write %s: %s; a restarted supervisor may not adopt running workers", self.registry, exc)
+
+    def _registry_bytes(self) -> bytes:
         data = {
             c.identity: {
                 "pid": c.pid,
@@ -651,7 +698,7 @@ class Children:
             }
             for c in self.children.values()
         }
-        atomic_write(self.registry, json.dumps(data, sort_keys=True).encode())
+        return json.dumps(data, sort_keys=True).encode()
 
     def _log_file(self, identity: str) -> Any:
         if self.log_dir is None:

@@ -90,7 +90,10 @@ def read_private(path: Path) -> bytes:
         return file.read()
 
 
-def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:
+def atomic_write(path: Path, data: bytes | Iterable[bytes], *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` at once (temp file, rename). ``durable``: fsync'd, so a power loss keeps it;
+    without, it survives the writer's crash (the page cache outlives a process) but not a power loss — enough
+    for what dies with the machine anyway (the children registry: after a power loss no child is left)."""
     # Unpredictable and exclusive: a name planted in advance cannot catch the data.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, _NEW, 0o600)
@@ -99,11 +102,14 @@ def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> None:
             for piece in [data] if isinstance(data, bytes) else data:
                 f.write(piece)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

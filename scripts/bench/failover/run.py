@@ -6,7 +6,8 @@ Measured in the supervisor's process, on one clock:
   processes);
 - hang takeover, at the DEFAULT timings (``Settings()``): from SIGSTOP of the
   running worker (its socket stays open, it sends nothing) to the answer of
-  another worker's first renewal, after which that one processes. Each round
+  another worker's first renewal, after which that one processes. Each SIGSTOP
+  falls at a random moment (seeded) of the stop watch's 50 ms period. Each round
   also checks P1 on the way: the frozen holder's exit was reported (its lease
   released) before the grant, or its lease ran out first;
 - planned hand-over with a large cache: from sending ``coma`` to the running
@@ -25,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import statistics
 import sys
@@ -131,8 +133,12 @@ async def hang_takeover(rounds: int, state_dir: Path) -> tuple[list[float], int]
     takeovers, early_grants = [], 0
     async with trio.open_nursery() as nursery:
         robot, children, recorder = await setup(nursery, state_dir, WORKER, 2, DEFAULT_TIMINGS)
+        phase = random.Random(7)
         for _ in range(rounds):
             await standby_ready(robot, recorder)
+            # A bot hangs whenever it hangs: at a random moment of the stop watch's period, not in step with it
+            # (right after a heartbeat's answer, a fixed phase, the figure measured that phase, not the watch).
+            await trio.sleep(phase.uniform(0, children.policy.stop_watch))
             lease = robot.core.lease
             assert lease is not None
             frozen, pid = lease.identity, children.processes[lease.identity].pid
