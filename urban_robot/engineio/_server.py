@@ -39,6 +39,7 @@ from ._packets import Packet, PacketType, decode_packet, decode_payload, encode_
 log = logging.getLogger("urban_robot.engineio")
 
 PROBE_TIMEOUT = 10.0
+NOTIFY_TIMEOUT = 2.0  # seconds the goodbye (CLOSE packet) to a peer gets before its connection is dropped
 MAX_PAYLOAD_PACKETS = 1000
 PREAUTH_MESSAGE = 4096  # bytes an untrusted session may send at once: a CONNECT with its auth fits
 GET_BODY = 1024  # a GET carries no body; a little is tolerated
@@ -195,12 +196,16 @@ class Session:
         finally:
             if self.ws is not None:
                 with trio.CancelScope(shield=True):
-                    if self._notify_peer:
-                        try:
-                            await self.ws.send("1")
-                        except WebSocketClosed:
-                            pass
-                    await self.ws.close()
+                    # Bounded: a peer stopped by a signal reads nothing, and a send of ours to it may hold the
+                    # socket's send lock for ever; unbounded, this goodbye waited for it, shielded, for ever (the
+                    # session never ended, and neither could the server's nursery).
+                    with trio.move_on_after(NOTIFY_TIMEOUT):
+                        if self._notify_peer:
+                            try:
+                                await self.ws.send("1")
+                            except WebSocketClosed:
+                                pass
+                    await self.ws.close()  # time-limited itself; it drops the connection, failing any stuck send
             self.finished.set()
 
     async def _clock(self, interval: float, timeout: float) -> None:
