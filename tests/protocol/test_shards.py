@@ -219,6 +219,7 @@ def test_a_malformed_answer_is_refused_in_one_line_saying_what_to_do(body: Any, 
     assert str(caught.value) == HEAD + problem + TAIL
 
 
+@pytest.mark.slow
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
@@ -570,4 +571,4 @@ class IdentifyModel(RuleBasedStateMachine):
         assert given | self.cancelled == set(self.requests) and not given & self.cancelled
 
 
-TestIdentifySlotsAgainstTheModel = IdentifyModel.TestCase
+TestIdentifySlotsAgainstTheModel = pytest.mark.slow(IdentifyModel.TestCase)
