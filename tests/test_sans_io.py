@@ -153,7 +153,7 @@ def test_the_servers_are_what_the_faces_keep_out() -> None:
 def test_the_protocol_and_core_modules_are_all_there() -> None:
     names = {str(path.relative_to(PACKAGE)) for path in PROTOCOL}
     assert {"protocol/__init__.py", "protocol/_messages.py", "protocol/_lease.py", "protocol/_worker.py"} <= names
-    assert {"protocol/_cache.py", "protocol/_endpoint.py", "protocol/_errors.py"} <= names
+    assert {"protocol/_cache.py", "protocol/_endpoint.py", "protocol/_errors.py", "protocol/_shards.py"} <= names
     assert all(path.is_file() for path in CORE)
 
 

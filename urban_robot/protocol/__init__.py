@@ -1,5 +1,6 @@
 """Urban Robot protocol v1, sans-IO: the vocabulary of both directions, the worker's lease view,
-its endpoint and back-off, and :class:`WorkerProtocol`, the worker's side as a state machine.
+its endpoint and back-off, :class:`WorkerProtocol`, the worker's side as a state machine, and shard plans and
+identify slots (not yet wired: issue 16).
 
 No sockets, no clocks, no event loop: the supervisor (trio), the trio worker client and the asyncio
 discord.py integration are shells around these values. docs/protocol.md is the normative text.
@@ -28,6 +29,7 @@ from ._errors import (
     MalformedMessage as MalformedMessage,
     MessageTooLarge as MessageTooLarge,
     OutboxFull as OutboxFull,
+    ShardError as ShardError,
     WorkerError as WorkerError,
 )
 from ._lease import Grant as Grant, HeartbeatSent as HeartbeatSent, LeaseView as LeaseView
@@ -69,6 +71,20 @@ from ._messages import (
     parse_renewal as parse_renewal,
     parse_request as parse_request,
     redact as redact,
+)
+from ._shards import (
+    IDENTIFY_MARGIN as IDENTIFY_MARGIN,
+    IDENTIFY_WINDOW as IDENTIFY_WINDOW,
+    MAX_SHARDS as MAX_SHARDS,
+    SESSION_WINDOW as SESSION_WINDOW,
+    GatewayBot as GatewayBot,
+    IdentifyEvent as IdentifyEvent,
+    IdentifyGrant as IdentifyGrant,
+    IdentifySlots as IdentifySlots,
+    SessionsExhausted as SessionsExhausted,
+    SessionStartLimit as SessionStartLimit,
+    ShardGroup as ShardGroup,
+    ShardPlan as ShardPlan,
 )
 from ._worker import (
     ApplyCache as ApplyCache,

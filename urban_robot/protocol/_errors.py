@@ -10,6 +10,9 @@ UrbanRobotError             (urban_robot._errors)
      │                      answers a worker's with the text as its error (§7)
      └─ ConnectionLost      the connection is gone or hung; the worker drops it and reconnects
          └─ AckTimeout      no ack within the ack time-out
+ShardError                  a shard plan that cannot be built, a misused identify scheduler, or a
+                            malformed ``GET /gateway/bot`` answer (also a ValueError; one line that
+                            says what to do; ``_shards.py``)
 """
 
 from __future__ import annotations
@@ -47,3 +50,8 @@ class ConnectionLost(WorkerError):
 
 class AckTimeout(ConnectionLost):
     """An event's ack did not come in time: the connection is considered hung."""
+
+
+class ShardError(UrbanRobotError, ValueError):
+    """A shard plan or identify slot request that breaks the rules, or Discord's ``/gateway/bot`` answer
+    malformed. Its text is one line and says what to do; it never contains a token."""
