@@ -4,7 +4,8 @@ directly or through ours.
 Checked on the source, by parsing it: the codecs (``urban_robot/engineio/`` but its server,
 ``urban_robot/socketio/_packets.py``), the worker protocol (``urban_robot/protocol/``), the supervisor's core
 (``_core.py``, its events, roles and snapshots, and the bus the shell publishes them on) and the webhook gate
-(``supervisor/_webhook.py``), following their imports of our own modules. A codec module may not even name trio for a type checker. A package face
+(``supervisor/_webhook.py``), following their imports of our own modules. A codec module may not even name
+trio for a type checker. A package face
 (``engineio/__init__.py``, ``socketio/__init__.py``) is walked for what importing it runs: its server is
 loaded by ``__getattr__`` on first use and named under ``if TYPE_CHECKING:``, neither of which runs on
 import (``tests/client/test_imports.py`` checks the same at run time, in a fresh interpreter).
