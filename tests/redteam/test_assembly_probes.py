@@ -1,0 +1,185 @@
+"""Red-team probes of issue 15 ("one assembly"): the bus, the assembly, deploy verdicts, the async registry.
+
+Real sockets on 127.0.0.1, real processes where a process matters, pytest-trio; no sleeps to wait on
+anything this process can wait on (real child processes are polled where nothing in-process tells).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from tests._helpers import QUICK, worker_options
+from urban_robot.supervisor import Options, Seams, Settings, Verdict, build
+from urban_robot.supervisor._children import ChildPolicy
+from urban_robot.testing._sim import HEALTHY, SimulatedWorker
+from urban_robot.testing.bot import MAIN_PY
+
+ADMIN = "redteam-admin-token"
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+class Repo:
+    """An upstream repository and the checkout the supervisor manages; each commit is a stand-in bot."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.upstream, self.work, self.checkout = tmp / "upstream.git", tmp / "work", tmp / "helium"
+        git(tmp, "init", "-q", "--bare", "-b", "main", str(self.upstream))
+        git(tmp, "clone", "-q", str(self.upstream), str(self.work))
+        for key, value in (("user.name", "dev"), ("user.email", "dev@example.invalid")):
+            git(self.work, "config", key, value)
+
+    def commit(self, message: str, *, launcher: bool = True, **bot: Any) -> str:
+        (self.work / "main.py").write_text(MAIN_PY)
+        (self.work / "bot.json").write_text(json.dumps({"version": "1.0", "health": HEALTHY, **bot}))
+        run = self.work / "run.sh"
+        if launcher:
+            run.write_text(f"#!/bin/sh\nexec {sys.executable} main.py\n")
+            run.chmod(run.stat().st_mode | stat.S_IXUSR)
+        else:
+            run.unlink(missing_ok=True)
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-q", "-m", message)
+        git(self.work, "push", "-q", "origin", "HEAD:main")
+        return git(self.work, "rev-parse", "HEAD")
+
+
+async def until_running(app: Any) -> str:
+    while (running := app.robot.snapshot().running) is None:
+        await app.changed().wait()
+    return running.identity
+
+
+# -- person 3: a deploy whose candidate cannot even start ----------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_candidate_whose_command_is_missing_fails_fast_rolls_back_and_try_again_retries(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The new commit drops the launcher the command names: exec fails. The verdict must come at once (not after
+    deploy_timeout), the old worker keeps running, and ``POST /api/try-again`` forgets the bad commit and retries."""
+    repo = Repo(tmp_path)
+    repo.commit("v1", version="1.0")
+    git(tmp_path, "clone", "-q", str(repo.upstream), str(repo.checkout))
+    options = Options(
+        repo.checkout,
+        settings=Settings(token="t", interval=1, grace=1, lease_margin=0.5, health_timeout=5, spawn_workers=True),
+        command=["./run.sh"],
+        state_dir=tmp_path / "state",
+        port=0,
+        standbys=0,
+        deploy_timeout=600,  # what a "no verdict in time" would cost: far beyond this test's deadline
+        policy=ChildPolicy(kill_timeout=2, term_timeout=0.5),
+        log_dir=tmp_path / "log",
+        admin_token=ADMIN,
+    )
+    app = build(options)
+    verdicts: list[Verdict] = []
+    app.bus.subscribe(Verdict, verdicts.append)
+    with trio.fail_after(60):
+        await nursery.start(app.run)
+        old = await until_running(app)
+        broken = repo.commit("v2 without its launcher", version="2.0", launcher=False)
+        assert await app.deployer.deploy("webhook") == "failed"
+        assert verdicts[-1].outcome == "exited" and not verdicts[-1].promoted
+        assert app.robot.snapshot().running is not None and app.robot.snapshot().running.identity == old
+        assert broken in app.deployer.bad_commits
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(f"{app.url}/api/try-again", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert answer.status_code == 202
+        before = len(app.deployer.history)
+        while len(app.deployer.history) == before:
+            await app.deployer.wait_idle()
+            if len(app.deployer.history) == before:
+                await trio.sleep(0.05)  # the request wakes the deployer's own task
+        assert app.deployer.history[-1] == (broken, "failed")  # tried again (not "known bad"), failed again
+    assert app.robot.snapshot().is_sane
+    app.stop("test over")
+
+
+# -- person 2: a worker's odd messages reach every bus subscriber --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        None,
+        "OK",
+        [],
+        {"OK": True, "percent": "a lot", "cogs": {"modules.utilities": True}},
+        {"OK": True, "percent": 100, "cogs": ["modules.utilities"]},
+        {"OK": True, "percent": 10**400, "cogs": {"modules.utilities": True}},
+        {"OK": True, "percent": 100, "cogs": {"modules.utilities": {"nested": [1, 2]}}},
+    ],
+)
+async def test_a_weird_health_report_crashes_no_subscriber(nursery: trio.Nursery, tmp_path: Path, report: Any) -> None:
+    """Each subscriber runs inline in the core's loop: a report that makes one raise would stop the supervisor."""
+    app = build(
+        worker_options(tmp_path, QUICK, admin_token=ADMIN), seams=Seams(spawn=False, blocking_io=_inline)
+    )
+    with trio.fail_after(30):
+        await nursery.start(app.run)
+        good = SimulatedWorker(app.url, _secret(app, "child-good"), version="1.0", name="child-good")
+        await nursery.start(good.run)
+        await good.wait_for("processing")
+        odd = SimulatedWorker(app.url, _secret(app, "child-odd"), version="2.0", health=report, name="child-odd")
+        await nursery.start(odd.run)
+        await odd.wait_for("cmd:shutdown")  # failed (or malformed): told to go, and the supervisor still runs
+        async with httpx.AsyncClient() as http:
+            status = await http.get(f"{app.url}/api/status", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert status.status_code == 200 and status.json()["running"] == "child-good"
+    app.stop("test over")
+
+
+async def _inline(fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+def _secret(app: Any, identity: str) -> str:
+    return app.robot.credentials.bind(identity)
+
+
+# -- person 2: the children's registry, now written late and in a thread --------------------------------------
+
+
+async def test_an_exited_childs_secret_is_refused_before_the_registry_is_rewritten(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The registry write now follows the exit report: the secret must not live as long as the stale entry."""
+    registry = tmp_path / "state" / "children.json"
+    holding, release = False, trio.Event()
+
+    async def held_io(fn: Any, *args: Any) -> Any:
+        if holding and getattr(fn, "args", (None,))[0] == registry:
+            await release.wait()  # the registry's writes held: it keeps naming the exited child meanwhile
+        return await trio.to_thread.run_sync(fn, *args)
+
+    app = build(worker_options(tmp_path, QUICK, standbys=0), seams=Seams(blocking_io=held_io))
+    with trio.fail_after(30):
+        await nursery.start(app.run)
+        await until_running(app)
+        [(identity, child)] = app.children.children.items()
+        while identity not in json.loads(registry.read_text() if registry.exists() else "{}"):
+            await app.changed().wait()
+        holding = True
+        secret = app.robot.credentials.child_secret(identity)
+        assert app.robot.credentials.verify({"secret": secret}) is not None
+        os.kill(child.pid, 9)
+        await child.reported.wait()
+        assert identity in json.loads(registry.read_text())  # the stale entry is still on disk
+        assert app.robot.credentials.verify({"secret": secret}) is None  # ... but its secret is refused already
+        release.set()
+    app.stop("test over")
