@@ -127,9 +127,7 @@ async def test_a_candidate_whose_command_is_missing_fails_fast_rolls_back_and_tr
 )
 async def test_a_weird_health_report_crashes_no_subscriber(nursery: trio.Nursery, tmp_path: Path, report: Any) -> None:
     """Each subscriber runs inline in the core's loop: a report that makes one raise would stop the supervisor."""
-    app = build(
-        worker_options(tmp_path, QUICK, admin_token=ADMIN), seams=Seams(spawn=False, blocking_io=_inline)
-    )
+    app = build(worker_options(tmp_path, QUICK, admin_token=ADMIN), seams=Seams(spawn=False, blocking_io=_inline))
     with trio.fail_after(30):
         await nursery.start(app.run)
         good = SimulatedWorker(app.url, _secret(app, "child-good"), version="1.0", name="child-good")
@@ -183,3 +181,64 @@ async def test_an_exited_childs_secret_is_refused_before_the_registry_is_rewritt
         assert app.robot.credentials.verify({"secret": secret}) is None  # ... but its secret is refused already
         release.set()
     app.stop("test over")
+
+
+# -- docs/deploying.md §troubleshooting: "without generation the candidate is not newer" -----------------------
+
+
+async def test_a_candidate_identifying_without_generation_is_still_newer_its_spawn_counts(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The generation rides on the credential: a child that omits it is warned, and its spawned generation counts,
+    so the hand-over does start (the troubleshooting table said it would not)."""
+    from urban_robot.supervisor import CandidateStarted, Notify
+
+    app = build(worker_options(tmp_path, QUICK), seams=Seams(spawn=False, blocking_io=_inline))
+    verdicts: list[Verdict] = []
+    notes: list[Notify] = []
+    app.bus.subscribe(Verdict, verdicts.append)
+    app.bus.subscribe(Notify, notes.append)
+    with trio.fail_after(30):
+        await nursery.start(app.run)
+        creds = app.robot.credentials
+        old = SimulatedWorker(
+            app.url, creds.bind("child-old", generation=1), version="1.0", generation=1, name="child-old"
+        )
+        await nursery.start(old.run)
+        await old.wait_for("processing")
+        secret = creds.bind("child-new", generation=2)
+        await app.robot.submit(CandidateStarted("child-new", 2, 30.0))
+        new = SimulatedWorker(app.url, secret, version="1.0", generation=None, name="child-new")  # no claim
+        await nursery.start(new.run)
+        await new.wait_for("processing")
+    assert [(v.identity, v.outcome) for v in verdicts] == [("child-new", "promoted")]
+    assert any("identified with the wrong generation" in n.message for n in notes)  # ... and told to send it
+    app.stop("test over")
+
+
+# -- docs/testing.md "Notes" and docs/workers.md "Testing it": a real worker against the plugin's supervisor ---
+
+
+async def test_a_bot_authors_own_worker_connects_to_the_plugins_supervisor_as_the_docs_say(
+    urban_robot_supervisor: Any, autojump_clock: Any
+) -> None:
+    """The docs said ``credentials.child_secret("child-anything")``: that is a KeyError for an identity nobody bound
+    (no such child was spawned). ``credentials.bind("child-anything")`` binds one and returns its secret."""
+    from urban_robot.client import Worker
+
+    with pytest.raises(KeyError):
+        urban_robot_supervisor.credentials.child_secret("child-anything")
+    secret = urban_robot_supervisor.credentials.bind("child-anything")
+    worker = Worker(
+        urban_robot_supervisor.url,
+        secret,
+        version="1.0",
+        generation=1,
+        health_checks={"modules.utilities": lambda: True},
+        auto_ready=True,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        await worker.processing_started.wait()
+        assert urban_robot_supervisor.running == "child-anything"
+        nursery.cancel_scope.cancel()
