@@ -242,3 +242,29 @@ async def test_a_bot_authors_own_worker_connects_to_the_plugins_supervisor_as_th
         await worker.processing_started.wait()
         assert urban_robot_supervisor.running == "child-anything"
         nursery.cancel_scope.cancel()
+
+
+# -- person 3: a spawn whose log file cannot be opened --------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the log file is opened outside the spawn's OSError handling")
+async def test_a_log_file_that_cannot_be_opened_does_not_take_the_supervisor_down(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The log file was opened outside the spawn's error handling: an OSError there (the log directory gone
+    unusable: replaced by a file, a full or read-only disk) escaped the child's task and ended the supervisor."""
+    log_dir = tmp_path / "worker-logs"
+    app = build(worker_options(tmp_path, QUICK, standbys=0, log_dir=log_dir))
+    with trio.fail_after(30):
+        await nursery.start(app.run)
+        first = await until_running(app)
+        child = app.children.children[first]
+        for path in log_dir.iterdir():
+            path.unlink()
+        log_dir.rmdir()
+        log_dir.write_text("not a directory")  # mkdir(exist_ok=True) and open() below it now fail
+        os.kill(child.pid, 9)
+        while (running := app.robot.snapshot().running) is None or running.identity == first:
+            await app.changed().wait()
+    app.stop("test over")
