@@ -248,7 +248,6 @@ async def test_a_bot_authors_own_worker_connects_to_the_plugins_supervisor_as_th
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the log file is opened outside the spawn's OSError handling")
 async def test_a_log_file_that_cannot_be_opened_does_not_take_the_supervisor_down(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

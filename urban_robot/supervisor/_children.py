@@ -378,7 +378,11 @@ class Children:
                 return
         if self.stopping:
             return  # its back-off ended during a stop
-        output = self._log_file(identity)
+        try:
+            output = self._log_file(identity)
+        except OSError as exc:  # the log directory unusable (a file now, a full or read-only disk): run it anyway
+            log.error("cannot open a log file for %s in %s: %s; its output is lost", identity, self.log_dir, exc)
+            output = subprocess.DEVNULL
         # A fresh nonce: this spawn's secret, no earlier one's; its Identity says what we spawned it as.
         self.robot.credentials.bind(identity, generation=generation, release=release)
         try:
