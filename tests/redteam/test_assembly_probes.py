@@ -6,6 +6,7 @@ anything this process can wait on (real child processes are polled where nothing
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -165,9 +166,19 @@ async def test_an_exited_childs_secret_is_refused_before_the_registry_is_rewritt
             await release.wait()  # the registry's writes held: it keeps naming the exited child meanwhile
         return await trio.to_thread.run_sync(fn, *args)
 
-    app = build(worker_options(tmp_path, QUICK, standbys=0), seams=Seams(blocking_io=held_io))
+    options = worker_options(tmp_path, QUICK, standbys=0)
+    app = build(options, seams=Seams(blocking_io=held_io))
+    crash, gone = trio.CancelScope(), trio.Event()
+
+    async def run_until_crash(task_status: trio.TaskStatus[None]) -> None:
+        try:
+            with crash:
+                await app.run(task_status=task_status)
+        finally:
+            gone.set()
+
     with trio.fail_after(30):
-        await nursery.start(app.run)
+        await nursery.start(run_until_crash)
         await until_running(app)
         [(identity, child)] = app.children.children.items()
         while identity not in json.loads(registry.read_text() if registry.exists() else "{}"):
@@ -179,8 +190,22 @@ async def test_an_exited_childs_secret_is_refused_before_the_registry_is_rewritt
         await child.reported.wait()
         assert identity in json.loads(registry.read_text())  # the stale entry is still on disk
         assert app.robot.credentials.verify({"secret": secret}) is None  # ... but its secret is refused already
+        stale = registry.read_bytes()
+        # The supervisor dies now (SIGKILL: its children live on, nothing more is written), the stale entry on disk.
+        app.children.keep_running = True
+        crash.cancel()
         release.set()
-    app.stop("test over")
+        await gone.wait()
+        orphans = [c.pid for c in json.loads(registry.read_text()).values() if c["pid"] != child.pid]
+        registry.write_bytes(stale)
+        again = build(options, seams=Seams(spawn=False))
+        await nursery.start(again.run)
+        assert identity not in again.children.children  # its process is gone: not adopted
+        assert again.robot.credentials.verify({"secret": secret}) is None
+        again.stop("test over")
+    for pid in orphans:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
 
 
 # -- docs/deploying.md §troubleshooting: "without generation the candidate is not newer" -----------------------
