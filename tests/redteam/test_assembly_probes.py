@@ -368,3 +368,37 @@ async def test_an_adopted_unjudged_candidate_does_not_take_over_without_a_verdic
             handed_over.set()
     again.stop("test over")
     assert not handed_over.is_set(), f"{new} (generation 2, never judged) took the lease from {old}"
+
+
+# -- person 1: the trio worker example, in dev mode's swap ----------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trio_worker"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the example's work loop keeps its nursery open after worker.run returns")
+async def test_the_trio_worker_example_exits_once_a_swap_retires_it(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """docs/protocol.md §7: a worker told ``shutdown`` stops, disconnects and exits. The example's own loop kept its
+    nursery open after ``worker.run`` returned: retired, it lingered disconnected until the supervisor stopped
+    (and then cost every stop its SIGTERM wait)."""
+    from urban_robot.supervisor import ProcessExited
+
+    app = build(worker_options(tmp_path, QUICK, standbys=0, command=(sys.executable, str(EXAMPLE / "main.py"))))
+    exits: list[ProcessExited] = []
+    exited = trio.Event()
+
+    def heard(event: ProcessExited) -> None:
+        exits.append(event)
+        exited.set()
+
+    app.bus.subscribe(ProcessExited, heard)
+    with trio.fail_after(30):
+        await nursery.start(app.run)
+        old = await until_running(app)
+        result = await app.deployer.try_tree(EXAMPLE, "a change")  # dev mode's swap: gen 2 takes over, gen 1 retires
+        assert result.promoted
+        while old not in [e.identity for e in exits]:
+            await exited.wait()
+            exited = trio.Event()
+    assert [e.returncode for e in exits if e.identity == old] == [0]
+    app.stop("test over")
