@@ -376,7 +376,6 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trio_worker"
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the example's work loop keeps its nursery open after worker.run returns")
 async def test_the_trio_worker_example_exits_once_a_swap_retires_it(nursery: trio.Nursery, tmp_path: Path) -> None:
     """docs/protocol.md §7: a worker told ``shutdown`` stops, disconnects and exits. The example's own loop kept its
     nursery open after ``worker.run`` returned: retired, it lingered disconnected until the supervisor stopped
