@@ -401,3 +401,60 @@ async def test_the_trio_worker_example_exits_once_a_swap_retires_it(nursery: tri
             exited = trio.Event()
     assert [e.returncode for e in exits if e.identity == old] == [0]
     app.stop("test over")
+
+
+LINGERER = """
+import sys
+import trio
+from urban_robot.client import Worker
+
+
+async def main():
+    worker = Worker(version="1.0", health_checks={"modules.utilities": lambda: True}, auto_ready=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        await trio.sleep_forever()  # the bot's own loop: it never ends, whatever the worker was told
+
+
+trio.run(main)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True, reason="only stop_all enforces workers.stop_timeout; a retired child that lingers is never signalled"
+)
+async def test_a_child_told_to_shut_down_that_never_exits_is_terminated_after_stop_timeout(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """docs/configuration.md ``workers.stop_timeout``: "seconds a worker asked to shut down has before SIGTERM, and
+    again before SIGKILL". Only the supervisor's own stop kept that promise: a child retired by a swap (or failed
+    health check) that disconnected but kept running was left alone for good."""
+    from urban_robot.supervisor import ProcessExited
+
+    (tmp_path / "lingerer.py").write_text(LINGERER)
+    options = worker_options(
+        tmp_path,
+        QUICK,
+        standbys=0,
+        command=(sys.executable, str(tmp_path / "lingerer.py")),
+        policy=ChildPolicy(term_timeout=0.5, kill_timeout=0.5),
+    )
+    app = build(options)
+    exits: list[ProcessExited] = []
+    exited = trio.Event()
+
+    def heard(event: ProcessExited) -> None:
+        exits.append(event)
+        exited.set()
+
+    app.bus.subscribe(ProcessExited, heard)
+    with trio.fail_after(20):
+        await nursery.start(app.run)
+        old = await until_running(app)
+        assert (await app.deployer.try_tree(tmp_path, "a change")).promoted  # gen 2 takes over, gen 1 is retired
+        while old not in [e.identity for e in exits]:
+            await exited.wait()
+            exited = trio.Event()
+    assert [e.returncode for e in exits if e.identity == old] == [-15]  # SIGTERMed after stop_timeout
+    app.stop("test over")
