@@ -421,9 +421,6 @@ trio.run(main)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True, reason="only stop_all enforces workers.stop_timeout; a retired child that lingers is never signalled"
-)
 async def test_a_child_told_to_shut_down_that_never_exits_is_terminated_after_stop_timeout(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ never signalled: a planted registry cannot get a foreign process killed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import grp
 import itertools
@@ -464,6 +465,10 @@ class Children:
         if isinstance(action, Send) and action.event == "cmd" and action.data.get("t") == "shutdown":
             if action.identity is not None:
                 self.asked.add(action.identity)  # the supervisor asked it to go
+                child = self.children.get(action.identity)
+                if child is not None and self._nursery is not None and not self.stopping:
+                    with contextlib.suppress(RuntimeError):  # the manager is shutting down: stop_all sees to it
+                        self._nursery.start_soon(self._see_off, child)
         if isinstance(action, Close) and action.hung and action.identity in self.children:
             self.kill(action.identity, action.reason)
         if isinstance(action, Kill) and action.identity in self.children:
@@ -473,6 +478,22 @@ class Children:
             if stopped(child.pid, child.start_ticks):
                 assert self._nursery is not None
                 self._nursery.start_soon(self.robot.submit, Frozen(action.identity))
+
+    async def _see_off(self, child: Child) -> None:
+        """A child asked to shut down disconnects and exits (protocol v1 §7): it has ``term_timeout`` for that,
+        then SIGTERM, then SIGKILL after ``kill_timeout`` (``workers.stop_timeout``), as in a stop of the supervisor.
+        One that lingers (its own loop outlives its worker) would otherwise run, disconnected, for good."""
+        with trio.move_on_after(self.policy.term_timeout):
+            await child.reported.wait()
+            return
+        if self.children.get(child.identity) is child and not self.keep_running and not self.stopping:
+            log.warning(
+                "%s (pid %s) did not exit %gs after it was asked to shut down: terminating it",
+                child.identity,
+                child.pid,
+                self.policy.term_timeout,
+            )
+            await self._terminate(child)
 
     def kill(self, identity: str, reason: str) -> None:
         """SIGKILL a hung child now: it answers neither the protocol nor SIGTERM (a stopped process does not even
