@@ -455,3 +455,33 @@ async def test_a_child_told_to_shut_down_that_never_exits_is_terminated_after_st
             exited = trio.Event()
     assert [e.returncode for e in exits if e.identity == old] == [-15]  # SIGTERMed after stop_timeout
     app.stop("test over")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the exec-failure path counts every failed start as a quick death")
+async def test_a_candidate_that_cannot_start_is_no_quick_death_of_the_running_code(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A candidate that exits is new code failing, not the running code crashing (``Children._exited``): it adds no
+    back-off to the next restart. One whose exec failed (its launcher gone) counted as a quick death all the same."""
+    repo = Repo(tmp_path)
+    repo.commit("v1", version="1.0")
+    git(tmp_path, "clone", "-q", str(repo.upstream), str(repo.checkout))
+    options = Options(
+        repo.checkout,
+        settings=QUICK,
+        command=["./run.sh"],
+        state_dir=tmp_path / "state",
+        port=0,
+        standbys=0,
+        policy=ChildPolicy(kill_timeout=2, term_timeout=0.5),
+        log_dir=tmp_path / "log",
+    )
+    app = build(options)
+    with trio.fail_after(60):
+        await nursery.start(app.run)
+        await until_running(app)
+        repo.commit("v2 without its launcher", version="2.0", launcher=False)
+        assert await app.deployer.deploy("webhook") == "failed"
+    assert app.children.quick_deaths == 0 and app.children.backoff() == 0.0
+    app.stop("test over")
