@@ -458,7 +458,6 @@ async def test_a_child_told_to_shut_down_that_never_exits_is_terminated_after_st
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the exec-failure path counts every failed start as a quick death")
 async def test_a_candidate_that_cannot_start_is_no_quick_death_of_the_running_code(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

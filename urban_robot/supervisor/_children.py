@@ -400,8 +400,9 @@ class Children:
         except OSError as exc:
             self.robot.credentials.revoke(identity)
             log.error("cannot start %s in %s: %s", " ".join(self.command), cwd, exc.strerror or exc)
-            self.quick_deaths += 1
             candidate = generation > self.generation
+            if not candidate:  # as in _exited: a failed candidate is new code failing, not the running code crashing
+                self.quick_deaths += 1
             await self.robot.submit(ProcessExited(identity, None, candidate=candidate, uptime=0.0))  # as any exit
             return
         finally:
