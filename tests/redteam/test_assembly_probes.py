@@ -484,3 +484,39 @@ async def test_a_candidate_that_cannot_start_is_no_quick_death_of_the_running_co
         assert await app.deployer.deploy("webhook") == "failed"
     assert app.children.quick_deaths == 0 and app.children.backoff() == 0.0
     app.stop("test over")
+
+
+# -- person 2: a hostile web page in the operator's browser ---------------------------------------------------
+
+
+async def test_a_hostile_page_cannot_lock_the_operator_out_of_the_admin_api(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A page the operator visits can make the browser GET ``http://127.0.0.1:8080/?token=wrong`` (an <img>: no CORS,
+    the Host header is the supervisor's own) and try a WebSocket there with wrong tokens. Were either counted as a
+    failed admin login of 127.0.0.1 (where the operator's ``python -m urban_robot status`` comes from), the page
+    could keep the operator out. Neither is: the exchange counts nothing, the cross-site upgrade is refused."""
+    import trio_websocket
+
+    app = build(worker_options(tmp_path, QUICK, admin_token=ADMIN), seams=Seams(spawn=False, blocking_io=_inline))
+    with trio.fail_after(30):
+        await nursery.start(app.run)
+        port = int(app.url.rsplit(":", 1)[1])
+        async with httpx.AsyncClient() as http:
+            for n in range(8):
+                await http.get(f"{app.url}/?token=guess-{n}", headers={"Referer": "https://evil.example/"})
+            for n in range(8):
+                with pytest.raises(trio_websocket.HandshakeError):
+                    async with trio_websocket.open_websocket(
+                        "127.0.0.1",
+                        port,
+                        "/socket.io/?EIO=4&transport=websocket",
+                        use_ssl=False,
+                        extra_headers=[(b"Origin", b"https://evil.example")],
+                    ) as ws:
+                        await ws.get_message()  # the open packet
+                        await ws.send_message(f'40/dashboard,{{"token":"guess-{n}"}}')
+                        await ws.get_message()
+            status = await http.get(f"{app.url}/api/status", headers={"Authorization": f"Bearer {ADMIN}"})
+    app.stop("test over")
+    assert status.status_code == 200, status.text
