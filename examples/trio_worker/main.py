@@ -41,13 +41,18 @@ async def main() -> None:
         auto_ready=True,  # nothing to log in to: ready at once
     )
     async with trio.open_nursery() as nursery:
-        await nursery.start(worker.run)
-        while True:
-            await worker.processing_started.wait()
-            while worker.processing:
-                cache["ticks"] += 1  # the bot's work, only while it holds the lease
-                await worker.sync_cache(cache)  # kept by the supervisor (on disk) once this returns
-                await trio.sleep(1)
+        nursery.start_soon(work, worker)
+        await worker.run()  # until told to shut down
+        nursery.cancel_scope.cancel()  # then the bot exits, as protocol v1 §7 says (its work loop would not end)
+
+
+async def work(worker: Worker) -> None:
+    while True:
+        await worker.processing_started.wait()
+        while worker.processing:
+            cache["ticks"] += 1  # the bot's work, only while it holds the lease
+            await worker.sync_cache(cache)  # kept by the supervisor (on disk) once this returns
+            await trio.sleep(1)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ never signalled: a planted registry cannot get a foreign process killed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import grp
 import itertools
@@ -378,7 +379,11 @@ class Children:
                 return
         if self.stopping:
             return  # its back-off ended during a stop
-        output = self._log_file(identity)
+        try:
+            output = self._log_file(identity)
+        except OSError as exc:  # the log directory unusable (a file now, a full or read-only disk): run it anyway
+            log.error("cannot open a log file for %s in %s: %s; its output is lost", identity, self.log_dir, exc)
+            output = subprocess.DEVNULL
         # A fresh nonce: this spawn's secret, no earlier one's; its Identity says what we spawned it as.
         self.robot.credentials.bind(identity, generation=generation, release=release)
         try:
@@ -395,8 +400,9 @@ class Children:
         except OSError as exc:
             self.robot.credentials.revoke(identity)
             log.error("cannot start %s in %s: %s", " ".join(self.command), cwd, exc.strerror or exc)
-            self.quick_deaths += 1
             candidate = generation > self.generation
+            if not candidate:  # as in _exited: a failed candidate is new code failing, not the running code crashing
+                self.quick_deaths += 1
             await self.robot.submit(ProcessExited(identity, None, candidate=candidate, uptime=0.0))  # as any exit
             return
         finally:
@@ -460,6 +466,10 @@ class Children:
         if isinstance(action, Send) and action.event == "cmd" and action.data.get("t") == "shutdown":
             if action.identity is not None:
                 self.asked.add(action.identity)  # the supervisor asked it to go
+                child = self.children.get(action.identity)
+                if child is not None and self._nursery is not None and not self.stopping:
+                    with contextlib.suppress(RuntimeError):  # the manager is shutting down: stop_all sees to it
+                        self._nursery.start_soon(self._see_off, child)
         if isinstance(action, Close) and action.hung and action.identity in self.children:
             self.kill(action.identity, action.reason)
         if isinstance(action, Kill) and action.identity in self.children:
@@ -469,6 +479,22 @@ class Children:
             if stopped(child.pid, child.start_ticks):
                 assert self._nursery is not None
                 self._nursery.start_soon(self.robot.submit, Frozen(action.identity))
+
+    async def _see_off(self, child: Child) -> None:
+        """A child asked to shut down disconnects and exits (protocol v1 §7): it has ``term_timeout`` for that,
+        then SIGTERM, then SIGKILL after ``kill_timeout`` (``workers.stop_timeout``), as in a stop of the supervisor.
+        One that lingers (its own loop outlives its worker) would otherwise run, disconnected, for good."""
+        with trio.move_on_after(self.policy.term_timeout):
+            await child.reported.wait()
+            return
+        if self.children.get(child.identity) is child and not self.keep_running and not self.stopping:
+            log.warning(
+                "%s (pid %s) did not exit %gs after it was asked to shut down: terminating it",
+                child.identity,
+                child.pid,
+                self.policy.term_timeout,
+            )
+            await self._terminate(child)
 
     def kill(self, identity: str, reason: str) -> None:
         """SIGKILL a hung child now: it answers neither the protocol nor SIGTERM (a stopped process does not even
