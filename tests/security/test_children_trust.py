@@ -168,6 +168,10 @@ async def test_the_secret_of_a_child_that_exited_is_refused_also_after_superviso
         os.waitpid(pids["b"], 0)
 
         second = Supervisor(nursery, tmp_path, code)
+        # Admitted before the port opens (App.run calls this first): a survivor that reconnects before its
+        # adoption must not be refused, it would take the refusal for a wrong secret and exit.
+        assert second.children.admit_survivors() == 1 and second.admits(secret["a"])
+        assert not second.admits(secret["b"])
         await second.start()
         assert second.admits(secret["a"])  # adopted: its entry carries its spawn's nonce
         assert not second.admits(secret["b"])  # was valid for ever: HMAC(key, identity) alone

@@ -169,6 +169,7 @@ class App:
                     await nursery.start(self.notifier.run)
                     bridge = DiscordLogHandler(self.notifier, options.discord_log_level)
                     logging.getLogger().addHandler(bridge)
+                self.children.admit_survivors()  # their secrets valid before anyone can reconnect
                 port = await nursery.start(self.robot.run, options.host, options.port)
                 self.url = f"http://{options.host}:{port}"
                 await self.deployer.resume()  # workers start from the last known good release, not the checkout

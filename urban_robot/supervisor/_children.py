@@ -248,6 +248,7 @@ class Children:
         # Unique across supervisor restarts: a new child must never share a surviving child's identity.
         self._boot = secrets.token_hex(3)
         self._nursery: trio.Nursery | None = None
+        self._survivors: list[Child] | None = None  # verified and admitted, not yet adopted (admit_survivors)
 
     @property
     def processes(self) -> dict[str, Child]:
@@ -575,14 +576,28 @@ class Children:
         return False
 
     # -- adoption after a supervisor restart --------------------------------------------------------
+    def admit_survivors(self) -> int:
+        """The registry's children that still run (verified by the kernel) get their secrets back: call it before
+        the supervisor's port opens. A survivor reconnecting earlier than its adoption was refused, and a worker
+        takes a refusal for a wrong secret and exits — the holder too (the chaos soak's kill_supervisor
+        stretches of ~2 s). ``run`` adopts them (watches their exits); calling this again changes nothing."""
+        if self._survivors is None:
+            self._survivors = []
+            for identity, info in self._load_registry().items():
+                child = self._verify(identity, info)
+                if child is None:
+                    continue
+                # Its secret, and only its, is valid again; the generation and release it was spawned with, too.
+                self.robot.credentials.bind(identity, child.nonce, generation=child.generation, release=child.release)
+                self._survivors.append(child)
+        return len(self._survivors)
+
     def _adopt_survivors(self) -> int:
         adopted = 0
-        for identity, info in self._load_registry().items():
-            child = self._verify(identity, info)
-            if child is None:
-                continue
-            # Its secret, and only its, is valid again; the generation and release it was spawned with, too.
-            self.robot.credentials.bind(identity, child.nonce, generation=child.generation, release=child.release)
+        self.admit_survivors()
+        survivors, self._survivors = self._survivors or [], []
+        for child in survivors:
+            identity = child.identity
             self.children[identity] = child
             self._remember(child)
             assert self._nursery is not None
