@@ -245,6 +245,18 @@ def test_no_answer_in_time_drops_the_connection_then_backs_off() -> None:
     assert Reconnect(4.0) in p.disconnected(12.0)
 
 
+def test_a_holder_retries_its_supervisor_every_fifth_of_a_second_at_most_others_back_off_further() -> None:
+    """A supervisor restart: every moment the holder does not see it is a moment of its lease gone unadopted."""
+    backoff = Backoff(initial=0.1, cap=1.0, jitter=0.0, holder_cap=0.2)
+    holder, standby = served(backoff=backoff), served(backoff=backoff)
+    beat = granted(holder, now=0.0)
+    holder.answered(beat.request.id, {"epoch": 1, "lease": 15}, now=0.1)
+    holder_delays = [e.delay for t in range(6) for e in holder.disconnected(1.0 + t) if isinstance(e, Reconnect)]
+    standby_delays = [e.delay for t in range(6) for e in standby.disconnected(1.0 + t) if isinstance(e, Reconnect)]
+    assert holder_delays == [0.1, 0.2, 0.2, 0.2, 0.2, 0.2]
+    assert standby_delays == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
 def test_a_reconnecting_holder_claims_its_grant_and_renews_at_once_when_adopted() -> None:
     p = served()
     beat = granted(p, now=0.0, epoch=7)

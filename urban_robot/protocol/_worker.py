@@ -278,7 +278,7 @@ class WorkerProtocol:
         if self._hello_this_session:
             self._attempt = 0
         self._hello_this_session = False
-        delay = self.backoff.delay(self._attempt, self.rng)
+        delay = self.backoff.delay(self._attempt, self.rng, holding=self.lease.grant is not None)
         self._attempt += 1
         return [Log(logging.WARNING, f"connection to the supervisor lost ({why}); reconnecting in {delay:.2f} s"),
                 Reconnect(delay)]  # fmt: skip
