@@ -303,9 +303,9 @@ class UrbanRobot:
         """What the core knows now, frozen: what every view reads (``_snapshot``)."""
         return self.core.snapshot(trio.current_time())
 
-    def status(self) -> dict[str, Any]:
-        """The core's part of ``GET /api/status`` (``_status`` adds the rest), from one snapshot."""
-        snap = self.snapshot()
+    def status(self, snap: Snapshot | None = None) -> dict[str, Any]:
+        """The core's part of ``GET /api/status`` (``_status`` adds the rest), from one snapshot (``snap``: now's)."""
+        snap = snap if snap is not None else self.snapshot()
         running = snap.running
         wall = time.time()
         return {

@@ -260,8 +260,9 @@ def status(
 ) -> dict[str, Any]:
     """The body of ``GET /api/status`` (see the module docstring)."""
     robot = tracker.robot
-    body = robot.status()
-    lease = robot.snapshot().lease
+    snap = robot.snapshot()  # one moment for the whole body
+    body = robot.status(snap)
+    lease = snap.lease
     body["lease"] = (
         None
         if lease is None
