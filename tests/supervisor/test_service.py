@@ -226,7 +226,9 @@ async def test_the_connection_limit_comes_from_the_settings(nursery: trio.Nurser
         await stream.aclose()
 
 
-async def test_a_failed_state_write_grants_nothing(harness: Harness, autojump_clock: Any) -> None:
+async def test_a_failed_state_write_grants_nothing(
+    harness: Harness, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """Persist before grant: an epoch that is not on disk is never handed out, nor anything after it."""
     robot = harness.robot
     assert robot is not None
@@ -254,6 +256,8 @@ async def test_a_failed_state_write_grants_nothing(harness: Harness, autojump_cl
     assert isinstance(alarm, Notify) and alarm.level == "critical"  # the failed write, said on the bus too
     assert after == ("handled", HealthReport(a_sid(robot), a.health))  # the rest of the step (the grant) dropped
     assert notes[0].level == "critical" and "No space left on device" in notes[0].message
+    said = [r for r in caplog.records if "No space left on device" in r.getMessage()]
+    assert said and all(getattr(r, "_already_notified", False) for r in said)  # the bridge posts no second copy
     assert not any("is running" in n.message for n in notes)
     assert not harness.store.state_path.exists()
     disk_ok = True  # the disk is back: the next promotion writes its epoch first, then grants it

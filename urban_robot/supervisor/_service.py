@@ -211,10 +211,9 @@ class UrbanRobot:
             await self.blocking_io(self.store.save_state, action.state)
         except OSError as exc:
             message = f"cannot write {self.store.state_path}: {exc.strerror}; promotions wait until it can"
-            log.critical(message)
-            notify = Notify("critical", message)
-            self.bus.publish(notify)
-            self._side_effect(notify)
+            # As the core's own notifications are carried out: published, and logged once, marked as notified
+            # (it was also logged unmarked first, so the Discord log bridge posted it a second time).
+            await self._carry_out([Notify("critical", message)])
             return False
         return True
 
