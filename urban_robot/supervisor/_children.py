@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import grp
 import itertools
 import json
@@ -593,7 +592,6 @@ class Children:
         return len(self._survivors)
 
     def _adopt_survivors(self) -> int:
-        adopted = 0
         self.admit_survivors()
         survivors, self._survivors = self._survivors or [], []
         for child in survivors:
@@ -604,9 +602,8 @@ class Children:
             self._nursery.start_soon(self._watch_adopted, child)
             self.generation = max(self.generation, child.generation)  # a deploy must beat what runs
             log.info("adopted %s (pid %s) from an earlier supervisor", identity, child.pid)
-            adopted += 1
         self._save_registry()
-        return adopted
+        return len(survivors)
 
     def _verify(self, identity: str, info: Any) -> Child | None:
         """The registry entry as a child to adopt, if its process is the one we spawned; else None, said in one line.
@@ -711,15 +708,15 @@ class Children:
                 await self._write_registry(data)
 
     async def _write_registry(self, data: bytes) -> None:
-        assert self.registry is not None
-        try:
-            await self.blocking_io(functools.partial(atomic_write, self.registry, data, durable=False))
-        except OSError as exc:
-            log.error("cannot write %s: %s; a restarted supervisor may not adopt running workers", self.registry, exc)
+        await self.blocking_io(self._write_registry_now, data)
 
     def _flush_registry(self) -> None:
         data, self._registry_due = self._registry_due, None
-        if data is None or self.registry is None:
+        if data is not None:
+            self._write_registry_now(data)
+
+    def _write_registry_now(self, data: bytes) -> None:
+        if self.registry is None:
             return
         try:
             atomic_write(self.registry, data, durable=False)  # its children die with the machine: no fsync
