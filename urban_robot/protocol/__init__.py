@@ -61,6 +61,8 @@ from ._messages import (
     Shutdown as Shutdown,
     Stop as Stop,
     TryAgain as TryAgain,
+    IdentifySlot as IdentifySlot,
+    MayIdentify as MayIdentify,
     UnknownCommand as UnknownCommand,
     command_payload as command_payload,
     is_int as is_int,

@@ -318,11 +318,27 @@ class Custom:
         return self.data
 
 
+@attrs.frozen
+class IdentifySlot(Outbound):
+    """§18.3: a sharded worker asks for a slot to IDENTIFY ``shard_id`` with Discord (answered by ``cmd identify``)."""
+
+    event: ClassVar[str] = "identify_slot"
+    shard_id: int = attrs.field(validator=_int)
+
+
 Message = Outbound | Custom
-Request = Identify | Heartbeat | Ready | HealthReport | CacheSync | Coma | Shutdown | Failed | TryAgain
+Request = Identify | Heartbeat | Ready | HealthReport | CacheSync | Coma | Shutdown | Failed | TryAgain | IdentifySlot
 
 
 # -- supervisor → worker ---------------------------------------------------------------------------
+def _shard_ids(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not value or not all(is_int(i) for i in value):
+        raise MalformedMessage("shards must be a non-empty list of shard ids (integers)")
+    return tuple(value)
+
+
 @attrs.frozen
 class Hello:
     """§6.1: the answer to ``identify`` (its ack, and a push)."""
@@ -334,14 +350,29 @@ class Hello:
     interval: float = attrs.field(validator=_number)
     lease: float = attrs.field(validator=_number)
     epoch: int = attrs.field(validator=_int)
+    # §18.3, sharded bots only (absent otherwise, as in v1): the shard ids this worker runs, and the bot's count.
+    shards: tuple[int, ...] | None = attrs.field(default=None, converter=_shard_ids)
+    shard_count: int | None = attrs.field(default=None, validator=_optional_int)
 
     @interval.validator
     def _positive(self, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value <= 0:
             raise MalformedMessage("interval must be > 0")
 
+    @shard_count.validator
+    def _sharded(self, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if (value is None) != (self.shards is None):
+            raise MalformedMessage("hello needs both shards and shard_count, or neither")
+        if value is not None and self.shards is not None and not all(0 <= i < value for i in self.shards):
+            raise MalformedMessage("hello's shards must be ids from 0 to shard_count - 1")
+
     def payload(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        data = attrs.asdict(self)
+        if self.shards is None:
+            del data["shards"], data["shard_count"]
+        else:
+            data["shards"] = list(self.shards)
+        return data
 
 
 @attrs.frozen
@@ -385,15 +416,23 @@ class Stop:
 
 
 @attrs.frozen
+class MayIdentify:
+    """``cmd identify`` (§18.3): the slot asked for with ``identify_slot``: IDENTIFY ``shard_id`` now."""
+
+    name: ClassVar[str] = "identify"
+    shard_id: int = attrs.field(validator=_int)
+
+
+@attrs.frozen
 class UnknownCommand:
     name: str
 
 
-Command = Ok | HealthCheck | ProcessCommands | Stop | UnknownCommand
+Command = Ok | HealthCheck | ProcessCommands | Stop | MayIdentify | UnknownCommand
 Push = Hello | CacheSync | Command
 
 
-def command_payload(command: Ok | HealthCheck | ProcessCommands | Stop) -> dict[str, Any]:
+def command_payload(command: Ok | HealthCheck | ProcessCommands | Stop | MayIdentify) -> dict[str, Any]:
     """The ``cmd`` event's payload ``{"t": name, "d": data}`` for ``command``."""
     data = attrs.asdict(command)
     data.pop("shutdown", None)
@@ -436,6 +475,9 @@ def parse_command(data: Any) -> Command:
     if name == "process_commands":
         command: Command = _build(ProcessCommands, body)
         return command
+    if name == "identify":
+        grant: Command = _build(MayIdentify, body)
+        return grant
     if name in ("coma", "shutdown"):
         stop: Stop = _build(Stop, body, shutdown=name == "shutdown")
         return stop
@@ -471,6 +513,7 @@ _PARSERS: dict[str, Any] = {
     "shutdown": lambda d: Shutdown(_reason(d.get("reason"))),
     "failed": lambda d: Failed(_reason(d.get("reason")), str(d.get("hint") or "")[: MAX_REASON_LENGTH * 2]),
     "try_again": lambda d: TryAgain(),
+    "identify_slot": lambda d: IdentifySlot(d.get("shard_id")),
 }
 #: Every event a worker (or an admin) may send: the names of §5.
 REQUEST_EVENTS = frozenset({*_PARSERS, "health_check"})

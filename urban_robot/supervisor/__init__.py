@@ -40,6 +40,7 @@ from ._events import (
     HealthReport as HealthReport,
     Heartbeat as Heartbeat,
     Identified as Identified,
+    IdentifyAsked as IdentifyAsked,
     Kill as Kill,
     Notify as Notify,
     Persist as Persist,
@@ -77,6 +78,7 @@ from ._roles import TRANSITIONS as TRANSITIONS, Role as Role, RoleError as RoleE
 from ._service import UrbanRobot as UrbanRobot
 from ._snapshot import (
     FailureView as FailureView,
+    GroupView as GroupView,
     LeaseView as LeaseView,
     Snapshot as Snapshot,
     WorkerView as WorkerView,

@@ -25,6 +25,8 @@ class Connected:
     generation: int | None = None
     # What the process manager started it from, for the reasons people read ("deploy 747c50f12ab3"); None: unknown.
     release: str | None = None
+    # The shard group (index in the plan, docs/protocol.md §18) the process manager spawned it for; 0 unsharded.
+    group: int = 0
 
 
 @attrs.frozen
@@ -107,6 +109,7 @@ class Frozen:
 
     identity: str
     seen: float | None = None
+    group: int = 0  # the shard group it was spawned for
 
 
 @attrs.frozen
@@ -120,6 +123,7 @@ class ProcessExited:
     candidate: bool = False
     uptime: float | None = None  # seconds it lived (None: unknown, e.g. adopted)
     tail: tuple[str, ...] = ()  # the last lines of its output, secrets redacted, control characters escaped
+    group: int = 0  # the shard group it was spawned for (its replacement is that group's)
 
 
 @attrs.frozen
@@ -144,6 +148,7 @@ class RetireOlder:
     """Generation ``generation`` runs now: shut down (and replace) standbys of older code."""
 
     generation: int
+    group: int | None = None  # in this shard group only (a rolling deploy); None: every group
 
 
 @attrs.frozen
@@ -165,6 +170,7 @@ class CandidateStarted:
     identity: str
     generation: int
     timeout: float  # seconds from now (core time) until "no verdict in time"
+    group: int = 0  # the shard group it was spawned for (a rolling deploy goes group by group)
 
 
 @attrs.frozen
@@ -175,6 +181,14 @@ class Stopping:
     """
 
     reason: str
+
+
+@attrs.frozen
+class IdentifyAsked:
+    """A sharded worker asks for a slot to IDENTIFY ``shard_id`` (docs/protocol.md §18.3)."""
+
+    sid: str
+    shard_id: int
 
 
 Event = (
@@ -198,6 +212,7 @@ Event = (
     | RollbackFinished
     | CandidateStarted
     | Stopping
+    | IdentifyAsked
 )
 
 
@@ -269,11 +284,13 @@ class PersistCache:
     # A hand-over's final cache is acknowledged at once: it also goes to the successor before it processes.
     # Any other accepted cache is acknowledged only once it is on disk (or writing it failed, loudly).
     final: bool = False
+    group: int = 0  # whose cache: each shard group keeps its own
 
 
 @attrs.frozen
 class Spawn:
     reason: str
+    group: int = 0  # the shard group the new worker is for
 
 
 @attrs.frozen
@@ -284,6 +301,7 @@ class TopUp:
     """
 
     reason: str
+    group: int | None = None  # that shard group's workers only; None: every group's
 
 
 @attrs.frozen
@@ -296,6 +314,7 @@ class RollBack:
     version: str | None = None
     generation: int | None = None
     detail: str = ""  # what failed, for people: "failing: modules.music; 50% healthy, 100% needed"
+    group: int = 0
 
 
 @attrs.frozen
@@ -322,6 +341,7 @@ class Verdict:
     outcome: str
     detail: str = ""
     times: tuple[tuple[str, float], ...] = ()
+    group: int = 0  # the candidate's shard group
 
     @property
     def promoted(self) -> bool:
@@ -338,6 +358,7 @@ class RoleChanged:
     new: str
     epoch: int | None = None
     reason: str = ""
+    group: int = 0  # the worker's shard group (0: the only one, unsharded)
 
 
 Action = (

@@ -28,6 +28,7 @@ class WorkerView:
     gateway: bool | None  # its Discord Gateway as last reported (None: never said)
     gateway_down_for: float | None
     cache_current: bool  # it holds the supervisor's newest cache
+    group: int = 0  # its shard group (index in ``Snapshot.groups``)
 
 
 @attrs.frozen
@@ -52,6 +53,27 @@ class FailureView:
 
 
 @attrs.frozen
+class GroupView:
+    """One shard group (docs/protocol.md §18): its own lease, epoch sequence, standbys and cache.
+
+    Unsharded there is one, named ``"all shards"``, holding what the top-level fields say.
+    """
+
+    index: int
+    name: str  # "shards 0-3", "shard 4": stable across restarts (its ids only)
+    shard_ids: tuple[int, ...]  # empty when unsharded
+    epoch: int
+    lease: LeaseView | None
+    running: str | None  # the connected holder's identity
+    standbys: int  # approved standbys that may be promoted now
+    workers: int  # its connected workers, in any role
+    waiting_for: str | None
+    health_line: str
+    cache_age: float | None
+    cache_bytes: int | None
+
+
+@attrs.frozen
 class Snapshot:
     at: float  # core time
     epoch: int
@@ -65,6 +87,10 @@ class Snapshot:
     health_line: str  # the bot's health in one line (systemd's STATUS=)
     cache_age: float | None  # since the kept cache was accepted
     cache_bytes: int | None  # the kept cache's entries, as the worker encoded them
+    # Every shard group, in order (one when unsharded: what the fields above say). With several, the fields
+    # above (epoch, lease, waiting_for, cache) are group 0's; ``workers`` and ``health_line`` are everyone's.
+    groups: tuple[GroupView, ...] = ()
+    shard_count: int | None = None  # None: unsharded
 
     @property
     def running(self) -> WorkerView | None:
