@@ -35,6 +35,7 @@ def worker_options(tmp_path: Path, settings: Settings = QUICK, **overrides: Any)
     """``Options`` for a supervisor of real ``WORKER`` processes in ``tmp_path`` (bot/, state/), any free port."""
     (tmp_path / "bot").mkdir(exist_ok=True)
     fields: dict[str, Any] = {"helium_path": tmp_path / "bot", "state_dir": tmp_path / "state", "port": 0}
+    fields["discord_api_url"] = "http://127.0.0.1:9/api/v10"  # never Discord's: nothing listens there (refused)
     return Options(**({"settings": settings, "command": WORKER} | fields | overrides))
 
 

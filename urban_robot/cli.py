@@ -28,7 +28,8 @@ import httpx
 import trio
 
 from .logs import escape_controls, printable
-from .supervisor import RunAsError, StateError, check_private, log_identity, read_private
+from .protocol import ShardError
+from .supervisor import NotifyError, RunAsError, StateError, check_private, log_identity, read_private
 
 __all__ = [
     "ADMIN_TOKEN_FILE",
@@ -134,7 +135,7 @@ def explain_error(exc: BaseException, address: str) -> str | None:
             if found is not None:
                 return found
         return None
-    if isinstance(exc, StateError | RunAsError):
+    if isinstance(exc, StateError | RunAsError | NotifyError | ShardError):
         return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return f"cannot listen on {address}: {exc.strerror}; pick another --port"

@@ -35,6 +35,7 @@ from typing import Any
 import attrs
 
 from ._errors import UrbanRobotError
+from .protocol import MAX_SHARDS
 from .supervisor import DISCORD_API, WEBHOOK_ENV, ChildPolicy, DiscordWebhook, NotifyError, Options, Settings
 
 log = logging.getLogger("urban_robot.config")
@@ -147,6 +148,17 @@ _non_negative_seconds = _number(0.0, None, low_open=False, expected="a number of
 def _poll_interval(value: Any, cwd: Path) -> float | None:
     seconds = _number(0.0, None, low_open=False, expected="a number of seconds >= 0 (0 = off)")(value, cwd)
     return seconds or None
+
+
+def _shard_count(value: Any, cwd: Path) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _integer(1, MAX_SHARDS)(value, cwd)
+    except _Invalid:
+        raise _Invalid(
+            f'expected "auto" (Discord\'s recommended count) or an integer 1-{MAX_SHARDS}, {_got(value)}'
+        ) from None
 
 
 def _boolean(value: Any, cwd: Path) -> bool:
@@ -324,6 +336,20 @@ KEYS: tuple[Key, ...] = (
         "bytes of the largest cache kept (as the worker encoded it); a larger sync is refused",
     ),
     Key("standbys", "URBAN_ROBOT_STANDBYS", _integer(0, None), 1, "warm standby workers besides the running one"),
+    Key(
+        "shard_count",
+        "URBAN_ROBOT_SHARD_COUNT",
+        _shard_count,
+        None,
+        "a sharded bot's shard count, or \"auto\" (Discord's recommended one); unset: the bot decides, one group",
+    ),
+    Key(
+        "shards_per_worker",
+        "URBAN_ROBOT_SHARDS_PER_WORKER",
+        _integer(1, MAX_SHARDS),
+        None,
+        "shards one worker process runs (a shard group, with its own running worker and standbys); unset: all",
+    ),
     Key("branch", "URBAN_ROBOT_BRANCH", _string, "main", "the git branch that is deployed"),
     Key(
         "poll_interval",
@@ -744,6 +770,8 @@ def _table(key: Key, layers: list[Layer], cwd: Path, problems: list[str]) -> Any
 def _check_together(values: Mapping[str, Any], problems: list[str]) -> None:
     if values["helium_path"] is not None and values["secrets.bot_token"] is None:
         problems.append("secrets.bot_token: required to supervise helium_path; set BOT_TOKEN (environment or .env)")
+    if values["shards_per_worker"] is not None and values["shard_count"] is None:
+        problems.append('shards_per_worker: set shard_count too (a number, or "auto")')
     if values["workers.group"] is not None and values["workers.user"] is None:
         problems.append("workers.group: set workers.user too (the group goes with the user children run as)")
     if values["notify.channel"] is not None and values["notify.dm"] is not None:
@@ -797,6 +825,8 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         port=values["port"],
         allowed_hosts=values["allowed_hosts"],
         standbys=values["standbys"],
+        shard_count=values["shard_count"],
+        shards_per_worker=values["shards_per_worker"],
         branch=values["branch"],
         webhook_secret=secret.encode() if secret is not None else None,
         require_deploy_tag=values["require_deploy_tag"],

@@ -41,6 +41,7 @@ from ._events import (
     Heartbeat as Heartbeat,
     Identified as Identified,
     IdentifyAsked as IdentifyAsked,
+    IdentifyLimit as IdentifyLimit,
     Kill as Kill,
     Notify as Notify,
     Persist as Persist,

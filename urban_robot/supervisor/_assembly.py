@@ -36,6 +36,7 @@ import attrs
 import httpx
 import trio
 
+from ..protocol import SessionStartLimit, ShardError, ShardPlan
 from ._api import admin_route
 from ._auth import Credentials
 from ._bus import Bus, Handled, ViewsChanged
@@ -48,6 +49,7 @@ from ._events import (
     CheckFrozen,
     Close,
     Event,
+    IdentifyLimit,
     Kill,
     Notify,
     RollBack,
@@ -59,7 +61,7 @@ from ._events import (
     Verdict,
 )
 from ._git import Git
-from ._notify import DISCORD_API, DiscordLogHandler, DiscordWebhook, Notifier
+from ._notify import DISCORD_API, DiscordLogHandler, DiscordWebhook, Notifier, NotifyError, gateway_bot
 from ._service import UrbanRobot
 from ._status import StatusTracker, install_status_routes
 from ._store import StateStore
@@ -98,6 +100,10 @@ class Options:
     workers_user: str | None = None  # run children as this user (the supervisor must be root)
     workers_group: str | None = None  # ... and group (default: the user's own)
     log_dir: Path | None = None  # the workers' log files (default: <helium_path>/log)
+    # A sharded bot (docs/protocol.md §18): its shard count ("auto": Discord's recommended one, GET /gateway/bot),
+    # and how many shards one worker runs (None: all of them, one group: the unsharded supervisor).
+    shard_count: int | Literal["auto"] | None = None
+    shards_per_worker: int | None = None
 
 
 @attrs.frozen
@@ -169,6 +175,7 @@ class App:
                     await nursery.start(self.notifier.run)
                     bridge = DiscordLogHandler(self.notifier, options.discord_log_level)
                     logging.getLogger().addHandler(bridge)
+                await self._learn_shards(nursery)  # the plan first: survivors are adopted into their shard groups
                 self.children.admit_survivors()  # their secrets valid before anyone can reconnect
                 port = await nursery.start(self.robot.run, options.host, options.port)
                 self.url = f"http://{options.host}:{port}"
@@ -190,6 +197,58 @@ class App:
             with trio.CancelScope(shield=True):
                 await self.http.aclose()
             self.store.unlock()
+
+    async def _learn_shards(self, nursery: trio.Nursery) -> None:
+        """A sharded bot: its plan and Discord's IDENTIFY limits (GET /gateway/bot, with the bot's token).
+
+        ``auto`` needs Discord's answer before anything starts; a number of shards does not: the workers start at
+        once, one IDENTIFY per 5 s (the least Discord allows), and Discord's own limit applies once it answers."""
+        options = self.options
+        if options.shard_count is None:
+            return
+        if options.shard_count != "auto":
+            self._say_plan(self.robot.plan, None)
+            nursery.start_soon(self._learn_identify_limit)
+            return
+        try:
+            gateway = await gateway_bot(options.settings.token, client=self.http, base_url=options.discord_api_url)
+        except (NotifyError, ShardError) as exc:
+            raise NotifyError(
+                f"shard_count = auto: cannot learn Discord's recommended shard count ({exc}); "
+                "set shard_count to a number"
+            ) from None
+        plan = ShardPlan(gateway.shards, options.shards_per_worker or gateway.shards)
+        self.robot.use_plan(plan, gateway.session_start_limit)
+        self.children.use_plan(plan)
+        self._say_plan(plan, gateway.session_start_limit)
+
+    async def _learn_identify_limit(self) -> None:
+        options = self.options
+        try:
+            gateway = await gateway_bot(options.settings.token, client=self.http, base_url=options.discord_api_url)
+        except (NotifyError, ShardError) as exc:
+            log.warning("cannot learn Discord's max_concurrency (%s): one shard identifies per 5 s", exc)
+            return
+        if gateway.shards > self.robot.plan.shard_count:
+            log.warning(
+                "Discord recommends %d shards, shard_count is %d: Discord closes a bot with too few shards (4011)",
+                gateway.shards,
+                self.robot.plan.shard_count,
+            )
+        await self.robot.submit(IdentifyLimit(gateway.session_start_limit))
+        self._say_plan(self.robot.plan, gateway.session_start_limit)
+
+    @staticmethod
+    def _say_plan(plan: ShardPlan, limit: SessionStartLimit | None) -> None:
+        log.info(
+            "%d shards in %d groups of %d%s",
+            plan.shard_count,
+            len(plan.groups),
+            plan.shards_per_worker,
+            f"; Discord allows {limit.max_concurrency} IDENTIFY per 5 s, {limit.remaining} session starts left"
+            if limit is not None
+            else "",
+        )
 
     async def _stop(self) -> None:
         """Ask every worker to shut down, wait for their exits (SIGTERM, then SIGKILL, the ones that stay), keep
@@ -230,6 +289,9 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
         store.secret_key(), admin_token=options.admin_token, worker_secrets=dict(options.worker_secrets)
     )
     bus = Bus()
+    # A number of shards is known now; "auto" asks Discord when the App runs (``App._learn_shards``).
+    count = options.shard_count if isinstance(options.shard_count, int) else 1
+    plan = ShardPlan(count, options.shards_per_worker or count)
     robot = UrbanRobot(
         options.settings,
         store,
@@ -237,6 +299,7 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
         bus=bus,
         allowed_hosts=(options.host, *options.allowed_hosts),
         blocking_io=seams.blocking_io,
+        plan=plan,
     )
     children = Children(
         robot,
@@ -249,6 +312,7 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
         may_spawn=lambda: robot.snapshot().spawning,  # a spawn that waited out its back-off may still start?
         launch=seams.launch,
         blocking_io=seams.blocking_io,
+        plan=plan,
     )
     deployer = Deployer(
         robot,
@@ -267,10 +331,10 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
 
     # -- who hears what: every subscription of a supervisor ------------------------------------------
     if seams.on_spawn == "top up":
-        bus.subscribe(Spawn, lambda spawn: children.top_up(spawn.reason))
+        bus.subscribe(Spawn, lambda spawn: children.top_up(spawn.reason, group=spawn.group))
     else:
-        bus.subscribe(Spawn, lambda spawn: children.spawn(spawn.reason))
-    bus.subscribe(TopUp, lambda top_up: children.top_up(top_up.reason, at_once=True))
+        bus.subscribe(Spawn, lambda spawn: children.spawn(spawn.reason, group=spawn.group))
+    bus.subscribe(TopUp, lambda top_up: children.top_up(top_up.reason, at_once=True, group=top_up.group))
     for kind in (Send, Close, Kill, CheckFrozen):
         bus.subscribe(kind, children.on_action)  # who was asked to go; fenced children killed; stops probed
     bus.subscribe(Verdict, deployer.on_action)

@@ -32,6 +32,7 @@ class Identity:
     admin: bool = False
     generation: int | None = None  # a child's: the generation its spawn was bound with (it outranks its own claim)
     release: str | None = None  # a child's: what it runs ("deploy 747c50f12ab3"), for reasons
+    group: int = 0  # a child's: the shard group it was spawned for (0: the only one, unsharded)
 
 
 @attrs.define(eq=False)
@@ -42,16 +43,22 @@ class Credentials:
     # identity -> nonce of each child spawn the supervisor has now (started or adopted): only these get in
     _spawns: dict[str, str] = attrs.field(factory=dict, init=False, repr=False)
     # identity -> (generation, release) of that spawn: a verified child's Identity carries them
-    _spawned_as: dict[str, tuple[int | None, str | None]] = attrs.field(factory=dict, init=False, repr=False)
+    _spawned_as: dict[str, tuple[int | None, str | None, int]] = attrs.field(factory=dict, init=False, repr=False)
 
     def bind(
-        self, identity: str, nonce: str | None = None, *, generation: int | None = None, release: str | None = None
+        self,
+        identity: str,
+        nonce: str | None = None,
+        *,
+        generation: int | None = None,
+        release: str | None = None,
+        group: int = 0,
     ) -> str:
         """Make ``identity``'s spawn (with ``nonce``: an adopted one's, from the registry; else a fresh one) the one
         whose secret is valid, and return that secret. Any earlier secret of ``identity`` is refused from now on.
         ``generation`` and ``release`` are what the process manager spawned it as: its verified Identity says so."""
         self._spawns[identity] = nonce if nonce is not None else secrets.token_hex(16)
-        self._spawned_as[identity] = (generation, release)
+        self._spawned_as[identity] = (generation, release, group)
         return self.child_secret(identity)
 
     def revoke(self, identity: str) -> None:
@@ -89,8 +96,8 @@ class Credentials:
         if nonce is None:
             return None  # not a child the supervisor has now: exited, never spawned, or not adopted
         if hmac.compare_digest(secret.encode(), self.secret_for(identity, nonce).encode()):
-            generation, release = self._spawned_as.get(identity, (None, None))
-            return Identity(identity, generation=generation, release=release)
+            generation, release, group = self._spawned_as.get(identity, (None, None, 0))
+            return Identity(identity, generation=generation, release=release, group=group)
         return None
 
 

@@ -51,6 +51,7 @@ import trio
 
 from .._errors import UrbanRobotError
 from ..logs import read_tail
+from ..protocol import ShardPlan
 from ._events import CheckFrozen, Close, Frozen, Kill, ProcessExited, Send
 from ._store import atomic_write, read_private
 
@@ -153,6 +154,7 @@ class Child:
     nonce: str | None = attrs.field(default=None, repr=False)  # its spawn's, binding its secret (children.json)
     uid: int = attrs.Factory(os.getuid)  # the user it runs as
     pidfd: int | None = None  # an adopted child's, opened after it was verified: signals reach it and no other
+    group: int = 0  # the shard group it runs (0: the only one, unsharded)
 
 
 def start_ticks(pid: int) -> int | None:
@@ -213,6 +215,7 @@ class Children:
         run_as: RunAs | None = None,
         may_spawn: Callable[[], bool] = lambda: True,
         blocking_io: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+        plan: ShardPlan | None = None,
     ) -> None:
         self.robot = robot
         self.command = list(command)
@@ -227,7 +230,9 @@ class Children:
         self.run_as = run_as
         self.children: dict[str, Child] = {}
         self.asked: set[str] = set()  # children asked to stop: their exit is no crash
-        self.target = 0  # how many children run() keeps (one running + the hot standbys)
+        self.target = 0  # how many children run() keeps per shard group (one running + the hot standbys)
+        self.plan = plan if plan is not None else ShardPlan.unsharded()
+        self.groups = len(self.plan.groups)  # shard groups: each has its own ``target`` children (1 unsharded)
         # When this manager stops: stop the children (default), or leave them to the next supervisor.
         self.keep_running = False
         self.stopping = False  # stop_all() has begun: nothing new starts
@@ -242,12 +247,17 @@ class Children:
         # (when, back-off) of the last spawns: how long restarts were held back (the deploy benchmark reads it)
         self.delays: collections.deque[tuple[float, float]] = collections.deque(maxlen=100)
         self._nonces: dict[str, str] = {}  # identity -> its spawn's nonce, as long as its log is named: to redact
-        self._waiting: dict[str, tuple[int, trio.CancelScope]] = {}  # spawns in their back-off: generation, scope
+        # spawns in their back-off: generation, shard group, scope
+        self._waiting: dict[str, tuple[int, int, trio.CancelScope]] = {}
         self._numbers = itertools.count(1)
         # Unique across supervisor restarts: a new child must never share a surviving child's identity.
         self._boot = secrets.token_hex(3)
         self._nursery: trio.Nursery | None = None
         self._survivors: list[Child] | None = None  # verified and admitted, not yet adopted (admit_survivors)
+
+    def use_plan(self, plan: ShardPlan) -> None:
+        """Run ``plan``'s shard groups (``target`` children each): before ``run`` and ``admit_survivors``."""
+        self.plan, self.groups = plan, len(plan.groups)
 
     @property
     def processes(self) -> dict[str, Child]:
@@ -271,9 +281,11 @@ class Children:
 
     async def _manage(self, nursery: trio.Nursery, count: int, task_status: trio.TaskStatus[None]) -> None:
         self.target = count
-        adopted = self._adopt_survivors()
-        for _ in range(max(0, count - adopted)):
-            self.spawn("start-up")
+        self._adopt_survivors()
+        for group in range(self.groups):  # group by group: each group's first worker before any group's second
+            adopted = sum(1 for child in self.children.values() if child.group == group)
+            for _ in range(max(0, count - adopted)):
+                self.spawn("start-up", group=group)
         nursery.start_soon(self._watch_stops)
         task_status.started()
         await trio.sleep_forever()
@@ -291,7 +303,7 @@ class Children:
                     seen.discard(identity)
                 elif identity not in seen:
                     seen.add(identity)
-                    await self.robot.submit(Frozen(identity, seen=trio.current_time()))
+                    await self.robot.submit(Frozen(identity, seen=trio.current_time(), group=child.group))
             seen &= set(self.children)
 
     def spawn(
@@ -302,8 +314,9 @@ class Children:
         cwd: Path | None = None,
         backoff: bool = True,
         release: str | None = None,
+        group: int = 0,
     ) -> str:
-        """Start one more child (after the current backoff); returns its identity.
+        """Start one more child for shard group ``group`` (after the current backoff); returns its identity.
 
         ``cwd`` runs it from another directory (a deploy's release) than the usual one;
         ``backoff=False`` starts it at once (a deploy's candidate is no restart); ``release`` says what it runs.
@@ -318,24 +331,34 @@ class Children:
         log.info("spawning %s (%s)%s", identity, reason, f" in {delay:.1f}s" if delay else "")
         try:
             self._nursery.start_soon(
-                self._child, identity, generation or self.generation, delay, cwd or self.cwd, release or self.release
+                self._child,
+                identity,
+                generation or self.generation,
+                delay,
+                cwd or self.cwd,
+                release or self.release,
+                group,
             )
         except RuntimeError:  # the manager is shutting down: nothing new starts
             log.info("not spawning %s: shutting down", identity)
         return identity
 
-    def top_up(self, reason: str, *, at_once: bool = False) -> None:
-        """Spawn children of the current generation until there are ``target`` of it (counting those waiting
-        out a back-off). ``at_once`` (``try_again``): the back-off reset, the waiting ones started now instead."""
+    def top_up(self, reason: str, *, at_once: bool = False, group: int | None = None) -> None:
+        """Spawn children of the current generation until each shard group (``group``: that one only) has
+        ``target`` of it (counting those waiting out a back-off). ``at_once`` (``try_again``): the back-off reset,
+        the waiting ones started now instead."""
+        groups = range(self.groups) if group is None else [group]
         if at_once:
             self.quick_deaths = 0
-            for _generation, scope in self._waiting.values():
-                scope.cancel()  # replaced just below, without the wait
-            self._waiting.clear()
-        current = sum(1 for child in self.children.values() if child.generation == self.generation)
-        current += sum(1 for generation, _ in self._waiting.values() if generation == self.generation)
-        for _ in range(self.target - current):
-            self.spawn(reason, backoff=not at_once)
+            for identity, (_generation, in_group, scope) in list(self._waiting.items()):
+                if in_group in groups:
+                    scope.cancel()  # replaced just below, without the wait
+                    del self._waiting[identity]
+        for g in groups:
+            current = sum(1 for c in self.children.values() if c.generation == self.generation and c.group == g)
+            current += sum(1 for gen, in_g, _ in self._waiting.values() if gen == self.generation and in_g == g)
+            for _ in range(self.target - current):
+                self.spawn(reason, backoff=not at_once, group=g)
 
     def backoff(self) -> float:
         now = trio.current_time()
@@ -366,10 +389,12 @@ class Children:
         )
         return env
 
-    async def _child(self, identity: str, generation: int, delay: float, cwd: Path, release: str | None) -> None:
+    async def _child(
+        self, identity: str, generation: int, delay: float, cwd: Path, release: str | None, group: int = 0
+    ) -> None:
         if delay:
             with trio.CancelScope() as waiting:
-                self._waiting[identity] = (generation, waiting)
+                self._waiting[identity] = (generation, group, waiting)
                 await trio.sleep(delay)
             self._waiting.pop(identity, None)
             if waiting.cancelled_caught:
@@ -385,7 +410,7 @@ class Children:
             log.error("cannot open a log file for %s in %s: %s; its output is lost", identity, self.log_dir, exc)
             output = subprocess.DEVNULL
         # A fresh nonce: this spawn's secret, no earlier one's; its Identity says what we spawned it as.
-        self.robot.credentials.bind(identity, generation=generation, release=release)
+        self.robot.credentials.bind(identity, generation=generation, release=release, group=group)
         try:
             process = await self.launch(
                 self.command,
@@ -403,7 +428,8 @@ class Children:
             candidate = generation > self.generation
             if not candidate:  # as in _exited: a failed candidate is new code failing, not the running code crashing
                 self.quick_deaths += 1
-            await self.robot.submit(ProcessExited(identity, None, candidate=candidate, uptime=0.0))  # as any exit
+            exited = ProcessExited(identity, None, candidate=candidate, uptime=0.0, group=group)  # as any exit
+            await self.robot.submit(exited)
             return
         finally:
             if output is not subprocess.DEVNULL:
@@ -419,6 +445,7 @@ class Children:
             release,
             nonce=self.robot.credentials.nonce(identity),
             uid=self.run_as.uid if self.run_as is not None else os.getuid(),
+            group=group,
         )
         self._record(child)
         try:
@@ -441,7 +468,9 @@ class Children:
         log.info("%s (pid %s) exited with %s after %.1fs", child.identity, child.pid, returncode, uptime)
         try:
             lived = uptime if child.process is not None else None  # an adopted child started before we saw it
-            exited = ProcessExited(child.identity, returncode, candidate=candidate, uptime=lived, tail=tail)
+            exited = ProcessExited(
+                child.identity, returncode, candidate=candidate, uptime=lived, tail=tail, group=child.group
+            )
             await self.robot.submit(exited)
         finally:
             self._save_registry()
@@ -587,7 +616,9 @@ class Children:
                 if child is None:
                     continue
                 # Its secret, and only its, is valid again; the generation and release it was spawned with, too.
-                self.robot.credentials.bind(identity, child.nonce, generation=child.generation, release=child.release)
+                self.robot.credentials.bind(
+                    identity, child.nonce, generation=child.generation, release=child.release, group=child.group
+                )
                 self._survivors.append(child)
         return len(self._survivors)
 
@@ -638,6 +669,11 @@ class Children:
         child = Child(identity, pid, generation, trio.current_time(), ticks, log=log_name, nonce=nonce, pidfd=pidfd)
         child.release = release if isinstance(release, str) else None
         child.uid = expected_uid
+        group, shards = info.get("group", 0), info.get("shards", self._shards_name(0))
+        if not isinstance(group, int) or not 0 <= group < self.groups or shards != self._shards_name(group):
+            os.close(pidfd)  # it ran shards of another plan: a group of this one may be served by another now
+            return self._drop(identity, info, f"it ran {shards!r} of another shard plan")
+        child.group = group
         return child
 
     @staticmethod
@@ -733,10 +769,16 @@ class Children:
                 "release": c.release,
                 "nonce": c.nonce,
                 "uid": c.uid,
+                "group": c.group,
+                "shards": self._shards_name(c.group),
             }
             for c in self.children.values()
         }
         return json.dumps(data, sort_keys=True).encode()
+
+    def _shards_name(self, group: int) -> str:
+        """What group ``group`` runs, as the registry keeps it: "all shards" unsharded, else "shards 0-3"."""
+        return self.plan.groups[group].name if self.plan.sharded else "all shards"
 
     def _log_file(self, identity: str) -> Any:
         if self.log_dir is None:

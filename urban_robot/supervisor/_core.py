@@ -67,6 +67,7 @@ from ..protocol import (
     CacheImage,
     CacheSync as CacheSyncMessage,
     MalformedMessage,
+    ShardGroup,
 )
 from ._events import (
     Action,
@@ -106,7 +107,7 @@ from ._events import (
     WorkerFailed,
 )
 from ._roles import Role, RoleError, Trigger, next_role
-from ._snapshot import FailureView, LeaseView, Snapshot, WorkerView
+from ._snapshot import FailureView, GroupView, LeaseView, Snapshot, WorkerView
 
 STATE_VERSION = 1
 # What a worker says (the §5 events): each one proves it alive. Connected starts its clock.
@@ -231,6 +232,15 @@ class Lease:
     fence_at: float = math.inf
 
 
+@attrs.define(eq=False)
+class Common:
+    """What every shard group's core shares (``_fleet``): one bot, one code line, one sanity."""
+
+    is_sane: bool = True
+    last_known_good_hash: str | None = None
+    losses: list[float] = attrs.Factory(list)  # when worker processes exited unasked (crash-loop detection)
+
+
 @attrs.define
 class Trial:
     """The deploy candidate awaiting its ``Verdict`` (``CandidateStarted``): at most one at a time."""
@@ -263,19 +273,24 @@ class Supervisor:
         cache: CacheImage | None = None,
         now: float = 0.0,
         new_token: Callable[[], str] = lambda: secrets.token_hex(16),
+        group: ShardGroup | None = None,
+        shard_count: int | None = None,
+        common: Common | None = None,
     ) -> None:
         self.settings = settings
         self._new_token = new_token
+        # A shard group's core (``_fleet``): None unsharded. Its workers run ``group.ids`` of ``shard_count``.
+        self.group = group
+        self.shard_count = shard_count if group is not None else None
+        self.index = group.index if group is not None else 0
+        self.common = common if common is not None else Common()
         self.clients: dict[str, Worker] = {}
         self.admins: set[str] = set()
         self.cache: CacheImage | None = cache
         self.cache_age: float | None = None
         self.cache_seq = 1 if cache is not None else 0
         self.epoch = 0
-        self.is_sane = True
-        self.last_known_good_hash: str | None = None
         self.lease: Lease | None = None
-        self.losses: list[float] = []  # when worker processes exited unasked (crash-loop detection)
         self.leaving: set[str] = set()  # identities WE asked to shut down: their exit is neither counted nor replaced
         self.quitting: set[str] = set()  # identities that said shutdown unasked: replaced, not counted
         self.failures: dict[str, Failure] = {}  # the last failure per kind of worker (``kind``)
@@ -286,6 +301,31 @@ class Supervisor:
         self.rejected: dict[str, str] = {}
         if state:
             self._restore(state, now)
+
+    # -- shared by every shard group (``Common``) ---------------------------------------
+    @property
+    def is_sane(self) -> bool:
+        return self.common.is_sane
+
+    @is_sane.setter
+    def is_sane(self, value: bool) -> None:
+        self.common.is_sane = value
+
+    @property
+    def last_known_good_hash(self) -> str | None:
+        return self.common.last_known_good_hash
+
+    @last_known_good_hash.setter
+    def last_known_good_hash(self, value: str | None) -> None:
+        self.common.last_known_good_hash = value
+
+    @property
+    def losses(self) -> list[float]:
+        return self.common.losses
+
+    @losses.setter
+    def losses(self, value: list[float]) -> None:
+        self.common.losses = value
 
     # -- the seeds' views --------------------------------------------------------------
     @property
@@ -337,6 +377,7 @@ class Supervisor:
                     gateway=w.gateway,
                     gateway_down_for=None if w.gateway_down_since is None else now - w.gateway_down_since,
                     cache_current=self.cache is not None and w.cache_seq == self.cache_seq,
+                    group=self.index,
                 )
                 for w in self.clients.values()
             ),
@@ -344,6 +385,35 @@ class Supervisor:
                 FailureView(kind, f.identity, f.generation, f.version, f.reason, f.hint, now - f.at)
                 for kind, f in sorted(self.failures.items(), key=lambda item: item[1].at)
             ),
+            waiting_for=self.waiting_for(now),
+            health_line=self.health_line(now),
+            cache_age=None if self.cache_age is None else now - self.cache_age,
+            cache_bytes=None if self.cache is None else self.cache.size,
+            groups=(self.group_view(now),),
+            shard_count=self.shard_count,
+        )
+
+    @property
+    def name(self) -> str:
+        """The shard group's name ("shards 0-3"), "all shards" unsharded."""
+        return self.group.name if self.group is not None else "all shards"
+
+    def group_view(self, now: float) -> GroupView:
+        lease = self.lease
+        holder = self.clients.get(lease.sid) if lease is not None and lease.sid is not None else None
+        return GroupView(
+            index=self.index,
+            name=self.name,
+            shard_ids=tuple(self.group.ids) if self.group is not None else (),
+            epoch=self.epoch,
+            lease=None
+            if lease is None
+            else LeaseView(
+                lease.identity, lease.sid, lease.epoch, lease.confirmed, lease.stopping, max(0.0, lease.expires - now)
+            ),
+            running=holder.identity if holder is not None and lease is not None and not lease.stopping else None,
+            standbys=sum(1 for w in self.clients.values() if self._candidate(w)),
+            workers=sum(1 for w in self.clients.values() if w.role is not Role.GONE),
             waiting_for=self.waiting_for(now),
             health_line=self.health_line(now),
             cache_age=None if self.cache_age is None else now - self.cache_age,
@@ -448,7 +518,7 @@ class Supervisor:
         new = next_role(w.role, trigger)
         if new is not w.role:
             epoch = self.lease.epoch if self.lease is not None and self.lease.sid == w.sid else None
-            out.append(RoleChanged(w.sid, w.identity, w.role.value, new.value, epoch, reason))
+            out.append(RoleChanged(w.sid, w.identity, w.role.value, new.value, epoch, reason, self.index))
             w.role = new
 
     def _worker(self, sid: str) -> Worker:
@@ -612,7 +682,8 @@ class Supervisor:
             assert lease is not None
             if lease.sid is not None and lease.sid in self.clients:
                 stale = self.clients.pop(lease.sid)  # its own earlier connection: no loss, no alarm
-                out.append(RoleChanged(stale.sid, stale.identity, stale.role.value, Role.GONE.value, None, "replaced"))
+                gone = Role.GONE.value
+                out.append(RoleChanged(stale.sid, stale.identity, stale.role.value, gone, None, "replaced", self.index))
                 out.append(Close(stale.sid, "replaced by a newer connection"))
             lease.sid = w.sid
             lease.fence_at = math.inf  # back in time
@@ -621,6 +692,9 @@ class Supervisor:
             hello["process_commands"] = True
             hello["epoch"] = lease.epoch
             self._ran_fine(w)
+        if self.group is not None:  # §18.3: the shards it runs (a v1 worker of an unsharded bot never sees these)
+            hello["shards"] = list(self.group.ids)
+            hello["shard_count"] = self.shard_count
         if warning:
             hello["warning"] = warning  # a v1 worker ignores keys it does not know; a person reading its log won't
         out.append(Reply(hello))
@@ -737,7 +811,7 @@ class Supervisor:
             return  # a deploy's candidate: its verdict is the one word on it (the deployer rolls back on it)
         holder = self.clients.get(self.lease.sid) if self.lease is not None and self.lease.sid else None
         if holder is None or self._newness(w) > self._newness(holder):
-            out.append(RollBack(reason, w.version, w.generation, detail))  # new code failed: go back
+            out.append(RollBack(reason, w.version, w.generation, detail, self.index))  # new code failed: go back
 
     def _failing_cogs(self, report: Any, reason: str) -> str:
         """`` (failing: modules.music, modules.x; missing vital: modules.utilities)`` from a well-formed report."""
@@ -797,7 +871,7 @@ class Supervisor:
         if self.lease.stopping:
             self.lease.final_cache = True
         out.append(Reply({"accepted": True}))
-        out.append(PersistCache(image, change, base, self.cache_seq, now, final=self.lease.stopping))
+        out.append(PersistCache(image, change, base, self.cache_seq, now, final=self.lease.stopping, group=self.index))
         cut: dict[bool, list[CacheSyncMessage]] = {}  # the parts, made once and only if someone gets them
         for other in self.clients.values():
             if other.role in (Role.STANDBY, Role.CHECKING):
@@ -879,7 +953,7 @@ class Supervisor:
                 self._count_loss(e, now, out)
             if self.settings.spawn_workers and self.is_sane:
                 how = "it shut down by itself" if by_itself else f"exited ({e.returncode})"
-                out.append(Spawn(f"replace {e.identity}: {how}"))
+                out.append(Spawn(f"replace {e.identity}: {how}", self.index))
         if self.lease is not None and self.lease.identity == e.identity:
             # Proof: nothing runs in a dead process.
             why = self.lease.reason if self.lease.stopping and self.lease.reason else ""
@@ -986,7 +1060,7 @@ class Supervisor:
         if trial is None or trial.identity != identity:
             return False
         self.trial = None
-        out.append(Verdict(identity, trial.generation, outcome, detail, tuple(trial.times.items())))
+        out.append(Verdict(identity, trial.generation, outcome, detail, tuple(trial.times.items()), self.index))
         if outcome != "promoted" and not gone:
             self.rejected[identity] = detail
             for w in [w for w in self.clients.values() if w.identity == identity]:

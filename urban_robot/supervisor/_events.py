@@ -191,6 +191,13 @@ class IdentifyAsked:
     shard_id: int
 
 
+@attrs.frozen
+class IdentifyLimit:
+    """Discord's session start limit, learnt (GET /gateway/bot) after the start: IDENTIFY slots follow it."""
+
+    limit: Any  # protocol.SessionStartLimit
+
+
 Event = (
     Connected
     | Identified
@@ -213,6 +220,7 @@ Event = (
     | CandidateStarted
     | Stopping
     | IdentifyAsked
+    | IdentifyLimit
 )
 
 

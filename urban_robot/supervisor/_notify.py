@@ -40,6 +40,7 @@ import trio
 
 from .. import __version__
 from .._errors import UrbanRobotError
+from ..protocol import GatewayBot
 from ._events import Notify
 
 log = logging.getLogger("urban_robot.supervisor.notify")
@@ -235,17 +236,23 @@ class _Api:
         *,
         route: str | None = None,
         params: Mapping[str, str] | None = None,
+        method: str = "POST",
     ) -> httpx.Response:
-        """POST with Discord's manners: wait for the route, retry 429/5xx/network a few times, explain refusals."""
-        route = route or f"POST {path}"
+        """POST (or ``method``) with Discord's manners: wait for the route, retry 429/5xx/network a few times,
+        explain refusals."""
+        route = route or f"{method} {path}"
         last, pause = "", 0.0
         for attempt in range(MAX_ATTEMPTS):
             await trio.sleep(pause)
             await self.state.wait_turn(route)
             pause = BACKOFF * 2**attempt  # after a 5xx or a network error; a 429 says how long itself
             try:
-                response = await self.client.post(
-                    self.base_url + path, json=body, headers=self._headers(), params=params
+                response = await self.client.request(
+                    method,
+                    self.base_url + path,
+                    json=body if method == "POST" else None,
+                    headers=self._headers(),
+                    params=params,
                 )
             except httpx.TransportError as exc:
                 last = redact(f"{type(exc).__name__}: {exc}", self.secret)
@@ -328,6 +335,24 @@ async def discord_send(
     for part in split_message(redact(message, token)):
         if part.strip():  # Discord refuses blank content (and would trim it anyway)
             await api.post(f"/channels/{channel}/messages", _content(part), where, hints)
+
+
+async def gateway_bot(token: str, *, client: httpx.AsyncClient, base_url: str = DISCORD_API) -> GatewayBot:
+    """Discord's ``GET /gateway/bot``: its recommended shard count and the session start limit (max_concurrency).
+
+    Raises ``NotifyError`` (one line, the token redacted) when Discord does not answer it, ``ShardError`` when
+    the answer is malformed."""
+    check_token(token)
+    api = _Api(
+        client,
+        token,
+        base_url.rstrip("/"),
+        DiscordState(),
+        "Discord refused the bot token (401) asking GET /gateway/bot: check BOT_TOKEN",
+        authorization=f"Bot {token}",
+    )
+    response = await api.post("/gateway/bot", {}, "asking GET /gateway/bot", {}, method="GET")
+    return GatewayBot.from_json(response.content)
 
 
 def _content(part: str) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from ._events import (
     HealthReport,
     Heartbeat,
     Identified,
+    IdentifyAsked,
     Notify,
     Persist,
     PersistCache,
@@ -54,6 +55,7 @@ from ._events import (
     TryAgain,
     WorkerFailed,
 )
+from ._fleet import Fleet
 from ._notify import ALREADY_NOTIFIED
 from ._snapshot import Snapshot
 from ._store import StateStore
@@ -94,9 +96,13 @@ class UrbanRobot:
         server: Server | None = None,
         blocking_io: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
         allowed_hosts: Iterable[str] = (),
+        plan: protocol.ShardPlan | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.plan = plan if plan is not None else protocol.ShardPlan.unsharded()
+        # Discord's session start limit (GET /gateway/bot), learnt before ``run``; None: the Fleet's cautious default.
+        self.identify_limit: protocol.SessionStartLimit | None = None
         self.credentials = credentials
         # Only workers that authenticated may send max_message; strangers get the server's pre-auth limits.
         # Host names beyond loopback and the address connected to are only those configured (DNS rebinding).
@@ -115,10 +121,11 @@ class UrbanRobot:
         self.blocking_io = blocking_io  # file writes; tests on a virtual clock run them inline
         self.quiet = Throttled(log)  # lines strangers cause: at most one per kind per 10 s, with counts
         self.logins = LoginThrottle()  # wrong credentials per address: admin logins wait, exponentially
-        self.core: Supervisor = Supervisor(settings)
+        self.fleet = Fleet(settings, self.plan)
         self.conns: dict[str, _Conn] = {}
         self._send_events, self._events = trio.open_memory_channel[tuple[Event, _Slot | None]](OUTBOX_SIZE)
         self._timer_scope = trio.CancelScope()
+        self._cache_stores: dict[int, StateStore] = {}  # shard group -> its cache's store (sharded only)
         self._cache_pending: list[tuple[int, PersistCache]] = []  # (write number, what to keep), in order
         self._cache_wake = trio.Event()
         self._cache_queued = 0  # caches handed to the writer
@@ -144,17 +151,51 @@ class UrbanRobot:
             bound = await nursery.start(self.server.serve, host, port)
             task_status.started(bound)
 
+    def use_plan(self, plan: protocol.ShardPlan, limit: protocol.SessionStartLimit | None = None) -> None:
+        """Run ``plan``'s shard groups (and grant IDENTIFYs within ``limit``): before ``run``, which restores them."""
+        self.plan, self.identify_limit = plan, limit
+        self._cache_stores.clear()
+        self.fleet = Fleet(self.settings, plan, limit=limit)
+
+    @property
+    def core(self) -> Supervisor:
+        """The first shard group's core: the only one unsharded (tests and measurements read it)."""
+        return self.fleet.groups[0]
+
+    def cache_store(self, group: int) -> StateStore:
+        """Where shard group ``group``'s cache is kept (unsharded: the state directory's ``cache.bin``)."""
+        if not self.plan.sharded:
+            return self.store
+        if group not in self._cache_stores:
+            self._cache_stores[group] = self.store.cache_store(self.plan.groups[group].name)
+        return self._cache_stores[group]
+
     def restore(self) -> None:
-        """Load the state directory: epoch, sanity, the lease holder, the cache."""
+        """Load the state directory: epochs, sanity, the lease holders, the caches."""
         self.store.prepare()
         state = self.store.load_state()
-        cache, saved_at = self.store.load_cache()
         now = trio.current_time()
-        self.core = Supervisor(self.settings, state=state, cache=cache, now=now)
-        if saved_at is not None:
-            self.core.cache_age = now - max(0.0, time.time() - saved_at)
+        caches, ages = {}, {}
+        for group in self.plan.groups:
+            cache, saved_at = self.cache_store(group.index).load_cache()
+            if cache is not None:
+                caches[group.index] = cache
+            if saved_at is not None:
+                ages[group.index] = now - max(0.0, time.time() - saved_at)
+        self.fleet = Fleet(
+            self.settings,
+            self.plan,
+            state=state,
+            caches=caches,
+            now=now,
+            limit=self.identify_limit,
+            restarted=bool(state),
+        )
+        for index, age in ages.items():
+            self.fleet.groups[index].cache_age = age
         if state:
-            log.info("restored state: epoch %s, is_sane %s", self.core.epoch, self.core.is_sane)
+            epochs = ", ".join(str(core.epoch) for core in self.fleet.groups)
+            log.info("restored state: epoch %s, is_sane %s", epochs, self.fleet.is_sane)
 
     def submit_nowait(self, event: Event) -> None:
         """Queue ``event`` for the core without waiting for it (HTTP routes, other threads of work)."""
@@ -173,7 +214,7 @@ class UrbanRobot:
     async def _loop(self) -> None:
         async for event, slot in self._events:
             self.bus.publish(event)
-            actions = self.core.handle(event, trio.current_time())
+            actions = self.fleet.handle(event, trio.current_time())
             self._ack_after = None
             reply = await self._carry_out(actions)
             self.bus.publish(Handled(event))
@@ -259,7 +300,7 @@ class UrbanRobot:
 
     async def _timer(self) -> None:
         while True:
-            deadline = self.core.next_deadline()
+            deadline = self.fleet.next_deadline()
             with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as self._timer_scope:
                 await trio.sleep_forever()
             if deadline is not None and trio.current_time() >= deadline:
@@ -270,12 +311,15 @@ class UrbanRobot:
             await self._cache_wake.wait()
             self._cache_wake = trio.Event()
             batch, self._cache_pending = self._cache_pending, []
-            write, newest = batch[-1]
-            changes = [(a.base, a.change) for _, a in batch]
-            try:
-                await self.blocking_io(self.store.save_cache, newest.image, newest.seq, changes)
-            except OSError as exc:
-                log.critical("cannot write %s: %s", self.store.cache_path, exc.strerror)
+            write = batch[-1][0]
+            for group in sorted({a.group for _, a in batch}):  # each shard group's own file (one unsharded)
+                mine = [a for _, a in batch if a.group == group]
+                store, newest = self.cache_store(group), mine[-1]
+                changes = [(a.base, a.change) for a in mine]
+                try:
+                    await self.blocking_io(store.save_cache, newest.image, newest.seq, changes)
+                except OSError as exc:
+                    log.critical("cannot write %s: %s", store.cache_path, exc.strerror)
             self._cache_written = write  # also every older write it replaced
             self._cache_progress.set()
             self._cache_progress = trio.Event()
@@ -300,7 +344,7 @@ class UrbanRobot:
 
     def snapshot(self) -> Snapshot:
         """What the core knows now, frozen: what every view reads (``_snapshot``)."""
-        return self.core.snapshot(trio.current_time())
+        return self.fleet.snapshot(trio.current_time())
 
     def status(self, snap: Snapshot | None = None) -> dict[str, Any]:
         """The core's part of ``GET /api/status`` (``_status`` adds the rest), from one snapshot (``snap``: now's)."""
@@ -376,7 +420,12 @@ class _WorkerNamespace(Namespace):
         try:
             # A child's generation and release are what we spawned it as (its credential says), not its own claim.
             connected = Connected(
-                sid, identity.name, admin=identity.admin, generation=identity.generation, release=identity.release
+                sid,
+                identity.name,
+                admin=identity.admin,
+                generation=identity.generation,
+                release=identity.release,
+                group=identity.group,
             )
             await self.robot.submit(connected)
         except BaseException:
@@ -459,6 +508,9 @@ class _WorkerNamespace(Namespace):
 
     async def on_failed(self, sid: str, *args: Any) -> Any:
         return await self._event(sid, "failed", args, lambda m: WorkerFailed(sid, m.reason, m.hint))
+
+    async def on_identify_slot(self, sid: str, *args: Any) -> Any:
+        return await self._event(sid, "identify_slot", args, lambda m: IdentifyAsked(sid, m.shard_id))
 
     async def on_try_again(self, sid: str, *args: Any) -> Any:
         return await self._event(sid, "try_again", args, lambda m: TryAgain(sid))

@@ -15,6 +15,7 @@ truncate the file it points to).
     <state-dir>/state.json   epoch, is_sane, last known good, lease holder
     <state-dir>/cache.bin    the running worker's last accepted cache: its entries' bytes as they came,
                              a snapshot then appended deltas, each sync ending in a commit record
+    <state-dir>/cache.shards-0-3.bin   a sharded bot's: one per shard group, alike (``cache_store``)
     <state-dir>/secret.key   32 random bytes; children's secrets are HMACs of it
 """
 
@@ -131,15 +132,21 @@ def _decode(value: Any) -> Any:
 
 
 class StateStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, cache_name: str = "cache.bin") -> None:
         self.directory = Path(directory)
         self.state_path = self.directory / "state.json"
-        self.cache_path = self.directory / "cache.bin"
-        self.old_cache_path = self.directory / "cache.json"  # before the cache was bytes: read once, then removed
+        self.cache_path = self.directory / cache_name
+        # Before the cache was bytes: read once, then removed (the unsharded cache only).
+        self.old_cache_path = self.directory / ("cache.json" if cache_name == "cache.bin" else f".{cache_name}.none")
         self._cache_on_disk: int | None = None  # the cache number cache.bin holds (None: unknown, write it whole)
         self._journal = 0  # bytes appended to cache.bin since its snapshot
         self.key_path = self.directory / "secret.key"
         self._lock_fd: int | None = None
+
+    def cache_store(self, group: str) -> StateStore:
+        """The store of shard group ``group``'s cache ("shards 0-3" -> ``cache.shards-0-3.bin``): its own file and
+        journal; its state, key and lock are this store's (only its ``load_cache``/``save_cache`` are used)."""
+        return StateStore(self.directory, cache_name=f"cache.{group.replace(' ', '-')}.bin")
 
     def prepare(self) -> None:
         try:
@@ -213,7 +220,7 @@ class StateStore:
                 entries, saved_at, end = _read_cache(file)
             except ValueError as exc:
                 file.close()
-                aside = self.cache_path.with_name(f"cache.bin.damaged-{int(time.time())}")
+                aside = self.cache_path.with_name(f"{self.cache_path.name}.damaged-{int(time.time())}")
                 os.replace(self.cache_path, aside)
                 log.critical(
                     "%s is damaged (%s): set aside as %s; starting without a cache", self.cache_path, exc, aside

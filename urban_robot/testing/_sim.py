@@ -61,6 +61,7 @@ class SimulatedWorker:
         self.health = health
         self.name = name
         self.echo = echo  # print each step on stdout (a child's log file)
+        self.shards: list[int] | None = None  # the shard ids its hello gave it (None: unsharded)
         self.slow = 0.0  # seconds to wait before answering each command
         self.cache = CacheMap()  # its cache: the changed keys are synced (a CacheMap bot) ...
         self.plain = False  # ... or, set, the whole cache at every sync (a plain-cache bot)
@@ -94,7 +95,9 @@ class SimulatedWorker:
     def _note(self, what: str, data: Any = None) -> None:
         self.log.append((trio.current_time(), what, data))
         if self.echo:
-            print(f"{time.monotonic():.6f} {self.name} {what}", flush=True)
+            sharded = what == "hello" and isinstance(data, dict) and data.get("shards") is not None
+            shards = f" shards {data['shards']} of {data['shard_count']}" if sharded else ""
+            print(f"{time.monotonic():.6f} {self.name} {what}{shards}", flush=True)
         self.changed.set()
         self.changed = trio.Event()
 
@@ -217,6 +220,7 @@ class SimulatedWorker:
         if event == "hello":
             self.token = data["token"]
             self.interval = data["interval"]
+            self.shards = data.get("shards")  # a sharded bot's group (§18.3); None unsharded
             self._note("hello", {k: v for k, v in data.items() if k != "token"})
             if data.get("process_commands"):
                 self.granted = data["epoch"]

@@ -14,6 +14,7 @@ directory — so a commit of the bot's repository that changes that file rehears
     failing_cogs = ["modules.music"]     # report these cogs false in the health check (vital ones fail it)
     cache_bytes = 0                      # write a cache this large once it processes (hand-over benchmarks)
     journal = "/tmp/journal"             # append "<unix time> <identity> processing|idle" on each change
+                                         # (a sharded bot's workers add their shards: "... processing 0-1")
 
 ``--cache-bytes N`` is ``cache_bytes`` from the command line. Without the file it is a healthy bot.
 """
@@ -61,8 +62,9 @@ async def journal(worker: SimulatedWorker, path: str, name: str) -> None:
     while True:
         now = worker.processing
         if now != was:
+            shards = f" {worker.shards[0]}-{worker.shards[-1]}" if worker.shards else ""
             with open(path, "a") as file:
-                file.write(f"{time.time():.6f} {name} {'processing' if now else 'idle'}\n")
+                file.write(f"{time.time():.6f} {name} {'processing' if now else 'idle'}{shards}\n")
             was = now
         await trio.sleep(JOURNAL_EVERY)
 
