@@ -8,6 +8,9 @@ async with trio.open_nursery() as nursery:
     await nursery.start(worker.run)
     ...  # when Discord says READY:
     await worker.ready()
+
+A sharded bot (``worker.shards`` of ``worker.shard_count``, from ``hello``) awaits ``worker.identify_slot(shard_id)``
+right before each shard's IDENTIFY (never before a RESUME) and sends it as soon as that returns.
 """
 
 from ..protocol import (
@@ -30,6 +33,7 @@ from ..protocol import (
     MessageTooLarge as MessageTooLarge,
     OutboxFull as OutboxFull,
     Ready as Ready,
+    ShardError as ShardError,
     Shutdown as Shutdown,
     Timeouts as Timeouts,
     WorkerError as WorkerError,
@@ -60,6 +64,7 @@ __all__ = [
     "MessageTooLarge",
     "OutboxFull",
     "Ready",
+    "ShardError",
     "Shutdown",
     "Timeouts",
     "Worker",

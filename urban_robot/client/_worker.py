@@ -49,7 +49,10 @@ from ..protocol import (
     Reconnect,
     RunHealthCheck,
     Send,
+    ShardError,
     Shutdown,
+    SlotGranted,
+    SlotRefused,
     StartProcessing,
     StopProcessing,
     Timeouts,
@@ -64,7 +67,7 @@ from ._signals import Flag
 log = logging.getLogger("urban_robot.client")
 
 Callback = Callable[..., Any | Awaitable[Any]]
-_WIRE = (Send, Log, DropConnection)
+_WIRE = (Send, Log, DropConnection, SlotGranted, SlotRefused)
 
 
 class Worker:
@@ -130,6 +133,7 @@ class Worker:
         self._reconnect = 0.0
         self._refused: AuthenticationFailed | None = None
         self._finished = trio.Event()
+        self._slots: dict[int, _SlotWait] = {}  # shard id → the identify_slot call waiting for its grant
 
     def __repr__(self) -> str:
         return f"<Worker {self.identity.version} {self.endpoint.url} processing={self.processing}>"
@@ -151,6 +155,16 @@ class Worker:
     def token(self) -> str | None:
         """The Discord token from the last ``hello`` (never logged)."""
         return self.hello.token if self.hello is not None else None
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shard ids this worker runs, from ``hello`` (None: unsharded, or before the first hello)."""
+        return self.protocol.shards
+
+    @property
+    def shard_count(self) -> int | None:
+        """The bot's shard count, from ``hello`` (None: unsharded, or before the first hello)."""
+        return self.protocol.shard_count
 
     @property
     def shut_down(self) -> bool:
@@ -277,6 +291,8 @@ class Worker:
         for effect in batch:
             if isinstance(effect, Reconnect):
                 self._reconnect = effect.delay
+            elif isinstance(effect, SlotGranted | SlotRefused):  # at once: a grant is good for a moment only
+                self._wake_slot(effect)
         if not batch:
             return
         if all(isinstance(e, (*_WIRE, Reconnect)) for e in batch):
@@ -284,6 +300,12 @@ class Worker:
         else:
             self._user.send_nowait(batch)
         self._deadline_moved.set()
+
+    def _wake_slot(self, effect: SlotGranted | SlotRefused) -> None:
+        wait = self._slots.get(effect.shard_id)
+        if wait is not None:
+            wait.refused = effect.reason if isinstance(effect, SlotRefused) else None
+            wait.event.set()
 
     async def _execute(self, queue: trio.MemoryReceiveChannel[list[Effect | _HelloArrived]]) -> None:
         async for effects in queue:
@@ -406,6 +428,27 @@ class Worker:
         self._feed(self.protocol.gateway_changed(up, trio.current_time()))
         await trio.lowlevel.checkpoint()
 
+    async def identify_slot(self, shard_id: int) -> None:
+        """Wait for the supervisor's slot to IDENTIFY ``shard_id`` with Discord (§18.3); send the IDENTIFY at once
+        when this returns. Call it only when about to IDENTIFY (the shard's Gateway connection is open and
+        Discord's HELLO came), never for a RESUME, one call per shard at a time. Survives reconnections to the
+        supervisor (the ask goes again); a grant that could not be used within ``IDENTIFY_MARGIN`` seconds is
+        thrown away and asked for again. Raises :class:`ShardError` for a shard that is not this worker's
+        (or an unsharded worker) and if the supervisor refuses the slot."""
+        try:
+            while True:
+                wait = self._slots[shard_id] = _SlotWait()
+                self._feed(self.protocol.ask_identify(shard_id, trio.current_time()))
+                await wait.event.wait()
+                if wait.refused is not None:
+                    raise ShardError(f"the supervisor refused an identify slot for shard {shard_id}: {wait.refused}")
+                if self.protocol.use_identify_grant(shard_id, trio.current_time()):
+                    return
+                log.warning("the identify slot for shard %d came too long ago to use: asking again", shard_id)
+        finally:
+            self._slots.pop(shard_id, None)
+            self.protocol.withdraw_identify(shard_id)  # nothing once the grant is used; a cancelled wait ends here
+
     async def report_health(self, *, dry_run: bool = False) -> Any:
         """Run the health checks and send the report (§9)."""
         report = await health_report(self.health_checks, self.extra_checks, self.timeouts.health)
@@ -487,6 +530,14 @@ class Worker:
         delivery.settle("acked", answer)
         if isinstance(answer, dict) and isinstance(answer.get("error"), str):
             log.error("the supervisor refused %r: %s", message.event, answer["error"])
+
+
+class _SlotWait:
+    """Internal: one ``identify_slot`` call waiting; ``refused`` says why it will not come."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.refused: str | None = None
 
 
 class _HelloArrived:

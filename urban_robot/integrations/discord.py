@@ -67,6 +67,9 @@ from ..protocol import (
     Reconnect,
     RunHealthCheck,
     Send,
+    ShardError,
+    SlotGranted,
+    SlotRefused,
     StartProcessing,
     StopProcessing,
     Timeouts,
@@ -75,6 +78,7 @@ from ..protocol import (
 )
 from ._discord_gates import Gates, IncompatibleDiscordPy, InFlight, NotProcessing, current_lease, everywhere, install
 from ._discord_health import judge
+from ._discord_shards import ONE_SHARD_HINT, gate_identify, place_on_shards
 
 __all__ = [
     "AttachError",
@@ -97,7 +101,7 @@ START_HINT = "start the bot under the supervisor: python -m urban_robot (README 
 _UNCONFIGURED = Endpoint("http://unconfigured.invalid", "")  # attach() without an endpoint: run() raises instead
 CacheGetter = Callable[[], Any]  # returns the cache, or an awaitable of it
 CacheSetter = Callable[[Any], Any]  # may return an awaitable
-_WIRE = (Send, Log, DropConnection, Reconnect)
+_WIRE = (Send, Log, DropConnection, Reconnect, SlotGranted, SlotRefused)
 _LIFECYCLE = ("ready", "connect", "disconnect", "resumed", "shard_ready", "shard_connect", "shard_disconnect",
               "shard_resumed")  # fmt: skip
 
@@ -262,11 +266,13 @@ class Attachment:
         self._bot_closed = False
         self._shards_down: set[int] = set()
         self._edge = asyncio.Event()  # set (and replaced) at each start and stop of processing
+        self._slots: dict[int, asyncio.Future[str | None]] = {}  # shard → its slot: None granted, or why refused
         lifecycle = {event: getattr(self, f"_on_{event}") for event in _LIFECYCLE}
         self.problem = problem  # a reason this attachment cannot run: run() raises it, run_forever() says it
         if problem is None:
             try:
                 self.gates: Gates | None = install(bot, self, lifecycle)
+                gate_identify(bot, lambda: self.protocol.shards is not None, self._identify_slot_or_fail)
             except WorkerError as exc:
                 self.gates, self.problem = None, exc
         else:
@@ -404,6 +410,42 @@ class Attachment:
         return isinstance(answer, dict) and answer.get("accepted") is True
 
     @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shard ids this worker runs, from ``hello`` (None: unsharded, or before the first hello)."""
+        return self.protocol.shards
+
+    @property
+    def shard_count(self) -> int | None:
+        return self.protocol.shard_count
+
+    async def identify_slot(self, shard_id: int) -> None:
+        """Wait for the supervisor's slot to IDENTIFY ``shard_id`` (§18.3); the bot's ``before_identify_hook``
+        does it for every IDENTIFY of a sharded bot. Returns with a grant still fresh (an older one is thrown
+        away and asked for again); raises :class:`ShardError` if the supervisor refuses it."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                granted = self._slots[shard_id] = loop.create_future()
+                self._feed(self.protocol.ask_identify(shard_id, self._now()))
+                refused = await granted
+                if refused is not None:
+                    raise ShardError(f"the supervisor refused an identify slot for shard {shard_id}: {refused}")
+                if self.protocol.use_identify_grant(shard_id, self._now()):
+                    return
+                log.warning("the identify slot for shard %d came too long ago to use: asking again", shard_id)
+        finally:
+            self._slots.pop(shard_id, None)
+            self.protocol.withdraw_identify(shard_id)  # nothing once used; a wait given up (cancelled) ends here
+
+    async def _identify_slot_or_fail(self, shard_id: int) -> None:
+        try:
+            await self.identify_slot(shard_id)
+        except ShardError as exc:  # the supervisor and this worker disagree on its shards: end, be replaced
+            if self._stopping is None and self._group is not None:
+                self._group.create_task(self._discord_failed("identify slot refused", str(exc)))
+            raise
+
+    @property
     def cache(self) -> CacheMap:
         """The bot's cache map (with ``cache=CacheMap()``; for a plain cache, the last values pushed)."""
         return self.protocol.cache
@@ -481,6 +523,10 @@ class Attachment:
                 self._reconnect = effect.delay
             elif isinstance(effect, StopProcessing):  # decided now: the HTTP gate lets the drain write until then
                 self._drain_until = effect.drain_until(self._now(), self.drain_timeout)
+            elif isinstance(effect, SlotGranted | SlotRefused):  # at once: a grant is good for a moment only
+                waiter = self._slots.get(effect.shard_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(effect.reason if isinstance(effect, SlotRefused) else None)
         if effects:
             (self._wire if all(isinstance(e, _WIRE) for e in effects) else self._user).put_nowait(effects)
             self._deadline_moved.set()
@@ -520,7 +566,13 @@ class Attachment:
             self._drop(effect.reason)
         elif isinstance(effect, Login):
             assert self._group is not None
-            self._group.create_task(self._discord(effect.token))
+            problem = None
+            if effect.shards is not None and effect.shard_count is not None:
+                problem = place_on_shards(self.bot, effect.shards, effect.shard_count)
+            if problem is not None:
+                self._group.create_task(self._discord_failed(problem, ONE_SHARD_HINT))
+            else:
+                self._group.create_task(self._discord(effect.token))
         elif isinstance(effect, Finish):
             if effect.error is not None and self._error is None:
                 self._error = WorkerError(effect.error)

@@ -101,6 +101,8 @@ from ._worker import (
     Reconnect as Reconnect,
     RunHealthCheck as RunHealthCheck,
     Send as Send,
+    SlotGranted as SlotGranted,
+    SlotRefused as SlotRefused,
     StartProcessing as StartProcessing,
     StopProcessing as StopProcessing,
     WorkerProtocol as WorkerProtocol,

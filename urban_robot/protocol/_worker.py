@@ -22,6 +22,12 @@ the acknowledgement is the supervisor's proof that the worker stopped (§8.1 rul
 bounded by the lease: the effect carries the instant this worker's own view of the lease ends (taken
 before the grant was dropped), and no work in flight outlives it (§8.1 rule 3) — the supervisor may
 promote another worker when its own, later, view ends, acknowledgement or not.
+
+A sharded worker (``hello`` carries ``shards`` and ``shard_count``, §18.3) IDENTIFYs each shard only with a slot:
+:meth:`WorkerProtocol.ask_identify` sends ``identify_slot``; ``cmd identify`` becomes :class:`SlotGranted`; the
+shell calls :meth:`WorkerProtocol.use_identify_grant` just before the IDENTIFY goes, which throws away a grant
+older than ``identify_margin`` (ask again). A RESUME needs no slot. Asks the supervisor forgot with a lost
+connection go again after the next hello; a grant nobody asked for is ignored.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import attrs
 
 from ._cache import Assembly, CacheChange, CacheMap, plain_change, plain_value
 from ._endpoint import Backoff, Timeouts
-from ._errors import MalformedMessage
+from ._errors import MalformedMessage, ShardError
 from ._lease import HeartbeatSent, LeaseView
 from ._messages import (
     CacheSync,
@@ -47,6 +53,8 @@ from ._messages import (
     Heartbeat,
     Hello,
     Identify,
+    IdentifySlot,
+    MayIdentify,
     Message,
     Ok,
     ProcessCommands,
@@ -59,6 +67,7 @@ from ._messages import (
     parse_renewal,
     redact,
 )
+from ._shards import IDENTIFY_MARGIN
 
 
 class Link(enum.Enum):
@@ -88,9 +97,28 @@ class Send:
 
 @attrs.frozen
 class Login:
-    """The first ``hello``: log the bot in to Discord with ``token`` (never log it)."""
+    """The first ``hello``: log the bot in to Discord with ``token`` (never log it). A sharded bot runs exactly
+    ``shards`` of ``shard_count`` (both None: unsharded, as in v1) and IDENTIFYs each only with a slot (§18.3)."""
 
     token: str = attrs.field(repr=False)
+    shards: tuple[int, ...] | None = None
+    shard_count: int | None = None
+
+
+@attrs.frozen
+class SlotGranted:
+    """§18.3: the IDENTIFY slot asked for ``shard_id`` came (or was held already). The shell wakes what waits
+    for it, which calls :meth:`WorkerProtocol.use_identify_grant` just before sending the IDENTIFY."""
+
+    shard_id: int
+
+
+@attrs.frozen
+class SlotRefused:
+    """§18.3: the supervisor refused the slot asked for ``shard_id`` (not this worker's shard): do not IDENTIFY."""
+
+    shard_id: int
+    reason: str
 
 
 @attrs.frozen
@@ -160,6 +188,8 @@ class Log:
 Effect = (
     Send
     | Login
+    | SlotGranted
+    | SlotRefused
     | StartProcessing
     | StopProcessing
     | CollectCache
@@ -217,6 +247,12 @@ class WorkerProtocol:
     _plain_kept: bytes | None = None
     _plain_sent: dict[int, bytes] = attrs.Factory(dict)
     _incoming: Assembly = attrs.Factory(lambda: Assembly(limit=1 << 62))
+    # Identify slots (§18.3): a grant is used within ``identify_margin`` of its arrival or thrown away. Each
+    # shard waiting for one: the id of its ``identify_slot`` on this connection (None: to be sent after the next
+    # hello — the supervisor forgets a worker's asks with its connection). Each grant not yet used: when it came.
+    identify_margin: float = IDENTIFY_MARGIN
+    _slot_asks: dict[int, int | None] = attrs.Factory(dict)
+    _slot_grants: dict[int, float] = attrs.Factory(dict)
 
     # -- what the shell asks ------------------------------------------------------------------------
     def processing(self, now: float) -> bool:
@@ -226,6 +262,21 @@ class WorkerProtocol:
     @property
     def finished(self) -> bool:
         return self.link is Link.FINISHED
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shard ids this worker runs, from ``hello`` (None: unsharded, or no hello yet)."""
+        return self.hello.shards if self.hello is not None else None
+
+    @property
+    def shard_count(self) -> int | None:
+        """The bot's shard count, from ``hello`` (None: unsharded, or no hello yet)."""
+        return self.hello.shard_count if self.hello is not None else None
+
+    @property
+    def slot_asks(self) -> frozenset[int]:
+        """The shards waiting for an identify slot."""
+        return frozenset(self._slot_asks)
 
     def next_deadline(self) -> float | None:
         """When to call :meth:`timer` next (None: nothing is timed)."""
@@ -263,6 +314,7 @@ class WorkerProtocol:
         """The connection ended (or could not be made). Processing goes on until the lease view ends (§8.1 rule 3)."""
         self._pending.clear()  # their answers will never come: no renewal from them
         self._next_beat = float("inf")
+        self._slot_asks = dict.fromkeys(self._slot_asks)  # forgotten by the supervisor: asked again after hello
         if self.link is Link.FINISHED:
             return []
         if self._finishing is not None:  # a shutdown in progress: the supervisor knows, or will see the exit
@@ -297,6 +349,8 @@ class WorkerProtocol:
             self._on_renewal(request, answer, now, out)
         elif isinstance(message, CacheSync):
             self._on_cache_answer(request_id, message, answer, now, out)
+        elif isinstance(message, IdentifySlot):
+            self._on_slot_answer(request_id, message.shard_id, answer, out)
         elif (error := _error_of(answer)) is not None:
             out.append(Log(logging.ERROR, f"the supervisor refused {message.event!r}: {error}"))
         if request_id == self._final_cache_request and self._after_cache is not None:
@@ -331,6 +385,8 @@ class WorkerProtocol:
             out.append(self._beat(now))  # the grant means nothing until renewed (§8.1 rule 1)
         elif isinstance(push, Stop):
             self._on_stop(push, now, out)
+        elif isinstance(push, MayIdentify):
+            self._on_slot(push.shard_id, now, out)
         elif isinstance(push, UnknownCommand):
             out.append(Log(logging.INFO, f"ignored unknown cmd {push.name[:80]!r}"))
         elif not isinstance(push, Ok):  # ok grants nothing (§6)
@@ -401,6 +457,34 @@ class WorkerProtocol:
         """A message the bot sends by itself (a cache update, a custom event): sent now if connected."""
         return [self._send(message, now)] if self.link is Link.SERVING else []
 
+    def ask_identify(self, shard_id: int, now: float) -> list[Effect]:
+        """A shard is about to IDENTIFY (its Gateway connection is open, Discord's HELLO came): ask for a slot
+        (§18.3). :class:`SlotGranted` follows when the supervisor grants it — at once if a grant still fresh is
+        held. Asking again while waiting sends nothing; while not connected, the ask goes after the next hello.
+        A shard this worker does not run (or an unsharded worker) raises :class:`ShardError`: it never asks."""
+        shards = self.shards
+        if shards is None or shard_id not in shards:
+            ours = "this worker is not sharded" if shards is None else f"this worker runs shards {list(shards)}"
+            raise ShardError(f"no identify slot for shard {shard_id!r}: {ours}; IDENTIFY only the shards hello gave")
+        if self._fresh_grant(shard_id, now):
+            return [SlotGranted(shard_id)]
+        if shard_id in self._slot_asks:
+            return []
+        self._slot_asks[shard_id] = None
+        return self._send_ask(shard_id, now)
+
+    def use_identify_grant(self, shard_id: int, now: float) -> bool:
+        """Just before sending ``shard_id``'s IDENTIFY: True uses the grant (it came at most ``identify_margin``
+        seconds ago). False: none, or one too old, now thrown away — ask again (:meth:`ask_identify`)."""
+        came = self._slot_grants.pop(shard_id, None)
+        return came is not None and now - came <= self.identify_margin
+
+    def withdraw_identify(self, shard_id: int) -> None:
+        """The shard no longer waits (its connection attempt was given up): a grant that comes is ignored. The
+        supervisor keeps the ask's place until then; asking again before the grant keeps it."""
+        self._slot_asks.pop(shard_id, None)
+        self._slot_grants.pop(shard_id, None)
+
     def beat(self, now: float) -> list[Effect]:
         """A heartbeat now, for the grant held (also what the timer does every ``interval``)."""
         return [self._beat(now)] if self.link is Link.SERVING else []
@@ -451,7 +535,15 @@ class WorkerProtocol:
         return out
 
     def _on_hello(self, hello: Hello, now: float, out: list[Effect]) -> None:
+        moved = self.hello is not None and (self.hello.shards, self.hello.shard_count) != (
+            hello.shards,
+            hello.shard_count,
+        )
         self.hello, self.link, self.interval = hello, Link.SERVING, hello.interval
+        if moved:  # a running bot cannot change its shards: end, the supervisor starts one with the new ones
+            hint = "the supervisor gave this worker other shards than at its start; a new worker must run them"
+            out.extend(self.fail("shards changed", hint, now))
+            return
         self._hello_this_session = True
         self.sessions_served += 1
         out.append(Log(logging.INFO, f"hello: protocol {hello.protocol}, interval {hello.interval:g} s, "
@@ -466,13 +558,53 @@ class WorkerProtocol:
             out.extend(self._stop("grant not adopted", drain=False))
         if not self._logged_in:
             self._logged_in = True
-            out.append(Login(hello.token))
+            out.append(Login(hello.token, hello.shards, hello.shard_count))
         if beat_now:
             out.append(self._beat(now))
         else:
             self._next_beat = now + self.interval
         if self.discord_ready:
             out.append(self._send(Ready(), now))  # again after each reconnection (§5.3)
+        self._resume_asks(hello, now, out)
+
+    def _send_ask(self, shard_id: int, now: float) -> list[Effect]:
+        if self.link is not Link.SERVING:
+            return []
+        send = self._send(IdentifySlot(shard_id), now)
+        self._slot_asks[shard_id] = send.request.id
+        return [send]
+
+    def _fresh_grant(self, shard_id: int, now: float) -> bool:
+        came = self._slot_grants.get(shard_id)
+        if came is not None and now - came > self.identify_margin:
+            del self._slot_grants[shard_id]  # too old to use: Discord may count it in this key's window already
+            return False
+        return came is not None
+
+    def _on_slot(self, shard_id: int, now: float, out: list[Effect]) -> None:
+        if self._slot_asks.get(shard_id) is None:  # not asked for, or not on this connection
+            out.append(Log(logging.INFO, f"ignored an identify slot for shard {shard_id}: not asked for"))
+            return
+        del self._slot_asks[shard_id]
+        self._slot_grants[shard_id] = now
+        out.append(SlotGranted(shard_id))
+
+    def _on_slot_answer(self, request_id: int, shard_id: int, answer: Any, out: list[Effect]) -> None:
+        error = _error_of(answer)
+        if error is None or self._slot_asks.get(shard_id) != request_id:
+            return  # queued: the grant comes as cmd identify
+        del self._slot_asks[shard_id]
+        out.append(Log(logging.ERROR, f"the supervisor refused an identify slot for shard {shard_id}: {error}"))
+        out.append(SlotRefused(shard_id, error))
+
+    def _resume_asks(self, hello: Hello, now: float, out: list[Effect]) -> None:
+        """After a hello: the asks the supervisor forgot with the last connection go again."""
+        for shard_id in [s for s, sent in self._slot_asks.items() if sent is None]:
+            if hello.shards is not None and shard_id in hello.shards:
+                out.extend(self._send_ask(shard_id, now))
+            else:
+                del self._slot_asks[shard_id]
+                out.append(SlotRefused(shard_id, "no longer one of this worker's shards"))
 
     def _on_renewal(self, request: Outgoing, answer: Any, now: float, out: list[Effect]) -> None:
         sent = request.beat

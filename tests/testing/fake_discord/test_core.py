@@ -191,6 +191,53 @@ def test_rest_checks_the_token_and_records_unknown_routes() -> None:
     assert missing.status == 404 and [(r.method, r.path) for r in h.core.unknown_routes] == [("DELETE", "/guilds/1")]
 
 
+def test_gateway_bot_says_the_configured_shards_and_session_start_limit() -> None:
+    h = Harness(required_shards=2, shards=4, max_concurrency=16, session_total=2000, session_remaining=7)
+    gateway = h.call("GET", "/gateway/bot").body
+    assert gateway["shards"] == 4
+    assert gateway["session_start_limit"] == {"total": 2000, "remaining": 7, "reset_after": 86_400_000,
+                                              "max_concurrency": 16}  # fmt: skip
+
+
+def identify(h: Harness, conn: int, shard: list[int], now: float) -> list[Any]:
+    h.gateway.open(conn, "c", now)
+    return h.send(conn, 2, {"token": TOKEN, "intents": 0, "shard": shard}, now)
+
+
+def test_one_identify_per_rate_limit_key_per_5_s_and_op_9_beyond() -> None:
+    h = Harness(max_concurrency=2, enforce_max_concurrency=True)
+    assert names(identify(h, 1, [0, 4], NOW)) == ["READY"]
+    assert names(identify(h, 2, [1, 4], NOW)) == ["READY"]  # another key: at once
+    limited = identify(h, 3, [2, 4], NOW + 4.9)  # key 0 again within 5 s: Discord answers op 9, not resumable
+    assert [(a.payload["op"], a.payload["d"]) for a in limited] == [(9, False)]
+    assert names(identify(h, 4, [2, 4], NOW + 5.0)) == ["READY"]
+    assert [(r.shard, round(r.at - NOW, 3), r.outcome) for r in h.gateway.identify_records] == [
+        ((0, 4), 0.0, "ready"),
+        ((1, 4), 0.0, "ready"),
+        ((2, 4), 4.9, "rate limited"),
+        ((2, 4), 5.0, "ready"),
+    ]
+    assert [s.shard for s in h.gateway.session_records] == [(0, 4), (1, 4), (2, 4)]  # op 9 started none
+
+
+def test_identifies_are_not_limited_unless_asked_and_bad_ones_are_recorded() -> None:
+    h = Harness()
+    assert names(identify(h, 1, [0, 1], NOW)) == names(identify(h, 2, [0, 1], NOW)) == ["READY"]
+    assert identify(h, 3, [4, 4], NOW) == [Close(3, 4010, "Invalid shard.")]
+    assert [r.outcome for r in h.gateway.identify_records] == ["ready", "ready", "invalid shard"]
+
+
+def test_guild_events_go_to_the_shard_that_owns_the_guild() -> None:
+    h = Harness()
+    guild = h.world.guild.id
+    owner = (guild >> 22) % 4
+    for conn, shard_id in enumerate(range(4), start=1):
+        identify(h, conn, [shard_id, 4], NOW)
+    sessions = {s.shard[0]: s.id for s in h.gateway.sessions.values()}
+    targets, _ = h.gateway.dispatch("MESSAGE_CREATE", {}, fake_discord._gateway.Audience(guild_id=guild), NOW)
+    assert targets == [sessions[owner]]
+
+
 def test_faults_answer_5xx_and_429_as_discord_does() -> None:
     h = Harness()
     channel = h.world.channel_named("general").id
@@ -215,6 +262,7 @@ def test_exports() -> None:
         "FakeDiscordURLError",
         "GatewayConnection",
         "GatewaySession",
+        "IdentifyRecord",
         "Intents",
         "Interaction",
         "InteractionCallback",

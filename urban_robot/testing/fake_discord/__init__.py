@@ -24,6 +24,7 @@ from ._gateway import CloseCode as CloseCode, Op as Op
 from ._records import (
     GatewayConnection as GatewayConnection,
     GatewaySession as GatewaySession,
+    IdentifyRecord as IdentifyRecord,
     InteractionCallback as InteractionCallback,
     PostedMessage as PostedMessage,
     SentEvent as SentEvent,

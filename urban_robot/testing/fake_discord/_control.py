@@ -18,7 +18,9 @@ Every route takes and returns JSON; each maps to one method of ``FakeDiscord``:
     POST /_fake/gateway/drop         {session?, client?}                         → {count}
     POST /_fake/gateway/outage       {seconds, session?, client?}                → {count}
     POST /_fake/webhooks      {channel?, name?, client?}                          → {url}
-    POST /_fake/settings      {token?, add_token?: {token, label}, enabled_intents?: [names]}
+    POST /_fake/settings      {token?, add_token?: {token, label}, enabled_intents?: [names],
+                               max_concurrency?, shards?, required_shards?,
+                               session_start_limit?: {total?, remaining?, reset_after?}}
     POST /_fake/faults        {route?, count?, status?, retry_after?, global?}
 
 It binds where the fake binds (127.0.0.1 by default) and has no credential of its own: it is a test
@@ -84,6 +86,7 @@ class Control:
             "sessions": [to_json(r) for r in fake.sessions],
             "connections": [to_json(r) for r in fake.connections],
             "unknown_routes": [to_json(r) for r in fake.unknown_routes],
+            "identifies": [to_json(r) for r in fake.identifies],
         }
 
     # ------------------------------------------------------------------ people
@@ -137,6 +140,7 @@ class Control:
         token: str | None = None,
         add_token: dict[str, str] | None = None,
         enabled_intents: list[str] | None = None,
+        **sharding: Any,
     ) -> Any:
         if token is not None:
             self.fake.set_token(token)
@@ -144,6 +148,8 @@ class Control:
             self.fake.add_token(add_token["token"], add_token["label"])
         if enabled_intents is not None:
             self.fake.set_enabled_intents(enabled_intents)
+        if sharding:
+            self.fake.set_sharding(**sharding)  # unknown keys: a TypeError, answered 400
 
     def post_faults(
         self, route: str = "*", count: int = 1, status: int = 503, retry_after: float = 0.1, **kw: Any

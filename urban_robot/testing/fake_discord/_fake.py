@@ -32,7 +32,15 @@ import trio
 from ...web import ConnectionGate, Limits, PeerWatch, Request, Response, Upgrade, WebSocket, WebSocketClosed
 from ._core import FakeCore, Fault, Interaction
 from ._gateway import Action, Close, Drop, Gateway, Send, Settings, _Session
-from ._records import GatewayConnection, GatewaySession, InteractionCallback, PostedMessage, SentEvent, UnknownRoute
+from ._records import (
+    GatewayConnection,
+    GatewaySession,
+    IdentifyRecord,
+    InteractionCallback,
+    PostedMessage,
+    SentEvent,
+    UnknownRoute,
+)
 from ._rest import Rest, RestRequest, RestResult
 from ._world import JSON, Channel, Intents, User, World
 
@@ -336,6 +344,11 @@ class FakeDiscord:
         return self.gateway.connection_records
 
     @property
+    def identifies(self) -> list[IdentifyRecord]:
+        """Every IDENTIFY received, in order (shard, time, what became of it)."""
+        return self.gateway.identify_records
+
+    @property
     def unknown_routes(self) -> list[UnknownRoute]:
         return self.core.unknown_routes
 
@@ -529,6 +542,32 @@ class FakeDiscord:
     def set_enabled_intents(self, intents: Iterable[str] | int) -> None:
         """The privileged intents switched on for the application, by discord.py's names."""
         self.settings.enabled_intents = _resolve(intents)
+
+    def set_sharding(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        shards: int | None = None,
+        required_shards: int | None = None,
+        session_start_limit: dict[str, int] | None = None,
+    ) -> None:
+        """What GET /gateway/bot says and the gateway enforces. ``max_concurrency`` given: IDENTIFYs are rate
+        limited per key (``shard_id % max_concurrency``, one per 5 s, op 9 beyond: Discord's rule). ``shards``:
+        the recommended count; ``required_shards``: fewer closes an IDENTIFY with 4011; ``session_start_limit``:
+        any of ``total``, ``remaining`` and ``reset_after`` (milliseconds)."""
+        settings = self.settings
+        if max_concurrency is not None:
+            if max_concurrency < 1:
+                raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+            settings.max_concurrency, settings.enforce_max_concurrency = max_concurrency, True
+        if shards is not None:
+            settings.shards = shards
+        if required_shards is not None:
+            settings.required_shards = required_shards
+        limit = session_start_limit or {}
+        settings.session_total = limit.get("total", settings.session_total)
+        settings.session_remaining = limit.get("remaining", settings.session_remaining)
+        settings.session_reset_after = limit.get("reset_after", settings.session_reset_after)
 
     def fail_next(self, route: str = "*", count: int = 1, *, status: int = 503) -> None:
         """Answer the next ``count`` requests to ``route`` with ``status``.

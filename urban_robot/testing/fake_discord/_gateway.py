@@ -11,6 +11,13 @@ uses.
                        ▼                                                  ▼
                     closed ◀─────────────────────────────────────────── closed
 
+IDENTIFYs are rate limited as Discord's docs say (Gateway, "Rate Limiting": "Apps also have a limit for
+concurrent Identify requests allowed per 5 seconds. If you hit this limit, the Gateway will respond with an
+Invalid Session (opcode 9)"; "Sharding" → "Max Concurrency": a shard's rate limit key is ``shard_id %
+max_concurrency``): one IDENTIFY per key per ``IDENTIFY_WINDOW``; one more is answered op 9 (not resumable)
+and starts no session (with ``Settings.enforce_max_concurrency``). Every IDENTIFY is recorded
+(``identify_records``), whatever became of it.
+
 A *session* (session id) outlives its connections: every dispatch meant for it gets the next sequence
 number and is kept (up to ``max_buffer``), sent at once if the session has a live connection, and
 replayed by a RESUME that names an older sequence number. A session without a connection stays
@@ -28,7 +35,7 @@ from typing import Any
 
 import attrs
 
-from ._records import GatewayConnection, GatewaySession
+from ._records import GatewayConnection, GatewaySession, IdentifyRecord
 from ._world import JSON, Intents, World
 
 
@@ -65,6 +72,9 @@ class CloseCode(enum.IntEnum):
 
 # After these codes (from either side) a session can still be resumed; after any other it is over.
 RESUMABLE_CLOSES = frozenset({4000, 4001, 4002, 4003, 4005, 4008, 1006, 1011, 1012, None})
+
+
+IDENTIFY_WINDOW = 5.0  # seconds: one IDENTIFY per rate limit key per window (Discord, "Max Concurrency")
 
 
 class State(enum.Enum):
@@ -127,6 +137,13 @@ class Settings:
     resume_window: float = 60.0  # how long a session without a connection stays resumable
     required_shards: int = 1  # IDENTIFY with fewer shards closes 4011
     max_concurrency: int = 1  # reported by GET /gateway/bot
+    # Enforce it (one IDENTIFY per rate limit key per 5 s, op 9 beyond): off unless asked, since workers of an
+    # unsharded bot (a holder and its standbys) IDENTIFY shard 0 at once without slots (§18.3).
+    enforce_max_concurrency: bool = False
+    shards: int | None = None  # GET /gateway/bot's recommended count (None: required_shards)
+    session_total: int = 1000  # GET /gateway/bot's session_start_limit.total
+    session_remaining: int | None = None  # its remaining (None: total minus the sessions started so far)
+    session_reset_after: int = 86_400_000  # its reset_after, in milliseconds
     max_buffer: int = 10_000  # dispatches kept per session for replay
 
 
@@ -173,6 +190,8 @@ class Gateway:
         self.sessions: dict[str, _Session] = {}
         self.connection_records: list[GatewayConnection] = []
         self.session_records: list[GatewaySession] = []
+        self.identify_records: list[IdentifyRecord] = []
+        self._last_identify: dict[int, float] = {}  # rate limit key → when its last accepted IDENTIFY came
         self.outage_until = 0.0
         self.session_outages: dict[str, float] = {}
 
@@ -244,31 +263,46 @@ class Gateway:
     _on_voice_state_update = _on_presence_update
 
     def _on_identify(self, conn: _Connection, data: Any, now: float) -> list[Action]:
+        shard: Any = data.get("shard") or [0, 1] if isinstance(data, dict) else None
+        valid = isinstance(shard, list) and len(shard) == 2 and all(type(x) is int for x in shard)
+        sent = (shard[0], shard[1]) if valid else None
+        outcome, actions = self._identify(conn, data, sent, now)
+        self.identify_records.append(IdentifyRecord(conn.client, conn.id, sent, now, outcome))
+        return actions
+
+    def _identify(
+        self, conn: _Connection, data: Any, shard: tuple[int, int] | None, now: float
+    ) -> tuple[str, list[Action]]:
         if not isinstance(data, dict):
-            return self._close(conn, CloseCode.DECODE_ERROR, "Error while decoding payload.", now)
+            return "decode error", self._close(conn, CloseCode.DECODE_ERROR, "Error while decoding payload.", now)
         label = self._token_label(data.get("token"))
         if label is None:
-            return self._close(conn, CloseCode.AUTHENTICATION_FAILED, "Authentication failed.", now)
+            return "authentication failed", self._close(
+                conn, CloseCode.AUTHENTICATION_FAILED, "Authentication failed.", now
+            )
         intents = data.get("intents")
         if not isinstance(intents, int) or intents < 0 or intents & ~Intents.DEFINED:
-            return self._close(conn, CloseCode.INVALID_INTENTS, "Invalid intent(s).", now)
-        shard = data.get("shard") or [0, 1]
-        if not (isinstance(shard, list) and len(shard) == 2 and all(isinstance(x, int) for x in shard)):
-            return self._close(conn, CloseCode.INVALID_SHARD, "Invalid shard.", now)
+            return "invalid intents", self._close(conn, CloseCode.INVALID_INTENTS, "Invalid intent(s).", now)
+        if shard is None or shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+            return "invalid shard", self._close(conn, CloseCode.INVALID_SHARD, "Invalid shard.", now)
         shard_id, count = shard
-        if count < 1 or not 0 <= shard_id < count:
-            return self._close(conn, CloseCode.INVALID_SHARD, "Invalid shard.", now)
         if count < self.settings.required_shards:
-            return self._close(conn, CloseCode.SHARDING_REQUIRED, "Sharding required.", now)
+            return "sharding required", self._close(conn, CloseCode.SHARDING_REQUIRED, "Sharding required.", now)
         if intents & Intents.PRIVILEGED & ~self.settings.enabled_intents:
-            return self._close(conn, CloseCode.DISALLOWED_INTENTS, "Disallowed intent(s).", now)
+            return "disallowed intents", self._close(conn, CloseCode.DISALLOWED_INTENTS, "Disallowed intent(s).", now)
+        key = shard_id % self.settings.max_concurrency
+        last = self._last_identify.get(key)
+        if self.settings.enforce_max_concurrency and last is not None and now - last < IDENTIFY_WINDOW:  # op 9
+            conn.state = State.DRAINING
+            return "rate limited", [Send(conn.id, {"op": Op.INVALID_SESSION, "d": False, "s": None, "t": None})]
+        self._last_identify[key] = now
         session_id = secrets.token_hex(16)
         record = GatewaySession(session_id, conn.client, label, (shard_id, count), intents, now)
         self.session_records.append(record)
         session = _Session(session_id, conn.client, label, (shard_id, count), intents, record)
         self.sessions[session_id] = session
         self._attach(conn, session, "identify")
-        return self._ready(conn, session, now)
+        return "ready", self._ready(conn, session, now)
 
     def _ready(self, conn: _Connection, session: _Session, now: float) -> list[Action]:
         guilds = [g for g in self.world.guilds.values() if self._shard_of(g.id, session.shard[1]) == session.shard[0]]

@@ -103,6 +103,17 @@ class GatewaySession:
 
 
 @attrs.frozen
+class IdentifyRecord:
+    """One IDENTIFY the gateway received (a RESUME is no IDENTIFY), whatever became of it."""
+
+    client: str
+    connection: int
+    shard: tuple[int, int] | None  # [id, count] as sent; None: none sent (shard 0 of 1), or not two integers
+    at: float
+    outcome: str  # "ready", "rate limited" (answered op 9), or why it was closed ("invalid shard", ...)
+
+
+@attrs.frozen
 class UnknownRoute:
     """A REST request the fake does not implement (answered 404): a gap to fill, or a bot bug."""
 

@@ -177,14 +177,18 @@ def _gateway(rest: Rest, request: RestRequest, args: dict[str, str], now: float)
 @route("GET", "/gateway/bot")
 def _gateway_bot(rest: Rest, request: RestRequest, args: dict[str, str], now: float) -> RestResult:
     settings = rest.core.settings
+    remaining = settings.session_remaining
+    if remaining is None:
+        remaining = max(0, settings.session_total - len(rest.core.gateway.session_records))
     limit = {
-        "total": 1000,
-        "remaining": max(0, 1000 - len(rest.core.gateway.session_records)),
-        "reset_after": 86_400_000,
+        "total": settings.session_total,
+        "remaining": remaining,
+        "reset_after": settings.session_reset_after,
         "max_concurrency": settings.max_concurrency,
     }
     url = rest.gateway_url(request.client)
-    return RestResult(200, {"url": url, "shards": settings.required_shards, "session_start_limit": limit})
+    shards = settings.shards if settings.shards is not None else settings.required_shards
+    return RestResult(200, {"url": url, "shards": shards, "session_start_limit": limit})
 
 
 @route("GET", "/oauth2/applications/@me")
