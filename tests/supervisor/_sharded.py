@@ -6,14 +6,17 @@ from typing import Any
 
 import attrs
 
+from urban_robot.socketio import Server
+from urban_robot.supervisor._auth import LoginThrottle
 from urban_robot.supervisor._bus import Bus
 from urban_robot.supervisor._service import UrbanRobot
 from urban_robot.supervisor._snapshot import GroupView, LeaseView, Snapshot, WorkerView
 
 
 def sharded(groups: int = 64, per_group: int = 4, *, idle: tuple[int, ...] = (17,)) -> Snapshot:
-    """``groups`` groups of ``per_group`` shards, each with a running worker and a standby, but those in ``idle``:
-    nobody processes them (their holder is gone, the standby waits out its lease)."""
+    """``groups`` groups of ``per_group`` shards, each with a running worker (1.1, generation 2) and a standby
+    (1.2, generation 3), but those in ``idle``: nobody processes them (their holder is gone, the standby waits
+    out its lease)."""
     workers: list[WorkerView] = []
     views: list[GroupView] = []
     for i in range(groups):
@@ -22,7 +25,7 @@ def sharded(groups: int = 64, per_group: int = 4, *, idle: tuple[int, ...] = (17
         holder = f"child-{i}-a"
         running = i not in idle
         standby = WorkerView(
-            f"child-{i}-b", f"sid-{i}-b", "standby", 2000 + i, "1.1", 2, None, 1.0, True, None, True, i
+            f"child-{i}-b", f"sid-{i}-b", "standby", 2000 + i, "1.2", 3, None, 1.0, True, None, True, i
         )
         workers.append(standby)
         if running:
@@ -56,6 +59,8 @@ class SnapshotRobot:
 
     snap: Snapshot
     bus: Bus = attrs.Factory(Bus)
+    server: Server = attrs.Factory(Server)  # where the dashboard and the status routes are served
+    logins: LoginThrottle = attrs.Factory(LoginThrottle)
 
     def snapshot(self) -> Snapshot:
         return self.snap
