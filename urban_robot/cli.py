@@ -19,7 +19,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -247,7 +247,7 @@ def _failure(failure: Any) -> str | None:
     return f"last failure:    {failure.get('identity')}{f' ({about})' if about else ''}: {what}, at {when}"
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     """Aligned columns, two spaces apart."""
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
     return [
@@ -275,6 +275,10 @@ def _workers(body: dict[str, Any]) -> list[str]:
     return _table(header, rows) if rows else ["no workers connected"]
 
 
+def _waiting(what: Any) -> str | None:
+    return what.removeprefix("waiting for ") if isinstance(what, str) else None
+
+
 def _groups(body: dict[str, Any], groups: list[dict[str, Any]]) -> list[str]:
     """One line per shard group, those without a processor first (marked ``!``), after a summary line."""
     idle = [g for g in groups if g.get("running") is None]
@@ -290,7 +294,7 @@ def _groups(body: dict[str, Any], groups: list[dict[str, Any]]) -> list[str]:
             _cell(g.get("running")),
             _cell(g.get("epoch")),
             _cell(g.get("standbys")),
-            _cell(g.get("waiting_for").removeprefix("waiting for ") if isinstance(g.get("waiting_for"), str) else None),
+            _cell(_waiting(g.get("waiting_for"))),
         )
         for g in ordered
     ]

@@ -24,8 +24,23 @@ credential (``Authorization: Bearer <token>``, as the admin POST routes do): the
       "deploys": [{"commit": str, "outcome": str}],             # with a deployer: the last 10, oldest first
       "children": [{"identity": str, "pid": int, "generation": int}],  # with a process manager
       "notifications": {"queued": int, "dropped": int, "failed": int},  # with a Discord notifier
+      "shard_count": int | null,        # null: unsharded
+      "groups": [{"index": int, "name": str, "shard_ids": [int], "epoch": int, "running": str | null,
+                  "lease": null | {...as "lease"}, "standbys": int, "workers": int,
+                  "waiting_for": str | null, "cache_age": float | null}],   # one ("all shards") unsharded
+      "group_timeline": {"now": float, "window": float, "marks": [mark],    # each group's last hour
+                         "groups": [{"index": int, "known_from": float, "marks": [mark],
+                                     "spans": [{"worker": str, "epoch": int | null, "version": str | null,
+                                                "generation": int | null, "from": float, "to": float | null}],
+                                     "gaps": [{"from": float, "to": float | null}]}]},
       "timeline": [{"at": float, "kind": str, "level": str, "worker": str | null, "text": str}]
     }
+
+Each worker also carries ``group`` (its group's index). ``group_timeline`` is ``_history.GroupHistory``'s
+view (its docstring); a ``mark`` is ``{"at", "kind", "level", "text"}``. The tracker draws a span from a
+worker's ``RoleChanged`` into ``running`` until it leaves ``running``/``stopping``; the core's ``Verdict``
+on a group's candidate marks that group; a ``DeployResult`` (not a no-op) and rollbacks mark every group.
+When the core leaves ``Snapshot.groups`` empty, ``groups_of`` makes the one group from the top-level fields.
 
 A worker is named by its ``identity`` (the process manager's name for it, or ``worker:NAME``); ``sid`` is its
 connection id, which tells two connections of one identity apart (a reconnect before the old one is gone).
@@ -64,6 +79,9 @@ Definitions behind the metrics (all times on the supervisor's trio clock):
 - a *restart* is a ``Spawn`` the core asked for: a replacement for a worker process that exited
   unasked, or ``try_again`` with no worker left.
 - ``urban_robot_cache_bytes`` is the size of the kept cache: its entries' bytes, as the worker encoded them.
+- per group (label ``group``, its name; ``all shards`` unsharded): ``urban_robot_group_processing``,
+  ``urban_robot_group_epoch``, ``urban_robot_group_standbys`` and the counter
+  ``urban_robot_group_without_processor_seconds_total`` (since the tracker started, start-up included).
 """
 
 from __future__ import annotations
