@@ -186,3 +186,11 @@ def test_the_tracker_draws_role_changes_verdicts_and_deploys_per_group() -> None
         ("rollback", "critical", "rollback FAILED: git reset failed"),
     ]
     assert tracker.group_history.without_processor(3, now[0]) == pytest.approx(1 + 0.2 + 3)
+
+
+def test_a_hand_over_in_one_group_does_not_hide_a_failover_in_another() -> None:
+    tracker = StatusTracker(FakeRobot(), wall_clock=lambda: T0)  # type: ignore[arg-type]
+    tracker.observe(RoleChanged("a", "child-a", "running", "standby", None, "coma ack", group=3))  # clean, group 3
+    tracker.observe(RoleChanged("b", "child-b", "standby", "running", 2, "no worker running", group=5))  # lost, 5
+    tracker.observe(RoleChanged("c", "child-c", "standby", "running", 2, "newer code", group=3))
+    assert (tracker.promotions, tracker.failovers) == (2, 1)

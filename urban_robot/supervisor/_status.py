@@ -177,7 +177,7 @@ class StatusTracker:
         self.clock = wall_clock
         self.timeline = Timeline(clock=wall_clock)
         self.group_history = GroupHistory(wall_clock())  # each group's last hour: who processed, gaps, deploys
-        self._clean_release = False  # the last lease ended with the holder's ack
+        self._clean_release: set[int] = set()  # groups whose last lease ended with the holder's ack
         self._names: dict[str, str] = {}  # sid -> identity, while connected (Disconnected names only the sid)
         self._sane: bool | None = None
         self._deploys_seen = 0
@@ -239,14 +239,14 @@ class StatusTracker:
         if isinstance(action, RoleChanged):
             if action.old == Role.STANDBY.value and action.new == Role.RUNNING.value:
                 self.promotions += 1
-                if (action.epoch or 0) > 1 and not self._clean_release:
+                if (action.epoch or 0) > 1 and action.group not in self._clean_release:
                     self.failovers += 1
-                self._clean_release = False
+                self._clean_release.discard(action.group)
             elif action.old in (Role.RUNNING.value, Role.STOPPING.value) and action.new in (
                 Role.STANDBY.value,
                 Role.SHUTTING_DOWN.value,
             ):
-                self._clean_release = True  # only the holder runs or stops: it acknowledged
+                self._clean_release.add(action.group)  # only the holder runs or stops: it acknowledged
             self._note_role(action)
             self._note_processing(action)
         elif isinstance(action, Verdict):
