@@ -11,6 +11,7 @@ import stat
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
@@ -410,3 +411,33 @@ async def test_status_with_the_port_after_its_name_reaches_the_supervisor(
         code = await trio.to_thread.run_sync(main, argv)
         nursery.cancel_scope.cancel()
     assert code == 0 and json.loads(capsys.readouterr().out) == {"workers": []}
+
+
+def test_format_status_of_64_groups_is_a_summary_then_one_aligned_line_each_idle_first() -> None:
+    from tests.supervisor._sharded import SnapshotRobot, sharded
+    from urban_robot.supervisor._status import StatusTracker, status
+
+    body = status(StatusTracker(SnapshotRobot(sharded(64, idle=(17, 40)))))  # type: ignore[arg-type]
+    lines = format_status(body).splitlines()
+    assert lines[0] == "64 groups (256 shards): 62 processing, 2 waiting"
+    table = lines[1:66]
+    assert table[0].split() == ["GROUP", "RUNNING", "EPOCH", "STANDBYS", "WAITING", "FOR"]
+    assert [line[3:17].strip() for line in table[1:4]] == ["shards 68-71", "shards 160-163", "shards 0-3"]
+    assert table[1].startswith("!  shards 68-71 ") and table[1].endswith("lease (child-17-a epoch 3) to end in 12 s")
+    assert table[3].startswith("   shards 0-3 ") and table[3].split()[-4:] == ["child-0-a", "3", "1", "-"]
+    column = table[0].index("RUNNING")
+    assert all(line[column - 2 : column] == "  " and line[column] != " " for line in table)  # aligned
+    assert lines[66] == "126 workers connected (--json lists each)"
+    assert "is_sane:         true" in lines and not any(line.startswith("waiting for:") for line in lines)
+
+
+def test_format_status_of_one_group_is_todays_worker_table() -> None:
+    from tests.supervisor._sharded import SnapshotRobot, sharded
+    from urban_robot.supervisor._status import StatusTracker, status
+
+    one = sharded(1, idle=())
+    unsharded = attrs.evolve(one, groups=(), shard_count=None)  # as today's core makes it
+    texts = {format_status(status(StatusTracker(SnapshotRobot(s)))) for s in (one, unsharded)}  # type: ignore[arg-type]
+    assert len(texts) == 1  # one group is today's output, whatever the core fills in
+    [text] = texts
+    assert text.splitlines()[0].split()[0] == "WORKER" and "child-0-a" in text and "groups" not in text

@@ -19,7 +19,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -248,8 +248,16 @@ def _failure(failure: Any) -> str | None:
     return f"last failure:    {failure.get('identity')}{f' ({about})' if about else ''}: {what}, at {when}"
 
 
-def format_status(body: dict[str, Any]) -> str:
-    """The human view of ``GET /api/status``: a table of workers, then the supervisor's state."""
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Aligned columns, two spaces apart."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
+
+
+def _workers(body: dict[str, Any]) -> list[str]:
     header = ("WORKER", "ROLE", "VERSION", "GENERATION", "PID", "HEARTBEAT AGE", "EPOCH", "GATEWAY")
     rows = [
         (
@@ -265,19 +273,47 @@ def format_status(body: dict[str, Any]) -> str:
         for w in body.get("workers") or []
         if isinstance(w, dict)
     ]
-    lines: list[str] = []
-    if rows:
-        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-        for row in (header, *rows):
-            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    else:
-        lines.append("no workers connected")
+    return _table(header, rows) if rows else ["no workers connected"]
+
+
+def _waiting(what: Any) -> str | None:
+    return what.removeprefix("waiting for ") if isinstance(what, str) else None
+
+
+def _groups(body: dict[str, Any], groups: list[dict[str, Any]]) -> list[str]:
+    """One line per shard group, those without a processor first (marked ``!``), after a summary line."""
+    idle = [g for g in groups if g.get("running") is None]
+    shards = body.get("shard_count")
+    summary = f"{len(groups)} groups" + (f" ({shards} shards)" if isinstance(shards, int) else "")
+    summary += f": {len(groups) - len(idle)} processing" + (f", {len(idle)} waiting" if idle else "")
+    header = ("", "GROUP", "RUNNING", "EPOCH", "STANDBYS", "WAITING FOR")
+    ordered = idle + [g for g in groups if g.get("running") is not None]  # each part keeps the groups' order
+    rows = [
+        (
+            "!" if g.get("running") is None else "",
+            _cell(g.get("name")),
+            _cell(g.get("running")),
+            _cell(g.get("epoch")),
+            _cell(g.get("standbys")),
+            _cell(_waiting(g.get("waiting_for"))),
+        )
+        for g in ordered
+    ]
+    workers = [w for w in body.get("workers") or [] if isinstance(w, dict)]
+    return [summary, *_table(header, rows), f"{len(workers)} workers connected (--json lists each)"]
+
+
+def format_status(body: dict[str, Any]) -> str:
+    """The human view of ``GET /api/status``: a table of workers (sharded: of shard groups), then the state."""
+    groups = [g for g in body.get("groups") or [] if isinstance(g, dict)]
+    sharded = body.get("shard_count") is not None and len(groups) > 1
+    lines = _groups(body, groups) if sharded else _workers(body)
     lines.append("")
     sane = body.get("is_sane")
     lines.append(f"cache age:       {_seconds(body.get('cache_age'))}")
     lines.append(f"is_sane:         {_cell(sane).lower()}" + ("" if sane is not False else " (fix, then: try-again)"))
     lines.append(f"last_known_good: {_cell(body.get('last_known_good'))}")
-    if isinstance(body.get("waiting_for"), str):
+    if isinstance(body.get("waiting_for"), str) and not sharded:  # sharded: each group's is in its row
         lines.append(f"waiting for:     {body['waiting_for'].removeprefix('waiting for ')}")
     lines.extend(line for line in map(_failure, body.get("failures") or []) if line)
     return "\n".join(lines)

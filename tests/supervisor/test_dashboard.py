@@ -32,7 +32,7 @@ from urban_robot.socketio import Server
 from urban_robot.supervisor._assembly import App, serve
 from urban_robot.supervisor._bus import Bus, ViewsChanged
 from urban_robot.supervisor._dashboard import NAMESPACE, DashboardNamespace, page_response
-from urban_robot.supervisor._events import Action, Heartbeat, RoleChanged, WorkerFailed
+from urban_robot.supervisor._events import Action, Heartbeat, RoleChanged, Verdict, WorkerFailed
 from urban_robot.supervisor._status import StatusTracker
 
 ADMIN = "admin-secret-for-the-dashboard"
@@ -373,3 +373,73 @@ def test_the_tracker_notes_deploy_outcomes_once_per_change() -> None:
         ("deploy of abc: up to date", "info", 1.5),
     ]
     assert len(changes) == 3  # one push per entry, none for the repeats
+
+
+# -- 64 shard groups: the table and each group's last hour ---------------------------------------------------
+
+
+LANE = "document.querySelector('#lanes g.group[data-group=\"{group}\"]')"
+
+
+@pytest.mark.slow
+async def test_the_page_draws_64_groups_their_bars_gaps_and_deploys(chromium: str, nursery: trio.Nursery) -> None:
+    from tests.supervisor._sharded import SnapshotRobot, sharded
+    from urban_robot.supervisor._dashboard import install_dashboard
+    from urban_robot.supervisor._deploy import DeployResult
+
+    robot = SnapshotRobot(sharded(64, idle=(17,)))
+    now = [time.time() - 3000]  # the tracker heard 50 minutes of this bot
+    tracker = StatusTracker(robot, wall_clock=lambda: now[0])  # type: ignore[arg-type]
+
+    def at(offset: float, action: Any) -> None:
+        now[0] = start + offset
+        tracker.observe(action)
+
+    start = now[0]
+    for group in range(64):
+        at(1 + group / 10, RoleChanged(f"sid-{group}-a", f"child-{group}-a", "standby", "running", 1, group=group))
+    at(1000, RoleChanged("sid-5-a", "child-5-a", "running", "gone", None, "process exited (-9)", group=5))
+    at(1000.05, RoleChanged("sid-5-b", "child-5-b", "standby", "running", 2, "failover", group=5))  # a 50 ms gap
+    at(2000, RoleChanged("sid-17-a", "child-17-a", "running", "gone", None, "silent", group=17))  # no one since
+    at(2500, Verdict("child-9-b", 2, "promoted", group=9))
+    now[0] = start + 2600
+    tracker.deployed(DeployResult("0123456789abcdef", "deployed"))
+    now[0] = start + 3000
+
+    install_dashboard(robot, tracker, admin_token=ADMIN)  # type: ignore[arg-type]
+    port = await nursery.start(robot.server.serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}"
+    async with open_browser(height=1200) as page:
+        await page.navigate(f"{url}/?token={ADMIN}")
+        await page.wait_for("document.querySelectorAll('#lanes g.group').length === 64")
+        summary = await page.evaluate("document.getElementById('groups-summary').textContent")
+        assert summary == "64 groups (256 shards): 63 processing, 1 waiting"
+        rows = await page.evaluate(
+            "[...document.querySelectorAll('#groups tr')].map(r => [r.dataset.group, r.className])"
+        )
+        assert len(rows) == 64 and rows[0] == ["17", "idle"] and rows[1] == ["0", ""]  # the problem first
+        lanes = await page.evaluate(
+            "[...document.querySelectorAll('#lanes g.group')].map(g => [g.dataset.group,"
+            " [...g.querySelectorAll('rect.bar')].map(b => [b.dataset.worker, b.getAttribute('fill')]),"
+            " [...g.querySelectorAll('rect.gap')].map(r => +r.getAttribute('width')),"
+            " g.querySelectorAll('line.mark').length])"
+        )
+        by_group = {int(group): (bars, gap_widths, marks) for group, bars, gap_widths, marks in lanes}
+        bars, gap_widths, marks = by_group[5]
+        assert [worker for worker, _ in bars] == ["child-5-a", "child-5-b"]
+        assert bars[0][1] != bars[1][1]  # generation 2, then 3: another colour
+        assert len(gap_widths) == 2 and min(gap_widths) >= 2  # the start, and the 50 ms failover, still visible
+        assert marks == 0
+        bars, gap_widths, _ = by_group[17]
+        assert [worker for worker, _ in bars] == ["child-17-a"] and len(gap_widths) == 2 and gap_widths[1] > 100
+        assert by_group[9][2] == 1 and by_group[0][2] == 0  # the verdict marks its own group only
+        tooltip = await page.evaluate(f"{LANE.format(group=5)}.querySelectorAll('rect.gap')[1].textContent")
+        assert tooltip.startswith("shards 20-23: no processor ") and tooltip.endswith("(50 ms)")
+        shared = await page.evaluate("[...document.querySelectorAll('#lanes g.shared-mark')].map(m => m.textContent)")
+        assert len(shared) == 1 and shared[0].endswith("deploy of 0123456789ab: deployed")
+        legend = await page.evaluate("document.getElementById('legend').textContent")
+        assert "generation 2" in legend and "generation 3" in legend and "no processor" in legend
+        png = await page.screenshot(artifacts() / "dashboard-64-groups.png")
+        assert png_size(png)[1] >= 1000
+        assert outside(page, url) == []
+        assert errors(page) == []

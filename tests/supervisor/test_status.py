@@ -382,3 +382,72 @@ async def test_status_and_metrics_show_each_gateway_and_the_last_failure(
     assert by_identity(body)[c.name]["role"] == "failed"
     assert any(e["level"] == "critical" and "enable Message Content" in e["text"] for e in body["timeline"])
     assert (await harness.metrics())["urban_robot_worker_failures"] == {(): 1.0}
+
+
+# -- shard groups ---------------------------------------------------------------------------------------------
+
+
+async def test_one_group_status_and_metrics_repeat_the_top_level(
+    clock: trio.testing.MockClock, harness: Harness
+) -> None:
+    a = await harness.worker()
+    await a.wait_for("processing")
+    await harness.standby()
+    body = await harness.status()
+    assert body["shard_count"] is None and body["running"] == a.name
+    [group] = body["groups"]
+    assert group == {
+        "index": 0,
+        "name": "all shards",
+        "shard_ids": [],
+        "epoch": body["epoch"],
+        "running": a.name,
+        "lease": group["lease"],
+        "standbys": 1,
+        "workers": 2,
+        "waiting_for": None,
+        "cache_age": body["cache_age"],
+    }
+    assert group["lease"]["identity"] == body["lease"]["identity"] and group["lease"]["epoch"] == 1
+    assert {w["group"] for w in body["workers"]} == {0}
+    assert [span["worker"] for span in body["group_timeline"]["groups"][0]["spans"]] == [a.name]
+    metrics = await harness.metrics()
+    label = (("group", "all shards"),)
+    assert metrics["urban_robot_group_processing"] == {label: 1}
+    assert metrics["urban_robot_group_epoch"] == {label: 1}
+    assert metrics["urban_robot_group_standbys"] == {label: 1}
+    assert set(metrics["urban_robot_group_without_processor_seconds_total"]) == {label}
+    assert metrics["urban_robot_epoch"] == {(): 1}  # today's series as they were
+
+
+def test_64_groups_in_status_and_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tests.supervisor._sharded import SnapshotRobot, sharded
+    from urban_robot.supervisor._status import MetricsCollector, status
+
+    now = [1000.0]
+    tracker = StatusTracker(SnapshotRobot(sharded(64)), wall_clock=lambda: now[0])  # type: ignore[arg-type]
+    now[0] = 1010.0
+    body = status(tracker)
+    assert body["shard_count"] == 256 and len(body["groups"]) == 64
+    assert [g["name"] for g in body["groups"][:2]] == ["shards 0-3", "shards 4-7"]
+    idle = body["groups"][17]
+    assert (idle["running"], idle["lease"]["connected"], idle["shard_ids"]) == (None, False, [68, 69, 70, 71])
+    assert idle["waiting_for"].startswith("waiting for the previous holder's lease")
+    assert {w["group"] for w in body["workers"]} == set(range(64)) and len(body["group_timeline"]["groups"]) == 64
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MetricsCollector(tracker))
+    samples: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            if "group" in sample.labels:
+                samples.setdefault(sample.name, {})[sample.labels["group"]] = sample.value
+    assert len(samples["urban_robot_group_processing"]) == 64
+    assert samples["urban_robot_group_processing"]["shards 68-71"] == 0
+    assert samples["urban_robot_group_processing"]["shards 252-255"] == 1
+    assert set(samples["urban_robot_group_epoch"].values()) == {3}
+    assert samples["urban_robot_group_standbys"]["shards 0-3"] == 1
+    # no RoleChanged was heard: every group has been without a processor since the tracker started
+    assert set(samples["urban_robot_group_without_processor_seconds_total"].values()) == {10.0}

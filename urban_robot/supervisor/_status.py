@@ -24,8 +24,23 @@ credential (``Authorization: Bearer <token>``, as the admin POST routes do): the
       "deploys": [{"commit": str, "outcome": str}],             # with a deployer: the last 10, oldest first
       "children": [{"identity": str, "pid": int, "generation": int}],  # with a process manager
       "notifications": {"queued": int, "dropped": int, "failed": int},  # with a Discord notifier
+      "shard_count": int | null,        # null: unsharded
+      "groups": [{"index": int, "name": str, "shard_ids": [int], "epoch": int, "running": str | null,
+                  "lease": null | {...as "lease"}, "standbys": int, "workers": int,
+                  "waiting_for": str | null, "cache_age": float | null}],   # one ("all shards") unsharded
+      "group_timeline": {"now": float, "window": float, "marks": [mark],    # each group's last hour
+                         "groups": [{"index": int, "known_from": float, "marks": [mark],
+                                     "spans": [{"worker": str, "epoch": int | null, "version": str | null,
+                                                "generation": int | null, "from": float, "to": float | null}],
+                                     "gaps": [{"from": float, "to": float | null}]}]},
       "timeline": [{"at": float, "kind": str, "level": str, "worker": str | null, "text": str}]
     }
+
+Each worker also carries ``group`` (its group's index). ``group_timeline`` is ``_history.GroupHistory``'s
+view (its docstring); a ``mark`` is ``{"at", "kind", "level", "text"}``. The tracker draws a span from a
+worker's ``RoleChanged`` into ``running`` until it leaves ``running``/``stopping``; the core's ``Verdict``
+on a group's candidate marks that group; a ``DeployResult`` (not a no-op) and rollbacks mark every group.
+When the core leaves ``Snapshot.groups`` empty, ``groups_of`` makes the one group from the top-level fields.
 
 A worker is named by its ``identity`` (the process manager's name for it, or ``worker:NAME``); ``sid`` is its
 connection id, which tells two connections of one identity apart (a reconnect before the old one is gone).
@@ -64,6 +79,9 @@ Definitions behind the metrics (all times on the supervisor's trio clock):
 - a *restart* is a ``Spawn`` the core asked for: a replacement for a worker process that exited
   unasked, or ``try_again`` with no worker left.
 - ``urban_robot_cache_bytes`` is the size of the kept cache: its entries' bytes, as the worker encoded them.
+- per group (label ``group``, its name; ``all shards`` unsharded): ``urban_robot_group_processing``,
+  ``urban_robot_group_epoch``, ``urban_robot_group_standbys`` and the counter
+  ``urban_robot_group_without_processor_seconds_total`` (since the tracker started, start-up included).
 """
 
 from __future__ import annotations
@@ -98,15 +116,20 @@ from ._events import (
     RollbackFinished,
     Spawn,
     TryAgain,
+    Verdict,
 )
+from ._history import GroupHistory
 from ._roles import Role
 from ._service import UrbanRobot
+from ._snapshot import GroupView, LeaseView, Snapshot
 
 DEPLOY_HISTORY_SHOWN = 10
 TIMELINE_SIZE = 200
 QUIET_DEPLOY_OUTCOMES = frozenset({"up to date", "known bad", "insane"})  # noted once, not at every poll
 QUIET_ROLES = frozenset({Role.IDENTIFIED.value, Role.CHECKING.value})  # steps of every start: not timeline news
 DEPLOY_LEVELS = {"deployed": "info", "failed": "warning", "error": "warning", "insane": "warning"}
+PROCESSING = frozenset({Role.RUNNING.value, Role.STOPPING.value})  # a stopping holder processes until it acks
+UNSHARDED = "all shards"  # the one group's name when unsharded (as the core names it)
 
 
 class _DeployerLike(Protocol):
@@ -151,16 +174,26 @@ class StatusTracker:
         self.promotions = 0
         self.failovers = 0
         self.restarts = 0
+        self.clock = wall_clock
         self.timeline = Timeline(clock=wall_clock)
-        self._clean_release = False  # the last lease ended with the holder's ack
+        self.group_history = GroupHistory(wall_clock())  # each group's last hour: who processed, gaps, deploys
+        self._clean_release: set[int] = set()  # groups whose last lease ended with the holder's ack
         self._names: dict[str, str] = {}  # sid -> identity, while connected (Disconnected names only the sid)
         self._sane: bool | None = None
         self._deploys_seen = 0
         self._deployer = deployer
 
     def deployed(self, result: object) -> None:
-        """A deploy ended (``DeployResult``): note it in the timeline (the deployer's history has no clock)."""
+        """A deploy ended (``DeployResult``): note it in the timeline (the deployer's history has no clock)
+        and, unless it was a no-op, mark it on every group's timeline."""
         self.sync_deploys()
+        commit, outcome = str(getattr(result, "commit", "-")), str(getattr(result, "outcome", "?"))
+        if outcome not in QUIET_DEPLOY_OUTCOMES:
+            what = "deploy" if commit == "-" else f"deploy of {commit[:12]}"
+            detail = getattr(result, "detail", "")
+            text = f"{what}: {outcome}" + (f": {detail}" if detail else "")
+            self.group_history.mark(None, self.clock(), "deploy", text, level=DEPLOY_LEVELS.get(outcome, "info"))
+            self._changed()
 
     def sync_deploys(self) -> None:
         """Add the deploy outcomes not yet in the timeline; a repeated no-op outcome only once."""
@@ -190,7 +223,9 @@ class StatusTracker:
             self._add("sanity", "try_again: an operator asked to resume")
         elif isinstance(event, RollbackFinished):
             text = f"rollback {'finished' if event.ok else 'FAILED'}: {event.detail}"
-            self.timeline.add("rollback", text, level="info" if event.ok else "critical")
+            level = "info" if event.ok else "critical"
+            self.timeline.add("rollback", text, level=level)
+            self.group_history.mark(None, self.clock(), "rollback", text, level=level)
             self._changed()
 
     def noted(self, handled: Any) -> None:
@@ -204,20 +239,25 @@ class StatusTracker:
         if isinstance(action, RoleChanged):
             if action.old == Role.STANDBY.value and action.new == Role.RUNNING.value:
                 self.promotions += 1
-                if (action.epoch or 0) > 1 and not self._clean_release:
+                if (action.epoch or 0) > 1 and action.group not in self._clean_release:
                     self.failovers += 1
-                self._clean_release = False
+                self._clean_release.discard(action.group)
             elif action.old in (Role.RUNNING.value, Role.STOPPING.value) and action.new in (
                 Role.STANDBY.value,
                 Role.SHUTTING_DOWN.value,
             ):
-                self._clean_release = True  # only the holder runs or stops: it acknowledged
+                self._clean_release.add(action.group)  # only the holder runs or stops: it acknowledged
             self._note_role(action)
+            self._note_processing(action)
+        elif isinstance(action, Verdict):
+            self._note_verdict(action)
         elif isinstance(action, Spawn):
             self.restarts += 1
             self._add("worker", f"spawn: {action.reason}")
         elif isinstance(action, RollBack):
-            self.timeline.add("rollback", f"rollback asked for: {action.version} {action.reason}", level="warning")
+            text = f"rollback asked for: {action.version} {action.reason}"
+            self.timeline.add("rollback", text, level="warning")
+            self.group_history.mark(None, self.clock(), "rollback", text, level="warning")
         elif isinstance(action, Notify) and action.level != "info":  # info ones repeat other entries
             self.timeline.add("notice", action.message, level=action.level)
         elif isinstance(action, Persist):  # every change of is_sane is persisted
@@ -233,6 +273,30 @@ class StatusTracker:
         reason = f": {action.reason}" if action.reason else ""
         level = "warning" if action.new == Role.GONE.value and action.old == Role.RUNNING.value else "info"
         self.timeline.add("role", f"{name}: {action.old} → {action.new}{epoch}{reason}", level=level, worker=name)
+
+    def _note_processing(self, action: RoleChanged) -> None:
+        """A worker starts or stops processing its group: its group's timeline gets a bar or ends one."""
+        was, now = action.old in PROCESSING, action.new in PROCESSING
+        if now and not was:
+            worker = self.robot.snapshot().worker(action.sid)  # its version and generation colour its bar
+            self.group_history.began(
+                action.group,
+                action.sid,
+                action.identity,
+                self.clock(),
+                epoch=action.epoch,
+                version=None if worker is None else worker.version,
+                generation=None if worker is None else worker.generation,
+            )
+        elif was and not now:
+            self.group_history.ended(action.group, action.sid, self.clock())
+
+    def _note_verdict(self, verdict: Verdict) -> None:
+        """The core's verdict on a deploy candidate: a mark on its group's timeline."""
+        text = f"generation {verdict.generation} ({verdict.identity}): {verdict.outcome}"
+        text += f": {verdict.detail}" if verdict.detail and not verdict.promoted else ""
+        level = "info" if verdict.promoted else "warning"
+        self.group_history.mark(verdict.group, self.clock(), "deploy", text, level=level)
 
     def _check_sanity(self, sane: bool) -> None:
         if sane == self._sane:
@@ -262,19 +326,12 @@ def status(
     robot = tracker.robot
     snap = robot.snapshot()  # one moment for the whole body
     body = robot.status(snap)
-    lease = snap.lease
-    body["lease"] = (
-        None
-        if lease is None
-        else {
-            "identity": lease.identity,
-            "epoch": lease.epoch,
-            "connected": lease.sid is not None,
-            "confirmed": lease.confirmed,
-            "stopping": lease.stopping,
-            "expires_in": lease.expires_in,
-        }
-    )
+    for entry, worker in zip(body["workers"], snap.workers, strict=True):
+        entry.setdefault("group", worker.group)  # the core's part may say it already
+    body["lease"] = _lease(snap.lease)
+    groups = groups_of(snap)
+    body["shard_count"] = snap.shard_count
+    body["groups"] = [_group(g) for g in groups]
     body["promotions"] = tracker.promotions
     body["failovers"] = tracker.failovers
     if deployer is not None:
@@ -289,7 +346,60 @@ def status(
         body["notifications"] = _notifications(notifier)
     tracker.sync_deploys()
     body["timeline"] = list(tracker.timeline.entries)
+    body["group_timeline"] = tracker.group_history.view(tracker.clock(), len(groups))
     return body
+
+
+def groups_of(snap: Snapshot) -> tuple[GroupView, ...]:
+    """Every shard group of ``snap``; a core that does not fill ``groups`` yet has one, from the top-level fields."""
+    if snap.groups:
+        return snap.groups
+    running = snap.running
+    standbys = sum(1 for w in snap.workers if w.role == Role.STANDBY.value)
+    return (
+        GroupView(
+            index=0,
+            name=UNSHARDED,
+            shard_ids=(),
+            epoch=snap.epoch,
+            lease=snap.lease,
+            running=None if running is None else running.identity,
+            standbys=standbys,
+            workers=len(snap.workers),
+            waiting_for=snap.waiting_for,
+            health_line=snap.health_line,
+            cache_age=snap.cache_age,
+            cache_bytes=snap.cache_bytes,
+        ),
+    )
+
+
+def _lease(lease: LeaseView | None) -> dict[str, Any] | None:
+    if lease is None:
+        return None
+    return {
+        "identity": lease.identity,
+        "epoch": lease.epoch,
+        "connected": lease.sid is not None,
+        "confirmed": lease.confirmed,
+        "stopping": lease.stopping,
+        "expires_in": lease.expires_in,
+    }
+
+
+def _group(group: GroupView) -> dict[str, Any]:
+    return {
+        "index": group.index,
+        "name": group.name,
+        "shard_ids": list(group.shard_ids),
+        "epoch": group.epoch,
+        "running": group.running,
+        "lease": _lease(group.lease),
+        "standbys": group.standbys,
+        "workers": group.workers,
+        "waiting_for": group.waiting_for,
+        "cache_age": group.cache_age,
+    }
 
 
 def _notifications(notifier: _NotifierLike) -> dict[str, int]:
@@ -373,6 +483,8 @@ class MetricsCollector(Collector):
                 value=snap.cache_bytes,
             )
 
+        yield from self._groups(snap)
+
         if self.deployer is not None:
             deploys = CounterMetricFamily("urban_robot_deploys", "Deploy attempts by outcome.", labels=["outcome"])
             for outcome, count in sorted(collections.Counter(o for _, o in self.deployer.history).items()):
@@ -397,6 +509,28 @@ class MetricsCollector(Collector):
                 "Notifications that failed to send and are not yet reported on Discord.",
                 value=counts["failed"],
             )
+
+    def _groups(self, snap: Snapshot) -> Iterator[Metric]:
+        """One series per shard group (label ``group``, its name; ``all shards`` unsharded)."""
+        groups, now, history = groups_of(snap), self.tracker.clock(), self.tracker.group_history
+        processing = GaugeMetricFamily(
+            "urban_robot_group_processing", "1 while a connected worker processes the group.", labels=["group"]
+        )
+        epoch = GaugeMetricFamily("urban_robot_group_epoch", "The group's last lease epoch.", labels=["group"])
+        standbys = GaugeMetricFamily(
+            "urban_robot_group_standbys", "The group's standbys that may be promoted now.", labels=["group"]
+        )
+        idle = CounterMetricFamily(
+            "urban_robot_group_without_processor_seconds",
+            "Seconds the group had no worker processing it, since the supervisor started.",
+            labels=["group"],
+        )
+        for g in groups:
+            processing.add_metric([g.name], int(g.running is not None))
+            epoch.add_metric([g.name], g.epoch)
+            standbys.add_metric([g.name], g.standbys)
+            idle.add_metric([g.name], history.without_processor(g.index, now))
+        yield from (processing, epoch, standbys, idle)
 
 
 def _json(status_code: int, body: dict[str, Any]) -> Response:
@@ -443,4 +577,4 @@ def install_status_routes(
     robot.server.add_route("GET", "/metrics", _guarded(admin_token, public_metrics, metrics_view, throttle))
 
 
-__all__ = ["MetricsCollector", "StatusTracker", "Timeline", "install_status_routes", "status"]
+__all__ = ["MetricsCollector", "StatusTracker", "Timeline", "groups_of", "install_status_routes", "status"]
