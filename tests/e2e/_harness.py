@@ -447,13 +447,20 @@ def socket_bound() -> Any:
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    tmp: Path, *, intents: tuple[str, ...] = ("members", "presences", "message_content"), **kw: Any
+    tmp: Path,
+    *,
+    intents: tuple[str, ...] = ("members", "presences", "message_content"),
+    sharding: dict[str, Any] | None = None,
+    **kw: Any,
 ) -> AsyncIterator[Stack]:
     """The fake Discord, the bot's repositories and the supervisor with two workers, torn down after.
 
     ``intents``: the privileged intents the fake's application has enabled (fewer: the bot is refused, 4014).
+    ``sharding``: the fake's ``set_sharding`` (what GET /gateway/bot says and the gateway enforces).
     """
     fake = FakeDiscord(heartbeat_interval=10.0, enabled_intents=intents)
+    if sharding:
+        fake.set_sharding(**sharding)
     stack: Stack | None = None
     try:
         async with trio.open_nursery() as nursery:

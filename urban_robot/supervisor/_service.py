@@ -370,6 +370,7 @@ class UrbanRobot:
                     "heartbeat_age": w.silent_for,
                     "gateway": w.gateway,
                     "gateway_down_for": w.gateway_down_for,
+                    "group": w.group,
                 }
                 for w in snap.workers
             ],
