@@ -30,7 +30,7 @@ CODECS = [
 PROTOCOL = sorted((PACKAGE / "protocol").glob("*.py"))
 CORE = [
     PACKAGE / "supervisor" / name
-    for name in ("_core.py", "_events.py", "_roles.py", "_snapshot.py", "_bus.py", "_webhook.py")
+    for name in ("_core.py", "_fleet.py", "_events.py", "_roles.py", "_snapshot.py", "_bus.py", "_webhook.py")
 ]
 SANS_IO = [*FACES, *CODECS, *PROTOCOL, *CORE]
 IO_LIBRARIES = {"asyncio", "socket", "selectors", "subprocess", "threading", "httpx", "aiohttp", "socketio", "h11"}
