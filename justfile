@@ -19,7 +19,7 @@ check:
     {{python}} -m mypy
 
 # Every benchmark.
-bench: bench-socketio bench-failover bench-deploy bench-cache bench-restart bench-hostile
+bench: bench-socketio bench-failover bench-deploy bench-cache bench-restart bench-hostile bench-shards
 
 # Socket.IO server against python-socketio on uvicorn and aiohttp, same run.
 bench-socketio *ARGS:
@@ -43,6 +43,11 @@ bench-cache *ARGS:
 bench-restart *ARGS:
     {{python}} scripts/bench/restart/run.py {{ARGS}}
 
+# A sharded bot of 16 groups (32 real worker processes): start-up until every group processes, crash failover per
+# group (p50/p99), a rolling deploy's total time and longest per-group gap. `--groups N`, `--kills N`.
+bench-shards *ARGS:
+    {{python}} scripts/bench/shards/run.py {{ARGS}}
+
 # 500 hostile, unauthenticated connections of six kinds against a real supervisor: its RSS growth and a worker's
 # heartbeat answers meanwhile (docs/security.md). `--code DIR` measures another checkout the same way.
 bench-hostile *ARGS:
@@ -53,6 +58,11 @@ bench-hostile *ARGS:
 # `fuzz` is a dependency run after the soak, not a nested `just`: that would drop overrides (`just python=… chaos`).
 chaos SECONDS="600" *ARGS: && fuzz
     {{python}} scripts/chaos/run.py --seconds {{SECONDS}} {{ARGS}}
+
+# The chaos soak on a sharded bot: 8 shards in 4 groups of 3 workers (12 real worker processes), every check per
+# group, `groups` in the JSON last line (docs/reliability.md). No fuzz step.
+chaos-shards SECONDS="120" *ARGS:
+    {{python}} scripts/chaos/run.py --seconds {{SECONDS}} --shards 8 --shards-per-worker 2 {{ARGS}}
 
 # Fuzz the codecs and the HTTP/WebSocket edge with URBAN_ROBOT_FUZZ_SCALE (20) times CI's example counts.
 fuzz:

@@ -181,3 +181,69 @@ def test_twenty_seconds_of_chaos_with_discord_py_workers_breaks_no_promise() -> 
     figures = result["discord_py"]
     assert figures["twice"] == 0 and figures["switches_without_handover"] == 0, figures
     assert figures["once"] > 0 and result["writes_checked"] > 0, figures
+
+
+def grouped(events: list[dict[str, Any]], grp: str) -> list[dict[str, Any]]:
+    return [{**e, "grp": grp} for e in events]
+
+
+def test_a_sharded_journal_is_checked_group_by_group() -> None:
+    # Two groups whose holders process at the same instants under their own epochs: no overlap, no epoch problem;
+    # a fault aimed at group A counts for A only, a supervisor kill for both.
+    events = [
+        *grouped(commands("a", 1, 0.0, 1.0), "shards 0-1"),
+        *grouped(commands("b", 5, 0.0, 0.5), "shards 2-3"),
+        {"e": "chaos", "t": 0.5, "id": "soak", "kind": "kill_worker:holder", "group": "shards 2-3"},
+        {"e": "chaos", "t": 0.2, "id": "soak", "kind": "kill_supervisor"},
+        *grouped(commands("c", 6, 0.8, 1.0), "shards 2-3"),
+        {"e": "write", "t": 0.3, "id": "a", "pid": 1, "ver": "1.0", "key": "a:1", "grp": "shards 0-1"},
+        {"e": "write", "t": 0.3, "id": "b", "pid": 2, "ver": "1.0", "key": "b:1", "grp": "shards 2-3"},
+    ]
+    events.sort(key=lambda e: e["t"])
+    dumps = {"shards 0-1": {"a:1"}, "shards 2-3": set()}  # group 2-3's final holder lost b:1
+    overall, verdicts, problems = checker.check_groups(events, dumps, set(), 0.0, 1.0, ["shards 0-1", "shards 2-3"])
+    assert problems == [] and overall.overlaps == [] and overall.epoch_problems == []
+    assert verdicts["shards 0-1"].writes_lost == [] and verdicts["shards 2-3"].writes_lost == ["b:1"]
+    assert overall.writes_lost == ["shards 2-3: b:1"] and overall.writes_checked == 2
+    assert verdicts["shards 0-1"].idle == [] and verdicts["shards 2-3"].idle == pytest.approx([0.3])
+    assert [kind for kind, _, _ in verdicts["shards 2-3"].idle_causes] == ["kill_worker:holder"]
+    assert [v[:3] for v in overall.violations] == ["P3:"]
+
+
+def test_two_workers_of_one_group_at_once_are_an_overlap_even_when_other_groups_are_fine() -> None:
+    events = [
+        *grouped(commands("a", 1, 0.0, 1.0), "shards 0-1"),
+        *grouped(commands("b", 2, 0.5, 1.0), "shards 0-1"),  # a second processor of group 0-1
+        *grouped(commands("c", 1, 0.0, 1.0), "shards 2-3"),
+    ]
+    events.sort(key=lambda e: e["t"])
+    overall, verdicts, _ = checker.check_groups(events, {}, set(), 0.0, 1.0, ["shards 0-1", "shards 2-3"])
+    assert len(verdicts["shards 0-1"].overlaps) == 1 and verdicts["shards 2-3"].overlaps == []
+    assert overall.overlaps[0].startswith("shards 0-1: ")
+
+
+def test_a_worker_that_changes_groups_or_processes_without_one_is_a_problem() -> None:
+    events = [
+        *grouped(commands("a", 1, 0.0, 0.1), "shards 0-1"),
+        *grouped(commands("a", 1, 0.2, 0.3), "shards 2-3"),
+        cmd(0.4, "z", 1),  # never said its group
+    ]
+    _, _, problems = checker.check_groups(events, {}, set(), 0.0, 0.4, ["shards 0-1", "shards 2-3"])
+    assert len(problems) == 2
+    assert "'shards 0-1' and then for 'shards 2-3'" in problems[0] and "outside every shard group" in problems[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_sharded_bot_keeps_every_promise_per_group_under_chaos() -> None:
+    returncode, output, result = soak("--seconds", "30", "--shards", "8", "--shards-per-worker", "2", "--workers", "2")
+    assert returncode == 0, output[-4000:]
+    groups = result["groups"]
+    assert list(groups) == ["shards 0-1", "shards 2-3", "shards 4-5", "shards 6-7"]
+    for name, figures in groups.items():
+        assert (figures["overlaps"], figures["writes_lost"], figures["bad_commits_processed"]) == (0, 0, 0), name
+        assert figures["epoch_violations"] == 0 and figures["writes_checked"] > 0 and figures["commands"] > 0, name
+        assert 0 <= figures["no_processor_share"] < 0.5, (name, figures)
+    assert sum(g["faults_aimed"] for g in groups.values()) > 0
+    assert sum(1 for g in groups.values() if g["faults_aimed"]) >= 3, groups  # faults hit several groups
+    assert result["writes_checked"] == sum(g["writes_checked"] for g in groups.values())

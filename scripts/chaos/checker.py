@@ -13,6 +13,11 @@
   journaled before it began (``{"e": "chaos", "kind": ...}`` lines).
 - **P3**: every key journaled as acknowledged is in the final holder's cache dump.
 - **P4**: no command journaled by a worker running a bad commit's version.
+
+A sharded bot (``check_groups``): the worker lines carry their shard group (``"grp"``); every check above runs
+on each group's lines alone (its own workers, epochs, final holder's dump), with the soak's marks aimed at that
+group or at none (a supervisor kill, a delay for everyone, a commit). A worker's lines in two groups, or a
+command of a worker that never said its group, are violations too.
 """
 
 from __future__ import annotations
@@ -199,3 +204,59 @@ def check(events: list[dict[str, Any]], dump: set[str], bad_versions: set[str], 
         writes_lost=sorted(written - dump),
         bad_commands=[f"{who}: {n} commands" for who, n in bad.items()],
     )
+
+
+def split_groups(events: list[dict[str, Any]], groups: list[str]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """Each group's journal: its workers' lines (a worker's group is the ``grp`` its lines carry) and the soak's
+    marks aimed at it or at no group. Also the problems: a worker in two groups, a command with no group."""
+    owner: dict[str, str] = {}
+    problems: list[str] = []
+    for e in events:
+        grp = e.get("grp")
+        if grp is None or e["id"] == "soak":
+            continue
+        if owner.setdefault(e["id"], grp) != grp:
+            problems.append(f"{e['id']} journaled for {owner[e['id']]!r} and then for {grp!r} at t={e['t']:.3f}")
+            owner[e["id"]] = grp
+    split: dict[str, list[dict[str, Any]]] = {g: [] for g in groups}
+    for e in events:
+        if e["e"] == "chaos":
+            for g in [e["group"]] if e.get("group") in split else groups:
+                split[g].append(e)
+            continue
+        grp = e.get("grp") or owner.get(e["id"])
+        if grp in split:
+            split[grp].append(e)
+        elif e["e"] == "cmd":
+            problems.append(f"{e['id']} processed a command at t={e['t']:.3f} outside every shard group ({grp!r})")
+    return split, problems
+
+
+def check_groups(
+    events: list[dict[str, Any]],
+    dumps: dict[str, set[str]],
+    bad_versions: set[str],
+    since: float,
+    until: float,
+    groups: list[str],
+) -> tuple[Verdict, dict[str, Verdict], list[str]]:
+    """Every check per shard group (``dumps``: each group's final holder's keys); the overall verdict (the sums, every
+    group's stretches without a processor), each group's, and the problems of the split itself."""
+    split, problems = split_groups(events, groups)
+    verdicts = {g: check(split[g], dumps.get(g, set()), bad_versions, since, until) for g in groups}
+
+    def each(field: str) -> list[Any]:
+        return [f"{g}: {item}" for g, v in verdicts.items() for item in getattr(v, field)]
+
+    overall = Verdict(
+        commands=sum(v.commands for v in verdicts.values()),
+        segments=sum(v.segments for v in verdicts.values()),
+        overlaps=each("overlaps"),
+        epoch_problems=each("epoch_problems"),
+        idle=[x for v in verdicts.values() for x in v.idle],
+        writes_checked=sum(v.writes_checked for v in verdicts.values()),
+        writes_lost=each("writes_lost"),
+        bad_commands=each("bad_commands"),
+        idle_causes=[c for v in verdicts.values() for c in v.idle_causes],
+    )
+    return overall, verdicts, problems

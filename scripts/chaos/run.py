@@ -29,6 +29,12 @@ The last line printed is one JSON object:
  "bad_commits_processed", ...}
 ``no_processor_share`` is a fraction (0.02 = 2% of ``duration_s``); ``no_processor_by_cause`` puts each stretch
 down to the fault (``kind:holder``, ``kind:standby``) or commit the soak journaled last before it began.
+
+``--shards N --shards-per-worker K`` runs a sharded bot: ceil(N/K) shard groups of ``--workers`` workers each
+(one running, the rest its standbys). Each fault that aims at a worker picks the next group in turn (a seeded
+rotation), then its holder or a standby; every check runs per group (``checker.check_groups``): the overall keys
+are the sums (``no_processor_*``: every group's stretches; the share is of ``duration_s`` times the groups), and
+``groups`` adds {name: {"overlaps", "writes_lost", "writes_checked", "no_processor_share", ...}}.
 Exit status 1 on any violation (each is printed), 2 if the soak itself could not run.
 """
 
@@ -65,7 +71,7 @@ from chaos.fake_discord import FakeDiscord  # noqa: E402
 from chaos.proxy import Proxy  # noqa: E402
 from chaos.worker import start_ticks  # noqa: E402
 
-from urban_robot.protocol import PLAIN, decode_value  # noqa: E402
+from urban_robot.protocol import PLAIN, ShardPlan, decode_value  # noqa: E402
 from urban_robot.supervisor._store import peek_cache  # noqa: E402
 from urban_robot.testing.fake_discord import DEFAULT_TOKEN  # noqa: E402
 from urban_robot.testing.traffic import OverHTTP, Profile, Traffic  # noqa: E402
@@ -271,6 +277,11 @@ class Soak:
         self.stopped: dict[int, int | None] = {}  # SIGSTOPped pids, to SIGCONT whatever happens
         self.supervisor: Supervisor | None = None
         self.notes: list[str] = []
+        # A sharded bot: its groups' names, in order ([] unsharded), and the next group a fault aims at.
+        self.plan = ShardPlan(args.shards, args.shards_per_worker) if args.shards else None
+        self.groups = [g.name for g in self.plan.groups] if self.plan is not None else []
+        self.next_group = random.Random(args.seed + 2).randrange(len(self.groups)) if self.groups else 0
+        self.group_epochs: dict[str, int] = {}  # each group's last epoch seen in state.json
 
     # -- set-up --------------------------------------------------------------------------------------------
     async def set_up(self) -> None:
@@ -278,6 +289,9 @@ class Soak:
         slow_login = ""
         if self.fake is not None:  # a discord.py worker logs in to the fake before its health check
             slow_login = "health_timeout = 15\n"
+        sharding = ""
+        if self.plan is not None:
+            sharding = f"shard_count = {self.plan.shard_count}\nshards_per_worker = {self.plan.shards_per_worker}"
         await self.repos.create()
         await self.repos.commit("first", version="1.0", kind="good")
         await git(self.tmp, "clone", "-q", str(self.repos.upstream), str(self.repos.managed))
@@ -291,6 +305,7 @@ state_dir = "{self.state_dir}"
 standbys = {self.args.workers - 1}
 branch = "main"
 log_level = "INFO"
+{sharding}
 deploy_timeout = {30 if self.fake else 10}  # a commit that hangs before ready must not hold up the soak for 180 s
 
 [workers]
@@ -363,28 +378,42 @@ admin_token = "{secrets.token_urlsafe(24)}"
                         return event
 
     # -- targets -------------------------------------------------------------------------------------------
-    def workers(self) -> dict[str, tuple[int, int | None]]:
-        """Identity -> (pid, start ticks) of the supervisor's children that are alive now."""
+    def workers(self, group: int | None = None) -> dict[str, tuple[int, int | None]]:
+        """Identity -> (pid, start ticks) of the supervisor's children that are alive now (of shard group
+        ``group`` only, if given)."""
         registry = read_json(self.state_dir / "children.json") or {}
         return {
             identity: (int(info["pid"]), info.get("start_ticks"))
             for identity, info in registry.items()
-            if alive(int(info["pid"]), info.get("start_ticks"))
+            if alive(int(info["pid"]), info.get("start_ticks")) and group in (None, info.get("group", 0))
         }
 
-    def holder(self) -> str | None:
+    def holder(self, group: int | None = None) -> str | None:
+        """The lease holder in state.json (a sharded bot's: of shard group ``group``)."""
         state = read_json(self.state_dir / "state.json") or {}
+        if group is not None and self.groups:
+            groups = state.get("groups")
+            state = (groups.get(self.groups[group]) if isinstance(groups, dict) else None) or {}
         holder = state.get("holder") or {}
         return holder.get("identity") if isinstance(holder, dict) else None
 
-    async def target(self, want_holder: bool, routed: bool = False) -> tuple[str, int, int | None] | None:
-        """A worker to hurt: the holder or another one (routed: one that has a proxy route)."""
+    def aim(self) -> int | None:
+        """The shard group the next fault aims at (in turn), or None unsharded."""
+        if not self.groups:
+            return None
+        group, self.next_group = self.next_group, (self.next_group + 1) % len(self.groups)
+        return group
+
+    async def target(
+        self, want_holder: bool, routed: bool = False, group: int | None = None
+    ) -> tuple[str, int, int | None] | None:
+        """A worker to hurt: the holder or another one (routed: one that has a proxy route; sharded: of ``group``)."""
         with trio.move_on_after(3):
             while True:
-                workers = self.workers()
+                workers = self.workers(group)
                 if routed:
                     workers = {i: w for i, w in workers.items() if i in self.proxy.routes}
-                holder = self.holder()
+                holder = self.holder(group)
                 if want_holder and holder in workers:
                     assert holder is not None
                     return (holder, *workers[holder])
@@ -396,12 +425,17 @@ admin_token = "{secrets.token_urlsafe(24)}"
         return None
 
     # -- faults --------------------------------------------------------------------------------------------
-    def mark(self, kind: str, target: tuple[str, int, int | None] | str | None = None) -> None:
+    def mark(
+        self, kind: str, target: tuple[str, int, int | None] | str | None = None, group: int | None = None
+    ) -> None:
         """Journal a fault (or commit) the moment it takes effect: the checker puts each stretch without a
-        processor down to the last one before it. ``target``: the worker hurt (said as holder or standby)."""
+        processor down to the last one before it. ``target``: the worker hurt (said as holder or standby);
+        ``group``: the shard group it is in (sharded; the mark then counts for that group only)."""
         if isinstance(target, tuple):
-            target = "holder" if target[0] == self.holder() else "standby"
+            target = "holder" if target[0] == self.holder(group) else "standby"
         line = {"e": "chaos", "t": time.monotonic(), "id": "soak", "kind": f"{kind}:{target}" if target else kind}
+        if group is not None and self.groups:
+            line["group"] = self.groups[group]
         fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (json.dumps(line) + "\n").encode())  # one write on O_APPEND, as the workers do
@@ -416,17 +450,19 @@ admin_token = "{secrets.token_urlsafe(24)}"
             self.notes.append(f"{kind}: no target found")
 
     async def _kill_worker(self, params: dict[str, Any]) -> bool:
-        target = await self.target(params["holder"])
+        group = self.aim()
+        target = await self.target(params["holder"], group=group)
         if target is None:
             return False
-        self.mark("kill_worker", target)
+        self.mark("kill_worker", target, group)
         return signal_pid(target[1], target[2], signal.SIGKILL)
 
     async def _hang_worker(self, params: dict[str, Any]) -> bool:
-        target = await self.target(params["holder"])
+        group = self.aim()
+        target = await self.target(params["holder"], group=group)
         if target is None:
             return False
-        self.mark("hang_worker", target)
+        self.mark("hang_worker", target, group)
         if not signal_pid(target[1], target[2], signal.SIGSTOP):
             return False
         self.stopped[target[1]] = target[2]
@@ -438,10 +474,11 @@ admin_token = "{secrets.token_urlsafe(24)}"
         return True
 
     async def _partition(self, params: dict[str, Any]) -> bool:
-        target = await self.target(params["holder"], routed=True)
+        group = self.aim()
+        target = await self.target(params["holder"], routed=True, group=group)
         if target is None:
             return False
-        self.mark("partition", target)
+        self.mark("partition", target, group)
         if not self.proxy.partition(target[0]):
             return False
         try:
@@ -451,13 +488,14 @@ admin_token = "{secrets.token_urlsafe(24)}"
         return True
 
     async def _delay(self, params: dict[str, Any]) -> bool:
-        identity = None
+        identity, group = None, None
         if not params["everyone"]:
-            target = await self.target(params["holder"], routed=True)
+            group = self.aim()
+            target = await self.target(params["holder"], routed=True, group=group)
             if target is None:
                 return False
             identity = target[0]
-        self.mark("delay", target if identity else "everyone")
+        self.mark("delay", target if identity else "everyone", group)
         self.proxy.set_delay(identity, params["latency"])
         try:
             await trio.sleep(params["duration"])
@@ -466,12 +504,13 @@ admin_token = "{secrets.token_urlsafe(24)}"
         return True
 
     async def _drop(self, params: dict[str, Any]) -> bool:
+        group = self.aim()
         with trio.move_on_after(3):
             while True:  # a worker between two connections has nothing to drop: try again shortly
-                target = await self.target(params["holder"], routed=True)
-                holder = target is not None and target[0] == self.holder()
+                target = await self.target(params["holder"], routed=True, group=group)
+                holder = target is not None and target[0] == self.holder(group)
                 if target is not None and self.proxy.drop(target[0]) > 0:
-                    self.mark("drop", "holder" if holder else "standby")
+                    self.mark("drop", "holder" if holder else "standby", group)
                     return True
                 await trio.sleep(0.1)
         return False
@@ -524,6 +563,17 @@ admin_token = "{secrets.token_urlsafe(24)}"
                 if not self.epochs or epoch != self.epochs[-1][1]:
                     self.epochs.append((time.monotonic(), epoch))
                     self.wall_epochs.append((time.time(), epoch))
+                groups = state.get("groups")
+                for name, group in (
+                    groups.items() if isinstance(groups, dict) else ()
+                ):  # sharded: each group's epoch never goes down either
+                    epoch = group.get("epoch") if isinstance(group, dict) else None
+                    if not isinstance(epoch, int):
+                        continue
+                    before = self.group_epochs.get(name)
+                    if before is not None and epoch < before:
+                        self.state_epoch_problems.append(f"state.json: {name}'s epoch went from {before} to {epoch}")
+                    self.group_epochs[name] = epoch
             await trio.sleep(0.2)
 
     # -- the run ---------------------------------------------------------------------------------------------
@@ -557,23 +607,30 @@ admin_token = "{secrets.token_urlsafe(24)}"
             signal_pid(pid, ticks, signal.SIGCONT)
         self.stopped.clear()
 
-    async def final_dump(self) -> tuple[str, set[str]]:
-        """Let the system settle, then have the final holder dump its cache; (identity, keys)."""
+    async def final_dump(self, group: str | None = None) -> tuple[str, set[str]]:
+        """Let the system settle, then have the final holder (of shard group ``group``) dump its cache;
+        (identity, keys)."""
         settled = time.monotonic()
-        await self.wait_journal(lambda e: e["e"] == "write" and e["t"] > settled, SETTLE_TIMEOUT)
+
+        def mine(e: dict[str, Any]) -> bool:
+            return group is None or e.get("grp") == group
+
+        await self.wait_journal(lambda e: e["e"] == "write" and e["t"] > settled and mine(e), SETTLE_TIMEOUT)
         for _ in range(5):
-            last = await self.wait_journal(lambda e: e["e"] == "cmd", 10)
+            last = await self.wait_journal(lambda e: e["e"] == "cmd" and mine(e), 10)
             asked, offset = time.monotonic(), self.journal_end()
             if not signal_pid(last["pid"], start_ticks(last["pid"]), signal.SIGUSR1):
                 continue
             dump = await self.wait_journal(lambda e, pid=last["pid"]: e["e"] == "dump" and e["pid"] == pid, 10, offset)
             others = [
-                e for e in self.events() if e["e"] == "cmd" and e["id"] != last["id"] and asked <= e["t"] <= dump["t"]
+                e
+                for e in self.events()
+                if e["e"] == "cmd" and mine(e) and e["id"] != last["id"] and asked <= e["t"] <= dump["t"]
             ]
             if not others:  # nobody else took over while it dumped: it is the final holder
                 data = json.loads((self.dumps / f"dump-{last['pid']}.json").read_text())
                 return last["id"], set(data["keys"])
-        raise RuntimeError("no stable holder to dump the final cache from")
+        raise RuntimeError(f"no stable holder{f' of {group}' if group else ''} to dump the final cache from")
 
     async def run(self) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=15) as http, trio.open_nursery() as nursery:
@@ -595,6 +652,14 @@ admin_token = "{secrets.token_urlsafe(24)}"
             until = time.monotonic()
             self.undo_everything()
             assert self.supervisor is not None
+            if self.groups:  # every group's final holder dumps its cache, group by group
+                finals = {}
+                for group in self.groups:
+                    finals[group] = await self.final_dump(group)
+                persisted = {g: await self.supervisor_cache(keys, g) for g, (_, keys) in finals.items()}
+                await self.supervisor.stop()
+                nursery.cancel_scope.cancel()
+                return self.report_groups(since, until, finals, persisted)
             holder, dump = await self.final_dump()
             supervisor_cache = await self.supervisor_cache(dump)
             answered = await self.judge_answers(http)
@@ -612,12 +677,14 @@ admin_token = "{secrets.token_urlsafe(24)}"
         items = [item for item in self.traffic.items if item.sent_at >= self.started_wall]
         return answers.judge(items, records, DISCORD_PROFILE, self.wall_epochs)
 
-    async def supervisor_cache(self, dump: set[str]) -> set[str] | None:
-        """The supervisor's persisted cache.bin, once it holds the final holder's cache (or after 5 s)."""
+    async def supervisor_cache(self, dump: set[str], group: str | None = None) -> set[str] | None:
+        """The supervisor's persisted cache.bin (shard group ``group``'s: cache.shards-0-1.bin), once it holds the
+        final holder's cache (or after 5 s)."""
         keys: set[str] | None = None
+        name = f"cache.{group.replace(' ', '-')}.bin" if group else "cache.bin"
         with trio.move_on_after(5):
             while True:
-                image = peek_cache(self.state_dir / "cache.bin")
+                image = peek_cache(self.state_dir / name)
                 cache = decode_value(image.entries[PLAIN]) if image is not None and PLAIN in image.entries else None
                 keys = set(cache) if isinstance(cache, dict) else None
                 if keys is not None and dump <= keys:
@@ -685,6 +752,79 @@ admin_token = "{secrets.token_urlsafe(24)}"
             result["overlaps"] = len(answered.unexplained_switches) + sum(answered.traffic.twice.values())
         return result
 
+    def report_groups(
+        self,
+        since: float,
+        until: float,
+        finals: dict[str, tuple[str, set[str]]],
+        persisted: dict[str, set[str] | None],
+    ) -> dict[str, Any]:
+        """A sharded soak's result: the unsharded keys over every group (sums; the share of ``duration_s`` times
+        the groups), and ``groups`` with each group's own figures."""
+        events = self.events()
+        dumps = {g: keys for g, (_, keys) in finals.items()}
+        overall, verdicts, split_problems = checker.check_groups(
+            events, dumps, self.bad_versions, since, until, self.groups
+        )
+        duration = max(until - since, 1e-9)
+        groups: dict[str, Any] = {}
+        for name, v in verdicts.items():
+            written = {e["key"] for e in events if e["e"] == "write" and e.get("grp") == name}
+            kept = persisted.get(name)
+            groups[name] = {
+                "overlaps": len(v.overlaps),
+                "epoch_violations": len(v.epoch_problems),
+                "writes_checked": v.writes_checked,
+                "writes_lost": len(v.writes_lost),
+                "bad_commits_processed": len(v.bad_commands),
+                "no_processor_share": round(sum(v.idle) / duration, 4),
+                "no_processor_total_s": round(sum(v.idle), 3),
+                "no_processor_longest_s": round(max(v.idle, default=0.0), 3),
+                "no_processor_p99_s": round(checker.percentile(v.idle, 99), 3),
+                "no_processor_stretches": len(v.idle),
+                "commands": v.commands,
+                "processing_segments": v.segments,
+                "epoch": self.group_epochs.get(name),
+                "faults_aimed": sum(1 for e in events if e["e"] == "chaos" and e.get("group") == name),
+                "final_holder": finals[name][0],
+                "writes_missing_from_supervisor_cache": len(written - kept) if kept is not None else None,
+            }
+        violations = overall.violations + [f"state.json: {p}" for p in self.state_epoch_problems]
+        violations += [f"groups: {p}" for p in split_problems[:5]]
+        idle = overall.idle
+        return {
+            "duration_s": round(until - since, 1),
+            "faults": dict(sorted(self.faults.items())),
+            "overlaps": len(overall.overlaps),
+            "no_processor_total_s": round(sum(idle), 3),
+            "no_processor_share": round(sum(idle) / (duration * len(self.groups)), 4),
+            "no_processor_longest_s": round(max(idle, default=0.0), 3),
+            "no_processor_p99_s": round(checker.percentile(idle, 99), 3),
+            "no_processor_stretches": len(idle),
+            "no_processor_by_cause": by_cause(overall.idle_causes),
+            "writes_checked": overall.writes_checked,
+            "writes_lost": len(overall.writes_lost),
+            "bad_commits_processed": len(overall.bad_commands),
+            "epoch_violations": len(overall.epoch_problems) + len(self.state_epoch_problems),
+            "commits": dict(sorted(self.commits.items())),
+            "webhooks_missed": self.webhooks_missed,
+            "commands": overall.commands,
+            "processing_segments": overall.segments,
+            "epochs_granted": self.epochs[-1][1] if self.epochs else None,
+            "supervisor_starts": self.supervisor.starts if self.supervisor else 0,
+            "worker_processes": len({e["id"] for e in events if e["e"] == "boot"}),
+            "notifications": dict(self.discord.counts),
+            "final_holder": ", ".join(f"{g}: {who}" for g, (who, _) in finals.items()),
+            "writes_missing_from_supervisor_cache": sum(
+                g["writes_missing_from_supervisor_cache"] or 0 for g in groups.values()
+            ),
+            "seed": self.args.seed,
+            "shard_count": self.args.shards,
+            "shards_per_worker": self.args.shards_per_worker,
+            "groups": groups,
+            "violations": violations,
+        }
+
     # -- cleaning up ---------------------------------------------------------------------------------------
     def kill_everything(self) -> None:
         """SIGKILL the supervisor, every worker process it ever ran (each is its own process group), the fake."""
@@ -742,6 +882,13 @@ def summary(result: dict[str, Any]) -> str:
         f"  supervisor starts {result['supervisor_starts']}, worker processes {result['worker_processes']},"
         f" notifications {result['notifications']}",
     ]
+    for name, g in (result.get("groups") or {}).items():
+        lines.append(
+            f"  {name}: overlaps {g['overlaps']}, epoch violations {g['epoch_violations']}, writes lost"
+            f" {g['writes_lost']} of {g['writes_checked']}, bad commits {g['bad_commits_processed']}, no processor"
+            f" {g['no_processor_share']:.2%} (longest {g['no_processor_longest_s']} s),"
+            f" {g['faults_aimed']} faults aimed at it"
+        )
     if "discord_py" in result:
         d = result["discord_py"]
         lines.append(
@@ -757,7 +904,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=600, help="how long faults are injected (default 600)")
     parser.add_argument("--seed", type=int, default=7, help="fixes the schedule of faults and commits")
-    parser.add_argument("--workers", type=int, default=3, help="worker processes: one running, the rest standbys")
+    parser.add_argument(
+        "--workers", type=int, default=3, help="worker processes (per shard group): one running, the rest standbys"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (journal, logs)")
     parser.add_argument(
         "--unsafe-bot",
@@ -770,9 +919,21 @@ def main() -> int:
         help="workers are real discord.py bots (discord_worker.py) on the fake Discord, run as its own process;"
         " P1 and P2 are judged by who answered the traffic sent to it",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=0,
+        help="a sharded bot of this many shards (shard_count); with --shards-per-worker, shard groups of its own"
+        " --workers each, every check per group",
+    )
+    parser.add_argument("--shards-per-worker", type=int, default=2, help="shards in a group (with --shards; default 2)")
     args = parser.parse_args()
     if args.workers < 2:
         parser.error("--workers must be at least 2 (a holder and a standby)")
+    if args.shards and (args.shards < 2 or not 1 <= args.shards_per_worker < args.shards):
+        parser.error("--shards needs at least 2 shards and --shards-per-worker from 1 to fewer than --shards")
+    if args.shards and args.discord_py:
+        parser.error("--shards and --discord-py: not together (the discord.py soak judges one answering bot)")
     tmp = Path(tempfile.mkdtemp(prefix="urban-robot-chaos-"))
     soak = Soak(args, tmp)
     result: dict[str, Any] | None = None

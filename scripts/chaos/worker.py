@@ -12,7 +12,10 @@ commit is a bot of its own. A good bot:
   journals it;
 - while processing, writes a cache key of its own (``<identity>:<n>``) every so often through
   ``worker.sync_cache`` and journals the key only after the supervisor answered ``accepted: true``;
-- on SIGUSR1 stops writing and dumps its cache to ``dump-<pid>.json`` (the soak's P3 check).
+- on SIGUSR1 stops writing and dumps its cache to ``dump-<pid>.json`` (the soak's P3 check);
+- of a sharded bot (``hello`` gave it shards), adds its shard group's name to every ``cmd``, ``write``,
+  ``start``, ``stop`` and ``dump`` line (``"grp": "shards 0-1"``, the supervisor's name for the group): the
+  soak checks every promise per group.
 
 With ``CHAOS_UNSAFE_BOT=1`` (``run.py --unsafe-bot``) the bot processes without asking the SDK: the
 soak's own test that its checks catch a worker that ignores the lease.
@@ -89,11 +92,19 @@ class ChaosBot:
         grant = self.worker.lease.grant if self.worker is not None else None
         return grant.epoch if grant is not None else None
 
+    def group(self) -> dict[str, str]:
+        """``{"grp": name}`` of a sharded worker (its shards, from ``hello``); ``{}`` unsharded."""
+        shards = self.worker.shards if self.worker is not None else None
+        if not shards:
+            return {}
+        first, last = shards[0], shards[-1]
+        return {"grp": f"shard {first}" if first == last else f"shards {first}-{last}"}
+
     def on_start(self) -> None:
-        self.journal.write("start", epoch=self.epoch())
+        self.journal.write("start", epoch=self.epoch(), **self.group())
 
     def on_stop(self, reason: str) -> None:
-        self.journal.write("stop", epoch=self.epoch(), reason=reason)
+        self.journal.write("stop", epoch=self.epoch(), reason=reason, **self.group())
 
     def get_cache(self) -> dict[str, int]:
         return dict(self.cache)
@@ -106,7 +117,7 @@ class ChaosBot:
         while True:
             if worker.processing or unsafe:  # the gate, checked immediately before each command
                 self.commands += 1
-                self.journal.write("cmd", epoch=self.epoch(), n=self.commands)
+                self.journal.write("cmd", epoch=self.epoch(), n=self.commands, **self.group())
             await trio.sleep(COMMAND_EVERY)
 
     async def writes_loop(self, worker: Worker) -> None:
@@ -123,7 +134,7 @@ class ChaosBot:
         self.cache[key] = self.written
         answer = await worker.sync_cache(dict(self.cache))
         if isinstance(answer, dict) and answer.get("accepted") is True:
-            self.journal.write("write", key=key, epoch=self.epoch())
+            self.journal.write("write", key=key, epoch=self.epoch(), **self.group())
 
     async def dump_on_signal(self) -> None:
         with trio.open_signal_receiver(signal.SIGUSR1) as signals:
@@ -132,9 +143,9 @@ class ChaosBot:
                 async with self.write_lock:  # a write in flight is journaled (or not) before the dump
                     path = self.dump_dir / f"dump-{os.getpid()}.json"
                     temp = path.with_suffix(".tmp")
-                    temp.write_text(json.dumps({"identity": self.identity, "keys": sorted(self.cache)}))
+                    temp.write_text(json.dumps({"identity": self.identity, "keys": sorted(self.cache), **self.group()}))
                     os.replace(temp, path)
-                    self.journal.write("dump", keys=len(self.cache))
+                    self.journal.write("dump", keys=len(self.cache), **self.group())
 
     async def run(self) -> None:
         url = f"http://127.0.0.1:{await proxy_port(int(os.environ['CHAOS_PROXY_CONTROL']), self.identity)}"
