@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -22,6 +23,7 @@ from urban_robot.supervisor._events import CandidateStarted, RollbackFinished, V
 
 pytestmark = pytest.mark.slow
 
+ADMIN = "admin-token"
 HOLDING = ("running", "stopping")  # a worker may process from its promotion until it acknowledged its stop
 
 
@@ -103,6 +105,7 @@ async def start(nursery: trio.Nursery, tmp_path: Path) -> tuple[Repository, App,
         shard_count=4,
         shards_per_worker=2,
         deploy_timeout=30,
+        admin_token=ADMIN,
         policy=ChildPolicy(term_timeout=2, kill_timeout=2),
     )
     app = build(options)
@@ -156,8 +159,19 @@ async def test_a_commit_failing_in_group_1_stops_and_returns_group_0_to_the_last
         watch.steps.clear()
         watch.candidates.clear()
         bad = repo.commit('version = "3.0"\nfailing_shards = [2, 3]\n')
-        result = await deploy(app)
+        async with httpx.AsyncClient(timeout=120) as http:  # deploy --wait's request
+            answer = await http.post(app.url + "/api/deploy?wait=1", headers={"Authorization": f"Bearer {ADMIN}"})
+        result = app.deployer.results[-1][1]
         await watch.until(lambda: watch.settled("2.0"))
+    assert answer.json() == {
+        "deploy": "done",
+        "commit": bad,
+        "outcome": "failed",
+        "detail": result.detail,
+        "failed_group": 1,
+        "groups_moved": 1,
+        "groups": 2,
+    }
     assert (result.commit, result.outcome, result.failed_group, result.groups_moved, result.groups) == (
         bad,
         "failed",

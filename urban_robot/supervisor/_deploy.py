@@ -18,6 +18,15 @@ health-checks it and, if it passes, hands over to it with the cache; whatever ha
   fails: ``RollbackFinished(ok=False)`` — the core sets ``is_sane = false``
   and says so loudly; nothing more is deployed until ``try_again``.
 
+A sharded bot's deploy **rolls** group by group (docs/deploying.md, "Rolling deploys of a sharded bot"): the
+candidate above is spawned for one shard group at a time (``CandidateStarted.group``), and only once the core
+promoted it there (that group's holder handed over to it) does that group move to the new release (its
+``Children`` code; ``RetireOlder`` in that group; its standbys topped up) and the next group's candidate start.
+``DeployConfirmed`` comes once, when every group runs it. A verdict against it in any group stops the rollout:
+the commit is marked bad as above, and each group already moved goes back to the code it ran before through the
+same gate (a candidate of that release at a newer generation, so the group's core hands over to it); a group
+that cannot go back is a failed rollback (``RollbackFinished(ok=False)``). One group is exactly the deploy above.
+
 Requests that arrive during a deploy coalesce into one more deploy after it; ``request`` returns a ticket
 and ``outcome_of(ticket)`` waits for the deploy that served it (``deploy --wait``). When they coalesce, the
 newest wins: a request for the head beats announced commits (the head is their descendant); among announced
