@@ -226,3 +226,25 @@ async def test_a_rollout_whose_rollback_fails_too_sets_is_sane_false(nursery: tr
     assert any(n.level == "critical" and "rollback failed" in n.message for n in watch.notes)
     assert watch.overlaps == []
     app.stop("test over")
+
+
+async def test_a_stop_during_the_way_back_is_no_failed_rollback(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The supervisor stops while group 0's return candidate starts: every group starts from the last known good
+    release at the next start, so is_sane stays true (a restart must not need try_again)."""
+    with trio.fail_after(180):
+        repo, app, watch = await start(nursery, tmp_path)
+        good = repo.commit('version = "2.0"\n')
+        assert (await deploy(app)).outcome == "deployed"
+        await watch.until(lambda: watch.settled("2.0"))
+        watch.candidates.clear()
+        # The way back never gets ready (its release hangs at start): it is under way when the stop comes.
+        (tmp_path / "state" / "releases" / good / "rehearsal.toml").write_text("hang = true\n")
+        repo.commit('version = "3.0"\nfailing_shards = [2, 3]\n')
+        app.deployer.request("test")
+        await watch.until(lambda: [c.group for c in watch.candidates] == [0, 1, 0])
+        app.stop("test over")
+        await watch.until(lambda: bool(watch.finished))
+    [finished] = watch.finished
+    assert finished.ok and "shards 0-1 starts from deploy" in finished.detail
+    assert finished.detail.endswith(f"at the next start (the supervisor stops); back on {good[:12]}")
+    assert app.robot.snapshot().is_sane

@@ -683,12 +683,12 @@ class Deployer:
         each ran before), each through the gate as a new candidate of that code, then the checkout. A group that
         cannot be returned, or a checkout that cannot be reset: ``RollbackFinished(ok=False)``."""
         generation = self.children.generation + 1  # newer than what the moved groups run: their cores hand over
-        failures = [f for group, code in enumerate(moved) if (f := await self._return_group(group, code, generation))]
-        if failures:
+        returns = [await self._return_group(group, code, generation) for group, code in enumerate(moved)]
+        if failures := [text for ok, text in returns if not ok]:
             await self.robot.submit(RollbackFinished(False, f"{why}; {'; '.join(failures)}"))
             return
-        if moved:
-            why = f"{why}; {', '.join(self._name(group) for group in range(len(moved)))} returned"
+        if returns:
+            why = f"{why}; {', '.join(text for _, text in returns)}"
         good = self.robot.snapshot().last_known_good
         if good is None:
             await self.robot.submit(RollbackFinished(True, f"{why}; no earlier deploy to return to"))
@@ -700,20 +700,24 @@ class Deployer:
             return
         await self.robot.submit(RollbackFinished(True, f"{why}; back on {good[:12]}"))
 
-    async def _return_group(self, group: int, code: Code, generation: int) -> str | None:
+    async def _return_group(self, group: int, code: Code, generation: int) -> tuple[bool, str]:
         """Put group ``group`` back on ``code`` (what it ran before the rollout) through the gate, at a newer
-        ``generation`` (so the group's core hands over to it); None once it runs it, else why not."""
+        ``generation`` (so the group's core hands over to it); whether it did, and what became of it."""
         what = code.release or "the checkout"
         log.warning("rolling back %s to %s (generation %d)", self._name(group), what, generation)
         verdict = await self._run_candidate(
             f"rollback to {what}", code.cwd, release=code.release, group=group, generation=generation
         )
+        if verdict.outcome == "stopping":
+            # Its workers stop with the supervisor, and every group starts from the last known good release at
+            # the next start (``resume``): no failed rollback, which would leave is_sane false after a restart.
+            return True, f"{self._name(group)} starts from {what} at the next start (the supervisor stops)"
         if not verdict.promoted:
             await self._stop_candidate(verdict.identity, "rollback failed")
-            return f"returning {self._name(group)} to {what} failed: {_outcome(verdict)}"
+            return False, f"returning {self._name(group)} to {what} failed: {_outcome(verdict)}"
         await self._move(group, attrs.evolve(code, generation=generation), "standby of the last known good release")
         log.info("%s runs %s again (generation %d)", self._name(group), what, generation)
-        return None
+        return True, f"{self._name(group)} returned"
 
 
 @attrs.define
