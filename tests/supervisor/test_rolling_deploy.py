@@ -7,6 +7,7 @@ the groups running those shards, so a rollout can pass in group 0 and fail in gr
 
 from __future__ import annotations
 
+import itertools
 import logging
 import subprocess
 from pathlib import Path
@@ -94,6 +95,40 @@ class Watch:
         )
 
 
+def processing_spans(app: App) -> dict[str, list[tuple[float, float, str]]]:
+    """From the workers' own logs (each line stamped with the system-wide monotonic clock), per shard group
+    (``"[0, 1] of 4"``): each worker's spans from receiving ``process_commands`` to receiving ``coma``/``shutdown``
+    (open: still holding). A worker processes only within such a span."""
+    spans: dict[str, list[tuple[float, float, str]]] = {}
+    for identity, path in app.children.logs.items():
+        group, opened = "?", None
+        for line in Path(path).read_text().splitlines():
+            stamp, _, rest = line.partition(f" {identity} ")
+            if not rest:
+                continue
+            if rest.startswith("hello shards "):
+                group = rest.removeprefix("hello shards ")
+            elif rest == "cmd:process_commands" and opened is None:
+                opened = float(stamp)
+            elif rest in ("cmd:coma", "cmd:shutdown") and opened is not None:
+                spans.setdefault(group, []).append((opened, float(stamp), identity))
+                opened = None
+        if opened is not None:
+            spans.setdefault(group, []).append((opened, float("inf"), identity))
+    return spans
+
+
+def overlaps(spans: dict[str, list[tuple[float, float, str]]]) -> list[str]:
+    """Two workers' spans overlapping in one group (sorted by start, any overlap shows in a neighbouring pair)."""
+    found = []
+    for group, held in spans.items():
+        held.sort()
+        for (_, end, first), (begin, _, second) in itertools.pairwise(held):
+            if begin < end:
+                found.append(f"shards {group}: {second} from {begin} while {first} until {end}")
+    return found
+
+
 async def start(nursery: trio.Nursery, tmp_path: Path) -> tuple[Repository, App, Watch]:
     repo = Repository(tmp_path)
     repo.commit('version = "1.0"\n')
@@ -138,6 +173,9 @@ async def test_a_good_commit_rolls_through_the_groups_one_after_the_other(
         ("verdict", 1, "promoted"),
     ]
     assert watch.overlaps == []  # each group's lease: never two workers holding one group
+    spans = processing_spans(app)  # ... nor as the workers themselves saw it
+    assert overlaps(spans) == [] and sorted(spans) == ["[0, 1] of 4", "[2, 3] of 4"]
+    assert all(len(held) == 2 for held in spans.values())  # the old holder, then the new commit's
     assert app.robot.snapshot().last_known_good == good
     confirmed = [n.message for n in watch.notes if "last known good" in n.message]
     assert confirmed == [f"deployed {good[:12]}: it is the last known good commit now"]  # once, at the end
@@ -194,7 +232,7 @@ async def test_a_commit_failing_in_group_1_stops_and_returns_group_0_to_the_last
     ]
     [finished] = watch.finished
     assert finished.ok and "shards 0-1 returned" in finished.detail and finished.detail.endswith(f"back on {good[:12]}")
-    assert watch.overlaps == []
+    assert watch.overlaps == [] and overlaps(processing_spans(app)) == []
     snap = app.robot.snapshot()
     assert snap.is_sane and snap.last_known_good == good and bad in app.deployer.bad_commits
     assert watch.versions() == ["2.0", "2.0"]
