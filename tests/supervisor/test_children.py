@@ -14,8 +14,9 @@ import pytest
 import trio
 import trio.testing
 
+from urban_robot.protocol import ShardPlan
 from urban_robot.supervisor import CheckFrozen, Close, Credentials, Frozen, ProcessExited
-from urban_robot.supervisor._children import ChildPolicy, Children, log_identity, prune_logs
+from urban_robot.supervisor._children import ChildPolicy, Children, Code, log_identity, prune_logs
 
 
 @attrs.define
@@ -438,3 +439,40 @@ async def test_an_exit_is_reported_without_waiting_for_the_registrys_write(
     assert json.loads(registry.read_text()) == {}  # the newest registry is the one on disk
     # The spawn's registry, if the writer had taken it before the exit, then the newest: never more, never older last.
     assert [sorted(json.loads(w)) for w in writes] in ([[exited.identity], []], [[]])
+
+
+async def test_each_shard_group_spawns_its_own_code_during_a_rolling_deploy(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Group 0 moved to the new release spawns it; group 1, not reached yet, keeps spawning the old one; whether
+    an exit is a candidate's (no crash, no back-off) is judged against the child's own group's code."""
+    launcher, launched = FakeLauncher(), []
+    old, new = Path("/releases/old"), Path("/releases/new")
+
+    async def launch(command: list[str], **kwargs: Any) -> Any:
+        launched.append((kwargs["cwd"], kwargs["env"]["URBAN_ROBOT_GENERATION"]))
+        return await launcher(command, **kwargs)
+
+    robot = FakeRobot()
+    children = Children(robot, ["bot"], cwd=old, url="u", launch=launch, plan=ShardPlan(4, 2), generation=3)
+    await nursery.start(children.run, 1)
+    await launcher.nth(1)
+    children.set_code(0, Code(4, new, "deploy new"))  # group 0's candidate was promoted
+    children.top_up("standby of the new release", group=0)
+    children.spawn("replace a lost standby", group=1)
+    candidate = children.spawn("deploy new", generation=4, cwd=new, backoff=False, release="deploy new", group=1)
+    await launcher.nth(4)
+    assert launched[:2] == [(old, "3"), (old, "3")]  # start-up: one per group
+    assert sorted(launched[2:]) == [(new, "4"), (new, "4"), (old, "3")]  # (trio starts tasks in any order)
+    spawned = {c.identity: (c.group, c.release, c.generation) for c in children.children.values()}
+    assert spawned[candidate] == (1, "deploy new", 4)
+    expected = [(0, None, 3), (1, None, 3), (0, "deploy new", 4), (1, None, 3), (1, "deploy new", 4)]
+    assert sorted(spawned.values(), key=str) == sorted(expected, key=str)
+    assert (children.generation, children.code(1)) == (4, Code(3, old))  # what a next candidate must beat: 4
+    process = children.children[candidate].process
+    assert isinstance(process, FakeProcess)
+    process.returncode = 1
+    process.exit.set()  # group 1's candidate fails: new code failing, not the running code crashing
+    [exited] = await robot.exits(1)
+    assert (exited.identity, exited.candidate, exited.group) == (candidate, True, 1)
+    assert children.quick_deaths == 0

@@ -411,7 +411,15 @@ def _control_routes(app: App) -> None:
 
     async def deploy_and_wait() -> dict[str, object]:
         result = await deployer.outcome_of(deployer.request("admin API"))
-        return {"deploy": "done", "commit": result.commit, "outcome": result.outcome, "detail": result.detail}
+        done: dict[str, object] = {
+            "deploy": "done",
+            "commit": result.commit,
+            "outcome": result.outcome,
+            "detail": result.detail,
+        }
+        if result.groups > 1:  # a sharded bot's rollout: how far it got
+            done |= {"failed_group": result.failed_group, "groups_moved": result.groups_moved, "groups": result.groups}
+        return done
 
     def try_again() -> dict[str, object]:
         deployer.forget_bad_commits()

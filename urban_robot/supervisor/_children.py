@@ -198,6 +198,16 @@ def _stat(pid: int) -> list[str] | None:
 Launch = Callable[..., Awaitable[Any]]
 
 
+@attrs.frozen
+class Code:
+    """What a shard group's children run: the generation they are spawned as, the directory they start in (the
+    checkout, or a deploy's release) and what that is for the reasons people read ("deploy 747c50f12ab3")."""
+
+    generation: int
+    cwd: Path
+    release: str | None = None
+
+
 class Children:
     def __init__(
         self,
@@ -219,11 +229,9 @@ class Children:
     ) -> None:
         self.robot = robot
         self.command = list(command)
-        self.cwd = cwd
         self.url = url
         self.log_dir = log_dir
         self.registry = registry
-        self.generation = generation
         self.policy = policy
         self.launch = launch
         self.rng = rng or random.Random()
@@ -233,11 +241,13 @@ class Children:
         self.target = 0  # how many children run() keeps per shard group (one running + the hot standbys)
         self.plan = plan if plan is not None else ShardPlan.unsharded()
         self.groups = len(self.plan.groups)  # shard groups: each has its own ``target`` children (1 unsharded)
+        # Each group's current code: a rolling deploy moves the groups one at a time, so during a rollout a group
+        # not yet moved keeps spawning (replacements, top-ups) the old release and a moved one the new.
+        self.codes: list[Code] = [Code(generation, cwd)] * self.groups
         # When this manager stops: stop the children (default), or leave them to the next supervisor.
         self.keep_running = False
         self.stopping = False  # stop_all() has begun: nothing new starts
         self.quick_deaths = 0  # consecutive children that died before stable_uptime
-        self.release: str | None = None  # what children of the current generation run, for reasons ("deploy …")
         # Whether a spawn that waited out its back-off may still start (the core may have said "no more spawns").
         self.may_spawn = may_spawn
         self.blocking_io = blocking_io  # the registry's writes (fsync): never in the event loop, where they held up
@@ -258,6 +268,41 @@ class Children:
     def use_plan(self, plan: ShardPlan) -> None:
         """Run ``plan``'s shard groups (``target`` children each): before ``run`` and ``admit_survivors``."""
         self.plan, self.groups = plan, len(plan.groups)
+        self.codes = [self.codes[0]] * self.groups
+
+    def code(self, group: int) -> Code:
+        """What group ``group``'s children run now."""
+        return self.codes[group]
+
+    def set_code(self, group: int, code: Code) -> None:
+        """Group ``group`` runs ``code`` from now on: its replacements and top-ups spawn it."""
+        self.codes[group] = code
+
+    # Every group's code at once (dev mode, a restart's resume, unsharded bots). Read during a rolling deploy,
+    # ``generation`` is the newest any group runs (what a candidate must beat), ``cwd`` and ``release`` group 0's.
+    @property
+    def generation(self) -> int:
+        return max(code.generation for code in self.codes)
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        self.codes = [attrs.evolve(code, generation=value) for code in self.codes]
+
+    @property
+    def cwd(self) -> Path:
+        return self.codes[0].cwd
+
+    @cwd.setter
+    def cwd(self, value: Path) -> None:
+        self.codes = [attrs.evolve(code, cwd=value) for code in self.codes]
+
+    @property
+    def release(self) -> str | None:
+        return self.codes[0].release
+
+    @release.setter
+    def release(self, value: str | None) -> None:
+        self.codes = [attrs.evolve(code, release=value) for code in self.codes]
 
     @property
     def processes(self) -> dict[str, Child]:
@@ -327,16 +372,17 @@ class Children:
             log.info("not spawning %s (%s): the supervisor stops", identity, reason)
             return identity
         delay = self.backoff() if backoff else 0.0
+        code = self.codes[group]
         self.delays.append((trio.current_time(), delay))
         log.info("spawning %s (%s)%s", identity, reason, f" in {delay:.1f}s" if delay else "")
         try:
             self._nursery.start_soon(
                 self._child,
                 identity,
-                generation or self.generation,
+                generation or code.generation,
                 delay,
-                cwd or self.cwd,
-                release or self.release,
+                cwd or code.cwd,
+                release or code.release,
                 group,
             )
         except RuntimeError:  # the manager is shutting down: nothing new starts
@@ -344,9 +390,9 @@ class Children:
         return identity
 
     def top_up(self, reason: str, *, at_once: bool = False, group: int | None = None) -> None:
-        """Spawn children of the current generation until each shard group (``group``: that one only) has
-        ``target`` of it (counting those waiting out a back-off). ``at_once`` (``try_again``): the back-off reset,
-        the waiting ones started now instead."""
+        """Spawn children of each shard group's current code (``group``: that one's only) until the group has
+        ``target`` of its generation (counting those waiting out a back-off). ``at_once`` (``try_again``): the
+        back-off reset, the waiting ones started now instead."""
         groups = range(self.groups) if group is None else [group]
         if at_once:
             self.quick_deaths = 0
@@ -355,8 +401,9 @@ class Children:
                     scope.cancel()  # replaced just below, without the wait
                     del self._waiting[identity]
         for g in groups:
-            current = sum(1 for c in self.children.values() if c.generation == self.generation and c.group == g)
-            current += sum(1 for gen, in_g, _ in self._waiting.values() if gen == self.generation and in_g == g)
+            generation = self.codes[g].generation
+            current = sum(1 for c in self.children.values() if c.generation == generation and c.group == g)
+            current += sum(1 for gen, in_g, _ in self._waiting.values() if gen == generation and in_g == g)
             for _ in range(self.target - current):
                 self.spawn(reason, backoff=not at_once, group=g)
 
@@ -425,7 +472,7 @@ class Children:
         except OSError as exc:
             self.robot.credentials.revoke(identity)
             log.error("cannot start %s in %s: %s", " ".join(self.command), cwd, exc.strerror or exc)
-            candidate = generation > self.generation
+            candidate = generation > self.codes[group].generation
             if not candidate:  # as in _exited: a failed candidate is new code failing, not the running code crashing
                 self.quick_deaths += 1
             exited = ProcessExited(identity, None, candidate=candidate, uptime=0.0, group=group)  # as any exit
@@ -460,7 +507,7 @@ class Children:
         self._forget(child, save=False)  # saved once the core knows: its disk work held up a failover's state write
         uptime = trio.current_time() - child.started
         tail = tuple(self.tail(child.identity))  # at most 16 KiB of a file just written: read inline
-        candidate = child.generation > self.generation  # a deploy's candidate, never confirmed
+        candidate = child.generation > self.codes[child.group].generation  # a deploy's candidate, never confirmed
         if child.identity in self.asked:
             self.asked.discard(child.identity)  # we stopped it: no crash, no backoff
         elif not candidate:  # a failed candidate is new code failing, not the running code crashing
@@ -631,7 +678,8 @@ class Children:
             self._remember(child)
             assert self._nursery is not None
             self._nursery.start_soon(self._watch_adopted, child)
-            self.generation = max(self.generation, child.generation)  # a deploy must beat what runs
+            code = self.codes[child.group]  # a deploy must beat what runs
+            self.codes[child.group] = attrs.evolve(code, generation=max(code.generation, child.generation))
             log.info("adopted %s (pid %s) from an earlier supervisor", identity, child.pid)
         self._save_registry()
         return len(survivors)

@@ -18,6 +18,15 @@ health-checks it and, if it passes, hands over to it with the cache; whatever ha
   fails: ``RollbackFinished(ok=False)`` — the core sets ``is_sane = false``
   and says so loudly; nothing more is deployed until ``try_again``.
 
+A sharded bot's deploy **rolls** group by group (docs/deploying.md, "Rolling deploys of a sharded bot"): the
+candidate above is spawned for one shard group at a time (``CandidateStarted.group``), and only once the core
+promoted it there (that group's holder handed over to it) does that group move to the new release (its
+``Children`` code; ``RetireOlder`` in that group; its standbys topped up) and the next group's candidate start.
+``DeployConfirmed`` comes once, when every group runs it. A verdict against it in any group stops the rollout:
+the commit is marked bad as above, and each group already moved goes back to the code it ran before through the
+same gate (a candidate of that release at a newer generation, so the group's core hands over to it); a group
+that cannot go back is a failed rollback (``RollbackFinished(ok=False)``). One group is exactly the deploy above.
+
 Requests that arrive during a deploy coalesce into one more deploy after it; ``request`` returns a ticket
 and ``outcome_of(ticket)`` waits for the deploy that served it (``deploy --wait``). When they coalesce, the
 newest wins: a request for the head beats announced commits (the head is their descendant); among announced
@@ -58,7 +67,7 @@ import attrs
 import trio
 
 from .._errors import UrbanRobotError
-from ._children import Children
+from ._children import Children, Code
 from ._events import Action, CandidateStarted, DeployConfirmed, RetireOlder, RollBack, RollbackFinished, Verdict
 from ._service import UrbanRobot
 from ._store import atomic_write
@@ -142,11 +151,18 @@ class _Phases:
 
 @attrs.frozen
 class DeployResult:
-    """One deploy's outcome for ``deploy --wait``: the commit (or "-"), the outcome word, and why."""
+    """One deploy's outcome for ``deploy --wait``: the commit (or "-"), the outcome word, and why.
+
+    A sharded bot's rollout also says how far it got: ``failed_group`` is the shard group whose candidate
+    failed (None: none did), ``groups_moved`` how many groups ran the new commit before that (all of them, once
+    deployed), of ``groups``. Unsharded, they keep their defaults."""
 
     commit: str
     outcome: str
     detail: str = ""
+    failed_group: int | None = None
+    groups_moved: int = 0
+    groups: int = 1
 
 
 class GitLike(Protocol):
@@ -227,6 +243,7 @@ class Deployer:
         self._last = DeployResult("-", "none")
         self._detail = ""  # why the current deploy ended as it did, for deploy --wait
         self._install_error = ""
+        self._rollout = _Rollout()  # how far the current deploy's rollout got
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -330,13 +347,20 @@ class Deployer:
         """Deploy the branch's head now, or the newest of the ``announced`` commits (oldest request first) on
         the branch; the outcome in a word (also kept in ``history``)."""
         self._detail = ""
+        self._rollout = _Rollout()
         try:
             async with self._one_at_a_time:
                 commit, outcome = await self._deploy(reason, announced)
         except UrbanRobotError as exc:  # fetch or release failed: nothing was started
             log.error("deploy (%s) failed before starting anything: %s", reason, exc)
             commit, outcome, self._detail = "-", "error", str(exc)
-        self._last = DeployResult(commit, outcome, self._detail)
+        rollout = self._rollout
+        if self.children.groups > 1:
+            self._last = DeployResult(
+                commit, outcome, self._detail, rollout.failed_group, rollout.moved, self.children.groups
+            )
+        else:
+            self._last = DeployResult(commit, outcome, self._detail)
         self.history.append((commit, outcome))
         self.robot.bus.publish(self._last)  # who hears it: the assembly's business
         return outcome
@@ -374,7 +398,7 @@ class Deployer:
             await self._succeeded(target, release)
             log.info("deployed %s in %s", target[:12], phases.summary())
             return target, "deployed"
-        self._detail = outcome
+        self._detail = self._failure_detail(outcome)
         log.warning("deploy of %s failed after %s", target[:12], phases.summary())
         return target, "failed"
 
@@ -485,7 +509,55 @@ class Deployer:
 
     # -- the candidate ---------------------------------------------------------------------------------
     async def _try_candidate(self, target: str, release: Path, phases: _Phases) -> str:
-        verdict = await self._run_candidate(f"deploy {target[:12]}", release, release=f"deploy {target[:12]}")
+        """Roll ``release`` out group by group (one group unsharded): each group's candidate through the gate,
+        promoted there (its holder handed over to it) before the next group's starts. "promoted" once every group
+        runs it (then it is the last known good); else why the first group that failed did, after that group's
+        candidate was stopped, the commit marked bad and the groups already moved returned to what they ran."""
+        label = f"deploy {target[:12]}"
+        groups = self.children.groups
+        before = [self.children.code(group) for group in range(groups)]
+        generation = self.children.generation + 1  # one commit, one generation, in every group
+        for group in range(groups):
+            if groups > 1:
+                log.info("deploy of %s: %s (group %d of %d) starts", target[:12], self._name(group), group + 1, groups)
+            verdict = await self._run_candidate(label, release, release=label, group=group, generation=generation)
+            self._note_times(verdict, phases, self._prefix(group))
+            outcome = _outcome(verdict)
+            if not verdict.promoted:
+                self._rollout.failed_group = group if groups > 1 else None
+                await self._failed(target, verdict.identity, self._prefix(group) + outcome, before[:group])
+                return outcome
+            code = Code(generation, release, label)
+            confirmed = target if group == groups - 1 else None  # the last known good once every group runs it
+            await self._move(group, code, "standby of the new release", confirmed=confirmed)
+            self._rollout.moved = group + 1
+            if groups > 1:
+                log.info(
+                    "deploy of %s: %s runs it (%d of %d groups)", target[:12], self._name(group), group + 1, groups
+                )
+        return "promoted"
+
+    def _failure_detail(self, outcome: str) -> str:
+        """Why a deploy failed, for ``deploy --wait`` and the timeline; sharded, where and how far it got."""
+        group, groups = self._rollout.failed_group, self.children.groups
+        if group is None:
+            return outcome
+        where = f"{self._name(group)} (group {group + 1} of {groups}): {outcome}"
+        if not group:
+            return f"{where}; no group had run it"
+        if self.robot.snapshot().is_sane:
+            return f"{where}; {group} group(s) had run it and returned to what they ran before"
+        return f"{where}; {group} group(s) had run it and could not all return to what they ran before (is_sane false)"
+
+    def _name(self, group: int) -> str:
+        return self.children.plan.groups[group].name
+
+    def _prefix(self, group: int) -> str:
+        """How a sharded bot's phase and message name a group ("shards 2-3: "); unsharded, nothing."""
+        return f"{self._name(group)}: " if self.children.groups > 1 else ""
+
+    @staticmethod
+    def _note_times(verdict: Verdict, phases: _Phases, prefix: str) -> None:
         times = dict(verdict.times)
         for name, start, end in (
             ("candidate start (spawn to ready)", "spawned", "checking"),
@@ -493,22 +565,23 @@ class Deployer:
             ("hand-over", "passed", "running"),
         ):
             if start in times and end in times:
-                phases.note(name, times[end] - times[start])
-        outcome = _outcome(verdict)
-        if not verdict.promoted:
-            await self._failed(target, verdict.identity, outcome)
-        return outcome
+                phases.note(prefix + name, times[end] - times[start])
 
-    async def _run_candidate(self, reason: str, cwd: Path, *, release: str | None = None) -> Verdict:
-        """Spawn the code in ``cwd`` at generation + 1 and wait for the core's verdict on it (the core gives
-        one on every candidate, if only "no verdict in time" after ``verdict_timeout``)."""
-        generation = self.children.generation + 1
-        identity = self.children.spawn(reason, generation=generation, cwd=cwd, backoff=False, release=release)
+    async def _run_candidate(
+        self, reason: str, cwd: Path, *, release: str | None = None, group: int = 0, generation: int | None = None
+    ) -> Verdict:
+        """Spawn the code in ``cwd`` for shard group ``group`` at ``generation`` (default: generation + 1) and wait
+        for the core's verdict on it (the core gives one on every candidate, if only "no verdict in time" after
+        ``verdict_timeout``)."""
+        generation = generation if generation is not None else self.children.generation + 1
+        identity = self.children.spawn(
+            reason, generation=generation, cwd=cwd, backoff=False, release=release, group=group
+        )
         # Told before the child can connect (the spawn only schedules its start); waited for from before the
         # telling, since the verdict may come with it (the supervisor stopping).
         awaited = self._awaited[identity] = _Awaited()
         try:
-            await self.robot.submit(CandidateStarted(identity, generation, self.verdict_timeout))
+            await self.robot.submit(CandidateStarted(identity, generation, self.verdict_timeout, group))
             await awaited.done.wait()
         finally:
             del self._awaited[identity]
@@ -516,24 +589,33 @@ class Deployer:
         return awaited.verdict
 
     async def _succeeded(self, target: str, release: Path) -> None:
-        self.children.release = f"deploy {target[:12]}"
-        await self._adopt(release, "standby of the new release", confirmed=target)
+        """Every group runs ``target`` (each moved as its candidate was promoted): the repository follows."""
         try:
             await self.git.reset_to(target)  # the repository's checkout follows what runs
             await self.git.prune_releases({target})
         except UrbanRobotError as exc:
             log.warning("deployed %s, but tidying the repository failed: %s", target[:12], exc)
 
-    async def _adopt(self, cwd: Path, reason: str, *, confirmed: str | None = None) -> None:
-        """The candidate runs: its generation is the current one, and replacements start from ``cwd``."""
-        self.children.generation += 1
-        self.children.cwd = cwd  # replacements run the new code
+    async def _move(self, group: int, code: Code, reason: str, *, confirmed: str | None = None) -> None:
+        """Group ``group``'s candidate runs: ``code`` is the group's, its older standbys make way, new ones of
+        ``code`` are spawned; ``confirmed``: the commit is the last known good now (said before the retiring,
+        as an unsharded deploy always did)."""
+        self.children.set_code(group, code)
         if confirmed is not None:
             await self.robot.submit(DeployConfirmed(confirmed))
+        await self.robot.submit(RetireOlder(code.generation, group if self.children.groups > 1 else None))
+        self.children.top_up(reason, group=group)
+
+    async def _adopt(self, cwd: Path, reason: str) -> None:
+        """Dev mode's tree runs: its generation is every group's, and replacements start from ``cwd``."""
+        self.children.generation += 1
+        self.children.cwd = cwd  # replacements run the new code
         await self.robot.submit(RetireOlder(self.children.generation))  # standbys of old code make way
         self.children.top_up(reason)
 
-    async def _failed(self, target: str, identity: str | None, why: str) -> None:
+    async def _failed(self, target: str, identity: str | None, why: str, moved: Sequence[Code] = ()) -> None:
+        """``target``'s candidate failed (``why``): it is stopped, the commit marked bad, and the groups already
+        moved (``moved``: what groups 0, 1, … ran before) return to that code; then the checkout is rolled back."""
         tail = self.children.tail(identity) if identity is not None else []
         quoted = "".join(f"\n  | {line}" for line in tail)
         log.warning(
@@ -545,7 +627,7 @@ class Deployer:
         self.bad_commits.add(target)
         await trio.to_thread.run_sync(self._save_bad_commits)
         await self._stop_candidate(identity, "deploy failed")
-        await self.roll_back(f"{target[:12]} failed: {why}")
+        await self.roll_back(f"{target[:12]} failed: {why}", moved)
 
     def forget_bad_commits(self) -> None:
         """``try_again``: every commit may be tried again (a tiny file: written at once)."""
@@ -596,7 +678,17 @@ class Deployer:
                 await self._stop_candidate(verdict.identity, f"{label} rejected")
             return TreeOutcome(outcome, verdict.identity, verdict.generation)
 
-    async def roll_back(self, why: str) -> None:
+    async def roll_back(self, why: str, moved: Sequence[Code] = ()) -> None:
+        """Return to the last known good code: the groups a rollout already ``moved`` (groups 0, 1, …: the code
+        each ran before), each through the gate as a new candidate of that code, then the checkout. A group that
+        cannot be returned, or a checkout that cannot be reset: ``RollbackFinished(ok=False)``."""
+        generation = self.children.generation + 1  # newer than what the moved groups run: their cores hand over
+        returns = [await self._return_group(group, code, generation) for group, code in enumerate(moved)]
+        if failures := [text for ok, text in returns if not ok]:
+            await self.robot.submit(RollbackFinished(False, f"{why}; {'; '.join(failures)}"))
+            return
+        if returns:
+            why = f"{why}; {', '.join(text for _, text in returns)}"
         good = self.robot.snapshot().last_known_good
         if good is None:
             await self.robot.submit(RollbackFinished(True, f"{why}; no earlier deploy to return to"))
@@ -607,6 +699,33 @@ class Deployer:
             await self.robot.submit(RollbackFinished(False, f"{why}; returning to {good[:12]} failed: {exc}"))
             return
         await self.robot.submit(RollbackFinished(True, f"{why}; back on {good[:12]}"))
+
+    async def _return_group(self, group: int, code: Code, generation: int) -> tuple[bool, str]:
+        """Put group ``group`` back on ``code`` (what it ran before the rollout) through the gate, at a newer
+        ``generation`` (so the group's core hands over to it); whether it did, and what became of it."""
+        what = code.release or "the checkout"
+        log.warning("rolling back %s to %s (generation %d)", self._name(group), what, generation)
+        verdict = await self._run_candidate(
+            f"rollback to {what}", code.cwd, release=code.release, group=group, generation=generation
+        )
+        if verdict.outcome == "stopping":
+            # Its workers stop with the supervisor, and every group starts from the last known good release at
+            # the next start (``resume``): no failed rollback, which would leave is_sane false after a restart.
+            return True, f"{self._name(group)} starts from {what} at the next start (the supervisor stops)"
+        if not verdict.promoted:
+            await self._stop_candidate(verdict.identity, "rollback failed")
+            return False, f"returning {self._name(group)} to {what} failed: {_outcome(verdict)}"
+        await self._move(group, attrs.evolve(code, generation=generation), "standby of the last known good release")
+        log.info("%s runs %s again (generation %d)", self._name(group), what, generation)
+        return True, f"{self._name(group)} returned"
+
+
+@attrs.define
+class _Rollout:
+    """How far a deploy's rollout got: groups moved to the new commit, and the group that failed (sharded)."""
+
+    moved: int = 0
+    failed_group: int | None = None
 
 
 def _outcome(verdict: Verdict) -> str:

@@ -233,7 +233,8 @@ class SimulatedWorker:
         if self.slow:
             await trio.sleep(self.slow)  # a slow worker: every answer to a command comes late
         if name == "health_check":
-            await self._emit("health_check", self.health)
+            # ``health``: the report, or a function of the worker's shards (a rehearsal failing in some groups only)
+            await self._emit("health_check", self.health(self.shards) if callable(self.health) else self.health)
         elif name == "process_commands":
             self.granted = data["epoch"]
             self.lease_token = data.get("lease_token")

@@ -12,6 +12,9 @@ directory — so a commit of the bot's repository that changes that file rehears
     crash = "broken on purpose"          # exit 1 at start with this message (a broken import, say)
     hang = true                          # start but never connect (stuck before ready)
     failing_cogs = ["modules.music"]     # report these cogs false in the health check (vital ones fail it)
+    failing_shards = [2, 3]              # ... only in a worker running any of these shards (a sharded bot's
+                                         # rollout passing in some groups, failing in others); failing_cogs
+                                         # defaults to the vital modules.utilities then
     cache_bytes = 0                      # write a cache this large once it processes (hand-over benchmarks)
     journal = "/tmp/journal"             # append "<unix time> <identity> processing|idle" on each change
                                          # (a sharded bot's workers add their shards: "... processing 0-1")
@@ -49,6 +52,19 @@ def rehearsal(directory: Path = Path(".")) -> dict[str, Any]:
         return {}
 
 
+def health_of(config: dict[str, Any]) -> Any:
+    """The health report ``config`` asks for: a report, or (``failing_shards``) a function of the worker's shards."""
+    failing = [str(cog) for cog in config.get("failing_cogs", [])]
+    if "failing_shards" not in config:
+        return health(failing)
+    bad_shards = {int(shard) for shard in config["failing_shards"]}
+
+    def report(shards: list[int] | None) -> dict[str, Any]:
+        return health(failing or ["modules.utilities"]) if bad_shards & set(shards or ()) else HEALTHY
+
+    return report
+
+
 def health(failing: list[str]) -> dict[str, Any]:
     if not failing:
         return HEALTHY
@@ -76,7 +92,7 @@ async def main(config: dict[str, Any]) -> None:
         os.environ["URBAN_ROBOT_SECRET"],
         version=str(config.get("version", "1.0")),
         generation=int(os.environ.get("URBAN_ROBOT_GENERATION", "0")) or None,
-        health=health(list(config.get("failing_cogs", []))),
+        health=health_of(config),
         name=name,
         echo=True,
     )
