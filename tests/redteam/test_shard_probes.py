@@ -1,0 +1,116 @@
+"""Red-team probes of shard groups (issue 16, docs/protocol.md §18), from outside: what a worker credential can
+ask of the identify slots, what a tampered state directory does to a sharded start, and what a plan change
+leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tests._helpers import QUICK, image, plain, worker_options
+from urban_robot.supervisor import App, build
+from urban_robot.supervisor._store import StateStore
+from urban_robot.testing._sim import SimulatedWorker
+
+
+async def until(app: App, predicate: Any) -> None:
+    while not predicate():
+        await app.changed().wait()
+
+
+def all_running(app: App) -> bool:
+    return all(g.running is not None for g in app.robot.snapshot().groups)
+
+
+SHARDED = {"version": 1, "epoch": 3, "holder": None, "is_sane": True, "last_known_good": None, "shard_count": 8}
+SECRET = "group-zero-shared-secret-0123456789"
+
+
+async def test_a_group_0_worker_cannot_ask_for_other_groups_shards_nor_grow_the_queue(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A shared-secret worker (group 0 by §18.4) asks identify slots for every shard, with every malformed
+    payload, and floods one shard: only its own shards are queued, once each; other groups' asks are refused;
+    nothing crashes and the queue stays at most its own group's size."""
+    app = build(worker_options(tmp_path, QUICK, shard_count=6, shards_per_worker=2, worker_secrets={"evil": SECRET}))
+    with trio.fail_after(60):
+        await nursery.start(app.run)
+        await until(app, lambda: all_running(app))
+        evil = SimulatedWorker(app.url, SECRET, name="evil")
+        nursery.start_soon(evil.run)
+        await evil.wait_for("hello")
+        _, hello = await evil.wait_for("hello")
+        assert hello["shards"] == [0, 1] and hello["shard_count"] == 6  # group 0's, whatever it would like
+        for other in (2, 3, 4, 5):
+            answer = await evil._emit("identify_slot", {"shard_id": other})
+            assert "error" in answer and "not this worker's" in answer["error"], answer
+        bad: list[Any] = [True, False, None, -1, 2**63, 10**100, "0", 0.0, 1.5, [0], {"x": 0}]
+        for value in bad:
+            answer = await evil._emit("identify_slot", {"shard_id": value})
+            assert isinstance(answer, dict) and "error" in answer, (value, answer)
+        for payload in (None, [], "x", 7, {"shard_id": 0, "group": 2}, {"group": 1}):
+            answer = await evil._emit("identify_slot", payload)
+            assert isinstance(answer, dict), (payload, answer)
+        for _ in range(500):  # a flood for its own shards: one place each
+            await evil._emit_nowait("identify_slot", {"shard_id": 0})
+            await evil._emit_nowait("identify_slot", {"shard_id": 1})
+        answer = await evil._emit("identify_slot", {"shard_id": 1})
+        assert answer == {"queued": True}
+        slots = app.robot.fleet.slots
+        owners = {owner for owner, _ in slots._asked}
+        assert slots.waiting <= 2 and all(shard in (0, 1) for _, shard in slots._asked), slots._asked
+        assert len(owners) <= 1
+        assert all_running(app)
+        # What a JSON encoder will not write, a hostile peer will: the connection is closed, nothing else.
+        for raw in ('4299["identify_slot",{"shard_id":NaN}]', '4298["identify_slot",{"shard_id":-Infinity}]'):
+            rude = SimulatedWorker(app.url, SECRET, name="rude")
+            nursery.start_soon(rude.run)
+            await rude.wait_for("hello")
+            await rude.send_raw(raw)
+            await rude.wait_for("disconnected")
+        assert all_running(app) and app.robot.fleet.slots.waiting <= 2
+        app.stop("probe over")
+
+
+# -- caches per group ------------------------------------------------------------------------------------------------
+def _seed(state: Path, plan_state: dict[str, Any], caches: dict[str, Any]) -> None:
+    state.mkdir(mode=0o700)
+    store = StateStore(state)
+    for name, value in caches.items():
+        store.cache_store(name).save_cache(image(value), 1)
+    (state / "state.json").write_text(json.dumps(plan_state))
+    (state / "state.json").chmod(0o600)
+
+
+async def test_a_failover_in_group_1_keeps_each_groups_own_cache(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Each group's cache is its own: group 1's holder dies, its successor's group keeps group 1's cache and
+    group 0's file is not touched."""
+    state = tmp_path / "state"
+    groups = {"shards 0-1": {"epoch": 2, "holder": None}, "shards 2-3": {"epoch": 2, "holder": None}}
+    _seed(state, {**SHARDED, "epoch": 2, "shard_count": 4, "shards_per_worker": 2, "groups": groups},
+          {"shards 0-1": {"group": 0}, "shards 2-3": {"group": 1}})  # fmt: skip
+    zero = (state / "cache.shards-0-1.bin").read_bytes()
+    app = build(worker_options(tmp_path, QUICK, shard_count=4, shards_per_worker=2))
+    with trio.fail_after(60):
+        await nursery.start(app.run)
+        await until(app, lambda: all_running(app) and all(g.standbys >= 1 for g in app.robot.snapshot().groups))
+        fleet = app.robot.fleet
+        assert [plain(core.cache) for core in fleet.groups] == [{"group": 0}, {"group": 1}]
+        holder = fleet.groups[1].lease
+        assert holder is not None
+        pid = next(w.pid for w in app.robot.snapshot().workers if w.identity == holder.identity)
+        os.kill(pid, signal.SIGKILL)
+        await until(
+            app, lambda: fleet.groups[1].lease is not None and fleet.groups[1].lease.identity != holder.identity
+        )
+        assert [plain(core.cache) for core in fleet.groups] == [{"group": 0}, {"group": 1}]
+        assert fleet.groups[1].epoch == 4 and fleet.groups[0].epoch == 3  # 2 restored, 3 at start, 4 the failover
+        app.stop("probe over")
+    assert (state / "cache.shards-0-1.bin").read_bytes() == zero
+    got, _ = StateStore(state).cache_store("shards 2-3").load_cache()
+    assert plain(got) == {"group": 1}
