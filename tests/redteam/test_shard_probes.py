@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from tests._helpers import QUICK, image, plain, worker_options
@@ -75,6 +78,55 @@ async def test_a_group_0_worker_cannot_ask_for_other_groups_shards_nor_grow_the_
             await rude.wait_for("disconnected")
         assert all_running(app) and app.robot.fleet.slots.waiting <= 2
         app.stop("probe over")
+
+
+# -- a tampered state.json: refused in one line, never a traceback, never an epoch reused --------------------------
+def start_once(state_dir: Path, *flags: str, wait: float = 6) -> str:
+    """``python -m urban_robot`` on a bot checkout with a 4-group plan: what it printed (stopped after ``wait``)."""
+    bot = state_dir.parent / "bot"
+    bot.mkdir(exist_ok=True)
+    command = ["-m", "urban_robot", "--helium-path", str(bot), "--state-dir", str(state_dir), "--port", "0"]
+    command += ["--command", "/bin/sleep 30", "--notify-api-url", "http://127.0.0.1:9/api/v10", *flags]
+    env = {**os.environ, "BOT_TOKEN": "a.b.c"}
+    try:
+        done = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=wait, env=env)
+        return done.stderr + done.stdout
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stderr or b""
+        return out.decode() if isinstance(out, bytes) else out
+
+
+@pytest.mark.parametrize(
+    "groups",
+    [
+        [1, 2],  # not an object
+        {"shards 0-1": 5},  # a group that is not an object
+        {"shards 0-1": {"epoch": "7"}},
+        {"shards 0-1": {"epoch": -5, "holder": None}},  # a negative epoch would be counted up into used ones
+        {"shards 0-1": {"epoch": 10**30, "holder": None}},
+        {"shards 0-1": {"epoch": 3, "holder": "child-x"}},
+        {"shards 0-1": {"epoch": 3, "holder": {"epoch": 3}}},  # no identity
+    ],
+)
+def test_a_tampered_groups_entry_is_refused_in_one_line(tmp_path: Path, groups: Any) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    path = state / "state.json"
+    path.write_text(json.dumps({**SHARDED, "shards_per_worker": 2, "groups": groups}))
+    path.chmod(0o600)
+    out = start_once(state, "--shard-count", "8", "--shards-per-worker", "2")
+    assert "Traceback" not in out, out
+    assert "state.json is damaged" in out and "move it away" in out, out
+    assert path.read_text() == json.dumps({**SHARDED, "shards_per_worker": 2, "groups": groups})  # left as found
+
+
+def test_a_top_level_holder_that_is_no_object_is_refused_in_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (state / "state.json").write_text(json.dumps({"epoch": 3, "holder": "child-x"}))
+    (state / "state.json").chmod(0o600)
+    out = start_once(state)
+    assert "Traceback" not in out and "state.json is damaged (holder" in out, out
 
 
 # -- caches per group ------------------------------------------------------------------------------------------------
