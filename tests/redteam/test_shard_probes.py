@@ -129,6 +129,20 @@ def test_a_top_level_holder_that_is_no_object_is_refused_in_one_line(tmp_path: P
     assert "Traceback" not in out and "state.json is damaged (holder" in out, out
 
 
+SHARD_COUNT_0 = ("--shard-count", "0", "--shards-per-worker", "2")
+
+
+def test_a_bad_shard_count_is_said_once(tmp_path: Path) -> None:
+    """An invalid shard_count is one line, not two (it was also "shards_per_worker: set shard_count too")."""
+    done = subprocess.run(
+        [sys.executable, "-m", "urban_robot", "--state-dir", str(tmp_path / "s"), *SHARD_COUNT_0],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "shard_count:" in done.stderr, done.stderr
+
+
 # -- caches per group ------------------------------------------------------------------------------------------------
 def _seed(state: Path, plan_state: dict[str, Any], caches: dict[str, Any]) -> None:
     state.mkdir(mode=0o700)
