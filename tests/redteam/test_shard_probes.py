@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 from tests._helpers import QUICK, image, plain, worker_options
 from urban_robot.supervisor import App, build
+from urban_robot.supervisor._auth import LoginThrottle
 from urban_robot.supervisor._store import StateStore
 from urban_robot.testing._sim import SimulatedWorker
 
@@ -141,6 +143,33 @@ def test_a_bad_shard_count_is_said_once(tmp_path: Path) -> None:
         timeout=30,
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "shard_count:" in done.stderr, done.stderr
+
+
+# -- the admin login throttle under a flood of wrong worker secrets -----------------------------------------------
+def test_the_login_throttle_survives_any_number_of_failures() -> None:
+    throttle = LoginThrottle()
+    for i in range(5000):
+        throttle.failed("127.0.0.1", float(i) * 1e-3)
+    assert 0 < throttle.wait("127.0.0.1", 5.0) <= throttle.cap
+
+
+async def test_the_admin_api_answers_429_not_an_internal_error_after_a_wrong_secret_flood(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Every wrong secret at CONNECT counts as a failed login of its address; after ~1,030 of them (orphaned
+    workers of an earlier shard plan knocked 130 times a second) 2.0 ** n overflowed and every admin request
+    from that address ended with an internal error and a closed connection."""
+    token = "admin-secret-of-the-probe"
+    app = build(worker_options(tmp_path, QUICK, standbys=0, admin_token=token))
+    with trio.fail_after(30):
+        await nursery.start(app.run)
+        now = trio.current_time()
+        for _ in range(1100):
+            app.robot.logins.failed("127.0.0.1", now)
+        async with httpx.AsyncClient(base_url=app.url) as http:
+            answer = await http.get("/api/status", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 429 and "Retry-After" in answer.headers
+        app.stop("probe over")
 
 
 # -- caches per group ------------------------------------------------------------------------------------------------
