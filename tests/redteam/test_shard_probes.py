@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,10 @@ import pytest
 import trio
 
 from tests._helpers import QUICK, image, plain, worker_options
-from urban_robot.supervisor import App, build
+from urban_robot.protocol import ShardPlan
+from urban_robot.supervisor import App, Settings, build
 from urban_robot.supervisor._auth import LoginThrottle
+from urban_robot.supervisor._fleet import Fleet
 from urban_robot.supervisor._store import StateStore
 from urban_robot.testing._sim import SimulatedWorker
 
@@ -170,6 +174,118 @@ async def test_the_admin_api_answers_429_not_an_internal_error_after_a_wrong_sec
             answer = await http.get("/api/status", headers={"Authorization": f"Bearer {token}"})
         assert answer.status_code == 429 and "Retry-After" in answer.headers
         app.stop("probe over")
+
+
+# -- a change of plan with survivors --------------------------------------------------------------------------------
+SETTINGS = Settings(token="tok", interval=1, grace=4, lease_margin=1, spawn_workers=True)
+AFTER_4_BY_2 = {
+    **SHARDED,
+    "epoch": 7,
+    "shard_count": 4,
+    "shards_per_worker": 2,
+    "groups": {
+        "shards 0-1": {"epoch": 7, "holder": {"identity": "child-a-1", "epoch": 7, "token": "t1"}},
+        "shards 2-3": {"epoch": 5, "holder": {"identity": "child-a-3", "epoch": 5, "token": "t3"}},
+    },
+}
+
+
+@pytest.mark.parametrize("plan", [ShardPlan.unsharded(), ShardPlan(4, 4)], ids=["unsharded", "one group"])
+def test_one_group_after_a_sharded_run_waits_out_the_old_holders(plan: ShardPlan) -> None:
+    """Back to one group with the old groups' holders maybe alive: they may process any shard, so the one group
+    waits out the newest lease (its token dropped: nobody reclaims it), as a sharded plan change does."""
+    fleet = Fleet(SETTINGS, plan, state=AFTER_4_BY_2, now=0.0)
+    lease = fleet.groups[0].lease
+    assert lease is not None and lease.identity == "child-a-1" and lease.epoch == 7 and lease.token is None
+    assert fleet.groups[0].epoch == 7  # the next is 8: never one of the old groups'
+    assert fleet.state()["holder"]["token"] is None
+
+
+def _status(port: int, state: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "urban_robot", "--port", str(port), "--state-dir", str(state), "status", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return json.loads(done.stdout) if done.returncode == 0 else {}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_sharded_supervisor_killed_then_started_unsharded_waits_and_old_children_leave(tmp_path: Path) -> None:
+    """Real processes: 4 shards in 2 groups of rehearsal bots, the supervisor SIGKILLed, started again with one
+    group. The old holders are waited out (epoch above theirs), and the old plan's children, refused, exit
+    instead of knocking every 50 ms forever."""
+    bot, state, port = tmp_path / "bot", tmp_path / "state", _free_port()
+    bot.mkdir()
+    subprocess.run(["git", "init", "-q", str(bot)], check=True)
+    base = [sys.executable, "-m", "urban_robot", "--helium-path", str(bot), "--state-dir", str(state)]
+    base += ["--port", str(port), "--command", f"{sys.executable} -m urban_robot.testing.worker"]
+    base += ["--notify-api-url", "http://127.0.0.1:9/api/v10", "--standbys", "0"]
+    env = {**os.environ, "BOT_TOKEN": "a.b.c"}
+    log1 = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        [*base, "--shard-count", "4", "--shards-per-worker", "2"], stdout=log1, stderr=log1, env=env
+    )
+    old: list[int] = []
+    second = None
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            snap = _status(port, state)
+            if snap and all(g.get("running") for g in snap.get("groups", [])) and len(snap["groups"]) == 2:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the sharded supervisor never ran both groups")
+        old = [w["pid"] for w in snap["workers"]]
+        epochs = {g["name"]: g["epoch"] for g in snap["groups"]}
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        log2 = (tmp_path / "second.log").open("w")
+        second = subprocess.Popen(base, stdout=log2, stderr=log2, env=env)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            snap = _status(port, state)
+            if snap.get("running"):
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the unsharded supervisor never ran a worker")
+        assert snap["epoch"] > max(epochs.values()), (snap["epoch"], epochs)
+        text = (tmp_path / "second.log").read_text()
+        assert re.search(r"failover: the previous holder's lease \(child-\S+ epoch \d+\) ended", text), text
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in old) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in old), "the old plan's children are still there"
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=20)
+        for pid in old:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 # -- caches per group ------------------------------------------------------------------------------------------------
