@@ -298,6 +298,23 @@ def _seed(state: Path, plan_state: dict[str, Any], caches: dict[str, Any]) -> No
     (state / "state.json").chmod(0o600)
 
 
+async def test_a_cache_of_an_earlier_plan_is_not_brought_back(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Plan 4/2, then 4/1, then 4/2 again: "shards 0-1"'s file is the first run's, older than what the bot wrote
+    under 4/1. It is set aside, not loaded into the group (stale data brought back)."""
+    state = tmp_path / "state"
+    by_one = {"shard 0": {"epoch": 9, "holder": None}}
+    _seed(state, {**SHARDED, "epoch": 9, "shard_count": 4, "shards_per_worker": 1, "groups": by_one},
+          {"shards 0-1": {"stale": True}, "shard 0": {"newer": True}})  # fmt: skip
+    app = build(worker_options(tmp_path, QUICK, shard_count=4, shards_per_worker=2, standbys=0))
+    with trio.fail_after(30):
+        await nursery.start(app.run)
+        assert all(core.cache is None for core in app.robot.fleet.groups)
+        assert not (state / "cache.shards-0-1.bin").exists()
+        assert [p.name.startswith("cache.shards-0-1.bin.other-plan-") for p in state.iterdir()].count(True) == 1
+        assert [core.epoch for core in app.robot.fleet.groups] == [9, 9]
+        app.stop("probe over")
+
+
 async def test_a_failover_in_group_1_keeps_each_groups_own_cache(nursery: trio.Nursery, tmp_path: Path) -> None:
     """Each group's cache is its own: group 1's holder dies, its successor's group keeps group 1's cache and
     group 0's file is not touched."""

@@ -290,6 +290,16 @@ class StateStore:
         self.old_cache_path.unlink()
         return image, saved_at
 
+    def set_cache_aside(self, why: str) -> Path | None:
+        """Move this store's cache file out of the way (it is not this run's to load); where it went, if it was."""
+        aside = self.cache_path.with_name(f"{self.cache_path.name}.{why}-{int(time.time())}")
+        try:
+            os.replace(self.cache_path, aside)
+        except FileNotFoundError:
+            return None
+        self._cache_on_disk = None
+        return aside
+
     def save_cache(self, image: CacheImage, seq: int, changes: Sequence[tuple[int, CacheChange]] = ()) -> None:
         """Keep cache number ``seq``: append ``changes`` ((base, change) each, in order) when they continue
         what the file holds and the deltas stay smaller than the image; else write the image whole."""
