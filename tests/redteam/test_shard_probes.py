@@ -342,3 +342,19 @@ async def test_a_failover_in_group_1_keeps_each_groups_own_cache(nursery: trio.N
     assert (state / "cache.shards-0-1.bin").read_bytes() == zero
     got, _ = StateStore(state).cache_store("shards 2-3").load_cache()
     assert plain(got) == {"group": 1}
+
+
+async def test_one_group_of_a_configured_shard_count_says_the_workers_are_not_told(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """shard_count 4 without shards_per_worker is one group, which §18.3 runs as v1 (hello names no shards): the
+    start said "4 shards in 1 groups of 4", as if the bot would run 4. It says what happens instead, once."""
+    caplog.set_level("INFO", "urban_robot")
+    app = build(worker_options(tmp_path, QUICK, shard_count=4, standbys=0))
+    with trio.fail_after(30):
+        await nursery.start(app.run)
+        await until(app, lambda: app.robot.core.lease is not None)
+        app.stop("probe over")
+    said = [r.getMessage() for r in caplog.records if "shard_count 4" in r.getMessage()]
+    assert len(said) == 1 and "one group" in said[0] and "not told the shard count" in said[0], said
+    assert not any("groups of" in r.getMessage() for r in caplog.records)
