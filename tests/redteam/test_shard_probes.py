@@ -358,3 +358,51 @@ async def test_one_group_of_a_configured_shard_count_says_the_workers_are_not_to
     said = [r.getMessage() for r in caplog.records if "shard_count 4" in r.getMessage()]
     assert len(said) == 1 and "one group" in said[0] and "not told the shard count" in said[0], said
     assert not any("groups of" in r.getMessage() for r in caplog.records)
+
+
+# -- a bot author's own identify hook ---------------------------------------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="gate_identify replaces bot.before_identify_hook on the instance: a hook the author assigns to the "
+    "instance after attach() replaces the gate, and every IDENTIFY then goes without a slot (Discord closes "
+    "the shard, or worse, other workers' windows are broken). Gating discord.py's call site (client._hooks"
+    "['before_identify'] / _call_before_identify_hook) and calling whatever hook is current would hold.",
+)
+def test_a_hook_assigned_to_the_instance_after_attach_still_waits_for_a_slot() -> None:
+    import asyncio
+
+    import discord
+    from discord.ext import commands
+
+    from tests.integrations._discord_fakes import FakeSupervisor, hello, make_attachment, run_virtual
+
+    class Offline(commands.AutoShardedBot):
+        def __init__(self) -> None:
+            super().__init__(command_prefix="!", intents=discord.Intents.default())
+            self.connected = asyncio.Event()
+
+        async def login(self, token: str) -> None:
+            await self._async_setup_hook()
+
+        async def connect(self, *, reconnect: bool = True) -> None:
+            self.connected.set()
+            await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        supervisor, bot = FakeSupervisor(), Offline()
+        att, _ = make_attachment(bot, supervisor, vital_cogs=())
+        runner = asyncio.create_task(att.run())
+        (await supervisor.next("identify")).answer(hello(shards=[2, 3], shard_count=4))
+        await bot.connected.wait()
+        mine: list[int | None] = []
+
+        async def my_hook(shard_id: int | None, *, initial: bool = False) -> None:
+            mine.append(shard_id)
+
+        bot.before_identify_hook = my_hook  # type: ignore[method-assign]
+        hook = asyncio.create_task(bot._hooks["before_identify"](3, initial=False))  # what the gateway awaits
+        await asyncio.sleep(1)
+        assert mine == [3] and not hook.done(), "the IDENTIFY went without a slot"
+        runner.cancel()
+
+    run_virtual(scenario)
