@@ -770,7 +770,8 @@ def _table(key: Key, layers: list[Layer], cwd: Path, problems: list[str]) -> Any
 def _check_together(values: Mapping[str, Any], problems: list[str]) -> None:
     if values["helium_path"] is not None and values["secrets.bot_token"] is None:
         problems.append("secrets.bot_token: required to supervise helium_path; set BOT_TOKEN (environment or .env)")
-    if values["shards_per_worker"] is not None and values["shard_count"] is None:
+    shard_count_refused = any(p.startswith("shard_count:") for p in problems)  # said once: it is set, but wrong
+    if values["shards_per_worker"] is not None and values["shard_count"] is None and not shard_count_refused:
         problems.append('shards_per_worker: set shard_count too (a number, or "auto")')
     if values["workers.group"] is not None and values["workers.user"] is None:
         problems.append("workers.group: set workers.user too (the group goes with the user children run as)")

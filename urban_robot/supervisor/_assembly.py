@@ -208,7 +208,8 @@ class App:
             return
         if options.shard_count != "auto":
             self._say_plan(self.robot.plan, None)
-            nursery.start_soon(self._learn_identify_limit)
+            if self.robot.plan.sharded:  # one group asks no slot
+                nursery.start_soon(self._learn_identify_limit)
             return
         try:
             gateway = await gateway_bot(options.settings.token, client=self.http, base_url=options.discord_api_url)
@@ -240,6 +241,15 @@ class App:
 
     @staticmethod
     def _say_plan(plan: ShardPlan, limit: SessionStartLimit | None) -> None:
+        if not plan.sharded:  # one group is the unsharded supervisor: hello names no shards (docs/protocol.md §18.3)
+            log.info(
+                "shard_count %d with shards_per_worker %d is one group: run as an unsharded bot, and its workers "
+                "are not told the shard count (the bot decides); set shards_per_worker below shard_count to cut "
+                "the shards into groups",
+                plan.shard_count,
+                plan.shards_per_worker,
+            )
+            return
         log.info(
             "%d shards in %d groups of %d%s",
             plan.shard_count,

@@ -128,7 +128,9 @@ class LoginThrottle:
             return 0.0
         if failures <= self.free:
             return 0.0
-        delay = min(self.cap, self.base * 2.0 ** (failures - self.free - 1))
+        # The exponent is bounded: past ~1,030 failures 2.0 ** n overflows (a wrong-secret flood did it, and every
+        # admin request from that address then failed with an internal error instead of a 429).
+        delay = min(self.cap, self.base * 2.0 ** min(failures - self.free - 1, 64))
         return max(0.0, last + delay - now)
 
     def failed(self, peer: str, now: float) -> None:

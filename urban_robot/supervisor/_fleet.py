@@ -90,7 +90,10 @@ class Fleet:
         self.where: dict[str, int] = {}  # connection id -> its group's index
         caches = caches or {}
         sharded = self.plan.sharded
-        states = self._group_states(state) if sharded else [state]
+        # One group after a sharded run (the plan changed): its state is made like a new group's, so the holders
+        # of the old groups are waited out (they may still process shards of this group) and no epoch is reused.
+        was_sharded = state is not None and isinstance(state.get("groups"), dict)
+        states = self._group_states(state) if sharded or was_sharded else [state]
         self.groups = [
             Supervisor(
                 settings,

@@ -177,6 +177,16 @@ class UrbanRobot:
         now = trio.current_time()
         caches, ages = {}, {}
         for group in self.plan.groups:
+            if state and _plan_of(state) != _plan_key(self.plan):
+                # Kept under another shard plan: a file of this name is from an earlier plan (A, then B, then A
+                # again) and older than what the bot wrote since; loading it would bring back stale data.
+                store = self.cache_store(group.index)
+                aside = store.set_cache_aside("other-plan")
+                if aside is not None:
+                    log.warning(
+                        "%s is from an earlier shard plan: set aside as %s, not loaded", store.cache_path, aside
+                    )
+                continue
             cache, saved_at = self.cache_store(group.index).load_cache()
             if cache is not None:
                 caches[group.index] = cache
@@ -515,6 +525,16 @@ class _WorkerNamespace(Namespace):
 
     async def on_try_again(self, sid: str, *args: Any) -> Any:
         return await self._event(sid, "try_again", args, lambda m: TryAgain(sid))
+
+
+def _plan_key(plan: protocol.ShardPlan) -> tuple[Any, Any] | None:
+    """What identifies a shard plan in ``state.json``: None for one group (the v1 file)."""
+    return (plan.shard_count, plan.shards_per_worker) if plan.sharded else None
+
+
+def _plan_of(state: dict[str, Any]) -> tuple[Any, Any] | None:
+    """The shard plan ``state.json`` was written under (as ``_plan_key``)."""
+    return (state.get("shard_count"), state.get("shards_per_worker")) if "groups" in state else None
 
 
 def _has_secret(auth: Any) -> bool:

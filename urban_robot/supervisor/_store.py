@@ -131,6 +131,43 @@ def _decode(value: Any) -> Any:
     return value
 
 
+# The largest epoch state.json may hold: every JSON reader (a JavaScript worker's too) reads it exactly.
+MAX_EPOCH = 2**53 - 1
+
+
+def _check_epoch(value: Any, where: str) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_EPOCH:
+        raise ValueError(f"{where} is {str(value)[:40]!r}, not a whole number from 0 to {MAX_EPOCH}")
+
+
+def _check_holder(value: Any, where: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or not isinstance(value.get("identity"), str):
+        raise ValueError(f"{where} is neither null nor an object with a string identity")
+    _check_epoch(value.get("epoch"), f"{where}.epoch")
+    if value.get("token") is not None and not isinstance(value["token"], str):
+        raise ValueError(f"{where}.token is neither null nor a string")
+
+
+def check_state(state: dict[str, Any]) -> None:
+    """What the cores read of ``state.json`` (the epochs, the holders, a sharded bot's ``groups``), or
+    ``ValueError`` saying what is wrong: a damaged file is refused in one line, never half-read."""
+    _check_epoch(state.get("epoch"), "epoch")
+    _check_holder(state.get("holder"), "holder")
+    groups = state.get("groups")
+    if groups is None:
+        return
+    if not isinstance(groups, dict):
+        raise ValueError("groups is not an object")
+    for name, group in groups.items():
+        where = f"groups[{str(name)[:40]!r}]"
+        if not isinstance(group, dict):
+            raise ValueError(f"{where} is not an object")
+        _check_epoch(group.get("epoch"), f"{where}.epoch")
+        _check_holder(group.get("holder"), f"{where}.holder")
+
+
 class StateStore:
     def __init__(self, directory: Path, *, cache_name: str = "cache.bin") -> None:
         self.directory = Path(directory)
@@ -195,6 +232,7 @@ class StateStore:
             state = json.loads(raw)
             if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
                 raise ValueError("no integer epoch")
+            check_state(state)
         except ValueError as exc:
             raise StateError(
                 f"{self.state_path} is damaged ({exc}); restore it from a backup or move it away to start afresh"
@@ -251,6 +289,16 @@ class StateStore:
         self._snapshot(image, saved_at)
         self.old_cache_path.unlink()
         return image, saved_at
+
+    def set_cache_aside(self, why: str) -> Path | None:
+        """Move this store's cache file out of the way (it is not this run's to load); where it went, if it was."""
+        aside = self.cache_path.with_name(f"{self.cache_path.name}.{why}-{int(time.time())}")
+        try:
+            os.replace(self.cache_path, aside)
+        except FileNotFoundError:
+            return None
+        self._cache_on_disk = None
+        return aside
 
     def save_cache(self, image: CacheImage, seq: int, changes: Sequence[tuple[int, CacheChange]] = ()) -> None:
         """Keep cache number ``seq``: append ``changes`` ((base, change) each, in order) when they continue

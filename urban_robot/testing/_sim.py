@@ -78,6 +78,7 @@ class SimulatedWorker:
         self.processing_until = -math.inf
         self.hung = False
         self.shut_down = False
+        self.refused = False  # the supervisor refused its secret (not its child, or not adopted): not retried
         self.log: list[tuple[float, str, Any]] = []
         self.changed = trio.Event()  # set (and replaced) on every logged step
         self.done = trio.Event()
@@ -140,8 +141,8 @@ class SimulatedWorker:
             except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
                 pass
             task_status = trio.TASK_STATUS_IGNORED
-            if not reconnect or self.shut_down:
-                break
+            if not reconnect or self.shut_down or self.refused:
+                break  # refused: retrying every 0.05 s forever fills the log and the admin login throttle
             await trio.sleep(delay)
             delay = min(2.0, delay * 2)
         self.done.set()
@@ -191,6 +192,7 @@ class SimulatedWorker:
         if packet.type is SioType.CONNECT:
             self._connected.set()
         elif packet.type is SioType.CONNECT_ERROR:
+            self.refused = True  # as the SDKs: a refused secret is not retried (``run`` ends)
             self._note("refused", packet.data)
             nursery.cancel_scope.cancel()
         elif packet.type is SioType.ACK and packet.id in self._acks:
