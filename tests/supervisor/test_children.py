@@ -476,3 +476,26 @@ async def test_each_shard_group_spawns_its_own_code_during_a_rolling_deploy(
     [exited] = await robot.exits(1)
     assert (exited.identity, exited.candidate, exited.group) == (candidate, True, 1)
     assert children.quick_deaths == 0
+
+
+async def test_a_replacement_waiting_out_its_back_off_starts_its_groups_code_as_it_is_then(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A deploy moved the group on (and pruned the release it ran) while a replacement waited: it starts the new
+    code, not the directory it was scheduled with (the shard bench saw 'cannot start ... No such file')."""
+    launcher, launched = FakeLauncher(), []
+    old, new = Path("/releases/old"), Path("/releases/new")
+
+    async def launch(command: list[str], **kwargs: Any) -> Any:
+        launched.append((kwargs["cwd"], kwargs["env"]["URBAN_ROBOT_GENERATION"]))
+        return await launcher(command, **kwargs)
+
+    children = Children(FakeRobot(), ["bot"], cwd=old, url="u", launch=launch, plan=ShardPlan(4, 2), generation=3)
+    await nursery.start(children.run, 1)
+    await launcher.nth(1)  # start-up: one per group
+    children.quick_deaths = 3  # a crash loop's back-off: seconds
+    children.spawn("replace a crashed worker", group=1)
+    assert children.backoff() > 0
+    children.set_code(1, Code(4, new, "deploy new"))  # the deploy moved group 1 meanwhile
+    await launcher.nth(2)
+    assert launched[2] == (new, "4")

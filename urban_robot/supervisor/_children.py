@@ -384,6 +384,7 @@ class Children:
                 cwd or code.cwd,
                 release or code.release,
                 group,
+                generation is None and cwd is None,  # its group's code, whatever that is when its back-off ends
             )
         except RuntimeError:  # the manager is shutting down: nothing new starts
             log.info("not spawning %s: shutting down", identity)
@@ -437,7 +438,14 @@ class Children:
         return env
 
     async def _child(
-        self, identity: str, generation: int, delay: float, cwd: Path, release: str | None, group: int = 0
+        self,
+        identity: str,
+        generation: int,
+        delay: float,
+        cwd: Path,
+        release: str | None,
+        group: int = 0,
+        current: bool = False,
     ) -> None:
         if delay:
             with trio.CancelScope() as waiting:
@@ -451,6 +459,11 @@ class Children:
                 return
         if self.stopping:
             return  # its back-off ended during a stop
+        if current and delay:
+            # A replacement runs its group's code as it is now: a deploy may have moved the group on (and pruned
+            # the release it would have started in) while it waited out its back-off.
+            code = self.codes[group]
+            generation, cwd, release = code.generation, code.cwd, code.release
         try:
             output = self._log_file(identity)
         except OSError as exc:  # the log directory unusable (a file now, a full or read-only disk): run it anyway
