@@ -7,6 +7,11 @@
      ├─ StateError             the state directory cannot be used (supervisor/_store.py)
      ├─ GitError               a git command failed or timed out (supervisor/_git.py)
      ├─ NotifyError            Discord refused or could not take a message (supervisor/_notify.py)
+     ├─ EtcdError              something about etcd, one line naming the endpoint (cluster/_etcd.py)
+     │   ├─ EtcdUnavailable    no endpoint answered: down, refusing, too slow, or without a leader
+     │   └─ EtcdRefused        a member answered with an error (``code``: gRPC's)
+     │       ├─ LeaseNotFound  the etcd lease expired or was revoked
+     │       └─ Compacted      a watch asked for revisions etcd no longer keeps
      └─ Disconnected           Server.call's client left before acknowledging (socketio/_server.py)
 
 A codec never lets anything else escape for bad input: ``ValueError``,

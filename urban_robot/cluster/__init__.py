@@ -1,0 +1,28 @@
+"""Several hosts coordinated through etcd (issue 17): groundwork, no agent uses it yet (docs/cluster.md).
+
+``EtcdClient`` speaks etcd's v3 JSON gateway on trio (``_etcd.py``); ``urban_robot.testing.etcd`` starts real
+etcd members for tests.
+"""
+
+from ._etcd import (
+    Acquired as Acquired,
+    Answer as Answer,
+    Compacted as Compacted,
+    Compare as Compare,
+    Deleted as Deleted,
+    EtcdClient as EtcdClient,
+    EtcdError as EtcdError,
+    EtcdRefused as EtcdRefused,
+    EtcdUnavailable as EtcdUnavailable,
+    Grant as Grant,
+    KeyValue as KeyValue,
+    LeaseNotFound as LeaseNotFound,
+    LeaseTTL as LeaseTTL,
+    Op as Op,
+    Range as Range,
+    Status as Status,
+    Txn as Txn,
+    Watch as Watch,
+    WatchEvent as WatchEvent,
+    prefix_end as prefix_end,
+)
