@@ -1,0 +1,1 @@
+"""Several hosts coordinated through etcd (docs/protocol.md §19, ../shared/DESIGN.md §8.2)."""
