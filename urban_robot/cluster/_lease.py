@@ -267,7 +267,7 @@ class Group:
     identity: str = ""  # whom our key names
     serial: int = 0  # the outstanding txn's: an answer to any other is ignored
     retry_at: float = math.inf
-    target: str = ""  # the identity a rewrite is for
+    target: str = ""  # the identity the awaited acquisition or rewrite is for
     announced: float | None = None  # the ``until`` of the last Granting, None after a StopGranting
 
     def move(self, trigger: str) -> None:
@@ -441,6 +441,7 @@ class Agent:
         if self.lease_id is None:
             return  # lease_granted tries again
         g.move("acquire")
+        g.target = g.wanted or ""
         out.append(self._send(g, now))
 
     def _send(self, g: Group, now: float) -> Txn:
@@ -448,7 +449,7 @@ class Agent:
         g.serial, g.retry_at = self._serial, now + self.timing.retry_after
         assert self.lease_id is not None or g.state is State.RELEASING
         if g.state is State.ACQUIRING:
-            return Acquire(g.name, g.wanted or "", self.lease_id or 0, g.serial)
+            return Acquire(g.name, g.target, self.lease_id or 0, g.serial)
         if g.state is State.SWITCHING:
             return Rewrite(g.name, g.target, self.lease_id or 0, g.epoch, g.serial)
         return Release(g.name, g.epoch, g.serial)
