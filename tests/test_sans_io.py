@@ -3,9 +3,9 @@ directly or through ours.
 
 Checked on the source, by parsing it: the codecs (``urban_robot/engineio/`` but its server,
 ``urban_robot/socketio/_packets.py``), the worker protocol (``urban_robot/protocol/``), the supervisor's core
-(``_core.py``, its events, roles and snapshots, and the bus the shell publishes them on) and the webhook gate
-(``supervisor/_webhook.py``), following their imports of our own modules. A codec module may not even name
-trio for a type checker. A package face
+(``_core.py``, its events, roles and snapshots, and the bus the shell publishes them on), the webhook gate
+(``supervisor/_webhook.py``) and the cluster agents' lease logic (``cluster/_lease.py``), following their
+imports of our own modules. A codec module may not even name trio for a type checker. A package face
 (``engineio/__init__.py``, ``socketio/__init__.py``) is walked for what importing it runs: its server is
 loaded by ``__getattr__`` on first use and named under ``if TYPE_CHECKING:``, neither of which runs on
 import (``tests/client/test_imports.py`` checks the same at run time, in a fresh interpreter).
@@ -32,7 +32,8 @@ CORE = [
     PACKAGE / "supervisor" / name
     for name in ("_core.py", "_fleet.py", "_events.py", "_roles.py", "_snapshot.py", "_bus.py", "_webhook.py")
 ]
-SANS_IO = [*FACES, *CODECS, *PROTOCOL, *CORE]
+CLUSTER = [PACKAGE / "cluster" / "_lease.py"]  # the agents' lease logic (docs/protocol.md §19)
+SANS_IO = [*FACES, *CODECS, *PROTOCOL, *CORE, *CLUSTER]
 IO_LIBRARIES = {"asyncio", "socket", "selectors", "subprocess", "threading", "httpx", "aiohttp", "socketio", "h11"}
 CLOCKS = {"time", "datetime"}  # time is passed in (``now``), never read
 DYNAMIC_IMPORTS = ("import_module", "__import__")

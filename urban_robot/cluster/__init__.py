@@ -1,7 +1,8 @@
 """Several hosts coordinated through etcd (issue 17): groundwork, no agent uses it yet (docs/cluster.md).
 
 ``EtcdClient`` speaks etcd's v3 JSON gateway on trio (``_etcd.py``); ``urban_robot.testing.etcd`` starts real
-etcd members for tests.
+etcd members for tests. ``_lease.py`` is an agent's hold on its groups' lease keys, sans-IO: the safety chain of
+docs/protocol.md §19 (../shared/DESIGN.md §8.2), property-tested against a model of etcd.
 """
 
 from ._etcd import (
