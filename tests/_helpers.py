@@ -24,6 +24,32 @@ WORKER = (sys.executable, "-m", "urban_robot.testing.worker")
 QUICK = Settings(token="bot-token", interval=2, grace=2, lease_margin=0.5, health_timeout=10, spawn_workers=True)
 
 
+def git(cwd: Path, *args: str) -> str:
+    """Run git in ``cwd``; its output, stripped (a failure raises)."""
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+class GitUpstream:
+    """A bare upstream (``upstream.git``), a developer's clone that pushes to it (``work``) and where the
+    supervisor's managed checkout goes (``helium``): the deploy tests' bot repository."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.upstream, self.work, self.checkout = tmp / "upstream.git", tmp / "work", tmp / "helium"
+        git(tmp, "init", "-q", "--bare", "-b", "main", str(self.upstream))
+        git(tmp, "clone", "-q", str(self.upstream), str(self.work))
+        for key, value in (("user.name", "dev"), ("user.email", "dev@example.invalid")):
+            git(self.work, "config", key, value)
+
+    def push(self, message: str) -> str:
+        """Commit everything in ``work`` and push it to main; the new commit's id."""
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-q", "-m", message)
+        git(self.work, "push", "-q", "origin", "HEAD:main")
+        return git(self.work, "rev-parse", "HEAD")
+
+
 def child_secret(credentials: Credentials, identity: str) -> str:
     """``identity``'s child secret, its spawn bound first if it has none: a simulated worker stands in for a child
     process the supervisor started (a real one is bound by ``Children`` when it spawns it)."""

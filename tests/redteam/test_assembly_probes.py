@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import httpx
 import pytest
 import trio
 
-from tests._helpers import QUICK, worker_options
+from tests._helpers import QUICK, GitUpstream, git, worker_options
 from urban_robot.supervisor import Options, Seams, Settings, Verdict, build
 from urban_robot.supervisor._children import ChildPolicy
 from urban_robot.testing._sim import HEALTHY, SimulatedWorker
@@ -29,19 +28,8 @@ from urban_robot.testing.bot import MAIN_PY
 ADMIN = "redteam-admin-token"
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-class Repo:
+class Repo(GitUpstream):
     """An upstream repository and the checkout the supervisor manages; each commit is a stand-in bot."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.upstream, self.work, self.checkout = tmp / "upstream.git", tmp / "work", tmp / "helium"
-        git(tmp, "init", "-q", "--bare", "-b", "main", str(self.upstream))
-        git(tmp, "clone", "-q", str(self.upstream), str(self.work))
-        for key, value in (("user.name", "dev"), ("user.email", "dev@example.invalid")):
-            git(self.work, "config", key, value)
 
     def commit(self, message: str, *, launcher: bool = True, **bot: Any) -> str:
         (self.work / "main.py").write_text(MAIN_PY)
@@ -52,10 +40,7 @@ class Repo:
             run.chmod(run.stat().st_mode | stat.S_IXUSR)
         else:
             run.unlink(missing_ok=True)
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "-m", message)
-        git(self.work, "push", "-q", "origin", "HEAD:main")
-        return git(self.work, "rev-parse", "HEAD")
+        return self.push(message)
 
 
 async def until_running(app: Any) -> str:

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import trio
 
-from tests._helpers import QUICK, worker_options
+from tests._helpers import QUICK, GitUpstream, git, worker_options
 from urban_robot.cli import run_subcommand, worker_logs
 from urban_robot.supervisor import App, ChildPolicy, Handled, Notify, Options, Role, serve
 from urban_robot.supervisor._webhook import sign
@@ -127,10 +127,6 @@ async def test_try_again_after_a_total_crash_loop_brings_one_running_and_the_sta
 # -- restarts run what was deployed -------------------------------------------------------------------
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
 def tiny_wheel(directory: Path) -> Path:
     """A package no index has, as a wheel (a zip): installed with pip, no network, no build backend."""
     wheel = directory / "tinydep-1.0-py3-none-any.whl"
@@ -164,21 +160,11 @@ subprocess.run([*pip, "-r", "requirements.txt"], check=True)
 MAIN_PY = "import runpy\n\nrunpy.run_module('urban_robot.testing.worker', run_name='__main__')\n"
 
 
-class Repository:
-    def __init__(self, tmp: Path) -> None:
-        self.upstream, self.work, self.checkout = tmp / "upstream.git", tmp / "work", tmp / "helium"
-        git(tmp, "init", "-q", "--bare", "-b", "main", str(self.upstream))
-        git(tmp, "clone", "-q", str(self.upstream), str(self.work))
-        for key, value in (("user.name", "dev"), ("user.email", "dev@example.invalid")):
-            git(self.work, "config", key, value)
-
+class Repository(GitUpstream):
     def commit(self, message: str, files: dict[str, str]) -> str:
         for name, text in files.items():
             (self.work / name).write_text(text)
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "-m", message)
-        git(self.work, "push", "-q", "origin", "HEAD:main")
-        return git(self.work, "rev-parse", "HEAD")
+        return self.push(message)
 
 
 async def test_a_restart_runs_the_deployed_release_with_the_dependency_its_install_step_added(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import httpx
 import pytest
 import trio
 
-from tests._helpers import QUICK, worker_options
+from tests._helpers import QUICK, GitUpstream, git, worker_options
 from urban_robot.supervisor import App, ChildPolicy, Notify, RoleChanged, build
 from urban_robot.supervisor._deploy import DeployResult
 from urban_robot.supervisor._events import CandidateStarted, RollbackFinished, Verdict
@@ -28,24 +27,10 @@ ADMIN = "admin-token"
 HOLDING = ("running", "stopping")  # a worker may process from its promotion until it acknowledged its stop
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-class Repository:
-    def __init__(self, tmp: Path) -> None:
-        self.upstream, self.work, self.checkout = tmp / "upstream.git", tmp / "work", tmp / "helium"
-        git(tmp, "init", "-q", "--bare", "-b", "main", str(self.upstream))
-        git(tmp, "clone", "-q", str(self.upstream), str(self.work))
-        for key, value in (("user.name", "dev"), ("user.email", "dev@example.invalid")):
-            git(self.work, "config", key, value)
-
+class Repository(GitUpstream):
     def commit(self, rehearsal: str) -> str:
         (self.work / "rehearsal.toml").write_text(rehearsal)
-        git(self.work, "add", "-A")
-        git(self.work, "commit", "-q", "-m", rehearsal.splitlines()[0])
-        git(self.work, "push", "-q", "origin", "HEAD:main")
-        return git(self.work, "rev-parse", "HEAD")
+        return self.push(rehearsal.splitlines()[0])
 
 
 class Watch:
