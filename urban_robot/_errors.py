@@ -14,6 +14,7 @@
      │       └─ Compacted      a watch asked for revisions etcd no longer keeps
      ├─ DeployStateError       the cluster's deploy record in etcd (cluster/_deploy_state.py)
      │   ├─ InvalidDeployRecord  the key holds no valid record (tampered, hand-written): fix it with etcdctl
+     │   ├─ InvalidDeployer    the deployer key holds what no campaign wrote: delete it with etcdctl
      │   ├─ UpdateRefused      the change does not apply to the current record (a rollout in progress, ...)
      │   └─ UpdateContended    other writers won every compare-and-swap attempt
      └─ Disconnected           Server.call's client left before acknowledging (socketio/_server.py)

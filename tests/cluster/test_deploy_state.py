@@ -19,6 +19,7 @@ from urban_robot.cluster._deploy_state import (
     DeployRecord,
     DeployStore,
     Election,
+    InvalidDeployer,
     InvalidDeployRecord,
     Unreadable,
     UpdateRefused,
@@ -378,12 +379,20 @@ async def test_a_key_overwritten_by_someone_else_ends_the_term_and_an_unreadable
     election = Election(client, name)
     lease = (await client.lease_grant(10)).id
     assert await election.campaign("h1", lease)
-    await client.put(f"/{name}/deployer".encode(), b"garbage")  # an operator's mistake
+    intruder = (await client.lease_grant(10)).id
+    await client.put(f"/{name}/deployer".encode(), b"garbage", lease=intruder)  # forged, or a bug
     with trio.fail_after(5):
         reason = await election.wait_lost()  # it watches from its own write on: nothing is missed
     assert reason == "the deployer key names someone else" and not election.leading
     assert await election.leader() == ""  # somebody unknown: nobody else can win until it is deleted
-    assert not await election.campaign("h1", lease)
+    unnamed = rf"^etcd key /{name}/deployer holds no deployer a campaign wrote \(it does not name an agent\)"
+    with pytest.raises(InvalidDeployer, match=unnamed):
+        await election.campaign("h1", lease)  # an error to log, once a campaign finds it
+    await client.put(f"/{name}/deployer".encode(), b'{"agent":"h2"}')  # by hand: on no lease, it would never go
+    with pytest.raises(InvalidDeployer, match=r"attached to no etcd lease\): no agent can be elected while it is"):
+        await election.campaign("h1", lease)
+    await client.delete(f"/{name}/deployer".encode())  # what the operator does
+    assert await election.campaign("h1", lease)
 
 
 # --- three members, the leader killed ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ._deploy_state import (
     DeployStore as DeployStore,
     DeployWatch as DeployWatch,
     Election as Election,
+    InvalidDeployer as InvalidDeployer,
     InvalidDeployRecord as InvalidDeployRecord,
     Term as Term,
     Unreadable as Unreadable,

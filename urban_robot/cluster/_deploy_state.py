@@ -17,6 +17,7 @@ Errors (``DeployStateError``, under ``UrbanRobotError``)::
 
     DeployStateError        something about the deploy state; one line
      ├─ InvalidDeployRecord the key holds no valid record (also a ValueError)
+     ├─ InvalidDeployer     the deployer key holds what no campaign wrote: no agent can be elected (a ValueError)
      ├─ UpdateRefused       the change makes no sense from the current record (a rollout in progress, ...)
      └─ UpdateContended     no attempt won its compare within the bounded attempts
 
@@ -63,6 +64,10 @@ class DeployStateError(UrbanRobotError):
 
 class InvalidDeployRecord(DeployStateError, ValueError):
     """The key holds something that is not a deploy record: the record is unreadable until an operator fixes it."""
+
+
+class InvalidDeployer(DeployStateError, ValueError):
+    """The deployer key holds a value no campaign wrote (unparsable, or on no etcd lease): nobody can be elected."""
 
 
 class UpdateRefused(DeployStateError):
@@ -604,13 +609,20 @@ class Election:
     async def campaign(self, agent: str, lease_id: int) -> bool:
         """Whether ``agent`` leads now: it created the key on ``lease_id``, or had (an answer lost, or won
         before). False: someone else leads; campaign again once the key is deleted (a watch, or ``leader()`` is
-        None). ``LeaseNotFound``: ``lease_id`` is gone; the agent campaigns on its next etcd lease."""
+        None). ``LeaseNotFound``: ``lease_id`` is gone; the agent campaigns on its next etcd lease.
+        ``InvalidDeployer``: the key holds a value no campaign wrote, which only an operator can remove."""
         if not agent or _CONTROL.search(agent) or lease_id <= 0:
             raise ValueError(f"campaign with an agent name and an etcd lease id, not {agent!r:.40}, {lease_id}")
         acquired = await self.client.create_if_absent(self.key.encode(), deployer_value(agent), lease=lease_id)
         holder = acquired.holder
         if not acquired.mine:
             self.term = None
+            if holder is not None and (holder.lease == 0 or not parse_deployer(holder.value)):
+                raise InvalidDeployer(
+                    f"etcd key {self.key} holds no deployer a campaign wrote ("
+                    + ("it is attached to no etcd lease" if holder.lease == 0 else "it does not name an agent")
+                    + f"): no agent can be elected while it is there: delete it (etcdctl del {self.key})"
+                )
             return False
         revision = acquired.revision if acquired.created or holder is None else holder.mod_revision
         self.term = Term(agent, lease_id, revision)
