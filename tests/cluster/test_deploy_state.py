@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 
-from urban_robot.cluster import EtcdClient, LeaseNotFound
+from urban_robot.cluster import EtcdClient, EtcdUnavailable, LeaseNotFound
 from urban_robot.cluster._deploy_state import (
     MAX_BAD,
     DeployRecord,
@@ -22,13 +22,14 @@ from urban_robot.cluster._deploy_state import (
     InvalidDeployer,
     InvalidDeployRecord,
     Unreadable,
+    UpdateContended,
     UpdateRefused,
     deploy_key,
     deployer_key,
     parse_deployer,
     parse_record,
 )
-from urban_robot.testing.etcd import EtcdCluster
+from urban_robot.testing.etcd import EtcdCluster, free_port
 
 from .conftest import ATTEMPT
 
@@ -263,6 +264,41 @@ async def test_an_update_whose_answer_was_lost_is_not_applied_twice(client: Etcd
     final, _ = await rival_store.read()
     assert transport.lost == 1 and calls == 1 and written.serial == 2
     assert final.serial == (3 if rival else 2)
+
+
+class RivalBeforeEachTxn(httpx.AsyncBaseTransport):
+    """Carries requests to etcd; before each txn, ``rival`` writes the record: every compare fails."""
+
+    def __init__(self, rival: Callable[[], Awaitable[object]]) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.rival = rival
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v3/kv/txn":
+            await self.rival()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_an_update_that_loses_every_compare_gives_up_in_one_line(client: EtcdClient, name: str) -> None:
+    rival = DeployStore(client, name)
+    transport = RivalBeforeEachTxn(lambda: rival.update(increment))
+    async with EtcdClient.open(client.endpoints, attempt_timeout=ATTEMPT, transport=transport) as contended:
+        with pytest.raises(UpdateContended) as caught:
+            await DeployStore(contended, name, attempts=3).update(increment)
+    assert str(caught.value) == (
+        f"the deploy record /{name}/deploy changed before each of 3 attempts to update it: too many writers; "
+        "try again (are several deployers elected?)"
+    )
+    assert (await rival.read())[0].serial == 3  # the rival's three, none of ours
+
+
+async def test_an_update_waits_for_etcd_up_to_its_patience_then_lets_the_error_through() -> None:
+    async with EtcdClient.open([f"http://127.0.0.1:{free_port()}"], attempt_timeout=ATTEMPT) as nowhere:
+        with pytest.raises(EtcdUnavailable, match="cannot reach etcd at"):
+            await DeployStore(nowhere, "prod", patience=0.2, retry_after=0.05).update(increment)
 
 
 async def test_a_tampered_value_is_an_error_to_log_never_overwritten_and_fixed_with_etcdctl(
