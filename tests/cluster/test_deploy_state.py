@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -477,3 +478,48 @@ async def test_updates_from_two_clients_all_land_once_and_the_deployer_stays_whe
     assert killed.is_set() and successor is not leader
     assert sorted(serials) == list(range(1, 41)) and final.serial == 40
     assert still == ("h1", False) and lost == [] and deployer.leading
+
+
+class OnLog(logging.Handler):
+    """Sets ``event`` when a log line containing ``text`` is emitted (on trio's thread: the watch logs there)."""
+
+    def __init__(self, text: str, event: trio.Event) -> None:
+        super().__init__()
+        self.text, self.event = text, event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+@pytest.mark.slow
+async def test_a_watch_waits_through_an_etcd_outage_and_resumes_where_it_was(
+    tmp_path: Path, etcd_binary: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = await trio.to_thread.run_sync(lambda: EtcdCluster.start(tmp_path, binary=etcd_binary))
+    with cluster:
+        [member] = cluster.members
+        async with EtcdClient.open(cluster.endpoints, attempt_timeout=ATTEMPT) as client:
+            store = DeployStore(client, "c", retry_after=0.05)
+            async with store.watch() as records:
+                assert await records.next() == DeployRecord()
+                await trio.to_thread.run_sync(lambda: cluster.kill(member))
+                seen: list[DeployRecord | Unreadable] = []
+                outage = trio.Event()
+                handler = OnLog("watching /c/deploy: cannot reach etcd", outage)
+                logging.getLogger("urban_robot.cluster").addHandler(handler)
+                try:
+                    with trio.fail_after(30):  # the watch gets the update, or the test fails
+                        async with trio.open_nursery() as nursery:
+
+                            async def watch() -> None:
+                                seen.append(await records.next())
+
+                            nursery.start_soon(watch)
+                            await outage.wait()
+                            await trio.to_thread.run_sync(lambda: cluster.restart(member))
+                            written = await store.start_rollout(A)
+                finally:
+                    logging.getLogger("urban_robot.cluster").removeHandler(handler)
+    assert seen == [written]
+    assert caplog.text.count("cannot reach etcd") == 1  # once per outage, not once per try
