@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -435,7 +436,7 @@ async def test_a_key_overwritten_by_someone_else_ends_the_term_and_an_unreadable
 
 
 @pytest.mark.slow
-async def test_updates_from_two_clients_all_land_once_when_the_etcd_leader_is_killed(
+async def test_updates_from_two_clients_all_land_once_and_the_deployer_stays_when_the_etcd_leader_is_killed(
     tmp_path: Path, etcd_binary: str
 ) -> None:
     cluster = await trio.to_thread.run_sync(lambda: EtcdCluster.start(tmp_path, size=3, binary=etcd_binary))
@@ -458,10 +459,67 @@ async def test_updates_from_two_clients_all_land_once_when_the_etcd_leader_is_ki
             EtcdClient.open(endpoints[::-1], attempt_timeout=ATTEMPT) as two,
             trio.open_nursery() as nursery,
         ):
+            deployer, rival = Election(one, "c"), Election(two, "c")
+            assert await deployer.campaign("h1", (await one.lease_grant(30)).id)
+            lost: list[str] = []
+
+            async def watch_the_term() -> None:
+                lost.append(await deployer.wait_lost())
+
+            nursery.start_soon(watch_the_term)
             nursery.start_soon(kill_the_leader)  # while both go on updating
             with trio.fail_after(60):
                 serials = await both_increment(DeployStore(one, "c"), DeployStore(two, "c"), 20, landed)
             final, _ = await DeployStore(one, "c").read()
+            # a new etcd leader extends the leases: the deployer's key, and its term, outlive the old one
+            still = (await rival.leader(), await rival.campaign("h2", (await two.lease_grant(30)).id))
+            nursery.cancel_scope.cancel()
         successor = await trio.to_thread.run_sync(cluster.leader)
     assert killed.is_set() and successor is not leader
     assert sorted(serials) == list(range(1, 41)) and final.serial == 40
+    assert still == ("h1", False) and lost == [] and deployer.leading
+
+
+class OnLog(logging.Handler):
+    """Sets ``event`` when a log line containing ``text`` is emitted (on trio's thread: the watch logs there)."""
+
+    def __init__(self, text: str, event: trio.Event) -> None:
+        super().__init__()
+        self.text, self.event = text, event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+@pytest.mark.slow
+async def test_a_watch_waits_through_an_etcd_outage_and_resumes_where_it_was(
+    tmp_path: Path, etcd_binary: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = await trio.to_thread.run_sync(lambda: EtcdCluster.start(tmp_path, binary=etcd_binary))
+    with cluster:
+        [member] = cluster.members
+        async with EtcdClient.open(cluster.endpoints, attempt_timeout=ATTEMPT) as client:
+            store = DeployStore(client, "c", retry_after=0.05)
+            async with store.watch() as records:
+                assert await records.next() == DeployRecord()
+                await trio.to_thread.run_sync(lambda: cluster.kill(member))
+                seen: list[DeployRecord | Unreadable] = []
+                outage = trio.Event()
+                handler = OnLog("watching /c/deploy: cannot reach etcd", outage)
+                logging.getLogger("urban_robot.cluster").addHandler(handler)
+                try:
+                    with trio.fail_after(30):  # the watch gets the update, or the test fails
+                        async with trio.open_nursery() as nursery:
+
+                            async def watch() -> None:
+                                seen.append(await records.next())
+
+                            nursery.start_soon(watch)
+                            await outage.wait()
+                            await trio.to_thread.run_sync(lambda: cluster.restart(member))
+                            written = await store.start_rollout(A)
+                finally:
+                    logging.getLogger("urban_robot.cluster").removeHandler(handler)
+    assert seen == [written]
+    assert caplog.text.count("cannot reach etcd") == 1  # once per outage, not once per try

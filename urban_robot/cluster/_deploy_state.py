@@ -486,6 +486,7 @@ class DeployWatch:
     _exits: AsyncExitStack = attrs.field(factory=AsyncExitStack)
     _last: int = -1  # the mod_revision of what was handed out last (0: absent)
     _outage: bool = False
+    _compacted: bool = False  # the watch's next revision is gone: read the key again first
 
     def __aiter__(self) -> DeployWatch:
         return self
@@ -508,11 +509,13 @@ class DeployWatch:
         assert self._events is not None, "open() first"
         while True:
             try:
+                if self._compacted:
+                    item = await self._reread()
+                    if item is not None:
+                        return item
                 event = await self._events.next()
             except Compacted:
-                item = await self._reread()
-                if item is not None:
-                    return item
+                self._compacted = True
                 continue
             except EtcdUnavailable as exc:
                 if not self._outage:
@@ -529,7 +532,7 @@ class DeployWatch:
         """After compaction: the key as it is now (None if it is what was handed out last), watched from there."""
         assert self._events is not None
         answer = await self.store.client.get(self.store.key.encode())
-        self._events.next_revision = answer.revision + 1
+        self._events.next_revision, self._compacted = answer.revision + 1, False
         revision = answer.kv.mod_revision if answer.kv else 0
         if revision == self._last:
             return None
