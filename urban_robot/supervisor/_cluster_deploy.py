@@ -63,7 +63,13 @@ class ClusterDeploys:
 
     @property
     def elected(self) -> bool:
-        return self._election is not None and self._election.leading
+        """This host leads: its campaign won on its current etcd lease, and its view of that lease still runs (cut
+        off from etcd, it does not know whether another host leads by now, so it acts as if one did)."""
+        election, agent = self._election, self.link.agent
+        term = election.term if election is not None else None
+        if term is None or term.lease_id != agent.lease_id:
+            return False
+        return trio.current_time() < agent.view_until
 
     def leader_url(self) -> str | None:
         """Where the elected deployer is reached (None: this host, or nobody known)."""
