@@ -381,6 +381,7 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
     if options.cluster is not None:
         cluster = ClusterLink(options.cluster, bus, robot.submit, lambda: [g.name for g in robot.plan.groups])
         deployer.cluster = deploys = ClusterDeploys(cluster, deployer)
+        robot.identify_gate = cluster.identify_slot
         bus.subscribe(TryAgain, lambda e: deploys.try_again() if e.sid in robot.fleet.admins else None)
     app = App(
         options, seams, store, bus, robot, children, deployer, notifier, tracker, dashboard, http, cluster, deploys
