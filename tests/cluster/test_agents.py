@@ -17,9 +17,11 @@ import attrs
 import trio
 
 from tests._helpers import QUICK, worker_options
+from urban_robot.cli import format_status
 from urban_robot.cluster import EtcdClient
 from urban_robot.cluster._lease import Timing
 from urban_robot.supervisor import App, Bus, ClusterLink, ClusterOptions, build
+from urban_robot.supervisor._status import status
 from urban_robot.testing.etcd import EtcdCluster
 
 # Short leases so that a host's loss costs a test seconds: the view is 4 × 0.99 − 0.3 = 3.66 s past a keep-alive.
@@ -104,6 +106,14 @@ async def test_three_hosts_one_processor_named_by_etcd_and_a_lost_host_moves_its
         for h in hosts:
             if h is not first:
                 await until(hosts, lambda h=h: h.app.robot.snapshot().groups[0].standbys == 1)
+        # Each host says what it holds: GET /api/status's "cluster", and `urban-robot status`'s lines.
+        for h in hosts:
+            body = status(h.app.tracker, cluster=h.app.cluster_deploys.view if h.app.cluster_deploys else None)
+            here = body["cluster"]["groups"]["shard 0"]
+            assert (here["held_here"], here["granting"]) == ((True, True) if h is first else (False, False))
+            assert body["cluster"]["host"] == h.name and body["cluster"]["etcd_lease"]
+            text = format_status(body)
+            assert ("held here:       shard 0" in text) is (h is first), text
         lost_at = trio.current_time()
         lose_host(first)
         await first.done.wait()

@@ -151,6 +151,33 @@ class ClusterLink:
                 granted_at = -math.inf
             await trio.sleep(0.25)
 
+    def view(self, deployer: str | None = None, elected: bool = False) -> dict[str, Any]:
+        """``GET /api/status``'s ``cluster``: this host, its etcd lease and view, the groups it holds, the peers."""
+        agent, now = self.agent, trio.current_time()
+        groups = {}
+        for name in self._groups():
+            g = agent.groups.get(name)
+            held = g is not None and g.state is State.HELD
+            groups[name] = {
+                "state": g.state.value if g is not None else "idle",
+                "held_here": held,
+                "granting": held and agent.cap(name, now) is not None,
+                "epoch": g.epoch if held and g is not None else None,
+            }
+        return {
+            "name": self.options.name,
+            "host": self.options.host,
+            "url": self.url,
+            "etcd": list(self.options.etcd),
+            "etcd_lease": None if agent.lease_id is None else f"{agent.lease_id:x}",
+            "view_left": max(0.0, agent.view_until - now) if agent.lease_id is not None else None,
+            "ttl": self.options.timing.ttl,
+            "peers": dict(sorted(self.peers.items())),
+            "deployer": deployer,
+            "elected": elected,
+            "groups": groups,
+        }
+
     def index(self, group: str) -> int | None:
         names = self._groups()
         return names.index(group) if group in names else None
