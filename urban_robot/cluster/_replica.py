@@ -192,7 +192,7 @@ def decode_record(data: bytes, limit: int) -> Record:
     return record
 
 
-def body_limit(cache_max: int) -> int:
+def replica_body_limit(cache_max: int) -> int:
     """The largest record body an agent accepts, for its ``cache_max``.
 
     A whole image weighs ``cache_max`` at most, counting each entry's key (in characters) and 64 bytes besides
@@ -521,10 +521,10 @@ def install_replica_route(
     """Serve ``POST /cluster/replica`` on ``server`` (a ``socketio.Server`` or a ``web.Router``).
 
     ``receiver`` is awaited with each authentic, well-formed record and its answer returned; it answers ``ok``
-    only once the record is on disk. The server's ``Limits.max_body`` must allow ``body_limit(cache_max)``.
+    only once the record is on disk. The server's ``Limits.max_body`` must allow ``replica_body_limit(cache_max)``.
     """
     router = server if isinstance(server, Router) else server.router
-    route = ReplicaRoute(ReplicaGate(me, secret, body_limit(cache_max)), receiver)
+    route = ReplicaRoute(ReplicaGate(me, secret, replica_body_limit(cache_max)), receiver)
     router.mount(PATH, route)
     return route
 
