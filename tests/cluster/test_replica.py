@@ -20,6 +20,7 @@ import trio
 from hypothesis import given, strategies as st
 
 from urban_robot.cluster._replica import (
+    BACKOFF,
     H_DIGEST,
     H_SIGNATURE,
     OK,
@@ -487,3 +488,25 @@ async def test_a_strangers_body_is_not_waited_for(nursery: trio.Nursery) -> None
             while b"\r\n\r\n" not in answer:
                 answer += await stream.receive_some(4096)
     assert answer.startswith(b"HTTP/1.1 401 ")
+
+
+def test_a_server_that_cannot_take_a_whole_cache_is_refused_at_wiring() -> None:
+    async def never(record: Record) -> ReplicaAnswer:
+        raise AssertionError
+
+    server = Server()  # bodies up to its Socket.IO max_payload (1 MB)
+    with pytest.raises(ValueError, match=r"max_body \(1016384\) is below the replica body limit \(2065536"):
+        install_replica_route(server, never, me="b", secret=SECRET, cache_max=1_000_000)
+
+
+@pytest.mark.slow
+async def test_a_group_forgotten_is_no_longer_sent(nursery: trio.Nursery, http: httpx.AsyncClient) -> None:
+    b, c = await serve_peer(nursery, Peer("b")), await serve_peer(nursery, Peer("c", broken=True))
+    sender = await replicator(nursery, http, [b, c])
+    holder = Holder()
+    assert await sender.replicate(holder.write(k=b"1"), holder.whole) == {"b"}
+    sender.forget(GROUP)  # the group went to another host: c, lagging, is not retried
+    with trio.move_on_after(BACKOFF[0] * 3):
+        while len(c.got) < 2:
+            await c.arrived.wait()
+    assert len(c.got) == 1

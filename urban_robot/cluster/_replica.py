@@ -41,7 +41,7 @@ from .._errors import UrbanRobotError
 from ..logs import Throttled
 from ..protocol._cache import CacheChange, Chunks
 from ..protocol._messages import cache_key_ok
-from ..web import PeerWatch, Request, Response, Router, Upgrade
+from ..web import ConnectionGate, PeerWatch, Request, Response, Router, Upgrade
 
 log = logging.getLogger("urban_robot.cluster.replica")
 T = TypeVar("T")
@@ -511,20 +511,31 @@ def _encoded(record: Record) -> tuple[bytes, str]:
     return body, hashlib.sha256(body).hexdigest()
 
 
-class _HasRouter(Protocol):
+class _Server(Protocol):
     router: Router
+    connections: ConnectionGate
 
 
 def install_replica_route(
-    server: Router | _HasRouter, receiver: Receiver, *, me: str, secret: bytes, cache_max: int
+    server: Router | _Server, receiver: Receiver, *, me: str, secret: bytes, cache_max: int
 ) -> ReplicaRoute:
-    """Serve ``POST /cluster/replica`` on ``server`` (a ``socketio.Server`` or a ``web.Router``).
+    """Serve ``POST /cluster/replica`` on ``server`` (a ``socketio.Server``, or a bare ``web.Router``).
 
     ``receiver`` is awaited with each authentic, well-formed record and its answer returned; it answers ``ok``
-    only once the record is on disk. The server's ``Limits.max_body`` must allow ``replica_body_limit(cache_max)``.
+    only once the record is on disk. A server's ``Limits.max_body`` must allow ``replica_body_limit(cache_max)``
+    (a ``ValueError`` says so otherwise): only authentic senders may send that much.
     """
-    router = server if isinstance(server, Router) else server.router
-    route = ReplicaRoute(ReplicaGate(me, secret, replica_body_limit(cache_max)), receiver)
+    limit = replica_body_limit(cache_max)
+    if isinstance(server, Router):
+        router = server
+    else:
+        router = server.router
+        if server.connections.limits.max_body < limit:
+            raise ValueError(
+                f"the server's Limits.max_body ({server.connections.limits.max_body}) is below the replica body "
+                f"limit ({limit}, twice cache_max): build it with Limits(max_body=replica_body_limit(cache_max))"
+            )
+    route = ReplicaRoute(ReplicaGate(me, secret, limit), receiver)
     router.mount(PATH, route)
     return route
 
@@ -584,6 +595,12 @@ class Replicator:
         for key, lane in list(self._lanes.items()):
             if self._peers.get(key[0]) != lane.url:
                 del self._lanes[key]
+        self._moved()
+
+    def forget(self, group: str) -> None:
+        """Stop sending ``group`` (this agent no longer holds it): its queued updates and retries are dropped."""
+        for key in [key for key in self._lanes if key[1] == group]:
+            del self._lanes[key]
         self._moved()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
