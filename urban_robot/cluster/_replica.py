@@ -196,8 +196,9 @@ def replica_body_limit(cache_max: int) -> int:
     """The largest record body an agent accepts, for its ``cache_max``.
 
     A whole image weighs ``cache_max`` at most, counting each entry's key (in characters) and 64 bytes besides
-    its bytes; its record spends 10 bytes an entry and its keys' UTF-8. Twice ``cache_max`` leaves room for keys
-    beyond ASCII and a delta's deleted keys.
+    its bytes; its record spends 10 bytes an entry and its keys' UTF-8, so an image with ASCII keys encodes to no
+    more than its weight. Twice ``cache_max`` leaves room for keys beyond ASCII and a delta's deleted keys (an
+    image of mostly long non-ASCII keys with tiny values could still pass it: refused 413, logged by the sender).
     """
     return 2 * cache_max + 64 * 1024
 
