@@ -7,6 +7,7 @@ supervisor HTTP servers on 127.0.0.1 in one trio test, real httpx.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import socket
 import time
@@ -259,8 +260,8 @@ class Peer:
     def image(self) -> dict[str, bytes]:
         return {k: b"".join(v) for k, v in self.images[GROUP][1].entries.items()}
 
-    async def wait_for(self, seq: int) -> None:
-        with trio.fail_after(10):
+    async def wait_for(self, seq: int, within: float = 10) -> None:
+        with trio.fail_after(within):
             while self.images.get(GROUP, (0,))[0] < seq:
                 await self.arrived.wait()
 
@@ -398,7 +399,7 @@ async def test_a_dead_peer_and_a_silent_one_do_not_hold_up_the_ack(
             await trio.sleep_forever()
 
     nursery.start_soon(trio.serve_listeners, never_answer, silent_listeners)
-    sender = Replicator(http, "a", SECRET, timeout=1.0)
+    sender = Replicator(http, "a", SECRET, timeout=2.5)
     await nursery.start(sender.run)
     sender.set_peers({"b": b.url, "dead": dead, "silent": silent})
     holder = Holder()
@@ -409,16 +410,16 @@ async def test_a_dead_peer_and_a_silent_one_do_not_hold_up_the_ack(
         assert trio.current_time() - started < seconds
         return acked
 
-    assert await took(sender.timeout / 2, "dead") == set()  # refused at once: no waiting for the time-out
-    assert await took(sender.timeout / 2) == {"b"}  # neither waits for the silent peer
-    assert await took(sender.timeout / 2) == {"b"}
+    assert await took(sender.timeout * 0.8, "dead") == set()  # refused at once: no waiting for the time-out
+    assert await took(sender.timeout * 0.8) == {"b"}  # neither waits for the silent peer
+    assert await took(sender.timeout * 0.8) == {"b"}
     # Without the live peer the ack cannot come: the silent one runs out the clock, the dead one is not waited
     # for while it lags (it is retried in the background).
     started = trio.current_time()
     assert await sender.replicate(holder.write(k=b"3"), holder.whole, to=["dead", "silent"]) == set()
     assert trio.current_time() - started >= sender.timeout - 0.1
-    assert await took(sender.timeout / 2, "dead") == set()
-    assert "replica peer dead unreachable" in caplog.text
+    assert await took(sender.timeout * 0.8, "dead") == set()
+    assert "replica peer dead unreachable" in caplog.text and SECRET.decode() not in caplog.text
     refusing.close()
 
 
@@ -510,3 +511,34 @@ async def test_a_group_forgotten_is_no_longer_sent(nursery: trio.Nursery, http: 
         while len(c.got) < 2:
             await c.arrived.wait()
     assert len(c.got) == 1
+
+
+async def test_a_failing_peer_is_retried_with_growing_waits_and_logged_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No sockets here (httpx's MockTransport): the back-off on a virtual clock."""
+    attempts: list[float] = []
+    peer = Peer("b")
+    gate = ReplicaGate("b", SECRET, 10_000)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        attempts.append(trio.current_time())
+        if len(attempts) <= 5:
+            raise httpx.ConnectError("connection refused")
+        body = await request.aread()
+        record = gate.check({k.lower(): v for k, v in request.headers.items()}, body, time.time())
+        assert isinstance(record, Record)
+        return httpx.Response(200, content=(await peer.receive(record)).to_json())
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http, trio.open_nursery() as nursery:
+        sender = await replicator(nursery, http, [attrs.evolve(peer, url="http://b.invalid")])
+        holder = Holder()
+        assert await sender.replicate(holder.write(k=b"1"), holder.whole) == set()
+        assert await sender.replicate(holder.write(k=b"2"), holder.whole) == set()  # lagging: not waited for
+        await peer.wait_for(2, within=60)
+        assert sender.acked(GROUP) == {"b": 2} and peer.image() == holder.image()
+        nursery.cancel_scope.cancel()
+    waits = [round(b - a, 3) for a, b in itertools.pairwise(attempts)]
+    assert waits == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert caplog.text.count("replica peer b unreachable") == 1
+    assert [(r.seq, r.base) for r in peer.got] == [(2, 0)]

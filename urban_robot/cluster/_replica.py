@@ -598,6 +598,10 @@ class Replicator:
                 del self._lanes[key]
         self._moved()
 
+    def acked(self, group: str) -> dict[str, int]:
+        """The peers known to hold ``group``, each with the ``seq`` it acknowledged last."""
+        return {name: lane.acked for (name, g), lane in self._lanes.items() if g == group and lane.acked is not None}
+
     def forget(self, group: str) -> None:
         """Stop sending ``group`` (this agent no longer holds it): its queued updates and retries are dropped."""
         for key in [key for key in self._lanes if key[1] == group]:
