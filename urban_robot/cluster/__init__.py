@@ -4,7 +4,7 @@
 etcd members for tests. ``_lease.py`` is an agent's hold on its groups' lease keys, sans-IO: the safety chain of
 docs/protocol.md §19 (../shared/DESIGN.md §8.2), property-tested against a model of etcd. ``_deploy_state.py`` is
 the cluster's deploy record (``DeployStore``, compare-and-swap) and its deployer election (``Election``).
-``_replica.py`` carries cache updates from a group's holder's agent to its standbys' agents (§19.7): signed records
+``_replica.py`` carries cache updates from a group's holder's agent to its standbys' agents (§19.8): signed records
 over HTTP.
 """
 

@@ -1,4 +1,4 @@
-"""Cache replication between agents (docs/protocol.md §19.7, issue 17 Deliver 4): the transport.
+"""Cache replication between agents (docs/protocol.md §19.8, issue 17 Deliver 4): the transport.
 
 The holder's agent sends each cache update of a group to the agents of that group's standbys, which keep it on
 disk; a write counts as acknowledged once one of them (besides the holder) answered ``ok``. Three parts:
@@ -108,7 +108,7 @@ _FULL = 1
 
 
 def encode_record(record: Record) -> bytes:
-    """``record`` as bytes (layout: docs/protocol.md §19.7): entries written as they are, never decoded."""
+    """``record`` as bytes (layout: docs/protocol.md §19.8): entries written as they are, never decoded."""
     change = record.change
     _check_numbers(record.epoch, record.seq, record.base, change.full, len(change.delete))
     group, origin = _check_name("group", record.group), _check_name("origin", record.origin)
@@ -216,6 +216,15 @@ class ReplicaAnswer:
     def refused(cls, reason: str) -> ReplicaAnswer:
         return cls("refused", reason)
 
+    @classmethod
+    def of(cls, reply: Mapping[str, object]) -> ReplicaAnswer:
+        """The answer a core's ``Reply`` body says: ``{"ok": True}``, ``{"resync": True}``, ``{"refused": why}``."""
+        if reply.get("ok") is True:
+            return OK
+        if reply.get("resync") is True:
+            return RESYNC
+        return cls.refused(str(reply.get("refused", f"unexpected answer {dict(reply)!r:.200}")))
+
     def to_json(self) -> bytes:
         body: dict[str, str] = {"answer": self.kind}
         if self.kind == "refused":
@@ -262,7 +271,7 @@ def check_secret(secret: bytes) -> bytes:
 def canonical(
     method: str, path: str, sender: str, receiver: str, millis: int, nonce: str, length: int, digest: str
 ) -> bytes:
-    """The string a request's signature is computed over (docs/protocol.md §19.7), one field a line."""
+    """The string a request's signature is computed over (docs/protocol.md §19.8), one field a line."""
     fields = ("urban-robot replica v1", method, path, quote(sender, safe=""), quote(receiver, safe=""))
     return "\n".join((*fields, str(millis), nonce, str(length), digest)).encode("ascii")
 
@@ -546,12 +555,17 @@ MIN_RATE = 8 * 1024 * 1024  # bytes/s a peer is given to take a large body, on t
 BACKOFF = (0.5, 30.0)  # first and longest wait before a lagging peer is sent the whole image again
 
 
+def _at(record: Record) -> tuple[int, int]:
+    """Where a peer that took ``record`` stands: a delta of the same epoch on this seq builds on it."""
+    return record.epoch, record.seq
+
+
 @attrs.define(eq=False)
 class _Lane:
     """What one peer holds of one group, and what is still to send it."""
 
     url: str
-    acked: int | None = None  # the seq the peer holds (it answered ok to it); None: unknown, send it whole
+    acked: tuple[int, int] | None = None  # (epoch, seq) the peer holds (it answered ok); None: unknown, send whole
     done: int = 0  # the newest seq whose sending is over, acknowledged or not
     pending: list[Record] = attrs.Factory(list)  # deltas to send, in order
     whole: Callable[[], Record] | None = None  # the newest image's maker
@@ -561,7 +575,7 @@ class _Lane:
 
 
 class Replicator:
-    """Sends each group's cache updates to the peers' agents (docs/protocol.md §19.7).
+    """Sends each group's cache updates to the peers' agents (docs/protocol.md §19.8).
 
     Start :meth:`run` in the supervisor's nursery (``await nursery.start(replicator.run)``): the sends outlive
     :meth:`replicate`, which returns once ``need`` peers acknowledged. One task per (peer, group) at most,
@@ -598,8 +612,8 @@ class Replicator:
                 del self._lanes[key]
         self._moved()
 
-    def acked(self, group: str) -> dict[str, int]:
-        """The peers known to hold ``group``, each with the ``seq`` it acknowledged last."""
+    def acked(self, group: str) -> dict[str, tuple[int, int]]:
+        """The peers known to hold ``group``, each with the ``(epoch, seq)`` it acknowledged last."""
         return {name: lane.acked for (name, g), lane in self._lanes.items() if g == group and lane.acked is not None}
 
     def forget(self, group: str) -> None:
@@ -645,7 +659,11 @@ class Replicator:
         return {name for name, lane in lanes.items() if self._holds(name, lane, record)}
 
     def _holds(self, name: str, lane: _Lane, record: Record) -> bool:
-        return self._lanes.get((name, record.group)) is lane and lane.acked is not None and lane.acked >= record.seq
+        return (
+            self._lanes.get((name, record.group)) is lane
+            and lane.acked is not None
+            and lane.acked >= (record.epoch, record.seq)
+        )
 
     def _add(self, name: str, record: Record, whole: Callable[[], Record]) -> _Lane:
         url = self._peers[name]
@@ -680,14 +698,14 @@ class Replicator:
     async def _send_pending(self, name: str, lane: _Lane) -> None:
         batch, lane.pending = lane.pending, []
         if lane.acked is not None:
-            batch = [r for r in batch if r.seq > lane.acked]
+            batch = [r for r in batch if (r.epoch, r.seq) > lane.acked]
         if not batch and not lane.lagging:
             return
         newest = max((r.seq for r in batch), default=lane.done)
         chained = (
             lane.acked is not None
             and not lane.lagging
-            and all(r.base == (lane.acked if i == 0 else batch[i - 1].seq) for i, r in enumerate(batch))
+            and all((r.epoch, r.base) == (lane.acked if i == 0 else _at(batch[i - 1])) for i, r in enumerate(batch))
         )
         for record in batch if chained else [None]:
             answer = await self._send(name, lane, record)
@@ -744,7 +762,7 @@ class Replicator:
         if answer.kind == "ok":
             if lane.failures:
                 log.info("replica peer %s takes records again", name)
-            lane.acked, lane.failures, lane.lagging = record.seq, 0, False
+            lane.acked, lane.failures, lane.lagging = _at(record), 0, False
             return OK
         lane.acked = None
         return RESYNC
