@@ -1,4 +1,4 @@
-"""Cache replication between agents (urban_robot/cluster/_replica.py, docs/protocol.md §19.7).
+"""Cache replication between agents (urban_robot/cluster/_replica.py, docs/protocol.md §19.8).
 
 The codec and the gate are sans-IO (plain tests); the route and the Replicator run on real sockets: three
 supervisor HTTP servers on 127.0.0.1 in one trio test, real httpx.
