@@ -121,6 +121,16 @@ def test_records_that_break_the_rules_are_not_encoded(record: Record, says: str)
         encode_record(record)
 
 
+def test_an_accepted_cache_becomes_a_delta_only_when_it_builds_on_something() -> None:
+    image = CacheImage.of({"a": (b"1",), "b": (b"2",)})
+    change = CacheChange(False, {"b": (b"2",)}, frozenset({"c"}))
+    assert Record.update(GROUP, "a", 3, 5, 4, change, image) == Record(GROUP, "a", 3, 5, 4, change)
+    whole = Record(GROUP, "a", 3, 5, 0, image.as_change())
+    assert Record.update(GROUP, "a", 3, 5, 0, change, image) == whole  # on nothing: the whole image
+    assert Record.update(GROUP, "a", 3, 5, 4, CacheChange(True, {"b": (b"2",)}), image) == whole
+    assert Record.of_image(GROUP, "a", 3, 5, image) == whole
+
+
 def test_the_decoder_refuses_what_passes_its_limit_and_a_lying_entry_size() -> None:
     data = encode_record(delta(2, key=b"v" * 100))
     with pytest.raises(MalformedRecord, match="larger than the limit"):

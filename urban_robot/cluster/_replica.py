@@ -39,7 +39,7 @@ import trio
 
 from .._errors import UrbanRobotError
 from ..logs import Throttled
-from ..protocol._cache import CacheChange, Chunks
+from ..protocol._cache import CacheChange, CacheImage, Chunks
 from ..protocol._messages import cache_key_ok
 from ..web import ConnectionGate, PeerWatch, Request, Response, Router, Upgrade
 
@@ -76,6 +76,21 @@ class Record:
     @property
     def whole(self) -> bool:
         return self.base == 0
+
+    @classmethod
+    def of_image(cls, group: str, origin: str, epoch: int, seq: int, image: CacheImage) -> Record:
+        """The whole ``image`` (cache number ``seq``) as a record."""
+        return cls(group, origin, epoch, seq, 0, image.as_change())
+
+    @classmethod
+    def update(
+        cls, group: str, origin: str, epoch: int, seq: int, base: int, change: CacheChange, image: CacheImage
+    ) -> Record:
+        """``change`` on cache number ``base`` made ``image`` (number ``seq``): the change as a delta, or the whole
+        image when it is one (``change.full``, or nothing to build on: ``base`` 0). A ``PersistCache`` maps 1:1."""
+        if change.full or base == 0:
+            return cls.of_image(group, origin, epoch, seq, image)
+        return cls(group, origin, epoch, seq, base, change)
 
 
 def _check_name(what: str, name: str) -> bytes:
