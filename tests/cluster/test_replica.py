@@ -114,6 +114,7 @@ def test_malformed_bytes_are_refused_with_one_line(mangle: Callable[[bytes], byt
         (Record("", "a", 1, 2, 1, CacheChange(False)), "group must be"),
         (Record("g" * 256, "a", 1, 2, 1, CacheChange(False)), "group must be"),
         (Record(GROUP, "a", 1, 2, 1, CacheChange(False, {"x" * 513: ()})), "not a cache key"),
+        (Record(GROUP, "a", 1, 2, 1, CacheChange(False, {"x": ()}, frozenset({"x"}))), "both set and deleted"),
     ],
 )
 def test_records_that_break_the_rules_are_not_encoded(record: Record, says: str) -> None:

@@ -127,6 +127,8 @@ def encode_record(record: Record) -> bytes:
     change = record.change
     _check_numbers(record.epoch, record.seq, record.base, change.full, len(change.delete))
     group, origin = _check_name("group", record.group), _check_name("origin", record.origin)
+    if change.delete & change.set.keys():
+        raise MalformedRecord("a key is both set and deleted")
     out = [_MAGIC, bytes([len(group)]), group, bytes([len(origin)]), origin]
     out.append(_NUMBERS.pack(record.epoch, record.seq, record.base, _FULL if change.full else 0))
     out.append(_U32.pack(len(change.set)))
