@@ -20,12 +20,14 @@ from tests._helpers import QUICK, worker_options
 from urban_robot.cli import format_status
 from urban_robot.cluster import EtcdClient
 from urban_robot.cluster._lease import Timing
+from urban_robot.protocol import CacheImage
 from urban_robot.supervisor import App, Bus, ClusterLink, ClusterOptions, build
 from urban_robot.supervisor._status import status
 from urban_robot.testing.etcd import EtcdCluster
 
-# Short leases so that a host's loss costs a test seconds: the view is 4 × 0.99 − 0.3 = 3.66 s past a keep-alive.
-FAST = Timing(ttl=4, margin=0.3, keepalive_every=1.0, retry_after=0.5)
+# Short leases so that a host's loss costs a test seconds: the view is 5 × 0.99 − 0.3 = 4.65 s past a keep-alive;
+# each etcd call gets 0.5 s per endpoint (a third of the keep-alive period), room for a loaded machine.
+FAST = Timing(ttl=5, margin=0.3, keepalive_every=1.5, retry_after=0.5)
 HOSTS = ("alpha", "beta", "gamma")
 
 
@@ -81,6 +83,13 @@ async def holder(client: EtcdClient, cluster: str, group: str) -> tuple[dict[str
     found = await client.get(f"/{cluster}/groups/{group}/lease".encode())
     kv = found.kv
     return (json.loads(kv.value), kv.mod_revision) if kv is not None else (None, 0)
+
+
+def same(one: CacheImage | None, other: CacheImage | None) -> bool:
+    """The same entries, however their bytes are cut into chunks."""
+    if one is None or other is None:
+        return one is other
+    return one.as_change().digest() == other.as_change().digest()
 
 
 def lose_host(h: Host) -> None:
@@ -274,3 +283,58 @@ async def test_identify_slots_are_spaced_across_hosts(client: EtcdClient, reques
         await beta.identify_slot(0)  # key 0 again, from another host: once alpha's bucket went
         waited = trio.current_time() - taken
     assert waited >= 2 - 0.1, waited  # etcd expires a lease no sooner than its TTL (its clock, ours within 5%)
+
+
+async def test_the_holders_cache_is_on_another_hosts_disk_and_follows_the_group_to_it(
+    nursery: trio.Nursery, tmp_path: Path, etcd: EtcdCluster, client: EtcdClient, request: Any
+) -> None:
+    """§19.8: the holder's acknowledged cache is on at least one other host's disk; a lost host's successor starts
+    from it (its core has it, and pushes it to its new holder)."""
+    from tests._helpers import WORKER
+
+    cluster = cluster_name(request)
+    command = (*WORKER, "--cache-bytes", "3000000")  # three 1 MB entries, synced once processing
+    hosts = [await start(nursery, name, agent_app(tmp_path, etcd, cluster, name, command=command)) for name in HOSTS]
+    with trio.fail_after(60):
+        await settled(hosts)
+        [(where, _)] = running(hosts)
+        first = next(h for h in hosts if h.name == where)
+        await until(hosts, lambda: first.app.robot.core.cache is not None)
+        image = first.app.robot.core.cache
+        assert image is not None and image.size >= 3_000_000
+        # Acknowledged to the worker only once another host had it on disk: both others have it by now or soon.
+        others = [h for h in hosts if h is not first]
+        await until(hosts, lambda: all(same(h.app.robot.core.cache, image) for h in others))
+        for h in others:
+            stored, _ = h.app.robot.store.load_cache()
+            assert same(stored, image)  # on that host's disk, as the core keeps it
+        lose_host(first)
+        await first.done.wait()
+        await until(hosts, lambda: len(running(hosts)) == 1)
+        [(where2, _)] = running(hosts)
+        second = next(h for h in hosts if h.name == where2)
+    assert same(second.app.robot.core.cache, image)
+    for h in hosts:
+        if not h.done.is_set():
+            h.app.stop("test over")
+
+
+async def test_a_cache_no_other_host_took_is_not_acknowledged_to_the_worker(
+    nursery: trio.Nursery, tmp_path: Path, etcd: EtcdCluster, request: Any
+) -> None:
+    """Alone in its cluster, a host keeps the holder's cache on its own disk but does not acknowledge it: an
+    acknowledged write is on two hosts' disks (§19.8); the worker hears why, and sends it again later."""
+    from tests._helpers import WORKER
+
+    cluster = cluster_name(request)
+    command = (*WORKER, "--cache-bytes", "1000")
+    alone = await start(nursery, "alpha", agent_app(tmp_path, etcd, cluster, "alpha", command=command))
+    with trio.fail_after(60):
+        await until([alone], lambda: alone.app.robot.core.cache is not None)
+        [(_, identity)] = running([alone])
+        log = Path(alone.app.children.logs[identity])
+        while "cache_refused: kept on this host only" not in log.read_text():
+            await trio.sleep(0.05)  # the worker's log file (another process) says it once the answer is in
+    stored, _ = alone.app.robot.store.load_cache()
+    assert same(stored, alone.app.robot.core.cache)  # on this host's disk all the same
+    alone.app.stop("test over")

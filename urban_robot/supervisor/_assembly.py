@@ -372,7 +372,8 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
 
     cluster = deploys = None
     if options.cluster is not None:
-        cluster = ClusterLink(options.cluster, bus, robot.submit, lambda: [g.name for g in robot.plan.groups])
+        cluster = ClusterLink(options.cluster, bus, robot.submit, lambda: [g.name for g in robot.plan.groups], robot)
+        cluster.install_replication()
         deployer.cluster = deploys = ClusterDeploys(cluster, deployer)
         robot.identify_gate = cluster.identify_slot
         bus.subscribe(TryAgain, lambda e: deploys.try_again() if e.sid in robot.fleet.admins else None)
