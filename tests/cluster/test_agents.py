@@ -21,7 +21,7 @@ from urban_robot.cli import format_status
 from urban_robot.cluster import EtcdClient
 from urban_robot.cluster._lease import Timing
 from urban_robot.protocol import CacheImage
-from urban_robot.supervisor import App, Bus, ClusterLink, ClusterOptions, build
+from urban_robot.supervisor import App, Bus, ClusterLink, ClusterOptions, RoleChanged, build
 from urban_robot.supervisor._status import status
 from urban_robot.testing.etcd import EtcdCluster
 
@@ -338,3 +338,38 @@ async def test_a_cache_no_other_host_took_is_not_acknowledged_to_the_worker(
     stored, _ = alone.app.robot.store.load_cache()
     assert same(stored, alone.app.robot.core.cache)  # on this host's disk all the same
     alone.app.stop("test over")
+
+
+async def test_the_etcd_leader_killed_under_three_agents_changes_nothing_they_do(
+    nursery: trio.Nursery, tmp_path: Path, request: Any
+) -> None:
+    """A 3-member etcd loses its leader (SIGKILL): the other two elect a new one within an election timeout, and
+    the agents' keep-alives, watches and txns fail over to them. The holder keeps processing (its grant never
+    lapses), nobody else is promoted, and a host lost afterwards still fails over through the two members left."""
+    cluster = cluster_name(request)
+    with EtcdCluster.start(tmp_path / "etcd", size=3, heartbeat_ms=25, election_ms=250) as etcd:
+        hosts = [await start(nursery, name, agent_app(tmp_path, etcd, cluster, name)) for name in HOSTS]
+        changes: list[RoleChanged] = []
+        with trio.fail_after(90):
+            await settled(hosts)
+            for h in hosts:
+                h.app.bus.subscribe(RoleChanged, changes.append)
+            [(where, identity)] = running(hosts)
+            epoch = next(h for h in hosts if h.name == where).app.robot.snapshot().groups[0].epoch
+            etcd.kill(etcd.leader())
+            new_leader = await trio.to_thread.run_sync(etcd.leader)
+            # Several keep-alive periods pass on the two members left: the holder is renewed all along.
+            deadline = trio.current_time() + 3 * FAST.keepalive_every
+            while trio.current_time() < deadline:
+                assert running(hosts) == [(where, identity)]
+                await trio.sleep(0.1)
+            assert next(h for h in hosts if h.name == where).app.robot.snapshot().groups[0].epoch == epoch
+            assert [c for c in changes if c.new == "running"] == []  # no promotion anywhere
+            victim = next(h for h in hosts if h.name == where)
+            lose_host(victim)
+            await victim.done.wait()
+            await until(hosts, lambda: len(running(hosts)) == 1)
+        assert running(hosts)[0][0] != where and new_leader.running
+        for h in hosts:
+            if not h.done.is_set():
+                h.app.stop("test over")
