@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 import trio
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tests._helpers import QUICK, worker_options
 from urban_robot.cli import format_status
@@ -22,7 +23,7 @@ from urban_robot.cluster import EtcdClient
 from urban_robot.cluster._lease import Timing
 from urban_robot.protocol import CacheImage
 from urban_robot.supervisor import App, Bus, ClusterLink, ClusterOptions, RoleChanged, build
-from urban_robot.supervisor._status import status
+from urban_robot.supervisor._status import MetricsCollector, status
 from urban_robot.testing.etcd import EtcdCluster
 
 # Short leases so that a host's loss costs a test seconds: the view is 5 × 0.99 − 0.3 = 4.65 s past a keep-alive;
@@ -123,6 +124,11 @@ async def test_three_hosts_one_processor_named_by_etcd_and_a_lost_host_moves_its
             assert body["cluster"]["host"] == h.name and body["cluster"]["etcd_lease"]
             text = format_status(body)
             assert ("held here:       shard 0" in text) is (h is first), text
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(MetricsCollector(h.app.tracker, cluster=h.app.cluster_deploys.view))
+            scraped = generate_latest(registry)
+            held = f'urban_robot_cluster_group_held{{group="shard 0"}} {1.0 if h is first else 0.0}'.encode()
+            assert held in scraped, scraped
         lost_at = trio.current_time()
         lose_host(first)
         await first.done.wait()
