@@ -22,7 +22,7 @@ from urban_robot.cli import format_status
 from urban_robot.cluster import EtcdClient
 from urban_robot.cluster._lease import Timing
 from urban_robot.protocol import CacheImage
-from urban_robot.supervisor import App, Bus, ClusterLink, ClusterOptions, RoleChanged, build
+from urban_robot.supervisor import App, ClusterLink, ClusterOptions, RoleChanged, build
 from urban_robot.supervisor._status import MetricsCollector, status
 from urban_robot.testing.etcd import EtcdCluster
 
@@ -276,7 +276,7 @@ async def test_identify_slots_are_spaced_across_hosts(client: EtcdClient, reques
     cluster = cluster_name(request)
 
     def link(host: str) -> ClusterLink:
-        made = ClusterLink(ClusterOptions(cluster, host, ("http://unused",), timing=FAST), Bus(), print, list)
+        made = ClusterLink(ClusterOptions(cluster, host, ("http://unused",), timing=FAST), print, list)
         made.client, made.identify_ttl = client, 2
         return made
 

@@ -51,7 +51,6 @@ from ..cluster._lease import (
 )
 from ..cluster._replica import Record, ReplicaAnswer, Replicator, install_replica_route
 from ..logs import Throttled
-from ._bus import Bus
 from ._events import CacheReplicated, Claim, ClusterGrant, ClusterStop, Event, PersistCache, Yield
 from ._service import UrbanRobot
 
@@ -79,12 +78,12 @@ def host_key(cluster: str, host: str) -> str:
 
 
 class ClusterLink:
-    """This host's agent: ``await nursery.start(link.run, url)``; the core's Claim/Yield reach it on the bus."""
+    """This host's agent: ``await nursery.start(link.run, url)``; the core's Claim/Yield reach it on the bus
+    (``on_claim``, ``on_yield``: subscribed by the assembly)."""
 
     def __init__(
         self,
         options: ClusterOptions,
-        bus: Bus,
         submit: Callable[[Event], Any],
         groups: Callable[[], list[str]],
         robot: UrbanRobot | None = None,
@@ -105,8 +104,6 @@ class ClusterLink:
         self._to_core, self._core_inbox = trio.open_memory_channel[Event](math.inf)
         self._presence_lease: int | None = None
         self.identify_ttl = IDENTIFY_TTL
-        bus.subscribe(Claim, self.on_claim)
-        bus.subscribe(Yield, self.on_yield)
 
     # -- running ---------------------------------------------------------------------------------------
     async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
