@@ -12,7 +12,8 @@ Who talks to whom (→ a call, ⇢ a message on the bus, subscribed below and no
                             │                                          Send, Close, Persist, PersistCache, Reply
                             ⇢ each event, each action, Handled(event)
     Spawn, TopUp ⇢ Children.spawn / top_up           Children → robot.submit(ProcessExited, Frozen)
-    Claim, Yield ⇢ ClusterLink (several hosts)     ClusterLink → robot.submit(ClusterGrant, ClusterStop, CacheReplicated)
+    Claim, Yield ⇢ ClusterLink (several hosts)       ClusterLink → robot.submit(ClusterGrant, ClusterStop,
+                                                                         CacheReplicated)
     Send(shutdown), Close, Kill, CheckFrozen ⇢ Children.on_action (asked, killed, probed)
     Verdict, RollBack ⇢ Deployer.on_action           Deployer → robot.submit(CandidateStarted, DeployConfirmed,
     Notify ⇢ Notifier.notify                                         RetireOlder, RollbackFinished)
