@@ -911,7 +911,8 @@ class Supervisor:
         if self.lease.stopping:
             self.lease.final_cache = True
         out.append(Reply({"accepted": True}))
-        out.append(PersistCache(image, change, base, self.cache_seq, now, final=self.lease.stopping, group=self.index))
+        final, epoch = self.lease.stopping, self.lease.epoch
+        out.append(PersistCache(image, change, base, self.cache_seq, now, final=final, group=self.index, epoch=epoch))
         cut: dict[bool, list[CacheSyncMessage]] = {}  # the parts, made once and only if someone gets them
         for other in self.clients.values():
             if other.role in (Role.STANDBY, Role.CHECKING):
@@ -1195,6 +1196,13 @@ class Supervisor:
         """A cache from the group's holder on another host (§19.7): kept, on disk, and pushed to our standbys."""
         if self.lease is not None:
             out.append(Reply({"refused": f"{self.name} has a holder on this host: a replica from {e.origin} is stale"}))
+            return
+        if self.replica is not None and (e.epoch, e.seq) <= self.replica[1:] and e.origin == self.replica[0]:
+            out.append(Reply({"ok": True}))  # had it already (a retry whose answer was lost)
+            return
+        if self.replica is not None and e.epoch < self.replica[1]:
+            # An older holder's (epochs are etcd revisions: a newer holder's is higher): kept, it would undo newer.
+            out.append(Reply({"refused": f"a replica from epoch {e.epoch} is older than the one kept here"}))
             return
         if e.base == 0:
             base_image = CacheImage()
