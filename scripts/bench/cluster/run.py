@@ -418,8 +418,8 @@ class Cluster:
 def host_loss(cluster: Cluster, ttl: int) -> Round:
     host, _, _ = cluster.wait_settled()
     agent = cluster.agents[host]
-    status = agent.status()
-    assert status is not None and agent.process is not None
+    status: dict[str, Any] = wait(f"/api/status of {host}", agent.status, STEP_TIMEOUT, cluster.logs, agent.tail)
+    assert agent.process is not None
     victims = [c["pid"] for c in status.get("children", [])]
     killed_at = time.monotonic()
     agent.process.kill()  # the agent first: a dead agent yields nothing when its workers die
