@@ -633,6 +633,11 @@ class Replicator:
         """The peers known to hold ``group``, each with the ``(epoch, seq)`` it acknowledged last."""
         return {name: lane.acked for (name, g), lane in self._lanes.items() if g == group and lane.acked is not None}
 
+    def reachable(self, group: str) -> set[str]:
+        """The peers not known to be failing for ``group`` (its last send to them did not fail): those a caller may
+        wait for. A peer never sent to counts as reachable."""
+        return {name for name in self._peers if not getattr(self._lanes.get((name, group)), "lagging", False)}
+
     def forget(self, group: str) -> None:
         """Stop sending ``group`` (this agent no longer holds it): its queued updates and retries are dropped."""
         for key in [key for key in self._lanes if key[1] == group]:

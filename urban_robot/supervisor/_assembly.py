@@ -287,6 +287,7 @@ class App:
         )
         await self.robot.submit(Stopping(reason))
         await self.children.stop_all()
+        await self.robot.caches_written()  # the holders' final caches, on disk and (several hosts) another host's
         if self.cluster is not None:
             held = [core.name for core in self.robot.fleet.groups if core.lease is not None]
             alive = list(self.children.children)

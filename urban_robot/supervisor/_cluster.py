@@ -104,6 +104,7 @@ class ClusterLink:
         self._to_core, self._core_inbox = trio.open_memory_channel[Event](math.inf)
         self._presence_lease: int | None = None
         self.identify_ttl = IDENTIFY_TTL
+        self._claims = 0  # Claims heard: a yield waiting for the caches is void once one came after it
 
     # -- running ---------------------------------------------------------------------------------------
     async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -125,6 +126,7 @@ class ClusterLink:
             n.start_soon(self._forward)
             n.start_soon(self._timer)
             n.start_soon(self._watch)
+            n.start_soon(self._watch_hosts)
             n.start_soon(self._reread)
             task_status.started()
 
@@ -210,9 +212,14 @@ class ClusterLink:
             record = Record.update(name, me, newest.epoch, newest.seq, newest.base, newest.change, newest.image)
         else:  # several changes written together: the peers get the image they made
             record = Record.of_image(name, me, newest.epoch, newest.seq, newest.image)
-        acked = await replicator.replicate(
-            record, lambda: Record.of_image(name, me, newest.epoch, newest.seq, newest.image)
-        )
+        whole = Record.of_image(name, me, newest.epoch, newest.seq, newest.image)  # for a peer missing the base
+        # Every peer that is reachable, at least one: whichever host takes the group over next has what was
+        # acknowledged (one that is failing is not waited for; it is sent the whole cache when it is back).
+        need = max(1, len(replicator.reachable(name)))
+        try:
+            acked = await replicator.replicate(record, lambda: whole, need=need)
+        except RuntimeError:  # the replicator has stopped: this host is going down (its last caches stay on disk)
+            return False
         if not acked:
             self.quiet.log(
                 logging.WARNING,
@@ -257,6 +264,7 @@ class ClusterLink:
 
     # -- the core's asks ---------------------------------------------------------------------------------
     def on_claim(self, claim: Claim) -> None:
+        self._claims += 1  # a yield still waiting for the caches to be written is void now
         names = self._groups()
         if not 0 <= claim.group < len(names):
             return
@@ -275,7 +283,22 @@ class ClusterLink:
         names = self._groups()
         if not 0 <= y.group < len(names):
             return
-        name, now = names[y.group], trio.current_time()
+        robot, nursery = self.robot, self._nursery
+        if robot is not None and nursery is not None and robot.caches_pending():
+            # The holder's last cache (its final one, on a hand-over) is still on its way to disk and to another
+            # host: the group goes once it is there, or the next holder, elsewhere, would start from an older one.
+            nursery.start_soon(self._yield_once_written, names[y.group], self._claims)
+            return
+        self._yield(names[y.group])
+
+    async def _yield_once_written(self, name: str, claims: int) -> None:
+        assert self.robot is not None
+        await self.robot.caches_written()
+        if self._claims == claims:  # nobody here was claimed for it since
+            self._yield(name)
+
+    def _yield(self, name: str) -> None:
+        now = trio.current_time()
         g = self.agent.groups.get(name)
         if g is not None and g.state is State.HELD:
             self._do(self.agent.release(name, now))
@@ -295,8 +318,8 @@ class ClusterLink:
                 else:
                     log.info("%s: no longer granted here (%s)", d.group, d.reason)
                     self._to_core.send_nowait(ClusterStop(index, d.reason))
-                    if self.replicator is not None:
-                        self.replicator.forget(d.group)  # another host's holder replicates it from now on
+                    # The replicator goes on with what it was sending (a final cache, a retry to a lagging host): a
+                    # receiving host keeps the newest epoch's cache, so this one's never undoes the next holder's.
             elif nursery is not None:
                 if isinstance(d, GrantLease):
                     nursery.start_soon(self._grant, d)
@@ -405,6 +428,22 @@ class ClusterLink:
             except EtcdError as exc:
                 start = 0  # compacted or unreachable: the periodic read covers what was missed
                 self.quiet.log(logging.WARNING, "watch", "etcd: the watch of the groups' keys broke (%s)", exc)
+            await trio.sleep(WATCH_RETRY)
+
+    async def _watch_hosts(self) -> None:
+        """Peers come and go with their presence keys: each change is read at once (the periodic read is the
+        fallback), so a host that joins is replicated to, and one that left is not waited for."""
+        assert self.client is not None
+        prefix, start = f"/{self.options.name}/hosts/".encode(), 0
+        while True:
+            try:
+                async with self.client.watch(prefix, prefix=True, start_revision=start) as events:
+                    async for _ in events:
+                        start = events.next_revision
+                        await self.read_peers()
+            except EtcdError as exc:
+                start = 0
+                self.quiet.log(logging.WARNING, "watch-hosts", "etcd: the watch of the hosts broke (%s)", exc)
             await trio.sleep(WATCH_RETRY)
 
     def _on_watch_event(self, event: WatchEvent) -> None:

@@ -1203,6 +1203,8 @@ class Supervisor:
             out.append(Claim(self.index, best.identity, self.gate_used))
 
     def _on_ClusterGrant(self, e: ClusterGrant, now: float, out: list[Action]) -> None:
+        if self.lease is None and (self.gate is None or self.gate.epoch != e.epoch):
+            self.vacancy = f"etcd's lease key of {self.name} names this host now (revision {e.epoch})"
         self.gate = Gate(e.epoch, e.identity, e.until)
         self.claimed = None  # a grant that does not fit (another identity, a used epoch) is claimed again
 

@@ -258,6 +258,10 @@ class UrbanRobot:
             return False
         return True
 
+    def caches_pending(self) -> bool:
+        """Whether a cache accepted so far is not on disk (and, with several hosts, another host's) yet."""
+        return self._cache_written < self._cache_queued
+
     async def caches_written(self) -> None:
         """Return once every cache accepted so far is on disk (or its write failed, loudly): before stopping."""
         await self.cache_written(self._cache_queued)
