@@ -35,8 +35,18 @@ from typing import Any
 import attrs
 
 from ._errors import UrbanRobotError
+from .cluster._lease import Timing
 from .protocol import MAX_SHARDS
-from .supervisor import DISCORD_API, WEBHOOK_ENV, ChildPolicy, DiscordWebhook, NotifyError, Options, Settings
+from .supervisor import (
+    DISCORD_API,
+    WEBHOOK_ENV,
+    ChildPolicy,
+    ClusterOptions,
+    DiscordWebhook,
+    NotifyError,
+    Options,
+    Settings,
+)
 
 log = logging.getLogger("urban_robot.config")
 
@@ -45,7 +55,7 @@ __all__ = ["KEYS", "Config", "ConfigError", "Key", "load_config", "read_dotenv"]
 CONFIG_FILE = "urban-robot.toml"
 DOTENV_FILE = ".env"
 CONFIG_ENV = "URBAN_ROBOT_CONFIG"
-TABLES = ("workers", "notify", "secrets")
+TABLES = ("workers", "notify", "secrets", "cluster")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 NAME = "<NAME>"  # in a table key's variable: where each entry's name goes
 WORKER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -216,6 +226,31 @@ def _host_names(value: Any, cwd: Path) -> tuple[str, ...]:
     if any(c.isspace() or c in "/@" for name in cleaned for c in name):
         raise _Invalid(f"expected host names without scheme, path or spaces, {_got(value)}")
     return cleaned
+
+
+CLUSTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _cluster_name(value: Any, cwd: Path) -> str:
+    """A cluster's or a host's name: part of etcd keys, so letters, digits and ``_.-`` only."""
+    if not isinstance(value, str) or not CLUSTER_NAME.fullmatch(value.strip()):
+        raise _Invalid(f"expected 1-64 letters, digits, '_', '.' or '-', {_got(value)}")
+    return value.strip()
+
+
+def _etcd_urls(value: Any, cwd: Path) -> tuple[str, ...]:
+    urls = value.split(",") if isinstance(value, str) else value
+    if not isinstance(urls, list | tuple) or not all(isinstance(url, str) for url in urls):
+        raise _Invalid(f"expected a list of etcd client URLs (or one comma-separated string), {_got(value)}")
+    cleaned = tuple(url.strip().rstrip("/") for url in urls if url.strip())
+    if not cleaned or not all(url.startswith(("http://", "https://")) and " " not in url for url in cleaned):
+        raise _Invalid(f"expected http://host:2379 URLs, one at least, {_got(value)}")
+    return cleaned
+
+
+def _cluster_ttl(value: Any, cwd: Path) -> int:
+    ttl = _integer(6, 300)(value, cwd)
+    return ttl
 
 
 def _snowflake(value: Any, cwd: Path) -> str:
@@ -525,6 +560,37 @@ KEYS: tuple[Key, ...] = (
         "base URL of Discord's REST API for notifications (a test double or a proxy; default Discord's v10)",
     ),
     Key(
+        "cluster.name",
+        "URBAN_ROBOT_CLUSTER_NAME",
+        _cluster_name,
+        None,
+        "several hosts on etcd (docs/deployment.md): the cluster's name, the same on every host; unset = one host",
+    ),
+    Key("cluster.host", "URBAN_ROBOT_CLUSTER_HOST", _cluster_name, None, "this host's name, unique in the cluster"),
+    Key("cluster.etcd", "URBAN_ROBOT_CLUSTER_ETCD", _etcd_urls, (), "etcd's client URLs (http://host:2379, ...)"),
+    Key(
+        "cluster.advertise",
+        "URBAN_ROBOT_CLUSTER_ADVERTISE",
+        _http_url,
+        None,
+        "how the other hosts' agents reach this one (default http://<host>:<port>)",
+    ),
+    Key(
+        "cluster.ttl",
+        "URBAN_ROBOT_CLUSTER_TTL",
+        _cluster_ttl,
+        10,
+        "the agent's etcd lease, seconds: a lost host's groups move after about this long",
+    ),
+    Key(
+        "secrets.cluster",
+        "URBAN_ROBOT_CLUSTER_SECRET",
+        _long_secret,
+        None,
+        "shared by every host of the cluster: authenticates the agents to each other (cache replication)",
+        secret=True,
+    ),
+    Key(
         "secrets.bot_token",
         "BOT_TOKEN",
         _secret,
@@ -773,6 +839,11 @@ def _check_together(values: Mapping[str, Any], problems: list[str]) -> None:
     shard_count_refused = any(p.startswith("shard_count:") for p in problems)  # said once: it is set, but wrong
     if values["shards_per_worker"] is not None and values["shard_count"] is None and not shard_count_refused:
         problems.append('shards_per_worker: set shard_count too (a number, or "auto")')
+    cluster = [name for name in ("cluster.host", "cluster.etcd", "secrets.cluster") if values[name]]
+    if values["cluster.name"] is not None or cluster:
+        missing = [n for n in ("cluster.name", "cluster.host", "cluster.etcd", "secrets.cluster") if not values[n]]
+        if missing and not any(p.startswith(("cluster.", "secrets.cluster")) for p in problems):
+            problems.append(f"cluster: also set {', '.join(missing)} (every host of a cluster needs all four)")
     if values["workers.group"] is not None and values["workers.user"] is None:
         problems.append("workers.group: set workers.user too (the group goes with the user children run as)")
     if values["notify.channel"] is not None and values["notify.dm"] is not None:
@@ -817,6 +888,16 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         backoff_cap=max(values["workers.restart_backoff"], values["workers.restart_backoff_max"]),
     )
     secret = values["secrets.webhook_secret"]
+    cluster = None
+    if values["cluster.name"] is not None:
+        cluster = ClusterOptions(
+            name=values["cluster.name"],
+            host=values["cluster.host"],
+            etcd=values["cluster.etcd"],
+            advertise=values["cluster.advertise"],
+            secret=values["secrets.cluster"].encode(),
+            timing=Timing(ttl=values["cluster.ttl"]),
+        )
     options = Options(
         helium_path=values["helium_path"],
         settings=settings,
@@ -846,5 +927,6 @@ def _build(values: Mapping[str, Any], cwd: Path, files: tuple[Path, ...]) -> Con
         install_timeout=values["install_timeout"],
         workers_user=values["workers.user"],
         workers_group=values["workers.group"],
+        cluster=cluster,
     )
     return attrs.evolve(config, options=options)

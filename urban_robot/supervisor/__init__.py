@@ -14,6 +14,7 @@ from ._children import (
     RunAsError as RunAsError,
     log_identity as log_identity,
 )
+from ._cluster import ClusterLink as ClusterLink, ClusterOptions as ClusterOptions
 from ._core import (
     Lease as Lease,
     Settings as Settings,
@@ -27,10 +28,14 @@ from ._deploy import Deployer as Deployer, TreeOutcome as TreeOutcome
 # every one of them is here.
 from ._events import (
     Action as Action,
+    CacheReplicated as CacheReplicated,
     CacheSync as CacheSync,
     CandidateStarted as CandidateStarted,
     CheckFrozen as CheckFrozen,
+    Claim as Claim,
     Close as Close,
+    ClusterGrant as ClusterGrant,
+    ClusterStop as ClusterStop,
     ComaAck as ComaAck,
     Connected as Connected,
     DeployConfirmed as DeployConfirmed,
@@ -63,6 +68,7 @@ from ._events import (
     TryAgain as TryAgain,
     Verdict as Verdict,
     WorkerFailed as WorkerFailed,
+    Yield as Yield,
 )
 from ._git import Git as Git, GitError as GitError
 from ._notify import (

@@ -41,6 +41,7 @@ from ._api import admin_route
 from ._auth import Credentials
 from ._bus import Bus, Handled, ViewsChanged
 from ._children import ChildPolicy, Children, Launch, RunAs
+from ._cluster import ClusterLink, ClusterOptions
 from ._core import Settings
 from ._dashboard import DashboardNamespace, install_dashboard
 from ._deploy import Deployer, DeployResult, GitLike
@@ -104,6 +105,8 @@ class Options:
     # and how many shards one worker runs (None: all of them, one group: the unsharded supervisor).
     shard_count: int | Literal["auto"] | None = None
     shards_per_worker: int | None = None
+    # Several hosts (docs/protocol.md §19): this host's agent in an etcd-coordinated cluster; None: one host.
+    cluster: ClusterOptions | None = None
 
 
 @attrs.frozen
@@ -139,6 +142,7 @@ class App:
     tracker: StatusTracker
     dashboard: DashboardNamespace
     http: httpx.AsyncClient
+    cluster: ClusterLink | None = None  # this host's agent, with a [cluster] section
     url: str = ""  # known once run() has bound the port
     stop_requested: trio.Event = attrs.Factory(trio.Event)  # set: run() stops its workers and returns
     stop_reason: str | None = None
@@ -179,6 +183,8 @@ class App:
                 self.children.admit_survivors()  # their secrets valid before anyone can reconnect
                 port = await nursery.start(self.robot.run, options.host, options.port)
                 self.url = f"http://{options.host}:{port}"
+                if self.cluster is not None:  # before any worker: none is promoted without etcd's grant
+                    await nursery.start(self.cluster.run, self.url)
                 await self.deployer.resume()  # workers start from the last known good release, not the checkout
                 count = 1 + options.standbys if self.seams.spawn else 0
                 await nursery.start(self.children.run, count, self.url)
@@ -273,6 +279,9 @@ class App:
         )
         await self.robot.submit(Stopping(reason))
         await self.children.stop_all()
+        if self.cluster is not None:
+            stopped = not self.children.children and all(core.lease is None for core in self.robot.fleet.groups)
+            await self.cluster.leave(every_worker_stopped=stopped)
         await self.robot.caches_written()
         if self.notifier is not None:
             with trio.move_on_after(NOTIFY_FLUSH_TIMEOUT):
@@ -302,8 +311,9 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
     # A number of shards is known now; "auto" asks Discord when the App runs (``App._learn_shards``).
     count = options.shard_count if isinstance(options.shard_count, int) else 1
     plan = ShardPlan(count, options.shards_per_worker or count)
+    settings = options.settings if options.cluster is None else attrs.evolve(options.settings, cluster=True)
     robot = UrbanRobot(
-        options.settings,
+        settings,
         store,
         credentials,
         bus=bus,
@@ -363,7 +373,10 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
         robot, tracker, admin_token=token, deployer=deployer, children=children, notifier=notifier
     )
     bus.subscribe(ViewsChanged, dashboard.poke)
-    app = App(options, seams, store, bus, robot, children, deployer, notifier, tracker, dashboard, http)
+    cluster = None
+    if options.cluster is not None:
+        cluster = ClusterLink(options.cluster, bus, robot.submit, lambda: [g.name for g in robot.plan.groups])
+    app = App(options, seams, store, bus, robot, children, deployer, notifier, tracker, dashboard, http, cluster)
     bus.subscribe(Handled, app._handled)
     _control_routes(app)
     return app

@@ -71,10 +71,14 @@ from ..protocol import (
 )
 from ._events import (
     Action,
+    CacheReplicated,
     CacheSync,
     CandidateStarted,
     CheckFrozen,
+    Claim,
     Close,
+    ClusterGrant,
+    ClusterStop,
     ComaAck,
     Connected,
     DeployConfirmed,
@@ -105,6 +109,7 @@ from ._events import (
     TryAgain,
     Verdict,
     WorkerFailed,
+    Yield,
 )
 from ._roles import Role, RoleError, Trigger, next_role
 from ._snapshot import FailureView, GroupView, LeaseView, Snapshot, WorkerView
@@ -148,6 +153,9 @@ class Settings:
     max_message: int = 4 * 1024 * 1024  # largest Socket.IO message a worker may send (a cache part is 1 MiB)
     cache_max: int = 256 * 1024 * 1024  # the largest cache (its entries' bytes) kept; it travels in parts
     max_connections: int = 512  # HTTP connections open at once on the port (workers, dashboards, API, webhooks)
+    # Several hosts (docs/protocol.md §19): a group's lease is granted by etcd through this host's agent
+    # (``ClusterGrant``): promotions wait for it (``Claim``), renewals never reach past its ``until``.
+    cluster: bool = False
 
     @property
     def lease(self) -> float:
@@ -232,6 +240,15 @@ class Lease:
     fence_at: float = math.inf
 
 
+@attrs.frozen
+class Gate:
+    """Several hosts: what this host's agent holds in etcd for the group (``ClusterGrant``)."""
+
+    epoch: int
+    identity: str
+    until: float  # core time: no renewal reaches past it
+
+
 @attrs.define(eq=False)
 class Common:
     """What every shard group's core shares (``_fleet``): one bot, one code line, one sanity."""
@@ -299,6 +316,12 @@ class Supervisor:
         self.trial: Trial | None = None  # the deploy candidate awaiting its verdict
         # Candidates judged against (identity -> why): told to shut down and never promoted, until they exit.
         self.rejected: dict[str, str] = {}
+        # Several hosts (``settings.cluster``): the agent's grant, the Claim asked last, whether the key was yielded.
+        self.gate: Gate | None = None
+        self.claimed: tuple[str, int] | None = None
+        self.yielded = False
+        # The newest replicated cache taken from another host's holder: (origin, epoch, seq) — deltas build on it.
+        self.replica: tuple[str, int, int] | None = None
         if state:
             self._restore(state, now)
 
@@ -732,10 +755,13 @@ class Supervisor:
         self._note_gateway(w, e.gateway, now)
         lease = self.lease
         holds = lease is not None and lease.sid == w.sid and lease.expires > now and not lease.stopping
-        if holds and lease is not None and e.epoch == lease.epoch:
-            lease.expires = now + self.settings.lease + self.settings.lease_margin
+        length = self._renewal(now) if holds else None
+        if holds and lease is not None and e.epoch == lease.epoch and length is not None:
+            lease.expires = now + length + self.settings.lease_margin
             lease.confirmed = True
-            out.append(Reply({"epoch": lease.epoch, "lease": self.settings.lease}))
+            out.append(Reply({"epoch": lease.epoch, "lease": length}))
+        elif holds and lease is not None and e.epoch == lease.epoch:
+            out.append(Reply({"epoch": lease.epoch, "lease": 0}))  # etcd no longer grants it here (§19.3): fenced
         elif holds and lease is not None and e.epoch is None and lease.epochless == 0:
             lease.epochless = 1  # sent before the grant reached it, most likely: a v1 worker's next one has the epoch
             out.append(Reply({"epoch": self.epoch, "lease": 0}))
@@ -760,6 +786,17 @@ class Supervisor:
             if self.cache is not None and w.cache_seq != self.cache_seq:  # warm from now on (§11.3): then deltas
                 self._push_cache(w, self.cache.as_change().parts(self.cache_seq), out)
             out.append(self._cmd(w, "health_check"))  # after the cache: its report says it arrived (pushes keep order)
+
+    def _renewal(self, now: float) -> float | None:
+        """How long the holder's lease may be renewed for now: ``lease``, capped by the cluster's grant (§19.3)."""
+        if not self.settings.cluster:
+            return self.settings.lease
+        gate, lease = self.gate, self.lease
+        if gate is None or lease is None or gate.epoch != lease.epoch or gate.identity != lease.identity:
+            return None
+        if now >= gate.until:
+            return None
+        return min(self.settings.lease, gate.until - now)
 
     def _on_HealthReport(self, e: HealthReport, now: float, out: list[Action]) -> None:
         w = self._worker(e.sid)
@@ -865,7 +902,7 @@ class Supervisor:
             why = f"cache larger than the supervisor's cache_max ({self.settings.cache_max} bytes)"
             self._refuse_cache(w, part.sync, {"error": why}, out)
             return
-        self.cache, self.cache_age = image, now
+        self.cache, self.cache_age, self.replica = image, now, None
         self.cache_seq += 1
         w.cache_seq = self.cache_seq
         if self.lease.stopping:
@@ -1087,12 +1124,16 @@ class Supervisor:
                 self._fence(self.clients[lease.sid], "lease expired", now, out)
             if self.lease is not None:  # forgetting an unconfirmed holder released it already
                 self._release(out, why)
-        if self.stopping is not None:
-            return  # going down: nobody is promoted, nobody handed over to
-        candidates = [w for w in self.clients.values() if self._candidate(w)]
+        candidates = [w for w in self.clients.values() if self._candidate(w)] if self.stopping is None else []
         if not candidates:
-            return
+            if self.settings.cluster and self.lease is None and not self.yielded:
+                self.yielded, self.claimed = True, None  # another host's standby may take the group at once
+                out.append(Yield(self.index))
+            return  # going down (nobody is promoted, nobody handed over to), or nobody to promote
         best = max(candidates, key=self._newness)
+        if self.lease is None and self.settings.cluster:
+            self._promote_granted(best, candidates, now, out)
+            return
         if self.lease is None:
             self._promote(best, now, out, self.vacancy)
             return
@@ -1111,6 +1152,62 @@ class Supervisor:
             origin = best.release or (f"generation {best.generation}" if best.generation is not None else best.identity)
             reason = f"hand-over to {best.version} ({origin})"
             self._stop_holder(holder, reason, now, out, shutdown=outdated)
+
+    def _promote_granted(self, best: Worker, candidates: list[Worker], now: float, out: list[Action]) -> None:
+        """Several hosts: promote the standby etcd's key names here, under its (unused) epoch; else claim the key."""
+        gate = self.gate
+        if gate is not None and gate.epoch > self.epoch and now < gate.until:
+            named = [w for w in candidates if w.identity == gate.identity]
+            if named:
+                self._promote(named[0], now, out, self.vacancy, epoch=gate.epoch)
+                return
+        claim = (best.identity, self.epoch)
+        if self.claimed != claim:
+            self.claimed, self.yielded = claim, False
+            out.append(Claim(self.index, best.identity, self.epoch))
+
+    def _on_ClusterGrant(self, e: ClusterGrant, now: float, out: list[Action]) -> None:
+        self.gate = Gate(e.epoch, e.identity, e.until)
+        self.claimed = None  # a grant that does not fit (another identity, a used epoch) is claimed again
+
+    def _on_ClusterStop(self, e: ClusterStop, now: float, out: list[Action]) -> None:
+        self.gate, self.claimed = None, None
+        lease = self.lease
+        holder = self.clients.get(lease.sid) if lease is not None and lease.sid is not None else None
+        if lease is not None and holder is not None and not lease.stopping and self.stopping is None:
+            # Not renewed from now on: it stops by its lease's end anyway; asked now, it stops at once, hands its
+            # final cache over, and its coma frees the group here (another host may already hold its key).
+            self._stop_holder(holder, f"etcd no longer grants {self.name} here: {e.reason}", now, out)
+
+    def _on_CacheReplicated(self, e: CacheReplicated, now: float, out: list[Action]) -> None:
+        """A cache from the group's holder on another host (§19.7): kept, on disk, and pushed to our standbys."""
+        if self.lease is not None:
+            out.append(Reply({"refused": f"{self.name} has a holder on this host: a replica from {e.origin} is stale"}))
+            return
+        if e.base == 0:
+            base_image = CacheImage()
+        elif self.replica == (e.origin, e.epoch, e.base) and self.cache is not None:
+            base_image = self.cache
+        else:
+            out.append(Reply({"resync": True}))
+            return
+        image = base_image.apply(e.change)
+        if image.size > self.settings.cache_max:
+            out.append(Reply({"refused": f"cache larger than this host's cache_max ({self.settings.cache_max} bytes)"}))
+            return
+        base = self.cache_seq
+        self.cache, self.cache_age, self.replica = image, now, (e.origin, e.epoch, e.seq)
+        self.cache_seq += 1
+        out.append(Reply({"ok": True}))
+        change = e.change if e.base != 0 else image.as_change()
+        out.append(PersistCache(image, change, base, self.cache_seq, now, group=self.index))
+        cut: dict[bool, list[CacheSyncMessage]] = {}
+        for w in self.clients.values():
+            if w.role in (Role.STANDBY, Role.CHECKING):
+                whole = e.base == 0 or w.cache_seq != base  # it missed one: the whole image
+                if whole not in cut:
+                    cut[whole] = (image.as_change() if whole else e.change).parts(self.cache_seq)
+                self._push_cache(w, cut[whole], out)
 
     def _expired(self, lease: Lease, now: float, out: list[Action]) -> str:
         """Why an expired lease is free now (and a warning when its holder had been lost: the bot was silent)."""
@@ -1194,8 +1291,8 @@ class Supervisor:
             self.leaving.add(holder.identity)  # asked to go (outdated): its exit is no crash
         out.append(self._cmd(holder, "shutdown" if shutdown else "coma", {"reason": reason, "cache_sync": True}))
 
-    def _promote(self, w: Worker, now: float, out: list[Action], reason: str) -> None:
-        self.epoch += 1
+    def _promote(self, w: Worker, now: float, out: list[Action], reason: str, *, epoch: int | None = None) -> None:
+        self.epoch = epoch if epoch is not None else self.epoch + 1
         expires = now + self.settings.lease + self.settings.lease_margin
         self.lease = Lease(w.identity, w.sid, self.epoch, expires, token=self._new_token())
         self._move(w, Trigger.PROMOTE, out, reason)

@@ -198,6 +198,38 @@ class IdentifyLimit:
     limit: Any  # protocol.SessionStartLimit
 
 
+@attrs.frozen
+class ClusterGrant:
+    """Several hosts (docs/protocol.md §19): this host's agent holds the group's lease key in etcd for ``identity``
+    at ``epoch`` (an etcd revision) and may renew its workers up to ``until`` (core time), no later."""
+
+    group: int
+    epoch: int
+    identity: str
+    until: float
+
+
+@attrs.frozen
+class ClusterStop:
+    """Several hosts: no renewal for the group's workers from now on (the key is gone, or the view ran out)."""
+
+    group: int
+    reason: str
+
+
+@attrs.frozen
+class CacheReplicated:
+    """Several hosts: the group's holder on another host (``origin``) sent its cache ``seq`` (a change on its ``base``,
+    or the whole cache when ``base`` is 0); this host keeps it for the day it takes the group over (§19.7)."""
+
+    group: int
+    origin: str
+    epoch: int
+    seq: int
+    base: int
+    change: CacheChange = attrs.field(repr=False)
+
+
 Event = (
     Connected
     | Identified
@@ -221,6 +253,9 @@ Event = (
     | Stopping
     | IdentifyAsked
     | IdentifyLimit
+    | ClusterGrant
+    | ClusterStop
+    | CacheReplicated
 )
 
 
@@ -369,6 +404,24 @@ class RoleChanged:
     group: int = 0  # the worker's shard group (0: the only one, unsharded)
 
 
+@attrs.frozen
+class Claim:
+    """Several hosts: the core would promote ``identity`` (an approved standby of the group) and needs the group's
+    lease key for it, under an epoch above ``above`` (the agent acquires the key, or rewrites its own)."""
+
+    group: int
+    identity: str
+    above: int
+
+
+@attrs.frozen
+class Yield:
+    """Several hosts: nobody of the group runs here, and nobody here can: the agent gives the key up (or stops
+    trying to take it), so that another host's standby takes the group over at once."""
+
+    group: int
+
+
 Action = (
     Reply
     | Send
@@ -383,4 +436,6 @@ Action = (
     | Verdict
     | Notify
     | RoleChanged
+    | Claim
+    | Yield
 )

@@ -33,8 +33,11 @@ from ..protocol import (
 from ._core import STATE_VERSION, Common, Settings, Supervisor
 from ._events import (
     Action,
+    CacheReplicated,
     CacheSync,
     CandidateStarted,
+    ClusterGrant,
+    ClusterStop,
     ComaAck,
     Connected,
     DeployConfirmed,
@@ -210,7 +213,7 @@ class Fleet:
             return self._in(left, event, now) if left is not None else []
         if isinstance(event, BY_CONNECTION):
             return self._in(self.where.get(event.sid, 0), event, now)
-        if isinstance(event, Frozen | ProcessExited | CandidateStarted):
+        if isinstance(event, Frozen | ProcessExited | CandidateStarted | ClusterGrant | ClusterStop | CacheReplicated):
             return self._in(event.group if 0 <= event.group < len(self.groups) else 0, event, now)
         if isinstance(event, RetireOlder) and event.group is not None:
             return self._in(event.group, event, now)

@@ -1,0 +1,328 @@
+"""This host's agent in a cluster of hosts (docs/protocol.md §19): the sans-IO ``Agent`` carried on trio and etcd.
+
+One supervisor per host is its **agent**. ``ClusterLink`` holds the agent's etcd lease (grant, keep-alives),
+the groups' lease keys (txns), watches them, and keeps this host's presence key; it feeds the core what etcd
+grants and hears what the core asks::
+
+    core ─ Claim(group, identity, above) ⇢ ClusterLink ─ Agent.want / switch ─▶ Acquire / Rewrite txn ─▶ etcd
+    core ─ Yield(group) ⇢ ClusterLink ─ Agent.release / unwant ─▶ Release txn ─▶ etcd
+    etcd ─ answers, watch events, reads ─▶ Agent ─ Granting / StopGranting ─▶ core: ClusterGrant / ClusterStop
+
+The core promotes a worker only under a ``ClusterGrant`` naming it, at its epoch (the etcd revision of the write
+naming it), and renews it never past the grant's ``until`` (the agent's view of its etcd lease, §19.3); the
+``Agent`` decides every txn and every grant, this shell only carries. Without a ``[cluster]`` section none of
+this exists: the supervisor promotes on its own (§1–§18).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .. import __version__
+from ..cluster._etcd import Compare, EtcdClient, EtcdError, LeaseNotFound, Op, Range, WatchEvent, prefix_end
+from ..cluster._lease import (
+    Acquire,
+    Agent,
+    Applied,
+    Decision,
+    Granting,
+    GrantLease,
+    Holder,
+    KeepAlive,
+    Refused,
+    Release,
+    Rewrite,
+    State,
+    StopGranting,
+    Timing,
+    TxnResult,
+    Unknown,
+    holder_value,
+    lease_key,
+    parse_holder,
+)
+from ..logs import Throttled
+from ._bus import Bus
+from ._events import Claim, ClusterGrant, ClusterStop, Event, Yield
+
+log = logging.getLogger("urban_robot.cluster")
+
+REREAD_EVERY = 2.0  # seconds: the groups' keys and the hosts are read again (a watch event late or lost is a hint)
+WATCH_RETRY = 1.0  # seconds between attempts to open the watch again
+
+
+@attrs.frozen
+class ClusterOptions:
+    """The ``[cluster]`` section: which etcd, which cluster, which host this is, how peers reach it."""
+
+    name: str  # the cluster's name: every key lives under /<name>/
+    host: str  # this host's name, unique in the cluster
+    etcd: tuple[str, ...]  # etcd's client URLs
+    advertise: str | None = None  # how other agents reach this one (default: http://<host>:<port>)
+    secret: bytes = attrs.field(default=b"", repr=False)  # authenticates agent-to-agent connections
+    timing: Timing = attrs.field(factory=Timing)
+
+
+def host_key(cluster: str, host: str) -> str:
+    return f"/{cluster}/hosts/{host}"
+
+
+class ClusterLink:
+    """This host's agent: ``await nursery.start(link.run, url)``; the core's Claim/Yield reach it on the bus."""
+
+    def __init__(
+        self,
+        options: ClusterOptions,
+        bus: Bus,
+        submit: Callable[[Event], Any],
+        groups: Callable[[], list[str]],
+    ) -> None:
+        self.options = options
+        self.agent = Agent(options.host, options.timing)
+        self._submit = submit  # async: feed the core
+        self._groups = groups  # the plan's group names, by index
+        self.client: EtcdClient | None = None
+        self.url = ""
+        self.peers: dict[str, str] = {}  # other agents' names -> their URLs (presence keys)
+        self.peers_changed: Callable[[dict[str, str]], None] = lambda peers: None
+        self.quiet = Throttled(log)
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self._to_core, self._core_inbox = trio.open_memory_channel[Event](math.inf)
+        self._presence_lease: int | None = None
+        bus.subscribe(Claim, self.on_claim)
+        bus.subscribe(Yield, self.on_yield)
+
+    # -- running ---------------------------------------------------------------------------------------
+    async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.url = self.options.advertise or url
+        timing = self.options.timing
+        # One call (every endpoint once) must end well within the view, so a keep-alive that fails is known to
+        # have failed while the view still runs: each endpoint gets at most a third of the keep-alive period.
+        attempt = min(1.0, timing.keepalive_every / 3)
+        async with EtcdClient.open(self.options.etcd, attempt_timeout=attempt) as client, trio.open_nursery() as n:
+            self.client, self._nursery = client, n
+            n.start_soon(self._forward)
+            n.start_soon(self._timer)
+            n.start_soon(self._watch)
+            n.start_soon(self._reread)
+            task_status.started()
+
+    async def leave(self, *, every_worker_stopped: bool) -> None:
+        """Stopping: with every worker of this host known stopped, revoke the etcd lease (its keys go with it at
+        once, so other hosts take the groups over now instead of after the TTL)."""
+        lease, client = self.agent.lease_id, self.client
+        if lease is None or client is None or not every_worker_stopped:
+            return
+        with trio.move_on_after(client.call_timeout + 0.5):
+            try:
+                await client.lease_revoke(lease)
+                log.info("left the cluster: etcd lease %x revoked, its groups are free for the other hosts", lease)
+            except EtcdError as exc:
+                log.warning("cannot revoke the etcd lease on leaving (%s): other hosts wait for its TTL", exc)
+
+    def index(self, group: str) -> int | None:
+        names = self._groups()
+        return names.index(group) if group in names else None
+
+    # -- the core's asks ---------------------------------------------------------------------------------
+    def on_claim(self, claim: Claim) -> None:
+        names = self._groups()
+        if not 0 <= claim.group < len(names):
+            return
+        name, now = names[claim.group], trio.current_time()
+        g = self.agent.groups.get(name)
+        if g is not None and g.state is State.HELD:
+            cap = self.agent.cap(name, now)
+            if g.identity == claim.identity and g.epoch > claim.above and cap is not None:
+                self._to_core.send_nowait(ClusterGrant(claim.group, g.epoch, g.identity, cap))  # as announced
+                return
+            self._do(self.agent.switch(name, claim.identity, now))  # a fresh epoch for this identity
+            return
+        self._do(self.agent.want(name, claim.identity, now))
+
+    def on_yield(self, y: Yield) -> None:
+        names = self._groups()
+        if not 0 <= y.group < len(names):
+            return
+        name, now = names[y.group], trio.current_time()
+        g = self.agent.groups.get(name)
+        if g is not None and g.state is State.HELD:
+            self._do(self.agent.release(name, now))
+        elif g is not None:
+            self.agent.unwant(name)  # an acquisition under way gives the key back once it lands
+
+    # -- carrying the agent's decisions ------------------------------------------------------------------
+    def _do(self, decisions: list[Decision]) -> None:
+        nursery = self._nursery
+        for d in decisions:
+            if isinstance(d, Granting | StopGranting):
+                index = self.index(d.group)
+                if index is None:
+                    continue
+                if isinstance(d, Granting):
+                    self._to_core.send_nowait(ClusterGrant(index, d.epoch, d.identity, d.until))
+                else:
+                    log.info("%s: no longer granted here (%s)", d.group, d.reason)
+                    self._to_core.send_nowait(ClusterStop(index, d.reason))
+            elif nursery is not None:
+                if isinstance(d, GrantLease):
+                    nursery.start_soon(self._grant, d)
+                elif isinstance(d, KeepAlive):
+                    nursery.start_soon(self._keepalive, d)
+                else:
+                    nursery.start_soon(self._txn, d)
+        self._wake.set()
+
+    async def _forward(self) -> None:
+        """Grants and stops reach the core in the order the agent decided them."""
+        async for event in self._core_inbox:
+            await self._submit(event)
+
+    async def _timer(self) -> None:
+        while True:
+            deadline = self.agent.next_deadline()
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self._do(self.agent.poll(trio.current_time()))
+
+    async def _grant(self, op: GrantLease) -> None:
+        assert self.client is not None
+        try:
+            grant = await self.client.lease_grant(op.ttl)
+        except EtcdError as exc:
+            self.quiet.log(logging.WARNING, "grant", "etcd: cannot get an etcd lease (%s); trying again", exc)
+            return
+        now = trio.current_time()
+        if self.agent.lease_id is None:
+            log.info("etcd lease %x granted (TTL %d s): this host may hold groups", grant.id, grant.ttl)
+        self._do(self.agent.lease_granted(op, grant.id, grant.ttl, now))
+        if self.agent.lease_id == grant.id:
+            await self._announce_presence(grant.id)
+
+    async def _announce_presence(self, lease: int) -> None:
+        assert self.client is not None
+        value = json.dumps({"url": self.url, "version": __version__}, sort_keys=True).encode()
+        try:
+            await self.client.put(host_key(self.options.name, self.options.host).encode(), value, lease=lease)
+            self._presence_lease = lease
+        except EtcdError as exc:
+            self.quiet.log(logging.WARNING, "presence", "etcd: cannot write this host's presence (%s)", exc)
+
+    async def _keepalive(self, op: KeepAlive) -> None:
+        assert self.client is not None
+        try:
+            answer = await self.client.lease_keepalive_once(op.lease_id)
+            ttl = answer.ttl
+        except LeaseNotFound:
+            ttl = 0
+            log.warning("etcd lease %x expired: every group it held is free; asking for a new one", op.lease_id)
+        except EtcdError as exc:
+            self.quiet.log(logging.WARNING, "keepalive", "etcd: keep-alive not answered (%s)", exc)
+            return
+        self._do(self.agent.keepalive_answered(op, ttl, trio.current_time()))
+
+    async def _txn(self, op: Acquire | Rewrite | Release) -> None:
+        assert self.client is not None
+        key = lease_key(self.options.name, op.group).encode()
+        if isinstance(op, Acquire):
+            compare, success = Compare.absent(key), Op.put(key, holder_value(self.agent.name, op.identity), op.lease_id)
+        elif isinstance(op, Rewrite):
+            compare = Compare.mod_revision(key, op.expect)
+            success = Op.put(key, holder_value(self.agent.name, op.identity), op.lease_id)
+        else:
+            compare, success = Compare.mod_revision(key, op.expect), Op.delete(key)
+        result: TxnResult
+        try:
+            txn = await self.client.txn([compare], [success], [Op.get(key)])
+        except EtcdError as exc:
+            result = Unknown(str(exc))
+        else:
+            if txn.succeeded:
+                result = Applied(txn.revision)
+            else:
+                found = txn.responses[0] if txn.responses else None
+                kv = found.kv if isinstance(found, Range) else None
+                result = Refused(None if kv is None else parse_holder(kv.value, kv.lease, kv.mod_revision))
+        self._do(self.agent.txn_answered(op, result, trio.current_time()))
+
+    # -- hints: the watch and the periodic read ----------------------------------------------------------
+    def _groups_prefix(self) -> bytes:
+        return f"/{self.options.name}/groups/".encode()
+
+    def _group_of_key(self, key: bytes) -> str | None:
+        prefix, suffix = self._groups_prefix(), b"/lease"
+        if not key.startswith(prefix) or not key.endswith(suffix):
+            return None
+        name = key[len(prefix) : -len(suffix)].decode(errors="replace")
+        return name if name in self._groups() else None
+
+    def _observe(self, group: str, holder: Holder | None, revision: int) -> None:
+        self._do(self.agent.observed(group, holder, revision, trio.current_time()))
+
+    async def _watch(self) -> None:
+        assert self.client is not None
+        start = 0
+        while True:
+            try:
+                async with self.client.watch(self._groups_prefix(), prefix=True, start_revision=start) as events:
+                    async for event in events:
+                        start = events.next_revision
+                        self._on_watch_event(event)
+            except EtcdError as exc:
+                start = 0  # compacted or unreachable: the periodic read covers what was missed
+                self.quiet.log(logging.WARNING, "watch", "etcd: the watch of the groups' keys broke (%s)", exc)
+            await trio.sleep(WATCH_RETRY)
+
+    def _on_watch_event(self, event: WatchEvent) -> None:
+        group = self._group_of_key(event.kv.key)
+        if group is None:
+            return
+        if event.kind == "delete":
+            self._observe(group, None, event.kv.mod_revision)
+        else:
+            kv = event.kv
+            self._observe(group, parse_holder(kv.value, kv.lease, kv.mod_revision), kv.mod_revision)
+
+    async def _reread(self) -> None:
+        assert self.client is not None
+        hosts = f"/{self.options.name}/hosts/".encode()
+        while True:
+            try:
+                keys = await self.client.get(self._groups_prefix(), prefix=True)
+                found = {self._group_of_key(kv.key): kv for kv in keys.kvs}
+                for name in self._groups():
+                    kv = found.get(name)
+                    holder = None if kv is None else parse_holder(kv.value, kv.lease, kv.mod_revision)
+                    self._observe(name, holder, keys.revision)
+                self._learn_peers(await self.client.get(hosts, prefix=True), hosts)
+                if self.agent.lease_id is not None and self._presence_lease != self.agent.lease_id:
+                    await self._announce_presence(self.agent.lease_id)
+            except EtcdError as exc:
+                self.quiet.log(logging.WARNING, "read", "etcd: cannot read the cluster's keys (%s)", exc)
+            await trio.sleep(REREAD_EVERY)
+
+    def _learn_peers(self, found: Range, prefix: bytes) -> None:
+        peers: dict[str, str] = {}
+        for kv in found.kvs:
+            name = kv.key[len(prefix) :].decode(errors="replace")
+            if name == self.options.host or not kv.key.startswith(prefix) or prefix_end(prefix) <= kv.key:
+                continue
+            try:
+                url = json.loads(kv.value)["url"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(url, str) and url.startswith(("http://", "https://")):
+                peers[name] = url
+        if peers != self.peers:
+            log.info("cluster peers: %s", ", ".join(f"{n} at {u}" for n, u in sorted(peers.items())) or "none")
+            self.peers = peers
+            self.peers_changed(dict(peers))
