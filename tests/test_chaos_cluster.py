@@ -3,6 +3,7 @@ hand-made input, and a short soak of the real thing (three agents, real etcd, re
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
@@ -30,7 +31,7 @@ def test_the_schedule_is_fixed_by_the_seed_runs_one_fault_at_a_time_and_holds_ev
     for seed in range(30):
         schedule = fault_schedule(180, random.Random(seed))
         assert {kind for _, kind, _ in schedule} == set(FAULTS), seed
-        for (at, _, params), (after, _, _) in zip(schedule, schedule[1:], strict=False):
+        for (at, _, params), (after, _, _) in itertools.pairwise(schedule):
             assert after >= at + params["duration"] + params["pause"] - 1e-9  # the next starts after this ends
         assert all(at + params["duration"] < 178 for at, _, params in schedule)
     durations = [p["duration"] for _, kind, p in fault_schedule(600, random.Random(1)) if kind == "freeze_agent"]
@@ -96,22 +97,47 @@ def soak(*args: str, timeout: float) -> tuple[int, str, dict[str, Any]]:
     return done.returncode, done.stdout + done.stderr, json.loads(lines[-1])
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_forty_seconds_of_cross_host_chaos_with_a_host_loss_break_no_promise() -> None:
+@pytest.fixture(scope="module")
+def forty_seconds() -> tuple[int, str, dict[str, Any]]:
+    """40 s of host losses and worker kills on three agents (seed 7: two host losses, each of the holder's host)."""
     from urban_robot.testing.etcd import etcd_or_skip
 
     etcd_or_skip()
-    returncode, output, result = soak("--seconds", "40", "--faults", "host_loss,kill_worker", timeout=280)
-    assert returncode == 0, output[-4000:]
-    assert (result["overlaps"], result["writes_lost"], result["epoch_violations"]) == (0, 0, 0), output
+    return soak("--seconds", "40", "--faults", "host_loss,kill_worker", timeout=280)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_forty_seconds_of_host_losses_never_run_two_processors_and_each_loss_fails_over_within_the_ttl(
+    forty_seconds: tuple[int, str, dict[str, Any]],
+) -> None:
+    returncode, output, result = forty_seconds
+    assert returncode in (0, 1), output[-4000:]
+    violations = [line for line in output.splitlines() if line.startswith("VIOLATION")]
+    assert all(line.startswith("VIOLATION P3") for line in violations), violations  # see the next test
+    assert (result["overlaps"], result["epoch_violations"], result["agent_exits"]) == (0, 0, 0), output
     assert result["writes_checked"] > 0 and result["commands"] > 0
     assert result["host_losses"] >= 1 and result["faults"].get("host_loss", 0) >= 1, result["faults"]
-    assert result["host_loss_failover_p50_s"] is not None, result["host_loss_failovers"]
+    assert result["host_loss_failovers"] and all(f["seconds"] for f in result["host_loss_failovers"]), result
     # A lost holder's group moves within the etcd lease's TTL plus promotion (docs/protocol.md §19.3).
-    assert 0 < result["host_loss_failover_p99_s"] < result["ttl_s"] + 10, result["host_loss_failovers"]
+    assert 0 < result["host_loss_failover_p50_s"] <= result["host_loss_failover_p99_s"] < result["ttl_s"] + 5, result
     assert list(result["groups"]) == ["shard 0"]
-    assert 0 <= result["groups"]["shard 0"]["no_processor_share"] == result["no_processor_share"] < 1
+    assert 0 < result["groups"]["shard 0"]["no_processor_share"] == result["no_processor_share"] < 1
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 17 Deliver 4 (cache replication to the standbys' hosts) is not built: a group that moves to"
+    " another host starts from that host's cache, and the writes acknowledged on the lost host are lost",
+)
+def test_forty_seconds_of_host_losses_lose_no_acknowledged_write(
+    forty_seconds: tuple[int, str, dict[str, Any]],
+) -> None:
+    returncode, output, result = forty_seconds
+    assert result["writes_lost"] == 0, output[-2000:]
+    assert returncode == 0, output[-4000:]
 
 
 @pytest.mark.slow
