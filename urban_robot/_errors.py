@@ -12,6 +12,11 @@
      │   └─ EtcdRefused        a member answered with an error (``code``: gRPC's)
      │       ├─ LeaseNotFound  the etcd lease expired or was revoked
      │       └─ Compacted      a watch asked for revisions etcd no longer keeps
+     ├─ DeployStateError       the cluster's deploy record in etcd (cluster/_deploy_state.py)
+     │   ├─ InvalidDeployRecord  the key holds no valid record (tampered, hand-written): fix it with etcdctl
+     │   ├─ InvalidDeployer    the deployer key holds what no campaign wrote: delete it with etcdctl
+     │   ├─ UpdateRefused      the change does not apply to the current record (a rollout in progress, ...)
+     │   └─ UpdateContended    other writers won every compare-and-swap attempt
      └─ Disconnected           Server.call's client left before acknowledging (socketio/_server.py)
 
 A codec never lets anything else escape for bad input: ``ValueError``,

@@ -22,8 +22,8 @@ from urban_robot.cluster._lease import Timing
 from urban_robot.supervisor import App, ClusterOptions, build
 from urban_robot.testing.etcd import EtcdCluster
 
-# Short leases so that a host's loss costs a test seconds: the view is 3 × 0.99 − 0.3 = 2.67 s past a keep-alive.
-FAST = Timing(ttl=3, margin=0.3, keepalive_every=0.5, retry_after=0.5)
+# Short leases so that a host's loss costs a test seconds: the view is 4 × 0.99 − 0.3 = 3.66 s past a keep-alive.
+FAST = Timing(ttl=4, margin=0.3, keepalive_every=1.0, retry_after=0.5)
 HOSTS = ("alpha", "beta", "gamma")
 
 
@@ -117,4 +117,102 @@ async def test_three_hosts_one_processor_named_by_etcd_and_a_lost_host_moves_its
     assert FAST.ttl - FAST.keepalive_every <= took <= FAST.ttl + 3, took
     for h in hosts:
         if not h.done.is_set():
+            h.app.stop("test over")
+
+
+def cluster_name(request: Any) -> str:
+    return f"c-{os.getpid()}-{request.node.name[-24:].replace('_', '-')}"
+
+
+async def settled(hosts: list[Host], groups: int = 1) -> None:
+    """Every group runs somewhere, and every live host has a standby for each group it does not run."""
+
+    def ok() -> bool:
+        for g in range(groups):
+            if len(running(hosts, g)) != 1:
+                return False
+        for h in hosts:
+            if h.done.is_set():
+                continue
+            for view in h.app.robot.snapshot().groups:
+                if view.running is None and view.standbys < 1:
+                    return False
+        return True
+
+    await until(hosts, ok)
+
+
+async def test_a_crashed_holder_moves_its_group_to_another_host_at_once(
+    nursery: trio.Nursery, tmp_path: Path, etcd: EtcdCluster, client: EtcdClient, request: Any
+) -> None:
+    """Nobody of the group is left on the holder's host: it yields the key, another host's standby takes it."""
+    cluster = cluster_name(request)
+    hosts = [await start(nursery, name, agent_app(tmp_path, etcd, cluster, name)) for name in HOSTS]
+    with trio.fail_after(60):
+        await settled(hosts)
+        [(where, identity)] = running(hosts)
+        _, epoch = await holder(client, cluster, "shard 0")
+        first = next(h for h in hosts if h.name == where)
+        killed_at = trio.current_time()
+        os.kill(first.app.children.children[identity].pid, signal.SIGKILL)
+        await until(hosts, lambda: running(hosts) and running(hosts)[0][1] != identity)
+        took = trio.current_time() - killed_at
+        [(where2, identity2)] = running(hosts)
+        value2, epoch2 = await holder(client, cluster, "shard 0")
+    assert where2 != where and value2 == {"agent": where2, "identity": identity2} and epoch2 > epoch
+    assert took < FAST.ttl - FAST.keepalive_every, took  # no lease to wait out: the key was given up
+    for h in hosts:
+        h.app.stop("test over")
+
+
+async def test_a_stopped_agent_gives_its_groups_up_before_its_ttl(
+    nursery: trio.Nursery, tmp_path: Path, etcd: EtcdCluster, client: EtcdClient, request: Any
+) -> None:
+    """``systemctl stop`` on the holder's host: its worker shuts down, its etcd lease is revoked, another takes over."""
+    cluster = cluster_name(request)
+    hosts = [await start(nursery, name, agent_app(tmp_path, etcd, cluster, name)) for name in HOSTS]
+    with trio.fail_after(60):
+        await settled(hosts)
+        [(where, _)] = running(hosts)
+        first = next(h for h in hosts if h.name == where)
+        stopped_at = trio.current_time()
+        first.app.stop("maintenance")
+        await first.done.wait()
+        await until(hosts, lambda: len(running(hosts)) == 1)
+        took = trio.current_time() - stopped_at
+        [(where2, identity2)] = running(hosts)
+        value2, _ = await holder(client, cluster, "shard 0")
+        presence = await client.get(f"/{cluster}/hosts/{where}".encode())
+    assert where2 != where and value2 == {"agent": where2, "identity": identity2}
+    assert presence.kv is None  # its presence went with its etcd lease
+    assert took < FAST.ttl, took
+    for h in hosts:
+        if not h.done.is_set():
+            h.app.stop("test over")
+
+
+async def test_etcd_down_stops_every_processor_within_the_view_and_back_up_one_processes_again(
+    nursery: trio.Nursery, tmp_path: Path, request: Any
+) -> None:
+    """etcd without quorum (its one member frozen): every agent stops granting at its view's end, every worker
+    stops by its lease's end; nothing new is granted; once etcd is back, exactly one processes again."""
+    cluster = cluster_name(request)
+    with EtcdCluster.start(tmp_path / "etcd", heartbeat_ms=25, election_ms=250) as etcd:
+        hosts = [await start(nursery, name, agent_app(tmp_path, etcd, cluster, name)) for name in HOSTS]
+        with trio.fail_after(60):
+            await settled(hosts)
+            etcd.pause(etcd.members[0])
+            paused_at = trio.current_time()
+            await until(hosts, lambda: not running(hosts))
+            took = trio.current_time() - paused_at
+            # Nobody is promoted while etcd is down, however long.
+            with trio.move_on_after(FAST.ttl):
+                await until(hosts, lambda: bool(running(hosts)))
+            assert running(hosts) == []
+            etcd.resume(etcd.members[0])
+            await until(hosts, lambda: len(running(hosts)) == 1)
+        # The view ends by ttl × (1 − ρ) − m after the last keep-alive sent; the worker's lease then stops it
+        # (QUICK's lease is 4 s, capped by the view), and the core notices at the lease's end plus its margin.
+        assert took <= FAST.view_length + QUICK.lease_margin + 1.0, took
+        for h in hosts:
             h.app.stop("test over")

@@ -2,9 +2,29 @@
 
 ``EtcdClient`` speaks etcd's v3 JSON gateway on trio (``_etcd.py``); ``urban_robot.testing.etcd`` starts real
 etcd members for tests. ``_lease.py`` is an agent's hold on its groups' lease keys, sans-IO: the safety chain of
-docs/protocol.md §19 (../shared/DESIGN.md §8.2), property-tested against a model of etcd.
+docs/protocol.md §19 (../shared/DESIGN.md §8.2), property-tested against a model of etcd. ``_deploy_state.py`` is
+the cluster's deploy record (``DeployStore``, compare-and-swap) and its deployer election (``Election``).
 """
 
+from ._deploy_state import (
+    DeployRecord as DeployRecord,
+    DeployStateError as DeployStateError,
+    DeployStore as DeployStore,
+    DeployWatch as DeployWatch,
+    Election as Election,
+    InvalidDeployer as InvalidDeployer,
+    InvalidDeployRecord as InvalidDeployRecord,
+    Term as Term,
+    Unreadable as Unreadable,
+    UpdateContended as UpdateContended,
+    UpdateRefused as UpdateRefused,
+    deploy_key as deploy_key,
+    deployer_key as deployer_key,
+    deployer_value as deployer_value,
+    one_line as one_line,
+    parse_deployer as parse_deployer,
+    parse_record as parse_record,
+)
 from ._etcd import (
     Acquired as Acquired,
     Answer as Answer,

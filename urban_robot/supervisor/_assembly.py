@@ -42,6 +42,7 @@ from ._auth import Credentials
 from ._bus import Bus, Handled, ViewsChanged
 from ._children import ChildPolicy, Children, Launch, RunAs
 from ._cluster import ClusterLink, ClusterOptions
+from ._cluster_deploy import ClusterDeploys
 from ._core import Settings
 from ._dashboard import DashboardNamespace, install_dashboard
 from ._deploy import Deployer, DeployResult, GitLike
@@ -143,6 +144,7 @@ class App:
     dashboard: DashboardNamespace
     http: httpx.AsyncClient
     cluster: ClusterLink | None = None  # this host's agent, with a [cluster] section
+    cluster_deploys: ClusterDeploys | None = None  # ... and its part in the cluster's deploys
     url: str = ""  # known once run() has bound the port
     stop_requested: trio.Event = attrs.Factory(trio.Event)  # set: run() stops its workers and returns
     stop_reason: str | None = None
@@ -185,6 +187,8 @@ class App:
                 self.url = f"http://{options.host}:{port}"
                 if self.cluster is not None:  # before any worker: none is promoted without etcd's grant
                     await nursery.start(self.cluster.run, self.url)
+                if self.cluster_deploys is not None:
+                    await nursery.start(self.cluster_deploys.run)
                 await self.deployer.resume()  # workers start from the last known good release, not the checkout
                 count = 1 + options.standbys if self.seams.spawn else 0
                 await nursery.start(self.children.run, count, self.url)
@@ -373,10 +377,14 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
         robot, tracker, admin_token=token, deployer=deployer, children=children, notifier=notifier
     )
     bus.subscribe(ViewsChanged, dashboard.poke)
-    cluster = None
+    cluster = deploys = None
     if options.cluster is not None:
         cluster = ClusterLink(options.cluster, bus, robot.submit, lambda: [g.name for g in robot.plan.groups])
-    app = App(options, seams, store, bus, robot, children, deployer, notifier, tracker, dashboard, http, cluster)
+        deployer.cluster = deploys = ClusterDeploys(cluster, deployer)
+        bus.subscribe(TryAgain, lambda e: deploys.try_again() if e.sid in robot.fleet.admins else None)
+    app = App(
+        options, seams, store, bus, robot, children, deployer, notifier, tracker, dashboard, http, cluster, deploys
+    )
     bus.subscribe(Handled, app._handled)
     _control_routes(app)
     return app
@@ -445,6 +453,8 @@ def _control_routes(app: App) -> None:
         return done
 
     def try_again() -> dict[str, object]:
+        if app.cluster_deploys is not None:
+            app.cluster_deploys.try_again()  # the cluster's deploy state too: every host follows it
         deployer.forget_bad_commits()
         robot.submit_nowait(TryAgain(None))
         deployer.request("try_again")

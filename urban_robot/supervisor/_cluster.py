@@ -106,7 +106,7 @@ class ClusterLink:
         timing = self.options.timing
         # One call (every endpoint once) must end well within the view, so a keep-alive that fails is known to
         # have failed while the view still runs: each endpoint gets at most a third of the keep-alive period.
-        attempt = min(1.0, timing.keepalive_every / 3)
+        attempt = min(1.0, max(0.25, timing.keepalive_every / 3))
         async with EtcdClient.open(self.options.etcd, attempt_timeout=attempt) as client, trio.open_nursery() as n:
             self.client, self._nursery = client, n
             n.start_soon(self._forward)
@@ -294,7 +294,6 @@ class ClusterLink:
 
     async def _reread(self) -> None:
         assert self.client is not None
-        hosts = f"/{self.options.name}/hosts/".encode()
         while True:
             try:
                 keys = await self.client.get(self._groups_prefix(), prefix=True)
@@ -303,12 +302,19 @@ class ClusterLink:
                     kv = found.get(name)
                     holder = None if kv is None else parse_holder(kv.value, kv.lease, kv.mod_revision)
                     self._observe(name, holder, keys.revision)
-                self._learn_peers(await self.client.get(hosts, prefix=True), hosts)
+                await self.read_peers()
                 if self.agent.lease_id is not None and self._presence_lease != self.agent.lease_id:
                     await self._announce_presence(self.agent.lease_id)
             except EtcdError as exc:
                 self.quiet.log(logging.WARNING, "read", "etcd: cannot read the cluster's keys (%s)", exc)
             await trio.sleep(REREAD_EVERY)
+
+    async def read_peers(self) -> dict[str, str]:
+        """The other hosts present in the cluster now (their presence keys), by name: their URLs."""
+        assert self.client is not None
+        prefix = f"/{self.options.name}/hosts/".encode()
+        self._learn_peers(await self.client.get(prefix, prefix=True), prefix)
+        return dict(self.peers)
 
     def _learn_peers(self, found: Range, prefix: bytes) -> None:
         peers: dict[str, str] = {}

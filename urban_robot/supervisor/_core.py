@@ -762,6 +762,9 @@ class Supervisor:
             out.append(Reply({"epoch": lease.epoch, "lease": length}))
         elif holds and lease is not None and e.epoch == lease.epoch:
             out.append(Reply({"epoch": lease.epoch, "lease": 0}))  # etcd no longer grants it here (§19.3): fenced
+            # A holder adopted after a restart (its etcd key went with the old agent's etcd lease), or one whose grant
+            # ended: it stops at once on that answer; told to go into coma, it frees the group here when it says so.
+            self._stop_holder(w, f"etcd does not grant {self.name} to it here", now, out)
         elif holds and lease is not None and e.epoch is None and lease.epochless == 0:
             lease.epochless = 1  # sent before the grant reached it, most likely: a v1 worker's next one has the epoch
             out.append(Reply({"epoch": self.epoch, "lease": 0}))
@@ -1098,7 +1101,7 @@ class Supervisor:
             return False
         self.trial = None
         out.append(Verdict(identity, trial.generation, outcome, detail, tuple(trial.times.items()), self.index))
-        if outcome != "promoted" and not gone:
+        if outcome not in ("promoted", "standing by") and not gone:
             self.rejected[identity] = detail
             for w in [w for w in self.clients.values() if w.identity == identity]:
                 if w.role in (Role.IDENTIFIED, Role.STANDBY, Role.CHECKING):
@@ -1154,8 +1157,17 @@ class Supervisor:
             self._stop_holder(holder, reason, now, out, shutdown=outdated)
 
     def _promote_granted(self, best: Worker, candidates: list[Worker], now: float, out: list[Action]) -> None:
-        """Several hosts: promote the standby etcd's key names here, under its (unused) epoch; else claim the key."""
+        """Several hosts: promote the standby etcd's key names here, under its (unused) epoch; else claim the key.
+
+        A deploy's candidate that passed its check while the group is not held here stands by: that is its verdict
+        (the holder's host hands over to its own candidate; a lost holder's group may come here, to it)."""
         gate = self.gate
+        trial = self.trial
+        if trial is not None and gate is None:
+            for w in candidates:
+                if w.identity == trial.identity:
+                    self._trial_step(w, "passed", now)
+                    self._judge_trial(w.identity, "standing by", "passed its health check; another host holds", out)
         if gate is not None and gate.epoch > self.epoch and now < gate.until:
             named = [w for w in candidates if w.identity == gate.identity]
             if named:

@@ -61,7 +61,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -71,6 +71,9 @@ from ._children import Children, Code
 from ._events import Action, CandidateStarted, DeployConfirmed, RetireOlder, RollBack, RollbackFinished, Verdict
 from ._service import UrbanRobot
 from ._store import atomic_write
+
+if TYPE_CHECKING:
+    from ._cluster_deploy import ClusterDeploys
 
 log = logging.getLogger("urban_robot.deploy")
 
@@ -249,6 +252,10 @@ class Deployer:
         self._idle.set()
         self._nursery: trio.Nursery | None = None
         self._one_at_a_time = trio.Lock()  # deploys and dev-mode trees share the one candidate slot
+        # Several hosts (docs/protocol.md §19.7): the elected deployer rolls out across hosts, each host deploys
+        # its own part (``deploy_here``) in its turn. None: one host.
+        self.cluster: ClusterDeploys | None = None
+        self._here = trio.Lock()  # this host's part of a cluster rollout (the deployer's own request waits on it)
 
     # -- triggers ---------------------------------------------------------------------------------
     def request(self, reason: str, commit: str | None = None) -> int:
@@ -285,6 +292,9 @@ class Deployer:
         """What a deploy request for ``commit`` will really do, for the webhook's answer: 200 and why not, or 202."""
         snap = self.robot.snapshot()
         short = commit[:12]
+        if self.cluster is not None and not self.cluster.elected:
+            leader = self.cluster.leader or "no host yet"
+            return 200, f"not deploying {short} here: {leader} is the cluster's deployer (its own webhook deploys)"
         if not snap.is_sane:
             return 200, f"not deploying {short}: is_sane is false (crash loop or failed rollback); try-again first"
         if commit == snap.last_known_good:
@@ -366,6 +376,11 @@ class Deployer:
         return outcome
 
     async def _deploy(self, reason: str, announced: Sequence[str]) -> tuple[str, str]:
+        if self.cluster is not None and not self.cluster.elected:
+            leader = self.cluster.leader or "no host yet"
+            self._detail = f"this host is not the cluster's deployer: {leader} is; ask it"
+            log.info("deploy (%s) not here: %s is the cluster's deployer", reason, leader)
+            return "-", "not the deployer"
         if not self.robot.snapshot().is_sane:
             log.warning("deploy (%s) skipped: is_sane is false; an operator must say try_again", reason)
             self._detail = "is_sane is false: try-again first"
@@ -385,6 +400,9 @@ class Deployer:
             log.info("deploy (%s) skipped: %s already failed; waiting for a newer commit", reason, target[:12])
             self._detail = "it failed before; push a fix, or try-again to retry it"
             return target, "known bad"
+        if self.cluster is not None:  # every host deploys its own part, in turn (``deploy_here``)
+            outcome, self._detail = await self.cluster.roll_out(target, self.verdict_timeout * 4)
+            return target, outcome
         phases.what = f"deploy of {target[:12]}"
         with phases.phase("release worktree"):
             release = await self.git.release(target, self.releases_dir)
@@ -427,6 +445,45 @@ class Deployer:
         log.info("deploy (%s) ignored: %s is older than the deployed %s", reason, target[:12], good[:12])
         self._detail = f"older than the deployed {good[:12]}"
         return True
+
+    # -- several hosts: this host's part ---------------------------------------------------------------
+    async def deploy_here(self, target: str) -> tuple[bool, str]:
+        """This host's turn in a cluster rollout of ``target``: its release, its groups through the gate (a group
+        held here hands over, one held elsewhere stands by); on a failure its own groups already went back."""
+        async with self._here:
+            phases = _Phases(f"rollout of {target[:12]} here")
+            try:
+                with phases.phase("fetch"):
+                    await self.git.fetch()
+                with phases.phase("release worktree"):
+                    release = await self.git.release(target, self.releases_dir)
+            except UrbanRobotError as exc:
+                return False, f"cannot make the release here: {exc}"
+            if self.install and not await self._prepare_environment(release, phases):
+                return False, f"install step failed twice here: {self._install_error}"
+            outcome = await self._try_candidate(target, release, phases)
+            if outcome == "promoted":
+                await self._succeeded(target, release)
+                log.info("rolled %s out here in %s", target[:12], phases.summary())
+                return True, ""
+            return False, self._failure_detail(outcome)
+
+    async def return_here(self, moved: str, good: str | None) -> None:
+        """The cluster gave up on ``moved`` (another host failed it) after this host moved to it: every group back on
+        ``good``, the last known good, through the gate."""
+        async with self._here:
+            if good is None:
+                log.warning("%s failed elsewhere; no earlier deploy to return to: this host keeps it", moved[:12])
+                return
+            try:
+                release = await self.git.release(good, self.releases_dir)
+            except UrbanRobotError as exc:
+                await self.robot.submit(RollbackFinished(False, f"cannot return to {good[:12]} here: {exc}"))
+                return
+            label = f"deploy {good[:12]}"
+            await self.robot.submit(DeployConfirmed(good))
+            code = Code(self.children.generation, release, label)
+            await self.roll_back(f"{moved[:12]} failed on another host", [code] * self.children.groups)
 
     # -- the release's environment -------------------------------------------------------------------
     def _installed(self, release: Path) -> str | None:

@@ -370,12 +370,13 @@ class Notify:
 class Verdict:
     """The core's one answer on a deploy candidate (``CandidateStarted``), for the deployer.
 
-    ``outcome`` is one of ``"promoted"`` (the lease was granted to it), ``"failed health check"``,
-    ``"exited"`` (its process exited before it was promoted), ``"fenced"`` (hung or stopped: killed before it
-    was promoted), ``"timed out"`` (no verdict in time), ``"replaced"`` (a newer candidate started) or
-    ``"stopping"`` (the supervisor stops). ``detail`` says it for people ("health check: vital_cog_failed
-    (failing: modules.utilities)", "exited with 1 before it was promoted"); for a promotion, its reason.
-    ``times`` says when (core time) it reached each step it reached: ``spawned`` (the ``CandidateStarted``),
+    ``outcome`` is one of ``"promoted"`` (the lease was granted to it), ``"failed health check"``, ``"exited"`` (its
+    process exited before it was promoted), ``"fenced"`` (hung or stopped: killed before it was promoted), ``"timed
+    out"`` (no verdict in time), ``"replaced"`` (a newer candidate started) or ``"stopping"`` (the supervisor
+    stops); with several hosts (docs/protocol.md §19) also ``"standing by"``: it passed its health check while
+    another host holds its group (it is that group's standby here). ``detail`` says it for people ("health check:
+    vital_cog_failed (failing: modules.utilities)", "exited with 1 before it was promoted"); for a promotion, its
+    reason. ``times`` says when (core time) it reached each step it reached: ``spawned`` (the ``CandidateStarted``),
     ``checking`` (ready, its health check asked), ``passed`` and ``running``.
     """
 
@@ -388,7 +389,8 @@ class Verdict:
 
     @property
     def promoted(self) -> bool:
-        return self.outcome == "promoted"
+        """It passed: the lease was granted to it, or (several hosts) it stands by where another host holds."""
+        return self.outcome in ("promoted", "standing by")
 
 
 @attrs.frozen
