@@ -22,6 +22,11 @@ order, then a pause), durations drawn around the etcd lease's TTL (``--ttl``, de
 - ``kill_etcd_leader``: SIGKILL etcd's leader, restart it later;
 - ``kill_worker``: SIGKILL a worker (a group's holder, or a standby).
 
+With ``--deploys`` commits are pushed meanwhile, as in the single-host soak (a good one, then a bad one: failing
+its health check, crashing at start, hanging before ``ready``; 6-10 s apart), each announced by a signed webhook
+to every agent that is up (the elected deployer takes it with 202 and rolls it out across the hosts); P4: no
+command is processed by a bad commit's version.
+
 Before each fault the soak waits (up to twice the TTL plus 10 s) until every group processes again, so that each
 stretch without a processor, and each host loss's failover, has one cause.
 
@@ -35,7 +40,7 @@ from the kill until the group's next processor journaled a command.
 The last line printed is one JSON object:
 {"duration_s", "faults": {kind: count}, "overlaps", "epoch_violations", "writes_checked", "writes_lost",
  "no_processor_share", "no_processor_total_s", "no_processor_longest_s", "no_processor_p99_s",
- "no_processor_by_cause", "host_losses", "host_loss_failover_p50_s", "host_loss_failover_p99_s",
+ "no_processor_by_cause", "bad_commits_processed", "commits", "host_losses", "host_loss_failover_p50_s", "host_loss_failover_p99_s",
  "host_loss_failover_max_s", "host_loss_failovers": [{"host", "group", "seconds"}], "agent_starts",
  "agent_exits", "groups": {name: {"overlaps", "writes_lost", "writes_checked", "no_processor_share", ...}}, ...}
 ``no_processor_share`` is a fraction of ``duration_s`` (overall: of ``duration_s`` times the groups).
@@ -62,15 +67,25 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import trio
 
 SCRIPTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(SCRIPTS))
 
-from bench.deploy.run import SECRET, git  # noqa: E402
+from bench.deploy.run import SECRET, git, push_webhook  # noqa: E402
 from chaos import checker  # noqa: E402
 from chaos.fake_discord import FakeDiscord  # noqa: E402
-from chaos.run import ChaosRepos, Journaled, alive, by_cause, free_port, read_json, signal_pid  # noqa: E402
+from chaos.run import (  # noqa: E402
+    ChaosRepos,
+    Journaled,
+    alive,
+    by_cause,
+    commit_schedule,
+    free_port,
+    read_json,
+    signal_pid,
+)
 
 from urban_robot.protocol import PLAIN, ShardPlan, decode_value  # noqa: E402
 from urban_robot.supervisor._store import peek_cache  # noqa: E402
@@ -344,6 +359,9 @@ class Soak(Journaled):
         self.boots: dict[int, tuple[str, int | None]] = {}  # pid -> (journal id, start ticks), from "boot" lines
         self.last_cmd: dict[str, dict[str, Any]] = {}  # group -> its last "cmd" line
         self._offset = 0
+        self.commits: Counter[str] = Counter()
+        self.bad_versions: set[str] = set()
+        self.webhooks_missed = 0
 
     # -- set-up --------------------------------------------------------------------------------------------
     async def set_up(self, nursery: trio.Nursery) -> None:
@@ -609,18 +627,50 @@ class Soak(Journaled):
         self.mark("kill_worker:standby", group)
         return signal_pid(pid, ticks, signal.SIGKILL)
 
+    # -- commits (--deploys) -------------------------------------------------------------------------------------
+    async def push(self, http: httpx.AsyncClient, n: int, kind: str) -> None:
+        """Commit a good or bad bot and announce it to every agent that is up (only the elected deployer acts on
+        it, answering 202; the others answer 200 naming it), as GitHub redelivers until someone takes it."""
+        version = f"{n + 1}.0"
+        if kind != "good":
+            self.bad_versions.add(version)
+        commit = await self.repos.commit(f"{kind} {n}", version=version, kind=kind)
+        self.commits[kind] += 1
+        with trio.move_on_after(15):
+            while True:
+                for agent in self.agents.values():
+                    if agent.down or agent.frozen:
+                        continue
+                    with contextlib.suppress(httpx.HTTPError):
+                        url = f"http://127.0.0.1:{agent.port}"
+                        if await push_webhook(http, url, commit, f"chaos-{n}-{agent.name}") == 202:
+                            self.mark(f"commit_{kind}", deployer=agent.name)
+                            return
+                await trio.sleep(0.5)
+        self.webhooks_missed += 1
+
+    async def deploys(self) -> None:
+        start = trio.current_time()
+        async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
+            for n, (at, kind) in enumerate(commit_schedule(self.args.seconds, self.rng), 1):
+                await trio.sleep_until(start + at)
+                await self.push(http, n, kind)
+
     # -- the run ---------------------------------------------------------------------------------------------------
     async def chaos(self) -> None:
         seconds = self.args.seconds
         schedule = fault_schedule(seconds, self.rng, self.args.faults, self.args.ttl)
         start = trio.current_time()
         with trio.move_on_at(start + seconds):  # a fault still running ends now; its finally block undoes it
-            for at, kind, params in schedule:
-                await trio.sleep_until(start + at)
-                await self.settled(2 * self.args.ttl + 10)
-                await self.inject(kind, params)
-                await trio.sleep(params["pause"])
-            await trio.sleep_until(start + seconds)
+            async with trio.open_nursery() as nursery:
+                if self.args.deploys:
+                    nursery.start_soon(self.deploys)
+                for at, kind, params in schedule:
+                    await trio.sleep_until(start + at)
+                    await self.settled(2 * self.args.ttl + 10)
+                    await self.inject(kind, params)
+                    await trio.sleep(params["pause"])
+                await trio.sleep_until(start + seconds)
 
     async def settled(self, timeout: float) -> None:
         """Until every group has a processor again (or ``timeout``): a fault hits a system that recovered from the
@@ -703,7 +753,9 @@ class Soak(Journaled):
     ) -> dict[str, Any]:
         events = self.events()
         dumps = {g: final[1] for g, final in finals.items() if final is not None}
-        overall, verdicts, split_problems = checker.check_groups(events, dumps, set(), since, until, self.groups)
+        overall, verdicts, split_problems = checker.check_groups(
+            events, dumps, self.bad_versions, since, until, self.groups
+        )
         duration = max(until - since, 1e-9)
         failovers = host_loss_failovers(events, self.losses)
         measured = [f["seconds"] for f in failovers if f["seconds"] is not None]
@@ -715,6 +767,7 @@ class Soak(Journaled):
                 "epoch_violations": len(v.epoch_problems),
                 "writes_checked": v.writes_checked,
                 "writes_lost": len(v.writes_lost) if final is not None else v.writes_checked,
+                "bad_commits_processed": len(v.bad_commands),
                 "no_processor_share": round(sum(v.idle) / duration, 4),
                 "no_processor_total_s": round(sum(v.idle), 3),
                 "no_processor_longest_s": round(max(v.idle, default=0.0), 3),
@@ -747,6 +800,9 @@ class Soak(Journaled):
             "no_processor_p99_s": round(checker.percentile(idle, 99), 3),
             "no_processor_stretches": len(idle),
             "no_processor_by_cause": by_cause(overall.idle_causes),
+            "bad_commits_processed": len(overall.bad_commands),
+            "commits": dict(sorted(self.commits.items())),
+            "webhooks_missed": self.webhooks_missed,
             "host_losses": len(self.losses),
             "host_loss_failover_p50_s": round(checker.percentile(measured, 50), 3) if measured else None,
             "host_loss_failover_p99_s": round(checker.percentile(measured, 99), 3) if measured else None,
@@ -809,6 +865,8 @@ def summary(result: dict[str, Any]) -> str:
         f" p99 {result['host_loss_failover_p99_s']} s, max {result['host_loss_failover_max_s']} s"
         f" over {len(result['host_loss_failovers'])} groups held",
         f"  P3 acknowledged cache writes checked: {result['writes_checked']}, lost: {result['writes_lost']}",
+        f"  P4 bad commits that processed: {result['bad_commits_processed']}; commits {result['commits']},"
+        f" webhooks no agent took: {result['webhooks_missed']}",
         f"  agent starts {result['agent_starts']}, exits by themselves {result['agent_exits']},"
         f" worker processes {result['worker_processes']}",
     ]
@@ -852,6 +910,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--shards", type=int, default=0, help="a sharded bot of this many shards (default: unsharded)")
     parser.add_argument("--shards-per-worker", type=int, default=2, help="shards in a group (with --shards)")
+    parser.add_argument(
+        "--deploys",
+        action="store_true",
+        help="also push a good commit, then a bad one (failing health, crashing, hanging), 6-10 s apart, each announced"
+        " by a signed webhook to every agent (the elected deployer rolls it out across hosts); P4: no bad commit runs",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (journal, logs)")
     parser.add_argument(
         "--unsafe-bot", action="store_true", help="self-test: workers process without asking the SDK (must fail)"
