@@ -40,9 +40,10 @@ from the kill until the group's next processor journaled a command.
 The last line printed is one JSON object:
 {"duration_s", "faults": {kind: count}, "overlaps", "epoch_violations", "writes_checked", "writes_lost",
  "no_processor_share", "no_processor_total_s", "no_processor_longest_s", "no_processor_p99_s",
- "no_processor_by_cause", "bad_commits_processed", "commits", "host_losses", "host_loss_failover_p50_s", "host_loss_failover_p99_s",
- "host_loss_failover_max_s", "host_loss_failovers": [{"host", "group", "seconds"}], "agent_starts",
- "agent_exits", "groups": {name: {"overlaps", "writes_lost", "writes_checked", "no_processor_share", ...}}, ...}
+ "no_processor_by_cause", "bad_commits_processed", "commits", "host_losses", "host_loss_failover_p50_s",
+ "host_loss_failover_p99_s", "host_loss_failover_max_s", "host_loss_failovers": [{"host", "group", "seconds"}],
+ "agent_starts", "agent_exits", "groups": {name: {"overlaps", "writes_lost", "writes_checked",
+ "no_processor_share", ...}}, ...}
 ``no_processor_share`` is a fraction of ``duration_s`` (overall: of ``duration_s`` times the groups).
 Exit status 1 on any violation (each is printed), 2 if the soak itself could not run.
 """
