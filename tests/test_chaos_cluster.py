@@ -17,8 +17,9 @@ import pytest
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
-from chaos.cluster import FAULTS, HostLoss, agent_config, fault_schedule, host_loss_failovers  # noqa: E402
+from chaos.cluster import FAULTS, LASTING, HostLoss, agent_config, fault_schedule, host_loss_failovers  # noqa: E402
 
+from urban_robot.config import load_config  # noqa: E402
 from urban_robot.protocol import ShardPlan  # noqa: E402
 
 
@@ -29,13 +30,14 @@ def cmd(t: float, who: str, pid: int, grp: str = "shard 0") -> dict[str, Any]:
 def test_the_schedule_is_fixed_by_the_seed_runs_one_fault_at_a_time_and_holds_every_kind() -> None:
     assert fault_schedule(180, random.Random(3)) == fault_schedule(180, random.Random(3))
     for seed in range(30):
-        schedule = fault_schedule(180, random.Random(seed))
+        schedule = fault_schedule(300, random.Random(seed))
         assert {kind for _, kind, _ in schedule} == set(FAULTS), seed
         for (at, _, params), (after, _, _) in itertools.pairwise(schedule):
             assert after >= at + params["duration"] + params["pause"] - 1e-9  # the next starts after this ends
-        assert all(at + params["duration"] < 178 for at, _, params in schedule)
-    durations = [p["duration"] for _, kind, p in fault_schedule(600, random.Random(1)) if kind == "freeze_agent"]
-    assert min(durations) < 10 < max(durations)  # frozen shorter than the TTL, and longer
+        assert all(at + params["duration"] < 298 for at, _, params in schedule)
+        for kind in LASTING:  # each lasting kind, in two rounds: once shorter than the TTL, once longer
+            durations = [p["duration"] for _, k, p in schedule if k == kind][:2]
+            assert len(durations) == 2 and min(durations) < 8 and max(durations) > 12, (seed, kind, durations)
     only = fault_schedule(60, random.Random(1), ["host_loss"], ttl=10)
     assert only and {kind for _, kind, _ in only} == {"host_loss"}
 
@@ -54,6 +56,16 @@ def test_an_agents_configuration_names_its_cluster_its_host_and_its_way_to_etcd(
         notify_url="http://127.0.0.1:5/api/v10",
         plan=ShardPlan(4, 2),
     )
+    (tmp_path / "bot").mkdir()
+    (tmp_path / "urban-robot.toml").write_text(text)
+    options = load_config({}, {}, tmp_path / "urban-robot.toml", tmp_path).options  # the agent accepts it
+    assert options.cluster is not None
+    assert (options.cluster.name, options.cluster.host, options.cluster.advertise) == (
+        "soak",
+        "beta",
+        "http://127.0.0.1:9001",
+    )
+    assert options.cluster.etcd == ("http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3")
     config = tomllib.loads(text)
     assert config["cluster"] == {
         "name": "soak",

@@ -104,32 +104,34 @@ RECENT = 1.5  # seconds: a group's last command at most this old names its holde
 
 
 # -- the schedule: every random choice about *what* happens *when* comes from --seed ----------------------------
+LASTING = ("host_loss", "freeze_agent", "partition_etcd", "partition_peers", "kill_etcd_leader")
+
+
 def fault_schedule(
     seconds: float, rng: random.Random, kinds: Sequence[str] = FAULTS, ttl: float = 10.0
 ) -> list[tuple[float, str, dict[str, Any]]]:
-    """Rounds of every fault kind in a shuffled order, one at a time: (nominal start, kind, parameters). A fault's
-    ``duration`` (how long it lasts before it is undone) and the ``pause`` after it are drawn around the TTL, so
-    some faults end before the etcd lease would run out and some after; a fault starts when the one before it
-    is over and paused after, or at its nominal start if that is later."""
+    """Rounds of every fault kind in a shuffled order, one at a time: (nominal start, kind, parameters). A fault
+    that lasts (``LASTING``: its ``duration``, before it is undone) is short in one round and long in the next
+    (0.2-0.8 or 1.2-2 TTLs, which first is drawn): undone before the etcd lease would run out, and after. A
+    fault starts when the one before it is over and its ``pause`` (0.3-0.8 TTLs) done, at the earliest."""
     out: list[tuple[float, str, dict[str, Any]]] = []
+    long = {kind: rng.random() < 0.5 for kind in kinds}
     at = rng.uniform(0.2, 0.4) * ttl
     while True:
         for kind in rng.sample(list(kinds), len(kinds)):
+            duration = 0.0
+            if kind in LASTING:
+                duration = (rng.uniform(1.2, 2.0) if long[kind] else rng.uniform(0.2, 0.8)) * ttl
+                long[kind] = not long[kind]
             params = {
                 "holder": rng.random() < 0.75,  # aim at the host (or worker) holding the most, else at another
-                "duration": {
-                    "host_loss": rng.uniform(0.3, 1.5) * ttl,  # down this long before the agent starts again
-                    "freeze_agent": rng.uniform(0.2, 2.0) * ttl,
-                    "partition_etcd": rng.uniform(0.2, 2.0) * ttl,
-                    "partition_peers": rng.uniform(0.2, 2.0) * ttl,
-                    "kill_etcd_leader": rng.uniform(0.3, 1.5) * ttl,
-                }.get(kind, 0.0),
+                "duration": duration,
                 "pause": rng.uniform(0.3, 0.8) * ttl,
             }
-            if at + params["duration"] >= seconds - 2:
+            if at + duration >= seconds - 2:
                 return out
             out.append((at, kind, params))
-            at += params["duration"] + params["pause"]
+            at += duration + params["pause"]
 
 
 # -- the agents' configuration -----------------------------------------------------------------------------------
