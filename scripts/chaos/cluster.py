@@ -30,12 +30,13 @@ command is processed by a bad commit's version.
 Before each fault the soak waits (up to twice the TTL plus 10 s) until every group processes again, so that each
 stretch without a processor, and each host loss's failover, has one cause.
 
-An agent fault aims at the host holding the most groups (``holder``) or at another one (a host loss: at the holder's
-host in two rounds of three). Then every fault is undone, the system settles, each group's final holder dumps
-its cache, the agents are stopped and every process killed, and ``checker.py`` judges the journal per group: P1 (never two workers of one group processing
-at once, across hosts: one file, one clock), epochs only increasing per group, P3 (no acknowledged cache write
-lost), and P2 (time without a processor). Each host loss is measured: for each group its host held, the seconds
-from the kill until the group's next processor journaled a command.
+An agent fault aims at the host holding the most groups (``holder``) or at another one (a host loss: at the
+holder's host in two rounds of three). Then every fault is undone, the system settles, each group's final holder
+dumps its cache, the agents are stopped and every process killed, and ``checker.py`` judges the journal per
+group: P1 (never two workers of one group processing at once, across hosts: one file, one clock), epochs only
+increasing per group, P3 (no acknowledged cache write lost), P4 with ``--deploys``, and P2 (time without a
+processor). Each host loss is measured: for each group its host held, the seconds from the kill until the
+group's next processor journaled a command.
 
 The last line printed is one JSON object:
 {"duration_s", "faults": {kind: count}, "overlaps", "epoch_violations", "writes_checked", "writes_lost",

@@ -137,3 +137,13 @@ async def test_an_unknown_source_is_named_so_and_the_lookup_finds_only_live_loca
         listener = type("L", (), {"source": None})()
         assert net.source_of(listener, local) == UNKNOWN  # type: ignore[arg-type]
     assert socket_inode(("127.0.0.1", 1)) is None
+
+
+async def test_isolate_cuts_both_directions_of_every_named_link_and_rejoin_heals_them(net: Net) -> None:
+    net.isolate("alpha", ["beta", "gamma"])
+    cut = {(s, d) for s in ("alpha", "beta", "gamma") for d in ("alpha", "beta", "gamma") if net.is_cut(s, d)}
+    assert cut == {("alpha", "beta"), ("beta", "alpha"), ("alpha", "gamma"), ("gamma", "alpha")}
+    net.rejoin("alpha", ["beta"])
+    assert not net.is_cut("alpha", "beta") and not net.is_cut("beta", "alpha") and net.is_cut("gamma", "alpha")
+    net.heal_all()
+    assert not any(net.is_cut(s, d) for s, d in cut)
