@@ -17,6 +17,8 @@
      │   ├─ InvalidDeployer    the deployer key holds what no campaign wrote: delete it with etcdctl
      │   ├─ UpdateRefused      the change does not apply to the current record (a rollout in progress, ...)
      │   └─ UpdateContended    other writers won every compare-and-swap attempt
+     ├─ MalformedRecord        bytes that are not a cache replication record (also a ValueError;
+     │                         cluster/_replica.py)
      └─ Disconnected           Server.call's client left before acknowledging (socketio/_server.py)
 
 A codec never lets anything else escape for bad input: ``ValueError``,

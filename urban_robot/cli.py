@@ -316,7 +316,27 @@ def format_status(body: dict[str, Any]) -> str:
     if isinstance(body.get("waiting_for"), str) and not sharded:  # sharded: each group's is in its row
         lines.append(f"waiting for:     {body['waiting_for'].removeprefix('waiting for ')}")
     lines.extend(line for line in map(_failure, body.get("failures") or []) if line)
+    if isinstance(body.get("cluster"), dict):
+        lines.extend(_cluster(body["cluster"]))
     return "\n".join(lines)
+
+
+def _cluster(c: dict[str, Any]) -> list[str]:
+    """Several hosts: this host, its etcd lease, what it holds, the deployer, the peers (docs/deployment.md)."""
+    raw_groups, raw_peers = c.get("groups"), c.get("peers")
+    groups: dict[str, Any] = raw_groups if isinstance(raw_groups, dict) else {}
+    peers: dict[str, Any] = raw_peers if isinstance(raw_peers, dict) else {}
+    held = [name for name, g in groups.items() if isinstance(g, dict) and g.get("held_here")]
+    lease = c.get("etcd_lease")
+    left = c.get("view_left")
+    etcd = f"etcd lease {lease} (grants {_seconds(left)} more)" if lease else "no etcd lease: nothing is granted here"
+    deployer = c.get("deployer") or "none elected"
+    return [
+        f"cluster:         {_cell(c.get('name'))}, this host {_cell(c.get('host'))}; {etcd}",
+        f"held here:       {', '.join(held) or 'no group'}",
+        f"deployer:        {deployer}" + (" (this host)" if c.get("elected") else ""),
+        f"other hosts:     {', '.join(sorted(peers)) or 'none seen'}",
+    ]
 
 
 def _acknowledged(what: str) -> Callable[[dict[str, Any]], str]:

@@ -17,9 +17,11 @@ import attrs
 import trio
 
 from tests._helpers import QUICK, worker_options
+from urban_robot.cli import format_status
 from urban_robot.cluster import EtcdClient
 from urban_robot.cluster._lease import Timing
-from urban_robot.supervisor import App, ClusterOptions, build
+from urban_robot.supervisor import App, Bus, ClusterLink, ClusterOptions, build
+from urban_robot.supervisor._status import status
 from urban_robot.testing.etcd import EtcdCluster
 
 # Short leases so that a host's loss costs a test seconds: the view is 4 × 0.99 − 0.3 = 3.66 s past a keep-alive.
@@ -104,6 +106,14 @@ async def test_three_hosts_one_processor_named_by_etcd_and_a_lost_host_moves_its
         for h in hosts:
             if h is not first:
                 await until(hosts, lambda h=h: h.app.robot.snapshot().groups[0].standbys == 1)
+        # Each host says what it holds: GET /api/status's "cluster", and `urban-robot status`'s lines.
+        for h in hosts:
+            body = status(h.app.tracker, cluster=h.app.cluster_deploys.view if h.app.cluster_deploys else None)
+            here = body["cluster"]["groups"]["shard 0"]
+            assert (here["held_here"], here["granting"]) == ((True, True) if h is first else (False, False))
+            assert body["cluster"]["host"] == h.name and body["cluster"]["etcd_lease"]
+            text = format_status(body)
+            assert ("held here:       shard 0" in text) is (h is first), text
         lost_at = trio.current_time()
         lose_host(first)
         await first.done.wait()
@@ -216,3 +226,51 @@ async def test_etcd_down_stops_every_processor_within_the_view_and_back_up_one_p
         assert took <= FAST.view_length + QUICK.lease_margin + 1.0, took
         for h in hosts:
             h.app.stop("test over")
+
+
+async def test_two_shard_groups_on_three_hosts_each_processed_once_and_a_lost_host_moves_only_its_groups(
+    nursery: trio.Nursery, tmp_path: Path, etcd: EtcdCluster, client: EtcdClient, request: Any
+) -> None:
+    cluster = cluster_name(request)
+    hosts = [
+        await start(nursery, name, agent_app(tmp_path, etcd, cluster, name, shard_count=4, shards_per_worker=2))
+        for name in HOSTS
+    ]
+    with trio.fail_after(60):
+        await settled(hosts, groups=2)
+        before = {g: running(hosts, g)[0] for g in (0, 1)}
+        for g, name in enumerate(("shards 0-1", "shards 2-3")):
+            value, _ = await holder(client, cluster, name)
+            assert value == {"agent": before[g][0], "identity": before[g][1]}
+        victim = next(h for h in hosts if h.name == before[0][0])
+        lose_host(victim)
+        await victim.done.wait()
+        await until(hosts, lambda: all(len(running(hosts, g)) == 1 for g in (0, 1)))
+        after = {g: running(hosts, g)[0] for g in (0, 1)}
+    assert after[0][0] != victim.name
+    if before[1][0] != victim.name:
+        assert after[1] == before[1]  # a group held elsewhere is untouched
+    for h in hosts:
+        if not h.done.is_set():
+            h.app.stop("test over")
+
+
+async def test_identify_slots_are_spaced_across_hosts(client: EtcdClient, request: Any) -> None:
+    """Discord's IDENTIFY rate limit is the bot's, whichever host a shard runs on: a bucket taken by one host is
+    taken for every host until its short etcd lease runs out; another bucket is free meanwhile."""
+    cluster = cluster_name(request)
+
+    def link(host: str) -> ClusterLink:
+        made = ClusterLink(ClusterOptions(cluster, host, ("http://unused",), timing=FAST), Bus(), print, list)
+        made.client, made.identify_ttl = client, 2
+        return made
+
+    alpha, beta = link("alpha"), link("beta")
+    with trio.fail_after(20):
+        await alpha.identify_slot(0)
+        taken = trio.current_time()
+        await beta.identify_slot(1)  # another rate limit key: at once
+        assert trio.current_time() - taken < 1.0
+        await beta.identify_slot(0)  # key 0 again, from another host: once alpha's bucket went
+        waited = trio.current_time() - taken
+    assert waited >= 2 - 0.1, waited  # etcd expires a lease no sooner than its TTL (its clock, ours within 5%)

@@ -4,6 +4,8 @@
 etcd members for tests. ``_lease.py`` is an agent's hold on its groups' lease keys, sans-IO: the safety chain of
 docs/protocol.md §19 (../shared/DESIGN.md §8.2), property-tested against a model of etcd. ``_deploy_state.py`` is
 the cluster's deploy record (``DeployStore``, compare-and-swap) and its deployer election (``Election``).
+``_replica.py`` carries cache updates from a group's holder's agent to its standbys' agents (§19.8): signed records
+over HTTP.
 """
 
 from ._deploy_state import (
@@ -46,4 +48,17 @@ from ._etcd import (
     Watch as Watch,
     WatchEvent as WatchEvent,
     prefix_end as prefix_end,
+)
+from ._replica import (
+    OK as OK,
+    RESYNC as RESYNC,
+    MalformedRecord as MalformedRecord,
+    Record as Record,
+    ReplicaAnswer as ReplicaAnswer,
+    ReplicaRoute as ReplicaRoute,
+    Replicator as Replicator,
+    decode_record as decode_record,
+    encode_record as encode_record,
+    install_replica_route as install_replica_route,
+    replica_body_limit as replica_body_limit,
 )

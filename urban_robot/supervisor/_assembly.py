@@ -370,18 +370,28 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
     bus.subscribe(Handled, tracker.noted)
     bus.subscribe(DeployResult, tracker.deployed)
 
-    # -- what the port serves -------------------------------------------------------------------------
-    token = options.admin_token
-    install_status_routes(robot, tracker, admin_token=token, deployer=deployer, children=children, notifier=notifier)
-    dashboard = install_dashboard(
-        robot, tracker, admin_token=token, deployer=deployer, children=children, notifier=notifier
-    )
-    bus.subscribe(ViewsChanged, dashboard.poke)
     cluster = deploys = None
     if options.cluster is not None:
         cluster = ClusterLink(options.cluster, bus, robot.submit, lambda: [g.name for g in robot.plan.groups])
         deployer.cluster = deploys = ClusterDeploys(cluster, deployer)
+        robot.identify_gate = cluster.identify_slot
         bus.subscribe(TryAgain, lambda e: deploys.try_again() if e.sid in robot.fleet.admins else None)
+
+    # -- what the port serves -------------------------------------------------------------------------
+    token = options.admin_token
+    install_status_routes(
+        robot,
+        tracker,
+        admin_token=token,
+        deployer=deployer,
+        children=children,
+        notifier=notifier,
+        cluster=deploys.view if deploys is not None else None,
+    )
+    dashboard = install_dashboard(
+        robot, tracker, admin_token=token, deployer=deployer, children=children, notifier=notifier
+    )
+    bus.subscribe(ViewsChanged, dashboard.poke)
     app = App(
         options, seams, store, bus, robot, children, deployer, notifier, tracker, dashboard, http, cluster, deploys
     )

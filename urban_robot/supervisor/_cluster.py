@@ -54,6 +54,7 @@ from ._events import Claim, ClusterGrant, ClusterStop, Event, Yield
 
 log = logging.getLogger("urban_robot.cluster")
 
+IDENTIFY_TTL = 6  # seconds an IDENTIFY bucket stays taken across hosts: Discord's 5 s window, and etcd's rounding
 REREAD_EVERY = 2.0  # seconds: the groups' keys and the hosts are read again (a watch event late or lost is a hint)
 WATCH_RETRY = 1.0  # seconds between attempts to open the watch again
 
@@ -97,6 +98,7 @@ class ClusterLink:
         self._wake = trio.Event()
         self._to_core, self._core_inbox = trio.open_memory_channel[Event](math.inf)
         self._presence_lease: int | None = None
+        self.identify_ttl = IDENTIFY_TTL
         bus.subscribe(Claim, self.on_claim)
         bus.subscribe(Yield, self.on_yield)
 
@@ -127,6 +129,54 @@ class ClusterLink:
                 log.info("left the cluster: etcd lease %x revoked, its groups are free for the other hosts", lease)
             except EtcdError as exc:
                 log.warning("cannot revoke the etcd lease on leaving (%s): other hosts wait for its TTL", exc)
+
+    async def identify_slot(self, key: int) -> None:
+        """Return once this host may send one IDENTIFY of Discord's rate limit key ``key`` (shard id modulo
+        max_concurrency): no other host has for ``IDENTIFY_TTL`` seconds (docs/protocol.md §19.9). Each host's
+        own slots (§18.3) space its IDENTIFYs; this spaces them across hosts, with a key per bucket on a short
+        etcd lease of its own."""
+        client = self.client
+        assert client is not None
+        bucket = f"/{self.options.name}/identify/{key}".encode()
+        lease, granted_at = 0, -math.inf
+        while True:
+            try:
+                if trio.current_time() - granted_at > self.identify_ttl / 2:
+                    lease, granted_at = (await client.lease_grant(self.identify_ttl)).id, trio.current_time()
+                taken = await client.create_if_absent(bucket, self.options.host.encode(), lease=lease)
+                if taken.created:
+                    return
+            except EtcdError as exc:
+                self.quiet.log(logging.WARNING, "identify", "etcd: cannot take an IDENTIFY slot (%s)", exc)
+                granted_at = -math.inf
+            await trio.sleep(0.25)
+
+    def view(self, deployer: str | None = None, elected: bool = False) -> dict[str, Any]:
+        """``GET /api/status``'s ``cluster``: this host, its etcd lease and view, the groups it holds, the peers."""
+        agent, now = self.agent, trio.current_time()
+        groups = {}
+        for name in self._groups():
+            g = agent.groups.get(name)
+            held = g is not None and g.state is State.HELD
+            groups[name] = {
+                "state": g.state.value if g is not None else "idle",
+                "held_here": held,
+                "granting": held and agent.cap(name, now) is not None,
+                "epoch": g.epoch if held and g is not None else None,
+            }
+        return {
+            "name": self.options.name,
+            "host": self.options.host,
+            "url": self.url,
+            "etcd": list(self.options.etcd),
+            "etcd_lease": None if agent.lease_id is None else f"{agent.lease_id:x}",
+            "view_left": max(0.0, agent.view_until - now) if agent.lease_id is not None else None,
+            "ttl": self.options.timing.ttl,
+            "peers": dict(sorted(self.peers.items())),
+            "deployer": deployer,
+            "elected": elected,
+            "groups": groups,
+        }
 
     def index(self, group: str) -> int | None:
         names = self._groups()

@@ -71,6 +71,19 @@ class ClusterDeploys:
             return False
         return trio.current_time() < agent.view_until
 
+    def view(self) -> dict[str, object]:
+        """The agent's view (``ClusterLink.view``) with the deployer and the deploy record as last read."""
+        body = self.link.view(self.leader, self.elected)
+        record = self.record
+        body["deploy"] = {
+            "is_sane": record.is_sane,
+            "last_known_good": record.last_known_good,
+            "target": record.target,
+            "serial": record.serial,
+            "bad": list(record.bad),
+        }
+        return body
+
     def leader_url(self) -> str | None:
         """Where the elected deployer is reached (None: this host, or nobody known)."""
         if self.leader is None or self.leader == self.me:

@@ -911,7 +911,8 @@ class Supervisor:
         if self.lease.stopping:
             self.lease.final_cache = True
         out.append(Reply({"accepted": True}))
-        out.append(PersistCache(image, change, base, self.cache_seq, now, final=self.lease.stopping, group=self.index))
+        final, epoch = self.lease.stopping, self.lease.epoch
+        out.append(PersistCache(image, change, base, self.cache_seq, now, final=final, group=self.index, epoch=epoch))
         cut: dict[bool, list[CacheSyncMessage]] = {}  # the parts, made once and only if someone gets them
         for other in self.clients.values():
             if other.role in (Role.STANDBY, Role.CHECKING):

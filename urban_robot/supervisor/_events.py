@@ -328,6 +328,9 @@ class PersistCache:
     # Any other accepted cache is acknowledged only once it is on disk (or writing it failed, loudly).
     final: bool = False
     group: int = 0  # whose cache: each shard group keeps its own
+    # Several hosts (docs/protocol.md §19.8): the holder's cache (at its ``epoch``) goes to the other hosts too, and
+    # is acknowledged once one of them has it on disk; a replica taken from another host (0) goes nowhere.
+    epoch: int = 0
 
 
 @attrs.frozen

@@ -132,6 +132,9 @@ class UrbanRobot:
         self._cache_written = 0  # the newest of them on disk (or given up on, loudly)
         self._cache_progress = trio.Event()
         self._ack_after: int | None = None  # the write the current event's reply waits for
+        # Several hosts: an IDENTIFY slot granted here also waits for the cluster's bucket (``ClusterLink``).
+        self.identify_gate: Callable[[int], Awaitable[None]] | None = None
+        self._nursery: trio.Nursery | None = None
         self.server.register_namespace(_WorkerNamespace(self))
         self.server.on("*", self._unknown_event)
 
@@ -145,6 +148,7 @@ class UrbanRobot:
     ) -> None:
         self.restore()
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._loop)
             nursery.start_soon(self._timer)
             nursery.start_soon(self._cache_writer)
@@ -269,6 +273,19 @@ class UrbanRobot:
         return True
 
     def _send(self, action: Send) -> None:
+        gate, nursery = self.identify_gate, self._nursery
+        if gate is not None and nursery is not None and _identify_grant(action) is not None:
+            nursery.start_soon(self._send_when_cleared, gate, action)
+            return
+        self._deliver(action)
+
+    async def _send_when_cleared(self, gate: Callable[[int], Awaitable[None]], action: Send) -> None:
+        shard_id = _identify_grant(action)
+        assert shard_id is not None
+        await gate(self.fleet.slots.limit.key(shard_id))
+        self._deliver(action)
+
+    def _deliver(self, action: Send) -> None:
         conn = self.conns.get(action.sid)
         if conn is None:
             return
@@ -525,6 +542,15 @@ class _WorkerNamespace(Namespace):
 
     async def on_try_again(self, sid: str, *args: Any) -> Any:
         return await self._event(sid, "try_again", args, lambda m: TryAgain(sid))
+
+
+def _identify_grant(action: Send) -> int | None:
+    """The shard id of an IDENTIFY slot's grant (``cmd identify``), None for any other message."""
+    data = action.data
+    if action.event != "cmd" or not isinstance(data, dict) or data.get("t") != "identify":
+        return None
+    shard = data.get("d", {}).get("shard_id") if isinstance(data.get("d"), dict) else None
+    return shard if isinstance(shard, int) else None
 
 
 def _plan_key(plan: protocol.ShardPlan) -> tuple[Any, Any] | None:

@@ -33,7 +33,13 @@ credential (``Authorization: Bearer <token>``, as the admin POST routes do): the
                                      "spans": [{"worker": str, "epoch": int | null, "version": str | null,
                                                 "generation": int | null, "from": float, "to": float | null}],
                                      "gaps": [{"from": float, "to": float | null}]}]},
-      "timeline": [{"at": float, "kind": str, "level": str, "worker": str | null, "text": str}]
+      "timeline": [{"at": float, "kind": str, "level": str, "worker": str | null, "text": str}],
+      "cluster": {"name": str, "host": str, "url": str, "etcd": [str], "etcd_lease": str | null,
+                  "view_left": float | null, "ttl": int, "peers": {name: url}, "deployer": str | null,
+                  "elected": bool, "groups": {name: {"state": str, "held_here": bool, "granting": bool,
+                                                    "epoch": int | null}},
+                  "deploy": {"is_sane": bool, "last_known_good": str | null, "target": str | null,
+                             "serial": int, "bad": [str]}}     # several hosts only (docs/protocol.md §19)
     }
 
 Each worker also carries ``group`` (its group's index). ``group_timeline`` is ``_history.GroupHistory``'s
@@ -321,6 +327,7 @@ def status(
     deployer: _DeployerLike | None = None,
     children: _ChildrenLike | None = None,
     notifier: _NotifierLike | None = None,
+    cluster: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The body of ``GET /api/status`` (see the module docstring)."""
     robot = tracker.robot
@@ -332,6 +339,8 @@ def status(
     groups = groups_of(snap)
     body["shard_count"] = snap.shard_count
     body["groups"] = [_group(g) for g in groups]
+    if cluster is not None:
+        body["cluster"] = cluster()
     body["promotions"] = tracker.promotions
     body["failovers"] = tracker.failovers
     if deployer is not None:
@@ -561,13 +570,14 @@ def install_status_routes(
     children: _ChildrenLike | None = None,
     notifier: _NotifierLike | None = None,
     public_metrics: bool = False,
+    cluster: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
     """Serve ``GET /api/status`` and ``GET /metrics`` on the supervisor's port, with ``tracker``'s counts."""
     registry = CollectorRegistry(auto_describe=False)  # private: never the process-global default registry
     registry.register(MetricsCollector(tracker, deployer=deployer, children=children, notifier=notifier))
 
     def status_view() -> Response:
-        return _json(200, status(tracker, deployer=deployer, children=children, notifier=notifier))
+        return _json(200, status(tracker, deployer=deployer, children=children, notifier=notifier, cluster=cluster))
 
     def metrics_view() -> Response:
         return Response(200, generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
