@@ -726,31 +726,37 @@ class Soak(Journaled):
                     finals[group] = await self.final_dump(None if self.plan is None else group)
                 except (RuntimeError, trio.TooSlowError):
                     finals[group] = None
-            replicas = {g: await self.hosts_with(final[1], g) for g, final in finals.items() if final is not None}
+            replicas = {g: await self.hosts_with(final[1]) for g, final in finals.items() if final is not None}
             for agent in self.agents.values():
                 await agent.stop()
             nursery.cancel_scope.cancel()
         return self.report(since, until, finals, replicas)
 
-    async def hosts_with(self, keys: set[str], group: str) -> list[str]:
-        """The hosts whose persisted cache of ``group`` holds every key of its final holder's dump (within 5 s)."""
-        names = ["cache.bin", f"cache.{group.replace(' ', '-')}.bin"]
+    async def hosts_with(self, keys: set[str]) -> list[str]:
+        """The hosts with a cache file on disk (any ``*.bin`` in the state directory: the agent's own, or a replica
+        of a peer's) that holds every key of a group's final dump (keys name their worker, so only that group's
+        files can), within 5 s."""
         found: list[str] = []
         with trio.move_on_after(5):
             while True:
-                found = []
-                for agent in self.agents.values():
-                    for name in names:
-                        image = peek_cache(agent.state_dir / name)
-                        entry = image.entries.get(PLAIN) if image is not None else None
-                        cache = decode_value(entry) if entry is not None else None
-                        if isinstance(cache, dict) and keys <= set(cache):
-                            found.append(agent.name)
-                            break
+                found = [agent.name for agent in self.agents.values() if self.holds(agent, keys)]
                 if len(found) >= 2:
                     break
                 await trio.sleep(0.2)
         return found
+
+    @staticmethod
+    def holds(agent: AgentProcess, keys: set[str]) -> bool:
+        for path in sorted(agent.state_dir.rglob("*.bin")):
+            image = peek_cache(path)
+            entry = image.entries.get(PLAIN) if image is not None else None
+            try:
+                cache = decode_value(entry) if entry is not None else None
+            except ValueError:
+                continue
+            if isinstance(cache, dict) and keys <= set(cache):
+                return True
+        return False
 
     # -- the verdict -------------------------------------------------------------------------------------------
     def report(
