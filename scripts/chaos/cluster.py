@@ -19,6 +19,7 @@ order, then a pause), durations drawn around the etcd lease's TTL (``--ttl``, de
 - ``freeze_agent``: SIGSTOP an agent, SIGCONT later (its workers keep running and must fence themselves);
 - ``partition_etcd``: cut an agent from every etcd member, heal later;
 - ``partition_peers``: cut an agent from the other agents, both ways, heal later;
+- ``isolate_agent``: both at once (the host's network is down), heal later;
 - ``kill_etcd_leader``: SIGKILL etcd's leader, restart it later;
 - ``kill_worker``: SIGKILL a worker (a group's holder, or a standby).
 
@@ -96,8 +97,15 @@ from urban_robot.testing.etcd import EtcdCluster, Member  # noqa: E402
 from urban_robot.testing.proxy import Net  # noqa: E402
 
 HOSTS = ("alpha", "beta", "gamma")
-FAULTS = ("host_loss", "freeze_agent", "partition_etcd", "partition_peers", "kill_etcd_leader", "kill_worker")
-AGENT_FAULTS = ("host_loss", "freeze_agent", "partition_etcd", "partition_peers")
+FAULTS = (
+    "host_loss",
+    "freeze_agent",
+    "partition_etcd",
+    "partition_peers",
+    "isolate_agent",
+    "kill_etcd_leader",
+    "kill_worker",
+)
 UNSHARDED = "shard 0"  # an unsharded bot's one group, as the agents name it (docs/protocol.md §19.1)
 CLUSTER = "soak"
 STARTUP_TIMEOUT = 90.0
@@ -106,7 +114,7 @@ RECENT = 1.5  # seconds: a group's last command at most this old names its holde
 
 
 # -- the schedule: every random choice about *what* happens *when* comes from --seed ----------------------------
-LASTING = ("host_loss", "freeze_agent", "partition_etcd", "partition_peers", "kill_etcd_leader")
+LASTING = ("host_loss", "freeze_agent", "partition_etcd", "partition_peers", "isolate_agent", "kill_etcd_leader")
 
 
 def fault_schedule(
@@ -564,29 +572,24 @@ class Soak(Journaled):
         return True
 
     async def _partition_etcd(self, params: dict[str, Any]) -> bool:
+        return await self.cut_off("partition_etcd", params, etcd=True, peers=False)
+
+    async def _partition_peers(self, params: dict[str, Any]) -> bool:
+        return await self.cut_off("partition_peers", params, etcd=False, peers=True)
+
+    async def _isolate_agent(self, params: dict[str, Any]) -> bool:
+        return await self.cut_off("isolate_agent", params, etcd=True, peers=True)
+
+    async def cut_off(self, kind: str, params: dict[str, Any], *, etcd: bool, peers: bool) -> bool:
+        """Cut an agent from every etcd member and/or from the other agents (both ways), heal it later."""
         chosen = self.pick_agent(params["holder"])
         if chosen is None or self.etcd is None:
             return False
         agent, holds = chosen
-        members = [m.name for m in self.etcd.members]
-        self.mark(f"partition_etcd:{'holder' if holds else 'standby'}", host=agent.name)
-        for member in members:
-            self.net.cut(agent.name, member)
-        try:
-            await trio.sleep(params["duration"])
-        finally:
-            for member in members:
-                self.net.heal(agent.name, member)
-        return True
-
-    async def _partition_peers(self, params: dict[str, Any]) -> bool:
-        chosen = self.pick_agent(params["holder"])
-        if chosen is None:
-            return False
-        agent, holds = chosen
-        others = [h for h in HOSTS if h != agent.name]
-        self.mark(f"partition_peers:{'holder' if holds else 'standby'}", host=agent.name)
-        self.net.isolate(agent.name, others)
+        others = [m.name for m in self.etcd.members] if etcd else []
+        others += [h for h in HOSTS if h != agent.name] if peers else []
+        self.mark(f"{kind}:{'holder' if holds else 'standby'}", host=agent.name)
+        self.net.isolate(agent.name, others)  # etcd members open no connection to an agent: one way is enough
         try:
             await trio.sleep(params["duration"])
         finally:
