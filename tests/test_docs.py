@@ -117,3 +117,58 @@ def _tiny_wheel(directory: Path) -> Path:
     from tests.supervisor.test_operator_day import tiny_wheel
 
     return tiny_wheel(directory)
+
+
+def cluster_part() -> str:
+    return DOCS["docs/deployment.md"].split("## Several hosts with etcd")[1]
+
+
+def test_the_cluster_example_configures_an_agent(tmp_path: Path) -> None:
+    """deployment.md's ``[cluster]`` example, with its ``.env``, loads as the agent of ``bot-a``: the cluster's
+    name, the host's name, the three etcd members, its advertised URL, no extra standby, the default TTL."""
+    from urban_robot.config import ConfigError, load_config
+
+    [toml] = [block for block in blocks(cluster_part(), "toml") if "[cluster]" in block]
+    root = layout_root(tmp_path)
+    path = tmp_path / "urban-robot.toml"
+    path.write_text(relocated(toml, root))
+    [dotenv] = [block for block in blocks(cluster_part(), "sh") if "URBAN_ROBOT_CLUSTER_SECRET=" in block]
+    names = re.findall(r"^([A-Z_]+)=\.\.\.$", dotenv, re.M)
+    assert names == ["BOT_TOKEN", "URBAN_ROBOT_WEBHOOK_SECRET", "URBAN_ROBOT_CLUSTER_SECRET"]
+    environ = {name: f"{name.lower()}-{'x' * 16}" for name in names}
+    options = load_config({}, environ, path, tmp_path).options
+    assert options is not None and options.cluster is not None
+    cluster = options.cluster
+    assert (cluster.name, cluster.host, cluster.advertise) == ("helium", "bot-a", "http://10.0.0.1:8080")
+    assert cluster.etcd == ("http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379")
+    assert options.standbys == 0 and options.host == "10.0.0.1"
+    assert cluster.secret == environ["URBAN_ROBOT_CLUSTER_SECRET"].encode()
+    # Without the cluster's secret the host refuses to start, naming what is missing, in the guide's words.
+    refusal = "cluster: also set secrets.cluster (every host of a cluster needs all four)"
+    assert f"`{refusal}`" in cluster_part()
+    without = {k: v for k, v in environ.items() if k != "URBAN_ROBOT_CLUSTER_SECRET"}
+    with pytest.raises(ConfigError, match=re.escape(refusal)):
+        load_config({}, without, path, tmp_path)
+
+
+def test_the_cluster_guide_s_timings_are_the_defaults() -> None:
+    """The figures the guide gives (TTL, keep-alive period, the view's 8.9 s) follow from the code's defaults."""
+    from urban_robot.cluster._lease import Timing
+
+    t = Timing()
+    text = cluster_part()
+    assert f"`cluster.ttl` = {t.ttl} s" in text
+    assert f"{t.ttl * (1 - t.drift) - t.margin:.1f} s after the last keep-alive etcd answered" in text
+    assert f"keep-alives go every {t.keepalive_every:g} s" in text
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed (Debian: etcd-server)")
+def test_the_cluster_guide_s_etcd_settings_are_etcd_s() -> None:
+    """Each ETCD_* line of /etc/default/etcd in the guide names a flag that etcd has (a typo there is ignored
+    by etcd only with a warning in its log)."""
+    [settings] = [block for block in blocks(cluster_part(), "sh") if "ETCD_INITIAL_CLUSTER=" in block]
+    names = re.findall(r"^ETCD_([A-Z_]+)=\S+$", settings, re.M)
+    assert len(names) == len(settings.strip().splitlines()) >= 9
+    usage = subprocess.run(["etcd", "--help"], capture_output=True, text=True).stdout
+    for name in names:
+        assert f"--{name.lower().replace('_', '-')}" in usage, name

@@ -15,17 +15,20 @@ from typing import Any
 
 import attrs
 import trio
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tests._helpers import QUICK, worker_options
 from urban_robot.cli import format_status
 from urban_robot.cluster import EtcdClient
 from urban_robot.cluster._lease import Timing
-from urban_robot.supervisor import App, Bus, ClusterLink, ClusterOptions, build
-from urban_robot.supervisor._status import status
+from urban_robot.protocol import CacheImage
+from urban_robot.supervisor import App, ClusterLink, ClusterOptions, RoleChanged, build
+from urban_robot.supervisor._status import MetricsCollector, status
 from urban_robot.testing.etcd import EtcdCluster
 
-# Short leases so that a host's loss costs a test seconds: the view is 4 × 0.99 − 0.3 = 3.66 s past a keep-alive.
-FAST = Timing(ttl=4, margin=0.3, keepalive_every=1.0, retry_after=0.5)
+# Short leases so that a host's loss costs a test seconds: the view is 5 × 0.99 − 0.3 = 4.65 s past a keep-alive;
+# each etcd call gets 0.5 s per endpoint (a third of the keep-alive period), room for a loaded machine.
+FAST = Timing(ttl=5, margin=0.3, keepalive_every=1.5, retry_after=0.5)
 HOSTS = ("alpha", "beta", "gamma")
 
 
@@ -83,6 +86,13 @@ async def holder(client: EtcdClient, cluster: str, group: str) -> tuple[dict[str
     return (json.loads(kv.value), kv.mod_revision) if kv is not None else (None, 0)
 
 
+def same(one: CacheImage | None, other: CacheImage | None) -> bool:
+    """The same entries, however their bytes are cut into chunks."""
+    if one is None or other is None:
+        return one is other
+    return one.as_change().digest() == other.as_change().digest()
+
+
 def lose_host(h: Host) -> None:
     """A host lost: every worker process SIGKILLed, the agent gone without a word (its etcd lease is not revoked)."""
     for child in list(h.app.children.children.values()):
@@ -114,6 +124,11 @@ async def test_three_hosts_one_processor_named_by_etcd_and_a_lost_host_moves_its
             assert body["cluster"]["host"] == h.name and body["cluster"]["etcd_lease"]
             text = format_status(body)
             assert ("held here:       shard 0" in text) is (h is first), text
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(MetricsCollector(h.app.tracker, cluster=h.app.cluster_deploys.view))
+            scraped = generate_latest(registry)
+            held = f'urban_robot_cluster_group_held{{group="shard 0"}} {1.0 if h is first else 0.0}'.encode()
+            assert held in scraped, scraped
         lost_at = trio.current_time()
         lose_host(first)
         await first.done.wait()
@@ -261,7 +276,7 @@ async def test_identify_slots_are_spaced_across_hosts(client: EtcdClient, reques
     cluster = cluster_name(request)
 
     def link(host: str) -> ClusterLink:
-        made = ClusterLink(ClusterOptions(cluster, host, ("http://unused",), timing=FAST), Bus(), print, list)
+        made = ClusterLink(ClusterOptions(cluster, host, ("http://unused",), timing=FAST), print, list)
         made.client, made.identify_ttl = client, 2
         return made
 
@@ -274,3 +289,93 @@ async def test_identify_slots_are_spaced_across_hosts(client: EtcdClient, reques
         await beta.identify_slot(0)  # key 0 again, from another host: once alpha's bucket went
         waited = trio.current_time() - taken
     assert waited >= 2 - 0.1, waited  # etcd expires a lease no sooner than its TTL (its clock, ours within 5%)
+
+
+async def test_the_holders_cache_is_on_another_hosts_disk_and_follows_the_group_to_it(
+    nursery: trio.Nursery, tmp_path: Path, etcd: EtcdCluster, client: EtcdClient, request: Any
+) -> None:
+    """§19.8: the holder's acknowledged cache is on at least one other host's disk; a lost host's successor starts
+    from it (its core has it, and pushes it to its new holder)."""
+    from tests._helpers import WORKER
+
+    cluster = cluster_name(request)
+    command = (*WORKER, "--cache-bytes", "3000000")  # three 1 MB entries, synced once processing
+    hosts = [await start(nursery, name, agent_app(tmp_path, etcd, cluster, name, command=command)) for name in HOSTS]
+    with trio.fail_after(60):
+        await settled(hosts)
+        [(where, _)] = running(hosts)
+        first = next(h for h in hosts if h.name == where)
+        await until(hosts, lambda: first.app.robot.core.cache is not None)
+        image = first.app.robot.core.cache
+        assert image is not None and image.size >= 3_000_000
+        # Acknowledged to the worker only once another host had it on disk: both others have it by now or soon.
+        others = [h for h in hosts if h is not first]
+        await until(hosts, lambda: all(same(h.app.robot.core.cache, image) for h in others))
+        for h in others:
+            stored, _ = h.app.robot.store.load_cache()
+            assert same(stored, image)  # on that host's disk, as the core keeps it
+        lose_host(first)
+        await first.done.wait()
+        await until(hosts, lambda: len(running(hosts)) == 1)
+        [(where2, _)] = running(hosts)
+        second = next(h for h in hosts if h.name == where2)
+    assert same(second.app.robot.core.cache, image)
+    for h in hosts:
+        if not h.done.is_set():
+            h.app.stop("test over")
+
+
+async def test_a_cache_no_other_host_took_is_not_acknowledged_to_the_worker(
+    nursery: trio.Nursery, tmp_path: Path, etcd: EtcdCluster, request: Any
+) -> None:
+    """Alone in its cluster, a host keeps the holder's cache on its own disk but does not acknowledge it: an
+    acknowledged write is on two hosts' disks (§19.8); the worker hears why, and sends it again later."""
+    from tests._helpers import WORKER
+
+    cluster = cluster_name(request)
+    command = (*WORKER, "--cache-bytes", "1000")
+    alone = await start(nursery, "alpha", agent_app(tmp_path, etcd, cluster, "alpha", command=command))
+    with trio.fail_after(60):
+        await until([alone], lambda: alone.app.robot.core.cache is not None)
+        [(_, identity)] = running([alone])
+        log = Path(alone.app.children.logs[identity])
+        while "cache_refused: kept on this host only" not in log.read_text():
+            await trio.sleep(0.05)  # the worker's log file (another process) says it once the answer is in
+    stored, _ = alone.app.robot.store.load_cache()
+    assert same(stored, alone.app.robot.core.cache)  # on this host's disk all the same
+    alone.app.stop("test over")
+
+
+async def test_the_etcd_leader_killed_under_three_agents_changes_nothing_they_do(
+    nursery: trio.Nursery, tmp_path: Path, request: Any
+) -> None:
+    """A 3-member etcd loses its leader (SIGKILL): the other two elect a new one within an election timeout, and
+    the agents' keep-alives, watches and txns fail over to them. The holder keeps processing (its grant never
+    lapses), nobody else is promoted, and a host lost afterwards still fails over through the two members left."""
+    cluster = cluster_name(request)
+    with EtcdCluster.start(tmp_path / "etcd", size=3, heartbeat_ms=25, election_ms=250) as etcd:
+        hosts = [await start(nursery, name, agent_app(tmp_path, etcd, cluster, name)) for name in HOSTS]
+        changes: list[RoleChanged] = []
+        with trio.fail_after(90):
+            await settled(hosts)
+            for h in hosts:
+                h.app.bus.subscribe(RoleChanged, changes.append)
+            [(where, identity)] = running(hosts)
+            epoch = next(h for h in hosts if h.name == where).app.robot.snapshot().groups[0].epoch
+            etcd.kill(etcd.leader())
+            new_leader = await trio.to_thread.run_sync(etcd.leader)
+            # Several keep-alive periods pass on the two members left: the holder is renewed all along.
+            deadline = trio.current_time() + 3 * FAST.keepalive_every
+            while trio.current_time() < deadline:
+                assert running(hosts) == [(where, identity)]
+                await trio.sleep(0.1)
+            assert next(h for h in hosts if h.name == where).app.robot.snapshot().groups[0].epoch == epoch
+            assert [c for c in changes if c.new == "running"] == []  # no promotion anywhere
+            victim = next(h for h in hosts if h.name == where)
+            lose_host(victim)
+            await victim.done.wait()
+            await until(hosts, lambda: len(running(hosts)) == 1)
+        assert running(hosts)[0][0] != where and new_leader.running
+        for h in hosts:
+            if not h.done.is_set():
+                h.app.stop("test over")

@@ -4,9 +4,11 @@ the deploy state in etcd; real etcd, real git (each host its own clone), real wo
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -66,7 +68,12 @@ def deployer_of(hosts: list[Host]) -> Host:
 
 
 async def test_a_good_commit_rolls_out_host_by_host_and_is_the_clusters_last_known_good(
-    nursery: trio.Nursery, tmp_path: Path, etcd: EtcdCluster, client: EtcdClient, request: Any
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    etcd: EtcdCluster,
+    client: EtcdClient,
+    request: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     cluster = cluster_name(request)
     with trio.fail_after(120):
@@ -88,6 +95,15 @@ async def test_a_good_commit_rolls_out_host_by_host_and_is_the_clusters_last_kno
         await settled(hosts)
     for h in hosts:
         assert h.app.robot.snapshot().last_known_good == commit  # every host's core follows the record
+    # etcd restored from an old snapshot (the record names the first commit again): no host goes back by itself.
+    first_commit = git(repo.work, "rev-parse", "HEAD~1")
+    caplog.set_level(logging.WARNING, "urban_robot.cluster")
+    store = DeployStore(client, cluster)
+    await store.update(lambda r: attrs.evolve(r, last_known_good=first_commit))
+    with trio.fail_after(30):
+        while not any("not going back to it" in r.getMessage() for r in caplog.records):
+            await trio.sleep(0.1)
+    assert versions(hosts) == {"2.0"}
     spans: dict[str, list[tuple[float, float, str]]] = {}
     for h in hosts:
         for group, held in processing_spans(h.app).items():

@@ -12,6 +12,8 @@ Who talks to whom (→ a call, ⇢ a message on the bus, subscribed below and no
                             │                                          Send, Close, Persist, PersistCache, Reply
                             ⇢ each event, each action, Handled(event)
     Spawn, TopUp ⇢ Children.spawn / top_up           Children → robot.submit(ProcessExited, Frozen)
+    Claim, Yield ⇢ ClusterLink (several hosts)       ClusterLink → robot.submit(ClusterGrant, ClusterStop,
+                                                                         CacheReplicated)
     Send(shutdown), Close, Kill, CheckFrozen ⇢ Children.on_action (asked, killed, probed)
     Verdict, RollBack ⇢ Deployer.on_action           Deployer → robot.submit(CandidateStarted, DeployConfirmed,
     Notify ⇢ Notifier.notify                                         RetireOlder, RollbackFinished)
@@ -49,6 +51,7 @@ from ._deploy import Deployer, DeployResult, GitLike
 from ._events import (
     Action,
     CheckFrozen,
+    Claim,
     Close,
     Event,
     IdentifyLimit,
@@ -61,6 +64,7 @@ from ._events import (
     TopUp,
     TryAgain,
     Verdict,
+    Yield,
 )
 from ._git import Git
 from ._notify import DISCORD_API, DiscordLogHandler, DiscordWebhook, Notifier, NotifyError, gateway_bot
@@ -372,7 +376,10 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
 
     cluster = deploys = None
     if options.cluster is not None:
-        cluster = ClusterLink(options.cluster, bus, robot.submit, lambda: [g.name for g in robot.plan.groups])
+        cluster = ClusterLink(options.cluster, robot.submit, lambda: [g.name for g in robot.plan.groups], robot)
+        bus.subscribe(Claim, cluster.on_claim)  # the core needs a group's lease key in etcd for a worker ...
+        bus.subscribe(Yield, cluster.on_yield)  # ... or gives it up: nobody of the group can run here
+        cluster.install_replication()
         deployer.cluster = deploys = ClusterDeploys(cluster, deployer)
         robot.identify_gate = cluster.identify_slot
         bus.subscribe(TryAgain, lambda e: deploys.try_again() if e.sid in robot.fleet.admins else None)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import httpx
 import trio
 
 from .. import __version__
@@ -48,9 +49,10 @@ from ..cluster._lease import (
     lease_key,
     parse_holder,
 )
+from ..cluster._replica import Record, ReplicaAnswer, Replicator, install_replica_route
 from ..logs import Throttled
-from ._bus import Bus
-from ._events import Claim, ClusterGrant, ClusterStop, Event, Yield
+from ._events import CacheReplicated, Claim, ClusterGrant, ClusterStop, Event, PersistCache, Yield
+from ._service import UrbanRobot
 
 log = logging.getLogger("urban_robot.cluster")
 
@@ -76,16 +78,19 @@ def host_key(cluster: str, host: str) -> str:
 
 
 class ClusterLink:
-    """This host's agent: ``await nursery.start(link.run, url)``; the core's Claim/Yield reach it on the bus."""
+    """This host's agent: ``await nursery.start(link.run, url)``; the core's Claim/Yield reach it on the bus
+    (``on_claim``, ``on_yield``: subscribed by the assembly)."""
 
     def __init__(
         self,
         options: ClusterOptions,
-        bus: Bus,
         submit: Callable[[Event], Any],
         groups: Callable[[], list[str]],
+        robot: UrbanRobot | None = None,
     ) -> None:
         self.options = options
+        self.robot = robot  # with it: caches replicate to and from the other hosts (§19.8)
+        self.replicator: Replicator | None = None
         self.agent = Agent(options.host, options.timing)
         self._submit = submit  # async: feed the core
         self._groups = groups  # the plan's group names, by index
@@ -99,8 +104,6 @@ class ClusterLink:
         self._to_core, self._core_inbox = trio.open_memory_channel[Event](math.inf)
         self._presence_lease: int | None = None
         self.identify_ttl = IDENTIFY_TTL
-        bus.subscribe(Claim, self.on_claim)
-        bus.subscribe(Yield, self.on_yield)
 
     # -- running ---------------------------------------------------------------------------------------
     async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -109,8 +112,16 @@ class ClusterLink:
         # One call (every endpoint once) must end well within the view, so a keep-alive that fails is known to
         # have failed while the view still runs: each endpoint gets at most a third of the keep-alive period.
         attempt = min(1.0, max(0.25, timing.keepalive_every / 3))
-        async with EtcdClient.open(self.options.etcd, attempt_timeout=attempt) as client, trio.open_nursery() as n:
+        async with (
+            EtcdClient.open(self.options.etcd, attempt_timeout=attempt) as client,
+            httpx.AsyncClient(trust_env=False) as peers_http,
+            trio.open_nursery() as n,
+        ):
             self.client, self._nursery = client, n
+            if self.robot is not None:
+                self.replicator = Replicator(peers_http, self.options.host, self.options.secret)
+                await n.start(self.replicator.run)
+                self.replicator.set_peers(self.peers)
             n.start_soon(self._forward)
             n.start_soon(self._timer)
             n.start_soon(self._watch)
@@ -178,6 +189,68 @@ class ClusterLink:
             "groups": groups,
         }
 
+    # -- caches across hosts (§19.8) ----------------------------------------------------------------------
+    def install_replication(self) -> None:
+        """Serve the other hosts' replicas on this host's port, and send this host's holders' caches to them."""
+        robot = self.robot
+        assert robot is not None
+        settings = robot.settings
+        install_replica_route(
+            robot.server, self._receive, me=self.options.host, secret=self.options.secret, cache_max=settings.cache_max
+        )
+        robot.replicate = self.replicate
+
+    async def replicate(self, group: int, writes: list[PersistCache]) -> bool:
+        """The holder's cache ``writes`` of ``group`` (on this host's disk already) to another host's: acknowledged?"""
+        replicator, names = self.replicator, self._groups()
+        if replicator is None or not 0 <= group < len(names):
+            return True  # not running yet (a test's link without peers): nothing to wait for
+        name, me, newest = names[group], self.options.host, writes[-1]
+        if len(writes) == 1:
+            record = Record.update(name, me, newest.epoch, newest.seq, newest.base, newest.change, newest.image)
+        else:  # several changes written together: the peers get the image they made
+            record = Record.of_image(name, me, newest.epoch, newest.seq, newest.image)
+        acked = await replicator.replicate(
+            record, lambda: Record.of_image(name, me, newest.epoch, newest.seq, newest.image)
+        )
+        if not acked:
+            self.quiet.log(
+                logging.WARNING,
+                "unreplicated",
+                "%s: no other host acknowledged its cache within %g s: kept on this host only",
+                name,
+                replicator.timeout,
+            )
+        return bool(acked)
+
+    def _bring_up_to_date(self, joined: set[str]) -> None:
+        """Hosts that joined (or came back) get the caches of the groups held here now, not at the next write."""
+        robot, replicator, nursery = self.robot, self.replicator, self._nursery
+        if robot is None or replicator is None or nursery is None:
+            return
+        names = self._groups()
+        for index, core in enumerate(robot.fleet.groups):
+            lease, image = core.lease, core.cache
+            if lease is None or image is None or core.cache_seq == 0 or index >= len(names):
+                continue
+            whole = Record.of_image(names[index], self.options.host, lease.epoch, core.cache_seq, image)
+            nursery.start_soon(self._send_whole, replicator, whole, joined)
+
+    @staticmethod
+    async def _send_whole(replicator: Replicator, whole: Record, to: set[str]) -> None:
+        await replicator.replicate(whole, lambda: whole, to=to)
+
+    async def _receive(self, record: Record) -> ReplicaAnswer:
+        robot, index = self.robot, self.index(record.group)
+        assert robot is not None
+        if index is None:
+            return ReplicaAnswer.refused(f"{record.group!r} is not a shard group of this host's plan")
+        event = CacheReplicated(index, record.origin, record.epoch, record.seq, record.base, record.change)
+        slot = await robot._submit(event)
+        if slot.write is not None:
+            await robot.cache_written(slot.write)  # "ok" once it is on this host's disk
+        return ReplicaAnswer.of(slot.value if isinstance(slot.value, dict) else {"refused": "no answer"})
+
     def index(self, group: str) -> int | None:
         names = self._groups()
         return names.index(group) if group in names else None
@@ -222,6 +295,8 @@ class ClusterLink:
                 else:
                     log.info("%s: no longer granted here (%s)", d.group, d.reason)
                     self._to_core.send_nowait(ClusterStop(index, d.reason))
+                    if self.replicator is not None:
+                        self.replicator.forget(d.group)  # another host's holder replicates it from now on
             elif nursery is not None:
                 if isinstance(d, GrantLease):
                     nursery.start_soon(self._grant, d)
@@ -380,5 +455,10 @@ class ClusterLink:
                 peers[name] = url
         if peers != self.peers:
             log.info("cluster peers: %s", ", ".join(f"{n} at {u}" for n, u in sorted(peers.items())) or "none")
+            joined = set(peers) - set(self.peers)
             self.peers = peers
+            if self.replicator is not None:
+                self.replicator.set_peers(peers)
+                if joined:
+                    self._bring_up_to_date(joined)
             self.peers_changed(dict(peers))

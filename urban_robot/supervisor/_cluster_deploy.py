@@ -182,19 +182,41 @@ class ClusterDeploys:
         elif not record.is_sane and snap.is_sane:
             await robot.submit(RollbackFinished(False, record.reason or "the cluster's deploy state says so"))
         moved = self._moved_to
-        if moved is not None and (moved in record.bad or (record.target != moved and record.last_known_good != moved)):
+        if moved is not None and moved in record.bad:  # failed on another host: back to the last known good
             self._moved_to = None
             await self.deployer.return_here(moved, record.last_known_good)
-        elif moved is not None and record.last_known_good == moved and record.target is None:
+        elif moved is not None and record.target != moved:  # confirmed (or the record was put by hand): it stays
             self._moved_to = None
         good = record.last_known_good
         if good is not None and good != snap.last_known_good and self._moved_to is None and record.target is None:
             if good not in self._caught_up:  # a host that was away (or joined later) catches up, through the gate
                 self._caught_up.add(good)
+                here = snap.last_known_good
+                if here is not None and not await self._newer(good, here):
+                    # A record older than what runs here (etcd restored from a snapshot, or replaced): never a
+                    # downgrade by itself; an operator puts the right record (docs/deployment.md, "When etcd is down").
+                    log.warning(
+                        "the cluster's deploy record says %s, which is not newer than %s running here: not going back "
+                        "to it; if etcd was restored or replaced, put the right last_known_good into /%s/deploy",
+                        good[:12],
+                        here[:12],
+                        self.link.options.name,
+                    )
+                    return
                 log.info("the cluster runs %s: this host catches up", good[:12])
                 ok, detail = await self.deployer.deploy_here(good)
                 if not ok:
                     log.error("cannot catch up with the cluster's %s here: %s", good[:12], detail)
+
+    async def _newer(self, commit: str, than: str) -> bool:
+        """Whether ``commit`` descends from ``than`` (fetched first: another host may have deployed it)."""
+        git = self.deployer.git
+        try:
+            await git.fetch()
+            return await git.is_ancestor(than, commit)
+        except UrbanRobotError as exc:
+            log.warning("cannot tell whether %s is newer than %s (%s): not catching up", commit[:12], than[:12], exc)
+            return False
 
     async def _take_turn(self, client: EtcdClient, store: DeployStore, record: DeployRecord) -> None:
         target, serial = record.target, record.serial

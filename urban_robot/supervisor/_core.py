@@ -1197,6 +1197,13 @@ class Supervisor:
         if self.lease is not None:
             out.append(Reply({"refused": f"{self.name} has a holder on this host: a replica from {e.origin} is stale"}))
             return
+        if self.replica is not None and (e.epoch, e.seq) <= self.replica[1:] and e.origin == self.replica[0]:
+            out.append(Reply({"ok": True}))  # had it already (a retry whose answer was lost)
+            return
+        if self.replica is not None and e.epoch < self.replica[1]:
+            # An older holder's (epochs are etcd revisions: a newer holder's is higher): kept, it would undo newer.
+            out.append(Reply({"refused": f"a replica from epoch {e.epoch} is older than the one kept here"}))
+            return
         if e.base == 0:
             base_image = CacheImage()
         elif self.replica == (e.origin, e.epoch, e.base) and self.cache is not None:

@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from .. import protocol
+from ..cluster._replica import replica_body_limit
 from ..logs import Throttled
 from ..protocol import MalformedMessage, parse_request
 from ..socketio import ConnectionRefusedError, Later, Namespace, Server
@@ -110,7 +111,11 @@ class UrbanRobot:
             async_handlers=False,
             max_payload=settings.max_message,
             http_limits=Limits(
-                max_body=settings.max_message + 16 * 1024,
+                # Several hosts: a whole cache from another host's agent (its route reads that much only from an
+                # authentic sender; every other route and the Engine.IO mount keep their own limits).
+                max_body=max(settings.max_message + 16 * 1024, replica_body_limit(settings.cache_max))
+                if settings.cluster
+                else settings.max_message + 16 * 1024,
                 max_connections=settings.max_connections,
                 allowed_hosts=frozenset(allowed_hosts),
             ),
@@ -134,6 +139,10 @@ class UrbanRobot:
         self._ack_after: int | None = None  # the write the current event's reply waits for
         # Several hosts: an IDENTIFY slot granted here also waits for the cluster's bucket (``ClusterLink``).
         self.identify_gate: Callable[[int], Awaitable[None]] | None = None
+        # Several hosts: the holder's cache also goes to another host's disk before it is acknowledged (§19.8):
+        # ``replicate(group, writes)`` says whether one acknowledged; the writes it did not are answered so.
+        self.replicate: Callable[[int, list[PersistCache]], Awaitable[bool]] | None = None
+        self._unreplicated: set[int] = set()  # cache writes (numbers) no other host acknowledged in time
         self._nursery: trio.Nursery | None = None
         self.server.register_namespace(_WorkerNamespace(self))
         self.server.on("*", self._unknown_event)
@@ -242,6 +251,13 @@ class UrbanRobot:
         while self._cache_written < write:
             await self._cache_progress.wait()
 
+    def replicated(self, write: int) -> bool:
+        """Several hosts: whether cache write ``write`` reached another host too (always true on one host)."""
+        if write in self._unreplicated:
+            self._unreplicated.discard(write)
+            return False
+        return True
+
     async def caches_written(self) -> None:
         """Return once every cache accepted so far is on disk (or its write failed, loudly): before stopping."""
         await self.cache_written(self._cache_queued)
@@ -347,6 +363,9 @@ class UrbanRobot:
                     await self.blocking_io(store.save_cache, newest.image, newest.seq, changes)
                 except OSError as exc:
                     log.critical("cannot write %s: %s", store.cache_path, exc.strerror)
+                held = [a for a in mine if a.epoch]  # the holder's caches (a replica taken here goes nowhere)
+                if self.replicate is not None and held and not await self.replicate(group, held):
+                    self._unreplicated.update(n for n, a in batch if a.group == group and a.epoch)
             self._cache_written = write  # also every older write it replaced
             self._cache_progress.set()
             self._cache_progress = trio.Event()
@@ -502,6 +521,9 @@ class _WorkerNamespace(Namespace):
 
         async def answer_once_written() -> Any:  # an accepted cache is acknowledged once it is on disk
             await self.robot.cache_written(write)
+            if not self.robot.replicated(write):  # several hosts: on this host's disk only (§19.8)
+                why = "kept on this host only: no other host of the cluster acknowledged it in time; send it again"
+                return {"accepted": False, "error": why}
             return slot.value
 
         return Later(answer_once_written)

@@ -426,11 +426,13 @@ class MetricsCollector(Collector):
         deployer: _DeployerLike | None = None,
         children: _ChildrenLike | None = None,
         notifier: _NotifierLike | None = None,
+        cluster: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.tracker = tracker
         self.deployer = deployer
         self.children = children
         self.notifier = notifier
+        self.cluster = cluster
 
     def collect(self) -> Iterator[Metric]:
         snap = self.tracker.robot.snapshot()
@@ -493,6 +495,8 @@ class MetricsCollector(Collector):
             )
 
         yield from self._groups(snap)
+        if self.cluster is not None:
+            yield from self._cluster(self.cluster())
 
         if self.deployer is not None:
             deploys = CounterMetricFamily("urban_robot_deploys", "Deploy attempts by outcome.", labels=["outcome"])
@@ -518,6 +522,32 @@ class MetricsCollector(Collector):
                 "Notifications that failed to send and are not yet reported on Discord.",
                 value=counts["failed"],
             )
+
+    @staticmethod
+    def _cluster(view: dict[str, Any]) -> Iterator[Metric]:
+        """Several hosts: this agent's etcd lease and view, the groups it holds, whether it is the deployer."""
+        left = view.get("view_left")
+        yield GaugeMetricFamily(
+            "urban_robot_cluster_view_seconds",
+            "How much longer this host may renew its workers without a new etcd keep-alive answer (0: none).",
+            value=float(left) if isinstance(left, int | float) else 0.0,
+        )
+        held = GaugeMetricFamily(
+            "urban_robot_cluster_group_held", "1 while etcd's lease key of the group names this host.", labels=["group"]
+        )
+        for name, group in sorted(view.get("groups", {}).items()):
+            held.add_metric([name], int(bool(group.get("held_here"))))
+        yield held
+        yield GaugeMetricFamily(
+            "urban_robot_cluster_deployer",
+            "1 while this host is the cluster's elected deployer.",
+            value=int(bool(view.get("elected"))),
+        )
+        yield GaugeMetricFamily(
+            "urban_robot_cluster_peers",
+            "Other hosts present in the cluster (etcd presence keys).",
+            value=len(view.get("peers", {})),
+        )
 
     def _groups(self, snap: Snapshot) -> Iterator[Metric]:
         """One series per shard group (label ``group``, its name; ``all shards`` unsharded)."""
@@ -574,7 +604,9 @@ def install_status_routes(
 ) -> None:
     """Serve ``GET /api/status`` and ``GET /metrics`` on the supervisor's port, with ``tracker``'s counts."""
     registry = CollectorRegistry(auto_describe=False)  # private: never the process-global default registry
-    registry.register(MetricsCollector(tracker, deployer=deployer, children=children, notifier=notifier))
+    registry.register(
+        MetricsCollector(tracker, deployer=deployer, children=children, notifier=notifier, cluster=cluster)
+    )
 
     def status_view() -> Response:
         return _json(200, status(tracker, deployer=deployer, children=children, notifier=notifier, cluster=cluster))

@@ -98,7 +98,8 @@ class SimulatedWorker:
         if self.echo:
             sharded = what == "hello" and isinstance(data, dict) and data.get("shards") is not None
             shards = f" shards {data['shards']} of {data['shard_count']}" if sharded else ""
-            print(f"{time.monotonic():.6f} {self.name} {what}{shards}", flush=True)
+            why = f": {data}" if what == "cache_refused" else ""
+            print(f"{time.monotonic():.6f} {self.name} {what}{shards}{why}", flush=True)
         self.changed.set()
         self.changed = trio.Event()
 
@@ -303,6 +304,7 @@ class SimulatedWorker:
             self.cache.mark_all()
             if isinstance(reply, dict) and reply.get("resync") is True:
                 return await self.sync_cache()
+            self._note("cache_refused", reply.get("error") if isinstance(reply, dict) else reply)
         return reply
 
     async def _send(self, message: Message) -> Any:
