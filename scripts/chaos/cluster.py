@@ -35,9 +35,10 @@ An agent fault aims at the host holding the most groups (``holder``) or at anoth
 holder's host in two rounds of three). Then every fault is undone, the system settles, each group's final holder
 dumps its cache, the agents are stopped and every process killed, and ``checker.py`` judges the journal per
 group: P1 (never two workers of one group processing at once, across hosts: one file, one clock), epochs only
-increasing per group, P3 (no acknowledged cache write lost), P4 with ``--deploys``, and P2 (time without a
-processor). Each host loss is measured: for each group its host held, the seconds from the kill until the
-group's next processor journaled a command.
+increasing per group, P3 (no acknowledged cache write lost, and each group's final cache on disk on two hosts
+at least: its holder's and a replica), P4 with ``--deploys``, and P2 (time without a processor). Each host loss
+is measured: for each group its host held, the seconds from the kill until the group's next processor journaled
+a command.
 
 The last line printed is one JSON object:
 {"duration_s", "faults": {kind: count}, "overlaps", "epoch_violations", "writes_checked", "writes_lost",
@@ -66,7 +67,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,22 @@ def host_loss_failovers(events: list[dict[str, Any]], losses: list[HostLoss]) ->
             seconds = round(after["t"] - loss.marked, 3) if after is not None else None
             out.append({"host": loss.host, "group": group, "seconds": seconds, "to": after["id"] if after else None})
     return out
+
+
+def after_dumps(
+    events: list[dict[str, Any]], finals: Mapping[str, tuple[str, set[str]] | None]
+) -> list[dict[str, Any]]:
+    """The journal without the writes a group acknowledged after its final holder dumped its cache: stopping the
+    agents one by one at the end hands the group to another host's worker, which may write before it is stopped
+    too; P3 asks the dump for what was acknowledged before it (P1 still sees every command)."""
+    cutoff: dict[str, float] = {}
+    for e in events:
+        final = finals.get(e.get("grp") or UNSHARDED)
+        if e["e"] == "dump" and final is not None and e["id"] == final[0]:
+            cutoff[e.get("grp") or UNSHARDED] = e["t"]
+    return [
+        e for e in events if not (e["e"] == "write" and e["t"] > cutoff.get(e.get("grp") or UNSHARDED, float("inf")))
+    ]
 
 
 # -- processes ---------------------------------------------------------------------------------------------------
@@ -769,7 +786,7 @@ class Soak(Journaled):
         finals: dict[str, tuple[str, set[str]] | None],
         replicas: dict[str, list[str]],
     ) -> dict[str, Any]:
-        events = self.events()
+        events = after_dumps(self.events(), finals)
         dumps = {g: final[1] for g, final in finals.items() if final is not None}
         overall, verdicts, split_problems = checker.check_groups(
             events, dumps, self.bad_versions, since, until, self.groups
@@ -801,6 +818,11 @@ class Soak(Journaled):
         violations += [f"P2: {g}: no worker processed after the faults were undone" for g, f in finals.items() if not f]
         violations += [
             f"P2: {f['host']} lost, {f['group']} never processed again" for f in failovers if f["seconds"] is None
+        ]
+        violations += [
+            f"P3: {g}: the final holder's keys are on disk on {', '.join(hosts) or 'no host'} only, not on two hosts"
+            for g, hosts in replicas.items()
+            if len(hosts) < 2
         ]
         violations += self.agent_exits
         idle = overall.idle
