@@ -119,3 +119,17 @@ def test_the_already_notified_marker_is_not_shown() -> None:
     finally:
         logging.getLogger().removeHandler(handler)
     assert stream.getvalue().rstrip().endswith("child-1 is running, epoch 1")
+
+
+def test_httpx_request_lines_stay_out_of_the_log_unless_debugging() -> None:
+    """Several hosts call etcd and their peers a few times a second: httpx's INFO line per request would fill the
+    journal. Its warnings still show; at DEBUG everything does."""
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    logging.getLogger("httpx").info("HTTP Request: POST http://127.0.0.1:2379/v3/kv/range")
+    logging.getLogger("httpx").warning("something httpx warns about")
+    assert "HTTP Request" not in stream.getvalue() and "something httpx warns about" in stream.getvalue()
+    configure_logging("DEBUG", stream=stream)
+    logging.getLogger("httpx").info("HTTP Request: POST http://127.0.0.1:2379/v3/lease/keepalive")
+    assert "lease/keepalive" in stream.getvalue()
+    configure_logging("INFO", stream=io.StringIO())

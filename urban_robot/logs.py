@@ -158,6 +158,11 @@ def configure_logging(
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx says every request at INFO: with several hosts, each etcd call and each cache replica (several a second
+    # per host, tens of thousands of journal lines an hour). Their failures reach our own lines; DEBUG shows all.
+    quiet = logging.WARNING if logging.getLogger().getEffectiveLevel() > logging.DEBUG else logging.NOTSET
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(quiet)
     return handler
 
 

@@ -250,3 +250,18 @@ async def test_a_stream_endpoint_without_leader_is_skipped_and_said_in_words() -
         with pytest.raises(EtcdUnavailable, match=r"http://a:2379: etcdserver: no leader: start etcd"):
             async with c.watch(b"k"):
                 pass
+
+
+async def test_an_etcd_with_authentication_on_and_a_member_shutting_down_are_told_apart() -> None:
+    """etcd with auth on answers a request without a user InvalidArgument, "user name is empty" (seen with etcd
+    3.4.23): the hint names authentication, not a bug of ours. A member shutting down answers Canceled, "the client
+    connection is closing": the next member is asked."""
+    auth = httpx.Response(400, json={"error": "etcdserver: user name is empty", "code": 3, "message": "x"})
+    closing_400 = httpx.Response(400, json={"code": 1, "message": "grpc: the client connection is closing"})
+    ok = httpx.Response(200, json={"header": HEADER, "kvs": [], "count": "0"})
+    etcd = Etcd({("a", "/v3/kv/put"): answer(auth), ("a", "/v3/kv/range"): answer(closing_400)})
+    etcd.routes[("b", "/v3/kv/range")] = answer(ok)
+    async with client(etcd, A, B) as c:
+        with pytest.raises(EtcdRefused, match=r"Urban Robot does not log in to etcd"):
+            await c.put(b"k", b"v")
+        assert (await c.get(b"k")).kvs == ()

@@ -50,6 +50,7 @@ ATTEMPT_TIMEOUT = 1.0  # seconds for one endpoint to answer; a call tries each e
 HEADERS = {"Grpc-Metadata-hasleader": "true"}
 CLOSE_TIMEOUT = 1.0  # seconds to close a stream, even when cancelled
 UNAVAILABLE = 14  # gRPC's code for "no leader", "leader changed", "request timed out", "stopping"
+CANCELED = 1  # gRPC's code for "the client connection is closing": a member shutting down
 
 Json = dict[str, Any]
 T = TypeVar("T")
@@ -691,17 +692,20 @@ def _refusal(endpoint: str, path: str, status: int, error: Mapping[str, Any]) ->
         error = inner
     code = int(error.get("code") or error.get("grpc_code") or 0)  # unary answers say "code", streams "grpc_code"
     message = str(error.get("message") or error.get("error") or f"HTTP {status}")
-    if code == UNAVAILABLE or status == 503:
+    if code == UNAVAILABLE or status == 503 or (code == CANCELED and "closing" in message):
+        # A member going down answers "the client connection is closing" (Canceled): the next member may serve.
         return _EndpointFailed(f"{endpoint}: {message}")
     if status == 404 and not code:
         return _EndpointFailed(f"{endpoint}: no /v3/{path} here (HTTP 404): is it etcd 3.4 or later?")
     if "lease not found" in message:
         return LeaseNotFound(f"etcd at {endpoint}: {message}: grant a new lease", code)
-    return EtcdRefused(f"etcd at {endpoint} refused {path}: {message} (gRPC code {code}): {_hint(code)}", code)
+    return EtcdRefused(f"etcd at {endpoint} refused {path}: {message} (gRPC code {code}): {_hint(code, message)}", code)
 
 
-def _hint(code: int) -> str:
-    if code in (7, 16):  # PermissionDenied, Unauthenticated
+def _hint(code: int, message: str = "") -> str:
+    # PermissionDenied, Unauthenticated; etcd with authentication on answers a request without a user InvalidArgument
+    # ("user name is empty") instead.
+    if code in (7, 16) or "user name" in message or "auth" in message.lower():
         return "Urban Robot does not log in to etcd: give it a cluster without authentication"
     if code == 8:  # ResourceExhausted: the quota, or too many requests
         return "etcd's database is full or overloaded: compact and defragment it (etcdctl), or raise its quota"

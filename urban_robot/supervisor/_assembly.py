@@ -288,8 +288,18 @@ class App:
         await self.robot.submit(Stopping(reason))
         await self.children.stop_all()
         if self.cluster is not None:
-            stopped = not self.children.children and all(core.lease is None for core in self.robot.fleet.groups)
-            await self.cluster.leave(every_worker_stopped=stopped)
+            held = [core.name for core in self.robot.fleet.groups if core.lease is not None]
+            alive = list(self.children.children)
+            if held or alive:
+                log.warning(
+                    "leaving the cluster without revoking this host's etcd lease (%s): the other hosts take its "
+                    "groups over once it expires",
+                    "; ".join(
+                        ([f"workers still running: {', '.join(alive)}"] if alive else [])
+                        + ([f"a lease still held in {', '.join(held)}"] if held else [])
+                    ),
+                )
+            await self.cluster.leave(every_worker_stopped=not held and not alive)
         await self.robot.caches_written()
         if self.notifier is not None:
             with trio.move_on_after(NOTIFY_FLUSH_TIMEOUT):

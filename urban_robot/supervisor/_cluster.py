@@ -4,7 +4,7 @@ One supervisor per host is its **agent**. ``ClusterLink`` holds the agent's etcd
 the groups' lease keys (txns), watches them, and keeps this host's presence key; it feeds the core what etcd
 grants and hears what the core asks::
 
-    core ─ Claim(group, identity, above) ⇢ ClusterLink ─ Agent.want / switch ─▶ Acquire / Rewrite txn ─▶ etcd
+    core ─ Claim(group, identity, used) ⇢ ClusterLink ─ Agent.want / switch ─▶ Acquire / Rewrite txn ─▶ etcd
     core ─ Yield(group) ⇢ ClusterLink ─ Agent.release / unwant ─▶ Release txn ─▶ etcd
     etcd ─ answers, watch events, reads ─▶ Agent ─ Granting / StopGranting ─▶ core: ClusterGrant / ClusterStop
 
@@ -264,7 +264,7 @@ class ClusterLink:
         g = self.agent.groups.get(name)
         if g is not None and g.state is State.HELD:
             cap = self.agent.cap(name, now)
-            if g.identity == claim.identity and g.epoch > claim.above and cap is not None:
+            if g.identity == claim.identity and g.epoch != claim.used and cap is not None:
                 self._to_core.send_nowait(ClusterGrant(claim.group, g.epoch, g.identity, cap))  # as announced
                 return
             self._do(self.agent.switch(name, claim.identity, now))  # a fresh epoch for this identity

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import TYPE_CHECKING
 
 import trio
@@ -55,6 +56,8 @@ class ClusterDeploys:
         self._moved_to: str | None = None  # the commit this host moved to in a rollout not confirmed yet
         self._before: str | None = None  # ... and the last known good it ran before that
         self._try_again = False  # an operator said try_again here: the record is cleared at the next step
+        self._forwards: list[dict[str, object]] = []  # deploy requests made here, for the deployer (``forward``)
+        self._served: str | None = None  # the id of the last forwarded request this host, as deployer, served
         self._caught_up: set[str] = set()  # last known good commits this host tried to catch up with
 
     @property
@@ -89,6 +92,28 @@ class ClusterDeploys:
         if self.leader is None or self.leader == self.me:
             return None
         return self.link.peers.get(self.leader)
+
+    def _request_key(self) -> bytes:
+        return f"/{self.link.options.name}/deploy-request".encode()
+
+    async def _serve_forwarded(self, client: EtcdClient) -> None:
+        """The deployer: a deploy request another host passed on, not served yet, becomes this host's request."""
+        kv = (await client.get(self._request_key())).kv
+        if kv is None:
+            return
+        try:
+            asked = json.loads(kv.value)
+            rid, commit, reason, source = asked["id"], asked.get("commit"), str(asked["reason"]), str(asked["from"])
+        except (ValueError, KeyError, TypeError):
+            self.quiet.log(logging.WARNING, "request", "ignoring an unreadable %s", self._request_key().decode())
+            return
+        if rid == self._served or not isinstance(rid, str):
+            return
+        self._served = rid
+        valid = commit is None or (isinstance(commit, str) and len(commit) == 40)
+        if valid:
+            log.info("deploy requested on %s (%s): deploying for the cluster", source[:64], reason[:80])
+            self.deployer.request(f"{reason[:80]} on {source[:64]}", commit if isinstance(commit, str) else None)
 
     def _key(self, *parts: object) -> bytes:
         return "/".join([f"/{self.link.options.name}", "rollout", *map(str, parts)]).encode()
@@ -152,6 +177,11 @@ class ClusterDeploys:
         return "failed", f"a host's candidate of {target[:12]} failed (see its log); every host went back"
 
     # -- every agent ----------------------------------------------------------------------------------------
+    def forward(self, reason: str, commit: str | None) -> None:
+        """A deploy request on a host that is not the deployer (a webhook, the API, try_again): it goes to
+        ``/<cluster>/deploy-request``, which the deployer follows (the newest request; each served once)."""
+        self._forwards.append({"id": secrets.token_hex(8), "commit": commit, "reason": reason, "from": self.me})
+
     def try_again(self) -> None:
         """An operator's try_again on this host: the cluster's record is sane again, its bad commits forgotten."""
         self._try_again = True
@@ -164,6 +194,11 @@ class ClusterDeploys:
                 if self._try_again:
                     await store.update(lambda r: r.tried_again())
                     self._try_again = False
+                while self._forwards:
+                    await client.put(self._request_key(), json.dumps(self._forwards[0]).encode())
+                    self._forwards.pop(0)
+                if self.elected:
+                    await self._serve_forwarded(client)
                 record, _ = await store.read()
                 await self._mirror(record)
                 await self._take_turn(client, store, record)

@@ -235,6 +235,8 @@ class Lease:
     lost: str | None = None  # how its holder was lost (disconnected, heartbeat silence), while it may still process
     lost_at: float | None = None
     restored: bool = False  # read from state.json at start: held by a worker of an earlier supervisor
+    # Several hosts: the etcd revision of the key write it was promoted under (its grant must still be that one).
+    granted: int | None = None
     # A child holder lost (no connection) and not back by then is killed (its exit releases the lease), as a
     # connected one silent for hang_limit would be: it cannot renew, and its lease may outlast hang_limit.
     fence_at: float = math.inf
@@ -319,6 +321,7 @@ class Supervisor:
         # Several hosts (``settings.cluster``): the agent's grant, the Claim asked last, whether the key was yielded.
         self.gate: Gate | None = None
         self.claimed: tuple[str, int] | None = None
+        self.gate_used = 0  # the etcd revision of the key write last promoted under (each write grants one promotion)
         self.yielded = False
         # The newest replicated cache taken from another host's holder: (origin, epoch, seq) — deltas build on it.
         self.replica: tuple[str, int, int] | None = None
@@ -795,7 +798,7 @@ class Supervisor:
         if not self.settings.cluster:
             return self.settings.lease
         gate, lease = self.gate, self.lease
-        if gate is None or lease is None or gate.epoch != lease.epoch or gate.identity != lease.identity:
+        if gate is None or lease is None or gate.epoch != lease.granted or gate.identity != lease.identity:
             return None
         if now >= gate.until:
             return None
@@ -1163,21 +1166,36 @@ class Supervisor:
         A deploy's candidate that passed its check while the group is not held here stands by: that is its verdict
         (the holder's host hands over to its own candidate; a lost holder's group may come here, to it)."""
         gate = self.gate
-        trial = self.trial
+        trial = (
+            self.trial
+        )  # (gate.epoch, the etcd revision, is the epoch unless a new etcd's revisions are behind ours)
         if trial is not None and gate is None:
             for w in candidates:
                 if w.identity == trial.identity:
                     self._trial_step(w, "passed", now)
                     self._judge_trial(w.identity, "standing by", "passed its health check; another host holds", out)
-        if gate is not None and gate.epoch > self.epoch and now < gate.until:
+        if gate is not None and gate.epoch != self.gate_used and now < gate.until:
             named = [w for w in candidates if w.identity == gate.identity]
             if named:
-                self._promote(named[0], now, out, self.vacancy, epoch=gate.epoch)
+                epoch = gate.epoch
+                if epoch <= self.epoch:  # etcd's revisions restarted (a new etcd, or one restored from a snapshot)
+                    epoch = self.epoch + 1
+                    out.append(
+                        Notify(
+                            "warning",
+                            f"etcd's revision {gate.epoch} is not above this host's epoch {self.epoch} (a new or "
+                            f"restored etcd?): epoch {epoch} is used, and epochs go on from it",
+                        )
+                    )
+                self.gate_used = gate.epoch
+                self._promote(named[0], now, out, self.vacancy, epoch=epoch)
+                assert self.lease is not None
+                self.lease.granted = gate.epoch
                 return
-        claim = (best.identity, self.epoch)
+        claim = (best.identity, self.gate_used)
         if self.claimed != claim:
             self.claimed, self.yielded = claim, False
-            out.append(Claim(self.index, best.identity, self.epoch))
+            out.append(Claim(self.index, best.identity, self.gate_used))
 
     def _on_ClusterGrant(self, e: ClusterGrant, now: float, out: list[Action]) -> None:
         self.gate = Gate(e.epoch, e.identity, e.until)

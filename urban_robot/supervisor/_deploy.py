@@ -260,7 +260,12 @@ class Deployer:
     # -- triggers ---------------------------------------------------------------------------------
     def request(self, reason: str, commit: str | None = None) -> int:
         """Ask for a deploy of the branch head (API, poll) or, with ``commit``, of exactly that commit (the
-        webhook's); never blocks; coalesces while one runs. A ticket for ``outcome_of``."""
+        webhook's); never blocks; coalesces while one runs. A ticket for ``outcome_of``.
+
+        Several hosts: on a host that is not the cluster's deployer, the request is passed on to it (through
+        etcd, §19.7), and this host's ticket ends as ``not the deployer``, naming it."""
+        if self.cluster is not None and not self.cluster.elected:
+            self.cluster.forward(reason, commit)
         self._tickets += 1
         if commit is None:
             self._head_wanted = reason
@@ -293,8 +298,8 @@ class Deployer:
         snap = self.robot.snapshot()
         short = commit[:12]
         if self.cluster is not None and not self.cluster.elected:
-            leader = self.cluster.leader or "no host yet"
-            return 200, f"not deploying {short} here: {leader} is the cluster's deployer (its own webhook deploys)"
+            leader = self.cluster.leader or "the next one elected"
+            return 202, f"passed {short} on to the cluster's deployer, {leader}"
         if not snap.is_sane:
             return 200, f"not deploying {short}: is_sane is false (crash loop or failed rollback); try-again first"
         if commit == snap.last_known_good:
@@ -350,7 +355,8 @@ class Deployer:
     async def _poll(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)
-            self.request("periodic fetch")
+            if self.cluster is None or self.cluster.elected:  # several hosts: the deployer polls for them all
+                self.request("periodic fetch")
 
     # -- one deploy ---------------------------------------------------------------------------------
     async def deploy(self, reason: str, *, announced: Sequence[str] = ()) -> str:
@@ -377,8 +383,11 @@ class Deployer:
 
     async def _deploy(self, reason: str, announced: Sequence[str]) -> tuple[str, str]:
         if self.cluster is not None and not self.cluster.elected:
-            leader = self.cluster.leader or "no host yet"
-            self._detail = f"this host is not the cluster's deployer: {leader} is; ask it"
+            leader = self.cluster.leader or "the next one elected"
+            self._detail = (
+                f"this host is not the cluster's deployer: the request went on to {leader} "
+                "(`urban-robot status` there, or `deploy --wait` on it, says how it went)"
+            )
             log.info("deploy (%s) not here: %s is the cluster's deployer", reason, leader)
             return "-", "not the deployer"
         if not self.robot.snapshot().is_sane:

@@ -412,11 +412,12 @@ class RoleChanged:
 @attrs.frozen
 class Claim:
     """Several hosts: the core would promote ``identity`` (an approved standby of the group) and needs the group's
-    lease key for it, under an epoch above ``above`` (the agent acquires the key, or rewrites its own)."""
+    lease key for it, written anew: not the write at ``used`` (the etcd revision it last promoted under, 0 for none)
+    (the agent acquires the key, or rewrites its own)."""
 
     group: int
     identity: str
-    above: int
+    used: int
 
 
 @attrs.frozen
