@@ -19,7 +19,7 @@ check:
     {{python}} -m mypy
 
 # Every benchmark.
-bench: bench-socketio bench-failover bench-deploy bench-cache bench-restart bench-hostile bench-shards
+bench: bench-socketio bench-failover bench-deploy bench-cache bench-restart bench-hostile bench-shards bench-cluster
 
 # Socket.IO server against python-socketio on uvicorn and aiohttp, same run.
 bench-socketio *ARGS:
@@ -47,6 +47,12 @@ bench-restart *ARGS:
 # group (p50/p99), a rolling deploy's total time and longest per-group gap. `--groups N`, `--kills N`.
 bench-shards *ARGS:
     {{python}} scripts/bench/shards/run.py {{ARGS}}
+
+# Several hosts (issue 17): three real agents on a real 3-member etcd, the default TTL (10 s). Host loss, a holder's
+# crash and a planned stop (SIGTERM), each `--kills` times (10): signal -> another host processes, p50/p99 and
+# against the single-host crash failover of the same run; processing spans checked for overlap (exit 1). `--ttl N`.
+bench-cluster *ARGS:
+    {{python}} scripts/bench/cluster/run.py {{ARGS}}
 
 # 500 hostile, unauthenticated connections of six kinds against a real supervisor: its RSS growth and a worker's
 # heartbeat answers meanwhile (docs/security.md). `--code DIR` measures another checkout the same way.

@@ -126,6 +126,7 @@ async def test_a_commit_failing_its_check_is_marked_bad_in_etcd_and_no_host_runs
         bad = repo.commit('version = "2.0-bad"\nfailing_cogs = ["modules.utilities"]\n')
         result = await deployer.app.deployer.outcome_of(deployer.app.deployer.request("test"))
         assert result.outcome == "failed", result
+        assert f"failed on {deployer.name}: " in result.detail, result.detail  # where it failed, and why
         record, _ = await DeployStore(client, cluster).read()
         assert bad in record.bad and record.target is None and record.is_sane
         assert await results(client, cluster, record.serial) == {deployer.name: False}  # the first host stopped it

@@ -256,7 +256,8 @@ async def test_an_etcd_with_authentication_on_and_a_member_shutting_down_are_tol
     """etcd with auth on answers a request without a user InvalidArgument, "user name is empty" (seen with etcd
     3.4.23): the hint names authentication, not a bug of ours. A member shutting down answers Canceled, "the client
     connection is closing": the next member is asked."""
-    auth = httpx.Response(400, json={"error": "etcdserver: user name is empty", "code": 3, "message": "x"})
+    empty = "etcdserver: user name is empty"
+    auth = httpx.Response(400, json={"error": empty, "code": 3, "message": empty})
     closing_400 = httpx.Response(400, json={"code": 1, "message": "grpc: the client connection is closing"})
     ok = httpx.Response(200, json={"header": HEADER, "kvs": [], "count": "0"})
     etcd = Etcd({("a", "/v3/kv/put"): answer(auth), ("a", "/v3/kv/range"): answer(closing_400)})

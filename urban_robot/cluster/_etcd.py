@@ -430,7 +430,7 @@ class EtcdClient:
                     continue
                 self._preferred = index
                 return result
-            failures.append(f"{endpoint}: no answer within {self.attempt_timeout:g} s")
+            failures.append(f"{endpoint}: no answer within {self.attempt_timeout:.2g} s")
         raise EtcdUnavailable(_unreachable(self.endpoints, failures))
 
     async def _post(self, endpoint: str, path: str, body: Json) -> Json:

@@ -18,6 +18,7 @@ host clears them in the record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("urban_robot.cluster")
 
 FOLLOW_EVERY = 0.25  # seconds between two reads of the deploy record and the rollout's results
+KEPT_ROLLOUTS = 10  # rollouts whose /rollout/<serial>/ keys stay in etcd (older ones are deleted)
 CAMPAIGN_EVERY = 1.0  # seconds between two campaigns while another agent leads (or nobody can)
 
 
@@ -136,10 +138,13 @@ class ClusterDeploys:
             lease = self.link.agent.lease_id
             try:
                 term = election.term
-                if lease is not None and (term is None or term.lease_id != lease):
-                    if await election.campaign(self.me, lease):
+                if term is not None and term.lease_id == lease:
+                    self.leader = self.me
+                else:  # a read first: another host leads most of the time, and a campaign is a write
+                    self.leader = await election.leader()
+                    if lease is not None and self.leader is None and await election.campaign(self.me, lease):
                         log.info("elected the cluster's deployer")
-                self.leader = self.me if election.leading else await election.leader()
+                        self.leader = self.me
             except (EtcdError, UrbanRobotError, ValueError) as exc:
                 self.quiet.log(logging.WARNING, "campaign", "deployer election: %s", exc)
             await trio.sleep(CAMPAIGN_EVERY)
@@ -161,6 +166,8 @@ class ClusterDeploys:
         if record.target != target:
             return "up to date", f"{target[:12]} is the last known good already"
         hosts = [self.me, *sorted(await self.link.read_peers())]  # who is there now
+        if record.serial > KEPT_ROLLOUTS:  # the keys of older rollouts go (each rollout's are a few hundred bytes)
+            await client.delete(self._key(record.serial - KEPT_ROLLOUTS) + b"/", prefix=True)
         await client.put(self._key(record.serial, "hosts"), json.dumps(hosts).encode())
         log.info("rollout %d of %s across %s", record.serial, target[:12], ", ".join(hosts))
         with trio.move_on_after(timeout) as waited:
@@ -174,7 +181,17 @@ class ClusterDeploys:
             return "failed", f"the rollout of {target[:12]} did not finish within {timeout:g} s"
         if now.last_known_good == target:
             return "deployed", f"every host runs {target[:12]}"
-        return "failed", f"a host's candidate of {target[:12]} failed (see its log); every host went back"
+        found = await client.get(self._key(record.serial, "result") + b"/", prefix=True)
+        failed = []
+        for kv in found.kvs:
+            with contextlib.suppress(ValueError, AttributeError):
+                said = json.loads(kv.value)
+                if not said.get("ok"):
+                    failed.append(
+                        f"{kv.key.rsplit(b'/', 1)[-1].decode(errors='replace')}: {str(said.get('detail'))[:200]}"
+                    )
+        where = "; ".join(failed) or "a host (see its log)"
+        return "failed", f"{target[:12]} failed on {where}; the hosts that had moved went back"
 
     # -- every agent ----------------------------------------------------------------------------------------
     def forward(self, reason: str, commit: str | None) -> None:

@@ -1060,7 +1060,12 @@ class Supervisor:
         if self.stopping is not None:
             return  # one stop, one notification
         self.stopping = e.reason
-        out.append(Notify("warning", f"supervisor stopping: the bot goes offline ({e.reason})"))
+        if self.settings.cluster:  # the other hosts' standbys take this host's groups over
+            out.append(
+                Notify("warning", f"this host's supervisor stopping ({e.reason}): its groups go to the other hosts")
+            )
+        else:
+            out.append(Notify("warning", f"supervisor stopping: the bot goes offline ({e.reason})"))
         if self.trial is not None:
             self._judge_trial(self.trial.identity, "stopping", f"supervisor stopping ({e.reason})", out)
         lease = self.lease
@@ -1265,7 +1270,8 @@ class Supervisor:
     def health_line(self, now: float) -> str:
         """The bot's health in one line (systemd's ``STATUS=``): who runs, how many stand by, or what is missing."""
         if self.stopping is not None:
-            return f"stopping ({self.stopping}): the bot goes offline"
+            goes = "its groups go to the other hosts" if self.settings.cluster else "the bot goes offline"
+            return f"stopping ({self.stopping}): {goes}"
         lease, waiting = self.lease, self.waiting_for(now)
         holder = self.clients.get(lease.sid) if lease is not None and lease.sid is not None else None
         standbys = sum(1 for w in self.clients.values() if self._candidate(w))
