@@ -655,8 +655,8 @@ class Soak(Journaled):
 
     # -- commits (--deploys) -------------------------------------------------------------------------------------
     async def push(self, http: httpx.AsyncClient, n: int, kind: str) -> None:
-        """Commit a good or bad bot and announce it to every agent that is up (only the elected deployer acts on
-        it, answering 202; the others answer 200 naming it), as GitHub redelivers until someone takes it."""
+        """Commit a good or bad bot and announce it by a signed webhook to the agents that are up, one after the
+        other, until one takes it (202: the elected deployer acts on it, wherever it arrived), as GitHub redelivers."""
         version = f"{n + 1}.0"
         if kind != "good":
             self.bad_versions.add(version)
@@ -670,7 +670,7 @@ class Soak(Journaled):
                     with contextlib.suppress(httpx.HTTPError):
                         url = f"http://127.0.0.1:{agent.port}"
                         if await push_webhook(http, url, commit, f"chaos-{n}-{agent.name}") == 202:
-                            self.mark(f"commit_{kind}", deployer=agent.name)
+                            self.mark(f"commit_{kind}", to=agent.name)
                             return
                 await trio.sleep(0.5)
         self.webhooks_missed += 1
