@@ -70,6 +70,13 @@ chaos SECONDS="600" *ARGS: && fuzz
 chaos-shards SECONDS="120" *ARGS:
     {{python}} scripts/chaos/run.py --seconds {{SECONDS}} --shards 8 --shards-per-worker 2 {{ARGS}}
 
+# The cross-host soak (issue 17): real etcd (3 members), three agents on loopback behind a proxy, one bot; host
+# losses, frozen agents, agents cut from etcd or from their peers, etcd's leader killed, workers killed. Checks per
+# group; the JSON last line has `host_loss_failover_p50_s`/`_p99_s` (docs/reliability.md). `--shards 4`, `--ttl`,
+# `--faults host_loss,kill_worker`. No fuzz step.
+chaos-cluster SECONDS="300" *ARGS:
+    {{python}} scripts/chaos/cluster.py --seconds {{SECONDS}} {{ARGS}}
+
 # Fuzz the codecs and the HTTP/WebSocket edge with URBAN_ROBOT_FUZZ_SCALE (20) times CI's example counts.
 fuzz:
     HYPOTHESIS_PROFILE=chaos {{python}} -m pytest -q -p no:cacheprovider tests/web/test_fuzz_edge.py tests/engineio/test_packets.py tests/socketio/test_packets.py

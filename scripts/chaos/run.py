@@ -250,7 +250,67 @@ def read_json(path: Path) -> Any:
         return None
 
 
-class Soak:
+class Journaled:
+    """What a soak reads from the workers' shared journal (``journal``), and the final holder's cache dump (written
+    to ``dumps`` by worker.py on SIGUSR1). Shared by this soak and the cluster soak (``cluster.py``)."""
+
+    journal: Path
+    dumps: Path
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def events(self) -> list[dict[str, Any]]:
+        return checker.read_journal(self.journal) if self.journal.exists() else []
+
+    def journal_end(self) -> int:
+        return self.journal.stat().st_size if self.journal.exists() else 0
+
+    async def wait_journal(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, offset: int | None = None
+    ) -> dict[str, Any]:
+        """The first journal line from ``offset`` (default: now) on that matches (read as the file grows)."""
+        offset = self.journal_end() if offset is None else offset
+        with trio.fail_after(timeout):
+            while True:
+                await trio.sleep(0.05)
+                if not self.journal.exists():
+                    continue
+                with self.journal.open("rb") as f:
+                    f.seek(offset)
+                    data = f.read()
+                complete = data[: data.rfind(b"\n") + 1]
+                offset += len(complete)
+                for line in complete.splitlines():
+                    event = json.loads(line)
+                    if predicate(event):
+                        return event
+
+    async def final_dump(self, group: str | None = None) -> tuple[str, set[str]]:
+        """Let the system settle, then have the final holder (of shard group ``group``) dump its cache;
+        (identity, keys)."""
+        settled = time.monotonic()
+
+        def mine(e: dict[str, Any]) -> bool:
+            return group is None or e.get("grp") == group
+
+        await self.wait_journal(lambda e: e["e"] == "write" and e["t"] > settled and mine(e), SETTLE_TIMEOUT)
+        for _ in range(5):
+            last = await self.wait_journal(lambda e: e["e"] == "cmd" and mine(e), 10)
+            asked, offset = time.monotonic(), self.journal_end()
+            if not signal_pid(last["pid"], start_ticks(last["pid"]), signal.SIGUSR1):
+                continue
+            dump = await self.wait_journal(lambda e, pid=last["pid"]: e["e"] == "dump" and e["pid"] == pid, 10, offset)
+            others = [
+                e
+                for e in self.events()
+                if e["e"] == "cmd" and mine(e) and e["id"] != last["id"] and asked <= e["t"] <= dump["t"]
+            ]
+            if not others:  # nobody else took over while it dumped: it is the final holder
+                data = json.loads((self.dumps / f"dump-{last['pid']}.json").read_text())
+                return last["id"], set(data["keys"])
+        raise RuntimeError(f"no stable holder{f' of {group}' if group else ''} to dump the final cache from")
+
+
+class Soak(Journaled):
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args = args
         self.tmp = tmp
@@ -349,33 +409,6 @@ admin_token = "{secrets.token_urlsafe(24)}"
             env["URBAN_ROBOT_DISCORD_URL"] = self.fake.url  # attach() points discord.py at the fake
         self.supervisor = Supervisor(self.tmp, config, env, self.sup_port)
         await self.supervisor.start()
-
-    # -- the journal ---------------------------------------------------------------------------------------
-    def events(self) -> list[dict[str, Any]]:
-        return checker.read_journal(self.journal) if self.journal.exists() else []
-
-    def journal_end(self) -> int:
-        return self.journal.stat().st_size if self.journal.exists() else 0
-
-    async def wait_journal(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, offset: int | None = None
-    ) -> dict[str, Any]:
-        """The first journal line from ``offset`` (default: now) on that matches (read as the file grows)."""
-        offset = self.journal_end() if offset is None else offset
-        with trio.fail_after(timeout):
-            while True:
-                await trio.sleep(0.05)
-                if not self.journal.exists():
-                    continue
-                with self.journal.open("rb") as f:
-                    f.seek(offset)
-                    data = f.read()
-                complete = data[: data.rfind(b"\n") + 1]
-                offset += len(complete)
-                for line in complete.splitlines():
-                    event = json.loads(line)
-                    if predicate(event):
-                        return event
 
     # -- targets -------------------------------------------------------------------------------------------
     def workers(self, group: int | None = None) -> dict[str, tuple[int, int | None]]:
@@ -606,31 +639,6 @@ admin_token = "{secrets.token_urlsafe(24)}"
         for pid, ticks in list(self.stopped.items()):
             signal_pid(pid, ticks, signal.SIGCONT)
         self.stopped.clear()
-
-    async def final_dump(self, group: str | None = None) -> tuple[str, set[str]]:
-        """Let the system settle, then have the final holder (of shard group ``group``) dump its cache;
-        (identity, keys)."""
-        settled = time.monotonic()
-
-        def mine(e: dict[str, Any]) -> bool:
-            return group is None or e.get("grp") == group
-
-        await self.wait_journal(lambda e: e["e"] == "write" and e["t"] > settled and mine(e), SETTLE_TIMEOUT)
-        for _ in range(5):
-            last = await self.wait_journal(lambda e: e["e"] == "cmd" and mine(e), 10)
-            asked, offset = time.monotonic(), self.journal_end()
-            if not signal_pid(last["pid"], start_ticks(last["pid"]), signal.SIGUSR1):
-                continue
-            dump = await self.wait_journal(lambda e, pid=last["pid"]: e["e"] == "dump" and e["pid"] == pid, 10, offset)
-            others = [
-                e
-                for e in self.events()
-                if e["e"] == "cmd" and mine(e) and e["id"] != last["id"] and asked <= e["t"] <= dump["t"]
-            ]
-            if not others:  # nobody else took over while it dumped: it is the final holder
-                data = json.loads((self.dumps / f"dump-{last['pid']}.json").read_text())
-                return last["id"], set(data["keys"])
-        raise RuntimeError(f"no stable holder{f' of {group}' if group else ''} to dump the final cache from")
 
     async def run(self) -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=15) as http, trio.open_nursery() as nursery:

@@ -12,6 +12,8 @@ commit is a bot of its own. A good bot:
   journals it;
 - while processing, writes a cache key of its own (``<identity>:<n>``) every so often through
   ``worker.sync_cache`` and journals the key only after the supervisor answered ``accepted: true``;
+- of the cluster soak (``cluster.py``, ``CHAOS_HOST`` set by its agent's environment): connects to its own
+  agent (``URBAN_ROBOT_URL``, no proxy) and journals itself as ``<host>/<identity>``;
 - on SIGUSR1 stops writing and dumps its cache to ``dump-<pid>.json`` (the soak's P3 check);
 - of a sharded bot (``hello`` gave it shards), adds its shard group's name to every ``cmd``, ``write``,
   ``start``, ``stop`` and ``dump`` line (``"grp": "shards 0-1"``, the supervisor's name for the group): the
@@ -148,7 +150,10 @@ class ChaosBot:
                     self.journal.write("dump", keys=len(self.cache), **self.group())
 
     async def run(self) -> None:
-        url = f"http://127.0.0.1:{await proxy_port(int(os.environ['CHAOS_PROXY_CONTROL']), self.identity)}"
+        if os.environ.get("CHAOS_PROXY_CONTROL"):
+            url = f"http://127.0.0.1:{await proxy_port(int(os.environ['CHAOS_PROXY_CONTROL']), self.identity)}"
+        else:  # the cluster soak: straight to its host's agent
+            url = os.environ["URBAN_ROBOT_URL"]
         worker = Worker(
             url,
             version=self.config["version"],
@@ -178,6 +183,9 @@ def main(config_file: Path = Path("bot.json")) -> None:
     config = json.loads(config_file.read_text())
     secret = os.environ["URBAN_ROBOT_SECRET"]
     identity = secret.rpartition(".")[0]
+    host = os.environ.get("CHAOS_HOST")
+    if host:  # the cluster soak: identities are only unique on their host; the journal names both
+        identity = f"{host}/{identity}"
     journal = Journal(
         os.environ["CHAOS_JOURNAL"],
         id=identity,
