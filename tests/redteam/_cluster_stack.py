@@ -16,12 +16,23 @@ from typing import Any
 
 import trio
 
-from tests.e2e._harness import Stack
+from tests.e2e._harness import BotRepo, Stack, git
 from urban_robot.testing.etcd import EtcdCluster
 from urban_robot.testing.fake_discord import FakeDiscord
 
 HOSTS = ("alpha", "beta", "gamma")
 SECRET = "cluster-secret-0123456789abcdef"
+
+
+class SharedRepo(BotRepo):
+    """Another host's checkout of the first host's upstream: one bot, one history, a commit deploys everywhere."""
+
+    def __init__(self, tmp: Path, first: BotRepo) -> None:
+        super().__init__(tmp, first.source)
+        self.upstream, self.work = first.upstream, first.work
+
+    async def create(self) -> None:
+        await git(self.managed.parent, "clone", "-q", str(self.upstream), str(self.managed))
 
 
 class HostStack(Stack):
@@ -36,9 +47,12 @@ class HostStack(Stack):
         host: str,
         cluster: str,
         etcd: list[str],
+        first: BotRepo | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(tmp, fake, nursery, **kw)
+        if first is not None:
+            self.repo = SharedRepo(tmp, first)
         self.host, self.cluster, self.etcd_urls = host, cluster, etcd
 
     async def set_up(self) -> None:
@@ -49,6 +63,7 @@ class HostStack(Stack):
         # [secrets] is the file's last table: its key goes on, then the [cluster] table.
         text += f'cluster = "{SECRET}"\n\n[cluster]\nname = "{self.cluster}"\nhost = "{self.host}"\netcd = [{etcd}]\n'
         text += "ttl = 6\n"
+        text = text.replace("deploy_timeout = 60", "deploy_timeout = 90")
         config.write_text(text)
 
 
@@ -89,6 +104,7 @@ async def three_hosts(
                         etcd=etcd.endpoints,
                         source=source,
                         env=env,
+                        first=stacks[0].repo if stacks else None,
                     )
                     await stack.set_up()
                     stacks.append(stack)
@@ -110,3 +126,13 @@ async def three_hosts(
             for stack in stacks:
                 stack.kill_everything()
                 await stack.http.aclose()
+
+
+async def steady(stacks: list[HostStack], workers: int, timeout: float = 150.0) -> list[dict[str, Any] | None]:
+    """Each of the two groups processed on exactly one host, and ``workers`` bot sessions logged in."""
+    with trio.fail_after(timeout):
+        while True:
+            statuses = await groups_status(stacks)
+            if all(len(processors(statuses, g)) == 1 for g in (0, 1)) and stacks[0].logged_in() >= workers:
+                return statuses
+            await trio.sleep(0.2)  # three other processes' status, polled

@@ -5,8 +5,10 @@ answered exactly once across hosts, before and through a host's loss; no IDENTIF
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -14,10 +16,10 @@ import trio
 from tests.e2e._harness import EXAMPLE_PROFILE, Fault
 from tests.e2e.test_sharded_bot import sharded_example
 
-from ._cluster_stack import groups_status, processors, three_hosts
+from ._cluster_stack import HostStack, groups_status, processors, steady, three_hosts
 
 pytest.importorskip("discord")
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 SHARDS = {"URBAN_ROBOT_SHARD_COUNT": "2", "URBAN_ROBOT_SHARDS_PER_WORKER": "1"}
 MAX_CONCURRENCY = 2  # shard 0 is key 0, shard 1 key 1: each group's three workers (one per host) share a key
@@ -31,12 +33,7 @@ async def test_three_hosts_answer_every_interaction_once_and_through_a_host_loss
         _etcd,
     ):
         # Both groups processed on exactly one host, and all six workers (2 groups x 3 hosts) logged in.
-        with trio.fail_after(150):
-            while True:
-                statuses = await groups_status(stacks)
-                if all(len(processors(statuses, g)) == 1 for g in (0, 1)) and stacks[0].logged_in() >= 6:
-                    break
-                await trio.sleep(0.2)  # three other processes' status, polled
+        await steady(stacks, 6)
         identifies = fake.identifies
         assert [(i.client, i.shard, i.outcome) for i in identifies if i.outcome != "ready"] == []
         for key in range(MAX_CONCURRENCY):
@@ -78,3 +75,123 @@ async def test_three_hosts_answer_every_interaction_once_and_through_a_host_loss
         assert verdict.unexplained == [], verdict.unexplained[:10]
         refused = [(i.client, i.shard, i.outcome) for i in fake.identifies if i.outcome != "ready"]
         assert refused == []
+
+
+def no_refused_identify(fake: Any) -> None:
+    refused = [(i.client, i.shard, i.outcome) for i in fake.identifies if i.outcome != "ready"]
+    assert refused == []
+
+
+async def under_traffic(stacks: list[HostStack], judge: HostStack, name: str, fault: Any) -> Any:
+    """Traffic for 3 s, ``fault()`` (returns once recovered by its own measure), 4 s more; the verdict."""
+    traffic = judge.traffic(EXAMPLE_PROFILE)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(traffic.run)
+        await trio.sleep(3.0)  # the traffic's schedule
+        record = Fault(name, time.time())
+        for s in stacks:
+            s.faults.append(record)
+        await fault()
+        record.end = time.time()
+        await trio.sleep(4.0)  # traffic after recovery
+        traffic.stop()
+    return await judge.settle(traffic.items, EXAMPLE_PROFILE, timeout=15)
+
+
+async def test_a_deploy_across_three_hosts_under_traffic_answers_every_interaction_once(tmp_path: Path) -> None:
+    sharding = {"max_concurrency": MAX_CONCURRENCY, "shards": 2}
+    async with three_hosts(tmp_path, source=sharded_example(tmp_path), env=SHARDS, sharding=sharding) as (
+        fake,
+        stacks,
+        _etcd,
+    ):
+        statuses = await steady(stacks, 6)
+        deployer = next(
+            s for s, st in zip(stacks, statuses, strict=True) if ((st or {}).get("cluster") or {}).get("elected")
+        )
+
+        async def deploy() -> None:
+            await stacks[0].repo.bump("1.0.1")
+            response = await deployer.http.post(f"{deployer.url}/api/deploy")
+            assert response.status_code == 202, response.text
+            now: list[Any] = []
+            with trio.move_on_after(200):
+                while True:
+                    now = await groups_status(stacks)
+                    versions = {w.get("version") for st in now for w in (st or {}).get("workers") or []}
+                    if versions == {"1.0.1"} and all(len(processors(now, g)) == 1 for g in (0, 1)):
+                        return
+                    await trio.sleep(0.2)  # three other processes' status, polled
+            brief = [
+                {
+                    "host": s.host,
+                    "workers": [(w["identity"], w["role"], w.get("version")) for w in (st or {}).get("workers") or []],
+                    "deploy": (st or {}).get("deploy"),
+                    "cluster": ((st or {}).get("cluster") or {}).get("deploy"),
+                }
+                for s, st in zip(stacks, now, strict=True)
+            ]
+            raise AssertionError(f"the deploy did not reach every host: {brief}")
+
+        verdict = await under_traffic(stacks, stacks[0], "deploy", deploy)
+        assert verdict.doubles == [], verdict.doubles[:5]
+        assert verdict.unexplained == [], verdict.unexplained[:10]
+        no_refused_identify(fake)
+
+
+async def test_a_frozen_agent_woken_after_its_ttl_leaves_one_processor(tmp_path: Path) -> None:
+    """SIGSTOP the supervisor of the host holding group 0 (its workers run on) past the etcd TTL, then SIGCONT."""
+    sharding = {"max_concurrency": MAX_CONCURRENCY, "shards": 2}
+    async with three_hosts(tmp_path, source=sharded_example(tmp_path), env=SHARDS, sharding=sharding) as (
+        fake,
+        stacks,
+        _etcd,
+    ):
+        statuses = await steady(stacks, 6)
+        [(index, _)] = processors(statuses, 0)
+        victim = stacks[int(index)]
+        others = [s for s in stacks if s is not victim]
+
+        async def freeze() -> None:
+            assert victim.process is not None
+            victim.process.send_signal(signal.SIGSTOP)
+            with trio.fail_after(40):
+                while True:
+                    now = await groups_status(others)
+                    if all(len(processors(now, g)) == 1 for g in (0, 1)):
+                        break
+                    await trio.sleep(0.2)
+            victim.process.send_signal(signal.SIGCONT)
+            await steady(stacks, 6, timeout=60)
+
+        verdict = await under_traffic(stacks, others[0], "agent frozen", freeze)
+        assert verdict.doubles == [], verdict.doubles[:5]
+        assert verdict.unexplained == [], verdict.unexplained[:10]
+        no_refused_identify(fake)
+
+
+async def test_an_agent_killed_with_its_workers_alive_restarts_adopts_them_and_one_processes(tmp_path: Path) -> None:
+    """SIGKILL the supervisor of the host holding group 0 (only it: its workers, in sessions of their own, live
+    on), and start it again at once: it adopts them; the group is processed once throughout."""
+    sharding = {"max_concurrency": MAX_CONCURRENCY, "shards": 2}
+    async with three_hosts(tmp_path, source=sharded_example(tmp_path), env=SHARDS, sharding=sharding) as (
+        fake,
+        stacks,
+        _etcd,
+    ):
+        statuses = await steady(stacks, 6)
+        [(index, _)] = processors(statuses, 0)
+        victim = stacks[int(index)]
+        others = [s for s in stacks if s is not victim]
+
+        async def restart() -> None:
+            assert victim.process is not None
+            victim.process.send_signal(signal.SIGKILL)
+            await victim.process.wait()
+            await victim.start()
+            await steady(stacks, 6, timeout=90)
+
+        verdict = await under_traffic(stacks, others[0], "agent killed and restarted", restart)
+        assert verdict.doubles == [], verdict.doubles[:5]
+        assert verdict.unexplained == [], verdict.unexplained[:10]
+        no_refused_identify(fake)

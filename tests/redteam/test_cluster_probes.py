@@ -319,3 +319,40 @@ async def test_a_hand_written_identify_bucket_on_no_etcd_lease_is_named_in_the_l
     with trio.move_on_after(3):
         await made.identify_slot(0)
     assert any("etcdctl del" in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+# -- deploys across hosts --------------------------------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason="a failed first rollout leaves the deployer's host on the bad commit")
+async def test_a_rollout_failing_on_a_later_host_puts_the_earlier_hosts_back_even_in_a_new_cluster(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    etcd: EtcdCluster,  # noqa: F811
+    client: EtcdClient,  # noqa: F811
+    request: Any,
+) -> None:
+    """A fresh cluster (its record has no last known good yet) rolls out a commit: the deployer's host runs it,
+    the next host's turn fails (here: its checkout cannot fetch). The record marks it bad; the deployer's host
+    logs "failed elsewhere; no earlier deploy to return to: this host keeps it" and runs the bad commit for good,
+    while the others run the old one (``ClusterDeploys._before`` is the record's last known good, None, not what
+    the host ran before its turn). Expected (§19.7 step 3): every host that moved goes back."""
+    from tests._helpers import git
+    from tests.cluster.test_cluster_deploys import deployer_of, three_hosts as deploy_hosts, versions
+    from urban_robot.cluster._deploy_state import DeployStore
+
+    cluster = cluster_name(request)
+    with trio.fail_after(120):
+        repo, hosts = await deploy_hosts(nursery, tmp_path, etcd, cluster)
+        await until(hosts, lambda: any(h.app.cluster_deploys and h.app.cluster_deploys.elected for h in hosts))
+        deployer = deployer_of(hosts)
+        for h in hosts:
+            if h is not deployer:
+                git(tmp_path / h.name / "helium", "remote", "set-url", "origin", str(tmp_path / "nowhere.git"))
+        new = repo.commit('version = "2.0"\n')
+        result = await deployer.app.deployer.outcome_of(deployer.app.deployer.request("test"))
+        assert result.outcome == "failed", result
+        record, _ = await DeployStore(client, cluster).read()
+        assert new in record.bad and record.last_known_good is None
+        with trio.move_on_after(20):
+            await until(hosts, lambda: versions(hosts) == {"1.0"} and len(running(hosts)) == 1)
+    stop_all(hosts)
+    assert versions(hosts) == {"1.0"}, {h.name: [w.version for w in h.app.robot.snapshot().workers] for h in hosts}
