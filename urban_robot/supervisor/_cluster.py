@@ -151,17 +151,34 @@ class ClusterLink:
         client = self.client
         assert client is not None
         bucket = f"/{self.options.name}/identify/{key}".encode()
-        lease, granted_at = 0, -math.inf
+        lease = 0
         while True:
             try:
-                if trio.current_time() - granted_at > self.identify_ttl / 2:
-                    lease, granted_at = (await client.lease_grant(self.identify_ttl)).id, trio.current_time()
+                # The bucket's key lives on an etcd lease of its own, refreshed (or granted) just before the attempt:
+                # whenever the key is created, it lives a whole ``identify_ttl`` from then on.
+                if lease:
+                    try:
+                        await client.lease_keepalive_once(lease)
+                    except LeaseNotFound:
+                        lease = 0
+                if not lease:
+                    lease = (await client.lease_grant(self.identify_ttl)).id
                 taken = await client.create_if_absent(bucket, self.options.host.encode(), lease=lease)
                 if taken.created:
                     return
+                if taken.holder is not None and taken.holder.lease == 0:
+                    self.quiet.log(
+                        logging.WARNING,
+                        f"identify-{key}",
+                        "etcd key %s is on no etcd lease (written by hand?): no host may IDENTIFY a shard of rate "
+                        "limit key %d while it is there: delete it (etcdctl del %s)",
+                        bucket.decode(),
+                        key,
+                        bucket.decode(),
+                    )
             except EtcdError as exc:
                 self.quiet.log(logging.WARNING, "identify", "etcd: cannot take an IDENTIFY slot (%s)", exc)
-                granted_at = -math.inf
+                lease = 0
             await trio.sleep(0.25)
 
     def view(self, deployer: str | None = None, elected: bool = False) -> dict[str, Any]:
@@ -414,6 +431,17 @@ class ClusterLink:
         return name if name in self._groups() else None
 
     def _observe(self, group: str, holder: Holder | None, revision: int) -> None:
+        if holder is not None and holder.lease_id == 0:
+            key = lease_key(self.options.name, group)
+            self.quiet.log(
+                logging.WARNING,
+                f"unleased-{group}",
+                "etcd key %s is on no etcd lease (written by hand?): no host may take %s while it is there; delete "
+                "it (etcdctl del '%s')",
+                key,
+                group,
+                key,
+            )
         self._do(self.agent.observed(group, holder, revision, trio.current_time()))
 
     async def _watch(self) -> None:
@@ -438,13 +466,29 @@ class ClusterLink:
         while True:
             try:
                 async with self.client.watch(prefix, prefix=True, start_revision=start) as events:
-                    async for _ in events:
+                    async for event in events:
                         start = events.next_revision
+                        self._check_namesake(event)
                         await self.read_peers()
             except EtcdError as exc:
                 start = 0
                 self.quiet.log(logging.WARNING, "watch-hosts", "etcd: the watch of the hosts broke (%s)", exc)
             await trio.sleep(WATCH_RETRY)
+
+    def _check_namesake(self, event: WatchEvent) -> None:
+        """Our presence key written on another etcd lease: another agent runs with this host's name."""
+        mine = host_key(self.options.name, self.options.host).encode()
+        lease = self.agent.lease_id
+        if event.kind == "put" and event.kv.key == mine and lease is not None and event.kv.lease != lease:
+            self.quiet.log(
+                logging.CRITICAL,
+                "namesake",
+                "another agent is already in the cluster as host %r (etcd key %s was written on another etcd "
+                "lease): give each host its own cluster.host; until then the other hosts cannot tell the two apart",
+                self.options.host,
+                mine.decode(),
+            )
+            self._presence_lease = None  # ours again at the next read
 
     def _on_watch_event(self, event: WatchEvent) -> None:
         group = self._group_of_key(event.kv.key)
@@ -467,8 +511,10 @@ class ClusterLink:
                     holder = None if kv is None else parse_holder(kv.value, kv.lease, kv.mod_revision)
                     self._observe(name, holder, keys.revision)
                 await self.read_peers()
-                if self.agent.lease_id is not None and self._presence_lease != self.agent.lease_id:
-                    await self._announce_presence(self.agent.lease_id)
+                mine = (await self.client.get(host_key(self.options.name, self.options.host).encode())).kv
+                lease = self.agent.lease_id
+                if lease is not None and (self._presence_lease != lease or mine is None or mine.lease != lease):
+                    await self._announce_presence(lease)  # never written, gone, or overwritten by a namesake
             except EtcdError as exc:
                 self.quiet.log(logging.WARNING, "read", "etcd: cannot read the cluster's keys (%s)", exc)
             await trio.sleep(REREAD_EVERY)

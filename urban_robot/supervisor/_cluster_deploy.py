@@ -43,6 +43,31 @@ KEPT_ROLLOUTS = 10  # rollouts whose /rollout/<serial>/ keys stay in etcd (older
 CAMPAIGN_EVERY = 1.0  # seconds between two campaigns while another agent leads (or nobody can)
 
 
+class InvalidRolloutKey(UrbanRobotError):
+    """A ``/<cluster>/rollout/...`` key that no agent wrote (by hand, or tampered with): one line, with the fix."""
+
+
+def _hosts_of(value: bytes, key: str) -> list[str]:
+    try:
+        hosts = json.loads(value)
+    except ValueError:
+        hosts = None
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise InvalidRolloutKey(f"etcd key {key} holds no list of host names: delete it (etcdctl del {key})")
+    return hosts
+
+
+def _result_of(value: bytes, key: bytes) -> dict[str, object]:
+    try:
+        said = json.loads(value)
+    except ValueError:
+        said = None
+    if not isinstance(said, dict) or not isinstance(said.get("ok"), bool):
+        name = key.decode(errors="replace")
+        raise InvalidRolloutKey(f"etcd key {name} holds no rollout result: delete it (etcdctl del {name})")
+    return said
+
+
 class ClusterDeploys:
     """The cluster's side of this host's deployer: ``await nursery.start(deploys.run)`` after the agent's link."""
 
@@ -239,6 +264,9 @@ class ClusterDeploys:
             await self.deployer.return_here(moved, record.last_known_good)
         elif moved is not None and record.target != moved:  # confirmed (or the record was put by hand): it stays
             self._moved_to = None
+            if record.last_known_good == moved:
+                await self.deployer.confirmed_here(moved)
+            snap = robot.snapshot()
         good = record.last_known_good
         if good is not None and good != snap.last_known_good and self._moved_to is None and record.target is None:
             if good not in self._caught_up:  # a host that was away (or joined later) catches up, through the gate
@@ -257,7 +285,9 @@ class ClusterDeploys:
                     return
                 log.info("the cluster runs %s: this host catches up", good[:12])
                 ok, detail = await self.deployer.deploy_here(good)
-                if not ok:
+                if ok:
+                    await self.deployer.confirmed_here(good)
+                else:
                     log.error("cannot catch up with the cluster's %s here: %s", good[:12], detail)
 
     async def _newer(self, commit: str, than: str) -> bool:
@@ -277,12 +307,12 @@ class ClusterDeploys:
         found = await client.get(self._key(serial, "hosts"))
         if found.kv is None:
             return  # the deployer writes the order just after the record
-        hosts = json.loads(found.kv.value)
-        if not isinstance(hosts, list) or self.me not in hosts:
+        hosts = _hosts_of(found.kv.value, self._key(serial, "hosts").decode())
+        if self.me not in hosts:
             self._done.add(serial)  # a rollout started before this host was there: it starts from the result
             return
         results = await client.get(self._key(serial, "result") + b"/", prefix=True)
-        said = {kv.key.rsplit(b"/", 1)[-1].decode(): json.loads(kv.value) for kv in results.kvs}
+        said = {kv.key.rsplit(b"/", 1)[-1].decode(errors="replace"): _result_of(kv.value, kv.key) for kv in results.kvs}
         for host in hosts[: hosts.index(self.me)]:
             if host in said and not said[host].get("ok"):
                 self._done.add(serial)

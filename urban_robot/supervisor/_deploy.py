@@ -256,6 +256,7 @@ class Deployer:
         # its own part (``deploy_here``) in its turn. None: one host.
         self.cluster: ClusterDeploys | None = None
         self._here = trio.Lock()  # this host's part of a cluster rollout (the deployer's own request waits on it)
+        self._codes_before: list[Code] = []  # what each group ran before this host's last turn in a rollout
 
     # -- triggers ---------------------------------------------------------------------------------
     def request(self, reason: str, commit: str | None = None) -> int:
@@ -470,19 +471,25 @@ class Deployer:
                 return False, f"cannot make the release here: {exc}"
             if self.install and not await self._prepare_environment(release, phases):
                 return False, f"install step failed twice here: {self._install_error}"
-            outcome = await self._try_candidate(target, release, phases)
+            self._codes_before = [self.children.code(group) for group in range(self.children.groups)]
+            outcome = await self._try_candidate(target, release, phases, confirm=False)
             if outcome == "promoted":
-                await self._succeeded(target, release)
                 log.info("rolled %s out here in %s", target[:12], phases.summary())
                 return True, ""
             return False, self._failure_detail(outcome)
+
+    async def confirmed_here(self, target: str) -> None:
+        """Every host runs ``target`` (the cluster's record says so): it is this host's last known good, and the
+        checkout follows it."""
+        await self.robot.submit(DeployConfirmed(target))
+        await self._succeeded(target, self.releases_dir / target)
 
     async def return_here(self, moved: str, good: str | None) -> None:
         """The cluster gave up on ``moved`` (another host failed it) after this host moved to it: every group back on
         ``good``, the last known good, through the gate."""
         async with self._here:
-            if good is None:
-                log.warning("%s failed elsewhere; no earlier deploy to return to: this host keeps it", moved[:12])
+            if good is None:  # the cluster's first rollout: back to what each group ran before this host's turn
+                await self.roll_back(f"{moved[:12]} failed on another host", self._codes_before)
                 return
             try:
                 release = await self.git.release(good, self.releases_dir)
@@ -574,7 +581,7 @@ class Deployer:
         log.info("workers start from the last known good release %s (%s)", good[:12], release)
 
     # -- the candidate ---------------------------------------------------------------------------------
-    async def _try_candidate(self, target: str, release: Path, phases: _Phases) -> str:
+    async def _try_candidate(self, target: str, release: Path, phases: _Phases, *, confirm: bool = True) -> str:
         """Roll ``release`` out group by group (one group unsharded): each group's candidate through the gate,
         promoted there (its holder handed over to it) before the next group's starts. "promoted" once every group
         runs it (then it is the last known good); else why the first group that failed did, after that group's
@@ -594,7 +601,8 @@ class Deployer:
                 await self._failed(target, verdict.identity, self._prefix(group) + outcome, before[:group])
                 return outcome
             code = Code(generation, release, label)
-            confirmed = target if group == groups - 1 else None  # the last known good once every group runs it
+            # The last known good once every group runs it (several hosts: once every host does, ``confirmed_here``).
+            confirmed = target if group == groups - 1 and confirm else None
             await self._move(group, code, "standby of the new release", confirmed=confirmed)
             self._rollout.moved = group + 1
             if groups > 1:
