@@ -276,7 +276,7 @@ async def test_identify_slots_are_spaced_across_hosts(client: EtcdClient, reques
     cluster = cluster_name(request)
 
     def link(host: str) -> ClusterLink:
-        made = ClusterLink(ClusterOptions(cluster, host, ("http://unused",), timing=FAST), print, list)
+        made = ClusterLink(ClusterOptions(cluster, host, ("http://unused",), timing=FAST), list)
         made.client, made.identify_ttl = client, 2
         return made
 

@@ -134,7 +134,7 @@ async def test_an_identify_bucket_taken_after_a_wait_still_lives_its_six_seconds
     cluster = cluster_name(request)
 
     def link(host: str) -> ClusterLink:
-        made = ClusterLink(ClusterOptions(cluster, host, ("http://unused",), timing=FAST), print, list)
+        made = ClusterLink(ClusterOptions(cluster, host, ("http://unused",), timing=FAST), list)
         made.client = client
         return made
 
@@ -307,7 +307,7 @@ async def test_a_hand_written_identify_bucket_on_no_etcd_lease_is_named_in_the_l
     caplog.set_level(logging.INFO, logger="urban_robot")
     cluster = cluster_name(request)
     await client.put(f"/{cluster}/identify/0".encode(), b"x")
-    made = ClusterLink(ClusterOptions(cluster, "alpha", ("http://unused",), timing=FAST), print, list)
+    made = ClusterLink(ClusterOptions(cluster, "alpha", ("http://unused",), timing=FAST), list)
     made.client = client
     with trio.move_on_after(3):
         await made.identify_slot(0)

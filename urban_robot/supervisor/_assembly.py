@@ -190,9 +190,9 @@ class App:
                 port = await nursery.start(self.robot.run, options.host, options.port)
                 self.url = f"http://{options.host}:{port}"
                 if self.cluster is not None:  # before any worker: none is promoted without etcd's grant
-                    await nursery.start(self.cluster.run, self.url)
+                    await nursery.start(self.cluster.run, self.url, self.robot)
                 if self.cluster_deploys is not None:
-                    await nursery.start(self.cluster_deploys.run)
+                    await nursery.start(self.cluster_deploys.run, self.deployer)
                 await self.deployer.resume()  # workers start from the last known good release, not the checkout
                 count = 1 + options.standbys if self.seams.spawn else 0
                 await nursery.start(self.children.run, count, self.url)
@@ -331,6 +331,9 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
     count = options.shard_count if isinstance(options.shard_count, int) else 1
     plan = ShardPlan(count, options.shards_per_worker or count)
     settings = options.settings if options.cluster is None else attrs.evolve(options.settings, cluster=True)
+    # Several hosts: this host's agent, and its part in the cluster's deploys (docs/protocol.md §19).
+    cluster = ClusterLink(options.cluster, lambda: [g.name for g in robot.plan.groups]) if options.cluster else None
+    deploys = ClusterDeploys(cluster) if cluster is not None else None
     robot = UrbanRobot(
         settings,
         store,
@@ -339,6 +342,7 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
         allowed_hosts=(options.host, *options.allowed_hosts),
         blocking_io=seams.blocking_io,
         plan=plan,
+        cluster=cluster,
     )
     children = Children(
         robot,
@@ -363,6 +367,7 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
         install=options.install,
         verdict_timeout=options.deploy_timeout,
         install_timeout=options.install_timeout,
+        cluster=deploys,
     )
     http = httpx.AsyncClient(timeout=15)
     notifier = _notifier(http, options)
@@ -385,15 +390,11 @@ def build(options: Options, *, seams: Seams = Seams()) -> App:
     bus.subscribe(Handled, tracker.noted)
     bus.subscribe(DeployResult, tracker.deployed)
 
-    cluster = deploys = None
-    if options.cluster is not None:
-        cluster = ClusterLink(options.cluster, robot.submit, lambda: [g.name for g in robot.plan.groups], robot)
+    if cluster is not None and deploys is not None:
         bus.subscribe(Claim, cluster.on_claim)  # the core needs a group's lease key in etcd for a worker ...
         bus.subscribe(Yield, cluster.on_yield)  # ... or gives it up: nobody of the group can run here
-        cluster.install_replication()
-        deployer.cluster = deploys = ClusterDeploys(cluster, deployer)
-        robot.identify_gate = cluster.identify_slot
         bus.subscribe(TryAgain, lambda e: deploys.try_again() if e.sid in robot.fleet.admins else None)
+        cluster.install_replica_route(robot)
 
     # -- what the port serves -------------------------------------------------------------------------
     token = options.admin_token

@@ -81,18 +81,11 @@ class ClusterLink:
     """This host's agent: ``await nursery.start(link.run, url)``; the core's Claim/Yield reach it on the bus
     (``on_claim``, ``on_yield``: subscribed by the assembly)."""
 
-    def __init__(
-        self,
-        options: ClusterOptions,
-        submit: Callable[[Event], Any],
-        groups: Callable[[], list[str]],
-        robot: UrbanRobot | None = None,
-    ) -> None:
+    def __init__(self, options: ClusterOptions, groups: Callable[[], list[str]]) -> None:
         self.options = options
-        self.robot = robot  # with it: caches replicate to and from the other hosts (§19.8)
+        self.robot: UrbanRobot | None = None  # known from ``run`` on: caches replicate to and from other hosts (§19.8)
         self.replicator: Replicator | None = None
         self.agent = Agent(options.host, options.timing)
-        self._submit = submit  # async: feed the core
         self._groups = groups  # the plan's group names, by index
         self.client: EtcdClient | None = None
         self.url = ""
@@ -107,8 +100,15 @@ class ClusterLink:
         self._claims = 0  # Claims heard: a yield waiting for the caches is void once one came after it
 
     # -- running ---------------------------------------------------------------------------------------
-    async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.url = self.options.advertise or url
+    async def run(
+        self,
+        url: str,
+        robot: UrbanRobot | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the agent for ``robot`` (reached at ``url``): its etcd lease, its groups' keys, presence, replicas."""
+        self.url, self.robot = self.options.advertise or url, robot
         timing = self.options.timing
         # One call (every endpoint once) must end well within the view, so a keep-alive that fails is known to
         # have failed while the view still runs: each endpoint gets at most a third of the keep-alive period.
@@ -209,15 +209,15 @@ class ClusterLink:
         }
 
     # -- caches across hosts (§19.8) ----------------------------------------------------------------------
-    def install_replication(self) -> None:
-        """Serve the other hosts' replicas on this host's port, and send this host's holders' caches to them."""
-        robot = self.robot
-        assert robot is not None
-        settings = robot.settings
+    def install_replica_route(self, robot: UrbanRobot) -> None:
+        """Serve the other hosts' replicas on ``robot``'s port (taken once ``run`` knows the robot)."""
         install_replica_route(
-            robot.server, self._receive, me=self.options.host, secret=self.options.secret, cache_max=settings.cache_max
+            robot.server,
+            self._receive,
+            me=self.options.host,
+            secret=self.options.secret,
+            cache_max=robot.settings.cache_max,
         )
-        robot.replicate = self.replicate
 
     async def replicate(self, group: int, writes: list[PersistCache]) -> bool:
         """The holder's cache ``writes`` of ``group`` (on this host's disk already) to another host's: acknowledged?"""
@@ -266,7 +266,8 @@ class ClusterLink:
 
     async def _receive(self, record: Record) -> ReplicaAnswer:
         robot, index = self.robot, self.index(record.group)
-        assert robot is not None
+        if robot is None:
+            return ReplicaAnswer.refused("this host's agent is starting: send it again")
         if index is None:
             return ReplicaAnswer.refused(f"{record.group!r} is not a shard group of this host's plan")
         event = CacheReplicated(index, record.origin, record.epoch, record.seq, record.base, record.change)
@@ -349,7 +350,8 @@ class ClusterLink:
     async def _forward(self) -> None:
         """Grants and stops reach the core in the order the agent decided them."""
         async for event in self._core_inbox:
-            await self._submit(event)
+            if self.robot is not None:
+                await self.robot.submit(event)
 
     async def _timer(self) -> None:
         while True:

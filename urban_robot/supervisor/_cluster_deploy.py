@@ -71,9 +71,9 @@ def _result_of(value: bytes, key: bytes) -> dict[str, object]:
 class ClusterDeploys:
     """The cluster's side of this host's deployer: ``await nursery.start(deploys.run)`` after the agent's link."""
 
-    def __init__(self, link: ClusterLink, deployer: Deployer) -> None:
+    def __init__(self, link: ClusterLink) -> None:
         self.link = link
-        self.deployer = deployer
+        self._deployer: Deployer | None = None  # known from ``run`` on
         self.leader: str | None = None  # the elected deployer's name, as last read
         self.record = DeployRecord()  # as last read
         self.quiet = Throttled(log)
@@ -146,7 +146,14 @@ class ClusterDeploys:
         return "/".join([f"/{self.link.options.name}", "rollout", *map(str, parts)]).encode()
 
     # -- running -----------------------------------------------------------------------------------------
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    @property
+    def deployer(self) -> Deployer:
+        assert self._deployer is not None, "ClusterDeploys.run gives it"
+        return self._deployer
+
+    async def run(self, deployer: Deployer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Follow the cluster's deploys for ``deployer`` (this host's); campaign to be the cluster's deployer."""
+        self._deployer = deployer
         client = self.link.client
         assert client is not None, "the agent's link runs first"
         self._store = DeployStore(client, self.link.options.name)

@@ -220,6 +220,7 @@ class Deployer:
         bad_commits_file: Path | None = None,
         install_retry_delay: float = 5.0,
         environment: str = ENVIRONMENT,
+        cluster: ClusterDeploys | None = None,
     ) -> None:
         self.robot = robot
         self.children = children
@@ -254,7 +255,7 @@ class Deployer:
         self._one_at_a_time = trio.Lock()  # deploys and dev-mode trees share the one candidate slot
         # Several hosts (docs/protocol.md §19.7): the elected deployer rolls out across hosts, each host deploys
         # its own part (``deploy_here``) in its turn. None: one host.
-        self.cluster: ClusterDeploys | None = None
+        self.cluster = cluster
         self._here = trio.Lock()  # this host's part of a cluster rollout (the deployer's own request waits on it)
         self._codes_before: list[Code] = []  # what each group ran before this host's last turn in a rollout
 

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -84,6 +84,14 @@ class _Conn:
     inbox: trio.MemoryReceiveChannel[tuple[str, Any]]
 
 
+class ClusterPart(Protocol):
+    """What the service asks of this host's agent (``_cluster.ClusterLink``) with several hosts."""
+
+    async def identify_slot(self, key: int) -> None: ...
+
+    async def replicate(self, group: int, writes: list[PersistCache]) -> bool: ...
+
+
 class UrbanRobot:
     """The supervisor service: ``port = await nursery.start(robot.run, host, port)``."""
 
@@ -98,6 +106,7 @@ class UrbanRobot:
         blocking_io: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
         allowed_hosts: Iterable[str] = (),
         plan: protocol.ShardPlan | None = None,
+        cluster: ClusterPart | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -137,11 +146,9 @@ class UrbanRobot:
         self._cache_written = 0  # the newest of them on disk (or given up on, loudly)
         self._cache_progress = trio.Event()
         self._ack_after: int | None = None  # the write the current event's reply waits for
-        # Several hosts: an IDENTIFY slot granted here also waits for the cluster's bucket (``ClusterLink``).
-        self.identify_gate: Callable[[int], Awaitable[None]] | None = None
-        # Several hosts: the holder's cache also goes to another host's disk before it is acknowledged (§19.8):
-        # ``replicate(group, writes)`` says whether one acknowledged; the writes it did not are answered so.
-        self.replicate: Callable[[int, list[PersistCache]], Awaitable[bool]] | None = None
+        # Several hosts (``ClusterLink``): an IDENTIFY slot granted here also waits for the cluster's bucket, and the
+        # holder's cache also goes to another host's disk before it is acknowledged (§19.8).
+        self.cluster = cluster
         self._unreplicated: set[int] = set()  # cache writes (numbers) no other host acknowledged in time
         self._nursery: trio.Nursery | None = None
         self.server.register_namespace(_WorkerNamespace(self))
@@ -293,16 +300,16 @@ class UrbanRobot:
         return True
 
     def _send(self, action: Send) -> None:
-        gate, nursery = self.identify_gate, self._nursery
-        if gate is not None and nursery is not None and _identify_grant(action) is not None:
-            nursery.start_soon(self._send_when_cleared, gate, action)
+        cluster, nursery = self.cluster, self._nursery
+        if cluster is not None and nursery is not None and _identify_grant(action) is not None:
+            nursery.start_soon(self._send_when_cleared, cluster, action)
             return
         self._deliver(action)
 
-    async def _send_when_cleared(self, gate: Callable[[int], Awaitable[None]], action: Send) -> None:
+    async def _send_when_cleared(self, cluster: ClusterPart, action: Send) -> None:
         shard_id = _identify_grant(action)
         assert shard_id is not None
-        await gate(self.fleet.slots.limit.key(shard_id))
+        await cluster.identify_slot(self.fleet.slots.limit.key(shard_id))
         self._deliver(action)
 
     def _deliver(self, action: Send) -> None:
@@ -368,7 +375,7 @@ class UrbanRobot:
                 except OSError as exc:
                     log.critical("cannot write %s: %s", store.cache_path, exc.strerror)
                 held = [a for a in mine if a.epoch]  # the holder's caches (a replica taken here goes nowhere)
-                if self.replicate is not None and held and not await self.replicate(group, held):
+                if self.cluster is not None and held and not await self.cluster.replicate(group, held):
                     self._unreplicated.update(n for n, a in batch if a.group == group and a.epoch)
             self._cache_written = write  # also every older write it replaced
             self._cache_progress.set()

@@ -104,7 +104,7 @@ class Listener:
 
 class Net:
     def __init__(self) -> None:
-        self.listeners: list[Listener] = []
+        self.opened: list[Listener] = []
         self.pids: dict[int, str] = {}
         self.delay = 0.0  # seconds every forwarded chunk waits (math.inf: none is forwarded)
         self.stats: Counter[str] = Counter()
@@ -124,7 +124,7 @@ class Net:
         assert self._nursery is not None, "start Net.run first"
         [sock] = await trio.open_tcp_listeners(0, host="127.0.0.1")
         listener = Listener(dst, upstream, source, sock.socket.getsockname()[1])
-        self.listeners.append(listener)
+        self.opened.append(listener)
         self._nursery.start_soon(trio.serve_listeners, lambda s: self._connection(listener, s), [sock])
         return listener.port
 
