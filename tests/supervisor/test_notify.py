@@ -465,6 +465,7 @@ async def test_log_bridge_at_info_does_not_feed_on_httpx_or_failures(
     caplog: pytest.LogCaptureFixture,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="httpx")  # its request lines (configure_logging quiets them, if it ran)
     discord.script = [httpx.Response(403, json={"message": "Missing Access"})]
     discord.chatty = True
     notifier = await start(nursery, client)

@@ -346,6 +346,7 @@ async def test_the_webhook_secret_is_never_in_logs_errors_reprs_or_messages(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # httpx logs each request's URL at INFO
+    caplog.set_level(logging.DEBUG, logger="httpx")  # (configure_logging quiets it, if another test ran it)
     errors: list[BaseException] = []
     echo = refused(400, f"bad webhook {HOOK_URL}")  # a Discord (or proxy) that quotes the URL back at us
     for script in ([refused(401, "Invalid Webhook Token")], [echo], [httpx.Response(500)] * 5):
