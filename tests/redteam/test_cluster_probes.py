@@ -325,8 +325,8 @@ async def test_a_rollout_failing_on_a_later_host_puts_the_earlier_hosts_back_eve
     """A fresh cluster (its record has no last known good yet) rolls out a commit: the deployer's host runs it,
     the next host's turn fails (here: its checkout cannot fetch). The record marks it bad; the deployer's host
     logs "failed elsewhere; no earlier deploy to return to: this host keeps it" and runs the bad commit for good,
-    while the others run the old one (``ClusterDeploys._before`` is the record's last known good, None, not what
-    the host ran before its turn). Expected (§19.7 step 3): every host that moved goes back."""
+    while the others ran the old one (it went back to the record's last known good, None, not to what the host ran
+    before its turn: ``Deployer._codes_before`` now). Expected (§19.7 step 3): every host that moved goes back."""
     from tests._helpers import git
     from tests.cluster.test_cluster_deploys import deployer_of, three_hosts as deploy_hosts, versions
     from urban_robot.cluster._deploy_state import DeployStore

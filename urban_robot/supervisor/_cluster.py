@@ -90,7 +90,6 @@ class ClusterLink:
         self.client: EtcdClient | None = None
         self.url = ""
         self.peers: dict[str, str] = {}  # other agents' names -> their URLs (presence keys)
-        self.peers_changed: Callable[[dict[str, str]], None] = lambda peers: None
         self.quiet = Throttled(log)
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
@@ -548,4 +547,3 @@ class ClusterLink:
                 self.replicator.set_peers(peers)
                 if joined:
                     self._bring_up_to_date(joined)
-            self.peers_changed(dict(peers))

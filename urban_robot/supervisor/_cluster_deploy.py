@@ -81,7 +81,6 @@ class ClusterDeploys:
         self._election: Election | None = None
         self._done: set[int] = set()  # serials this host rolled out (or gave up on)
         self._moved_to: str | None = None  # the commit this host moved to in a rollout not confirmed yet
-        self._before: str | None = None  # ... and the last known good it ran before that
         self._try_again = False  # an operator said try_again here: the record is cleared at the next step
         self._forwards: list[dict[str, object]] = []  # deploy requests made here, for the deployer (``forward``)
         self._served: str | None = None  # the id of the last forwarded request this host, as deployer, served
@@ -113,12 +112,6 @@ class ClusterDeploys:
             "bad": list(record.bad),
         }
         return body
-
-    def leader_url(self) -> str | None:
-        """Where the elected deployer is reached (None: this host, or nobody known)."""
-        if self.leader is None or self.leader == self.me:
-            return None
-        return self.link.peers.get(self.leader)
 
     def _request_key(self) -> bytes:
         return f"/{self.link.options.name}/deploy-request".encode()
@@ -327,7 +320,7 @@ class ClusterDeploys:
             if host not in said and host in self.link.peers:
                 return  # its turn, still
         self._done.add(serial)
-        self._moved_to, self._before = target, record.last_known_good
+        self._moved_to = target
         ok, detail = await self.deployer.deploy_here(target)
         value = json.dumps({"ok": ok, "detail": detail[:500]}).encode()
         await client.txn([], [Op.put(self._key(serial, "result", self.me), value)])
